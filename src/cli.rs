@@ -1,0 +1,148 @@
+//! The command line: `serve`, `demo`, `check-config`.
+//!
+//! Exit codes: 0 on a clean stop, 1 when the gateway could not start (a port in use, an
+//! unreadable certificate), 2 when the configuration is invalid.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{Config, Overrides};
+use crate::{demo, lifecycle, telemetry};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "wikigate",
+    version,
+    about = "A caching gateway for the Confluence Cloud user API"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gateway.
+    Serve(ServeArgs),
+    /// Run the gateway in front of a built-in fake Confluence site, and print curl examples.
+    Demo {
+        /// Address the demo gateway listens on.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+    },
+    /// Validate a config file and print the effective configuration.
+    CheckConfig {
+        /// The config file.
+        file: PathBuf,
+    },
+}
+
+/// Flags of `serve`. Each overrides its config key; its environment variable is used when the
+/// flag is absent, and the config file when neither is given.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Config file (TOML); see config/wikigate.toml.
+    #[arg(long, env = "WIKIGATE_CONFIG")]
+    config: Option<PathBuf>,
+    /// server.listen — address the gateway listens on.
+    #[arg(long, env = "WIKIGATE_LISTEN")]
+    listen: Option<String>,
+    /// upstream.url — the Confluence site, https://SITE.atlassian.net or
+    /// https://api.atlassian.com/ex/confluence/CLOUD_ID.
+    #[arg(long, env = "WIKIGATE_UPSTREAM")]
+    upstream: Option<String>,
+    /// admin.listen — address of the health and readiness endpoints.
+    #[arg(long, env = "WIKIGATE_ADMIN_LISTEN")]
+    admin_listen: Option<String>,
+    /// log.format — pretty or json.
+    #[arg(long, env = "WIKIGATE_LOG_FORMAT")]
+    log_format: Option<String>,
+}
+
+impl ServeArgs {
+    fn overrides(&self) -> Overrides {
+        let mut overrides = Overrides::default();
+        overrides
+            .set("server.listen", self.listen.clone())
+            .set("upstream.url", self.upstream.clone())
+            .set("admin.listen", self.admin_listen.clone())
+            .set("log.format", self.log_format.clone());
+        overrides
+    }
+}
+
+/// Runs a parsed command line to completion.
+pub fn run(cli: Cli) -> ExitCode {
+    match cli.command {
+        Command::CheckConfig { file } => match Config::load(Some(&file), &Overrides::default()) {
+            Ok(config) => {
+                print!("{}", config.to_toml());
+                ExitCode::SUCCESS
+            }
+            Err(e) => config_error(&e),
+        },
+        Command::Serve(args) => {
+            let config = match Config::load(args.config.as_deref(), &args.overrides()) {
+                Ok(config) => config,
+                Err(e) => return config_error(&e),
+            };
+            telemetry::init(config.log.format, &config.log.level);
+            runtime().block_on(serve(config))
+        }
+        Command::Demo { listen } => runtime().block_on(demo::run(listen)),
+    }
+}
+
+fn config_error(e: &crate::config::ConfigError) -> ExitCode {
+    eprintln!("wikigate: invalid configuration: {e}");
+    ExitCode::from(2)
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("the tokio runtime starts")
+}
+
+async fn serve(config: Config) -> ExitCode {
+    let running = match lifecycle::start(&config).await {
+        Ok(running) => running,
+        Err(e) => {
+            tracing::error!(error = %e, "wikigate could not start");
+            eprintln!("wikigate: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    stop_on_signal(running).await
+}
+
+/// Waits for SIGTERM or SIGINT, drains, and returns. A second signal during the drain exits
+/// at once.
+pub async fn stop_on_signal(running: lifecycle::Running) -> ExitCode {
+    shutdown_signal().await;
+    tracing::info!("shutting down: draining in-flight requests");
+    running.shutdown();
+    tokio::select! {
+        () = running.wait() => {
+            tracing::info!("stopped");
+            ExitCode::SUCCESS
+        }
+        () = shutdown_signal() => {
+            tracing::warn!("second signal: exiting without finishing the drain");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler installs");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+    }
+}

@@ -1,0 +1,597 @@
+//! Configuration: `file -> TOML table -> overrides -> typed Config -> validate`.
+//!
+//! The file (if any) is read into a TOML table; command-line flags and their `WIKIGATE_*`
+//! environment variables are written into that table as overrides; only then is it
+//! deserialized into [`Config`]. So an override is checked exactly like a file value, and every
+//! error names the key it is about (`server.listen: invalid socket address syntax`).
+//!
+//! Precedence, highest first: command-line flag, its `WIKIGATE_*` variable, the config file,
+//! the built-in default.
+//!
+//! Invariants: unknown keys are errors; a `Config` that exists has passed [`Config::validate`].
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// The whole configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub server: ServerConfig,
+    #[serde(default)]
+    pub admin: AdminConfig,
+    pub upstream: UpstreamConfig,
+    #[serde(default)]
+    pub csrf: CsrfConfig,
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+/// The client-facing listener.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address the gateway listens on.
+    pub listen: SocketAddr,
+    /// How long in-flight requests may take to finish after SIGTERM/SIGINT.
+    #[serde(with = "duration")]
+    pub drain_timeout: Duration,
+    /// How long a client may take to send a request's headers (slowloris guard).
+    #[serde(with = "duration")]
+    pub header_read_timeout: Duration,
+    /// How long a client may take to send a request's body (408 after it).
+    #[serde(with = "duration")]
+    pub body_read_timeout: Duration,
+    /// Largest request body accepted (413 above it).
+    pub max_body_bytes: usize,
+    /// Largest request header section accepted, names and values (431 above it).
+    pub max_header_bytes: usize,
+    /// Largest request target accepted (414 above it).
+    pub max_uri_bytes: usize,
+    /// Most header fields in one request (431 above it).
+    pub max_headers: usize,
+    /// Most concurrent HTTP/2 streams per connection.
+    pub http2_max_concurrent_streams: u32,
+    /// TLS termination; plain HTTP when absent.
+    pub tls: Option<TlsConfig>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            drain_timeout: Duration::from_secs(30),
+            header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(30),
+            max_body_bytes: 1024 * 1024,
+            max_header_bytes: 16 * 1024,
+            max_uri_bytes: 8 * 1024,
+            max_headers: 100,
+            http2_max_concurrent_streams: 256,
+            tls: None,
+        }
+    }
+}
+
+/// Certificate chain and private key, both PEM.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+}
+
+/// The operator-facing listener (health, readiness).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
+        }
+    }
+}
+
+/// The Confluence site wikigate forwards to.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// `https://SITE.atlassian.net` or `https://api.atlassian.com/ex/confluence/{cloudId}`.
+    pub url: UpstreamUrl,
+    /// Time to establish a TCP connection.
+    #[serde(with = "duration", default = "defaults::connect_timeout")]
+    pub connect_timeout: Duration,
+    /// Time from sending a request to receiving the response's headers.
+    #[serde(with = "duration", default = "defaults::response_timeout")]
+    pub response_timeout: Duration,
+    /// Time for the whole exchange, body included.
+    #[serde(with = "duration", default = "defaults::request_timeout")]
+    pub request_timeout: Duration,
+    /// Extra PEM CA bundle trusted besides the public web roots (private PKI, tests).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Idle pooled connections are closed after this long.
+    #[serde(with = "duration", default = "defaults::pool_idle_timeout")]
+    pub pool_idle_timeout: Duration,
+    /// Most idle pooled connections kept to the upstream.
+    #[serde(default = "defaults::pool_max_idle")]
+    pub pool_max_idle: usize,
+}
+
+mod defaults {
+    use std::time::Duration;
+    pub fn connect_timeout() -> Duration {
+        Duration::from_secs(5)
+    }
+    pub fn response_timeout() -> Duration {
+        Duration::from_secs(30)
+    }
+    pub fn request_timeout() -> Duration {
+        Duration::from_secs(60)
+    }
+    pub fn pool_idle_timeout() -> Duration {
+        Duration::from_secs(90)
+    }
+    pub fn pool_max_idle() -> usize {
+        64
+    }
+}
+
+/// The CSRF guard that takes over from Confluence's XSRF check (see `upstream`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CsrfConfig {
+    /// Origins (`scheme://host[:port]`) whose browser writes are accepted. Writes carrying any
+    /// other `Origin` are refused with 403. Empty: every write that carries `Origin` is refused.
+    pub allowed_origins: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// A `tracing` filter (`info`, `wikigate=debug,hyper=info`); `RUST_LOG` overrides it.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Pretty,
+            level: "info".to_owned(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+/// A parsed upstream base URL: scheme, authority and an optional path prefix without a
+/// trailing slash. Incoming paths are appended to the prefix unchanged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamUrl {
+    scheme: http::uri::Scheme,
+    authority: http::uri::Authority,
+    prefix: String,
+}
+
+impl UpstreamUrl {
+    pub fn scheme(&self) -> &http::uri::Scheme {
+        &self.scheme
+    }
+
+    pub fn authority(&self) -> &http::uri::Authority {
+        &self.authority
+    }
+
+    /// The path prefix, empty or starting with `/` and without a trailing slash.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+}
+
+impl std::str::FromStr for UpstreamUrl {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let uri: http::Uri = s.parse().map_err(|e| format!("not a URL: {e}"))?;
+        let parts = uri.into_parts();
+        let scheme = parts.scheme.ok_or("needs a scheme (https://…)")?;
+        if scheme != http::uri::Scheme::HTTPS && scheme != http::uri::Scheme::HTTP {
+            return Err(format!("scheme must be https or http, not {scheme}"));
+        }
+        let authority = parts.authority.ok_or("needs a host")?;
+        if authority.as_str().contains('@') {
+            return Err("must not carry credentials".to_owned());
+        }
+        let path_and_query = parts.path_and_query;
+        if path_and_query.as_ref().and_then(|p| p.query()).is_some() {
+            return Err("must not carry a query".to_owned());
+        }
+        let path = path_and_query.as_ref().map_or("", |p| p.path());
+        Ok(UpstreamUrl {
+            scheme,
+            authority,
+            prefix: path.trim_end_matches('/').to_owned(),
+        })
+    }
+}
+
+impl std::fmt::Display for UpstreamUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}://{}{}", self.scheme, self.authority, self.prefix)
+    }
+}
+
+impl Serialize for UpstreamUrl {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for UpstreamUrl {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// Durations written as `250ms`, `5s`, `2m` or `1h`.
+pub mod duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn parse(s: &str) -> Result<Duration, String> {
+        let s = s.trim();
+        let split = s
+            .find(|c: char| !c.is_ascii_digit())
+            .ok_or_else(|| format!("`{s}` needs a unit: ms, s, m or h"))?;
+        let (number, unit) = s.split_at(split);
+        let n: u64 = number
+            .parse()
+            .map_err(|_| format!("`{s}` is not a duration like 250ms, 5s, 2m, 1h"))?;
+        match unit {
+            "ms" => Ok(Duration::from_millis(n)),
+            "s" => Ok(Duration::from_secs(n)),
+            "m" => Ok(Duration::from_secs(n * 60)),
+            "h" => Ok(Duration::from_secs(n * 3600)),
+            _ => Err(format!("`{s}` has an unknown unit; use ms, s, m or h")),
+        }
+    }
+
+    pub fn format(d: &Duration) -> String {
+        let ms = d.as_millis();
+        if !ms.is_multiple_of(1000) {
+            format!("{ms}ms")
+        } else if ms.is_multiple_of(3_600_000) && ms > 0 {
+            format!("{}h", ms / 3_600_000)
+        } else if ms.is_multiple_of(60_000) && ms > 0 {
+            format!("{}m", ms / 60_000)
+        } else {
+            format!("{}s", ms / 1000)
+        }
+    }
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format(d))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        parse(&String::deserialize(d)?).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Why a configuration was refused. Every variant names the file or the key at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    FileRead {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid TOML: {message}")]
+    Syntax { path: PathBuf, message: String },
+    #[error("{key}: {message}")]
+    Invalid { key: String, message: String },
+}
+
+impl ConfigError {
+    fn invalid(key: &str, message: impl Into<String>) -> Self {
+        ConfigError::Invalid {
+            key: key.to_owned(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Values given on the command line or in `WIKIGATE_*` variables, keyed by config path.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides(Vec<(&'static str, String)>);
+
+impl Overrides {
+    /// Sets `key` (a dotted config path such as `server.listen`) to a string value.
+    pub fn set(&mut self, key: &'static str, value: Option<impl Into<String>>) -> &mut Self {
+        if let Some(value) = value {
+            self.0.push((key, value.into()));
+        }
+        self
+    }
+}
+
+impl Config {
+    /// Loads the file (if any), applies the overrides, and validates.
+    pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Config, ConfigError> {
+        let mut table = match file {
+            Some(path) => {
+                let text =
+                    std::fs::read_to_string(path).map_err(|source| ConfigError::FileRead {
+                        path: path.to_owned(),
+                        source,
+                    })?;
+                text.parse::<toml::Table>()
+                    .map_err(|e| ConfigError::Syntax {
+                        path: path.to_owned(),
+                        message: e.message().to_owned(),
+                    })?
+            }
+            None => toml::Table::new(),
+        };
+        for (key, value) in &overrides.0 {
+            set_path(&mut table, key, toml::Value::String(value.clone()));
+        }
+        Config::from_table(table)
+    }
+
+    /// Parses TOML text (no file, no overrides); used by tests and the demo.
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let table = text
+            .parse::<toml::Table>()
+            .map_err(|e| ConfigError::Syntax {
+                path: PathBuf::from("<inline>"),
+                message: e.message().to_owned(),
+            })?;
+        Config::from_table(table)
+    }
+
+    fn from_table(table: toml::Table) -> Result<Config, ConfigError> {
+        let config: Config =
+            serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+                let path = e.path().to_string();
+                // toml appends "in `table`" lines that repeat the path; keep the first line.
+                let message = e.into_inner().to_string();
+                let message = message.lines().next().unwrap_or_default().trim().to_owned();
+                // serde reports a missing key at its parent; name the key itself.
+                match message
+                    .strip_prefix("missing field `")
+                    .and_then(|m| m.strip_suffix('`'))
+                {
+                    Some(field) if path == "." => ConfigError::invalid(field, "is required"),
+                    Some(field) => ConfigError::invalid(&format!("{path}.{field}"), "is required"),
+                    None => ConfigError::invalid(&path, message),
+                }
+            })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Cross-field and range checks that types alone cannot express.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let positive = [
+            ("server.drain_timeout", self.server.drain_timeout),
+            (
+                "server.header_read_timeout",
+                self.server.header_read_timeout,
+            ),
+            ("server.body_read_timeout", self.server.body_read_timeout),
+            ("upstream.connect_timeout", self.upstream.connect_timeout),
+            ("upstream.response_timeout", self.upstream.response_timeout),
+            ("upstream.request_timeout", self.upstream.request_timeout),
+        ];
+        for (key, value) in positive {
+            if value.is_zero() {
+                return Err(ConfigError::invalid(key, "must be greater than zero"));
+            }
+        }
+        if self.upstream.request_timeout < self.upstream.response_timeout {
+            return Err(ConfigError::invalid(
+                "upstream.request_timeout",
+                "must not be shorter than upstream.response_timeout",
+            ));
+        }
+        let sizes = [
+            ("server.max_body_bytes", self.server.max_body_bytes),
+            ("server.max_header_bytes", self.server.max_header_bytes),
+            ("server.max_uri_bytes", self.server.max_uri_bytes),
+            ("server.max_headers", self.server.max_headers),
+        ];
+        for (key, value) in sizes {
+            if value == 0 {
+                return Err(ConfigError::invalid(key, "must be greater than zero"));
+            }
+        }
+        if self.server.http2_max_concurrent_streams == 0 {
+            return Err(ConfigError::invalid(
+                "server.http2_max_concurrent_streams",
+                "must be greater than zero",
+            ));
+        }
+        if self.server.listen == self.admin.listen && self.server.listen.port() != 0 {
+            return Err(ConfigError::invalid(
+                "admin.listen",
+                "must differ from server.listen",
+            ));
+        }
+        for (i, origin) in self.csrf.allowed_origins.iter().enumerate() {
+            let key = format!("csrf.allowed_origins[{i}]");
+            let uri: http::Uri = origin
+                .parse()
+                .map_err(|_| ConfigError::invalid(&key, format!("`{origin}` is not an origin")))?;
+            let is_origin = uri.scheme().is_some()
+                && uri.authority().is_some()
+                && matches!(uri.path(), "" | "/")
+                && uri.query().is_none()
+                && !origin.ends_with('/');
+            if !is_origin {
+                return Err(ConfigError::invalid(
+                    &key,
+                    format!("`{origin}` is not an origin (scheme://host[:port])"),
+                ));
+            }
+        }
+        if let Some(tls) = &self.server.tls {
+            for (key, path) in [
+                ("server.tls.cert_file", &tls.cert_file),
+                ("server.tls.key_file", &tls.key_file),
+            ] {
+                if !path.is_file() {
+                    return Err(ConfigError::invalid(
+                        key,
+                        format!("{} is not a readable file", path.display()),
+                    ));
+                }
+            }
+        }
+        if let Some(ca) = &self.upstream.ca_file
+            && !ca.is_file()
+        {
+            return Err(ConfigError::invalid(
+                "upstream.ca_file",
+                format!("{} is not a readable file", ca.display()),
+            ));
+        }
+        tracing_subscriber::EnvFilter::try_new(&self.log.level)
+            .map_err(|e| ConfigError::invalid("log.level", e.to_string()))?;
+        Ok(())
+    }
+
+    /// The effective configuration as TOML, as `check-config` prints it.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("config serializes to TOML")
+    }
+}
+
+fn set_path(table: &mut toml::Table, dotted: &str, value: toml::Value) {
+    let mut keys = dotted.split('.').peekable();
+    let mut current = table;
+    while let Some(key) = keys.next() {
+        if keys.peek().is_none() {
+            current.insert(key.to_owned(), value);
+            return;
+        }
+        let entry = current
+            .entry(key.to_owned())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        if !entry.is_table() {
+            *entry = toml::Value::Table(toml::Table::new());
+        }
+        current = entry.as_table_mut().expect("just made a table");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = "[upstream]\nurl = \"https://example.atlassian.net\"\n";
+
+    #[test]
+    fn defaults_fill_everything_but_the_upstream() {
+        let config = Config::from_toml(MINIMAL).unwrap();
+        assert_eq!(config.server.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(config.admin.listen.to_string(), "127.0.0.1:9090");
+        assert_eq!(config.server.max_body_bytes, 1 << 20);
+        assert_eq!(config.upstream.url.prefix(), "");
+    }
+
+    #[test]
+    fn upstream_url_keeps_its_path_prefix() {
+        let url: UpstreamUrl = "https://api.atlassian.com/ex/confluence/abc-123/"
+            .parse()
+            .unwrap();
+        assert_eq!(url.prefix(), "/ex/confluence/abc-123");
+        assert_eq!(url.authority().as_str(), "api.atlassian.com");
+        for bad in [
+            "api.atlassian.com",
+            "ftp://x.example",
+            "https://u:p@x.example",
+            "https://x.example/?a=1",
+        ] {
+            assert!(bad.parse::<UpstreamUrl>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let cases = [
+            ("[server]\nlisten = \"nope\"\n", "server.listen"),
+            ("[server]\nlsten = \"1.2.3.4:1\"\n", "server"),
+            (
+                "[upstream]\nurl = \"https://a.example\"\nconnect_timeout = \"5 parsecs\"\n",
+                "upstream.connect_timeout",
+            ),
+            (
+                "[upstream]\nconnect_timeout = \"5s\"\n",
+                "upstream.url: is required",
+            ),
+            ("[server]\nmax_body_bytes = -1\n", "server.max_body_bytes"),
+            ("", "upstream: is required"),
+            (
+                "[csrf]\nallowed_origins = [\"https://a.example/path\"]\n",
+                "csrf.allowed_origins[0]",
+            ),
+        ];
+        for (text, key) in cases {
+            let text = if text.contains("[upstream]") || text.is_empty() {
+                text.to_owned()
+            } else {
+                format!("{text}{MINIMAL}")
+            };
+            let err = Config::from_toml(&text).unwrap_err().to_string();
+            assert!(err.starts_with(key), "{text:?} gave {err:?}");
+        }
+    }
+
+    #[test]
+    fn overrides_win_over_the_file_and_are_validated() {
+        let dir = std::env::temp_dir().join(format!("wikigate-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("c.toml");
+        std::fs::write(
+            &file,
+            format!("[server]\nlisten = \"127.0.0.1:1\"\n{MINIMAL}"),
+        )
+        .unwrap();
+        let mut overrides = Overrides::default();
+        overrides.set("server.listen", Some("127.0.0.1:2"));
+        let config = Config::load(Some(&file), &overrides).unwrap();
+        assert_eq!(config.server.listen.port(), 2);
+        let mut bad = Overrides::default();
+        bad.set("upstream.url", Some("not a url"));
+        let err = Config::load(Some(&file), &bad).unwrap_err().to_string();
+        assert!(err.starts_with("upstream.url"), "{err}");
+    }
+
+    #[test]
+    fn durations_round_trip() {
+        for s in ["250ms", "5s", "2m", "1h", "90s"] {
+            let d = duration::parse(s).unwrap();
+            assert_eq!(duration::parse(&duration::format(&d)).unwrap(), d);
+        }
+        assert!(duration::parse("5").is_err());
+        assert!(duration::parse("s").is_err());
+        assert!(duration::parse("5d").is_err());
+    }
+}

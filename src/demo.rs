@@ -1,0 +1,192 @@
+//! `wikigate demo`: the gateway in front of the built-in fake Confluence site, on loopback,
+//! with copy-paste `curl` examples that work as printed (no network needed).
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+
+use crate::cli::stop_on_signal;
+use crate::config::{Config, LogFormat};
+use crate::fake::{DEMO_USERS, FakeConfluence};
+use crate::{lifecycle, telemetry};
+
+/// One request of the demo's walkthrough.
+#[derive(Debug, Clone)]
+pub struct Example {
+    pub title: &'static str,
+    pub method: &'static str,
+    /// Path and query below the gateway's origin.
+    pub target: String,
+    /// `user:token` for Basic, or a full `Authorization` value when it starts with `Bearer `.
+    pub credential: String,
+    pub body: Option<&'static str>,
+}
+
+impl Example {
+    /// The example as a shell command against `origin` (`http://127.0.0.1:8080`).
+    pub fn curl(&self, origin: &str) -> String {
+        let mut cmd = String::from("curl -fsS");
+        if self.credential.starts_with("Bearer ") {
+            cmd.push_str(&format!(" -H 'Authorization: {}'", self.credential));
+        } else {
+            cmd.push_str(&format!(" -u '{}'", self.credential));
+        }
+        if self.method != "GET" {
+            cmd.push_str(&format!(" -X {}", self.method));
+        }
+        if let Some(body) = self.body {
+            cmd.push_str(&format!(" -H 'Content-Type: application/json' -d '{body}'"));
+        }
+        cmd.push_str(&format!(" '{origin}{}'", self.target));
+        cmd
+    }
+}
+
+/// The walkthrough, in an order in which every request succeeds.
+pub fn examples() -> Vec<Example> {
+    let [alice, bob, _] = DEMO_USERS;
+    let basic = |u: &crate::fake::DemoUser| format!("{}:{}", u.email, u.api_token);
+    let api = "/wiki/rest/api/user";
+    let property = format!("{api}/{}/property/editor-theme", alice.account_id);
+    let ex = |title, method, target: String, credential: String, body| Example {
+        title,
+        method,
+        target,
+        credential,
+        body,
+    };
+    vec![
+        ex(
+            "Who am I (Basic email:token)",
+            "GET",
+            format!("{api}/current"),
+            basic(&alice),
+            None,
+        ),
+        ex(
+            "Who am I (OAuth bearer)",
+            "GET",
+            format!("{api}/current"),
+            format!("Bearer {}", bob.bearer),
+            None,
+        ),
+        ex(
+            "A user by account id",
+            "GET",
+            format!("{api}?accountId={}&expand=operations", bob.account_id),
+            basic(&alice),
+            None,
+        ),
+        ex(
+            "Group memberships",
+            "GET",
+            format!("{api}/memberof?accountId={}", alice.account_id),
+            basic(&alice),
+            None,
+        ),
+        ex(
+            "Bulk lookup",
+            "GET",
+            format!(
+                "{api}/bulk?accountId={},{}",
+                alice.account_id, bob.account_id
+            ),
+            basic(&alice),
+            None,
+        ),
+        ex(
+            "A user's email",
+            "GET",
+            format!("{api}/email?accountId={}", bob.account_id),
+            basic(&alice),
+            None,
+        ),
+        ex(
+            "Watch a space (wikigate adds the XSRF header)",
+            "POST",
+            format!("{api}/watch/space/DEMO"),
+            basic(&bob),
+            None,
+        ),
+        ex(
+            "Am I watching it?",
+            "GET",
+            format!("{api}/watch/space/DEMO"),
+            basic(&bob),
+            None,
+        ),
+        ex(
+            "Create a user property",
+            "POST",
+            property.clone(),
+            basic(&alice),
+            Some(r#"{"value":{"mode":"dark"}}"#),
+        ),
+        ex("Read it", "GET", property.clone(), basic(&alice), None),
+        ex(
+            "Update it",
+            "PUT",
+            property.clone(),
+            basic(&alice),
+            Some(r#"{"value":{"mode":"light"}}"#),
+        ),
+        ex(
+            "List my properties",
+            "GET",
+            format!("{api}/{}/property", alice.account_id),
+            basic(&alice),
+            None,
+        ),
+        ex("Delete it", "DELETE", property, basic(&alice), None),
+        ex(
+            "Stop watching",
+            "DELETE",
+            format!("{api}/watch/space/DEMO"),
+            basic(&bob),
+            None,
+        ),
+    ]
+}
+
+/// Runs the demo until SIGINT/SIGTERM.
+pub async fn run(listen: SocketAddr) -> ExitCode {
+    telemetry::init(LogFormat::Pretty, "info");
+    let fake = match FakeConfluence::start().await {
+        Ok(fake) => fake,
+        Err(e) => {
+            eprintln!("wikigate demo: cannot start the fake Confluence site: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let config = Config::from_toml(&format!(
+        "[server]\nlisten = \"{listen}\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[upstream]\nurl = \"{}\"\n",
+        fake.url()
+    ))
+    .expect("the demo config is valid");
+    let running = match lifecycle::start(&config).await {
+        Ok(running) => running,
+        Err(e) => {
+            eprintln!("wikigate demo: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let origin = format!("http://{}", running.addr);
+    let mut text = format!(
+        "\nwikigate demo: gateway on {origin}, admin on http://{}, fake Confluence on {}\n\
+         Try these (Ctrl-C to stop):\n",
+        running.admin_addr,
+        fake.url()
+    );
+    for example in examples() {
+        text.push_str(&format!(
+            "\n# {}\n{}\n",
+            example.title,
+            example.curl(&origin)
+        ));
+    }
+    text.push_str(&format!(
+        "\n# Health and readiness\ncurl -fsS http://{}/readyz\n",
+        running.admin_addr
+    ));
+    println!("{text}");
+    stop_on_signal(running).await
+}

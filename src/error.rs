@@ -1,0 +1,137 @@
+//! Errors that wikigate answers itself, and the one place they become HTTP responses.
+//!
+//! Invariant: every response wikigate makes on its own (as opposed to passing upstream's
+//! through) has Confluence's error shape, `{"statusCode":N,"message":…,"reason":…,"data":{…}}`,
+//! so clients parse wikigate's refusals exactly as they parse Confluence's.
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header};
+
+use crate::body::Body;
+use crate::routes::RouteError;
+
+/// Where an error came from, so logs and metrics can tell client faults from upstream faults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorSource {
+    /// The client sent something wikigate refuses.
+    Downstream,
+    /// The upstream site failed or was unreachable.
+    Upstream,
+}
+
+/// A request wikigate answers itself with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error(transparent)]
+    Route(#[from] RouteError),
+    #[error("the request URI is longer than {limit} bytes")]
+    UriTooLong { limit: usize },
+    #[error("the request headers are larger than {limit} bytes")]
+    HeadersTooLarge { limit: usize },
+    #[error("the request body is larger than {limit} bytes")]
+    BodyTooLarge { limit: usize },
+    #[error("the request body was not received within {0:?}")]
+    BodyTimeout(std::time::Duration),
+    #[error("the request body could not be read: {0}")]
+    BodyRead(String),
+    #[error("{0}")]
+    Forbidden(&'static str),
+    #[error("{0}")]
+    Unauthorized(&'static str),
+    #[error("the upstream site could not be reached: {0}")]
+    UpstreamConnect(String),
+    #[error("the upstream site sent an invalid response: {0}")]
+    UpstreamProtocol(String),
+    #[error("the upstream site timed out: {0}")]
+    UpstreamTimeout(String),
+}
+
+impl GatewayError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            GatewayError::Route(RouteError::NotFound) => StatusCode::NOT_FOUND,
+            GatewayError::Route(RouteError::MethodNotAllowed { .. }) => {
+                StatusCode::METHOD_NOT_ALLOWED
+            }
+            GatewayError::Route(RouteError::InvalidParam { .. }) => StatusCode::BAD_REQUEST,
+            GatewayError::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
+            GatewayError::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            GatewayError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            GatewayError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            GatewayError::BodyRead(_) => StatusCode::BAD_REQUEST,
+            GatewayError::Forbidden(_) => StatusCode::FORBIDDEN,
+            GatewayError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            GatewayError::UpstreamConnect(_) | GatewayError::UpstreamProtocol(_) => {
+                StatusCode::BAD_GATEWAY
+            }
+            GatewayError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    pub fn source(&self) -> ErrorSource {
+        match self {
+            GatewayError::UpstreamConnect(_)
+            | GatewayError::UpstreamProtocol(_)
+            | GatewayError::UpstreamTimeout(_) => ErrorSource::Upstream,
+            _ => ErrorSource::Downstream,
+        }
+    }
+
+    /// Whether the connection should be closed after answering (the request's framing can no
+    /// longer be trusted, e.g. a body that was not read to its end).
+    pub fn closes_connection(&self) -> bool {
+        matches!(
+            self,
+            GatewayError::BodyTooLarge { .. }
+                | GatewayError::BodyTimeout(_)
+                | GatewayError::BodyRead(_)
+        )
+    }
+
+    /// The response: Confluence's error JSON with the right status and headers.
+    pub fn into_response(self) -> Response<Body> {
+        let status = self.status();
+        let mut response = error_response(status, &self.to_string());
+        let headers = response.headers_mut();
+        if let GatewayError::Route(RouteError::MethodNotAllowed { allow }) = self {
+            headers.insert(header::ALLOW, HeaderValue::from_static(allow));
+        }
+        if let GatewayError::Unauthorized(_) = self {
+            headers.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"wikigate\""),
+            );
+        }
+        if self.closes_connection() {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        response
+    }
+}
+
+/// Confluence's error body for a status and message.
+pub fn error_body(status: StatusCode, message: &str) -> Bytes {
+    let body = serde_json::json!({
+        "statusCode": status.as_u16(),
+        "message": message,
+        "reason": status.canonical_reason().unwrap_or(""),
+        "data": {
+            "authorized": !matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN),
+            "valid": !status.is_client_error(),
+            "errors": [],
+            "successful": false,
+        },
+    });
+    Bytes::from(body.to_string())
+}
+
+/// A full response carrying Confluence's error body.
+pub fn error_response(status: StatusCode, message: &str) -> Response<Body> {
+    let mut response = Response::new(Body::full(error_body(status, message)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json;charset=UTF-8"),
+    );
+    response
+}

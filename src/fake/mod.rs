@@ -1,0 +1,153 @@
+//! A fake Confluence Cloud site: the 21 user-API operations, stateful, in process.
+//!
+//! The demo puts the gateway in front of it, and the tests use it as the upstream. It follows
+//! `shared/confluence-user-api.json`: Basic (`email:token`) or Bearer authentication,
+//! `/user/current` is the caller, watch status for another `accountId` needs an admin, watch
+//! writes need `X-Atlassian-Token: no-check`, user properties can be listed, read, created
+//! (409 if present), updated and deleted (404 if absent), and `_links` carry the site URL.
+//!
+//! Tests steer it through [`FakeConfluence`]: it counts the requests it served per operation,
+//! records what it received, and can be told to answer slowly or with an error status.
+
+mod site;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use http::{HeaderMap, Method, StatusCode};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
+
+use crate::routes::Operation;
+use crate::server::{self, Http};
+
+pub use site::{DEMO_USERS, DemoUser};
+
+/// A request as the fake received it.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub method: Method,
+    /// The request target exactly as received (path and query).
+    pub target: String,
+    pub headers: HeaderMap,
+    pub body: bytes::Bytes,
+}
+
+/// Faults the fake injects, for tests of the gateway's error handling.
+#[derive(Debug, Clone, Default)]
+pub struct Faults {
+    /// Wait this long before answering any request.
+    pub delay: Duration,
+    /// Answer every request with this status and Confluence's error body.
+    pub fail_with: Option<StatusCode>,
+}
+
+/// Shared by the fake's handler and its [`FakeConfluence`] handle.
+struct Shared {
+    site: site::Site,
+    hits: [AtomicU64; 21],
+    requests: AtomicU64,
+    faults: std::sync::Mutex<Faults>,
+    /// `std::sync::Mutex`: held only to push or clone, never across an await.
+    recorded: std::sync::Mutex<Vec<Recorded>>,
+}
+
+/// The most requests kept for inspection; older ones are dropped first.
+const RECORD_LIMIT: usize = 1024;
+
+/// A running fake site.
+pub struct FakeConfluence {
+    pub addr: std::net::SocketAddr,
+    shared: Arc<Shared>,
+    stop: watch::Sender<bool>,
+}
+
+impl FakeConfluence {
+    /// Starts a plain-HTTP fake on `127.0.0.1` at a free port.
+    pub async fn start() -> std::io::Result<FakeConfluence> {
+        FakeConfluence::start_on("127.0.0.1:0".parse().expect("address"), None).await
+    }
+
+    /// Starts a fake on `addr`, serving HTTPS when `tls` is given.
+    pub async fn start_on(
+        addr: std::net::SocketAddr,
+        tls: Option<TlsAcceptor>,
+    ) -> std::io::Result<FakeConfluence> {
+        let listener = TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let host = if tls.is_some() {
+            "localhost"
+        } else {
+            "127.0.0.1"
+        };
+        let base = format!("{scheme}://{host}:{}/wiki", addr.port());
+        let shared = Arc::new(Shared {
+            site: site::Site::new(base),
+            hits: Default::default(),
+            requests: AtomicU64::new(0),
+            faults: Default::default(),
+            recorded: Default::default(),
+        });
+        let http = match tls {
+            Some(acceptor) => Http::plain().with_tls(acceptor),
+            None => Http::plain(),
+        };
+        let (stop, stop_rx) = watch::channel(false);
+        let handler = Arc::new(site::FakeHandler(shared.clone()));
+        tokio::spawn(server::serve(
+            listener,
+            http,
+            handler,
+            async move {
+                let mut stop_rx = stop_rx;
+                let _ = stop_rx.wait_for(|s| *s).await;
+            },
+            Duration::from_secs(1),
+        ));
+        Ok(FakeConfluence { addr, shared, stop })
+    }
+
+    /// The site's base URL, `http://127.0.0.1:PORT` (what `upstream.url` is set to).
+    pub fn url(&self) -> String {
+        self.shared.site.base().trim_end_matches("/wiki").to_owned()
+    }
+
+    /// How many requests for `operation` reached the fake.
+    pub fn hits(&self, operation: Operation) -> u64 {
+        self.shared.hits[operation.index()].load(Ordering::SeqCst)
+    }
+
+    /// How many requests reached the fake at all, routed or not.
+    pub fn requests(&self) -> u64 {
+        self.shared.requests.load(Ordering::SeqCst)
+    }
+
+    /// The requests received, oldest first (at most the last 1024).
+    pub fn recorded(&self) -> Vec<Recorded> {
+        self.shared.recorded.lock().expect("lock").clone()
+    }
+
+    /// The last request received.
+    pub fn last(&self) -> Option<Recorded> {
+        self.shared.recorded.lock().expect("lock").last().cloned()
+    }
+
+    /// Replaces the injected faults.
+    pub fn set_faults(&self, faults: Faults) {
+        *self.shared.faults.lock().expect("lock") = faults;
+    }
+
+    /// Stops accepting connections.
+    pub fn stop(&self) {
+        self.stop.send_replace(true);
+    }
+}
+
+impl Drop for FakeConfluence {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

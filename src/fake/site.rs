@@ -1,0 +1,774 @@
+//! The fake site's data and its answers to the 21 operations.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use base64::Engine as _;
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use serde_json::{Value, json};
+
+use super::{RECORD_LIMIT, Recorded, Shared};
+use crate::body::Body;
+use crate::error::error_response;
+use crate::routes::{self, Operation, RouteError};
+use crate::server::{ConnInfo, Handler};
+
+/// A user of the fake site with the credentials that log in as them.
+#[derive(Debug, Clone, Copy)]
+pub struct DemoUser {
+    pub account_id: &'static str,
+    pub email: &'static str,
+    pub display_name: &'static str,
+    /// The API token for Basic `email:token`.
+    pub api_token: &'static str,
+    /// The OAuth access token for `Bearer`.
+    pub bearer: &'static str,
+    pub admin: bool,
+    pub groups: &'static [&'static str],
+}
+
+/// The fake site's users. Alice is a Confluence administrator, Bob is not, Carol cannot log in.
+pub const DEMO_USERS: [DemoUser; 3] = [
+    DemoUser {
+        account_id: "557058:a11ce000-0000-4000-8000-000000000001",
+        email: "alice@example.com",
+        display_name: "Alice Admin",
+        api_token: "alice-api-token",
+        bearer: "alice-oauth-token",
+        admin: true,
+        groups: &[
+            "confluence-users",
+            "confluence-administrators",
+            "site-admins",
+        ],
+    },
+    DemoUser {
+        account_id: "557058:b0b00000-0000-4000-8000-000000000002",
+        email: "bob@example.com",
+        display_name: "Bob Builder",
+        api_token: "bob-api-token",
+        bearer: "bob-oauth-token",
+        admin: false,
+        groups: &["confluence-users"],
+    },
+    DemoUser {
+        account_id: "557058:ca501000-0000-4000-8000-000000000003",
+        email: "carol@example.com",
+        display_name: "Carol External",
+        api_token: "",
+        bearer: "",
+        admin: false,
+        groups: &[],
+    },
+];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum WatchKind {
+    Content,
+    Label,
+    Space,
+}
+
+#[derive(Debug, Clone)]
+struct Property {
+    id: u64,
+    value: Value,
+    created: String,
+    modified: String,
+}
+
+#[derive(Default)]
+struct Data {
+    watches: HashSet<(&'static str, WatchKind, String)>,
+    /// By (account id, key); a BTreeMap so listings come in key order.
+    properties: BTreeMap<(&'static str, String), Property>,
+    next_property_id: u64,
+}
+
+pub(super) struct Site {
+    base: String,
+    /// `std::sync::Mutex`: every handler takes it briefly and never across an await.
+    data: std::sync::Mutex<Data>,
+}
+
+impl Site {
+    pub(super) fn new(base: String) -> Site {
+        Site {
+            base,
+            data: std::sync::Mutex::new(Data {
+                next_property_id: 1000,
+                ..Data::default()
+            }),
+        }
+    }
+
+    pub(super) fn base(&self) -> &str {
+        &self.base
+    }
+
+    fn links(&self, self_path: &str) -> Value {
+        json!({ "base": self.base, "context": "/wiki", "self": format!("{}{}", self.base, self_path) })
+    }
+}
+
+pub(super) struct FakeHandler(pub(super) Arc<Shared>);
+
+impl Handler for FakeHandler {
+    async fn call(&self, request: Request<Incoming>, _conn: ConnInfo) -> Response<Body> {
+        let shared = &self.0;
+        shared.requests.fetch_add(1, Ordering::SeqCst);
+        let (parts, body) = request.into_parts();
+        let body = match Limited::new(body, 1 << 20).collect().await {
+            Ok(collected) => collected.to_bytes(),
+            Err(_) => return error_response(StatusCode::PAYLOAD_TOO_LARGE, "body too large"),
+        };
+        {
+            let mut recorded = shared.recorded.lock().expect("lock");
+            if recorded.len() == RECORD_LIMIT {
+                recorded.remove(0);
+            }
+            recorded.push(Recorded {
+                method: parts.method.clone(),
+                target: parts
+                    .uri
+                    .path_and_query()
+                    .map_or_else(String::new, |p| p.as_str().to_owned()),
+                headers: parts.headers.clone(),
+                body: body.clone(),
+            });
+        }
+        let resolved = match routes::resolve(&parts.method, parts.uri.path()) {
+            Ok(resolved) => resolved,
+            Err(RouteError::NotFound) => {
+                return error_response(StatusCode::NOT_FOUND, "No resource at this path");
+            }
+            Err(RouteError::MethodNotAllowed { .. }) => {
+                return error_response(StatusCode::METHOD_NOT_ALLOWED, "Method not allowed");
+            }
+            Err(e) => return error_response(StatusCode::BAD_REQUEST, &e.to_string()),
+        };
+        shared.hits[resolved.operation.index()].fetch_add(1, Ordering::SeqCst);
+
+        let faults = shared.faults.lock().expect("lock").clone();
+        if !faults.delay.is_zero() {
+            tokio::time::sleep(faults.delay).await;
+        }
+        if let Some(status) = faults.fail_with {
+            return error_response(status, "injected failure");
+        }
+
+        let query = Query::parse(parts.uri.query());
+        let caller = match authenticate(&parts.headers) {
+            Ok(caller) => caller,
+            Err(()) => {
+                return error_response(StatusCode::UNAUTHORIZED, "Invalid credentials");
+            }
+        };
+        let ctx = Ctx {
+            site: &shared.site,
+            caller,
+            query: &query,
+            resolved: &resolved,
+            path_and_query: parts.uri.path_and_query().map_or("", |p| p.as_str()),
+            xsrf_ok: parts
+                .headers
+                .get("x-atlassian-token")
+                .is_some_and(|v| v == "no-check"),
+            body: &body,
+        };
+        match ctx.answer() {
+            Ok(answer) => answer.into_response(resolved.head),
+            Err((status, message)) => error_response(status, &message),
+        }
+    }
+}
+
+/// Who is calling: a user, or nobody (anonymous access).
+fn authenticate(headers: &http::HeaderMap) -> Result<Option<&'static DemoUser>, ()> {
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return Ok(None);
+    };
+    let value = value.to_str().map_err(|_| ())?;
+    let (scheme, credential) = value.split_once(' ').ok_or(())?;
+    let user = if scheme.eq_ignore_ascii_case("basic") {
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(credential.trim())
+            .map_err(|_| ())?;
+        let decoded = String::from_utf8(decoded).map_err(|_| ())?;
+        let (email, token) = decoded.split_once(':').ok_or(())?;
+        DEMO_USERS
+            .iter()
+            .find(|u| !u.api_token.is_empty() && u.email == email && u.api_token == token)
+    } else if scheme.eq_ignore_ascii_case("bearer") {
+        DEMO_USERS
+            .iter()
+            .find(|u| !u.bearer.is_empty() && u.bearer == credential.trim())
+    } else {
+        None
+    };
+    user.map(Some).ok_or(())
+}
+
+/// The query string as decoded name/value pairs, in order.
+struct Query(Vec<(String, String)>);
+
+impl Query {
+    fn parse(query: Option<&str>) -> Query {
+        let pairs = query
+            .unwrap_or("")
+            .split('&')
+            .filter(|p| !p.is_empty())
+            .map(|pair| {
+                let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+                (decode(k), decode(v))
+            })
+            .collect();
+        Query(pairs)
+    }
+
+    fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Every value of a parameter, comma-separated lists flattened.
+    fn list(&self, name: &str) -> Vec<&str> {
+        self.0
+            .iter()
+            .filter(|(k, _)| k == name)
+            .flat_map(|(_, v)| v.split(','))
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+            .collect()
+    }
+
+    fn number(&self, name: &str, default: u64) -> Result<u64, Failure> {
+        match self.get(name) {
+            None => Ok(default),
+            Some(v) => v.parse().map_err(|_| {
+                (
+                    StatusCode::BAD_REQUEST,
+                    format!("{name} must be a non-negative integer"),
+                )
+            }),
+        }
+    }
+}
+
+fn decode(s: &str) -> String {
+    let plus_as_space = s.replace('+', " ");
+    percent_encoding::percent_decode_str(&plus_as_space)
+        .decode_utf8_lossy()
+        .into_owned()
+}
+
+type Failure = (StatusCode, String);
+
+fn fail(status: StatusCode, message: &str) -> Failure {
+    (status, message.to_owned())
+}
+
+/// What an operation answers when it succeeds.
+enum Answer {
+    Json(StatusCode, Value),
+    NoContent,
+}
+
+impl Answer {
+    fn into_response(self, head: bool) -> Response<Body> {
+        match self {
+            Answer::NoContent => {
+                let mut response = Response::new(Body::empty());
+                *response.status_mut() = StatusCode::NO_CONTENT;
+                response
+            }
+            Answer::Json(status, value) => {
+                let bytes = Bytes::from(value.to_string());
+                let len = bytes.len();
+                let mut response = Response::new(if head {
+                    Body::empty()
+                } else {
+                    Body::full(bytes)
+                });
+                *response.status_mut() = status;
+                let headers = response.headers_mut();
+                headers.insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json;charset=UTF-8"),
+                );
+                // As Confluence Cloud does: wikigate caches despite this, deliberately.
+                headers.insert(
+                    header::CACHE_CONTROL,
+                    HeaderValue::from_static("no-cache, no-store, must-revalidate"),
+                );
+                if head {
+                    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+                }
+                response
+            }
+        }
+    }
+}
+
+struct Ctx<'a> {
+    site: &'a Site,
+    caller: Option<&'static DemoUser>,
+    query: &'a Query,
+    resolved: &'a routes::Resolved<'a>,
+    path_and_query: &'a str,
+    xsrf_ok: bool,
+    body: &'a Bytes,
+}
+
+impl Ctx<'_> {
+    fn answer(&self) -> Result<Answer, Failure> {
+        use Operation::*;
+        let op = self.resolved.operation;
+        match op {
+            GetAnonymousUser => Ok(self.json(self.anonymous())),
+            GetCurrentUser => match self.caller {
+                Some(user) => Ok(self.json(self.user_json(user, user))),
+                None => Ok(self.json(self.anonymous())),
+            },
+            _ => {
+                let caller = self.caller.ok_or_else(|| {
+                    fail(
+                        StatusCode::UNAUTHORIZED,
+                        "This request needs authentication",
+                    )
+                })?;
+                self.authenticated(op, caller)
+            }
+        }
+    }
+
+    fn authenticated(&self, op: Operation, caller: &'static DemoUser) -> Result<Answer, Failure> {
+        use Operation::*;
+        match op {
+            GetUser => {
+                let user = self.required_user("accountId")?;
+                Ok(self.json(self.user_json(user, caller)))
+            }
+            GetGroupMembershipsForUser => self.memberof(),
+            GetBulkUserLookup => self.bulk(caller),
+            GetPrivacyUnsafeUserEmail => {
+                let user = self.required_user("accountId")?;
+                Ok(self.json(json!({ "accountId": user.account_id, "email": user.email })))
+            }
+            GetPrivacyUnsafeUserEmailBulk => {
+                let ids = self.query.list("accountId");
+                if ids.is_empty() {
+                    return Err(fail(StatusCode::BAD_REQUEST, "accountId is required"));
+                }
+                let records: Vec<Value> = ids
+                    .iter()
+                    .filter_map(|id| find_user(id))
+                    .map(|u| json!({ "accountId": u.account_id, "email": u.email }))
+                    .collect();
+                Ok(self.json(Value::Array(records)))
+            }
+            GetContentWatchStatus | IsWatchingLabel | IsWatchingSpace => {
+                let (who, kind, id) = self.watch_target(caller)?;
+                let watching = self.data().watches.contains(&(who, kind, id));
+                Ok(self.json(json!({ "watching": watching })))
+            }
+            AddContentWatcher | AddLabelWatcher | AddSpaceWatcher => {
+                self.require_xsrf()?;
+                let (who, kind, id) = self.watch_target(caller)?;
+                self.data().watches.insert((who, kind, id));
+                Ok(Answer::NoContent)
+            }
+            RemoveContentWatcher | RemoveLabelWatcher | RemoveSpaceWatch => {
+                self.require_xsrf()?;
+                let (who, kind, id) = self.watch_target(caller)?;
+                self.data().watches.remove(&(who, kind, id));
+                Ok(Answer::NoContent)
+            }
+            GetUserProperties => self.list_properties(caller),
+            GetUserProperty => {
+                let (owner, key) = self.property_target(caller)?;
+                let data = self.data();
+                let property = data
+                    .properties
+                    .get(&(owner, key.clone()))
+                    .ok_or_else(|| self.no_property(&key))?;
+                Ok(self.json(self.property_json(owner, &key, property)))
+            }
+            CreateUserProperty => {
+                let (owner, key) = self.property_target(caller)?;
+                let value = self.property_value()?;
+                let mut data = self.data();
+                if data.properties.contains_key(&(owner, key.clone())) {
+                    return Err(fail(
+                        StatusCode::CONFLICT,
+                        &format!("A property with key '{key}' already exists"),
+                    ));
+                }
+                data.next_property_id += 1;
+                let now = now_iso8601();
+                let property = Property {
+                    id: data.next_property_id,
+                    value,
+                    created: now.clone(),
+                    modified: now,
+                };
+                let body = self.property_json(owner, &key, &property);
+                data.properties.insert((owner, key), property);
+                Ok(Answer::Json(StatusCode::CREATED, body))
+            }
+            UpdateUserProperty => {
+                let (owner, key) = self.property_target(caller)?;
+                let value = self.property_value()?;
+                let mut data = self.data();
+                let property = data
+                    .properties
+                    .get_mut(&(owner, key.clone()))
+                    .ok_or_else(|| self.no_property(&key))?;
+                property.value = value;
+                property.modified = now_iso8601();
+                Ok(Answer::NoContent)
+            }
+            DeleteUserProperty => {
+                let (owner, key) = self.property_target(caller)?;
+                self.data()
+                    .properties
+                    .remove(&(owner, key.clone()))
+                    .ok_or_else(|| self.no_property(&key))?;
+                Ok(Answer::NoContent)
+            }
+            GetAnonymousUser | GetCurrentUser => unreachable!("answered without a caller"),
+        }
+    }
+
+    fn data(&self) -> std::sync::MutexGuard<'_, Data> {
+        self.site.data.lock().expect("lock")
+    }
+
+    fn json(&self, value: Value) -> Answer {
+        Answer::Json(StatusCode::OK, value)
+    }
+
+    fn expands(&self, what: &str) -> bool {
+        self.query.list("expand").contains(&what)
+    }
+
+    fn required_user(&self, param: &str) -> Result<&'static DemoUser, Failure> {
+        let id = self
+            .query
+            .get(param)
+            .filter(|v| !v.is_empty())
+            .ok_or_else(|| fail(StatusCode::BAD_REQUEST, &format!("{param} is required")))?;
+        find_user(id).ok_or_else(|| {
+            fail(
+                StatusCode::NOT_FOUND,
+                &format!("No user found with accountId: {id}"),
+            )
+        })
+    }
+
+    fn anonymous(&self) -> Value {
+        let mut value = json!({
+            "type": "anonymous",
+            "profilePicture": { "path": "/wiki/images/icons/profilepics/anonymous.svg", "width": 48, "height": 48, "isDefault": true },
+            "displayName": "Anonymous",
+            "isExternalCollaborator": false,
+            "_expandable": { "operations": "" },
+            "_links": self.site.links(self.path_and_query.trim_start_matches("/wiki")),
+        });
+        if self.expands("operations") {
+            value["operations"] = json!([{ "operation": "read", "targetType": "application" }]);
+            value["_expandable"] = json!({});
+        }
+        value
+    }
+
+    /// A user as `viewer` sees them: the email is visible only to the user and to admins.
+    fn user_json(&self, user: &DemoUser, viewer: &DemoUser) -> Value {
+        let email = if viewer.admin || viewer.account_id == user.account_id {
+            user.email
+        } else {
+            ""
+        };
+        let mut value = json!({
+            "type": "known",
+            "accountId": user.account_id,
+            "accountType": "atlassian",
+            "email": email,
+            "publicName": user.display_name.split(' ').next().unwrap_or(user.display_name),
+            "profilePicture": { "path": format!("/wiki/aa-avatar/{}", user.account_id), "width": 48, "height": 48, "isDefault": false },
+            "displayName": user.display_name,
+            "timeZone": "Europe/Berlin",
+            "isExternalCollaborator": user.api_token.is_empty(),
+            "externalCollaborator": user.api_token.is_empty(),
+            "isGuest": false,
+            "_expandable": { "operations": "", "personalSpace": "" },
+            "_links": self.site.links(&format!("/rest/api/user?accountId={}", user.account_id)),
+        });
+        if self.expands("operations") {
+            value["operations"] = json!([
+                { "operation": "use", "targetType": "application" },
+                { "operation": "create", "targetType": "page" },
+            ]);
+            value["_expandable"]
+                .as_object_mut()
+                .expect("object")
+                .remove("operations");
+        }
+        if self.expands("personalSpace") {
+            value["personalSpace"] =
+                json!({ "key": format!("~{}", user.account_id), "name": user.display_name });
+            value["_expandable"]
+                .as_object_mut()
+                .expect("object")
+                .remove("personalSpace");
+        }
+        value
+    }
+
+    fn memberof(&self) -> Result<Answer, Failure> {
+        let user = self.required_user("accountId")?;
+        let start = self.query.number("start", 0)? as usize;
+        let limit = self.query.number("limit", 200)?.min(200) as usize;
+        let results: Vec<Value> = user
+            .groups
+            .iter()
+            .skip(start)
+            .take(limit)
+            .map(|name| {
+                json!({
+                    "type": "group",
+                    "name": name,
+                    "id": format!("group-{name}"),
+                    "_links": { "self": format!("{}/rest/api/group/by-id?id=group-{name}", self.site.base) },
+                })
+            })
+            .collect();
+        let mut links = self
+            .site
+            .links(self.path_and_query.trim_start_matches("/wiki"));
+        if start + results.len() < user.groups.len() {
+            links["next"] = json!(format!(
+                "/rest/api/user/memberof?accountId={}&start={}&limit={limit}",
+                user.account_id,
+                start + limit
+            ));
+        }
+        Ok(self.json(json!({
+            "results": results, "start": start, "limit": limit, "size": results.len(), "_links": links,
+        })))
+    }
+
+    fn bulk(&self, caller: &DemoUser) -> Result<Answer, Failure> {
+        let ids = self.query.list("accountId");
+        if ids.is_empty() {
+            return Err(fail(StatusCode::BAD_REQUEST, "accountId is required"));
+        }
+        let limit = self.query.number("limit", 200)?;
+        if !(1..=200).contains(&limit) {
+            return Err(fail(
+                StatusCode::BAD_REQUEST,
+                "limit must be between 1 and 200",
+            ));
+        }
+        let results: Vec<Value> = ids
+            .iter()
+            .filter_map(|id| find_user(id))
+            .take(limit as usize)
+            .map(|user| {
+                let mut value = self.user_json(user, caller);
+                let object = value.as_object_mut().expect("object");
+                object.remove("externalCollaborator");
+                object.remove("isGuest");
+                object.insert(
+                    "_links".to_owned(),
+                    json!({ "self": format!("{}/rest/api/user?accountId={}", self.site.base, user.account_id) }),
+                );
+                value
+            })
+            .collect();
+        Ok(self.json(json!({
+            "results": results, "start": 0, "limit": limit, "size": results.len(),
+            "_links": self.site.links(self.path_and_query.trim_start_matches("/wiki")),
+        })))
+    }
+
+    fn require_xsrf(&self) -> Result<(), Failure> {
+        if self.xsrf_ok {
+            Ok(())
+        } else {
+            Err(fail(StatusCode::FORBIDDEN, "XSRF check failed"))
+        }
+    }
+
+    /// Whose watch, of what: the caller's, or (admins only) the `accountId` given.
+    fn watch_target(
+        &self,
+        caller: &'static DemoUser,
+    ) -> Result<(&'static str, WatchKind, String), Failure> {
+        let kind = match self.resolved.route() {
+            routes::Route::WatchContent => WatchKind::Content,
+            routes::Route::WatchLabel => WatchKind::Label,
+            _ => WatchKind::Space,
+        };
+        let id = self
+            .resolved
+            .params()
+            .next()
+            .map(|(_, v)| v.to_owned())
+            .unwrap_or_default();
+        let named = ["accountId", "key", "username"]
+            .iter()
+            .find_map(|p| self.query.get(p).filter(|v| !v.is_empty()));
+        let who = match named {
+            None => caller,
+            Some(_) if !caller.admin => {
+                return Err(fail(
+                    StatusCode::FORBIDDEN,
+                    "Only Confluence administrators can specify another user",
+                ));
+            }
+            Some(_) => self.required_user("accountId")?,
+        };
+        Ok((who.account_id, kind, id))
+    }
+
+    /// Whose property, under which key: the user's own, or any user's for admins.
+    fn property_target(
+        &self,
+        caller: &'static DemoUser,
+    ) -> Result<(&'static str, String), Failure> {
+        let user_id = self.resolved.param("userId").unwrap_or_default();
+        let owner = find_user(user_id).ok_or_else(|| {
+            fail(
+                StatusCode::NOT_FOUND,
+                &format!("No user found with accountId: {user_id}"),
+            )
+        })?;
+        if owner.account_id != caller.account_id && !caller.admin {
+            return Err(fail(
+                StatusCode::FORBIDDEN,
+                "Not permitted to use another user's properties",
+            ));
+        }
+        let key = self.resolved.param("key").unwrap_or_default().to_owned();
+        Ok((owner.account_id, key))
+    }
+
+    fn list_properties(&self, caller: &'static DemoUser) -> Result<Answer, Failure> {
+        let user_id = self.resolved.param("userId").unwrap_or_default().to_owned();
+        let owner = find_user(&user_id).ok_or_else(|| {
+            fail(
+                StatusCode::NOT_FOUND,
+                &format!("No user found with accountId: {user_id}"),
+            )
+        })?;
+        if owner.account_id != caller.account_id && !caller.admin {
+            return Err(fail(
+                StatusCode::FORBIDDEN,
+                "Not permitted to use another user's properties",
+            ));
+        }
+        let start = self.query.number("start", 0)? as usize;
+        let limit = self.query.number("limit", 5)?;
+        if limit > 25 {
+            return Err(fail(StatusCode::BAD_REQUEST, "limit must be at most 25"));
+        }
+        let limit = limit as usize;
+        let data = self.data();
+        let keys: Vec<&String> = data
+            .properties
+            .keys()
+            .filter(|(owner_id, _)| *owner_id == owner.account_id)
+            .map(|(_, key)| key)
+            .collect();
+        let results: Vec<Value> = keys
+            .iter()
+            .skip(start)
+            .take(limit)
+            .map(|key| json!({ "key": key }))
+            .collect();
+        let mut links = self
+            .site
+            .links(self.path_and_query.trim_start_matches("/wiki"));
+        if start + results.len() < keys.len() {
+            links["next"] = json!(format!(
+                "/rest/api/user/{}/property?start={}&limit={limit}",
+                owner.account_id,
+                start + limit
+            ));
+        }
+        Ok(self.json(json!({
+            "results": results, "start": start, "limit": limit, "size": results.len(), "_links": links,
+        })))
+    }
+
+    /// The `value` of a create or update body (`UserPropertyCreate` / `UserPropertyUpdate`).
+    fn property_value(&self) -> Result<Value, Failure> {
+        let invalid = || {
+            fail(
+                StatusCode::BAD_REQUEST,
+                "The body must be a JSON object {\"value\": {…}} and nothing else",
+            )
+        };
+        let body: Value = serde_json::from_slice(self.body).map_err(|_| invalid())?;
+        let object = body.as_object().ok_or_else(invalid)?;
+        match object.get("value") {
+            Some(value @ Value::Object(_)) if object.len() == 1 => Ok(value.clone()),
+            _ => Err(invalid()),
+        }
+    }
+
+    fn no_property(&self, key: &str) -> Failure {
+        fail(
+            StatusCode::NOT_FOUND,
+            &format!("No property found with key: {key}"),
+        )
+    }
+
+    fn property_json(&self, owner: &str, key: &str, property: &Property) -> Value {
+        json!({
+            "key": key,
+            "value": property.value,
+            "id": property.id.to_string(),
+            "lastModifiedDate": property.modified,
+            "createdDate": property.created,
+            "_links": self.site.links(&format!("/rest/api/user/{owner}/property/{key}")),
+        })
+    }
+}
+
+fn find_user(account_id: &str) -> Option<&'static DemoUser> {
+    DEMO_USERS.iter().find(|u| u.account_id == account_id)
+}
+
+/// The current UTC time as `2022-02-01T12:00:00.111Z`.
+fn now_iso8601() -> String {
+    let since_epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let secs = since_epoch.as_secs();
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Howard Hinnant's civil-from-days algorithm.
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        since_epoch.subsec_millis()
+    )
+}

@@ -1,0 +1,169 @@
+//! Header hygiene between the client and the upstream, in both directions.
+//!
+//! Invariants:
+//! - Hop-by-hop headers (`Connection` and every header it names, `Keep-Alive`, `TE`, `Trailer`,
+//!   `Transfer-Encoding`, `Upgrade`, `Proxy-Authorization`, `Proxy-Connection`) never cross
+//!   wikigate, in either direction.
+//! - The request target and `Authorization` cross untouched; `Host` becomes the upstream's.
+//! - `X-Forwarded-Proto` and `X-Forwarded-Host` are wikigate's own, never the client's;
+//!   `X-Forwarded-For` and `Via` are appended to.
+//! - A write carries `X-Atlassian-Token: no-check` and no client-sent value of it. The CSRF
+//!   guard (`csrf`) has already admitted the write, which is what makes this safe.
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, Version, request};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use tokio::time::Instant;
+
+use crate::body::Body;
+use crate::server::ConnInfo;
+
+/// The header Confluence checks for XSRF.
+pub static X_ATLASSIAN_TOKEN: HeaderName = HeaderName::from_static("x-atlassian-token");
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Removes hop-by-hop headers, including those named by `Connection`.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if headers.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
+    }
+    for name in [
+        &header::CONNECTION,
+        &KEEP_ALIVE,
+        &header::TE,
+        &header::TRAILER,
+        &header::TRANSFER_ENCODING,
+        &header::UPGRADE,
+        &header::PROXY_AUTHORIZATION,
+        &PROXY_CONNECTION,
+    ] {
+        headers.remove(name);
+    }
+}
+
+/// Builds the upstream request from the client's request head and its (already read) body.
+/// The head has been through [`strip_hop_by_hop`] already: the gateway does that first, so the
+/// CSRF guard judges the same headers that are forwarded.
+pub fn upstream_request(
+    mut parts: request::Parts,
+    body: Bytes,
+    uri: http::Uri,
+    conn: &ConnInfo,
+    write: bool,
+) -> Request<Full<Bytes>> {
+    let headers = &mut parts.headers;
+
+    let host = headers.remove(header::HOST).or_else(|| {
+        parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    });
+    if let Some(host) = host {
+        headers.insert(X_FORWARDED_HOST.clone(), host);
+    } else {
+        headers.remove(&X_FORWARDED_HOST);
+    }
+    headers.insert(
+        X_FORWARDED_PROTO.clone(),
+        HeaderValue::from_static(if conn.tls { "https" } else { "http" }),
+    );
+    append(headers, &X_FORWARDED_FOR, &conn.peer.ip().to_string());
+    append(headers, &header::VIA, via(parts.version));
+
+    if write {
+        headers.remove(&X_ATLASSIAN_TOKEN);
+        headers.insert(
+            X_ATLASSIAN_TOKEN.clone(),
+            HeaderValue::from_static("no-check"),
+        );
+    }
+    if body.is_empty() {
+        headers.remove(header::CONTENT_LENGTH);
+    } else {
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+    }
+
+    let mut request = Request::new(Full::new(body));
+    *request.method_mut() = parts.method;
+    *request.uri_mut() = uri;
+    *request.version_mut() = Version::HTTP_11;
+    *request.headers_mut() = parts.headers;
+    request
+}
+
+/// Turns the upstream response into the client's: hop-by-hop headers removed, `Via` added,
+/// the body streamed until `deadline`.
+pub fn downstream_response(response: Response<Incoming>, deadline: Instant) -> Response<Body> {
+    let (mut parts, body) = response.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    append(&mut parts.headers, &header::VIA, via(parts.version));
+    parts.version = Version::HTTP_11;
+    Response::from_parts(parts, Body::upstream(body, deadline))
+}
+
+fn via(version: Version) -> &'static str {
+    match version {
+        Version::HTTP_10 => "1.0 wikigate",
+        Version::HTTP_2 => "2 wikigate",
+        _ => "1.1 wikigate",
+    }
+}
+
+/// Appends `value` to a comma-separated list header, folding repeated fields into one.
+fn append(headers: &mut HeaderMap, name: &HeaderName, value: &str) {
+    let mut joined = String::new();
+    for existing in headers.get_all(name).iter().filter_map(|v| v.to_str().ok()) {
+        joined.push_str(existing);
+        joined.push_str(", ");
+    }
+    joined.push_str(value);
+    if let Ok(value) = HeaderValue::from_str(&joined) {
+        headers.insert(name.clone(), value);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_named_headers_are_stripped() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("close, X-Secret"),
+        );
+        headers.insert("x-secret", HeaderValue::from_static("1"));
+        headers.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+        headers.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic x"));
+        strip_hop_by_hop(&mut headers);
+        assert_eq!(headers.len(), 1);
+        assert!(headers.contains_key(header::AUTHORIZATION));
+    }
+
+    #[test]
+    fn append_folds_repeated_fields() {
+        let mut headers = HeaderMap::new();
+        headers.append(&X_FORWARDED_FOR, HeaderValue::from_static("10.0.0.1"));
+        headers.append(&X_FORWARDED_FOR, HeaderValue::from_static("10.0.0.2"));
+        append(&mut headers, &X_FORWARDED_FOR, "127.0.0.1");
+        assert_eq!(headers[&X_FORWARDED_FOR], "10.0.0.1, 10.0.0.2, 127.0.0.1");
+    }
+}

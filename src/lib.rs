@@ -1,0 +1,44 @@
+//! wikigate: a caching reverse-proxy gateway for the Confluence Cloud user API
+//! (`/wiki/rest/api/user/*`).
+//!
+//! # Layout
+//!
+//! - [`cli`] — the command line (`serve`, `demo`, `check-config`); `main.rs` only calls it.
+//! - [`config`] — `file -> TOML table -> overrides -> Config -> validate`.
+//! - [`lifecycle`] — binds the listeners, runs them, drains on shutdown.
+//! - [`server`] — accept loops, TLS, HTTP/1.1 + HTTP/2, graceful connection shutdown.
+//! - [`gateway`] — the request path as one function (see its module doc).
+//! - [`routes`] — the route table: 12 templates, 21 operations, path-parameter validation.
+//! - [`csrf`] — the guard that makes sending `X-Atlassian-Token: no-check` safe.
+//! - [`forward`] — header hygiene between client and upstream, XSRF header injection.
+//! - [`upstream`] — the pooled rustls client with its timeouts.
+//! - [`body`] — the response body type: held bytes or a deadline-bounded upstream stream.
+//! - [`error`] — errors wikigate answers itself, in Confluence's error JSON.
+//! - [`admin`] — `/healthz`, `/readyz` on the admin listener.
+//! - [`telemetry`] — logging.
+//! - [`fake`] — a fake Confluence site for the demo and the tests.
+//! - [`demo`] — `wikigate demo`.
+//!
+//! # Request path
+//!
+//! `server` accepts → `gateway` checks limits, resolves the route, guards writes, reads the
+//! body → `forward` cleans the head → `upstream` sends → `forward` cleans the response, which
+//! streams back through `body`. `docs/ARCHITECTURE.md` has the long form.
+
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod body;
+pub mod cli;
+pub mod config;
+pub mod csrf;
+pub mod demo;
+pub mod error;
+pub mod fake;
+pub mod forward;
+pub mod gateway;
+pub mod lifecycle;
+pub mod routes;
+pub mod server;
+pub mod telemetry;
+pub mod upstream;

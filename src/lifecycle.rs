@@ -1,0 +1,110 @@
+//! Starting and stopping wikigate: bind both listeners, serve, drain on shutdown.
+//!
+//! Shutdown order: `/readyz` turns 503 and the gateway listener closes at once; in-flight
+//! requests get up to `server.drain_timeout` to finish; only then does the admin listener stop,
+//! so health checks keep answering (503) for the whole drain.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::admin::Admin;
+use crate::config::Config;
+use crate::gateway::Gateway;
+use crate::server::{self, Http, TlsError};
+use crate::upstream::UpstreamSetupError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error(transparent)]
+    Upstream(#[from] UpstreamSetupError),
+}
+
+/// A running gateway.
+pub struct Running {
+    /// Where the gateway listens (the real port when the config said port 0).
+    pub addr: SocketAddr,
+    /// Where the admin endpoints listen.
+    pub admin_addr: SocketAddr,
+    draining: watch::Sender<bool>,
+    done: JoinHandle<()>,
+}
+
+impl Running {
+    /// Begins a graceful shutdown; returns at once.
+    pub fn shutdown(&self) {
+        self.draining.send_replace(true);
+    }
+
+    /// Waits until both listeners have stopped.
+    pub async fn wait(self) {
+        let _ = self.done.await;
+    }
+
+    /// Shuts down and waits.
+    pub async fn stop(self) {
+        self.shutdown();
+        self.wait().await;
+    }
+}
+
+/// Binds the listeners and starts serving.
+pub async fn start(config: &Config) -> Result<Running, StartError> {
+    let gateway = Arc::new(Gateway::new(config)?);
+    let http = Http::from_config(&config.server)?;
+    let listener = bind(config.server.listen).await?;
+    let admin_listener = bind(config.admin.listen).await?;
+    let addr = local_addr(&listener, config.server.listen)?;
+    let admin_addr = local_addr(&admin_listener, config.admin.listen)?;
+
+    let (draining, draining_rx) = watch::channel(false);
+    let admin = Arc::new(Admin::new(draining_rx.clone()));
+    let drain = config.server.drain_timeout;
+    let done = tokio::spawn(async move {
+        let (admin_stop, admin_stop_rx) = watch::channel(false);
+        let admin_task = tokio::spawn(server::serve(
+            admin_listener,
+            Http::plain(),
+            admin,
+            became_true(admin_stop_rx),
+            Duration::from_secs(1),
+        ));
+        server::serve(listener, http, gateway, became_true(draining_rx), drain).await;
+        admin_stop.send_replace(true);
+        let _ = admin_task.await;
+    });
+    tracing::info!(%addr, %admin_addr, upstream = %config.upstream.url, "wikigate listening");
+    Ok(Running {
+        addr,
+        admin_addr,
+        draining,
+        done,
+    })
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { addr, source })
+}
+
+fn local_addr(listener: &TcpListener, addr: SocketAddr) -> Result<SocketAddr, StartError> {
+    listener
+        .local_addr()
+        .map_err(|source| StartError::Bind { addr, source })
+}
+
+async fn became_true(mut flag: watch::Receiver<bool>) {
+    let _ = flag.wait_for(|set| *set).await;
+}

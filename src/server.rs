@@ -1,0 +1,223 @@
+//! Listeners: accept TCP (optionally TLS) connections and serve HTTP/1.1 and HTTP/2 on them.
+//!
+//! One accept loop per listener, shared by the gateway, the admin endpoints and the fake
+//! Confluence site; what is served is a [`Handler`].
+//!
+//! Shutdown follows hyper-util's graceful pattern: when the shutdown future completes the
+//! listener is dropped (no new connections), every open connection is told to finish its
+//! in-flight requests and close, and [`serve`] returns once they have or the drain timeout
+//! passed, whichever comes first. In-flight requests are never cut short before the deadline.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+
+use crate::body::Body;
+use crate::config::ServerConfig;
+
+/// What is known about the connection a request arrived on.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    pub tls: bool,
+}
+
+/// Something that answers requests. Errors are answered, never returned: a handler decides
+/// the response for every request it is given.
+pub trait Handler: Send + Sync + 'static {
+    fn call(
+        &self,
+        request: Request<Incoming>,
+        conn: ConnInfo,
+    ) -> impl Future<Output = Response<Body>> + Send;
+}
+
+/// HTTP settings for one listener.
+#[derive(Clone)]
+pub struct Http {
+    builder: auto::Builder<TokioExecutor>,
+    tls: Option<TlsAcceptor>,
+    handshake_timeout: Duration,
+}
+
+impl Http {
+    /// Settings from the gateway's `[server]` section: limits, timeouts, optional TLS.
+    pub fn from_config(config: &ServerConfig) -> Result<Http, TlsError> {
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(config.header_read_timeout)
+            .keep_alive(true)
+            .max_headers(config.max_headers)
+            // hyper's own buffer bounds the request line plus headers; the gateway answers
+            // the configured limits itself (414/431 in Confluence's shape) below this ceiling.
+            .max_buf_size((config.max_uri_bytes + config.max_header_bytes + 4096).max(8192));
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(config.http2_max_concurrent_streams)
+            .max_header_list_size(
+                u32::try_from(config.max_header_bytes + config.max_uri_bytes).unwrap_or(u32::MAX),
+            )
+            .max_pending_accept_reset_streams(Some(50))
+            .keep_alive_interval(Some(Duration::from_secs(30)));
+        let tls = match &config.tls {
+            Some(tls) => Some(tls_acceptor(&tls.cert_file, &tls.key_file)?),
+            None => None,
+        };
+        Ok(Http {
+            builder,
+            tls,
+            handshake_timeout: config.header_read_timeout,
+        })
+    }
+
+    /// Plain HTTP/1.1 + h2c with hyper's defaults (admin endpoints, the fake site).
+    pub fn plain() -> Http {
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(Duration::from_secs(10));
+        builder.http2().timer(TokioTimer::new());
+        Http {
+            builder,
+            tls: None,
+            handshake_timeout: Duration::from_secs(10),
+        }
+    }
+
+    /// The same settings, terminating TLS with `acceptor`.
+    pub fn with_tls(mut self, acceptor: TlsAcceptor) -> Http {
+        self.tls = Some(acceptor);
+        self
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("cannot read TLS certificate {path}: {message}")]
+    Certificate { path: String, message: String },
+    #[error("cannot read TLS private key {path}: {message}")]
+    Key { path: String, message: String },
+    #[error("TLS certificate and key do not fit together: {0}")]
+    Config(#[from] rustls::Error),
+}
+
+/// A rustls acceptor for PEM files, offering h2 and http/1.1 by ALPN.
+pub fn tls_acceptor(cert_file: &Path, key_file: &Path) -> Result<TlsAcceptor, TlsError> {
+    let certs = CertificateDer::pem_file_iter(cert_file)
+        .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| TlsError::Certificate {
+            path: cert_file.display().to_string(),
+            message: e.to_string(),
+        })?;
+    if certs.is_empty() {
+        return Err(TlsError::Certificate {
+            path: cert_file.display().to_string(),
+            message: "no certificate found".to_owned(),
+        });
+    }
+    let key = PrivateKeyDer::from_pem_file(key_file).map_err(|e| TlsError::Key {
+        path: key_file.display().to_string(),
+        message: e.to_string(),
+    })?;
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_no_client_auth()
+    .with_single_cert(certs, key)?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// Serves `handler` on `listener` until `shutdown` completes, then drains for at most `drain`.
+pub async fn serve<H: Handler>(
+    listener: TcpListener,
+    http: Http,
+    handler: Arc<H>,
+    shutdown: impl Future<Output = ()>,
+    drain: Duration,
+) {
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    let watcher = graceful.watcher();
+                    let http = http.clone();
+                    let handler = handler.clone();
+                    tokio::spawn(async move {
+                        let tls = http.tls.is_some();
+                        let conn = ConnInfo { peer, tls };
+                        let service = hyper::service::service_fn(move |req| {
+                            let handler = handler.clone();
+                            async move { Ok::<_, Infallible>(handler.call(req, conn).await) }
+                        });
+                        let result = match &http.tls {
+                            None => {
+                                let io = TokioIo::new(stream);
+                                watcher.watch(http.builder.serve_connection(io, service).into_owned()).await
+                            }
+                            Some(acceptor) => {
+                                let handshake = tokio::time::timeout(http.handshake_timeout, acceptor.accept(stream));
+                                let stream = match handshake.await {
+                                    Ok(Ok(stream)) => stream,
+                                    Ok(Err(e)) => {
+                                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                                        return;
+                                    }
+                                    Err(_) => {
+                                        tracing::debug!(%peer, "TLS handshake timed out");
+                                        return;
+                                    }
+                                };
+                                let io = TokioIo::new(stream);
+                                watcher.watch(http.builder.serve_connection(io, service).into_owned()).await
+                            }
+                        };
+                        if let Err(e) = result {
+                            tracing::debug!(%peer, error = %e, "connection ended with an error");
+                        }
+                    });
+                }
+                Err(e) => {
+                    // Out of file descriptors or a similar transient failure: back off
+                    // instead of spinning, and keep serving the connections already open.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            () = &mut shutdown => break,
+        }
+    }
+    drop(listener);
+    let open = graceful.count();
+    if tokio::time::timeout(drain, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            open,
+            ?drain,
+            "drain timeout passed with connections still open"
+        );
+    }
+}
