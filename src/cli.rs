@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
+use tokio::signal::unix::{Signal, SignalKind, signal};
 
 use crate::config::{Config, Overrides};
 use crate::{demo, lifecycle, telemetry};
@@ -109,6 +110,7 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 async fn serve(config: Config) -> ExitCode {
+    let signals = Signals::install();
     let running = match lifecycle::start(&config).await {
         Ok(running) => running,
         Err(e) => {
@@ -117,32 +119,46 @@ async fn serve(config: Config) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    stop_on_signal(running).await
+    signals.stop(running).await
 }
 
-/// Waits for SIGTERM or SIGINT, drains, and returns. A second signal during the drain exits
-/// at once.
-pub async fn stop_on_signal(running: lifecycle::Running) -> ExitCode {
-    shutdown_signal().await;
-    tracing::info!("shutting down: draining in-flight requests");
-    running.shutdown();
-    tokio::select! {
-        () = running.wait() => {
-            tracing::info!("stopped");
-            ExitCode::SUCCESS
-        }
-        () = shutdown_signal() => {
-            tracing::warn!("second signal: exiting without finishing the drain");
-            ExitCode::from(1)
+/// SIGTERM and SIGINT handlers, installed before anything starts listening so that a signal
+/// that arrives early is a graceful stop, never the default (abrupt) one.
+pub struct Signals {
+    terminate: Signal,
+    interrupt: Signal,
+}
+
+impl Signals {
+    pub fn install() -> Signals {
+        let install = |kind| signal(kind).expect("signal handlers install");
+        Signals {
+            terminate: install(SignalKind::terminate()),
+            interrupt: install(SignalKind::interrupt()),
         }
     }
-}
 
-async fn shutdown_signal() {
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("SIGTERM handler installs");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = terminate.recv() => {}
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.terminate.recv() => {}
+            _ = self.interrupt.recv() => {}
+        }
+    }
+
+    /// Waits for a signal, drains, and returns. A second signal during the drain exits at once.
+    pub async fn stop(mut self, running: lifecycle::Running) -> ExitCode {
+        self.recv().await;
+        tracing::info!("shutting down: draining in-flight requests");
+        running.shutdown();
+        tokio::select! {
+            () = running.wait() => {
+                tracing::info!("stopped");
+                ExitCode::SUCCESS
+            }
+            () = self.recv() => {
+                tracing::warn!("second signal: exiting without finishing the drain");
+                ExitCode::from(1)
+            }
+        }
     }
 }

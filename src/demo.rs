@@ -1,10 +1,11 @@
 //! `wikigate demo`: the gateway in front of the built-in fake Confluence site, on loopback,
 //! with copy-paste `curl` examples that work as printed (no network needed).
 
+use std::io::Write as _;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 
-use crate::cli::stop_on_signal;
+use crate::cli::Signals;
 use crate::config::{Config, LogFormat};
 use crate::fake::{DEMO_USERS, FakeConfluence};
 use crate::{lifecycle, telemetry};
@@ -150,6 +151,7 @@ pub fn examples() -> Vec<Example> {
 /// Runs the demo until SIGINT/SIGTERM.
 pub async fn run(listen: SocketAddr) -> ExitCode {
     telemetry::init(LogFormat::Pretty, "info");
+    let signals = Signals::install();
     let fake = match FakeConfluence::start().await {
         Ok(fake) => fake,
         Err(e) => {
@@ -187,6 +189,7 @@ pub async fn run(listen: SocketAddr) -> ExitCode {
         "\n# Health and readiness\ncurl -fsS http://{}/readyz\n",
         running.admin_addr
     ));
-    println!("{text}");
-    stop_on_signal(running).await
+    // A closed stdout (`wikigate demo | head`) is no reason to stop the demo.
+    let _ = writeln!(std::io::stdout().lock(), "{text}");
+    signals.stop(running).await
 }

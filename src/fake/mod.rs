@@ -42,6 +42,8 @@ pub struct Faults {
     pub delay: Duration,
     /// Answer every request with this status and Confluence's error body.
     pub fail_with: Option<StatusCode>,
+    /// Headers added to every answer (hop-by-hop headers, for hygiene tests).
+    pub response_headers: HeaderMap,
 }
 
 /// Shared by the fake's handler and its [`FakeConfluence`] handle.

@@ -161,6 +161,19 @@ impl Handler for FakeHandler {
             return error_response(status, "injected failure");
         }
 
+        let mut response = self.answer(&parts, &body, &resolved);
+        response.headers_mut().extend(faults.response_headers);
+        response
+    }
+}
+
+impl FakeHandler {
+    fn answer(
+        &self,
+        parts: &http::request::Parts,
+        body: &Bytes,
+        resolved: &routes::Resolved<'_>,
+    ) -> Response<Body> {
         let query = Query::parse(parts.uri.query());
         let caller = match authenticate(&parts.headers) {
             Ok(caller) => caller,
@@ -169,16 +182,16 @@ impl Handler for FakeHandler {
             }
         };
         let ctx = Ctx {
-            site: &shared.site,
+            site: &self.0.site,
             caller,
             query: &query,
-            resolved: &resolved,
+            resolved,
             path_and_query: parts.uri.path_and_query().map_or("", |p| p.as_str()),
             xsrf_ok: parts
                 .headers
                 .get("x-atlassian-token")
                 .is_some_and(|v| v == "no-check"),
-            body: &body,
+            body,
         };
         match ctx.answer() {
             Ok(answer) => answer.into_response(resolved.head),

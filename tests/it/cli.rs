@@ -1,0 +1,210 @@
+//! The binary itself: `check-config`, `serve` with SIGTERM, and `demo` whose printed curl
+//! examples all succeed as printed.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use wikigate::fake::FakeConfluence;
+
+use crate::support::{API, TestClient, alice, basic};
+
+const BIN: &str = env!("CARGO_BIN_EXE_wikigate");
+
+fn temp_file(name: &str, text: &str) -> std::path::PathBuf {
+    let path = std::env::temp_dir().join(format!("wikigate-cli-{}-{name}", std::process::id()));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn terminate(child: &Child) {
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("process did not exit within {within:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn check_config_accepts_the_documented_default_and_prints_the_effective_config() {
+    let out = Command::new(BIN)
+        .args([
+            "check-config",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/config/wikigate.toml"),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed = String::from_utf8(out.stdout).unwrap();
+    let reparsed = wikigate::config::Config::from_toml(&printed).expect("printed config parses");
+    assert_eq!(reparsed.server.listen.to_string(), "127.0.0.1:8080");
+    assert!(printed.contains("drain_timeout = \"30s\""), "{printed}");
+}
+
+#[test]
+fn check_config_exits_2_naming_the_bad_key() {
+    let cases = [
+        (
+            "[server]\nlisten = \"nowhere\"\n[upstream]\nurl = \"https://a.example\"\n",
+            "server.listen",
+        ),
+        (
+            "[upstream]\nurl = \"https://a.example\"\nretries = 3\n",
+            "retries",
+        ),
+        (
+            "[upstream]\nurl = \"https://a.example\"\n[log]\nformat = \"xml\"\n",
+            "log.format",
+        ),
+    ];
+    for (i, (text, key)) in cases.iter().enumerate() {
+        let file = temp_file(&format!("bad{i}.toml"), text);
+        let out = Command::new(BIN)
+            .arg("check-config")
+            .arg(&file)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(key), "{key} not named in {stderr}");
+    }
+}
+
+#[tokio::test]
+async fn serve_runs_from_flags_and_env_and_stops_cleanly_on_sigterm() {
+    let fake = FakeConfluence::start().await.unwrap();
+    let free = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+    };
+    let (listen, admin) = (free(), free());
+    // The file says one port, the environment another, the flag a third: the flag wins.
+    let file = temp_file(
+        "serve.toml",
+        &format!(
+            "[server]\nlisten = \"127.0.0.1:1\"\n[upstream]\nurl = \"{}\"\n",
+            fake.url()
+        ),
+    );
+    let mut child = Command::new(BIN)
+        .arg("serve")
+        .arg("--config")
+        .arg(&file)
+        .args(["--listen", &listen.to_string()])
+        .env("WIKIGATE_LISTEN", "127.0.0.1:2")
+        .env("WIKIGATE_ADMIN_LISTEN", admin.to_string())
+        .env("WIKIGATE_LOG_FORMAT", "json")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+
+    let admin_client = TestClient::new(format!("http://{admin}"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let ready = admin_client
+            .request(http::Method::GET, "/readyz")
+            .try_send()
+            .await;
+        if ready.is_some_and(|a| a.status == 200) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "gateway never became ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let client = TestClient::new(format!("http://{listen}"));
+    let answer = client
+        .get(&format!("{API}/current"), Some(&basic(alice())))
+        .await;
+    assert_eq!(answer.status, 200);
+
+    terminate(&child);
+    let status = wait_exit(&mut child, Duration::from_secs(10));
+    assert!(status.success(), "exit status {status}");
+    let mut logs = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut logs).unwrap();
+    let access = logs
+        .lines()
+        .find(|line| line.contains("wikigate::access"))
+        .unwrap_or_else(|| panic!("no access log line in {logs}"));
+    let access: serde_json::Value = serde_json::from_str(access).expect("JSON log line");
+    assert_eq!(access["operation"], "getCurrentUser");
+    assert_eq!(access["status"], 200);
+    assert!(
+        !logs.contains(alice().api_token),
+        "a credential reached the logs"
+    );
+    assert!(
+        !logs.contains(&basic(alice())),
+        "a credential reached the logs"
+    );
+}
+
+#[test]
+fn demo_prints_curl_examples_that_all_succeed() {
+    let mut child = Command::new(BIN)
+        .args(["demo", "--listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (lines_tx, lines_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = lines_tx.send(line);
+        }
+    });
+    let mut commands = Vec::new();
+    loop {
+        let line = lines_rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("demo prints its examples");
+        if line.starts_with("curl ") {
+            commands.push(line.clone());
+        }
+        if line.contains("/readyz") {
+            break;
+        }
+    }
+    assert!(commands.len() >= 14, "{commands:#?}");
+    assert!(
+        commands.iter().any(|c| c.contains("-X POST"))
+            && commands.iter().any(|c| c.contains("-X PUT"))
+    );
+    for command in &commands {
+        let out = Command::new("sh")
+            .args(["-c", command])
+            .output()
+            .expect("sh runs");
+        assert!(
+            out.status.success(),
+            "{command}\nexit {}: {}\ndemo exit: {:?}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr),
+            child.try_wait()
+        );
+    }
+    terminate(&child);
+    assert!(wait_exit(&mut child, Duration::from_secs(10)).success());
+}

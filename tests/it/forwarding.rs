@@ -1,0 +1,465 @@
+//! Every operation passes through, byte-for-byte where it matters, with clean headers.
+
+use http::{HeaderValue, Method, StatusCode};
+use serde_json::json;
+use wikigate::fake::Faults;
+use wikigate::routes::Operation;
+
+use crate::support::{API, Harness, TestClient, alice, basic, bob};
+
+#[tokio::test]
+async fn all_21_operations_pass_through_the_gateway() {
+    let h = Harness::start().await;
+    let (a, b) = (alice().account_id, bob().account_id);
+    let prop = format!("{API}/{a}/property/color-scheme");
+    let body = r#"{"value":{"mode":"dark"}}"#;
+
+    // (operation, method, target, body, expected status)
+    let steps: Vec<(Operation, Method, String, Option<&str>, u16)> = vec![
+        (
+            Operation::GetUser,
+            Method::GET,
+            format!("{API}?accountId={b}"),
+            None,
+            200,
+        ),
+        (
+            Operation::GetAnonymousUser,
+            Method::GET,
+            format!("{API}/anonymous"),
+            None,
+            200,
+        ),
+        (
+            Operation::GetCurrentUser,
+            Method::GET,
+            format!("{API}/current"),
+            None,
+            200,
+        ),
+        (
+            Operation::GetGroupMembershipsForUser,
+            Method::GET,
+            format!("{API}/memberof?accountId={a}"),
+            None,
+            200,
+        ),
+        (
+            Operation::GetBulkUserLookup,
+            Method::GET,
+            format!("{API}/bulk?accountId={a},{b}"),
+            None,
+            200,
+        ),
+        (
+            Operation::GetPrivacyUnsafeUserEmail,
+            Method::GET,
+            format!("{API}/email?accountId={b}"),
+            None,
+            200,
+        ),
+        (
+            Operation::GetPrivacyUnsafeUserEmailBulk,
+            Method::GET,
+            format!("{API}/email/bulk?accountId={a}&accountId={b}"),
+            None,
+            200,
+        ),
+        (
+            Operation::AddContentWatcher,
+            Method::POST,
+            format!("{API}/watch/content/123"),
+            None,
+            204,
+        ),
+        (
+            Operation::GetContentWatchStatus,
+            Method::GET,
+            format!("{API}/watch/content/123"),
+            None,
+            200,
+        ),
+        (
+            Operation::RemoveContentWatcher,
+            Method::DELETE,
+            format!("{API}/watch/content/123"),
+            None,
+            204,
+        ),
+        (
+            Operation::AddLabelWatcher,
+            Method::POST,
+            format!("{API}/watch/label/release"),
+            None,
+            204,
+        ),
+        (
+            Operation::IsWatchingLabel,
+            Method::GET,
+            format!("{API}/watch/label/release"),
+            None,
+            200,
+        ),
+        (
+            Operation::RemoveLabelWatcher,
+            Method::DELETE,
+            format!("{API}/watch/label/release"),
+            None,
+            204,
+        ),
+        (
+            Operation::AddSpaceWatcher,
+            Method::POST,
+            format!("{API}/watch/space/ENG"),
+            None,
+            204,
+        ),
+        (
+            Operation::IsWatchingSpace,
+            Method::GET,
+            format!("{API}/watch/space/ENG?accountId={a}"),
+            None,
+            200,
+        ),
+        (
+            Operation::RemoveSpaceWatch,
+            Method::DELETE,
+            format!("{API}/watch/space/ENG"),
+            None,
+            204,
+        ),
+        (
+            Operation::CreateUserProperty,
+            Method::POST,
+            prop.clone(),
+            Some(body),
+            201,
+        ),
+        (
+            Operation::GetUserProperty,
+            Method::GET,
+            prop.clone(),
+            None,
+            200,
+        ),
+        (
+            Operation::UpdateUserProperty,
+            Method::PUT,
+            prop.clone(),
+            Some(r#"{"value":{"mode":"light"}}"#),
+            204,
+        ),
+        (
+            Operation::GetUserProperties,
+            Method::GET,
+            format!("{API}/{a}/property?start=0&limit=5"),
+            None,
+            200,
+        ),
+        (
+            Operation::DeleteUserProperty,
+            Method::DELETE,
+            prop.clone(),
+            None,
+            204,
+        ),
+    ];
+    assert_eq!(steps.len(), 21);
+    for (operation, method, target, body, status) in steps {
+        let mut request = h.client.request(method, &target).auth(alice());
+        if let Some(body) = body {
+            request = request
+                .header("content-type", "application/json")
+                .body(body);
+        }
+        let answer = request.send().await;
+        assert_eq!(
+            answer.status.as_u16(),
+            status,
+            "{operation:?}: {:?}",
+            answer.body
+        );
+        assert_eq!(
+            h.fake.hits(operation),
+            1,
+            "{operation:?} reached upstream once"
+        );
+        if status == 200 || status == 201 {
+            assert!(
+                answer.headers["content-type"]
+                    .to_str()
+                    .unwrap()
+                    .starts_with("application/json"),
+                "{operation:?}"
+            );
+            answer.json();
+        }
+    }
+
+    // Bodies are upstream's, unchanged.
+    let user = h
+        .client
+        .get(&format!("{API}?accountId={b}"), Some(&basic(alice())))
+        .await
+        .json();
+    assert_eq!(user["accountId"], b);
+    assert_eq!(user["email"], "bob@example.com");
+    assert_eq!(user["_links"]["base"], format!("{}/wiki", h.fake.url()));
+    let current = h
+        .client
+        .get(&format!("{API}/current"), Some(&basic(bob())))
+        .await
+        .json();
+    assert_eq!(current["accountId"], bob().account_id);
+    let watch = h
+        .client
+        .get(&format!("{API}/watch/space/ENG"), Some(&basic(alice())))
+        .await
+        .json();
+    assert_eq!(watch, json!({ "watching": false }));
+    let anon = h.client.get(&format!("{API}/anonymous"), None).await.json();
+    assert_eq!(anon["type"], "anonymous");
+    let emails = h
+        .client
+        .get(
+            &format!("{API}/email/bulk?accountId={a}&accountId=nobody"),
+            Some(&basic(alice())),
+        )
+        .await
+        .json();
+    assert_eq!(
+        emails,
+        json!([{ "accountId": a, "email": "alice@example.com" }])
+    );
+}
+
+#[tokio::test]
+async fn upstream_errors_pass_through_unchanged() {
+    let h = Harness::start().await;
+    // 404 from the fake for a property that does not exist.
+    let missing = h
+        .client
+        .get(
+            &format!("{API}/{}/property/none", alice().account_id),
+            Some(&basic(alice())),
+        )
+        .await;
+    let json = missing.assert_error(404);
+    assert_eq!(json["message"], "No property found with key: none");
+    // 403: a non-admin asking for someone else's watch status.
+    let forbidden = h
+        .client
+        .get(
+            &format!("{API}/watch/space/ENG?accountId={}", alice().account_id),
+            Some(&basic(bob())),
+        )
+        .await;
+    forbidden.assert_error(403);
+    // 409 on a second create.
+    let prop = format!("{API}/{}/property/dup", alice().account_id);
+    for expected in [201, 409] {
+        let answer = h
+            .client
+            .request(Method::POST, &prop)
+            .auth(alice())
+            .header("content-type", "application/json")
+            .body(r#"{"value":{}}"#)
+            .send()
+            .await;
+        assert_eq!(answer.status.as_u16(), expected);
+    }
+    // A 503 storm upstream reaches the client as upstream's 503, with its body.
+    h.fake.set_faults(Faults {
+        fail_with: Some(StatusCode::SERVICE_UNAVAILABLE),
+        ..Faults::default()
+    });
+    let answer = h
+        .client
+        .get(&format!("{API}/current"), Some(&basic(alice())))
+        .await;
+    assert_eq!(answer.assert_error(503)["message"], "injected failure");
+}
+
+#[tokio::test]
+async fn request_target_and_authorization_are_forwarded_byte_for_byte() {
+    let h = Harness::start().await;
+    let target = format!(
+        "{API}?expand=operations,personalSpace&accountId={}&x=%2F%7e+a",
+        bob().account_id
+    );
+    let auth = basic(alice());
+    let answer = h.client.get(&target, Some(&auth)).await;
+    assert_eq!(answer.status, 200);
+    let seen = h.fake.last().unwrap();
+    assert_eq!(seen.target, target);
+    assert_eq!(seen.headers["authorization"], auth.as_str());
+    assert_eq!(seen.headers["host"], h.fake.addr.to_string().as_str());
+}
+
+#[tokio::test]
+async fn forwarding_headers_are_added_and_client_values_not_trusted() {
+    let h = Harness::start().await;
+    h.client
+        .request(Method::GET, &format!("{API}/current"))
+        .auth(alice())
+        .header("x-forwarded-for", "10.1.2.3")
+        .header("x-forwarded-proto", "https")
+        .header("x-forwarded-host", "evil.example")
+        .header("via", "1.1 edge")
+        .send()
+        .await;
+    let seen = h.fake.last().unwrap();
+    assert_eq!(seen.headers["x-forwarded-for"], "10.1.2.3, 127.0.0.1");
+    assert_eq!(seen.headers["x-forwarded-proto"], "http");
+    assert_eq!(
+        seen.headers["x-forwarded-host"],
+        h.gateway.addr.to_string().as_str()
+    );
+    assert_eq!(seen.headers["via"], "1.1 edge, 1.1 wikigate");
+}
+
+#[tokio::test]
+async fn hop_by_hop_headers_are_stripped_in_both_directions() {
+    let h = Harness::start().await;
+    let mut response_headers = http::HeaderMap::new();
+    response_headers.insert("connection", HeaderValue::from_static("x-upstream-private"));
+    response_headers.insert("x-upstream-private", HeaderValue::from_static("1"));
+    response_headers.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+    response_headers.insert("upgrade", HeaderValue::from_static("h2c"));
+    response_headers.insert("proxy-connection", HeaderValue::from_static("keep-alive"));
+    response_headers.insert("x-end-to-end", HeaderValue::from_static("kept"));
+    h.fake.set_faults(Faults {
+        response_headers,
+        ..Faults::default()
+    });
+
+    let answer = h
+        .client
+        .request(Method::GET, &format!("{API}/current"))
+        .auth(alice())
+        .header("connection", "x-client-private")
+        .header("x-client-private", "secret")
+        .header("keep-alive", "timeout=5")
+        .header("te", "trailers")
+        .header("trailer", "x-checksum")
+        .header("upgrade", "websocket")
+        .header("proxy-authorization", "Basic cHJveHk6cHJveHk=")
+        .header("proxy-connection", "keep-alive")
+        .header("x-end-to-end", "kept")
+        .send()
+        .await;
+    assert_eq!(answer.status, 200);
+    let seen = h.fake.last().unwrap();
+    for name in [
+        "x-client-private",
+        "keep-alive",
+        "te",
+        "trailer",
+        "upgrade",
+        "proxy-authorization",
+        "proxy-connection",
+    ] {
+        assert!(!seen.headers.contains_key(name), "{name} reached upstream");
+    }
+    assert_eq!(seen.headers["x-end-to-end"], "kept");
+    for name in [
+        "x-upstream-private",
+        "keep-alive",
+        "upgrade",
+        "proxy-connection",
+    ] {
+        assert!(
+            !answer.headers.contains_key(name),
+            "{name} reached the client"
+        );
+    }
+    assert_eq!(answer.headers["x-end-to-end"], "kept");
+    assert_eq!(answer.headers["via"], "1.1 wikigate");
+}
+
+#[tokio::test]
+async fn writes_get_the_xsrf_header_and_reads_do_not() {
+    let h = Harness::start().await;
+    // Straight to the fake, a watch without the header is refused: the XSRF check is real.
+    let direct = TestClient::new(h.fake.url());
+    let refused = direct
+        .request(Method::POST, &format!("{API}/watch/space/ENG"))
+        .auth(bob())
+        .send()
+        .await;
+    assert_eq!(refused.assert_error(403)["message"], "XSRF check failed");
+
+    // Through wikigate the same request succeeds, and a client-sent value is replaced.
+    let answer = h
+        .client
+        .request(Method::POST, &format!("{API}/watch/space/ENG"))
+        .auth(bob())
+        .header("x-atlassian-token", "bogus")
+        .send()
+        .await;
+    assert_eq!(answer.status, 204);
+    let seen = h.fake.last().unwrap();
+    let tokens: Vec<_> = seen.headers.get_all("x-atlassian-token").iter().collect();
+    assert_eq!(tokens, ["no-check"]);
+
+    h.client
+        .get(&format!("{API}/watch/space/ENG"), Some(&basic(bob())))
+        .await;
+    assert!(
+        !h.fake
+            .last()
+            .unwrap()
+            .headers
+            .contains_key("x-atlassian-token")
+    );
+}
+
+#[tokio::test]
+async fn head_is_forwarded_for_get_routes() {
+    let h = Harness::start().await;
+    let answer = h
+        .client
+        .request(Method::HEAD, &format!("{API}/current"))
+        .auth(alice())
+        .send()
+        .await;
+    assert_eq!(answer.status, 200);
+    assert!(answer.body.is_empty());
+    assert_eq!(h.fake.hits(Operation::GetCurrentUser), 1);
+}
+
+#[tokio::test]
+async fn http2_prior_knowledge_is_served() {
+    let h = Harness::start().await;
+    let client = TestClient::h2c(format!("http://{}", h.gateway.addr));
+    let answer = client
+        .get(&format!("{API}/current"), Some(&basic(alice())))
+        .await;
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.json()["accountId"], alice().account_id);
+    // The host the h2 client addressed is forwarded as X-Forwarded-Host.
+    let seen = h.fake.last().unwrap();
+    assert_eq!(
+        seen.headers["x-forwarded-host"],
+        h.gateway.addr.to_string().as_str()
+    );
+    assert_eq!(seen.headers["via"], "2 wikigate");
+}
+
+#[tokio::test]
+async fn upstream_path_prefix_is_joined_with_the_request_target() {
+    let fake = wikigate::fake::FakeConfluence::start().await.unwrap();
+    let config = crate::support::config_for(&format!("{}/ex/confluence/cloud-1234/", fake.url()));
+    let gateway = wikigate::lifecycle::start(&config).await.unwrap();
+    let client = TestClient::new(format!("http://{}", gateway.addr));
+    client
+        .get(
+            &format!("{API}/current?expand=operations"),
+            Some(&basic(alice())),
+        )
+        .await;
+    assert_eq!(
+        fake.last().unwrap().target,
+        format!("/ex/confluence/cloud-1234{API}/current?expand=operations")
+    );
+}

@@ -1,0 +1,181 @@
+//! The test harness: a fake Confluence site, a gateway in front of it, and a client.
+
+use std::time::Duration;
+
+use base64::Engine as _;
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::{Client, connect::HttpConnector};
+use hyper_util::rt::TokioExecutor;
+use serde_json::Value;
+use wikigate::config::Config;
+use wikigate::fake::{DEMO_USERS, DemoUser, FakeConfluence};
+use wikigate::lifecycle::{self, Running};
+
+pub const API: &str = "/wiki/rest/api/user";
+
+pub fn alice() -> &'static DemoUser {
+    &DEMO_USERS[0]
+}
+
+pub fn bob() -> &'static DemoUser {
+    &DEMO_USERS[1]
+}
+
+/// `Authorization` value for a user's Basic credential.
+pub fn basic(user: &DemoUser) -> String {
+    let raw = format!("{}:{}", user.email, user.api_token);
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(raw)
+    )
+}
+
+/// A gateway config in front of `upstream`, on free loopback ports.
+pub fn config_for(upstream: &str) -> Config {
+    Config::from_toml(&format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[upstream]\nurl = \"{upstream}\"\n"
+    ))
+    .expect("test config is valid")
+}
+
+pub struct Harness {
+    pub fake: FakeConfluence,
+    pub gateway: Running,
+    pub client: TestClient,
+}
+
+impl Harness {
+    pub async fn start() -> Harness {
+        Harness::start_with(|_| {}).await
+    }
+
+    /// Starts with the default test config changed by `tweak`.
+    pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> Harness {
+        let fake = FakeConfluence::start().await.expect("fake starts");
+        let mut config = config_for(&fake.url());
+        tweak(&mut config);
+        config.validate().expect("tweaked config is valid");
+        let gateway = lifecycle::start(&config).await.expect("gateway starts");
+        let client = TestClient::new(format!("http://{}", gateway.addr));
+        Harness {
+            fake,
+            gateway,
+            client,
+        }
+    }
+}
+
+/// An answer, fully read.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Answer {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {:?}", self.body))
+    }
+
+    /// Asserts Confluence's error shape with this status.
+    pub fn assert_error(&self, status: u16) -> Value {
+        assert_eq!(self.status.as_u16(), status, "body: {:?}", self.body);
+        let json = self.json();
+        assert_eq!(json["statusCode"], status, "{json}");
+        assert!(json["message"].is_string(), "{json}");
+        assert!(json["data"].is_object(), "{json}");
+        json
+    }
+}
+
+/// A plain HTTP client bound to one origin.
+#[derive(Clone)]
+pub struct TestClient {
+    origin: String,
+    client: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl TestClient {
+    pub fn new(origin: String) -> TestClient {
+        TestClient {
+            origin,
+            client: Client::builder(TokioExecutor::new()).build_http(),
+        }
+    }
+
+    /// An HTTP/2-only client (h2c with prior knowledge).
+    pub fn h2c(origin: String) -> TestClient {
+        TestClient {
+            origin,
+            client: Client::builder(TokioExecutor::new())
+                .http2_only(true)
+                .build_http(),
+        }
+    }
+
+    pub fn request(&self, method: Method, target: &str) -> RequestBuilder<'_> {
+        RequestBuilder {
+            client: self,
+            builder: Request::builder()
+                .method(method)
+                .uri(format!("{}{target}", self.origin)),
+            body: Bytes::new(),
+        }
+    }
+
+    pub async fn get(&self, target: &str, auth: Option<&str>) -> Answer {
+        let mut request = self.request(Method::GET, target);
+        if let Some(auth) = auth {
+            request = request.header("authorization", auth);
+        }
+        request.send().await
+    }
+}
+
+pub struct RequestBuilder<'a> {
+    client: &'a TestClient,
+    builder: http::request::Builder,
+    body: Bytes,
+}
+
+impl RequestBuilder<'_> {
+    pub fn header(mut self, name: &str, value: &str) -> Self {
+        self.builder = self.builder.header(name, value);
+        self
+    }
+
+    pub fn auth(self, user: &DemoUser) -> Self {
+        let value = basic(user);
+        self.header("authorization", &value)
+    }
+
+    pub fn body(mut self, body: impl Into<Bytes>) -> Self {
+        self.body = body.into();
+        self
+    }
+
+    pub async fn send(self) -> Answer {
+        self.try_send().await.expect("request succeeds")
+    }
+
+    /// Sends; `None` when there was no complete answer (connection refused or reset).
+    pub async fn try_send(self) -> Option<Answer> {
+        let request = self.builder.body(Full::new(self.body)).expect("request");
+        let response =
+            tokio::time::timeout(Duration::from_secs(10), self.client.client.request(request))
+                .await
+                .expect("answer within 10 s")
+                .ok()?;
+        let (parts, body) = response.into_parts();
+        let body = body.collect().await.ok()?.to_bytes();
+        Some(Answer {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        })
+    }
+}
