@@ -4,41 +4,125 @@
 //! - `GET /healthz` — 200 while the process serves at all (liveness).
 //! - `GET /readyz` — 200 while accepting traffic, 503 once draining has begun (readiness), so a
 //!   load balancer stops sending new requests before the gateway stops accepting them.
+//! - `DELETE /admin/cache` — drop every cached answer.
+//! - `DELETE /admin/cache?tag=TAG` — invalidate one tag (`watch:space:KEY`,
+//!   `property:USER:KEY`, `properties:USER`, `route:NAME`, …).
+//! - `GET /admin/cache/stats` — entries, weighted bytes, hits, misses, stale, coalesced, …
 //!
-//! Everything else is 404 in Confluence's error shape.
+//! Invariant: `/admin/*` needs `Authorization: Bearer <admin.token>` (401 otherwise) and does
+//! not exist (404) when no token is configured. The token is kept only as a hash and compared
+//! in constant time. Everything else is 404 in Confluence's error shape.
 
-use http::{Method, Request, Response, StatusCode, header};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use tokio::sync::watch;
 
 use crate::body::Body;
+use crate::cache::Cache;
+use crate::config::Secret;
 use crate::error::error_response;
+use crate::routes::Tag;
 use crate::server::{ConnInfo, Handler};
 
 pub struct Admin {
     draining: watch::Receiver<bool>,
+    cache: Arc<Cache>,
+    /// BLAKE3 of the token; `blake3::Hash` compares in constant time.
+    token: Option<blake3::Hash>,
 }
 
 impl Admin {
     /// `draining` turns true when shutdown begins.
-    pub fn new(draining: watch::Receiver<bool>) -> Admin {
-        Admin { draining }
+    pub fn new(
+        draining: watch::Receiver<bool>,
+        cache: Arc<Cache>,
+        token: Option<&Secret>,
+    ) -> Admin {
+        Admin {
+            draining,
+            cache,
+            token: token.map(|t| blake3::hash(t.expose().as_bytes())),
+        }
+    }
+
+    fn authorized(&self, request: &Request<Incoming>) -> Result<(), Response<Body>> {
+        let Some(expected) = self.token else {
+            return Err(error_response(
+                StatusCode::NOT_FOUND,
+                "admin endpoints are off: set admin.token or WIKIGATE_ADMIN_TOKEN",
+            ));
+        };
+        let presented = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(|t| blake3::hash(t.trim().as_bytes()));
+        if presented == Some(expected) {
+            return Ok(());
+        }
+        let mut response = error_response(
+            StatusCode::UNAUTHORIZED,
+            "a valid admin bearer token is required",
+        );
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"wikigate-admin\""),
+        );
+        Err(response)
+    }
+
+    async fn cache_endpoint(&self, request: &Request<Incoming>) -> Response<Body> {
+        match (request.method(), request.uri().path()) {
+            (&Method::DELETE, "/admin/cache") => {
+                let tag = request.uri().query().and_then(|q| {
+                    q.split('&')
+                        .filter_map(|p| p.split_once('='))
+                        .find(|(k, _)| *k == "tag")
+                        .map(|(_, v)| {
+                            percent_encoding::percent_decode_str(v)
+                                .decode_utf8_lossy()
+                                .into_owned()
+                        })
+                });
+                match tag {
+                    Some(tag) if tag.is_empty() => {
+                        error_response(StatusCode::BAD_REQUEST, "tag must not be empty")
+                    }
+                    Some(tag) => {
+                        self.cache.invalidate(&[Tag::named(&tag)]);
+                        json(StatusCode::OK, serde_json::json!({ "invalidated": tag }))
+                    }
+                    None => {
+                        self.cache.purge();
+                        json(StatusCode::OK, serde_json::json!({ "purged": "all" }))
+                    }
+                }
+            }
+            (&Method::GET, "/admin/cache/stats") => json(StatusCode::OK, self.cache.stats().await),
+            (_, "/admin/cache") => not_allowed("DELETE"),
+            (_, "/admin/cache/stats") => not_allowed("GET, HEAD"),
+            _ => error_response(StatusCode::NOT_FOUND, "no such admin endpoint"),
+        }
     }
 }
 
 impl Handler for Admin {
     async fn call(&self, request: Request<Incoming>, _conn: ConnInfo) -> Response<Body> {
-        if request.method() != Method::GET && request.method() != Method::HEAD {
-            let mut response = error_response(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "admin endpoints are read-only",
-            );
-            response
-                .headers_mut()
-                .insert(header::ALLOW, http::HeaderValue::from_static("GET, HEAD"));
-            return response;
+        let path = request.uri().path();
+        if path.starts_with("/admin/") {
+            if let Err(refusal) = self.authorized(&request) {
+                return refusal;
+            }
+            return self.cache_endpoint(&request).await;
         }
-        match request.uri().path() {
+        if request.method() != Method::GET && request.method() != Method::HEAD {
+            return not_allowed("GET, HEAD");
+        }
+        match path {
             "/healthz" => text(StatusCode::OK, "ok\n"),
             "/readyz" if *self.draining.borrow() => {
                 text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
@@ -49,12 +133,30 @@ impl Handler for Admin {
     }
 }
 
+fn not_allowed(allow: &'static str) -> Response<Body> {
+    let mut response = error_response(StatusCode::METHOD_NOT_ALLOWED, "method not allowed here");
+    response
+        .headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static(allow));
+    response
+}
+
 fn text(status: StatusCode, body: &'static str) -> Response<Body> {
     let mut response = Response::new(Body::full(body));
     *response.status_mut() = status;
     response.headers_mut().insert(
         header::CONTENT_TYPE,
-        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+fn json(status: StatusCode, value: serde_json::Value) -> Response<Body> {
+    let mut response = Response::new(Body::full(Bytes::from(value.to_string())));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
     );
     response
 }

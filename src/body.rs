@@ -38,7 +38,13 @@ impl Body {
 
     /// Streams `inner` until `deadline`.
     pub fn upstream(inner: Incoming, deadline: Instant) -> Self {
+        Body::upstream_after(Bytes::new(), inner, deadline)
+    }
+
+    /// Sends `prefix` (already read from `inner`), then streams the rest of `inner`.
+    pub fn upstream_after(prefix: Bytes, inner: Incoming, deadline: Instant) -> Self {
         Body::Upstream(UpstreamBody {
+            prefix: (!prefix.is_empty()).then_some(prefix),
             inner,
             deadline: Box::pin(tokio::time::sleep_until(deadline)),
         })
@@ -47,6 +53,7 @@ impl Body {
 
 #[derive(Debug)]
 pub struct UpstreamBody {
+    prefix: Option<Bytes>,
     inner: Incoming,
     deadline: Pin<Box<Sleep>>,
 }
@@ -67,6 +74,9 @@ impl hyper::body::Body for Body {
         match self.get_mut() {
             Body::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
             Body::Upstream(body) => {
+                if let Some(prefix) = body.prefix.take() {
+                    return Poll::Ready(Some(Ok(Frame::data(prefix))));
+                }
                 if let Poll::Ready(frame) = Pin::new(&mut body.inner).poll_frame(cx) {
                     return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
                 }
@@ -81,14 +91,23 @@ impl hyper::body::Body for Body {
     fn is_end_stream(&self) -> bool {
         match self {
             Body::Full(bytes) => bytes.is_none(),
-            Body::Upstream(body) => body.inner.is_end_stream(),
+            Body::Upstream(body) => body.prefix.is_none() && body.inner.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
             Body::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
-            Body::Upstream(body) => body.inner.size_hint(),
+            Body::Upstream(body) => {
+                let prefix = body.prefix.as_ref().map_or(0, |p| p.len() as u64);
+                let inner = body.inner.size_hint();
+                let mut hint = SizeHint::new();
+                hint.set_lower(inner.lower() + prefix);
+                if let Some(upper) = inner.upper() {
+                    hint.set_upper(upper + prefix);
+                }
+                hint
+            }
         }
     }
 }

@@ -70,7 +70,13 @@ impl ServeArgs {
             .set("server.listen", self.listen.clone())
             .set("upstream.url", self.upstream.clone())
             .set("admin.listen", self.admin_listen.clone())
-            .set("log.format", self.log_format.clone());
+            .set("log.format", self.log_format.clone())
+            // Secrets come from the environment only: a flag would show in `ps`.
+            .set("admin.token", std::env::var("WIKIGATE_ADMIN_TOKEN").ok())
+            .set(
+                "cache.key_secret",
+                std::env::var("WIKIGATE_CACHE_KEY_SECRET").ok(),
+            );
         overrides
     }
 }

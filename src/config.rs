@@ -28,6 +28,8 @@ pub struct Config {
     #[serde(default)]
     pub csrf: CsrfConfig,
     #[serde(default)]
+    pub cache: CacheConfig,
+    #[serde(default)]
     pub log: LogConfig,
 }
 
@@ -85,18 +87,208 @@ pub struct TlsConfig {
     pub key_file: PathBuf,
 }
 
-/// The operator-facing listener (health, readiness).
+/// The operator-facing listener (health, readiness, cache administration).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
     pub listen: SocketAddr,
+    /// Bearer token for `/admin/*`; those endpoints are off without one.
+    /// Prefer the `WIKIGATE_ADMIN_TOKEN` environment variable to writing it here.
+    pub token: Option<Secret>,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
         AdminConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
+            token: None,
         }
+    }
+}
+
+/// The response cache.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheConfig {
+    /// Whether GET answers are cached at all.
+    pub enabled: bool,
+    /// Memory budget: body + headers + key of every entry, in bytes.
+    pub max_bytes: u64,
+    /// Answers larger than this are streamed through and never stored.
+    pub max_entry_bytes: usize,
+    /// Secret keying the hash of credentials that partitions the cache. Random at each start
+    /// when unset (replicas that share a cache need the same one). Prefer the
+    /// `WIKIGATE_CACHE_KEY_SECRET` environment variable to writing it here.
+    pub key_secret: Option<Secret>,
+    /// Whether 404 answers are cached too, for `not_found_ttl`.
+    pub cache_not_found: bool,
+    #[serde(with = "duration")]
+    pub not_found_ttl: Duration,
+    /// How long a request waits for an identical one already fetching before it goes upstream
+    /// itself.
+    #[serde(with = "duration")]
+    pub coalesce_timeout: Duration,
+    pub routes: RoutePolicies,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            enabled: true,
+            max_bytes: 256 * 1024 * 1024,
+            max_entry_bytes: 1024 * 1024,
+            key_secret: None,
+            cache_not_found: false,
+            not_found_ttl: Duration::from_secs(10),
+            coalesce_timeout: Duration::from_secs(30),
+            routes: RoutePolicies::default(),
+        }
+    }
+}
+
+/// How one route's answers are cached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoutePolicy {
+    /// How long an answer is fresh; `0s` disables caching for the route.
+    #[serde(with = "duration")]
+    pub ttl: Duration,
+    /// After `ttl`, how long the expired answer may still be served when upstream fails.
+    #[serde(with = "duration", default)]
+    pub stale_if_error: Duration,
+    /// After `ttl`, how long the expired answer is served at once while one background
+    /// request refreshes it.
+    #[serde(with = "duration", default)]
+    pub stale_while_revalidate: Duration,
+}
+
+impl RoutePolicy {
+    const fn ttl(secs: u64) -> RoutePolicy {
+        RoutePolicy {
+            ttl: Duration::from_secs(secs),
+            stale_if_error: Duration::ZERO,
+            stale_while_revalidate: Duration::ZERO,
+        }
+    }
+}
+
+/// Per-route cache policies, one field per GET route of the route table.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoutePolicies {
+    pub user: RoutePolicy,
+    pub anonymous: RoutePolicy,
+    pub current: RoutePolicy,
+    pub memberof: RoutePolicy,
+    pub bulk: RoutePolicy,
+    pub email: RoutePolicy,
+    pub email_bulk: RoutePolicy,
+    pub watch_content: RoutePolicy,
+    pub watch_label: RoutePolicy,
+    pub watch_space: RoutePolicy,
+    pub properties: RoutePolicy,
+    pub property: RoutePolicy,
+}
+
+impl Default for RoutePolicies {
+    fn default() -> Self {
+        RoutePolicies {
+            user: RoutePolicy::ttl(300),
+            anonymous: RoutePolicy::ttl(3600),
+            current: RoutePolicy::ttl(60),
+            memberof: RoutePolicy::ttl(120),
+            bulk: RoutePolicy::ttl(300),
+            email: RoutePolicy::ttl(600),
+            email_bulk: RoutePolicy::ttl(600),
+            watch_content: RoutePolicy::ttl(60),
+            watch_label: RoutePolicy::ttl(60),
+            watch_space: RoutePolicy::ttl(60),
+            properties: RoutePolicy::ttl(60),
+            property: RoutePolicy::ttl(60),
+        }
+    }
+}
+
+impl RoutePolicies {
+    pub fn get(&self, route: crate::routes::Route) -> &RoutePolicy {
+        use crate::routes::Route;
+        match route {
+            Route::User => &self.user,
+            Route::Anonymous => &self.anonymous,
+            Route::Current => &self.current,
+            Route::MemberOf => &self.memberof,
+            Route::Bulk => &self.bulk,
+            Route::Email => &self.email,
+            Route::EmailBulk => &self.email_bulk,
+            Route::WatchContent => &self.watch_content,
+            Route::WatchLabel => &self.watch_label,
+            Route::WatchSpace => &self.watch_space,
+            Route::Properties => &self.properties,
+            Route::Property => &self.property,
+        }
+    }
+
+    /// Sets every route's policy (tests, benchmarks).
+    pub fn set_all(&mut self, policy: RoutePolicy) {
+        for route in crate::routes::Route::ALL {
+            *self.get_mut(route) = policy;
+        }
+    }
+
+    fn get_mut(&mut self, route: crate::routes::Route) -> &mut RoutePolicy {
+        use crate::routes::Route;
+        match route {
+            Route::User => &mut self.user,
+            Route::Anonymous => &mut self.anonymous,
+            Route::Current => &mut self.current,
+            Route::MemberOf => &mut self.memberof,
+            Route::Bulk => &mut self.bulk,
+            Route::Email => &mut self.email,
+            Route::EmailBulk => &mut self.email_bulk,
+            Route::WatchContent => &mut self.watch_content,
+            Route::WatchLabel => &mut self.watch_label,
+            Route::WatchSpace => &mut self.watch_space,
+            Route::Properties => &mut self.properties,
+            Route::Property => &mut self.property,
+        }
+    }
+}
+
+/// A secret value: never printed, never logged. `check-config` shows `<redacted>`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Secret {
+        Secret(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str("<redacted>")
+    }
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let value = String::deserialize(d)?;
+        if value.len() < 16 {
+            return Err(serde::de::Error::custom(
+                "must be at least 16 characters long",
+            ));
+        }
+        Ok(Secret(value))
     }
 }
 
@@ -425,6 +617,18 @@ impl Config {
         if self.server.http2_max_concurrent_streams == 0 {
             return Err(ConfigError::invalid(
                 "server.http2_max_concurrent_streams",
+                "must be greater than zero",
+            ));
+        }
+        if self.cache.max_entry_bytes as u64 > self.cache.max_bytes {
+            return Err(ConfigError::invalid(
+                "cache.max_entry_bytes",
+                "must not exceed cache.max_bytes",
+            ));
+        }
+        if self.cache.coalesce_timeout.is_zero() {
+            return Err(ConfigError::invalid(
+                "cache.coalesce_timeout",
                 "must be greater than zero",
             ));
         }

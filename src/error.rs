@@ -19,8 +19,9 @@ pub enum ErrorSource {
     Upstream,
 }
 
-/// A request wikigate answers itself with an error.
-#[derive(Debug, thiserror::Error)]
+/// A request wikigate answers itself with an error. `Clone`, so that one failed upstream
+/// fetch can answer every request that was waiting on it.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum GatewayError {
     #[error(transparent)]
     Route(#[from] RouteError),

@@ -12,7 +12,7 @@
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Request, Response, Version, request};
+use http::{Request, Response, Version, request, response};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use tokio::time::Instant;
@@ -111,10 +111,22 @@ pub fn upstream_request(
 /// the body streamed until `deadline`.
 pub fn downstream_response(response: Response<Incoming>, deadline: Instant) -> Response<Body> {
     let (mut parts, body) = response.into_parts();
+    clean_response_head(&mut parts);
+    Response::from_parts(parts, Body::upstream(body, deadline))
+}
+
+/// The response-direction hygiene: hop-by-hop headers removed, `Via` added.
+pub fn clean_response_head(parts: &mut response::Parts) {
     strip_hop_by_hop(&mut parts.headers);
     append(&mut parts.headers, &header::VIA, via(parts.version));
     parts.version = Version::HTTP_11;
-    Response::from_parts(parts, Body::upstream(body, deadline))
+}
+
+/// Conditional request headers are answered by wikigate from its own validators; upstream is
+/// always asked for the full answer, so that what comes back can be stored.
+pub fn strip_conditionals(headers: &mut HeaderMap) {
+    headers.remove(header::IF_NONE_MATCH);
+    headers.remove(header::IF_MODIFIED_SINCE);
 }
 
 fn via(version: Version) -> &'static str {

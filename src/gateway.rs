@@ -1,32 +1,36 @@
-//! The request path, as one readable function: admit → route → guard → read → forward.
+//! The request path, as one readable function: admit → route → guard → cache | forward.
 //!
 //! ```text
 //! client ─▶ check_head (414, 431)
 //!        ─▶ routes::resolve (404, 405, 400)     nothing outside the route table goes upstream
 //!        ─▶ forward::strip_hop_by_hop
-//!        ─▶ csrf::check_write (403, 401)        writes only
-//!        ─▶ read_body (413, 408, 400)           bounded in size and time
-//!        ─▶ upstream::send (502, 504)            the upstream's own answers pass through
-//!        ─▶ forward::downstream_response         streamed under the request deadline
+//!        ├─ write: csrf::check_write (403, 401) ─▶ read_body (413, 408)
+//!        │         ─▶ upstream (in its own task) ─▶ Cache::invalidate ─▶ response
+//!        ├─ read, cacheable: Cache::read — hit | join an identical fetch | fetch and store
+//!        └─ read, bypass (JWT, cookie, TTL 0): forward as is
 //! ```
 //!
-//! Invariant: every request gets exactly one response and one access-log line; errors wikigate
-//! makes are answered in Confluence's error shape (`error`).
+//! Invariants: every request gets exactly one response and one access-log line; errors wikigate
+//! makes are answered in Confluence's error shape (`error`); a write's invalidation happens
+//! after upstream answered and before the client sees the answer — in a task of its own, so a
+//! client that hangs up mid-write cannot skip it.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::{Request, Response, header};
-use http_body_util::{BodyExt, Limited};
+use bytes::{Bytes, BytesMut};
+use http::{Request, Response, header, request};
+use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use crate::body::Body;
+use crate::cache::{self, Buffered, Cache, Fetched, Lookup};
 use crate::config::Config;
 use crate::csrf::CsrfGuard;
 use crate::error::{ErrorSource, GatewayError};
 use crate::forward;
-use crate::routes::{self, Operation};
+use crate::routes::{self, Operation, Tag};
 use crate::server::{ConnInfo, Handler};
 use crate::upstream::{Upstream, UpstreamSetupError};
 
@@ -35,6 +39,7 @@ pub struct Gateway {
     upstream: Upstream,
     csrf: CsrfGuard,
     limits: Limits,
+    cache: Arc<Cache>,
 }
 
 /// Request-size and time limits from `[server]`.
@@ -47,7 +52,7 @@ struct Limits {
 }
 
 impl Gateway {
-    pub fn new(config: &Config) -> Result<Gateway, UpstreamSetupError> {
+    pub fn new(config: &Config, cache: Arc<Cache>) -> Result<Gateway, UpstreamSetupError> {
         Ok(Gateway {
             upstream: Upstream::new(&config.upstream)?,
             csrf: CsrfGuard::new(&config.csrf),
@@ -57,6 +62,7 @@ impl Gateway {
                 max_body_bytes: config.server.max_body_bytes,
                 body_read_timeout: config.server.body_read_timeout,
             },
+            cache,
         })
     }
 
@@ -67,28 +73,184 @@ impl Gateway {
         operation: &mut Option<Operation>,
     ) -> Result<Response<Body>, GatewayError> {
         self.limits.check_head(&request)?;
-        let op = routes::resolve(request.method(), request.uri().path())?.operation;
-        *operation = Some(op);
-        let write = op.verb().is_write();
-
         let (mut parts, body) = request.into_parts();
+        let resolved = routes::resolve(&parts.method, parts.uri.path())?;
+        *operation = Some(resolved.operation);
         forward::strip_hop_by_hop(&mut parts.headers);
-        if write {
-            self.csrf.check_write(&parts.headers)?;
-        }
-        let body = self.limits.read_body(&parts.headers, body).await?;
 
+        if resolved.operation.verb().is_write() {
+            let tags = resolved.invalidates();
+            return self.write(parts, body, conn, tags).await;
+        }
+        match self
+            .cache
+            .lookup(&resolved, &parts.headers, parts.uri.query())
+        {
+            Ok(lookup) => self.cached_read(parts, body, conn, lookup).await,
+            Err(bypass) => {
+                self.cache.note_bypass();
+                let mut response = self.forward(parts, body, conn, false).await?;
+                let status = format!("wikigate; fwd=bypass; detail={}", bypass.as_str());
+                cache::set_status(&mut response, &status);
+                Ok(response)
+            }
+        }
+    }
+
+    /// A write: guarded, forwarded, and its tags invalidated unless upstream refused it (4xx)
+    /// or it never reached upstream.
+    async fn write(
+        &self,
+        parts: request::Parts,
+        body: Incoming,
+        conn: &ConnInfo,
+        tags: Vec<Tag>,
+    ) -> Result<Response<Body>, GatewayError> {
+        self.csrf.check_write(&parts.headers)?;
+        let request = self.upstream_request(parts, body, conn, true).await?;
         let deadline = self.upstream.deadline();
+        let upstream = self.upstream.clone();
+        let cache = self.cache.clone();
+        let exchange = tokio::spawn(async move {
+            let result = upstream.send(request, deadline).await;
+            let may_have_changed = match &result {
+                Ok(response) => !response.status().is_client_error(),
+                Err(GatewayError::UpstreamConnect(_)) => false,
+                Err(_) => true,
+            };
+            if may_have_changed {
+                cache.invalidate(&tags);
+            }
+            result
+        });
+        let response = exchange
+            .await
+            .map_err(|e| GatewayError::UpstreamProtocol(format!("write task failed: {e}")))??;
+        Ok(forward::downstream_response(response, deadline))
+    }
+
+    /// A read the cache may answer.
+    async fn cached_read(
+        &self,
+        mut parts: request::Parts,
+        body: Incoming,
+        conn: &ConnInfo,
+        lookup: Lookup,
+    ) -> Result<Response<Body>, GatewayError> {
+        let request_headers = parts.headers.clone();
+        // The entry is always filled from a full GET, also for HEAD and conditional requests.
+        parts.method = http::Method::GET;
+        forward::strip_conditionals(&mut parts.headers);
+        let template = Arc::new(self.upstream_request(parts, body, conn, false).await?);
+        let upstream = self.upstream.clone();
+        let limit = self.cache.max_entry_bytes();
+        let fetch = move || {
+            let request = copy_request(&template);
+            let upstream = upstream.clone();
+            async move { fetch(&upstream, request, limit).await }
+        };
+        self.cache.read(lookup, &request_headers, fetch).await
+    }
+
+    /// Forwards a request and streams the answer back, untouched by the cache.
+    async fn forward(
+        &self,
+        parts: request::Parts,
+        body: Incoming,
+        conn: &ConnInfo,
+        write: bool,
+    ) -> Result<Response<Body>, GatewayError> {
+        let request = self.upstream_request(parts, body, conn, write).await?;
+        let deadline = self.upstream.deadline();
+        let response = self.upstream.send(request, deadline).await?;
+        Ok(forward::downstream_response(response, deadline))
+    }
+
+    /// The request to send upstream: the body read (bounded), the head cleaned.
+    async fn upstream_request(
+        &self,
+        parts: request::Parts,
+        body: Incoming,
+        conn: &ConnInfo,
+        write: bool,
+    ) -> Result<Request<Full<Bytes>>, GatewayError> {
+        let body = self.limits.read_body(&parts.headers, body).await?;
         let path_and_query = parts
             .uri
             .path_and_query()
             .cloned()
             .ok_or(GatewayError::Route(routes::RouteError::NotFound))?;
         let uri = self.upstream.target(&path_and_query)?;
-        let upstream_request = forward::upstream_request(parts, body, uri, conn, write);
-        let response = self.upstream.send(upstream_request, deadline).await?;
-        Ok(forward::downstream_response(response, deadline))
+        Ok(forward::upstream_request(parts, body, uri, conn, write))
     }
+}
+
+/// A copy of a prepared upstream request, for a fetch that may run more than once.
+fn copy_request(template: &Request<Full<Bytes>>) -> Request<Full<Bytes>> {
+    let mut request = Request::new(template.body().clone());
+    *request.method_mut() = template.method().clone();
+    *request.uri_mut() = template.uri().clone();
+    *request.version_mut() = template.version();
+    *request.headers_mut() = template.headers().clone();
+    request
+}
+
+/// Fetches for the cache: the answer read whole when it is at most `limit` bytes, streamed
+/// through otherwise (without ever holding more than `limit` bytes of it).
+async fn fetch(
+    upstream: &Upstream,
+    request: Request<Full<Bytes>>,
+    limit: usize,
+) -> Result<Fetched, GatewayError> {
+    let deadline = upstream.deadline();
+    let response = upstream.send(request, deadline).await?;
+    let (mut parts, mut body) = response.into_parts();
+    forward::clean_response_head(&mut parts);
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit as u64) {
+        return Ok(Fetched::Streamed(Response::from_parts(
+            parts,
+            Body::upstream(body, deadline),
+        )));
+    }
+    let mut buffer = BytesMut::new();
+    loop {
+        let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
+            Err(_) => {
+                return Err(GatewayError::UpstreamTimeout(
+                    "the response body did not arrive in time".to_owned(),
+                ));
+            }
+            Ok(None) => break,
+            Ok(Some(Err(e))) => {
+                return Err(GatewayError::UpstreamProtocol(format!(
+                    "response body broke off: {e}"
+                )));
+            }
+            Ok(Some(Ok(frame))) => frame,
+        };
+        let Ok(data) = frame.into_data() else {
+            continue; // trailers carry nothing wikigate keeps
+        };
+        if buffer.len() + data.len() > limit {
+            buffer.extend_from_slice(&data);
+            let prefix = buffer.freeze();
+            return Ok(Fetched::Streamed(Response::from_parts(
+                parts,
+                Body::upstream_after(prefix, body, deadline),
+            )));
+        }
+        buffer.extend_from_slice(&data);
+    }
+    Ok(Fetched::Buffered(Buffered {
+        status: parts.status,
+        headers: parts.headers,
+        body: buffer.freeze(),
+    }))
 }
 
 impl Handler for Gateway {
@@ -107,6 +269,11 @@ impl Handler for Gateway {
                 error.into_response()
             }
         };
+        let cache = response
+            .headers()
+            .get(&cache::CACHE_STATUS)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("-");
         tracing::info!(
             target: "wikigate::access",
             peer = %conn.peer.ip(),
@@ -114,6 +281,7 @@ impl Handler for Gateway {
             path,
             operation = operation.map_or("-", Operation::id),
             status = response.status().as_u16(),
+            cache,
             duration_us = started.elapsed().as_micros() as u64,
         );
         response

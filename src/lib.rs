@@ -9,6 +9,7 @@
 //! - [`server`] — accept loops, TLS, HTTP/1.1 + HTTP/2, graceful connection shutdown.
 //! - [`gateway`] — the request path as one function (see its module doc).
 //! - [`routes`] — the route table: 12 templates, 21 operations, path-parameter validation.
+//! - [`cache`] — per-caller GET caching in moka: keys, tag generations, coalescing, stale.
 //! - [`csrf`] — the guard that makes sending `X-Atlassian-Token: no-check` safe.
 //! - [`forward`] — header hygiene between client and upstream, XSRF header injection.
 //! - [`upstream`] — the pooled rustls client with its timeouts.
@@ -29,6 +30,7 @@
 
 pub mod admin;
 pub mod body;
+pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod csrf;

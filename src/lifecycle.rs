@@ -13,6 +13,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::admin::Admin;
+use crate::cache::Cache;
 use crate::config::Config;
 use crate::gateway::Gateway;
 use crate::server::{self, Http, TlsError};
@@ -61,7 +62,8 @@ impl Running {
 
 /// Binds the listeners and starts serving.
 pub async fn start(config: &Config) -> Result<Running, StartError> {
-    let gateway = Arc::new(Gateway::new(config)?);
+    let cache = Arc::new(Cache::new(&config.cache));
+    let gateway = Arc::new(Gateway::new(config, cache.clone())?);
     let http = Http::from_config(&config.server)?;
     let listener = bind(config.server.listen).await?;
     let admin_listener = bind(config.admin.listen).await?;
@@ -69,7 +71,11 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     let admin_addr = local_addr(&admin_listener, config.admin.listen)?;
 
     let (draining, draining_rx) = watch::channel(false);
-    let admin = Arc::new(Admin::new(draining_rx.clone()));
+    let admin = Arc::new(Admin::new(
+        draining_rx.clone(),
+        cache,
+        config.admin.token.as_ref(),
+    ));
     let drain = config.server.drain_timeout;
     let done = tokio::spawn(async move {
         let (admin_stop, admin_stop_rx) = watch::channel(false);

@@ -126,6 +126,30 @@ impl Route {
         }
     }
 
+    /// The route's name in config (`[cache.routes.NAME]`), tags (`route:NAME`) and metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            Route::User => "user",
+            Route::Anonymous => "anonymous",
+            Route::Current => "current",
+            Route::MemberOf => "memberof",
+            Route::Bulk => "bulk",
+            Route::Email => "email",
+            Route::EmailBulk => "email_bulk",
+            Route::WatchContent => "watch_content",
+            Route::WatchLabel => "watch_label",
+            Route::WatchSpace => "watch_space",
+            Route::Properties => "properties",
+            Route::Property => "property",
+        }
+    }
+
+    /// Whether the answer cannot depend on the caller, so that one cached copy may serve every
+    /// caller. Only `/user/anonymous` describes nobody in particular.
+    pub fn is_shared(self) -> bool {
+        matches!(self, Route::Anonymous)
+    }
+
     /// The value of the `Allow` header for this path.
     pub fn allow_header(self) -> &'static str {
         match self {
@@ -305,6 +329,64 @@ impl Resolved<'_> {
     /// The decoded path parameters in template order.
     pub fn params(&self) -> impl Iterator<Item = (&'static str, &str)> {
         self.params.iter().map(|(n, v)| (*n, v.as_ref()))
+    }
+}
+
+impl Resolved<'_> {
+    /// The tag of the resource a read of this route observes, which writes invalidate:
+    /// `watch:content:{id}`, `property:{userId}:{key}`, `properties:{userId}`. Reads of routes
+    /// no write in the API can change have none.
+    pub fn resource_tag(&self) -> Option<Tag> {
+        let param = |name| self.param(name).unwrap_or_default();
+        match self.route() {
+            Route::WatchContent => Some(Tag(format!("watch:content:{}", param("contentId")))),
+            Route::WatchLabel => Some(Tag(format!("watch:label:{}", param("labelName")))),
+            Route::WatchSpace => Some(Tag(format!("watch:space:{}", param("spaceKey")))),
+            Route::Properties => Some(Tag(format!("properties:{}", param("userId")))),
+            Route::Property => Some(Tag(format!(
+                "property:{}:{}",
+                param("userId"),
+                param("key")
+            ))),
+            _ => None,
+        }
+    }
+
+    /// The tags a successful write changes: every cached read of the same watch resource, for
+    /// every caller and query; or the property itself and every page of its user's listing.
+    pub fn invalidates(&self) -> Vec<Tag> {
+        if !self.operation.verb().is_write() {
+            return Vec::new();
+        }
+        let mut tags: Vec<Tag> = self.resource_tag().into_iter().collect();
+        if self.route() == Route::Property {
+            tags.push(Tag(format!(
+                "properties:{}",
+                self.param("userId").unwrap_or_default()
+            )));
+        }
+        tags
+    }
+}
+
+/// A name for a set of cached reads that one write (or an operator) invalidates together.
+/// `route:{name}` covers every cached read of a route.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Tag(String);
+
+impl Tag {
+    /// The tag covering every cached read of `route`.
+    pub fn route(route: Route) -> Tag {
+        Tag(format!("route:{}", route.name()))
+    }
+
+    /// A tag named by an operator (`DELETE /admin/cache?tag=…`).
+    pub fn named(name: &str) -> Tag {
+        Tag(name.to_owned())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
     }
 }
 
@@ -513,6 +595,38 @@ mod tests {
     fn head_resolves_to_the_get_operation() {
         let r = resolve(&Method::HEAD, "/wiki/rest/api/user/anonymous").unwrap();
         assert_eq!((r.operation, r.head), (Operation::GetAnonymousUser, true));
+    }
+
+    #[test]
+    fn writes_invalidate_what_the_api_says_they_change() {
+        let tags = |method, path| {
+            resolve(&method, path)
+                .unwrap()
+                .invalidates()
+                .into_iter()
+                .map(|t| t.as_str().to_owned())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            tags(Method::POST, "/wiki/rest/api/user/watch/content/42"),
+            ["watch:content:42"]
+        );
+        assert_eq!(
+            tags(Method::DELETE, "/wiki/rest/api/user/a%3Ab/property/k"),
+            ["property:a:b:k", "properties:a:b"]
+        );
+        assert!(tags(Method::GET, "/wiki/rest/api/user/watch/content/42").is_empty());
+        // A read observes exactly the tag its writes invalidate.
+        let read = resolve(&Method::GET, "/wiki/rest/api/user/a:b/property").unwrap();
+        assert_eq!(read.resource_tag().unwrap().as_str(), "properties:a:b");
+        let read = resolve(&Method::GET, "/wiki/rest/api/user/watch/space/ENG").unwrap();
+        assert_eq!(read.resource_tag().unwrap().as_str(), "watch:space:ENG");
+        assert!(
+            resolve(&Method::GET, "/wiki/rest/api/user/current")
+                .unwrap()
+                .resource_tag()
+                .is_none()
+        );
     }
 
     #[test]

@@ -1,0 +1,326 @@
+//! A stored answer, and how a stored answer is served.
+//!
+//! Invariants:
+//! - Only what may be shared with every request of the same key is stored: status, body and
+//!   end-to-end headers, never `Set-Cookie`, never hop-by-hop headers, never upstream's own
+//!   caching headers (wikigate writes its own).
+//! - Every served answer says what the cache did (`Cache-Status`, RFC 9211) and forbids shared
+//!   downstream caches from keeping it (`Cache-Control: private`).
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Response, StatusCode};
+use tokio::time::Instant;
+
+use crate::body::Body;
+
+/// A response head and body held in memory.
+#[derive(Debug, Clone)]
+pub struct Buffered {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Buffered {
+    /// The answer as a response (for answers shared but not stored: 4xx/5xx to followers).
+    pub fn to_response(&self, head: bool) -> Response<Body> {
+        let mut response = Response::new(if head {
+            Body::empty()
+        } else {
+            Body::full(self.body.clone())
+        });
+        *response.status_mut() = self.status;
+        *response.headers_mut() = self.headers.clone();
+        response
+    }
+}
+
+/// A cached answer.
+#[derive(Debug)]
+pub struct Entry {
+    pub status: StatusCode,
+    /// End-to-end headers of upstream's answer, minus what wikigate writes itself.
+    headers: HeaderMap,
+    pub body: Bytes,
+    /// A strong validator over the body.
+    etag: HeaderValue,
+    stored_at: Instant,
+    pub ttl: Duration,
+    pub stale_if_error: Duration,
+    pub stale_while_revalidate: Duration,
+    /// The request headers upstream's `Vary` named, and a hash of their values.
+    vary: Option<Vary>,
+}
+
+#[derive(Debug)]
+struct Vary {
+    names: Vec<HeaderName>,
+    fingerprint: [u8; 32],
+}
+
+/// Headers never stored: wikigate sets its own caching headers, and the rest are per-exchange.
+const NOT_STORED: [HeaderName; 7] = [
+    header::CACHE_CONTROL,
+    header::EXPIRES,
+    header::PRAGMA,
+    header::AGE,
+    header::DATE,
+    header::ETAG,
+    header::SET_COOKIE,
+];
+
+/// Freshness windows of one stored answer.
+#[derive(Debug, Clone, Copy)]
+pub struct Lifetime {
+    pub ttl: Duration,
+    pub stale_if_error: Duration,
+    pub stale_while_revalidate: Duration,
+}
+
+impl Entry {
+    /// Stores `answer`; the caller has checked that it may be stored.
+    pub fn new(answer: Buffered, request_headers: &HeaderMap, lifetime: Lifetime) -> Entry {
+        let Buffered {
+            status,
+            mut headers,
+            body,
+        } = answer;
+        let vary = vary_names(&headers).map(|names| Vary {
+            fingerprint: fingerprint(&names, request_headers),
+            names,
+        });
+        for name in &NOT_STORED {
+            headers.remove(name);
+        }
+        let digest = blake3::hash(&body);
+        let etag = format!("\"{}\"", &digest.to_hex()[..32]);
+        Entry {
+            status,
+            headers,
+            body,
+            etag: HeaderValue::from_str(&etag).expect("hex is a valid header value"),
+            stored_at: Instant::now(),
+            ttl: lifetime.ttl,
+            stale_if_error: lifetime.stale_if_error,
+            stale_while_revalidate: lifetime.stale_while_revalidate,
+            vary,
+        }
+    }
+
+    /// Bytes this entry costs: body, headers, key and bookkeeping.
+    pub fn weight(&self) -> u32 {
+        let headers: usize = self
+            .headers
+            .iter()
+            .map(|(n, v)| n.as_str().len() + v.len() + 32)
+            .sum();
+        let total = self.body.len() + headers + self.etag.len() + 32 + 256;
+        u32::try_from(total).unwrap_or(u32::MAX)
+    }
+
+    /// How long moka keeps the entry: fresh, then as long as it may still be served stale.
+    pub fn retention(&self) -> Duration {
+        self.ttl + self.stale_if_error.max(self.stale_while_revalidate)
+    }
+
+    pub fn age(&self, now: Instant) -> Duration {
+        now.saturating_duration_since(self.stored_at)
+    }
+
+    pub fn is_fresh(&self, now: Instant) -> bool {
+        self.age(now) < self.ttl
+    }
+
+    /// Expired, but within the stale-while-revalidate window.
+    pub fn may_revalidate_in_background(&self, now: Instant) -> bool {
+        !self.is_fresh(now) && self.age(now) < self.ttl + self.stale_while_revalidate
+    }
+
+    /// Expired, but within the stale-if-error window.
+    pub fn may_serve_on_error(&self, now: Instant) -> bool {
+        !self.is_fresh(now) && self.age(now) < self.ttl + self.stale_if_error
+    }
+
+    /// Whether this entry answers a request with these headers (upstream's `Vary`).
+    pub fn matches_vary(&self, request_headers: &HeaderMap) -> bool {
+        self.vary
+            .as_ref()
+            .is_none_or(|v| fingerprint(&v.names, request_headers) == v.fingerprint)
+    }
+
+    /// Whether the request's `If-None-Match` names this entry's body.
+    pub fn not_modified(&self, request_headers: &HeaderMap) -> bool {
+        request_headers
+            .get_all(header::IF_NONE_MATCH)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .any(|tag| tag == "*" || tag.trim_start_matches("W/") == self.etag)
+    }
+
+    /// The response for a request: 304 when `If-None-Match` matches, no body for HEAD.
+    pub fn to_response(
+        &self,
+        request_headers: &HeaderMap,
+        head: bool,
+        status: &str,
+    ) -> Response<Body> {
+        let now = Instant::now();
+        let not_modified = self.not_modified(request_headers);
+        let body = if head || not_modified {
+            Body::empty()
+        } else {
+            Body::full(self.body.clone())
+        };
+        let mut response = Response::new(body);
+        *response.status_mut() = if not_modified {
+            StatusCode::NOT_MODIFIED
+        } else {
+            self.status
+        };
+        let headers = response.headers_mut();
+        if not_modified {
+            // RFC 9110 §15.4.5: a 304 carries the validators and caching headers only.
+            if let Some(vary) = self.headers.get(header::VARY) {
+                headers.insert(header::VARY, vary.clone());
+            }
+        } else {
+            headers.clone_from(&self.headers);
+            if head {
+                headers.insert(header::CONTENT_LENGTH, HeaderValue::from(self.body.len()));
+            }
+        }
+        // Whole seconds, so that Age + max-age adds up to the TTL.
+        let age = self.age(now).as_secs();
+        let remaining = self.ttl.as_secs().saturating_sub(age);
+        headers.insert(
+            header::CACHE_CONTROL,
+            HeaderValue::from_str(&format!("private, max-age={remaining}")).expect("ascii"),
+        );
+        headers.insert(header::AGE, HeaderValue::from(age));
+        headers.insert(header::ETAG, self.etag.clone());
+        headers.insert(
+            CACHE_STATUS.clone(),
+            HeaderValue::from_str(status).expect("ascii"),
+        );
+        response
+    }
+}
+
+/// RFC 9211's header.
+pub static CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
+
+/// The header names upstream's `Vary` lists, `None` without `Vary`. `*` is handled by the
+/// caller (never stored).
+fn vary_names(headers: &HeaderMap) -> Option<Vec<HeaderName>> {
+    let mut names: Vec<HeaderName> = headers
+        .get_all(header::VARY)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    if names.is_empty() {
+        return None;
+    }
+    names.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+    names.dedup();
+    Some(names)
+}
+
+/// Whether upstream's answer says `Vary: *` (never stored).
+pub fn varies_on_everything(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::VARY)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|n| n.trim() == "*")
+}
+
+fn fingerprint(names: &[HeaderName], request_headers: &HeaderMap) -> [u8; 32] {
+    let mut hasher = blake3::Hasher::new();
+    for name in names {
+        hasher.update(name.as_str().as_bytes());
+        for value in request_headers.get_all(name) {
+            hasher.update(b"=");
+            hasher.update(value.as_bytes());
+        }
+        hasher.update(b"\n");
+    }
+    *hasher.finalize().as_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(vary: Option<&'static str>) -> Entry {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        headers.insert(header::SET_COOKIE, HeaderValue::from_static("a=b"));
+        if let Some(vary) = vary {
+            headers.insert(header::VARY, HeaderValue::from_static(vary));
+        }
+        let mut request = HeaderMap::new();
+        request.insert(header::ACCEPT_LANGUAGE, HeaderValue::from_static("de"));
+        let lifetime = Lifetime {
+            ttl: Duration::from_secs(60),
+            stale_if_error: Duration::ZERO,
+            stale_while_revalidate: Duration::ZERO,
+        };
+        let answer = Buffered {
+            status: StatusCode::OK,
+            headers,
+            body: Bytes::from_static(b"{}"),
+        };
+        Entry::new(answer, &request, lifetime)
+    }
+
+    #[test]
+    fn upstream_caching_headers_are_replaced_by_wikigates() {
+        let response = entry(None).to_response(&HeaderMap::new(), false, "wikigate; hit");
+        let headers = response.headers();
+        assert_eq!(headers[header::CACHE_CONTROL], "private, max-age=60");
+        assert!(!headers.contains_key(header::SET_COOKIE));
+        assert_eq!(headers[header::CONTENT_TYPE], "application/json");
+        assert_eq!(headers["cache-status"], "wikigate; hit");
+        assert!(headers[header::ETAG].to_str().unwrap().starts_with('"'));
+    }
+
+    #[test]
+    fn if_none_match_gets_304_without_body() {
+        let entry = entry(None);
+        let mut request = HeaderMap::new();
+        request.insert(
+            header::IF_NONE_MATCH,
+            HeaderValue::from_str(&format!("\"x\", {}", entry.etag.to_str().unwrap())).unwrap(),
+        );
+        let response = entry.to_response(&request, false, "wikigate; hit");
+        assert_eq!(response.status(), StatusCode::NOT_MODIFIED);
+        assert!(!response.headers().contains_key(header::CONTENT_TYPE));
+        request.insert(header::IF_NONE_MATCH, HeaderValue::from_static("\"other\""));
+        assert_eq!(
+            entry.to_response(&request, false, "").status(),
+            StatusCode::OK
+        );
+    }
+
+    #[test]
+    fn vary_headers_must_match() {
+        let entry = entry(Some("Accept-Language"));
+        let mut request = HeaderMap::new();
+        request.insert(header::ACCEPT_LANGUAGE, HeaderValue::from_static("de"));
+        assert!(entry.matches_vary(&request));
+        request.insert(header::ACCEPT_LANGUAGE, HeaderValue::from_static("fr"));
+        assert!(!entry.matches_vary(&request));
+    }
+}

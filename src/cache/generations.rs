@@ -1,0 +1,103 @@
+//! Tag generations: the fence between writes and the reads they change.
+//!
+//! Every tag maps to one of a fixed number of counters. A write bumps the counters of the tags
+//! it changes; a read folds the current counters of the tags it observes into its cache key
+//! (see `key`). So after a bump, no read can find — or join the fetch of — an answer keyed
+//! under the old generation, without scanning or indexing the cache.
+//!
+//! Invariants:
+//! - Memory is fixed: tags hash into `SLOTS` counters. Two tags sharing a counter means a write
+//!   to one also invalidates the other (a spurious miss), never that an invalidation is lost.
+//! - Counters only grow (`fetch_add`), so a generation read before a fetch differs from the one
+//!   read after any bump that happened in between.
+//! - An epoch covers every key: a full purge bumps it.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::routes::{Route, Tag};
+
+/// 65 536 counters, 512 KiB.
+const SLOTS: usize = 1 << 16;
+
+pub struct Generations {
+    slots: Box<[AtomicU64]>,
+    /// `route:{name}` tags have counters of their own: every read observes one, so looking
+    /// them up must not hash or allocate.
+    routes: [AtomicU64; Route::ALL.len()],
+    epoch: AtomicU64,
+}
+
+impl Default for Generations {
+    fn default() -> Self {
+        Generations {
+            slots: (0..SLOTS).map(|_| AtomicU64::new(0)).collect(),
+            routes: Default::default(),
+            epoch: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Generations {
+    /// The current generation of `tag`.
+    pub fn get(&self, tag: &Tag) -> u64 {
+        self.counter(tag).load(Ordering::Acquire)
+    }
+
+    /// The current generation of the `route:{name}` tag.
+    pub fn route(&self, route: Route) -> u64 {
+        self.routes[route as usize].load(Ordering::Acquire)
+    }
+
+    fn counter(&self, tag: &Tag) -> &AtomicU64 {
+        let route = tag
+            .as_str()
+            .strip_prefix("route:")
+            .and_then(|name| Route::ALL.into_iter().find(|r| r.name() == name));
+        match route {
+            Some(route) => &self.routes[route as usize],
+            None => &self.slots[slot(tag)],
+        }
+    }
+
+    /// The current epoch, bumped by every full purge.
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    /// Invalidates every key that observed `tag`.
+    pub fn bump(&self, tag: &Tag) {
+        self.counter(tag).fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Invalidates every key.
+    pub fn bump_epoch(&self) {
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+    }
+}
+
+fn slot(tag: &Tag) -> usize {
+    let hash = blake3::hash(tag.as_str().as_bytes());
+    let bytes: [u8; 8] = hash.as_bytes()[..8].try_into().expect("8 bytes");
+    (u64::from_le_bytes(bytes) as usize) % SLOTS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bump_changes_only_its_tag() {
+        let generations = Generations::default();
+        let (a, b) = (Tag::named("watch:space:A"), Tag::named("watch:space:B"));
+        assert_ne!(slot(&a), slot(&b));
+        let before = (generations.get(&a), generations.get(&b));
+        generations.bump(&a);
+        assert_eq!(generations.get(&a), before.0 + 1);
+        assert_eq!(generations.get(&b), before.1);
+        generations.bump_epoch();
+        assert_eq!(generations.epoch(), 1);
+        generations.bump(&Tag::route(Route::MemberOf));
+        assert_eq!(generations.route(Route::MemberOf), 1);
+        assert_eq!(generations.route(Route::User), 0);
+    }
+}

@@ -1,0 +1,267 @@
+//! Cache keys: who is asking (the partition) and what they ask (route, parameters, query).
+//!
+//! Invariants:
+//! - A [`CacheKey`] cannot be built without a [`Partition`]: every stored answer belongs to one
+//!   caller, or — only for routes the route table declares shared — to everyone.
+//! - The partition is a keyed BLAKE3 hash of the whole `Authorization` value; the credential
+//!   itself is never stored, and without the secret the hash cannot be tested against guesses.
+//! - The key also covers the generation of every tag the read observes, so a write (which
+//!   bumps a generation) makes every earlier key unreachable, including keys of fetches still
+//!   in flight: a request that starts after a write can never join or read a pre-write answer.
+//! - The query is normalised for the key only (pairs sorted, `expand` as a set); the request
+//!   forwarded upstream stays byte-for-byte as the client sent it.
+
+use std::borrow::Cow;
+
+use http::{HeaderMap, header};
+
+use crate::routes::Resolved;
+
+/// Whose answers a key belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Partition {
+    /// Requests without credentials: all anonymous callers see the same answers.
+    Anonymous,
+    /// A caller, by the keyed hash of its `Authorization` value.
+    Caller([u8; 32]),
+    /// Everyone: only for routes whose answer cannot depend on the caller.
+    Shared,
+}
+
+/// Why a request is not answered from (or stored in) the cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bypass {
+    /// Connect JWTs are signed afresh for every call: a partition per token would never hit.
+    Jwt,
+    /// Cookie-authenticated reads are not cached.
+    Cookie,
+    /// The route's TTL is 0, or caching is off.
+    Disabled,
+}
+
+impl Bypass {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Bypass::Jwt => "jwt",
+            Bypass::Cookie => "cookie",
+            Bypass::Disabled => "disabled",
+        }
+    }
+}
+
+impl Partition {
+    /// The partition of a request to a non-shared route, or why it bypasses the cache.
+    pub fn of(headers: &HeaderMap, secret: &[u8; 32]) -> Result<Partition, Bypass> {
+        if headers.contains_key(header::COOKIE) {
+            return Err(Bypass::Cookie);
+        }
+        let mut values = headers.get_all(header::AUTHORIZATION).iter();
+        let Some(first) = values.next() else {
+            return Ok(Partition::Anonymous);
+        };
+        let scheme = first
+            .as_bytes()
+            .split(|b| *b == b' ')
+            .next()
+            .unwrap_or_default();
+        if scheme.eq_ignore_ascii_case(b"jwt") {
+            return Err(Bypass::Jwt);
+        }
+        let mut hasher = blake3::Hasher::new_keyed(secret);
+        hasher.update(first.as_bytes());
+        // Several Authorization fields are unusual; they all join the partition.
+        for more in values {
+            hasher.update(b"\n");
+            hasher.update(more.as_bytes());
+        }
+        Ok(Partition::Caller(*hasher.finalize().as_bytes()))
+    }
+}
+
+/// A cache key: 32 bytes of BLAKE3 over the partition, route, parameters, normalised query and
+/// tag generations. Fixed-size, so hashing and comparing it is cheap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct CacheKey([u8; 32]);
+
+impl CacheKey {
+    pub fn new(
+        partition: Partition,
+        resolved: &Resolved<'_>,
+        query: Option<&str>,
+        generations: &[u64],
+    ) -> CacheKey {
+        let mut hasher = blake3::Hasher::new();
+        match partition {
+            Partition::Anonymous => hasher.update(b"a"),
+            Partition::Shared => hasher.update(b"s"),
+            Partition::Caller(hash) => hasher.update(b"c").update(&hash),
+        };
+        field(&mut hasher, resolved.route().name().as_bytes());
+        for (_, value) in resolved.params() {
+            field(&mut hasher, value.as_bytes());
+        }
+        hasher.update(b"?");
+        for (name, value) in normalized_query(query) {
+            field(&mut hasher, name.as_bytes());
+            field(&mut hasher, value.as_bytes());
+        }
+        hasher.update(b"#");
+        for generation in generations {
+            hasher.update(&generation.to_le_bytes());
+        }
+        CacheKey(*hasher.finalize().as_bytes())
+    }
+
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+}
+
+/// Length-prefixed, so that no two different field lists hash the same input.
+fn field(hasher: &mut blake3::Hasher, bytes: &[u8]) {
+    hasher.update(&(bytes.len() as u64).to_le_bytes());
+    hasher.update(bytes);
+}
+
+/// The query's pairs, percent-decoded and sorted; all `expand` values merged into one sorted,
+/// de-duplicated, comma-joined value. Empty pairs are dropped.
+pub fn normalized_query(query: Option<&str>) -> Vec<(Cow<'_, str>, Cow<'_, str>)> {
+    let mut pairs = Vec::new();
+    let mut expand: Vec<Cow<'_, str>> = Vec::new();
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let name = percent_encoding::percent_decode_str(name).decode_utf8_lossy();
+        let value = percent_encoding::percent_decode_str(value).decode_utf8_lossy();
+        if name == "expand" {
+            expand.extend(
+                value
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|v| !v.is_empty())
+                    .map(|v| Cow::Owned(v.to_owned())),
+            );
+        } else {
+            pairs.push((name, value));
+        }
+    }
+    if !expand.is_empty() {
+        expand.sort();
+        expand.dedup();
+        pairs.push((Cow::Borrowed("expand"), Cow::Owned(expand.join(","))));
+    }
+    pairs.sort();
+    pairs
+}
+
+#[cfg(test)]
+mod tests {
+    use http::{HeaderValue, Method};
+
+    use super::*;
+    use crate::routes::resolve;
+
+    const SECRET: [u8; 32] = [7; 32];
+
+    fn key(partition: Partition, path: &str, query: Option<&str>) -> CacheKey {
+        let resolved = resolve(&Method::GET, path).unwrap();
+        CacheKey::new(partition, &resolved, query, &[0])
+    }
+
+    fn auth(value: &'static str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::AUTHORIZATION, HeaderValue::from_static(value));
+        headers
+    }
+
+    #[test]
+    fn query_order_and_expand_order_do_not_change_the_key() {
+        let p = Partition::Anonymous;
+        let path = "/wiki/rest/api/user";
+        let a = key(p, path, Some("accountId=x&expand=operations,personalSpace"));
+        let b = key(
+            p,
+            path,
+            Some("expand=personalSpace&accountId=x&expand=operations"),
+        );
+        let c = key(
+            p,
+            path,
+            Some("expand=personalSpace,operations,operations&accountId=x&"),
+        );
+        let d = key(
+            p,
+            path,
+            Some("accountId=%78&expand=personalSpace%2Coperations"),
+        );
+        assert!(a == b && b == c && c == d);
+        assert_ne!(
+            a,
+            key(p, path, Some("accountId=y&expand=operations,personalSpace"))
+        );
+        assert_ne!(a, key(p, path, Some("accountId=x&expand=operations")));
+        // Order of a list that is not a set matters (bulk results come in request order).
+        assert_ne!(
+            key(p, "/wiki/rest/api/user/bulk", Some("accountId=a,b")),
+            key(p, "/wiki/rest/api/user/bulk", Some("accountId=b,a"))
+        );
+    }
+
+    #[test]
+    fn partitions_separate_callers_and_hide_the_credential() {
+        let alice = Partition::of(&auth("Basic YWxpY2U6dA=="), &SECRET).unwrap();
+        let bob = Partition::of(&auth("Basic Ym9iOnQ="), &SECRET).unwrap();
+        assert_ne!(alice, bob);
+        assert_eq!(
+            alice,
+            Partition::of(&auth("Basic YWxpY2U6dA=="), &SECRET).unwrap()
+        );
+        // Another secret, another hash: the partition cannot be tested offline.
+        assert_ne!(
+            alice,
+            Partition::of(&auth("Basic YWxpY2U6dA=="), &[8; 32]).unwrap()
+        );
+        let path = "/wiki/rest/api/user/current";
+        assert_ne!(key(alice, path, None), key(bob, path, None));
+        assert_ne!(
+            key(alice, path, None),
+            key(Partition::Anonymous, path, None)
+        );
+        assert_eq!(
+            Partition::of(&HeaderMap::new(), &SECRET),
+            Ok(Partition::Anonymous)
+        );
+    }
+
+    #[test]
+    fn jwt_and_cookie_requests_bypass() {
+        assert_eq!(
+            Partition::of(&auth("JWT eyJhbGciOi"), &SECRET),
+            Err(Bypass::Jwt)
+        );
+        let mut cookie = auth("Basic YWxpY2U6dA==");
+        cookie.insert(
+            header::COOKIE,
+            HeaderValue::from_static("tenant.session.token=x"),
+        );
+        assert_eq!(Partition::of(&cookie, &SECRET), Err(Bypass::Cookie));
+    }
+
+    #[test]
+    fn generations_are_part_of_the_key() {
+        let resolved = resolve(&Method::GET, "/wiki/rest/api/user/watch/space/ENG").unwrap();
+        let p = Partition::Anonymous;
+        assert_ne!(
+            CacheKey::new(p, &resolved, None, &[1, 5]),
+            CacheKey::new(p, &resolved, None, &[1, 6])
+        );
+    }
+
+    #[test]
+    fn parameters_cannot_run_into_each_other() {
+        let p = Partition::Anonymous;
+        assert_ne!(
+            key(p, "/wiki/rest/api/user/ab/property/c", None),
+            key(p, "/wiki/rest/api/user/a/property/bc", None)
+        );
+    }
+}

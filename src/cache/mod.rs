@@ -1,0 +1,516 @@
+//! The response cache: per-caller GET answers in moka, invalidated by the writes that change
+//! them, with coalescing and stale serving.
+//!
+//! The three promises and how this module keeps them:
+//! 1. **No leaks.** Every key is built from a [`Partition`] (`key`): the keyed hash of the
+//!    caller's whole `Authorization` value, the anonymous partition, or — only for routes the
+//!    route table declares shared — everyone. JWT and cookie requests are never cached.
+//!    Followers of a coalesced fetch share its key, and so its partition.
+//! 2. **Read-your-writes.** A write bumps the generation of every tag it changes (`generations`)
+//!    after upstream answered and *before* its response is sent. Keys include the generations
+//!    their read observes, so every key — stored or still being fetched — from before the bump
+//!    is unreachable afterwards; answers fetched across a write are stored under a dead key.
+//!    Stale serving only ever considers entries under the current key, so an invalidated entry
+//!    is never served stale.
+//! 3. **Bounded.** moka weighs entries in bytes (body + headers + key + bookkeeping) against
+//!    `cache.max_bytes`; answers over `max_entry_bytes` are streamed through, never buffered
+//!    whole or stored. Tag generations are a fixed array; the flight map holds only fetches in
+//!    progress.
+
+mod entry;
+mod flights;
+mod generations;
+mod key;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
+use moka::future::Cache as Moka;
+use tokio::time::Instant;
+
+pub use entry::{Buffered, CACHE_STATUS, Entry, Lifetime, varies_on_everything};
+use flights::{Flights, FollowError, Role, follow};
+use generations::Generations;
+pub use key::{Bypass, CacheKey, Partition};
+
+use crate::body::Body;
+use crate::config::CacheConfig;
+use crate::error::GatewayError;
+use crate::routes::{Resolved, Tag};
+
+/// What upstream answered a fetch with.
+pub enum Fetched {
+    /// Read whole (at most `max_entry_bytes`).
+    Buffered(Buffered),
+    /// Too large to hold: streamed through, never stored.
+    Streamed(Response<Body>),
+}
+
+/// What a leader's fetch leaves for the requests that followed it.
+#[derive(Clone)]
+enum Outcome {
+    Stored(Arc<Entry>),
+    /// A bounded answer that may not be stored (an error status), shared with followers of
+    /// the same key — the same caller.
+    Answer(Arc<Buffered>),
+    Failed(GatewayError),
+    /// Streamed to the leader alone; followers fetch for themselves.
+    Streamed,
+}
+
+/// A request's cache directives (`Cache-Control` / `Pragma` request headers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Directive {
+    Normal,
+    /// `no-cache` (or `max-age=0`): go upstream, then refresh the entry.
+    NoCache,
+    /// `no-store`: go upstream, store nothing.
+    NoStore,
+}
+
+impl Directive {
+    fn of(headers: &HeaderMap) -> Directive {
+        let mut directive = Directive::Normal;
+        let tokens = headers
+            .get_all(header::CACHE_CONTROL)
+            .iter()
+            .chain(headers.get_all(header::PRAGMA))
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(|t| t.trim().to_ascii_lowercase());
+        for token in tokens {
+            match token.as_str() {
+                "no-store" => return Directive::NoStore,
+                "no-cache" | "max-age=0" => directive = Directive::NoCache,
+                _ => {}
+            }
+        }
+        directive
+    }
+}
+
+/// A GET that the cache may answer.
+#[derive(Debug, Clone, Copy)]
+pub struct Lookup {
+    key: CacheKey,
+    head: bool,
+    shared: bool,
+    lifetime: Lifetime,
+    directive: Directive,
+}
+
+/// Counters for `/admin/cache/stats`.
+#[derive(Default)]
+struct Stats {
+    hits: AtomicU64,
+    misses: AtomicU64,
+    stored: AtomicU64,
+    coalesced: AtomicU64,
+    stale: AtomicU64,
+    bypassed: AtomicU64,
+    invalidations: AtomicU64,
+}
+
+pub struct Cache {
+    store: Moka<CacheKey, Arc<Entry>>,
+    generations: Generations,
+    flights: Flights<CacheKey, Outcome>,
+    config: CacheConfig,
+    secret: [u8; 32],
+    stats: Stats,
+}
+
+/// moka keeps each entry for its own retention: TTL plus its longest stale window.
+struct Retention;
+
+impl moka::Expiry<CacheKey, Arc<Entry>> for Retention {
+    fn expire_after_create(
+        &self,
+        _: &CacheKey,
+        entry: &Arc<Entry>,
+        _: std::time::Instant,
+    ) -> Option<Duration> {
+        Some(entry.retention())
+    }
+
+    fn expire_after_update(
+        &self,
+        _: &CacheKey,
+        entry: &Arc<Entry>,
+        _: std::time::Instant,
+        _: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(entry.retention())
+    }
+}
+
+impl Cache {
+    pub fn new(config: &CacheConfig) -> Cache {
+        let secret = match &config.key_secret {
+            Some(secret) => {
+                blake3::derive_key("wikigate cache partition v1", secret.expose().as_bytes())
+            }
+            None => random_secret(),
+        };
+        let store = Moka::builder()
+            .max_capacity(config.max_bytes)
+            .weigher(|_, entry: &Arc<Entry>| entry.weight())
+            .expire_after(Retention)
+            .build();
+        Cache {
+            store,
+            generations: Generations::default(),
+            flights: Flights::default(),
+            config: config.clone(),
+            secret,
+            stats: Stats::default(),
+        }
+    }
+
+    /// The largest answer that is buffered and may be stored.
+    pub fn max_entry_bytes(&self) -> usize {
+        self.config.max_entry_bytes
+    }
+
+    /// Classifies a GET or HEAD: the key it is answered under, or why it bypasses the cache.
+    pub fn lookup(
+        &self,
+        resolved: &Resolved<'_>,
+        headers: &HeaderMap,
+        query: Option<&str>,
+    ) -> Result<Lookup, Bypass> {
+        let route = resolved.route();
+        let policy = self.config.routes.get(route);
+        if !self.config.enabled || policy.ttl.is_zero() {
+            return Err(Bypass::Disabled);
+        }
+        let shared = route.is_shared();
+        let partition = if shared {
+            Partition::Shared
+        } else {
+            Partition::of(headers, &self.secret)?
+        };
+        let resource = resolved
+            .resource_tag()
+            .map_or(0, |tag| self.generations.get(&tag));
+        let generations = [
+            self.generations.epoch(),
+            self.generations.route(route),
+            resource,
+        ];
+        Ok(Lookup {
+            key: CacheKey::new(partition, resolved, query, &generations),
+            head: resolved.head,
+            shared,
+            lifetime: Lifetime {
+                ttl: policy.ttl,
+                stale_if_error: policy.stale_if_error,
+                stale_while_revalidate: policy.stale_while_revalidate,
+            },
+            directive: Directive::of(headers),
+        })
+    }
+
+    /// Counts a request that bypassed the cache.
+    pub fn note_bypass(&self) {
+        self.stats.bypassed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Invalidates every cached read that observed one of `tags`, for every caller.
+    pub fn invalidate(&self, tags: &[Tag]) {
+        for tag in tags {
+            self.generations.bump(tag);
+        }
+        self.stats
+            .invalidations
+            .fetch_add(tags.len() as u64, Ordering::Relaxed);
+    }
+
+    /// Drops everything; fetches in flight land under dead keys.
+    pub fn purge(&self) {
+        self.generations.bump_epoch();
+        self.store.invalidate_all();
+        self.stats.invalidations.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Answers a cacheable read: from the cache, by joining an identical fetch in flight, or by
+    /// fetching with `fetch` (which must ask upstream for the GET, also for HEAD requests).
+    pub async fn read<F, Fut>(
+        self: &Arc<Self>,
+        lookup: Lookup,
+        request_headers: &HeaderMap,
+        fetch: F,
+    ) -> Result<Response<Body>, GatewayError>
+    where
+        F: Fn() -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = Result<Fetched, GatewayError>> + Send + 'static,
+    {
+        let key = lookup.key;
+        let mut stale = None;
+        if lookup.directive == Directive::Normal
+            && let Some(entry) = self.store.get(&key).await
+            && entry.matches_vary(request_headers)
+        {
+            let now = Instant::now();
+            if entry.is_fresh(now) {
+                self.stats.hits.fetch_add(1, Ordering::Relaxed);
+                return Ok(entry.to_response(request_headers, lookup.head, "wikigate; hit"));
+            }
+            if entry.may_revalidate_in_background(now) {
+                self.refresh_in_background(lookup, request_headers, fetch);
+                self.stats.stale.fetch_add(1, Ordering::Relaxed);
+                return Ok(entry.to_response(
+                    request_headers,
+                    lookup.head,
+                    "wikigate; hit; detail=stale-while-revalidate",
+                ));
+            }
+            if entry.may_serve_on_error(now) {
+                stale = Some(entry);
+            }
+        }
+
+        if lookup.directive != Directive::Normal {
+            self.stats.misses.fetch_add(1, Ordering::Relaxed);
+            let store = lookup.directive == Directive::NoCache;
+            let outcome = self
+                .settle(lookup, request_headers, fetch().await, store)
+                .await;
+            return self.respond(outcome, lookup, request_headers, stale, "fwd=request");
+        }
+
+        loop {
+            match self.flights.join(key) {
+                Role::Leader(leader) => {
+                    self.stats.misses.fetch_add(1, Ordering::Relaxed);
+                    // The fetch runs in a task of its own: if this request goes away, the
+                    // answer still reaches the cache and the followers.
+                    let this = self.clone();
+                    let headers = request_headers.clone();
+                    let task = tokio::spawn(async move {
+                        let mine = this.settle(lookup, &headers, fetch().await, true).await;
+                        leader.complete(mine.shared());
+                        mine
+                    });
+                    let mine = task.await.map_err(|e| {
+                        GatewayError::UpstreamProtocol(format!("fetch task failed: {e}"))
+                    })?;
+                    let fwd = if stale.is_some() {
+                        "fwd=stale"
+                    } else {
+                        "fwd=miss"
+                    };
+                    return self.respond(mine, lookup, request_headers, stale, fwd);
+                }
+                Role::Follower(receiver) => {
+                    match follow(receiver, self.config.coalesce_timeout).await {
+                        Ok(Outcome::Streamed) | Err(FollowError::TimedOut) => {
+                            self.stats.misses.fetch_add(1, Ordering::Relaxed);
+                            let mine = self
+                                .settle(lookup, request_headers, fetch().await, true)
+                                .await;
+                            return self.respond(mine, lookup, request_headers, stale, "fwd=miss");
+                        }
+                        Err(FollowError::Abandoned) => continue,
+                        Ok(outcome) => {
+                            self.stats.coalesced.fetch_add(1, Ordering::Relaxed);
+                            let mine = LeaderResult::from(outcome);
+                            return self.respond(
+                                mine,
+                                lookup,
+                                request_headers,
+                                stale,
+                                "fwd=miss; collapsed",
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Stale-while-revalidate: one background refresh per key, deduplicated with any fetch of
+    /// the same key already in flight.
+    fn refresh_in_background<F, Fut>(
+        self: &Arc<Self>,
+        lookup: Lookup,
+        request_headers: &HeaderMap,
+        fetch: F,
+    ) where
+        F: Fn() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Fetched, GatewayError>> + Send + 'static,
+    {
+        let Role::Leader(leader) = self.flights.join(lookup.key) else {
+            return;
+        };
+        let this = self.clone();
+        let headers = request_headers.clone();
+        tokio::spawn(async move {
+            let outcome = this.settle(lookup, &headers, fetch().await, true).await;
+            leader.complete(outcome.shared());
+        });
+    }
+
+    /// Stores a fetched answer if it may be stored.
+    async fn settle(
+        &self,
+        lookup: Lookup,
+        request_headers: &HeaderMap,
+        fetched: Result<Fetched, GatewayError>,
+        store: bool,
+    ) -> LeaderResult {
+        let answer = match fetched {
+            Err(error) => return LeaderResult::Failed(error),
+            Ok(Fetched::Streamed(response)) => return LeaderResult::Streamed(response),
+            Ok(Fetched::Buffered(answer)) => answer,
+        };
+        let lifetime = match self.lifetime_for(&answer, lookup) {
+            Some(lifetime) if store => lifetime,
+            _ => return LeaderResult::Answer(Arc::new(answer)),
+        };
+        let entry = Arc::new(Entry::new(answer, request_headers, lifetime));
+        self.store.insert(lookup.key, entry.clone()).await;
+        self.stats.stored.fetch_add(1, Ordering::Relaxed);
+        LeaderResult::Stored(entry)
+    }
+
+    /// How long an answer may be stored, or `None` when it may not be.
+    fn lifetime_for(&self, answer: &Buffered, lookup: Lookup) -> Option<Lifetime> {
+        if answer.headers.contains_key(header::SET_COOKIE)
+            || varies_on_everything(&answer.headers)
+            || answer.body.len() > self.config.max_entry_bytes
+        {
+            return None;
+        }
+        match answer.status {
+            StatusCode::OK => Some(lookup.lifetime),
+            StatusCode::NOT_FOUND if self.config.cache_not_found && !lookup.shared => {
+                Some(Lifetime {
+                    ttl: self.config.not_found_ttl,
+                    stale_if_error: Duration::ZERO,
+                    stale_while_revalidate: Duration::ZERO,
+                })
+            }
+            _ => None,
+        }
+    }
+
+    /// The response for a read's result; serves `stale` instead of an upstream failure.
+    fn respond(
+        &self,
+        result: LeaderResult,
+        lookup: Lookup,
+        request_headers: &HeaderMap,
+        stale: Option<Arc<Entry>>,
+        fwd: &str,
+    ) -> Result<Response<Body>, GatewayError> {
+        let failure_status = match &result {
+            LeaderResult::Failed(_) => Some(None),
+            LeaderResult::Answer(answer) if is_upstream_failure(answer.status) => {
+                Some(Some(answer.status))
+            }
+            _ => None,
+        };
+        if let (Some(fwd_status), Some(entry)) = (failure_status, stale) {
+            self.stats.stale.fetch_add(1, Ordering::Relaxed);
+            let status = match fwd_status {
+                Some(code) => format!(
+                    "wikigate; fwd=stale; fwd-status={}; detail=stale-if-error",
+                    code.as_u16()
+                ),
+                None => "wikigate; fwd=stale; detail=stale-if-error".to_owned(),
+            };
+            return Ok(entry.to_response(request_headers, lookup.head, &status));
+        }
+        match result {
+            LeaderResult::Stored(entry) => Ok(entry.to_response(
+                request_headers,
+                lookup.head,
+                &format!("wikigate; {fwd}; stored"),
+            )),
+            LeaderResult::Answer(answer) => {
+                let mut response = answer.to_response(lookup.head);
+                set_status(&mut response, &format!("wikigate; {fwd}"));
+                Ok(response)
+            }
+            LeaderResult::Streamed(mut response) => {
+                set_status(&mut response, &format!("wikigate; {fwd}; detail=too-large"));
+                Ok(response)
+            }
+            LeaderResult::Failed(error) => Err(error),
+        }
+    }
+
+    /// Counters and sizes, after moka has applied pending evictions.
+    pub async fn stats(&self) -> serde_json::Value {
+        self.store.run_pending_tasks().await;
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        serde_json::json!({
+            "entries": self.store.entry_count(),
+            "weighted_bytes": self.store.weighted_size(),
+            "max_bytes": self.config.max_bytes,
+            "hits": get(&self.stats.hits),
+            "misses": get(&self.stats.misses),
+            "stored": get(&self.stats.stored),
+            "coalesced": get(&self.stats.coalesced),
+            "stale": get(&self.stats.stale),
+            "bypassed": get(&self.stats.bypassed),
+            "invalidations": get(&self.stats.invalidations),
+        })
+    }
+}
+
+/// What this request got from its own fetch (or from its leader's).
+enum LeaderResult {
+    Stored(Arc<Entry>),
+    Answer(Arc<Buffered>),
+    Streamed(Response<Body>),
+    Failed(GatewayError),
+}
+
+impl LeaderResult {
+    fn shared(&self) -> Outcome {
+        match self {
+            LeaderResult::Stored(entry) => Outcome::Stored(entry.clone()),
+            LeaderResult::Answer(answer) => Outcome::Answer(answer.clone()),
+            LeaderResult::Streamed(_) => Outcome::Streamed,
+            LeaderResult::Failed(error) => Outcome::Failed(error.clone()),
+        }
+    }
+}
+
+impl From<Outcome> for LeaderResult {
+    fn from(outcome: Outcome) -> Self {
+        match outcome {
+            Outcome::Stored(entry) => LeaderResult::Stored(entry),
+            Outcome::Answer(answer) => LeaderResult::Answer(answer),
+            Outcome::Failed(error) => LeaderResult::Failed(error),
+            Outcome::Streamed => unreachable!("followers of a streamed answer fetch themselves"),
+        }
+    }
+}
+
+/// Upstream answers that make an expired entry worth serving instead (stale-if-error).
+fn is_upstream_failure(status: StatusCode) -> bool {
+    status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS
+}
+
+/// Sets `Cache-Status` on a response the cache did not build.
+pub fn set_status(response: &mut Response<Body>, status: &str) {
+    if let Ok(value) = HeaderValue::from_str(status) {
+        response.headers_mut().insert(CACHE_STATUS.clone(), value);
+    }
+}
+
+/// A fresh random key for the partition hash, for processes that were not given one.
+fn random_secret() -> [u8; 32] {
+    use ring::rand::SecureRandom as _;
+    let mut secret = [0u8; 32];
+    ring::rand::SystemRandom::new()
+        .fill(&mut secret)
+        .expect("the operating system provides randomness");
+    secret
+}
