@@ -48,9 +48,10 @@ impl Admin {
         }
     }
 
-    fn authorized(&self, request: &Request<Incoming>) -> Result<(), Response<Body>> {
+    /// The refusal for a request to `/admin/*`, or `None` when it may proceed.
+    fn refusal(&self, request: &Request<Incoming>) -> Option<Response<Body>> {
         let Some(expected) = self.token else {
-            return Err(error_response(
+            return Some(error_response(
                 StatusCode::NOT_FOUND,
                 "admin endpoints are off: set admin.token or WIKIGATE_ADMIN_TOKEN",
             ));
@@ -62,7 +63,7 @@ impl Admin {
             .and_then(|v| v.strip_prefix("Bearer "))
             .map(|t| blake3::hash(t.trim().as_bytes()));
         if presented == Some(expected) {
-            return Ok(());
+            return None;
         }
         let mut response = error_response(
             StatusCode::UNAUTHORIZED,
@@ -72,7 +73,7 @@ impl Admin {
             header::WWW_AUTHENTICATE,
             HeaderValue::from_static("Bearer realm=\"wikigate-admin\""),
         );
-        Err(response)
+        Some(response)
     }
 
     async fn cache_endpoint(&self, request: &Request<Incoming>) -> Response<Body> {
@@ -114,7 +115,7 @@ impl Handler for Admin {
     async fn call(&self, request: Request<Incoming>, _conn: ConnInfo) -> Response<Body> {
         let path = request.uri().path();
         if path.starts_with("/admin/") {
-            if let Err(refusal) = self.authorized(&request) {
+            if let Some(refusal) = self.refusal(&request) {
                 return refusal;
             }
             return self.cache_endpoint(&request).await;

@@ -72,6 +72,14 @@ const NOT_STORED: [HeaderName; 7] = [
     header::SET_COOKIE,
 ];
 
+/// The only headers a shared entry keeps.
+const SHARED_HEADERS: [HeaderName; 4] = [
+    header::CONTENT_TYPE,
+    header::CONTENT_LANGUAGE,
+    header::CONTENT_ENCODING,
+    header::VARY,
+];
+
 /// Freshness windows of one stored answer.
 #[derive(Debug, Clone, Copy)]
 pub struct Lifetime {
@@ -81,13 +89,29 @@ pub struct Lifetime {
 }
 
 impl Entry {
-    /// Stores `answer`; the caller has checked that it may be stored.
-    pub fn new(answer: Buffered, request_headers: &HeaderMap, lifetime: Lifetime) -> Entry {
+    /// Stores `answer`; the caller has checked that it may be stored. An entry `shared` by
+    /// every caller keeps only headers that describe the body, never ones that may describe
+    /// the caller who happened to fetch it (Atlassian's `X-AAccountId`, trace ids).
+    pub fn new(
+        answer: Buffered,
+        request_headers: &HeaderMap,
+        lifetime: Lifetime,
+        shared: bool,
+    ) -> Entry {
         let Buffered {
             status,
             mut headers,
             body,
         } = answer;
+        if shared {
+            let mut kept = HeaderMap::new();
+            for name in &SHARED_HEADERS {
+                for value in headers.get_all(name) {
+                    kept.append(name.clone(), value.clone());
+                }
+            }
+            headers = kept;
+        }
         let vary = vary_names(&headers).map(|names| Vary {
             fingerprint: fingerprint(&names, request_headers),
             names,
@@ -282,7 +306,7 @@ mod tests {
             headers,
             body: Bytes::from_static(b"{}"),
         };
-        Entry::new(answer, &request, lifetime)
+        Entry::new(answer, &request, lifetime, false)
     }
 
     #[test]

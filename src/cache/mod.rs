@@ -371,7 +371,7 @@ impl Cache {
             Some(lifetime) if store => lifetime,
             _ => return LeaderResult::Answer(Arc::new(answer)),
         };
-        let entry = Arc::new(Entry::new(answer, request_headers, lifetime));
+        let entry = Arc::new(Entry::new(answer, request_headers, lifetime, lookup.shared));
         self.store.insert(lookup.key, entry.clone()).await;
         self.stats.stored.fetch_add(1, Ordering::Relaxed);
         LeaderResult::Stored(entry)

@@ -54,6 +54,40 @@ struct Shared {
     faults: std::sync::Mutex<Faults>,
     /// `std::sync::Mutex`: held only to push or clone, never across an await.
     recorded: std::sync::Mutex<Vec<Recorded>>,
+    /// Armed holds, each for the next request of its operation.
+    holds: std::sync::Mutex<Vec<(Operation, Armed)>>,
+}
+
+/// A hold armed on the fake side.
+struct Armed {
+    reached: watch::Sender<bool>,
+    release: watch::Receiver<bool>,
+}
+
+/// Holds the next request for one operation after its answer was computed, until released:
+/// for deterministic interleavings ("a read is in flight with pre-write data while a write goes
+/// through"). Dropping the hold releases it.
+pub struct Hold {
+    reached: watch::Receiver<bool>,
+    release: watch::Sender<bool>,
+}
+
+impl Hold {
+    /// Waits until the held request has computed its answer and is waiting.
+    pub async fn reached(&mut self) {
+        let _ = self.reached.wait_for(|r| *r).await;
+    }
+
+    /// Lets the held request answer.
+    pub fn release(&self) {
+        self.release.send_replace(true);
+    }
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        self.release();
+    }
 }
 
 /// The most requests kept for inspection; older ones are dropped first.
@@ -92,6 +126,7 @@ impl FakeConfluence {
             requests: AtomicU64::new(0),
             faults: Default::default(),
             recorded: Default::default(),
+            holds: Default::default(),
         });
         let http = match tls {
             Some(acceptor) => Http::plain().with_tls(acceptor),
@@ -140,6 +175,20 @@ impl FakeConfluence {
     /// Replaces the injected faults.
     pub fn set_faults(&self, faults: Faults) {
         *self.shared.faults.lock().expect("lock") = faults;
+    }
+
+    /// Arms a hold on the next request for `operation`.
+    pub fn hold(&self, operation: Operation) -> Hold {
+        let (reached_tx, reached) = watch::channel(false);
+        let (release, release_rx) = watch::channel(false);
+        self.shared.holds.lock().expect("lock").push((
+            operation,
+            Armed {
+                reached: reached_tx,
+                release: release_rx,
+            },
+        ));
+        Hold { reached, release }
     }
 
     /// Stops accepting connections.

@@ -163,6 +163,15 @@ impl Handler for FakeHandler {
 
         let mut response = self.answer(&parts, &body, &resolved);
         response.headers_mut().extend(faults.response_headers);
+        let armed = {
+            let mut holds = shared.holds.lock().expect("lock");
+            let position = holds.iter().position(|(op, _)| *op == resolved.operation);
+            position.map(|i| holds.remove(i).1)
+        };
+        if let Some(mut armed) = armed {
+            armed.reached.send_replace(true);
+            let _ = armed.release.wait_for(|r| *r).await;
+        }
         response
     }
 }
@@ -193,10 +202,16 @@ impl FakeHandler {
                 .is_some_and(|v| v == "no-check"),
             body,
         };
-        match ctx.answer() {
+        let mut response = match ctx.answer() {
             Ok(answer) => answer.into_response(resolved.head),
             Err((status, message)) => error_response(status, &message),
-        }
+        };
+        // As Atlassian does: the account the request was answered for.
+        let viewer = caller.map_or("anonymous", |u| u.account_id);
+        response
+            .headers_mut()
+            .insert("x-aaccountid", HeaderValue::from_static(viewer));
+        response
     }
 }
 

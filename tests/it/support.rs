@@ -179,3 +179,21 @@ impl RequestBuilder<'_> {
         })
     }
 }
+
+impl Answer {
+    /// The `Cache-Status` header, or "" without one.
+    pub fn cache_status(&self) -> &str {
+        self.headers
+            .get("cache-status")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+
+    /// The account the fake answered for (`X-AAccountId`, as Atlassian sends it).
+    pub fn viewer(&self) -> &str {
+        self.headers
+            .get("x-aaccountid")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+}

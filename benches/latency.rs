@@ -1,7 +1,9 @@
-//! The pass-through (miss) path: latency wikigate adds over a direct request to the upstream,
-//! and concurrent throughput, both against the in-process fake Confluence site on loopback.
+//! Latency of the three paths a read can take, against the in-process fake Confluence site on
+//! loopback: straight to the upstream, through wikigate on a miss (`Cache-Control: no-store`
+//! forces the fetch every time), and through wikigate on a cache hit. Also concurrent
+//! throughput of the direct and the hit path.
 //!
-//! `cargo bench --bench passthrough` runs the full measurement (about 15 s);
+//! `cargo bench --bench latency` runs the full measurement (about 20 s);
 //! under `cargo test` it runs a short smoke pass so that it cannot rot.
 
 use std::time::{Duration, Instant};
@@ -47,35 +49,44 @@ fn main() {
         let direct = fake.url();
         let via = format!("http://{}", gateway.addr);
 
-        // Warm both paths (connection pools, allocator).
+        let modes = [(&direct, None), (&via, Some("no-store")), (&via, None)];
+        // Warm every path (connection pools, allocator, the cache entry).
         for _ in 0..200.min(sequential) {
-            get(&client, &direct, &auth).await;
-            get(&client, &via, &auth).await;
+            for (origin, directive) in modes {
+                get(&client, origin, &auth, directive).await;
+            }
         }
-        // Interleave the two so that machine noise hits both alike.
-        let (mut d, mut g) = (Vec::with_capacity(sequential), Vec::with_capacity(sequential));
+        // Interleave the paths so that machine noise hits all alike.
+        let mut samples = [(); 3].map(|_| Vec::with_capacity(sequential));
         for _ in 0..sequential {
-            d.push(get(&client, &direct, &auth).await);
-            g.push(get(&client, &via, &auth).await);
+            for (i, (origin, directive)) in modes.iter().enumerate() {
+                samples[i].push(get(&client, origin, &auth, *directive).await);
+            }
         }
-        let (d, g) = (percentiles(&mut d), percentiles(&mut g));
-        println!("sequential GET {TARGET}, {sequential} requests each, keep-alive, loopback");
+        let [d, m, h] = samples.map(|mut s| percentiles(&mut s));
+        println!("sequential GET {TARGET}, {sequential} requests per path, keep-alive, loopback");
         println!("  direct to upstream   p50 {:>7.1} µs  p90 {:>7.1} µs  p99 {:>7.1} µs", d.0, d.1, d.2);
-        println!("  through wikigate     p50 {:>7.1} µs  p90 {:>7.1} µs  p99 {:>7.1} µs", g.0, g.1, g.2);
-        println!("  added by wikigate    p50 {:>7.1} µs  p99 {:>7.1} µs", g.0 - d.0, g.2 - d.2);
+        println!("  wikigate, miss       p50 {:>7.1} µs  p90 {:>7.1} µs  p99 {:>7.1} µs", m.0, m.1, m.2);
+        println!("  wikigate, hit        p50 {:>7.1} µs  p90 {:>7.1} µs  p99 {:>7.1} µs", h.0, h.1, h.2);
+        println!("  added on a miss      p50 {:>7.1} µs  p99 {:>7.1} µs", m.0 - d.0, m.2 - d.2);
 
-        for (name, origin) in [("direct", &direct), ("wikigate", &via)] {
+        for (name, origin) in [("direct", &direct), ("wikigate hit", &via)] {
             let rate = throughput(&client, origin, &auth, 32, concurrent_for).await;
-            println!("  32 concurrent, {name:<9} {rate:>8.0} req/s");
+            println!("  32 concurrent, {name:<13} {rate:>8.0} req/s");
         }
     });
 }
 
-async fn get(client: &HttpClient, origin: &str, auth: &str) -> f64 {
-    let request = Request::get(format!("{origin}{TARGET}"))
+async fn get(client: &HttpClient, origin: &str, auth: &str, cache_control: Option<&str>) -> f64 {
+    let mut request = Request::get(format!("{origin}{TARGET}"))
         .header("authorization", auth)
         .body(Full::new(Bytes::new()))
         .unwrap();
+    if let Some(directive) = cache_control {
+        request
+            .headers_mut()
+            .insert("cache-control", directive.parse().unwrap());
+    }
     let started = Instant::now();
     let response = client.request(request).await.unwrap();
     assert_eq!(response.status(), 200);
@@ -104,7 +115,7 @@ async fn throughput(
             tokio::spawn(async move {
                 let mut done = 0u64;
                 while started.elapsed() < run_for {
-                    get(&client, &origin, &auth).await;
+                    get(&client, &origin, &auth, None).await;
                     done += 1;
                 }
                 done
