@@ -1001,3 +1001,83 @@ async fn admin_cache_endpoints_are_off_without_a_token() {
         .await
         .assert_error(404);
 }
+
+#[tokio::test]
+async fn not_found_is_cached_only_when_configured() {
+    let target = format!("{API}/{}/property/absent", alice().account_id);
+    let off = Harness::start().await;
+    for _ in 0..2 {
+        off.client
+            .get(&target, Some(&basic(alice())))
+            .await
+            .assert_error(404);
+    }
+    assert_eq!(off.fake.hits(Operation::GetUserProperty), 2);
+
+    let on = Harness::start_with(|c| c.cache.cache_not_found = true).await;
+    on.client
+        .get(&target, Some(&basic(alice())))
+        .await
+        .assert_error(404);
+    let again = on.client.get(&target, Some(&basic(alice()))).await;
+    again.assert_error(404);
+    assert_eq!(again.cache_status(), "wikigate; hit");
+    assert_eq!(on.fake.hits(Operation::GetUserProperty), 1);
+    // Creating it invalidates the cached 404.
+    put_property(
+        &on.client,
+        alice(),
+        alice().account_id,
+        "absent",
+        Method::POST,
+        json!({}),
+    )
+    .await;
+    assert_eq!(
+        on.client.get(&target, Some(&basic(alice()))).await.status,
+        200
+    );
+}
+
+#[tokio::test]
+async fn a_write_that_failed_upstream_still_invalidates() {
+    let h = Harness::start().await;
+    let watch = format!("{API}/watch/label/ops");
+    h.client.get(&watch, Some(&basic(bob()))).await;
+    // 5xx: the write may have been applied, so the cached read must go.
+    h.fake.set_faults(Faults {
+        fail_with: Some(StatusCode::BAD_GATEWAY),
+        ..Faults::default()
+    });
+    h.client
+        .request(Method::POST, &watch)
+        .auth(bob())
+        .send()
+        .await
+        .assert_error(502);
+    h.fake.set_faults(Faults::default());
+    assert!(
+        h.client
+            .get(&watch, Some(&basic(bob())))
+            .await
+            .cache_status()
+            .contains("fwd=miss")
+    );
+}
+
+#[tokio::test]
+async fn a_route_with_ttl_zero_is_not_cached() {
+    let h = Harness::start_with(|c| c.cache.routes.current.ttl = Duration::ZERO).await;
+    for _ in 0..2 {
+        let answer = h
+            .client
+            .get(&format!("{API}/current"), Some(&basic(alice())))
+            .await;
+        assert_eq!(answer.status, 200);
+        assert_eq!(
+            answer.cache_status(),
+            "wikigate; fwd=bypass; detail=disabled"
+        );
+    }
+    assert_eq!(h.fake.hits(Operation::GetCurrentUser), 2);
+}
