@@ -39,6 +39,13 @@ pub enum Command {
         /// The config file.
         file: PathBuf,
     },
+    /// Print the hash of a gateway client key, for `callers.clients[].key_hash`. Reads the key
+    /// from standard input.
+    HashKey {
+        /// Generate a new random key instead, and print it with its hash.
+        #[arg(long)]
+        generate: bool,
+    },
 }
 
 /// Flags of `serve`. Each overrides its config key; its environment variable is used when the
@@ -100,7 +107,39 @@ pub fn run(cli: Cli) -> ExitCode {
             runtime().block_on(serve(config))
         }
         Command::Demo { listen } => runtime().block_on(demo::run(listen)),
+        Command::HashKey { generate } => hash_key(generate),
     }
+}
+
+fn hash_key(generate: bool) -> ExitCode {
+    let key = if generate {
+        use base64::Engine as _;
+        use ring::rand::SecureRandom as _;
+        let mut bytes = [0u8; 32];
+        if ring::rand::SystemRandom::new().fill(&mut bytes).is_err() {
+            eprintln!("wikigate: no randomness available");
+            return ExitCode::from(1);
+        }
+        let key = format!(
+            "wg_{}",
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+        );
+        println!("key = \"{key}\"   # give this to the client; do not put it in the config");
+        key
+    } else {
+        let mut line = String::new();
+        if std::io::stdin().read_line(&mut line).is_err() || line.trim().is_empty() {
+            eprintln!("wikigate: hash-key reads the key from standard input (or use --generate)");
+            return ExitCode::from(2);
+        }
+        line.trim().to_owned()
+    };
+    if key.len() < 16 {
+        eprintln!("wikigate: a client key needs at least 16 characters");
+        return ExitCode::from(2);
+    }
+    println!("key_hash = \"{}\"", crate::config::KeyHash::of(&key));
+    ExitCode::SUCCESS
 }
 
 fn config_error(e: &crate::config::ConfigError) -> ExitCode {

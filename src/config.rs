@@ -30,6 +30,12 @@ pub struct Config {
     #[serde(default)]
     pub cache: CacheConfig,
     #[serde(default)]
+    pub callers: CallersConfig,
+    #[serde(default)]
+    pub auth: AuthConfig,
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    #[serde(default)]
     pub log: LogConfig,
 }
 
@@ -254,6 +260,157 @@ impl RoutePolicies {
     }
 }
 
+/// Who is calling: gateway client keys and trusted proxies.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CallersConfig {
+    /// The request header that carries a gateway client key.
+    pub key_header: String,
+    /// Peers (CIDRs) whose `X-Forwarded-For` is believed when keying callers by address.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Services known by a client key.
+    pub clients: Vec<ClientConfig>,
+}
+
+impl Default for CallersConfig {
+    fn default() -> Self {
+        CallersConfig {
+            key_header: "X-Wikigate-Key".to_owned(),
+            trusted_proxies: Vec::new(),
+            clients: Vec::new(),
+        }
+    }
+}
+
+/// One service that calls wikigate with a client key.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientConfig {
+    /// Shown in logs and metrics.
+    pub name: String,
+    /// The quota class (`[limits.classes.NAME]`).
+    #[serde(default = "defaults::class")]
+    pub class: String,
+    /// `wikigate hash-key` output for the client's key; the key itself is never configured.
+    pub key_hash: KeyHash,
+    /// Overrides the class's `requests` limit for this client.
+    #[serde(default)]
+    pub requests: Option<Rate>,
+    /// Overrides the class's `upstream` limit for this client.
+    #[serde(default)]
+    pub upstream: Option<Rate>,
+}
+
+/// The hash of a client key, written `blake3:<64 hex digits>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct KeyHash(pub [u8; 32]);
+
+impl KeyHash {
+    pub fn of(key: &str) -> KeyHash {
+        KeyHash(*blake3::hash(key.as_bytes()).as_bytes())
+    }
+}
+
+impl std::fmt::Display for KeyHash {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "blake3:{}", blake3::Hash::from(self.0).to_hex())
+    }
+}
+
+impl Serialize for KeyHash {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for KeyHash {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        let hex = text.strip_prefix("blake3:").ok_or_else(|| {
+            serde::de::Error::custom("must start with `blake3:` (see `wikigate hash-key`)")
+        })?;
+        blake3::Hash::from_hex(hex)
+            .map(|h| KeyHash(*h.as_bytes()))
+            .map_err(|_| serde::de::Error::custom("must be `blake3:` and 64 hex digits"))
+    }
+}
+
+/// How callers' credentials reach upstream.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    pub mode: AuthMode,
+    /// service-account: a file holding the upstream `Authorization` value (`Basic …`/`Bearer …`).
+    pub credential_file: Option<PathBuf>,
+    /// service-account: the environment variable holding it, when no file is given.
+    pub credential_env: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AuthMode {
+    /// The caller's `Authorization` goes upstream.
+    #[default]
+    Passthrough,
+    /// Callers present client keys; wikigate sends its own credential upstream.
+    ServiceAccount,
+}
+
+/// A GCRA rate: `rate` requests per `per`, bursts up to `burst`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rate {
+    pub rate: std::num::NonZeroU32,
+    #[serde(with = "duration", default = "defaults::per")]
+    pub per: Duration,
+    /// Defaults to `rate`.
+    #[serde(default)]
+    pub burst: Option<std::num::NonZeroU32>,
+}
+
+impl Rate {
+    pub fn burst(&self) -> std::num::NonZeroU32 {
+        self.burst.unwrap_or(self.rate)
+    }
+}
+
+/// Rate limits and upstream back-pressure.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// The class of callers not known by a client key.
+    pub default_class: String,
+    /// One budget for all upstream traffic; keep it below the site's Atlassian limit.
+    pub upstream_global: Option<Rate>,
+    /// Upper bound on an upstream hold, whatever `Retry-After` says.
+    #[serde(with = "duration")]
+    pub max_hold: Duration,
+    pub classes: std::collections::BTreeMap<String, ClassLimits>,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        let mut classes = std::collections::BTreeMap::new();
+        classes.insert("default".to_owned(), ClassLimits::default());
+        LimitsConfig {
+            default_class: "default".to_owned(),
+            upstream_global: None,
+            max_hold: Duration::from_secs(300),
+            classes,
+        }
+    }
+}
+
+/// The limits of one quota class; an absent limit is no limit.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClassLimits {
+    /// All requests of a caller, cache hits included.
+    pub requests: Option<Rate>,
+    /// Requests of a caller that go upstream (misses, writes, bypasses).
+    pub upstream: Option<Rate>,
+}
+
 /// A secret value: never printed, never logged. `check-config` shows `<redacted>`.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);
@@ -334,6 +491,12 @@ mod defaults {
     }
     pub fn pool_max_idle() -> usize {
         64
+    }
+    pub fn class() -> String {
+        "default".to_owned()
+    }
+    pub fn per() -> Duration {
+        Duration::from_secs(1)
     }
 }
 
@@ -632,6 +795,7 @@ impl Config {
                 "must be greater than zero",
             ));
         }
+        self.validate_callers()?;
         if self.server.listen == self.admin.listen && self.server.listen.port() != 0 {
             return Err(ConfigError::invalid(
                 "admin.listen",
@@ -678,6 +842,79 @@ impl Config {
         }
         tracing_subscriber::EnvFilter::try_new(&self.log.level)
             .map_err(|e| ConfigError::invalid("log.level", e.to_string()))?;
+        Ok(())
+    }
+
+    fn validate_callers(&self) -> Result<(), ConfigError> {
+        if http::HeaderName::from_bytes(self.callers.key_header.as_bytes()).is_err() {
+            return Err(ConfigError::invalid(
+                "callers.key_header",
+                "is not a header name",
+            ));
+        }
+        let class_known = |class: &str| self.limits.classes.contains_key(class);
+        if !class_known(&self.limits.default_class) {
+            return Err(ConfigError::invalid(
+                "limits.default_class",
+                format!("no [limits.classes.{}]", self.limits.default_class),
+            ));
+        }
+        let mut names = std::collections::HashSet::new();
+        let mut hashes = std::collections::HashSet::new();
+        for (i, client) in self.callers.clients.iter().enumerate() {
+            let key = |field: &str| format!("callers.clients[{i}].{field}");
+            if client.name.is_empty() || !names.insert(client.name.as_str()) {
+                return Err(ConfigError::invalid(
+                    &key("name"),
+                    "must be present and unique",
+                ));
+            }
+            if !hashes.insert(client.key_hash) {
+                return Err(ConfigError::invalid(
+                    &key("key_hash"),
+                    "is used by two clients",
+                ));
+            }
+            if !class_known(&client.class) {
+                return Err(ConfigError::invalid(
+                    &key("class"),
+                    format!("no [limits.classes.{}]", client.class),
+                ));
+            }
+        }
+        let rates = self
+            .limits
+            .classes
+            .iter()
+            .flat_map(|(name, c)| {
+                [
+                    (format!("limits.classes.{name}.requests"), c.requests),
+                    (format!("limits.classes.{name}.upstream"), c.upstream),
+                ]
+            })
+            .chain(std::iter::once((
+                "limits.upstream_global".to_owned(),
+                self.limits.upstream_global,
+            )));
+        for (key, rate) in rates {
+            if rate.is_some_and(|r| r.per.is_zero()) {
+                return Err(ConfigError::invalid(&key, "per must be greater than zero"));
+            }
+        }
+        if self.auth.mode == AuthMode::ServiceAccount {
+            if self.callers.clients.is_empty() {
+                return Err(ConfigError::invalid(
+                    "callers.clients",
+                    "service-account mode needs at least one client key",
+                ));
+            }
+            if self.auth.credential_file.is_none() && self.auth.credential_env.is_none() {
+                return Err(ConfigError::invalid(
+                    "auth.credential_file",
+                    "service-account mode needs credential_file or credential_env",
+                ));
+            }
+        }
         Ok(())
     }
 

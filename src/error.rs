@@ -7,7 +7,10 @@
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 
+use std::time::Duration;
+
 use crate::body::Body;
+use crate::limit::{Allowance, LimitKind, X_WIKIGATE_LIMIT};
 use crate::routes::RouteError;
 
 /// Where an error came from, so logs and metrics can tell client faults from upstream faults.
@@ -45,6 +48,17 @@ pub enum GatewayError {
     UpstreamProtocol(String),
     #[error("the upstream site timed out: {0}")]
     UpstreamTimeout(String),
+    #[error("rate limited by {}; retry after {} s", limit.describe(), retry_after_secs(*retry_after))]
+    RateLimited {
+        limit: LimitKind,
+        retry_after: Duration,
+        allowance: Option<Allowance>,
+    },
+}
+
+/// `Retry-After` in whole seconds, rounded up, at least 1.
+fn retry_after_secs(wait: Duration) -> u64 {
+    (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1)
 }
 
 impl GatewayError {
@@ -66,6 +80,7 @@ impl GatewayError {
                 StatusCode::BAD_GATEWAY
             }
             GatewayError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            GatewayError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -102,6 +117,24 @@ impl GatewayError {
                 header::WWW_AUTHENTICATE,
                 HeaderValue::from_static("Basic realm=\"wikigate\""),
             );
+        }
+        if let GatewayError::RateLimited {
+            limit,
+            retry_after,
+            allowance,
+        } = &self
+        {
+            headers.insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(retry_after_secs(*retry_after)),
+            );
+            headers.insert(
+                X_WIKIGATE_LIMIT.clone(),
+                HeaderValue::from_static(limit.as_str()),
+            );
+            if let Some(allowance) = allowance {
+                allowance.apply(headers);
+            }
         }
         if self.closes_connection() {
             headers.insert(header::CONNECTION, HeaderValue::from_static("close"));

@@ -2,12 +2,16 @@
 //!
 //! ```text
 //! client ─▶ check_head (414, 431)
-//!        ─▶ routes::resolve (404, 405, 400)     nothing outside the route table goes upstream
 //!        ─▶ forward::strip_hop_by_hop
+//!        ─▶ Callers::identify (401) ─▶ Limits::check_request (429 "requests")
+//!        ─▶ routes::resolve (404, 405, 400)     nothing outside the route table goes upstream
+//!        ─▶ Callers::apply_auth_mode            service-account: wikigate's credential
 //!        ├─ write: csrf::check_write (403, 401) ─▶ read_body (413, 408)
 //!        │         ─▶ upstream (in its own task) ─▶ Cache::invalidate ─▶ response
 //!        ├─ read, cacheable: Cache::read — hit | join an identical fetch | fetch and store
 //!        └─ read, bypass (JWT, cookie, TTL 0): forward as is
+//!   every trip upstream: Admission::send — hold, upstream allowance, global budget (429),
+//!   then the answer teaches the holds (upstream 429 / Retry-After)
 //! ```
 //!
 //! Invariants: every request gets exactly one response and one access-log line; errors wikigate
@@ -26,10 +30,12 @@ use tokio::time::Instant;
 
 use crate::body::Body;
 use crate::cache::{self, Buffered, Cache, Fetched, Lookup};
+use crate::caller::{Caller, Callers};
 use crate::config::Config;
 use crate::csrf::CsrfGuard;
 use crate::error::{ErrorSource, GatewayError};
 use crate::forward;
+use crate::limit::{self, HoldKey, Limits};
 use crate::routes::{self, Operation, Tag};
 use crate::server::{ConnInfo, Handler};
 use crate::upstream::{Upstream, UpstreamSetupError};
@@ -38,13 +44,15 @@ use crate::upstream::{Upstream, UpstreamSetupError};
 pub struct Gateway {
     upstream: Upstream,
     csrf: CsrfGuard,
-    limits: Limits,
+    limits: RequestLimits,
+    callers: Arc<Callers>,
+    rate_limits: Arc<Limits>,
     cache: Arc<Cache>,
 }
 
 /// Request-size and time limits from `[server]`.
 #[derive(Debug, Clone, Copy)]
-struct Limits {
+struct RequestLimits {
     max_uri_bytes: usize,
     max_header_bytes: usize,
     max_body_bytes: usize,
@@ -52,11 +60,18 @@ struct Limits {
 }
 
 impl Gateway {
-    pub fn new(config: &Config, cache: Arc<Cache>) -> Result<Gateway, UpstreamSetupError> {
+    pub fn new(
+        config: &Config,
+        cache: Arc<Cache>,
+        callers: Arc<Callers>,
+        rate_limits: Arc<Limits>,
+    ) -> Result<Gateway, UpstreamSetupError> {
         Ok(Gateway {
+            callers,
+            rate_limits,
             upstream: Upstream::new(&config.upstream)?,
             csrf: CsrfGuard::new(&config.csrf),
-            limits: Limits {
+            limits: RequestLimits {
                 max_uri_bytes: config.server.max_uri_bytes,
                 max_header_bytes: config.server.max_header_bytes,
                 max_body_bytes: config.server.max_body_bytes,
@@ -70,31 +85,48 @@ impl Gateway {
         &self,
         request: Request<Incoming>,
         conn: &ConnInfo,
-        operation: &mut Option<Operation>,
+        log: &mut LogFields,
     ) -> Result<Response<Body>, GatewayError> {
         self.limits.check_head(&request)?;
         let (mut parts, body) = request.into_parts();
-        let resolved = routes::resolve(&parts.method, parts.uri.path())?;
-        *operation = Some(resolved.operation);
         forward::strip_hop_by_hop(&mut parts.headers);
+        let caller = self.callers.identify(&parts.headers, conn.peer.ip())?;
+        log.caller = Some(caller.label(&self.callers));
+        let allowance = self.rate_limits.check_request(&caller)?;
+        let resolved = routes::resolve(&parts.method, parts.uri.path())?;
+        log.operation = Some(resolved.operation);
+        self.callers.apply_auth_mode(&mut parts.headers);
+        let admission = Admission {
+            limits: self.rate_limits.clone(),
+            hold: self.callers.hold_key(&parts.headers, conn.peer.ip()),
+            caller,
+        };
 
-        if resolved.operation.verb().is_write() {
+        let mut response = if resolved.operation.verb().is_write() {
             let tags = resolved.invalidates();
-            return self.write(parts, body, conn, tags).await;
-        }
-        match self
-            .cache
-            .lookup(&resolved, &parts.headers, parts.uri.query())
-        {
-            Ok(lookup) => self.cached_read(parts, body, conn, lookup).await,
-            Err(bypass) => {
-                self.cache.note_bypass();
-                let mut response = self.forward(parts, body, conn, false).await?;
-                let status = format!("wikigate; fwd=bypass; detail={}", bypass.as_str());
-                cache::set_status(&mut response, &status);
-                Ok(response)
+            self.write(parts, body, conn, tags, admission).await?
+        } else {
+            match self
+                .cache
+                .lookup(&resolved, &parts.headers, parts.uri.query())
+            {
+                Ok(lookup) => {
+                    self.cached_read(parts, body, conn, lookup, admission)
+                        .await?
+                }
+                Err(bypass) => {
+                    self.cache.note_bypass();
+                    let mut response = self.forward(parts, body, conn, admission).await?;
+                    let status = format!("wikigate; fwd=bypass; detail={}", bypass.as_str());
+                    cache::set_status(&mut response, &status);
+                    response
+                }
             }
+        };
+        if let Some(allowance) = allowance {
+            allowance.apply(response.headers_mut());
         }
+        Ok(response)
     }
 
     /// A write: guarded, forwarded, and its tags invalidated unless upstream refused it (4xx)
@@ -105,6 +137,7 @@ impl Gateway {
         body: Incoming,
         conn: &ConnInfo,
         tags: Vec<Tag>,
+        admission: Admission,
     ) -> Result<Response<Body>, GatewayError> {
         self.csrf.check_write(&parts.headers)?;
         let request = self.upstream_request(parts, body, conn, true).await?;
@@ -112,10 +145,10 @@ impl Gateway {
         let upstream = self.upstream.clone();
         let cache = self.cache.clone();
         let exchange = tokio::spawn(async move {
-            let result = upstream.send(request, deadline).await;
+            let result = admission.send(&upstream, request, deadline, false).await;
             let may_have_changed = match &result {
                 Ok(response) => !response.status().is_client_error(),
-                Err(GatewayError::UpstreamConnect(_)) => false,
+                Err(GatewayError::UpstreamConnect(_) | GatewayError::RateLimited { .. }) => false,
                 Err(_) => true,
             };
             if may_have_changed {
@@ -136,6 +169,7 @@ impl Gateway {
         body: Incoming,
         conn: &ConnInfo,
         lookup: Lookup,
+        admission: Admission,
     ) -> Result<Response<Body>, GatewayError> {
         let request_headers = parts.headers.clone();
         // The entry is always filled from a full GET, also for HEAD and conditional requests.
@@ -144,25 +178,28 @@ impl Gateway {
         let template = Arc::new(self.upstream_request(parts, body, conn, false).await?);
         let upstream = self.upstream.clone();
         let limit = self.cache.max_entry_bytes();
+        let admission = Arc::new(admission);
         let fetch = move || {
             let request = copy_request(&template);
-            let upstream = upstream.clone();
-            async move { fetch(&upstream, request, limit).await }
+            let (upstream, admission) = (upstream.clone(), admission.clone());
+            async move { fetch(&upstream, &admission, request, limit).await }
         };
         self.cache.read(lookup, &request_headers, fetch).await
     }
 
-    /// Forwards a request and streams the answer back, untouched by the cache.
+    /// Forwards a read and streams the answer back, untouched by the cache.
     async fn forward(
         &self,
         parts: request::Parts,
         body: Incoming,
         conn: &ConnInfo,
-        write: bool,
+        admission: Admission,
     ) -> Result<Response<Body>, GatewayError> {
-        let request = self.upstream_request(parts, body, conn, write).await?;
+        let request = self.upstream_request(parts, body, conn, false).await?;
         let deadline = self.upstream.deadline();
-        let response = self.upstream.send(request, deadline).await?;
+        let response = admission
+            .send(&self.upstream, request, deadline, true)
+            .await?;
         Ok(forward::downstream_response(response, deadline))
     }
 
@@ -199,11 +236,12 @@ fn copy_request(template: &Request<Full<Bytes>>) -> Request<Full<Bytes>> {
 /// through otherwise (without ever holding more than `limit` bytes of it).
 async fn fetch(
     upstream: &Upstream,
+    admission: &Admission,
     request: Request<Full<Bytes>>,
     limit: usize,
 ) -> Result<Fetched, GatewayError> {
     let deadline = upstream.deadline();
-    let response = upstream.send(request, deadline).await?;
+    let response = admission.send(upstream, request, deadline, true).await?;
     let (mut parts, mut body) = response.into_parts();
     forward::clean_response_head(&mut parts);
     let declared = parts
@@ -253,13 +291,77 @@ async fn fetch(
     }))
 }
 
+/// Permission to go upstream for one request, and what its answer teaches the limits.
+struct Admission {
+    limits: Arc<Limits>,
+    caller: Caller,
+    hold: HoldKey,
+}
+
+/// Retries of an idempotent request after a connect error.
+const CONNECT_RETRIES: u32 = 2;
+
+impl Admission {
+    /// Admits (hold, upstream allowance, global budget), sends, and records upstream's
+    /// back-pressure. `idempotent` requests are retried on connect errors only — the request
+    /// never reached upstream — with jittered backoff, within the deadline.
+    async fn send(
+        &self,
+        upstream: &Upstream,
+        request: Request<Full<Bytes>>,
+        deadline: Instant,
+        idempotent: bool,
+    ) -> Result<Response<Incoming>, GatewayError> {
+        self.limits.admit_upstream(&self.caller, &self.hold)?;
+        let mut attempt = 0;
+        let mut request = Some(request);
+        loop {
+            // Every try but the last sends a copy; the last sends the request itself.
+            let retry_left = idempotent && attempt < CONNECT_RETRIES;
+            let this_try = match &request {
+                Some(template) if retry_left => copy_request(template),
+                _ => request.take().expect("the last try returns"),
+            };
+            match upstream.send(this_try, deadline).await {
+                Ok(response) => {
+                    self.limits
+                        .observe(&self.hold, response.status(), response.headers());
+                    return Ok(response);
+                }
+                Err(GatewayError::UpstreamConnect(_)) if retry_left => {
+                    let pause = Duration::from_millis(25 << attempt).mul_f64(1.0 + limit::jitter());
+                    if Instant::now() + pause >= deadline {
+                        self.limits.release_probe(&self.hold);
+                        return Err(GatewayError::UpstreamConnect(
+                            "no time left to retry".to_owned(),
+                        ));
+                    }
+                    tokio::time::sleep(pause).await;
+                    attempt += 1;
+                }
+                Err(error) => {
+                    self.limits.release_probe(&self.hold);
+                    return Err(error);
+                }
+            }
+        }
+    }
+}
+
+/// What the access log says about a request besides its status and timing.
+#[derive(Default)]
+struct LogFields {
+    caller: Option<String>,
+    operation: Option<Operation>,
+}
+
 impl Handler for Gateway {
     async fn call(&self, request: Request<Incoming>, conn: ConnInfo) -> Response<Body> {
         let started = Instant::now();
         let method = request.method().clone();
         let path = request.uri().path().to_owned();
-        let mut operation = None;
-        let response = match self.serve(request, &conn, &mut operation).await {
+        let mut log = LogFields::default();
+        let response = match self.serve(request, &conn, &mut log).await {
             Ok(response) => response,
             Err(error) => {
                 match error.source() {
@@ -279,7 +381,8 @@ impl Handler for Gateway {
             peer = %conn.peer.ip(),
             %method,
             path,
-            operation = operation.map_or("-", Operation::id),
+            caller = log.caller.as_deref().unwrap_or("-"),
+            operation = log.operation.map_or("-", Operation::id),
             status = response.status().as_u16(),
             cache,
             duration_us = started.elapsed().as_micros() as u64,
@@ -288,7 +391,7 @@ impl Handler for Gateway {
     }
 }
 
-impl Limits {
+impl RequestLimits {
     /// The request line and header limits that hyper's own buffer limit does not express in
     /// Confluence's error shape.
     fn check_head(&self, request: &Request<Incoming>) -> Result<(), GatewayError> {

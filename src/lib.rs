@@ -10,6 +10,8 @@
 //! - [`gateway`] — the request path as one function (see its module doc).
 //! - [`routes`] — the route table: 12 templates, 21 operations, path-parameter validation.
 //! - [`cache`] — per-caller GET caching in moka: keys, tag generations, coalescing, stale.
+//! - [`caller`] — who is calling (client key, credential, address); service-account mode.
+//! - [`limit`] — per-caller and global GCRA limits, upstream holds after 429s.
 //! - [`csrf`] — the guard that makes sending `X-Atlassian-Token: no-check` safe.
 //! - [`forward`] — header hygiene between client and upstream, XSRF header injection.
 //! - [`upstream`] — the pooled rustls client with its timeouts.
@@ -31,6 +33,7 @@
 pub mod admin;
 pub mod body;
 pub mod cache;
+pub mod caller;
 pub mod cli;
 pub mod config;
 pub mod csrf;
@@ -40,6 +43,7 @@ pub mod fake;
 pub mod forward;
 pub mod gateway;
 pub mod lifecycle;
+pub mod limit;
 pub mod routes;
 pub mod server;
 pub mod telemetry;

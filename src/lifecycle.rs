@@ -13,9 +13,11 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::admin::Admin;
-use crate::cache::Cache;
+use crate::cache::{self, Cache};
+use crate::caller::{AuthSetupError, Callers};
 use crate::config::Config;
 use crate::gateway::Gateway;
+use crate::limit::Limits;
 use crate::server::{self, Http, TlsError};
 use crate::upstream::UpstreamSetupError;
 
@@ -30,6 +32,8 @@ pub enum StartError {
     Tls(#[from] TlsError),
     #[error(transparent)]
     Upstream(#[from] UpstreamSetupError),
+    #[error(transparent)]
+    Auth(#[from] AuthSetupError),
 }
 
 /// A running gateway.
@@ -62,8 +66,12 @@ impl Running {
 
 /// Binds the listeners and starts serving.
 pub async fn start(config: &Config) -> Result<Running, StartError> {
-    let cache = Arc::new(Cache::new(&config.cache));
-    let gateway = Arc::new(Gateway::new(config, cache.clone())?);
+    let secret = cache::partition_secret(&config.cache);
+    let cache = Arc::new(Cache::new(&config.cache, secret));
+    let callers = Arc::new(Callers::new(config, secret)?);
+    let limits = Arc::new(Limits::new(&config.limits, &config.callers.clients));
+    spawn_reclaim(Arc::downgrade(&limits));
+    let gateway = Arc::new(Gateway::new(config, cache.clone(), callers, limits)?);
     let http = Http::from_config(&config.server)?;
     let listener = bind(config.server.listen).await?;
     let admin_listener = bind(config.admin.listen).await?;
@@ -109,6 +117,21 @@ fn local_addr(listener: &TcpListener, addr: SocketAddr) -> Result<SocketAddr, St
     listener
         .local_addr()
         .map_err(|source| StartError::Bind { addr, source })
+}
+
+/// Reclaims idle callers' limiter state every 30 s, for as long as the gateway lives.
+fn spawn_reclaim(limits: std::sync::Weak<Limits>) {
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(30));
+        every.tick().await;
+        loop {
+            every.tick().await;
+            match limits.upgrade() {
+                Some(limits) => limits.reclaim(),
+                None => return,
+            }
+        }
+    });
 }
 
 async fn became_true(mut flag: watch::Receiver<bool>) {

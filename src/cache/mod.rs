@@ -148,13 +148,8 @@ impl moka::Expiry<CacheKey, Arc<Entry>> for Retention {
 }
 
 impl Cache {
-    pub fn new(config: &CacheConfig) -> Cache {
-        let secret = match &config.key_secret {
-            Some(secret) => {
-                blake3::derive_key("wikigate cache partition v1", secret.expose().as_bytes())
-            }
-            None => random_secret(),
-        };
+    /// `secret` keys the partition hash (see [`partition_secret`]).
+    pub fn new(config: &CacheConfig, secret: [u8; 32]) -> Cache {
         let store = Moka::builder()
             .max_capacity(config.max_bytes)
             .weigher(|_, entry: &Arc<Entry>| entry.weight())
@@ -307,7 +302,11 @@ impl Cache {
                 }
                 Role::Follower(receiver) => {
                     match follow(receiver, self.config.coalesce_timeout).await {
-                        Ok(Outcome::Streamed) | Err(FollowError::TimedOut) => {
+                        // A leader refused by its own caller's limits says nothing about this
+                        // request's limits: it fetches (and is admitted or refused) itself.
+                        Ok(Outcome::Streamed)
+                        | Ok(Outcome::Failed(GatewayError::RateLimited { .. }))
+                        | Err(FollowError::TimedOut) => {
                             self.stats.misses.fetch_add(1, Ordering::Relaxed);
                             let mine = self
                                 .settle(lookup, request_headers, fetch().await, true)
@@ -505,7 +504,18 @@ pub fn set_status(response: &mut Response<Body>, status: &str) {
     }
 }
 
-/// A fresh random key for the partition hash, for processes that were not given one.
+/// The key of the credential hash that partitions the cache (and identifies callers):
+/// derived from `cache.key_secret`, or random for this process.
+pub fn partition_secret(config: &CacheConfig) -> [u8; 32] {
+    match &config.key_secret {
+        Some(secret) => {
+            blake3::derive_key("wikigate cache partition v1", secret.expose().as_bytes())
+        }
+        None => random_secret(),
+    }
+}
+
+/// A fresh random key, for processes that were not given one.
 fn random_secret() -> [u8; 32] {
     use ring::rand::SecureRandom as _;
     let mut secret = [0u8; 32];

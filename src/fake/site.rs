@@ -158,7 +158,9 @@ impl Handler for FakeHandler {
             tokio::time::sleep(faults.delay).await;
         }
         if let Some(status) = faults.fail_with {
-            return error_response(status, "injected failure");
+            let mut response = error_response(status, "injected failure");
+            response.headers_mut().extend(faults.response_headers);
+            return response;
         }
 
         let mut response = self.answer(&parts, &body, &resolved);

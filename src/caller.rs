@@ -1,0 +1,331 @@
+//! Who is calling, and whose credential goes upstream.
+//!
+//! A caller is resolved once per request, in this order:
+//! 1. a gateway client key (`callers.key_header`) from the configured clients — an unknown key
+//!    is 401;
+//! 2. the credential: Connect JWTs by their (unverified) `iss` claim, since they are signed
+//!    afresh for every call; any other `Authorization` by the cache's keyed hash of it;
+//! 3. the client address — `X-Forwarded-For` believed only from `callers.trusted_proxies`.
+//!
+//! In `service-account` mode a client key is required (401 without one, never forwarded), and
+//! the caller's `Authorization` and `Cookie` are replaced by wikigate's own credential, so every
+//! caller shares one cache partition and the Atlassian credential never leaves wikigate.
+//!
+//! Invariants: what logs and metrics see of a caller is its client name, class, `app:ISS`, a
+//! short fingerprint prefix or an address — never a credential or a raw key. Client keys are
+//! only ever compared as hashes. The `iss` of a JWT keys limits only, never the cache.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use base64::Engine as _;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use ipnet::IpNet;
+
+use crate::config::{AuthMode, CallersConfig, Config, KeyHash};
+use crate::error::GatewayError;
+
+/// A caller as limits, logs and metrics know it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    pub id: CallerId,
+    /// The quota class.
+    pub class: Arc<str>,
+}
+
+/// The identity limits are keyed by.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum CallerId {
+    /// A configured client, by its index in `callers.clients`.
+    Client(usize),
+    /// A credential or a Connect app, by a 16-byte keyed hash.
+    Credential([u8; 16]),
+    /// An address.
+    Address(IpAddr),
+}
+
+impl Caller {
+    /// The caller's name for logs: the client name, `credential:…` (8 hex digits of the keyed
+    /// hash) or the address.
+    pub fn label(&self, callers: &Callers) -> String {
+        match &self.id {
+            CallerId::Client(i) => callers.clients[*i].name.to_string(),
+            CallerId::Credential(hash) => format!(
+                "credential:{:02x}{:02x}{:02x}{:02x}",
+                hash[0], hash[1], hash[2], hash[3]
+            ),
+            CallerId::Address(ip) => ip.to_string(),
+        }
+    }
+}
+
+struct Client {
+    name: Arc<str>,
+    class: Arc<str>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuthSetupError {
+    #[error("cannot read auth.credential_file {path}: {source}")]
+    CredentialFile {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("environment variable {0} (auth.credential_env) is not set")]
+    CredentialEnv(String),
+    #[error("the service-account credential is not a valid header value")]
+    CredentialValue,
+}
+
+/// Caller identification and the auth mode, built once from the config.
+pub struct Callers {
+    key_header: HeaderName,
+    clients: Vec<Client>,
+    by_key: HashMap<KeyHash, usize>,
+    trusted: Vec<IpNet>,
+    default_class: Arc<str>,
+    secret: [u8; 32],
+    /// `Some` in service-account mode: the `Authorization` value sent upstream.
+    service_credential: Option<HeaderValue>,
+}
+
+impl Callers {
+    /// `secret` is the cache's partition secret, so a caller's fingerprint is the same keyed
+    /// hash the cache partitions by.
+    pub fn new(config: &Config, secret: [u8; 32]) -> Result<Callers, AuthSetupError> {
+        let CallersConfig {
+            key_header,
+            trusted_proxies,
+            clients,
+        } = &config.callers;
+        let service_credential = match config.auth.mode {
+            AuthMode::Passthrough => None,
+            AuthMode::ServiceAccount => Some(load_credential(config)?),
+        };
+        Ok(Callers {
+            key_header: HeaderName::from_bytes(key_header.as_bytes())
+                .expect("validated header name"),
+            clients: clients
+                .iter()
+                .map(|c| Client {
+                    name: c.name.as_str().into(),
+                    class: c.class.as_str().into(),
+                })
+                .collect(),
+            by_key: clients
+                .iter()
+                .enumerate()
+                .map(|(i, c)| (c.key_hash, i))
+                .collect(),
+            trusted: trusted_proxies.clone(),
+            default_class: config.limits.default_class.as_str().into(),
+            secret,
+            service_credential,
+        })
+    }
+
+    /// Identifies the caller of a request that arrived from `peer`.
+    pub fn identify(&self, headers: &HeaderMap, peer: IpAddr) -> Result<Caller, GatewayError> {
+        if let Some(key) = headers.get(&self.key_header) {
+            let hash = KeyHash::of(key.to_str().unwrap_or_default());
+            let index = *self
+                .by_key
+                .get(&hash)
+                .ok_or(GatewayError::Unauthorized("unknown gateway client key"))?;
+            return Ok(Caller {
+                id: CallerId::Client(index),
+                class: self.clients[index].class.clone(),
+            });
+        }
+        if self.service_credential.is_some() {
+            return Err(GatewayError::Unauthorized(
+                "this gateway needs a client key (service-account mode)",
+            ));
+        }
+        let id = match headers.get(header::AUTHORIZATION) {
+            Some(value) => CallerId::Credential(self.fingerprint(value, peer)),
+            None => CallerId::Address(self.client_address(headers, peer)),
+        };
+        Ok(Caller {
+            id,
+            class: self.default_class.clone(),
+        })
+    }
+
+    /// A JWT's `iss` claim, or the whole value, under the keyed hash.
+    fn fingerprint(&self, authorization: &HeaderValue, peer: IpAddr) -> [u8; 16] {
+        let mut hasher = blake3::Hasher::new_keyed(&self.secret);
+        match connect_app(authorization) {
+            Some(iss) => hasher.update(b"app\n").update(iss.as_bytes()),
+            // A JWT whose claim cannot be read is keyed by address, not by its (unique) token.
+            None if is_jwt(authorization) => {
+                hasher.update(b"ip\n").update(peer.to_string().as_bytes())
+            }
+            None => hasher
+                .update(b"credential\n")
+                .update(authorization.as_bytes()),
+        };
+        let mut fingerprint = [0; 16];
+        fingerprint.copy_from_slice(&hasher.finalize().as_bytes()[..16]);
+        fingerprint
+    }
+
+    /// The client's address: the peer, or — when the peer is a trusted proxy — the nearest
+    /// `X-Forwarded-For` entry that is not itself a trusted proxy.
+    pub fn client_address(&self, headers: &HeaderMap, peer: IpAddr) -> IpAddr {
+        if !self.is_trusted(peer) {
+            return peer;
+        }
+        let forwarded: Vec<IpAddr> = headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map_while(|entry| entry.trim().parse().ok())
+            .collect();
+        forwarded
+            .into_iter()
+            .rev()
+            .find(|ip| !self.is_trusted(*ip))
+            .unwrap_or(peer)
+    }
+
+    fn is_trusted(&self, ip: IpAddr) -> bool {
+        self.trusted.iter().any(|net| net.contains(&ip))
+    }
+
+    /// Service-account mode: replaces the caller's credentials with wikigate's own.
+    pub fn apply_auth_mode(&self, headers: &mut HeaderMap) {
+        if let Some(credential) = &self.service_credential {
+            headers.remove(header::COOKIE);
+            headers.insert(header::AUTHORIZATION, credential.clone());
+        }
+        headers.remove(&self.key_header);
+    }
+
+    /// The upstream credential a request will carry (after [`Callers::apply_auth_mode`]),
+    /// as upstream holds know it: its fingerprint, or all zeros for anonymous requests.
+    pub fn hold_key(&self, headers: &HeaderMap, peer: IpAddr) -> [u8; 16] {
+        headers
+            .get(header::AUTHORIZATION)
+            .map_or([0; 16], |value| self.fingerprint(value, peer))
+    }
+}
+
+fn is_jwt(authorization: &HeaderValue) -> bool {
+    authorization
+        .as_bytes()
+        .get(..4)
+        .is_some_and(|s| s.eq_ignore_ascii_case(b"jwt "))
+}
+
+/// The unverified `iss` claim of a Connect JWT (`Authorization: JWT header.claims.signature`).
+fn connect_app(authorization: &HeaderValue) -> Option<String> {
+    if !is_jwt(authorization) {
+        return None;
+    }
+    let token = authorization.to_str().ok()?[4..].trim();
+    let claims = token.split('.').nth(1)?;
+    let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(claims.trim_end_matches('='))
+        .ok()?;
+    let claims: serde_json::Value = serde_json::from_slice(&json).ok()?;
+    claims["iss"]
+        .as_str()
+        .filter(|iss| !iss.is_empty())
+        .map(str::to_owned)
+}
+
+fn load_credential(config: &Config) -> Result<HeaderValue, AuthSetupError> {
+    let raw = match (&config.auth.credential_file, &config.auth.credential_env) {
+        (Some(path), _) => {
+            std::fs::read_to_string(path).map_err(|source| AuthSetupError::CredentialFile {
+                path: path.display().to_string(),
+                source,
+            })?
+        }
+        (None, Some(var)) => {
+            std::env::var(var).map_err(|_| AuthSetupError::CredentialEnv(var.clone()))?
+        }
+        (None, None) => return Err(AuthSetupError::CredentialValue),
+    };
+    let mut value =
+        HeaderValue::from_str(raw.trim()).map_err(|_| AuthSetupError::CredentialValue)?;
+    value.set_sensitive(true);
+    Ok(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn callers(extra: &str) -> Callers {
+        let config =
+            Config::from_toml(&format!("[upstream]\nurl = \"https://a.example\"\n{extra}"))
+                .unwrap();
+        Callers::new(&config, [3; 32]).unwrap()
+    }
+
+    fn jwt(iss: &str) -> HeaderValue {
+        let claims = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(format!(r#"{{"iss":"{iss}","qsh":"x","exp":1}}"#));
+        HeaderValue::from_str(&format!("JWT eyJhbGciOiJIUzI1NiJ9.{claims}.sig")).unwrap()
+    }
+
+    #[test]
+    fn connect_jwts_are_keyed_by_their_app_not_their_token() {
+        let c = callers("");
+        let peer: IpAddr = "10.0.0.1".parse().unwrap();
+        let mut a = HeaderMap::new();
+        a.insert(header::AUTHORIZATION, jwt("com.example.app"));
+        let mut b = HeaderMap::new();
+        let other_token = format!("{}x", jwt("com.example.app").to_str().unwrap());
+        b.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_str(&other_token).unwrap(),
+        );
+        assert_eq!(c.identify(&a, peer).unwrap(), c.identify(&b, peer).unwrap());
+        let mut other_app = HeaderMap::new();
+        other_app.insert(header::AUTHORIZATION, jwt("com.example.other"));
+        assert_ne!(
+            c.identify(&a, peer).unwrap(),
+            c.identify(&other_app, peer).unwrap()
+        );
+    }
+
+    #[test]
+    fn forwarded_for_is_believed_only_from_trusted_proxies() {
+        let c = callers("[callers]\ntrusted_proxies = [\"10.0.0.0/8\"]\n");
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "x-forwarded-for",
+            HeaderValue::from_static("203.0.113.9, 10.1.1.1"),
+        );
+        let untrusted: IpAddr = "198.51.100.7".parse().unwrap();
+        assert_eq!(c.client_address(&headers, untrusted), untrusted);
+        let proxy: IpAddr = "10.2.2.2".parse().unwrap();
+        assert_eq!(
+            c.client_address(&headers, proxy),
+            "203.0.113.9".parse::<IpAddr>().unwrap()
+        );
+    }
+
+    #[test]
+    fn client_keys_are_matched_by_hash() {
+        let hash = KeyHash::of("k-0123456789abcdef");
+        let c = callers(&format!(
+            "[[callers.clients]]\nname = \"billing\"\nkey_hash = \"{hash}\"\n"
+        ));
+        let peer: IpAddr = "127.0.0.1".parse().unwrap();
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "x-wikigate-key",
+            HeaderValue::from_static("k-0123456789abcdef"),
+        );
+        let caller = c.identify(&headers, peer).unwrap();
+        assert_eq!(caller.label(&c), "billing");
+        headers.insert("x-wikigate-key", HeaderValue::from_static("wrong"));
+        assert_eq!(c.identify(&headers, peer).unwrap_err().status(), 401);
+    }
+}
