@@ -517,6 +517,34 @@ mod tests {
     }
 
     #[test]
+    fn near_limit_halves_the_global_budget_until_the_reset() {
+        let config = LimitsConfig {
+            upstream_global: Some(Rate {
+                rate: NonZeroU32::new(10).unwrap(),
+                per: Duration::from_secs(60),
+                burst: None,
+            }),
+            ..LimitsConfig::default()
+        };
+        let admitted = |limits: &Limits| {
+            let caller = Caller {
+                id: CallerId::Address([127, 0, 0, 1].into()),
+                class: "default".into(),
+            };
+            (0..20)
+                .filter(|_| limits.admit_upstream(&caller, &[0; 16]).is_ok())
+                .count()
+        };
+        assert_eq!(admitted(&Limits::new(&config, &[])), 10);
+        let tightened = Limits::new(&config, &[]);
+        let mut headers = HeaderMap::new();
+        headers.insert("x-ratelimit-nearlimit", HeaderValue::from_static("true"));
+        headers.insert("x-ratelimit-reset", HeaderValue::from_static("60"));
+        tightened.observe(&[0; 16], StatusCode::OK, &headers);
+        assert_eq!(admitted(&tightened), 5);
+    }
+
+    #[test]
     fn a_hold_lets_exactly_one_probe_through_when_it_ends() {
         let limits = Limits::new(&LimitsConfig::default(), &[]);
         let key = [1; 16];

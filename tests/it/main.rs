@@ -6,6 +6,7 @@ mod cli;
 mod csrf;
 mod errors;
 mod forwarding;
+mod limits;
 mod shutdown;
 mod support;
 mod tls;
