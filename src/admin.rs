@@ -1,6 +1,8 @@
 //! The admin listener: operator endpoints, on an address of their own.
 //!
 //! Endpoints:
+//! - `GET /` — the status page (HTML, refreshing itself).
+//! - `GET /metrics` — Prometheus/OpenMetrics text exposition of every `wikigate_*` metric.
 //! - `GET /healthz` — 200 while the process serves at all (liveness).
 //! - `GET /readyz` — 200 while accepting traffic, 503 once draining has begun (readiness), so a
 //!   load balancer stops sending new requests before the gateway stops accepting them.
@@ -13,7 +15,7 @@
 //! not exist (404) when no token is configured. The token is kept only as a hash and compared
 //! in constant time. Everything else is 404 in Confluence's error shape.
 
-use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
@@ -21,29 +23,29 @@ use hyper::body::Incoming;
 use tokio::sync::watch;
 
 use crate::body::Body;
-use crate::cache::Cache;
 use crate::config::Secret;
 use crate::error::error_response;
+use crate::lifecycle::Parts;
+use crate::metrics::Snapshot;
 use crate::routes::Tag;
 use crate::server::{ConnInfo, Handler};
+use crate::status_page;
 
 pub struct Admin {
     draining: watch::Receiver<bool>,
-    cache: Arc<Cache>,
+    parts: Parts,
+    started: Instant,
     /// BLAKE3 of the token; `blake3::Hash` compares in constant time.
     token: Option<blake3::Hash>,
 }
 
 impl Admin {
     /// `draining` turns true when shutdown begins.
-    pub fn new(
-        draining: watch::Receiver<bool>,
-        cache: Arc<Cache>,
-        token: Option<&Secret>,
-    ) -> Admin {
+    pub fn new(draining: watch::Receiver<bool>, parts: Parts, token: Option<&Secret>) -> Admin {
         Admin {
             draining,
-            cache,
+            parts,
+            started: Instant::now(),
             token: token.map(|t| blake3::hash(t.expose().as_bytes())),
         }
     }
@@ -94,16 +96,18 @@ impl Admin {
                         error_response(StatusCode::BAD_REQUEST, "tag must not be empty")
                     }
                     Some(tag) => {
-                        self.cache.invalidate(&[Tag::named(&tag)]);
+                        self.parts.cache.invalidate(&[Tag::named(&tag)]);
                         json(StatusCode::OK, serde_json::json!({ "invalidated": tag }))
                     }
                     None => {
-                        self.cache.purge();
+                        self.parts.cache.purge();
                         json(StatusCode::OK, serde_json::json!({ "purged": "all" }))
                     }
                 }
             }
-            (&Method::GET, "/admin/cache/stats") => json(StatusCode::OK, self.cache.stats().await),
+            (&Method::GET, "/admin/cache/stats") => {
+                json(StatusCode::OK, self.parts.cache.stats().await)
+            }
             (_, "/admin/cache") => not_allowed("DELETE"),
             (_, "/admin/cache/stats") => not_allowed("GET, HEAD"),
             _ => error_response(StatusCode::NOT_FOUND, "no such admin endpoint"),
@@ -124,6 +128,19 @@ impl Handler for Admin {
             return not_allowed("GET, HEAD");
         }
         match path {
+            "/" => {
+                let status = self.parts.metrics.status(&self.snapshot());
+                let page = status_page::render(&status, self.started.elapsed());
+                body(StatusCode::OK, "text/html; charset=utf-8", page)
+            }
+            "/metrics" => {
+                let text = self.parts.metrics.encode(&self.snapshot());
+                body(
+                    StatusCode::OK,
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    text,
+                )
+            }
             "/healthz" => text(StatusCode::OK, "ok\n"),
             "/readyz" if *self.draining.borrow() => {
                 text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
@@ -132,6 +149,29 @@ impl Handler for Admin {
             _ => error_response(StatusCode::NOT_FOUND, "no such admin endpoint"),
         }
     }
+}
+
+impl Admin {
+    fn snapshot(&self) -> Snapshot {
+        let (cache_entries, cache_bytes, cache_max_bytes) = self.parts.cache.size();
+        let (holds, longest_hold) = self.parts.limits.holds();
+        Snapshot {
+            cache_entries,
+            cache_bytes,
+            cache_max_bytes,
+            holds,
+            longest_hold,
+        }
+    }
+}
+
+fn body(status: StatusCode, content_type: &'static str, text: String) -> Response<Body> {
+    let mut response = Response::new(Body::full(text));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
 }
 
 fn not_allowed(allow: &'static str) -> Response<Body> {

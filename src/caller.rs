@@ -46,6 +46,15 @@ pub enum CallerId {
 }
 
 impl Caller {
+    /// The caller's name for metrics, from a bounded set: a configured client's name, or the
+    /// quota class of everyone else.
+    pub fn metric_label(&self, callers: &Callers) -> String {
+        match &self.id {
+            CallerId::Client(i) => callers.clients[*i].name.to_string(),
+            _ => format!("class:{}", self.class),
+        }
+    }
+
     /// The caller's name for logs: the client name, `credential:…` (8 hex digits of the keyed
     /// hash) or the address.
     pub fn label(&self, callers: &Callers) -> String {

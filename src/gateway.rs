@@ -29,14 +29,16 @@ use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use crate::body::Body;
-use crate::cache::{self, Buffered, Cache, Fetched, Lookup};
+use crate::cache::{self, Buffered, Cache, Fetched, Lookup, Served};
 use crate::caller::{Caller, Callers};
 use crate::config::Config;
 use crate::csrf::CsrfGuard;
 use crate::error::{ErrorSource, GatewayError};
 use crate::forward;
+use crate::lifecycle::Parts;
 use crate::limit::{self, HoldKey, Limits};
-use crate::routes::{self, Operation, Tag};
+use crate::metrics::{CacheLabel, Metrics, RequestRecord};
+use crate::routes::{self, Operation, Route, Tag};
 use crate::server::{ConnInfo, Handler};
 use crate::upstream::{Upstream, UpstreamSetupError};
 
@@ -48,6 +50,7 @@ pub struct Gateway {
     callers: Arc<Callers>,
     rate_limits: Arc<Limits>,
     cache: Arc<Cache>,
+    metrics: Arc<Metrics>,
 }
 
 /// Request-size and time limits from `[server]`.
@@ -60,15 +63,17 @@ struct RequestLimits {
 }
 
 impl Gateway {
-    pub fn new(
-        config: &Config,
-        cache: Arc<Cache>,
-        callers: Arc<Callers>,
-        rate_limits: Arc<Limits>,
-    ) -> Result<Gateway, UpstreamSetupError> {
+    pub fn new(config: &Config, parts: Parts) -> Result<Gateway, UpstreamSetupError> {
+        let Parts {
+            cache,
+            callers,
+            limits: rate_limits,
+            metrics,
+        } = parts;
         Ok(Gateway {
             callers,
             rate_limits,
+            metrics,
             upstream: Upstream::new(&config.upstream)?,
             csrf: CsrfGuard::new(&config.csrf),
             limits: RequestLimits {
@@ -92,12 +97,15 @@ impl Gateway {
         forward::strip_hop_by_hop(&mut parts.headers);
         let caller = self.callers.identify(&parts.headers, conn.peer.ip())?;
         log.caller = Some(caller.label(&self.callers));
+        log.caller_metric = Some(caller.metric_label(&self.callers));
         let allowance = self.rate_limits.check_request(&caller)?;
         let resolved = routes::resolve(&parts.method, parts.uri.path())?;
         log.operation = Some(resolved.operation);
         self.callers.apply_auth_mode(&mut parts.headers);
         let admission = Admission {
             limits: self.rate_limits.clone(),
+            metrics: self.metrics.clone(),
+            route: resolved.route(),
             hold: self.callers.hold_key(&parts.headers, conn.peer.ip()),
             caller,
         };
@@ -119,6 +127,10 @@ impl Gateway {
                     let mut response = self.forward(parts, body, conn, admission).await?;
                     let status = format!("wikigate; fwd=bypass; detail={}", bypass.as_str());
                     cache::set_status(&mut response, &status);
+                    response.extensions_mut().insert(Served {
+                        cache: CacheLabel::Bypass,
+                        saved_points: None,
+                    });
                     response
                 }
             }
@@ -144,6 +156,7 @@ impl Gateway {
         let deadline = self.upstream.deadline();
         let upstream = self.upstream.clone();
         let cache = self.cache.clone();
+        let (metrics, route) = (self.metrics.clone(), admission.route);
         let exchange = tokio::spawn(async move {
             let result = admission.send(&upstream, request, deadline, false).await;
             let may_have_changed = match &result {
@@ -153,6 +166,7 @@ impl Gateway {
             };
             if may_have_changed {
                 cache.invalidate(&tags);
+                metrics.invalidation(route);
             }
             result
         });
@@ -294,6 +308,8 @@ async fn fetch(
 /// Permission to go upstream for one request, and what its answer teaches the limits.
 struct Admission {
     limits: Arc<Limits>,
+    metrics: Arc<Metrics>,
+    route: Route,
     caller: Caller,
     hold: HoldKey,
 }
@@ -322,10 +338,23 @@ impl Admission {
                 Some(template) if retry_left => copy_request(template),
                 _ => request.take().expect("the last try returns"),
             };
-            match upstream.send(this_try, deadline).await {
+            let sent = Instant::now();
+            let result = upstream.send(this_try, deadline).await;
+            let outcome = match &result {
+                Ok(response) => Ok(response.status()),
+                Err(GatewayError::UpstreamConnect(_)) => Err("connect_error"),
+                Err(GatewayError::UpstreamTimeout(_)) => Err("timeout"),
+                Err(_) => Err("protocol_error"),
+            };
+            self.metrics.upstream(self.route, outcome, sent.elapsed());
+            match result {
                 Ok(response) => {
-                    self.limits
-                        .observe(&self.hold, response.status(), response.headers());
+                    if self
+                        .limits
+                        .observe(&self.hold, response.status(), response.headers())
+                    {
+                        self.metrics.hold_started();
+                    }
                     return Ok(response);
                 }
                 Err(GatewayError::UpstreamConnect(_)) if retry_left => {
@@ -348,16 +377,18 @@ impl Admission {
     }
 }
 
-/// What the access log says about a request besides its status and timing.
+/// What the access log and the metrics say about a request besides its status and timing.
 #[derive(Default)]
 struct LogFields {
     caller: Option<String>,
+    caller_metric: Option<String>,
     operation: Option<Operation>,
 }
 
 impl Handler for Gateway {
     async fn call(&self, request: Request<Incoming>, conn: ConnInfo) -> Response<Body> {
         let started = Instant::now();
+        let _in_flight = self.metrics.in_flight();
         let method = request.method().clone();
         let path = request.uri().path().to_owned();
         let mut log = LogFields::default();
@@ -368,9 +399,22 @@ impl Handler for Gateway {
                     ErrorSource::Upstream => tracing::warn!(%error, "upstream failure"),
                     ErrorSource::Downstream => tracing::debug!(%error, "request refused"),
                 }
+                if let GatewayError::RateLimited { limit, .. } = &error {
+                    let caller = log.caller_metric.as_deref().unwrap_or("unknown");
+                    self.metrics.rate_limited(caller, limit.as_str());
+                }
                 error.into_response()
             }
         };
+        let served = response.extensions().get::<Served>().copied();
+        self.metrics.request(&RequestRecord {
+            route: log.operation.map(Operation::route),
+            method: method.clone(),
+            status: response.status(),
+            cache: served.map_or(CacheLabel::None, |s| s.cache),
+            saved_points: served.and_then(|s| s.saved_points),
+            duration: started.elapsed(),
+        });
         let cache = response
             .headers()
             .get(&cache::CACHE_STATUS)

@@ -17,7 +17,9 @@
 //! - [`upstream`] — the pooled rustls client with its timeouts.
 //! - [`body`] — the response body type: held bytes or a deadline-bounded upstream stream.
 //! - [`error`] — errors wikigate answers itself, in Confluence's error JSON.
-//! - [`admin`] — `/healthz`, `/readyz` on the admin listener.
+//! - [`metrics`] — every `wikigate_*` metric, and the status page's figures.
+//! - [`admin`] — health, readiness, metrics, the status page, cache administration.
+//! - [`status_page`] — the admin listener's HTML status page.
 //! - [`telemetry`] — logging.
 //! - [`fake`] — a fake Confluence site for the demo and the tests.
 //! - [`demo`] — `wikigate demo`.
@@ -44,7 +46,9 @@ pub mod forward;
 pub mod gateway;
 pub mod lifecycle;
 pub mod limit;
+pub mod metrics;
 pub mod routes;
 pub mod server;
+pub mod status_page;
 pub mod telemetry;
 pub mod upstream;

@@ -18,6 +18,7 @@ use crate::caller::{AuthSetupError, Callers};
 use crate::config::Config;
 use crate::gateway::Gateway;
 use crate::limit::Limits;
+use crate::metrics::Metrics;
 use crate::server::{self, Http, TlsError};
 use crate::upstream::UpstreamSetupError;
 
@@ -64,14 +65,27 @@ impl Running {
     }
 }
 
+/// The shared components that the gateway and the admin endpoints both use.
+#[derive(Clone)]
+pub struct Parts {
+    pub cache: Arc<Cache>,
+    pub callers: Arc<Callers>,
+    pub limits: Arc<Limits>,
+    pub metrics: Arc<Metrics>,
+}
+
 /// Binds the listeners and starts serving.
 pub async fn start(config: &Config) -> Result<Running, StartError> {
+    let metrics = Arc::new(Metrics::new());
     let secret = cache::partition_secret(&config.cache);
-    let cache = Arc::new(Cache::new(&config.cache, secret));
-    let callers = Arc::new(Callers::new(config, secret)?);
-    let limits = Arc::new(Limits::new(&config.limits, &config.callers.clients));
-    spawn_reclaim(Arc::downgrade(&limits));
-    let gateway = Arc::new(Gateway::new(config, cache.clone(), callers, limits)?);
+    let parts = Parts {
+        cache: Arc::new(Cache::new(&config.cache, secret, metrics.clone())),
+        callers: Arc::new(Callers::new(config, secret)?),
+        limits: Arc::new(Limits::new(&config.limits, &config.callers.clients)),
+        metrics,
+    };
+    spawn_reclaim(Arc::downgrade(&parts.limits));
+    let gateway = Arc::new(Gateway::new(config, parts.clone())?);
     let http = Http::from_config(&config.server)?;
     let listener = bind(config.server.listen).await?;
     let admin_listener = bind(config.admin.listen).await?;
@@ -81,7 +95,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     let (draining, draining_rx) = watch::channel(false);
     let admin = Arc::new(Admin::new(
         draining_rx.clone(),
-        cache,
+        parts,
         config.admin.token.as_ref(),
     ));
     let drain = config.server.drain_timeout;

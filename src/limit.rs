@@ -340,9 +340,9 @@ impl Limits {
     }
 
     /// Learns from an upstream answer: a 429 (or a 503 with `Retry-After`) starts or extends
-    /// the hold on `key`; any other answer ends it. `X-RateLimit-NearLimit` tightens the
-    /// global budget until upstream's reset.
-    pub fn observe(&self, key: &HoldKey, status: StatusCode, headers: &HeaderMap) {
+    /// the hold on `key` (and returns true); any other answer ends it. `X-RateLimit-NearLimit`
+    /// tightens the global budget until upstream's reset.
+    pub fn observe(&self, key: &HoldKey, status: StatusCode, headers: &HeaderMap) -> bool {
         let now = Instant::now();
         if headers
             .get("x-ratelimit-nearlimit")
@@ -359,7 +359,7 @@ impl Limits {
         let mut holds = self.holds.lock().expect("lock");
         if !throttled {
             holds.remove(key);
-            return;
+            return false;
         }
         let strikes = holds.get(key).map_or(0, |h| h.strikes) + 1;
         let wait = retry_after(headers)
@@ -374,6 +374,17 @@ impl Limits {
                 probe: None,
             },
         );
+        true
+    }
+
+    /// How many credentials are held right now, and the longest remaining hold.
+    pub fn holds(&self) -> (usize, Duration) {
+        let now = Instant::now();
+        let holds = self.holds.lock().expect("lock");
+        let active = holds.values().filter(|h| h.until > now);
+        active.fold((0, Duration::ZERO), |(n, longest), h| {
+            (n + 1, longest.max(h.until - now))
+        })
     }
 
     /// A request admitted for `key` failed before upstream answered: if it was the probe,

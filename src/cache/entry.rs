@@ -53,6 +53,8 @@ pub struct Entry {
     pub stale_while_revalidate: Duration,
     /// The request headers upstream's `Vary` named, and a hash of their values.
     vary: Option<Vary>,
+    /// Atlassian quota points an answer from this entry saves.
+    pub points: u32,
 }
 
 #[derive(Debug)]
@@ -97,6 +99,7 @@ impl Entry {
         request_headers: &HeaderMap,
         lifetime: Lifetime,
         shared: bool,
+        points: u32,
     ) -> Entry {
         let Buffered {
             status,
@@ -131,6 +134,7 @@ impl Entry {
             stale_if_error: lifetime.stale_if_error,
             stale_while_revalidate: lifetime.stale_while_revalidate,
             vary,
+            points,
         }
     }
 
@@ -306,7 +310,7 @@ mod tests {
             headers,
             body: Bytes::from_static(b"{}"),
         };
-        Entry::new(answer, &request, lifetime, false)
+        Entry::new(answer, &request, lifetime, false, 1)
     }
 
     #[test]

@@ -39,7 +39,8 @@ pub use key::{Bypass, CacheKey, Partition};
 use crate::body::Body;
 use crate::config::CacheConfig;
 use crate::error::GatewayError;
-use crate::routes::{Resolved, Tag};
+use crate::metrics::{CacheLabel, Metrics, quota_points};
+use crate::routes::{Resolved, Route, Tag};
 
 /// What upstream answered a fetch with.
 pub enum Fetched {
@@ -96,6 +97,7 @@ impl Directive {
 #[derive(Debug, Clone, Copy)]
 pub struct Lookup {
     key: CacheKey,
+    route: Route,
     head: bool,
     shared: bool,
     lifetime: Lifetime,
@@ -149,11 +151,20 @@ impl moka::Expiry<CacheKey, Arc<Entry>> for Retention {
 
 impl Cache {
     /// `secret` keys the partition hash (see [`partition_secret`]).
-    pub fn new(config: &CacheConfig, secret: [u8; 32]) -> Cache {
+    pub fn new(config: &CacheConfig, secret: [u8; 32], metrics: Arc<Metrics>) -> Cache {
         let store = Moka::builder()
             .max_capacity(config.max_bytes)
             .weigher(|_, entry: &Arc<Entry>| entry.weight())
             .expire_after(Retention)
+            .eviction_listener(move |_, _, cause| {
+                use moka::notification::RemovalCause;
+                metrics.eviction(match cause {
+                    RemovalCause::Expired => "expired",
+                    RemovalCause::Explicit => "explicit",
+                    RemovalCause::Replaced => "replaced",
+                    RemovalCause::Size => "size",
+                });
+            })
             .build();
         Cache {
             store,
@@ -198,6 +209,7 @@ impl Cache {
         ];
         Ok(Lookup {
             key: CacheKey::new(partition, resolved, query, &generations),
+            route,
             head: resolved.head,
             shared,
             lifetime: Lifetime {
@@ -252,15 +264,21 @@ impl Cache {
             let now = Instant::now();
             if entry.is_fresh(now) {
                 self.stats.hits.fetch_add(1, Ordering::Relaxed);
-                return Ok(entry.to_response(request_headers, lookup.head, "wikigate; hit"));
+                let response = entry.to_response(request_headers, lookup.head, "wikigate; hit");
+                return Ok(served(response, CacheLabel::Hit, Some(entry.points)));
             }
             if entry.may_revalidate_in_background(now) {
                 self.refresh_in_background(lookup, request_headers, fetch);
                 self.stats.stale.fetch_add(1, Ordering::Relaxed);
-                return Ok(entry.to_response(
+                let response = entry.to_response(
                     request_headers,
                     lookup.head,
                     "wikigate; hit; detail=stale-while-revalidate",
+                );
+                return Ok(served(
+                    response,
+                    CacheLabel::StaleWhileRevalidate,
+                    Some(entry.points),
                 ));
             }
             if entry.may_serve_on_error(now) {
@@ -274,7 +292,7 @@ impl Cache {
             let outcome = self
                 .settle(lookup, request_headers, fetch().await, store)
                 .await;
-            return self.respond(outcome, lookup, request_headers, stale, "fwd=request");
+            return self.respond(outcome, lookup, request_headers, stale, Path::Request);
         }
 
         loop {
@@ -293,12 +311,12 @@ impl Cache {
                     let mine = task.await.map_err(|e| {
                         GatewayError::UpstreamProtocol(format!("fetch task failed: {e}"))
                     })?;
-                    let fwd = if stale.is_some() {
-                        "fwd=stale"
+                    let path = if stale.is_some() {
+                        Path::Refetch
                     } else {
-                        "fwd=miss"
+                        Path::Miss
                     };
-                    return self.respond(mine, lookup, request_headers, stale, fwd);
+                    return self.respond(mine, lookup, request_headers, stale, path);
                 }
                 Role::Follower(receiver) => {
                     match follow(receiver, self.config.coalesce_timeout).await {
@@ -311,7 +329,7 @@ impl Cache {
                             let mine = self
                                 .settle(lookup, request_headers, fetch().await, true)
                                 .await;
-                            return self.respond(mine, lookup, request_headers, stale, "fwd=miss");
+                            return self.respond(mine, lookup, request_headers, stale, Path::Miss);
                         }
                         Err(FollowError::Abandoned) => continue,
                         Ok(outcome) => {
@@ -322,7 +340,7 @@ impl Cache {
                                 lookup,
                                 request_headers,
                                 stale,
-                                "fwd=miss; collapsed",
+                                Path::Collapsed,
                             );
                         }
                     }
@@ -370,7 +388,14 @@ impl Cache {
             Some(lifetime) if store => lifetime,
             _ => return LeaderResult::Answer(Arc::new(answer)),
         };
-        let entry = Arc::new(Entry::new(answer, request_headers, lifetime, lookup.shared));
+        let points = quota_points(lookup.route, &answer.body);
+        let entry = Arc::new(Entry::new(
+            answer,
+            request_headers,
+            lifetime,
+            lookup.shared,
+            points,
+        ));
         self.store.insert(lookup.key, entry.clone()).await;
         self.stats.stored.fetch_add(1, Ordering::Relaxed);
         LeaderResult::Stored(entry)
@@ -404,7 +429,7 @@ impl Cache {
         lookup: Lookup,
         request_headers: &HeaderMap,
         stale: Option<Arc<Entry>>,
-        fwd: &str,
+        path: Path,
     ) -> Result<Response<Body>, GatewayError> {
         let failure_status = match &result {
             LeaderResult::Failed(_) => Some(None),
@@ -422,25 +447,51 @@ impl Cache {
                 ),
                 None => "wikigate; fwd=stale; detail=stale-if-error".to_owned(),
             };
-            return Ok(entry.to_response(request_headers, lookup.head, &status));
+            // Refused before it left (an upstream hold, a limit): no call was spent.
+            let saved = matches!(
+                result,
+                LeaderResult::Failed(GatewayError::RateLimited { .. })
+            )
+            .then_some(entry.points);
+            let response = entry.to_response(request_headers, lookup.head, &status);
+            return Ok(served(response, CacheLabel::StaleIfError, saved));
         }
-        match result {
-            LeaderResult::Stored(entry) => Ok(entry.to_response(
+        let (label, saved) = match (path, &result) {
+            (Path::Collapsed, LeaderResult::Stored(entry)) => {
+                (CacheLabel::Coalesced, Some(entry.points))
+            }
+            (Path::Collapsed, _) => (CacheLabel::Coalesced, Some(1)),
+            (Path::Request, _) => (CacheLabel::Request, None),
+            _ => (CacheLabel::Miss, None),
+        };
+        let fwd = path.fwd();
+        let response = match result {
+            LeaderResult::Stored(entry) => entry.to_response(
                 request_headers,
                 lookup.head,
                 &format!("wikigate; {fwd}; stored"),
-            )),
+            ),
             LeaderResult::Answer(answer) => {
                 let mut response = answer.to_response(lookup.head);
                 set_status(&mut response, &format!("wikigate; {fwd}"));
-                Ok(response)
+                response
             }
             LeaderResult::Streamed(mut response) => {
                 set_status(&mut response, &format!("wikigate; {fwd}; detail=too-large"));
-                Ok(response)
+                response
             }
-            LeaderResult::Failed(error) => Err(error),
-        }
+            LeaderResult::Failed(error) => return Err(error),
+        };
+        Ok(served(response, label, saved))
+    }
+
+    /// Entries, weighted bytes and the budget, as moka counts them right now.
+    pub fn size(&self) -> (u64, u64, u64) {
+        (
+            self.store.entry_count(),
+            self.store.weighted_size(),
+            self.config.max_bytes,
+        )
     }
 
     /// Counters and sizes, after moka has applied pending evictions.
@@ -490,6 +541,49 @@ impl From<Outcome> for LeaderResult {
             Outcome::Streamed => unreachable!("followers of a streamed answer fetch themselves"),
         }
     }
+}
+
+/// How a read reached upstream (or its leader did).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Path {
+    Miss,
+    /// An expired entry was kept for stale-if-error while fetching anew.
+    Refetch,
+    /// The request's own `Cache-Control` sent it upstream.
+    Request,
+    /// It waited for an identical fetch.
+    Collapsed,
+}
+
+impl Path {
+    fn fwd(self) -> &'static str {
+        match self {
+            Path::Miss => "fwd=miss",
+            Path::Refetch => "fwd=stale",
+            Path::Request => "fwd=request",
+            Path::Collapsed => "fwd=miss; collapsed",
+        }
+    }
+}
+
+/// What the cache did for a response, attached to it as an extension for metrics and logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Served {
+    pub cache: CacheLabel,
+    /// Atlassian quota points saved when the answer needed no upstream call of its own.
+    pub saved_points: Option<u32>,
+}
+
+fn served(
+    mut response: Response<Body>,
+    cache: CacheLabel,
+    saved_points: Option<u32>,
+) -> Response<Body> {
+    response.extensions_mut().insert(Served {
+        cache,
+        saved_points,
+    });
+    response
 }
 
 /// Upstream answers that make an expired entry worth serving instead (stale-if-error).

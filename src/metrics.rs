@@ -1,0 +1,606 @@
+//! Metrics: every `wikigate_*` metric, defined in this one file, and the figures of the status
+//! page.
+//!
+//! prometheus-client (the official OpenMetrics client): no global registry, typed label sets,
+//! and text exposition that Prometheus and promtool read. Components record into an
+//! `Arc<Metrics>`; scrape-time values (cache size, holds) are read from their owners when
+//! `/metrics` or the status page is rendered.
+//!
+//! Invariant: label values are bounded — a route *name* from the route table, a method from a
+//! fixed list, a status class, a cache outcome, a configured client name or quota class, a
+//! limit name, an eviction cause. Never a raw path, an account id or a credential.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use http::{Method, StatusCode};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::{Registry, Unit};
+
+use crate::routes::Route;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    route: &'static str,
+    method: &'static str,
+    status_class: &'static str,
+    cache: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteMethodLabels {
+    route: &'static str,
+    method: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    route: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UpstreamLabels {
+    route: &'static str,
+    status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StaleLabels {
+    route: &'static str,
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LimitedLabels {
+    caller: String,
+    limit: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CauseLabels {
+    cause: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    version: &'static str,
+}
+
+fn latency_histogram() -> Histogram {
+    // 100 µs … ~26 s.
+    Histogram::new(exponential_buckets(0.0001, 2.0, 19))
+}
+
+/// Status-page figures for one route (Prometheus has the same, bucketed by more labels).
+#[derive(Default)]
+struct RouteFigures {
+    requests: AtomicU64,
+    hits: AtomicU64,
+    misses: AtomicU64,
+    stale: AtomicU64,
+    /// Request durations in the buckets of [`FIGURE_BUCKETS`], plus one overflow bucket.
+    latency: [AtomicU64; FIGURE_BUCKETS.len() + 1],
+}
+
+/// Upper bounds (µs) of the status page's latency buckets.
+const FIGURE_BUCKETS: [u64; 20] = [
+    50, 100, 200, 300, 500, 750, 1_000, 1_500, 2_000, 3_000, 5_000, 7_500, 10_000, 20_000, 50_000,
+    100_000, 250_000, 500_000, 1_000_000, 5_000_000,
+];
+
+impl RouteFigures {
+    /// The bucket bound at quantile `q`, in µs (an upper estimate).
+    fn quantile(&self, q: f64) -> Option<u64> {
+        let counts: Vec<u64> = self
+            .latency
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .collect();
+        let total: u64 = counts.iter().sum();
+        if total == 0 {
+            return None;
+        }
+        let rank = (q * total as f64).ceil().max(1.0) as u64;
+        let mut seen = 0;
+        for (i, count) in counts.iter().enumerate() {
+            seen += count;
+            if seen >= rank {
+                return Some(FIGURE_BUCKETS.get(i).copied().unwrap_or(u64::MAX));
+            }
+        }
+        None
+    }
+}
+
+/// What the cache did for a request, as metrics and logs label it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheLabel {
+    Hit,
+    Miss,
+    Coalesced,
+    StaleWhileRevalidate,
+    StaleIfError,
+    Bypass,
+    /// The request's own `Cache-Control` sent it upstream.
+    Request,
+    /// Not a cacheable read (writes, refusals).
+    None,
+}
+
+impl CacheLabel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CacheLabel::Hit => "hit",
+            CacheLabel::Miss => "miss",
+            CacheLabel::Coalesced => "coalesced",
+            CacheLabel::StaleWhileRevalidate | CacheLabel::StaleIfError => "stale",
+            CacheLabel::Bypass => "bypass",
+            CacheLabel::Request => "request",
+            CacheLabel::None => "none",
+        }
+    }
+}
+
+/// One finished request, as the gateway reports it.
+pub struct RequestRecord {
+    pub route: Option<Route>,
+    pub method: Method,
+    pub status: StatusCode,
+    pub cache: CacheLabel,
+    /// Atlassian quota points this answer saved (it was served without an upstream call).
+    pub saved_points: Option<u32>,
+    pub duration: Duration,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    request_duration: Family<RouteMethodLabels, Histogram, fn() -> Histogram>,
+    upstream_requests: Family<UpstreamLabels, Counter>,
+    upstream_duration: Family<RouteLabels, Histogram, fn() -> Histogram>,
+    saved: Family<RouteLabels, Counter>,
+    points_saved: Family<RouteLabels, Counter>,
+    invalidations: Family<RouteLabels, Counter>,
+    coalesced: Family<RouteLabels, Counter>,
+    stale: Family<StaleLabels, Counter>,
+    rate_limited: Family<LimitedLabels, Counter>,
+    evictions: Family<CauseLabels, Counter>,
+    holds_started: Counter,
+    in_flight: Gauge,
+    cache_entries: Gauge,
+    cache_bytes: Gauge,
+    cache_max_bytes: Gauge,
+    holds_active: Gauge,
+    hold_remaining: Gauge<f64, AtomicU64>,
+    figures: HashMap<&'static str, RouteFigures>,
+    /// Refusals by (caller, limit), for the status page's "top limited callers".
+    limited: Mutex<HashMap<(String, &'static str), u64>>,
+    totals: Totals,
+}
+
+#[derive(Default)]
+struct Totals {
+    requests: AtomicU64,
+    saved: AtomicU64,
+    points: AtomicU64,
+    upstream: AtomicU64,
+}
+
+/// The route label of requests that matched no route.
+const UNMATCHED: &str = "unmatched";
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut metrics = Metrics {
+            registry: Registry::with_prefix("wikigate"),
+            requests: Family::default(),
+            request_duration: Family::new_with_constructor(latency_histogram),
+            upstream_requests: Family::default(),
+            upstream_duration: Family::new_with_constructor(latency_histogram),
+            saved: Family::default(),
+            points_saved: Family::default(),
+            invalidations: Family::default(),
+            coalesced: Family::default(),
+            stale: Family::default(),
+            rate_limited: Family::default(),
+            evictions: Family::default(),
+            holds_started: Counter::default(),
+            in_flight: Gauge::default(),
+            cache_entries: Gauge::default(),
+            cache_bytes: Gauge::default(),
+            cache_max_bytes: Gauge::default(),
+            holds_active: Gauge::default(),
+            hold_remaining: Gauge::default(),
+            figures: Route::ALL
+                .iter()
+                .map(|r| r.name())
+                .chain([UNMATCHED])
+                .map(|name| (name, RouteFigures::default()))
+                .collect(),
+            limited: Mutex::default(),
+            totals: Totals::default(),
+        };
+        metrics.register();
+        metrics
+    }
+
+    fn register(&mut self) {
+        let r = &mut self.registry;
+        r.register(
+            "requests",
+            "Requests answered, by route, method, status class and cache outcome",
+            self.requests.clone(),
+        );
+        r.register_with_unit(
+            "request_duration",
+            "Time to answer a request (headers ready)",
+            Unit::Seconds,
+            self.request_duration.clone(),
+        );
+        r.register(
+            "upstream_requests",
+            "Requests sent to Confluence, by route and upstream status (or transport error)",
+            self.upstream_requests.clone(),
+        );
+        r.register_with_unit(
+            "upstream_request_duration",
+            "Time for Confluence to answer (headers)",
+            Unit::Seconds,
+            self.upstream_duration.clone(),
+        );
+        r.register(
+            "upstream_requests_saved",
+            "Requests answered without an upstream call (hits, coalesced, stale)",
+            self.saved.clone(),
+        );
+        r.register("quota_points_saved", "Estimated Atlassian quota points saved: 1 per call + 2 per user or group object in the answer", self.points_saved.clone());
+        r.register(
+            "cache_invalidations",
+            "Writes that invalidated cached reads, by the write's route",
+            self.invalidations.clone(),
+        );
+        r.register(
+            "cache_coalesced",
+            "Requests that waited for an identical fetch instead of fetching",
+            self.coalesced.clone(),
+        );
+        r.register(
+            "cache_stale_served",
+            "Expired answers served, by route and kind (if_error, while_revalidate)",
+            self.stale.clone(),
+        );
+        r.register(
+            "cache_evictions",
+            "Entries removed from the cache, by cause",
+            self.evictions.clone(),
+        );
+        r.register("rate_limited", "Requests refused with 429 by wikigate, by caller (client name or quota class) and limit", self.rate_limited.clone());
+        r.register(
+            "upstream_holds_started",
+            "Upstream holds started after a 429 or 503 with Retry-After",
+            self.holds_started.clone(),
+        );
+        r.register(
+            "upstream_holds",
+            "Upstream credentials held off right now",
+            self.holds_active.clone(),
+        );
+        r.register_with_unit(
+            "upstream_hold_remaining",
+            "Longest remaining upstream hold",
+            Unit::Seconds,
+            self.hold_remaining.clone(),
+        );
+        r.register(
+            "requests_in_flight",
+            "Requests being answered right now",
+            self.in_flight.clone(),
+        );
+        r.register(
+            "cache_entries",
+            "Entries in the cache",
+            self.cache_entries.clone(),
+        );
+        r.register_with_unit(
+            "cache_weighted",
+            "Weighted size of the cache (body + headers + key)",
+            Unit::Bytes,
+            self.cache_bytes.clone(),
+        );
+        r.register_with_unit(
+            "cache_max",
+            "The cache's memory budget",
+            Unit::Bytes,
+            self.cache_max_bytes.clone(),
+        );
+        let build: Family<BuildLabels, Gauge> = Family::default();
+        build
+            .get_or_create(&BuildLabels {
+                version: env!("CARGO_PKG_VERSION"),
+            })
+            .set(1);
+        r.register("build_info", "Build information", build);
+    }
+
+    /// A request began; the guard ends it.
+    pub fn in_flight(&self) -> InFlight<'_> {
+        self.in_flight.inc();
+        InFlight(&self.in_flight)
+    }
+
+    /// Records a finished request.
+    pub fn request(&self, record: &RequestRecord) {
+        let route = record.route.map_or(UNMATCHED, Route::name);
+        let method = method_label(&record.method);
+        self.requests
+            .get_or_create(&RequestLabels {
+                route,
+                method,
+                status_class: status_class(record.status),
+                cache: record.cache.as_str(),
+            })
+            .inc();
+        self.request_duration
+            .get_or_create(&RouteMethodLabels { route, method })
+            .observe(record.duration.as_secs_f64());
+        self.totals.requests.fetch_add(1, Ordering::Relaxed);
+        let labels = RouteLabels { route };
+        match record.cache {
+            CacheLabel::Coalesced => {
+                self.coalesced.get_or_create(&labels).inc();
+            }
+            CacheLabel::StaleIfError | CacheLabel::StaleWhileRevalidate => {
+                let kind = if record.cache == CacheLabel::StaleIfError {
+                    "if_error"
+                } else {
+                    "while_revalidate"
+                };
+                self.stale.get_or_create(&StaleLabels { route, kind }).inc();
+            }
+            _ => {}
+        }
+        if let Some(points) = record.saved_points {
+            self.saved.get_or_create(&labels).inc();
+            self.points_saved
+                .get_or_create(&labels)
+                .inc_by(u64::from(points));
+            self.totals.saved.fetch_add(1, Ordering::Relaxed);
+            self.totals
+                .points
+                .fetch_add(u64::from(points), Ordering::Relaxed);
+        }
+        let figures = &self.figures[route];
+        figures.requests.fetch_add(1, Ordering::Relaxed);
+        match record.cache {
+            CacheLabel::Hit | CacheLabel::Coalesced => figures.hits.fetch_add(1, Ordering::Relaxed),
+            CacheLabel::Miss | CacheLabel::Request => {
+                figures.misses.fetch_add(1, Ordering::Relaxed)
+            }
+            CacheLabel::StaleIfError | CacheLabel::StaleWhileRevalidate => {
+                figures.stale.fetch_add(1, Ordering::Relaxed)
+            }
+            _ => 0,
+        };
+        let micros = record.duration.as_micros() as u64;
+        let bucket = FIGURE_BUCKETS
+            .iter()
+            .position(|b| micros <= *b)
+            .unwrap_or(FIGURE_BUCKETS.len());
+        figures.latency[bucket].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Records a request sent upstream: its status, or the transport error that ended it.
+    pub fn upstream(
+        &self,
+        route: Route,
+        status: Result<StatusCode, &'static str>,
+        duration: Duration,
+    ) {
+        let status = match status {
+            Ok(code) => code.as_u16().to_string(),
+            Err(error) => error.to_owned(),
+        };
+        self.upstream_requests
+            .get_or_create(&UpstreamLabels {
+                route: route.name(),
+                status,
+            })
+            .inc();
+        self.upstream_duration
+            .get_or_create(&RouteLabels {
+                route: route.name(),
+            })
+            .observe(duration.as_secs_f64());
+        self.totals.upstream.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn invalidation(&self, route: Route) {
+        self.invalidations
+            .get_or_create(&RouteLabels {
+                route: route.name(),
+            })
+            .inc();
+    }
+
+    pub fn rate_limited(&self, caller: &str, limit: &'static str) {
+        self.rate_limited
+            .get_or_create(&LimitedLabels {
+                caller: caller.to_owned(),
+                limit,
+            })
+            .inc();
+        *self
+            .limited
+            .lock()
+            .expect("lock")
+            .entry((caller.to_owned(), limit))
+            .or_default() += 1;
+    }
+
+    pub fn hold_started(&self) {
+        self.holds_started.inc();
+    }
+
+    /// An entry left the cache (moka's removal cause).
+    pub fn eviction(&self, cause: &'static str) {
+        self.evictions.get_or_create(&CauseLabels { cause }).inc();
+    }
+
+    /// The exposition, with scrape-time values filled in from `snapshot`.
+    pub fn encode(&self, snapshot: &Snapshot) -> String {
+        self.cache_entries.set(snapshot.cache_entries as i64);
+        self.cache_bytes.set(snapshot.cache_bytes as i64);
+        self.cache_max_bytes.set(snapshot.cache_max_bytes as i64);
+        self.holds_active.set(snapshot.holds as i64);
+        self.hold_remaining.set(snapshot.longest_hold.as_secs_f64());
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.registry)
+            .expect("writing to a String cannot fail");
+        text
+    }
+
+    /// The status page's figures.
+    pub fn status(&self, snapshot: &Snapshot) -> Status {
+        let routes = Route::ALL
+            .iter()
+            .map(|r| r.name())
+            .chain([UNMATCHED])
+            .filter_map(|name| {
+                let f = &self.figures[name];
+                let requests = f.requests.load(Ordering::Relaxed);
+                (requests > 0).then(|| RouteStatus {
+                    route: name,
+                    requests,
+                    hits: f.hits.load(Ordering::Relaxed),
+                    misses: f.misses.load(Ordering::Relaxed),
+                    stale: f.stale.load(Ordering::Relaxed),
+                    p50_us: f.quantile(0.50),
+                    p99_us: f.quantile(0.99),
+                })
+            })
+            .collect();
+        let mut limited: Vec<(String, &'static str, u64)> = self
+            .limited
+            .lock()
+            .expect("lock")
+            .iter()
+            .map(|((caller, limit), n)| (caller.clone(), *limit, *n))
+            .collect();
+        limited.sort_by(|a, b| b.2.cmp(&a.2).then_with(|| a.0.cmp(&b.0)));
+        limited.truncate(10);
+        Status {
+            requests: self.totals.requests.load(Ordering::Relaxed),
+            saved: self.totals.saved.load(Ordering::Relaxed),
+            points_saved: self.totals.points.load(Ordering::Relaxed),
+            upstream: self.totals.upstream.load(Ordering::Relaxed),
+            routes,
+            limited,
+            snapshot: *snapshot,
+        }
+    }
+}
+
+/// Decrements the in-flight gauge when the request ends, however it ends.
+pub struct InFlight<'a>(&'a Gauge);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// Values read from their owners at scrape time.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Snapshot {
+    pub cache_entries: u64,
+    pub cache_bytes: u64,
+    pub cache_max_bytes: u64,
+    pub holds: usize,
+    pub longest_hold: Duration,
+}
+
+/// Everything the status page shows.
+pub struct Status {
+    pub requests: u64,
+    pub saved: u64,
+    pub points_saved: u64,
+    pub upstream: u64,
+    pub routes: Vec<RouteStatus>,
+    /// Top refused (caller, limit, count), most refused first.
+    pub limited: Vec<(String, &'static str, u64)>,
+    pub snapshot: Snapshot,
+}
+
+pub struct RouteStatus {
+    pub route: &'static str,
+    pub requests: u64,
+    pub hits: u64,
+    pub misses: u64,
+    pub stale: u64,
+    pub p50_us: Option<u64>,
+    pub p99_us: Option<u64>,
+}
+
+/// Atlassian's points model for a read: 1 point per call plus 2 per user or group object in the
+/// answer (bulk lookups and memberships count their results).
+pub fn quota_points(route: Route, body: &[u8]) -> u32 {
+    let objects = match route {
+        Route::User | Route::Current | Route::Anonymous => 1,
+        Route::Bulk | Route::MemberOf => serde_json::from_slice::<serde_json::Value>(body)
+            .ok()
+            .and_then(|v| v["results"].as_array().map(|r| r.len() as u32))
+            .unwrap_or(0),
+        _ => 0,
+    };
+    1 + 2 * objects
+}
+
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        _ => "other",
+    }
+}
+
+fn status_class(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantiles_come_from_the_bucket_bounds() {
+        let figures = RouteFigures::default();
+        assert_eq!(figures.quantile(0.5), None);
+        for (bucket, n) in [(1, 98), (6, 1), (10, 1)] {
+            figures.latency[bucket].fetch_add(n, Ordering::Relaxed);
+        }
+        assert_eq!(figures.quantile(0.50), Some(100));
+        assert_eq!(figures.quantile(0.99), Some(1_000));
+        assert_eq!(figures.quantile(1.0), Some(5_000));
+    }
+}

@@ -1,0 +1,179 @@
+//! The admin listener's status page (`GET /`): one self-contained HTML document, rendered on the
+//! server from [`Status`], refreshing itself every 5 s — no scripts, no external assets, so it
+//! works on a machine without internet and in any browser.
+//!
+//! Invariant: every value from outside the binary (client names) is HTML-escaped.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use crate::metrics::Status;
+
+/// The page for `status`, `uptime` after start.
+pub fn render(status: &Status, uptime: Duration) -> String {
+    let hits: u64 = status.routes.iter().map(|r| r.hits).sum();
+    let misses: u64 = status.routes.iter().map(|r| r.misses).sum();
+    let snapshot = &status.snapshot;
+    let memory_share = percent(snapshot.cache_bytes, snapshot.cache_max_bytes);
+    let mut html = String::with_capacity(8 * 1024);
+    let _ = write!(
+        html,
+        r#"<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><meta http-equiv="refresh" content="5">
+<title>wikigate status</title>
+<style>
+body{{font:14px/1.4 system-ui,sans-serif;margin:1.5em;color:#222;background:#fafafa}}
+h1{{font-size:1.4em;margin:0 0 .2em}} h2{{font-size:1.1em;margin:1.4em 0 .4em}}
+.muted{{color:#777}} .tiles{{display:flex;flex-wrap:wrap;gap:.8em}}
+.tile{{background:#fff;border:1px solid #ddd;border-radius:6px;padding:.6em 1em;min-width:10em}}
+.tile b{{display:block;font-size:1.6em}} table{{border-collapse:collapse;background:#fff}}
+th,td{{border:1px solid #ddd;padding:.3em .7em;text-align:right}} th{{background:#eee}}
+td:first-child,th:first-child{{text-align:left}} .bar{{background:#e5e5e5;width:20em;height:.8em;border-radius:4px}}
+.bar span{{display:block;height:100%;background:#3a7;border-radius:4px}} .held{{color:#b30}}
+</style></head><body>
+<h1>wikigate</h1>
+<div class="muted">version {version} · up {uptime} · refreshes every 5 s</div>
+<h2>Summary</h2>
+<div class="tiles">
+<div class="tile">requests<b id="requests">{requests}</b></div>
+<div class="tile">hit ratio<b id="hit-ratio">{hit_ratio}</b></div>
+<div class="tile">upstream calls saved<b id="saved">{saved}</b></div>
+<div class="tile">quota points saved<b id="points-saved">{points}</b></div>
+<div class="tile">upstream calls made<b id="upstream">{upstream}</b></div>
+</div>
+"#,
+        version = env!("CARGO_PKG_VERSION"),
+        uptime = human(uptime),
+        requests = status.requests,
+        hit_ratio = ratio(hits, hits + misses),
+        saved = status.saved,
+        points = status.points_saved,
+        upstream = status.upstream,
+    );
+
+    html.push_str("<h2>Routes</h2>\n<table id=\"routes\"><tr><th>route</th><th>requests</th><th>hits</th><th>misses</th><th>stale</th><th>hit ratio</th><th>p50</th><th>p99</th></tr>\n");
+    for route in &status.routes {
+        let _ = writeln!(
+            html,
+            "<tr id=\"route-{name}\"><td>{name}</td><td class=\"requests\">{}</td><td class=\"hits\">{}</td><td class=\"misses\">{}</td><td class=\"stale\">{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            route.requests,
+            route.hits,
+            route.misses,
+            route.stale,
+            ratio(route.hits, route.hits + route.misses),
+            latency(route.p50_us),
+            latency(route.p99_us),
+            name = route.route,
+        );
+    }
+    if status.routes.is_empty() {
+        html.push_str("<tr><td colspan=\"8\" class=\"muted\">no requests yet</td></tr>\n");
+    }
+    html.push_str("</table>\n");
+
+    let _ = write!(
+        html,
+        "<h2>Cache memory</h2>\n<div><span id=\"cache-entries\">{}</span> entries, <span id=\"cache-bytes\">{}</span> of {} ({memory_share})</div>\n<div class=\"bar\"><span style=\"width:{memory_share}\"></span></div>\n",
+        snapshot.cache_entries,
+        bytes(snapshot.cache_bytes),
+        bytes(snapshot.cache_max_bytes),
+    );
+
+    html.push_str("<h2>Top rate-limited callers</h2>\n<table id=\"limited\"><tr><th>caller</th><th>limit</th><th>refused</th></tr>\n");
+    for (caller, limit, count) in &status.limited {
+        let _ = writeln!(
+            html,
+            "<tr><td>{}</td><td>{limit}</td><td>{count}</td></tr>",
+            escape(caller)
+        );
+    }
+    if status.limited.is_empty() {
+        html.push_str("<tr><td colspan=\"3\" class=\"muted\">nobody has been limited</td></tr>\n");
+    }
+    html.push_str("</table>\n");
+
+    let hold = if snapshot.holds == 0 {
+        "<div id=\"holds\">no upstream hold: Confluence has not asked wikigate to back off</div>"
+            .to_owned()
+    } else {
+        format!(
+            "<div id=\"holds\" class=\"held\">{} credential(s) held off by Confluence (429), longest for {} more</div>",
+            snapshot.holds,
+            human(snapshot.longest_hold)
+        )
+    };
+    let _ = write!(
+        html,
+        "<h2>Upstream holds</h2>\n{hold}\n<p class=\"muted\">Metrics: <a href=\"/metrics\">/metrics</a> · health: <a href=\"/healthz\">/healthz</a> · readiness: <a href=\"/readyz\">/readyz</a></p>\n</body></html>\n"
+    );
+    html
+}
+
+fn ratio(part: u64, whole: u64) -> String {
+    if whole == 0 {
+        "–".to_owned()
+    } else {
+        format!("{:.1} %", part as f64 * 100.0 / whole as f64)
+    }
+}
+
+fn percent(part: u64, whole: u64) -> String {
+    if whole == 0 {
+        "0%".to_owned()
+    } else {
+        format!("{:.1}%", part as f64 * 100.0 / whole as f64)
+    }
+}
+
+fn latency(micros: Option<u64>) -> String {
+    match micros {
+        None => "–".to_owned(),
+        Some(u64::MAX) => "> 5 s".to_owned(),
+        Some(us) if us < 1_000 => format!("≤ {us} µs"),
+        Some(us) => format!("≤ {} ms", us / 1_000),
+    }
+}
+
+fn bytes(n: u64) -> String {
+    match n {
+        n if n >= 1 << 30 => format!("{:.1} GiB", n as f64 / (1u64 << 30) as f64),
+        n if n >= 1 << 20 => format!("{:.1} MiB", n as f64 / (1u64 << 20) as f64),
+        n if n >= 1 << 10 => format!("{:.1} KiB", n as f64 / 1024.0),
+        n => format!("{n} B"),
+    }
+}
+
+fn human(d: Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        s if s >= 3600 => format!("{}h {}m", s / 3600, s % 3600 / 60),
+        s if s >= 60 => format!("{}m {}s", s / 60, s % 60),
+        s => format!("{s}s"),
+    }
+}
+
+fn escape(text: &str) -> String {
+    text.chars()
+        .map(|c| match c {
+            '<' => "&lt;".to_owned(),
+            '>' => "&gt;".to_owned(),
+            '&' => "&amp;".to_owned(),
+            '"' => "&quot;".to_owned(),
+            '\'' => "&#39;".to_owned(),
+            c => c.to_string(),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn caller_names_are_escaped() {
+        assert_eq!(
+            escape("<b>\"x\"&'y'"),
+            "&lt;b&gt;&quot;x&quot;&amp;&#39;y&#39;"
+        );
+    }
+}
