@@ -129,17 +129,26 @@ impl Handler for Admin {
         }
         match path {
             "/" => {
-                let status = self.parts.metrics.status(&self.snapshot());
+                let status = self.parts.metrics.status(&self.snapshot().await);
                 let page = status_page::render(&status, self.started.elapsed());
                 body(StatusCode::OK, "text/html; charset=utf-8", page)
             }
             "/metrics" => {
-                let text = self.parts.metrics.encode(&self.snapshot());
-                body(
-                    StatusCode::OK,
-                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                    text,
-                )
+                let openmetrics = request
+                    .headers()
+                    .get(header::ACCEPT)
+                    .and_then(|v| v.to_str().ok())
+                    .is_some_and(|v| v.contains("application/openmetrics-text"));
+                let text = self
+                    .parts
+                    .metrics
+                    .encode(&self.snapshot().await, openmetrics);
+                let content_type = if openmetrics {
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8"
+                } else {
+                    "text/plain; version=0.0.4; charset=utf-8"
+                };
+                body(StatusCode::OK, content_type, text)
             }
             "/healthz" => text(StatusCode::OK, "ok\n"),
             "/readyz" if *self.draining.borrow() => {
@@ -152,8 +161,8 @@ impl Handler for Admin {
 }
 
 impl Admin {
-    fn snapshot(&self) -> Snapshot {
-        let (cache_entries, cache_bytes, cache_max_bytes) = self.parts.cache.size();
+    async fn snapshot(&self) -> Snapshot {
+        let (cache_entries, cache_bytes, cache_max_bytes) = self.parts.cache.size().await;
         let (holds, longest_hold) = self.parts.limits.holds();
         Snapshot {
             cache_entries,

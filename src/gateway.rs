@@ -98,9 +98,12 @@ impl Gateway {
         let caller = self.callers.identify(&parts.headers, conn.peer.ip())?;
         log.caller = Some(caller.label(&self.callers));
         log.caller_metric = Some(caller.metric_label(&self.callers));
+        // Routed before the limit check so that a refusal is counted under its route, but
+        // limited before a routing error is answered: every request counts against the limit.
+        let resolved = routes::resolve(&parts.method, parts.uri.path());
+        log.operation = resolved.as_ref().ok().map(|r| r.operation);
         let allowance = self.rate_limits.check_request(&caller)?;
-        let resolved = routes::resolve(&parts.method, parts.uri.path())?;
-        log.operation = Some(resolved.operation);
+        let resolved = resolved?;
         self.callers.apply_auth_mode(&mut parts.headers);
         let admission = Admission {
             limits: self.rate_limits.clone(),

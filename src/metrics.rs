@@ -458,8 +458,10 @@ impl Metrics {
         self.evictions.get_or_create(&CauseLabels { cause }).inc();
     }
 
-    /// The exposition, with scrape-time values filled in from `snapshot`.
-    pub fn encode(&self, snapshot: &Snapshot) -> String {
+    /// The exposition, with scrape-time values filled in from `snapshot`: OpenMetrics when the
+    /// scraper asks for it (Prometheus does), else the classic Prometheus text format that
+    /// `curl` users and `promtool` read.
+    pub fn encode(&self, snapshot: &Snapshot, openmetrics: bool) -> String {
         self.cache_entries.set(snapshot.cache_entries as i64);
         self.cache_bytes.set(snapshot.cache_bytes as i64);
         self.cache_max_bytes.set(snapshot.cache_max_bytes as i64);
@@ -468,7 +470,11 @@ impl Metrics {
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &self.registry)
             .expect("writing to a String cannot fail");
-        text
+        if openmetrics {
+            text
+        } else {
+            classic_text_format(&text)
+        }
     }
 
     /// The status page's figures.
@@ -565,6 +571,40 @@ pub fn quota_points(route: Route, body: &[u8]) -> u32 {
         _ => 0,
     };
     1 + 2 * objects
+}
+
+/// OpenMetrics to the classic Prometheus text format (0.0.4): counter families are named with
+/// their `_total` suffix in `HELP`/`TYPE`, and `UNIT` and `EOF` lines go.
+fn classic_text_format(openmetrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.strip_suffix(" counter"))
+        .collect();
+    let mut classic = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line.starts_with("# UNIT ") || line == "# EOF" {
+            continue;
+        }
+        let header = line
+            .strip_prefix("# HELP ")
+            .map(|rest| ("# HELP ", rest))
+            .or_else(|| line.strip_prefix("# TYPE ").map(|rest| ("# TYPE ", rest)));
+        match header {
+            Some((kind, rest)) => {
+                let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+                let suffix = if counters.contains(name) {
+                    "_total"
+                } else {
+                    ""
+                };
+                classic.push_str(&format!("{kind}{name}{suffix} {tail}"));
+            }
+            None => classic.push_str(line),
+        }
+        classic.push('\n');
+    }
+    classic
 }
 
 fn method_label(method: &Method) -> &'static str {

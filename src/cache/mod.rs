@@ -485,8 +485,9 @@ impl Cache {
         Ok(served(response, label, saved))
     }
 
-    /// Entries, weighted bytes and the budget, as moka counts them right now.
-    pub fn size(&self) -> (u64, u64, u64) {
+    /// Entries, weighted bytes and the budget, after moka has applied pending evictions.
+    pub async fn size(&self) -> (u64, u64, u64) {
+        self.store.run_pending_tasks().await;
         (
             self.store.entry_count(),
             self.store.weighted_size(),

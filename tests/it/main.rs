@@ -7,6 +7,7 @@ mod csrf;
 mod errors;
 mod forwarding;
 mod limits;
+mod observability;
 mod shutdown;
 mod support;
 mod tls;
