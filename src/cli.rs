@@ -103,8 +103,12 @@ pub fn run(cli: Cli) -> ExitCode {
                 Ok(config) => config,
                 Err(e) => return config_error(&e),
             };
-            telemetry::init(config.log.format, &config.log.level);
-            runtime().block_on(serve(config))
+            runtime().block_on(async move {
+                let telemetry = telemetry::init(&config.log, &config.telemetry);
+                let code = serve(config).await;
+                telemetry.shutdown().await;
+                code
+            })
         }
         Command::Demo { listen } => runtime().block_on(demo::run(listen)),
         Command::HashKey { generate } => hash_key(generate),

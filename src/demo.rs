@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 
 use crate::cli::Signals;
-use crate::config::{Config, LogFormat};
+use crate::config::{Config, LogConfig, TelemetryConfig};
 use crate::fake::{DEMO_USERS, FakeConfluence};
 use crate::{lifecycle, telemetry};
 
@@ -150,7 +150,7 @@ pub fn examples() -> Vec<Example> {
 
 /// Runs the demo until SIGINT/SIGTERM.
 pub async fn run(listen: SocketAddr) -> ExitCode {
-    telemetry::init(LogFormat::Pretty, "info");
+    let telemetry = telemetry::init(&LogConfig::default(), &TelemetryConfig::default());
     let signals = Signals::install();
     let fake = match FakeConfluence::start().await {
         Ok(fake) => fake,
@@ -191,5 +191,7 @@ pub async fn run(listen: SocketAddr) -> ExitCode {
     ));
     // A closed stdout (`wikigate demo | head`) is no reason to stop the demo.
     let _ = writeln!(std::io::stdout().lock(), "{text}");
-    signals.stop(running).await
+    let code = signals.stop(running).await;
+    telemetry.shutdown().await;
+    code
 }

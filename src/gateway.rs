@@ -27,6 +27,7 @@ use http::{Request, Response, header, request};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use tokio::time::Instant;
+use tracing::Instrument as _;
 
 use crate::body::Body;
 use crate::cache::{self, Buffered, Cache, Fetched, Lookup, Served};
@@ -40,6 +41,7 @@ use crate::limit::{self, HoldKey, Limits};
 use crate::metrics::{CacheLabel, Metrics, RequestRecord};
 use crate::routes::{self, Operation, Route, Tag};
 use crate::server::{ConnInfo, Handler};
+use crate::telemetry;
 use crate::upstream::{Upstream, UpstreamSetupError};
 
 /// The gateway: everything a request needs, built once from the config.
@@ -160,19 +162,24 @@ impl Gateway {
         let upstream = self.upstream.clone();
         let cache = self.cache.clone();
         let (metrics, route) = (self.metrics.clone(), admission.route);
-        let exchange = tokio::spawn(async move {
-            let result = admission.send(&upstream, request, deadline, false).await;
-            let may_have_changed = match &result {
-                Ok(response) => !response.status().is_client_error(),
-                Err(GatewayError::UpstreamConnect(_) | GatewayError::RateLimited { .. }) => false,
-                Err(_) => true,
-            };
-            if may_have_changed {
-                cache.invalidate(&tags);
-                metrics.invalidation(route);
+        let exchange = tokio::spawn(
+            async move {
+                let result = admission.send(&upstream, request, deadline, false).await;
+                let may_have_changed = match &result {
+                    Ok(response) => !response.status().is_client_error(),
+                    Err(GatewayError::UpstreamConnect(_) | GatewayError::RateLimited { .. }) => {
+                        false
+                    }
+                    Err(_) => true,
+                };
+                if may_have_changed {
+                    cache.invalidate(&tags);
+                    metrics.invalidation(route);
+                }
+                result
             }
-            result
-        });
+            .in_current_span(),
+        );
         let response = exchange
             .await
             .map_err(|e| GatewayError::UpstreamProtocol(format!("write task failed: {e}")))??;
@@ -337,12 +344,15 @@ impl Admission {
         loop {
             // Every try but the last sends a copy; the last sends the request itself.
             let retry_left = idempotent && attempt < CONNECT_RETRIES;
-            let this_try = match &request {
+            let mut this_try = match &request {
                 Some(template) if retry_left => copy_request(template),
                 _ => request.take().expect("the last try returns"),
             };
+            telemetry::inject(this_try.headers_mut());
             let sent = Instant::now();
             let result = upstream.send(this_try, deadline).await;
+            let upstream_ms = sent.elapsed().as_secs_f64() * 1e3;
+            tracing::Span::current().record("wikigate.upstream_duration_ms", upstream_ms);
             let outcome = match &result {
                 Ok(response) => Ok(response.status()),
                 Err(GatewayError::UpstreamConnect(_)) => Err("connect_error"),
@@ -394,8 +404,25 @@ impl Handler for Gateway {
         let _in_flight = self.metrics.in_flight();
         let method = request.method().clone();
         let path = request.uri().path().to_owned();
+        let span = tracing::info_span!(
+            "request",
+            otel.name = %method,
+            otel.kind = "server",
+            http.request.method = %method,
+            http.route = tracing::field::Empty,
+            http.response.status_code = tracing::field::Empty,
+            wikigate.operation = tracing::field::Empty,
+            wikigate.cache = tracing::field::Empty,
+            wikigate.caller = tracing::field::Empty,
+            wikigate.upstream_duration_ms = tracing::field::Empty,
+        );
+        telemetry::extract(&span, request.headers());
         let mut log = LogFields::default();
-        let response = match self.serve(request, &conn, &mut log).await {
+        let served = self
+            .serve(request, &conn, &mut log)
+            .instrument(span.clone())
+            .await;
+        let response = match served {
             Ok(response) => response,
             Err(error) => {
                 match error.source() {
@@ -423,6 +450,21 @@ impl Handler for Gateway {
             .get(&cache::CACHE_STATUS)
             .and_then(|v| v.to_str().ok())
             .unwrap_or("-");
+        if let Some(operation) = log.operation {
+            let template = operation.route().template();
+            telemetry::rename(&span, format!("{method} {template}"));
+            span.record("http.route", template);
+            span.record("wikigate.operation", operation.id());
+        }
+        span.record(
+            "http.response.status_code",
+            i64::from(response.status().as_u16()),
+        );
+        span.record("wikigate.cache", cache);
+        if let Some(caller) = &log.caller {
+            span.record("wikigate.caller", caller.as_str());
+        }
+        let _entered = span.enter();
         tracing::info!(
             target: "wikigate::access",
             peer = %conn.peer.ip(),

@@ -233,7 +233,33 @@ impl Metrics {
             totals: Totals::default(),
         };
         metrics.register();
+        metrics.initialize();
         metrics
+    }
+
+    /// Creates the zero-valued series of small, known label sets, so that dashboards and
+    /// alerts see 0 rather than no data before the first event (Prometheus practice).
+    fn initialize(&self) {
+        for route in Route::ALL {
+            let labels = RouteLabels {
+                route: route.name(),
+            };
+            drop(self.saved.get_or_create(&labels));
+            drop(self.points_saved.get_or_create(&labels));
+            drop(self.coalesced.get_or_create(&labels));
+            for kind in ["if_error", "while_revalidate"] {
+                drop(self.stale.get_or_create(&StaleLabels {
+                    route: route.name(),
+                    kind,
+                }));
+            }
+            if route.operations().iter().any(|op| op.verb().is_write()) {
+                drop(self.invalidations.get_or_create(&labels));
+            }
+        }
+        for cause in ["expired", "explicit", "replaced", "size"] {
+            drop(self.evictions.get_or_create(&CauseLabels { cause }));
+        }
     }
 
     fn register(&mut self) {

@@ -1,24 +1,135 @@
-//! Logging: one `tracing` subscriber, human-readable or JSON.
+//! Logging and tracing: one `tracing` subscriber with a human-readable or JSON log layer and,
+//! when configured, an OpenTelemetry layer exporting spans over OTLP (HTTP/protobuf).
 //!
-//! Invariant: nothing wikigate logs carries a credential. Request headers are never logged;
-//! the access log (target `wikigate::access`) names the operation, never a header value.
+//! OTLP is on when `telemetry.otlp_endpoint` is set or the standard
+//! `OTEL_EXPORTER_OTLP_ENDPOINT` / `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` variables are;
+//! `OTEL_SERVICE_NAME` (else `telemetry.service_name`) names the service. W3C `traceparent` is
+//! extracted from client requests ([`extract`]) and injected into upstream requests
+//! ([`inject`]); with OTLP off both are no-ops and a client's `traceparent` passes through.
+//!
+//! Invariant: nothing wikigate logs or exports carries a credential. Request headers are never
+//! recorded; the access log (target `wikigate::access`) and spans name the operation, the route
+//! and the caller's label, never a header value.
 
-use tracing_subscriber::EnvFilter;
+use http::HeaderMap;
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_otlp::{Protocol, WithExportConfig as _};
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use opentelemetry_sdk::trace::span_processor_with_async_runtime::BatchSpanProcessor;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
+use tracing_subscriber::{EnvFilter, Layer};
 
-use crate::config::LogFormat;
+use crate::config::{LogConfig, LogFormat, TelemetryConfig};
 
-/// Installs the global subscriber. `RUST_LOG`, when set, overrides `level`.
-/// A second call (tests, the demo) leaves the first subscriber in place.
-pub fn init(format: LogFormat, level: &str) {
+/// Keeps the span exporter alive; [`Telemetry::shutdown`] flushes what is still queued.
+pub struct Telemetry {
+    provider: Option<SdkTracerProvider>,
+}
+
+impl Telemetry {
+    /// Exports the spans still queued and stops the exporter.
+    pub async fn shutdown(self) {
+        if let Some(provider) = self.provider {
+            // The exporter runs on this runtime: flush from a blocking thread, not a worker.
+            let _ = tokio::task::spawn_blocking(move || provider.shutdown()).await;
+        }
+    }
+}
+
+/// Installs the global subscriber (a second call, as in tests, leaves the first in place).
+/// `RUST_LOG`, when set, overrides `log.level`. Call it inside the tokio runtime: the OTLP
+/// exporter runs on it.
+pub fn init(log: &LogConfig, telemetry: &TelemetryConfig) -> Telemetry {
     let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(level))
+        .or_else(|_| EnvFilter::try_new(&log.level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
     // Logs go to stderr, so stdout carries only what a command prints for its user.
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Pretty => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    let logs = match log.format {
+        LogFormat::Pretty => tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .boxed(),
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_writer(std::io::stderr)
+            .boxed(),
     };
+    let provider = otlp_provider(telemetry);
+    let otel = provider.as_ref().map(|provider| {
+        opentelemetry::global::set_text_map_propagator(
+            opentelemetry_sdk::propagation::TraceContextPropagator::new(),
+        );
+        tracing_opentelemetry::layer().with_tracer(provider.tracer("wikigate"))
+    });
+    let _ = tracing_subscriber::registry()
+        .with(filter)
+        .with(logs)
+        .with(otel)
+        .try_init();
+    Telemetry { provider }
+}
+
+fn otlp_provider(config: &TelemetryConfig) -> Option<SdkTracerProvider> {
+    let from_env = [
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    ]
+    .iter()
+    .any(|var| std::env::var_os(var).is_some_and(|v| !v.is_empty()));
+    if config.otlp_endpoint.is_none() && !from_env {
+        return None;
+    }
+    let mut exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .with_protocol(Protocol::HttpBinary);
+    if let Some(base) = &config.otlp_endpoint {
+        exporter = exporter.with_endpoint(format!("{}/v1/traces", base.trim_end_matches('/')));
+    }
+    let exporter = match exporter.build() {
+        Ok(exporter) => exporter,
+        Err(e) => {
+            eprintln!("wikigate: OTLP export disabled: {e}");
+            return None;
+        }
+    };
+    let service_name = std::env::var("OTEL_SERVICE_NAME")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| config.service_name.clone());
+    let resource = opentelemetry_sdk::Resource::builder()
+        .with_service_name(service_name)
+        .build();
+    let processor =
+        BatchSpanProcessor::builder(exporter, opentelemetry_sdk::runtime::Tokio).build();
+    Some(
+        SdkTracerProvider::builder()
+            .with_span_processor(processor)
+            .with_resource(resource)
+            .build(),
+    )
+}
+
+/// Makes a client's W3C `traceparent` the parent of `span`.
+pub fn extract(span: &tracing::Span, headers: &HeaderMap) {
+    let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
+        propagator.extract(&opentelemetry_http::HeaderExtractor(headers))
+    });
+    let _ = span.set_parent(parent);
+}
+
+/// Names the exported span of `span` (once the route is known). tracing-opentelemetry takes
+/// `otel.name` only before the span's context exists; this renames it afterwards too.
+pub fn rename(span: &tracing::Span, name: String) {
+    use opentelemetry::trace::TraceContextExt as _;
+    span.context().span().update_name(name);
+}
+
+/// Writes the current span's context into an upstream request's `traceparent`.
+pub fn inject(headers: &mut HeaderMap) {
+    let context = tracing::Span::current().context();
+    opentelemetry::global::get_text_map_propagator(|propagator| {
+        propagator.inject_context(&context, &mut opentelemetry_http::HeaderInjector(headers));
+    });
 }

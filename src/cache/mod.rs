@@ -30,6 +30,7 @@ use std::time::Duration;
 use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
 use moka::future::Cache as Moka;
 use tokio::time::Instant;
+use tracing::Instrument as _;
 
 pub use entry::{Buffered, CACHE_STATUS, Entry, Lifetime, varies_on_everything};
 use flights::{Flights, FollowError, Role, follow};
@@ -303,11 +304,14 @@ impl Cache {
                     // answer still reaches the cache and the followers.
                     let this = self.clone();
                     let headers = request_headers.clone();
-                    let task = tokio::spawn(async move {
-                        let mine = this.settle(lookup, &headers, fetch().await, true).await;
-                        leader.complete(mine.shared());
-                        mine
-                    });
+                    let task = tokio::spawn(
+                        async move {
+                            let mine = this.settle(lookup, &headers, fetch().await, true).await;
+                            leader.complete(mine.shared());
+                            mine
+                        }
+                        .in_current_span(),
+                    );
                     let mine = task.await.map_err(|e| {
                         GatewayError::UpstreamProtocol(format!("fetch task failed: {e}"))
                     })?;
@@ -365,10 +369,13 @@ impl Cache {
         };
         let this = self.clone();
         let headers = request_headers.clone();
-        tokio::spawn(async move {
-            let outcome = this.settle(lookup, &headers, fetch().await, true).await;
-            leader.complete(outcome.shared());
-        });
+        tokio::spawn(
+            async move {
+                let outcome = this.settle(lookup, &headers, fetch().await, true).await;
+                leader.complete(outcome.shared());
+            }
+            .in_current_span(),
+        );
     }
 
     /// Stores a fetched answer if it may be stored.

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use wikigate::fake::FakeConfluence;
 
-use crate::support::{API, TestClient, alice, basic};
+use crate::support::{API, TestClient, alice, basic, bob};
 
 const BIN: &str = env!("CARGO_BIN_EXE_wikigate");
 
@@ -99,11 +99,14 @@ async fn serve_runs_from_flags_and_env_and_stops_cleanly_on_sigterm() {
     };
     let (listen, admin) = (free(), free());
     // The file says one port, the environment another, the flag a third: the flag wins.
+    let client_key = "logs-client-key-0123456789";
     let file = temp_file(
         "serve.toml",
         &format!(
-            "[server]\nlisten = \"127.0.0.1:1\"\n[upstream]\nurl = \"{}\"\n",
-            fake.url()
+            "[server]\nlisten = \"127.0.0.1:1\"\n[upstream]\nurl = \"{}\"\n\
+             [[callers.clients]]\nname = \"reporting\"\nkey_hash = \"{}\"\n",
+            fake.url(),
+            wikigate::config::KeyHash::of(client_key)
         ),
     );
     let mut child = Command::new(BIN)
@@ -137,6 +140,13 @@ async fn serve_runs_from_flags_and_env_and_stops_cleanly_on_sigterm() {
         .get(&format!("{API}/current"), Some(&basic(alice())))
         .await;
     assert_eq!(answer.status, 200);
+    let keyed = client
+        .request(http::Method::GET, &format!("{API}/current"))
+        .header("x-wikigate-key", client_key)
+        .header("authorization", &format!("Bearer {}", bob().bearer))
+        .send()
+        .await;
+    assert_eq!(keyed.status, 200);
 
     terminate(&child);
     let status = wait_exit(&mut child, Duration::from_secs(10));
@@ -150,13 +160,12 @@ async fn serve_runs_from_flags_and_env_and_stops_cleanly_on_sigterm() {
     let access: serde_json::Value = serde_json::from_str(access).expect("JSON log line");
     assert_eq!(access["operation"], "getCurrentUser");
     assert_eq!(access["status"], 200);
+    for secret in [alice().api_token, &basic(alice()), bob().bearer, client_key] {
+        assert!(!logs.contains(secret), "{secret} reached the logs:\n{logs}");
+    }
     assert!(
-        !logs.contains(alice().api_token),
-        "a credential reached the logs"
-    );
-    assert!(
-        !logs.contains(&basic(alice())),
-        "a credential reached the logs"
+        logs.contains(r#""caller":"reporting""#),
+        "the client is logged by name:\n{logs}"
     );
 }
 

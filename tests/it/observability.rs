@@ -302,3 +302,231 @@ async fn the_status_page_shows_the_traffic_in_a_headless_browser() {
     let _ = tokio::time::timeout(Duration::from_secs(60), shot).await;
     let _ = std::fs::remove_dir_all(&profile);
 }
+
+/// An OTLP/HTTP receiver: keeps every body POSTed to `/v1/traces`.
+struct Receiver(std::sync::Mutex<Vec<bytes::Bytes>>);
+
+impl wikigate::server::Handler for Receiver {
+    async fn call(
+        &self,
+        request: http::Request<hyper::body::Incoming>,
+        _conn: wikigate::server::ConnInfo,
+    ) -> http::Response<wikigate::body::Body> {
+        use http_body_util::BodyExt as _;
+        let path = request.uri().path().to_owned();
+        let body = request
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        if path == "/v1/traces" {
+            self.0.lock().unwrap().push(body);
+        }
+        let mut response = http::Response::new(wikigate::body::Body::empty());
+        response.headers_mut().insert(
+            "content-type",
+            http::HeaderValue::from_static("application/x-protobuf"),
+        );
+        response
+    }
+}
+
+#[tokio::test]
+async fn spans_reach_an_otlp_receiver_and_traceparent_is_propagated() {
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use opentelemetry_proto::tonic::common::v1::any_value::Value;
+    use prost::Message as _;
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let receiver_addr = listener.local_addr().unwrap();
+    let receiver = std::sync::Arc::new(Receiver(Default::default()));
+    tokio::spawn(wikigate::server::serve(
+        listener,
+        wikigate::server::Http::plain(),
+        receiver.clone(),
+        std::future::pending(),
+        Duration::from_secs(1),
+    ));
+    let fake = wikigate::fake::FakeConfluence::start().await.unwrap();
+    let free = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+    };
+    let (listen, admin) = (free(), free());
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_wikigate"))
+        .args([
+            "serve",
+            "--upstream",
+            &fake.url(),
+            "--listen",
+            &listen.to_string(),
+            "--admin-listen",
+            &admin.to_string(),
+        ])
+        .env(
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            format!("http://{receiver_addr}"),
+        )
+        .env("OTEL_SERVICE_NAME", "wikigate-under-test")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let client = TestClient::new(format!("http://{listen}"));
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let traceparent = format!("00-{trace_id}-00f067aa0ba902b7-01");
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let answer = loop {
+        let sent = client
+            .request(Method::GET, &format!("{API}/current"))
+            .auth(alice())
+            .header("traceparent", &traceparent)
+            .try_send()
+            .await;
+        if let Some(answer) = sent {
+            break answer;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "gateway never started"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(answer.status, 200);
+    // Upstream saw the same trace, with wikigate's span as the parent.
+    let upstream_parent = fake.last().unwrap().headers["traceparent"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        upstream_parent.starts_with(&format!("00-{trace_id}-")),
+        "{upstream_parent}"
+    );
+    assert!(
+        !upstream_parent.contains("00f067aa0ba902b7"),
+        "wikigate's own span is the parent"
+    );
+
+    // SIGTERM flushes the exporter.
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(exit.success());
+
+    let bodies = receiver.0.lock().unwrap().clone();
+    assert!(!bodies.is_empty(), "no OTLP export arrived");
+    let mut found = false;
+    for body in bodies {
+        let request = ExportTraceServiceRequest::decode(body).expect("OTLP protobuf");
+        for resource_spans in request.resource_spans {
+            let service = resource_spans
+                .resource
+                .iter()
+                .flat_map(|r| &r.attributes)
+                .find(|a| a.key == "service.name");
+            let service = service
+                .and_then(|a| a.value.as_ref())
+                .and_then(|v| v.value.clone());
+            for span in resource_spans.scope_spans.iter().flat_map(|s| &s.spans) {
+                let attribute = |key: &str| {
+                    span.attributes
+                        .iter()
+                        .find(|a| a.key == key)
+                        .and_then(|a| a.value.as_ref())
+                        .and_then(|v| v.value.clone())
+                };
+                if attribute("wikigate.operation")
+                    != Some(Value::StringValue("getCurrentUser".into()))
+                {
+                    continue;
+                }
+                found = true;
+                assert_eq!(
+                    service,
+                    Some(Value::StringValue("wikigate-under-test".into()))
+                );
+                assert_eq!(
+                    hex(&span.trace_id),
+                    trace_id,
+                    "the client's trace continues"
+                );
+                assert_eq!(hex(&span.parent_span_id), "00f067aa0ba902b7");
+                assert_eq!(span.name, "GET /wiki/rest/api/user/current");
+                assert_eq!(
+                    attribute("http.route"),
+                    Some(Value::StringValue("/wiki/rest/api/user/current".into()))
+                );
+                assert_eq!(
+                    attribute("http.response.status_code"),
+                    Some(Value::IntValue(200))
+                );
+                assert_eq!(
+                    attribute("wikigate.cache"),
+                    Some(Value::StringValue("wikigate; fwd=miss; stored".into()))
+                );
+                assert!(
+                    matches!(attribute("wikigate.caller"), Some(Value::StringValue(c)) if c.starts_with("credential:"))
+                );
+                assert!(
+                    matches!(attribute("wikigate.upstream_duration_ms"), Some(Value::DoubleValue(ms)) if ms > 0.0)
+                );
+                let all = format!("{:?}", span.attributes);
+                assert!(
+                    !all.contains(alice().api_token) && !all.contains("Basic "),
+                    "a credential reached a span"
+                );
+            }
+        }
+    }
+    assert!(found, "no span for the request was exported");
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[tokio::test]
+async fn the_grafana_dashboard_queries_only_metrics_that_exist() {
+    let h = scripted_traffic().await;
+    let admin = TestClient::new(format!("http://{}", h.gateway.admin_addr));
+    let exposition = String::from_utf8(admin.get("/metrics", None).await.body.to_vec()).unwrap();
+    let families: std::collections::HashSet<&str> = exposition
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split(' ').next())
+        .collect();
+    let dashboard: serde_json::Value =
+        serde_json::from_str(include_str!("../../dashboards/wikigate.json"))
+            .expect("dashboard is JSON");
+    let mut queried = 0;
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            for (start, _) in expr.match_indices("wikigate_") {
+                let name: String = expr[start..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                let family = ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .fold(name.as_str(), |n, s| n.strip_suffix(s).unwrap_or(n));
+                assert!(
+                    families.contains(family),
+                    "panel {:?} queries {name}, which wikigate does not export",
+                    panel["title"]
+                );
+                queried += 1;
+            }
+        }
+    }
+    assert!(queried >= 20, "{queried}");
+}
