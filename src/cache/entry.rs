@@ -15,6 +15,7 @@ use http::{Response, StatusCode};
 use tokio::time::Instant;
 
 use crate::body::Body;
+use crate::forward::list_tokens;
 
 /// A response head and body held in memory.
 #[derive(Debug, Clone)]
@@ -181,12 +182,7 @@ impl Entry {
 
     /// Whether the request's `If-None-Match` names this entry's body.
     pub fn not_modified(&self, request_headers: &HeaderMap) -> bool {
-        request_headers
-            .get_all(header::IF_NONE_MATCH)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(str::trim)
+        list_tokens(request_headers, &header::IF_NONE_MATCH)
             .any(|tag| tag == "*" || tag.trim_start_matches("W/") == self.etag)
     }
 
@@ -245,12 +241,8 @@ pub static CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
 /// The header names upstream's `Vary` lists, `None` without `Vary`. `*` is handled by the
 /// caller (never stored).
 fn vary_names(headers: &HeaderMap) -> Option<Vec<HeaderName>> {
-    let mut names: Vec<HeaderName> = headers
-        .get_all(header::VARY)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+    let mut names: Vec<HeaderName> = list_tokens(headers, &header::VARY)
+        .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
         .collect();
     if names.is_empty() {
         return None;
@@ -262,12 +254,7 @@ fn vary_names(headers: &HeaderMap) -> Option<Vec<HeaderName>> {
 
 /// Whether upstream's answer says `Vary: *` (never stored).
 pub fn varies_on_everything(headers: &HeaderMap) -> bool {
-    headers
-        .get_all(header::VARY)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|n| n.trim() == "*")
+    list_tokens(headers, &header::VARY).any(|n| n == "*")
 }
 
 fn fingerprint(names: &[HeaderName], request_headers: &HeaderMap) -> [u8; 32] {

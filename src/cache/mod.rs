@@ -40,6 +40,7 @@ pub use key::{Bypass, CacheKey, Partition};
 use crate::body::Body;
 use crate::config::CacheConfig;
 use crate::error::GatewayError;
+use crate::forward::list_tokens;
 use crate::metrics::{CacheLabel, Metrics, quota_points};
 use crate::routes::{Resolved, Route, Tag};
 
@@ -76,13 +77,9 @@ enum Directive {
 impl Directive {
     fn of(headers: &HeaderMap) -> Directive {
         let mut directive = Directive::Normal;
-        let tokens = headers
-            .get_all(header::CACHE_CONTROL)
-            .iter()
-            .chain(headers.get_all(header::PRAGMA))
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(|t| t.trim().to_ascii_lowercase());
+        let tokens = list_tokens(headers, &header::CACHE_CONTROL)
+            .chain(list_tokens(headers, &header::PRAGMA))
+            .map(str::to_ascii_lowercase);
         for token in tokens {
             match token.as_str() {
                 "no-store" => return Directive::NoStore,

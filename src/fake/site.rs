@@ -668,11 +668,8 @@ impl Ctx<'_> {
         Ok((who.account_id, kind, id))
     }
 
-    /// Whose property, under which key: the user's own, or any user's for admins.
-    fn property_target(
-        &self,
-        caller: &'static DemoUser,
-    ) -> Result<(&'static str, String), Failure> {
+    /// The user whose properties the path names: the caller's own, or any user's for admins.
+    fn property_owner(&self, caller: &'static DemoUser) -> Result<&'static DemoUser, Failure> {
         let user_id = self.resolved.param("userId").unwrap_or_default();
         let owner = find_user(user_id).ok_or_else(|| {
             fail(
@@ -686,24 +683,21 @@ impl Ctx<'_> {
                 "Not permitted to use another user's properties",
             ));
         }
+        Ok(owner)
+    }
+
+    /// Whose property, under which key.
+    fn property_target(
+        &self,
+        caller: &'static DemoUser,
+    ) -> Result<(&'static str, String), Failure> {
+        let owner = self.property_owner(caller)?;
         let key = self.resolved.param("key").unwrap_or_default().to_owned();
         Ok((owner.account_id, key))
     }
 
     fn list_properties(&self, caller: &'static DemoUser) -> Result<Answer, Failure> {
-        let user_id = self.resolved.param("userId").unwrap_or_default().to_owned();
-        let owner = find_user(&user_id).ok_or_else(|| {
-            fail(
-                StatusCode::NOT_FOUND,
-                &format!("No user found with accountId: {user_id}"),
-            )
-        })?;
-        if owner.account_id != caller.account_id && !caller.admin {
-            return Err(fail(
-                StatusCode::FORBIDDEN,
-                "Not permitted to use another user's properties",
-            ));
-        }
+        let owner = self.property_owner(caller)?;
         let start = self.query.number("start", 0)? as usize;
         let limit = self.query.number("limit", 5)?;
         if limit > 25 {

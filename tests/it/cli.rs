@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use wikigate::fake::FakeConfluence;
 
-use crate::support::{API, TestClient, alice, basic, bob};
+use crate::support::{API, TestClient, alice, basic, bob, free_addr};
 
 const BIN: &str = env!("CARGO_BIN_EXE_wikigate");
 
@@ -91,13 +91,7 @@ fn check_config_exits_2_naming_the_bad_key() {
 #[tokio::test]
 async fn serve_runs_from_flags_and_env_and_stops_cleanly_on_sigterm() {
     let fake = FakeConfluence::start().await.unwrap();
-    let free = || {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-    };
-    let (listen, admin) = (free(), free());
+    let (listen, admin) = (free_addr(), free_addr());
     // The file says one port, the environment another, the flag a third: the flag wins.
     let client_key = "logs-client-key-0123456789";
     let file = temp_file(

@@ -121,29 +121,15 @@ async fn oversized_requests_get_413_414_431() {
 
 #[tokio::test]
 async fn chunked_body_over_the_limit_is_413() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let h = Harness::start_with(|c| c.server.max_body_bytes = 1024).await;
-    let mut stream = tokio::net::TcpStream::connect(h.gateway.addr)
-        .await
-        .unwrap();
+    let chunk = "b".repeat(800);
+    let chunks = format!("{:x}\r\n{chunk}\r\n", chunk.len()).repeat(3);
     let head = format!(
-        "POST {API}/{}/property/big HTTP/1.1\r\nHost: x\r\nAuthorization: {}\r\nTransfer-Encoding: chunked\r\n\r\n",
+        "POST {API}/{}/property/big HTTP/1.1\r\nHost: x\r\nAuthorization: {}\r\nTransfer-Encoding: chunked\r\n\r\n{chunks}",
         alice().account_id,
         basic(alice())
     );
-    stream.write_all(head.as_bytes()).await.unwrap();
-    let chunk = "b".repeat(800);
-    for _ in 0..3 {
-        let _ = stream
-            .write_all(format!("{:x}\r\n{chunk}\r\n", chunk.len()).as_bytes())
-            .await;
-    }
-    let mut answer = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer))
-        .await
-        .unwrap()
-        .unwrap();
-    let answer = String::from_utf8_lossy(&answer);
+    let answer = raw_exchange(h.gateway.addr, &head).await;
     assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
     assert!(answer.contains(r#""statusCode":413"#), "{answer}");
     assert_eq!(h.fake.requests(), 0);
@@ -195,23 +181,33 @@ async fn upstream_slower_than_response_timeout_is_504_json() {
 
 #[tokio::test]
 async fn slow_request_body_is_408() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let h = Harness::start_with(|c| c.server.body_read_timeout = Duration::from_millis(200)).await;
-    let mut stream = tokio::net::TcpStream::connect(h.gateway.addr)
-        .await
-        .unwrap();
     let head = format!(
         "PUT {API}/{}/property/k HTTP/1.1\r\nHost: x\r\nAuthorization: {}\r\nContent-Length: 100\r\n\r\n{{",
         alice().account_id,
         basic(alice())
     );
-    stream.write_all(head.as_bytes()).await.unwrap();
-    let mut answer = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer))
-        .await
-        .unwrap()
-        .unwrap();
-    let answer = String::from_utf8_lossy(&answer);
+    let answer = raw_exchange(h.gateway.addr, &head).await;
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     assert_eq!(h.fake.requests(), 0);
+}
+
+/// Writes `request` on a fresh connection (ignoring a write cut short by the server) and reads
+/// until the server closes or resets it.
+async fn raw_exchange(addr: std::net::SocketAddr, request: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let _ = stream.write_all(request.as_bytes()).await;
+    let mut answer = Vec::new();
+    let read = async {
+        let mut buffer = [0u8; 4096];
+        // A reset after the answer (unread request bytes) ends the read, not the test.
+        while let Ok(n @ 1..) = stream.read(&mut buffer).await {
+            answer.extend_from_slice(&buffer[..n]);
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), read)
+        .await
+        .expect("the server closed the connection");
+    String::from_utf8_lossy(&answer).into_owned()
 }

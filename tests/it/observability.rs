@@ -8,7 +8,7 @@ use std::time::Duration;
 use http::Method;
 use wikigate::config::{ClientConfig, KeyHash, Rate};
 
-use crate::support::{API, Harness, TestClient, alice, basic, bob};
+use crate::support::{API, Harness, TestClient, alice, basic, bob, free_addr};
 
 const TINY_KEY: &str = "tiny-client-key-0123456789";
 
@@ -349,13 +349,7 @@ async fn spans_reach_an_otlp_receiver_and_traceparent_is_propagated() {
         Duration::from_secs(1),
     ));
     let fake = wikigate::fake::FakeConfluence::start().await.unwrap();
-    let free = || {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-    };
-    let (listen, admin) = (free(), free());
+    let (listen, admin) = (free_addr(), free_addr());
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_wikigate"))
         .args([
             "serve",

@@ -32,6 +32,14 @@ pub fn basic(user: &DemoUser) -> String {
     )
 }
 
+/// A loopback address that was free a moment ago.
+pub fn free_addr() -> std::net::SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
 /// A gateway config in front of `upstream`, on free loopback ports.
 pub fn config_for(upstream: &str) -> Config {
     Config::from_toml(&format!(
