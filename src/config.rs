@@ -88,6 +88,10 @@ pub struct ServerConfig {
     pub http2_max_concurrent_streams: u32,
     /// TLS termination; plain HTTP when absent.
     pub tls: Option<TlsConfig>,
+    /// The URL clients reach wikigate at (`https://wikigate.internal.example`). When set,
+    /// absolute Confluence URLs in `_links` (`base`, `self`) of stored answers are rewritten to
+    /// it, so clients that page with `base + next` stay on the gateway.
+    pub public_url: Option<String>,
 }
 
 impl Default for ServerConfig {
@@ -99,10 +103,12 @@ impl Default for ServerConfig {
             body_read_timeout: Duration::from_secs(30),
             max_body_bytes: 1024 * 1024,
             max_header_bytes: 16 * 1024,
-            max_uri_bytes: 8 * 1024,
+            // A 200-account bulk lookup is about 9 KB of query.
+            max_uri_bytes: 16 * 1024,
             max_headers: 100,
             http2_max_concurrent_streams: 256,
             tls: None,
+            public_url: None,
         }
     }
 }
@@ -156,6 +162,12 @@ pub struct CacheConfig {
     /// itself.
     #[serde(with = "duration")]
     pub coalesce_timeout: Duration,
+    /// Bulk lookups (`/user/bulk`, `/user/email/bulk`) are cached account by account, so a
+    /// lookup asks upstream only for the accounts not cached yet.
+    pub bulk_entities: bool,
+    /// How long "no such (or no visible) account" from a bulk lookup is remembered.
+    #[serde(with = "duration")]
+    pub negative_ttl: Duration,
     pub routes: RoutePolicies,
 }
 
@@ -169,6 +181,8 @@ impl Default for CacheConfig {
             cache_not_found: false,
             not_found_ttl: Duration::from_secs(10),
             coalesce_timeout: Duration::from_secs(30),
+            bulk_entities: true,
+            negative_ttl: Duration::from_secs(30),
             routes: RoutePolicies::default(),
         }
     }
@@ -818,6 +832,17 @@ impl Config {
             ));
         }
         self.validate_callers()?;
+        if let Some(url) = &self.server.public_url {
+            let uri: http::Uri = url.parse().map_err(|_| {
+                ConfigError::invalid("server.public_url", format!("`{url}` is not a URL"))
+            })?;
+            if uri.scheme().is_none() || uri.authority().is_none() || uri.query().is_some() {
+                return Err(ConfigError::invalid(
+                    "server.public_url",
+                    "must be an absolute http(s) URL without a query",
+                ));
+            }
+        }
         if self.server.listen == self.admin.listen && self.server.listen.port() != 0 {
             return Err(ConfigError::invalid(
                 "admin.listen",

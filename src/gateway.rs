@@ -196,12 +196,22 @@ impl Gateway {
         admission: Admission,
     ) -> Result<Response<Body>, GatewayError> {
         let request_headers = parts.headers.clone();
+        let bulk = self.cache.bulk_plan(&lookup, parts.uri.query());
         // The entry is always filled from a full GET, also for HEAD and conditional requests.
         parts.method = http::Method::GET;
         forward::strip_conditionals(&mut parts.headers);
         let template = Arc::new(self.upstream_request(parts, body, conn, false).await?);
         let upstream = self.upstream.clone();
         let limit = self.cache.max_entry_bytes();
+        if let Some(plan) = bulk {
+            // Only the accounts not cached are asked for: the same path, another query.
+            let fetch = |query: String| async move {
+                let mut request = copy_request(&template);
+                *request.uri_mut() = with_query(template.uri(), &query)?;
+                fetch(&self.upstream, &admission, request, limit).await
+            };
+            return self.cache.bulk_read(plan, &request_headers, fetch).await;
+        }
         let admission = Arc::new(admission);
         let fetch = move || {
             let request = copy_request(&template);
@@ -244,6 +254,19 @@ impl Gateway {
         let uri = self.upstream.target(&path_and_query)?;
         Ok(forward::upstream_request(parts, body, uri, conn, write))
     }
+}
+
+/// `uri` with its query replaced.
+fn with_query(uri: &http::Uri, query: &str) -> Result<http::Uri, GatewayError> {
+    let mut parts = uri.clone().into_parts();
+    let path_and_query = format!("{}?{query}", uri.path());
+    parts.path_and_query = Some(
+        path_and_query
+            .parse()
+            .map_err(|e| GatewayError::UpstreamProtocol(format!("bad upstream target: {e}")))?,
+    );
+    http::Uri::from_parts(parts)
+        .map_err(|e| GatewayError::UpstreamProtocol(format!("bad upstream target: {e}")))
 }
 
 /// A copy of a prepared upstream request, for a fetch that may run more than once.

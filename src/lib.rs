@@ -17,6 +17,7 @@
 //! - [`upstream`] — the pooled rustls client with its timeouts.
 //! - [`body`] — the response body type: held bytes or a deadline-bounded upstream stream.
 //! - [`error`] — errors wikigate answers itself, in Confluence's error JSON.
+//! - [`links`] — rewriting Confluence's absolute `_links` to `server.public_url`.
 //! - [`metrics`] — every `wikigate_*` metric, and the status page's figures.
 //! - [`admin`] — health, readiness, metrics, the status page, cache administration.
 //! - [`status_page`] — the admin listener's HTML status page.
@@ -46,6 +47,7 @@ pub mod forward;
 pub mod gateway;
 pub mod lifecycle;
 pub mod limit;
+pub mod links;
 pub mod metrics;
 pub mod routes;
 pub mod server;

@@ -79,7 +79,12 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     let metrics = Arc::new(Metrics::new());
     let secret = cache::partition_secret(&config.cache);
     let parts = Parts {
-        cache: Arc::new(Cache::new(&config.cache, secret, metrics.clone())),
+        cache: Arc::new(Cache::new(
+            &config.cache,
+            config.server.public_url.as_deref(),
+            secret,
+            metrics.clone(),
+        )),
         callers: Arc::new(Callers::new(config, secret)?),
         limits: Arc::new(Limits::new(&config.limits, &config.callers.clients)),
         metrics,

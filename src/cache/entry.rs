@@ -65,7 +65,8 @@ struct Vary {
 }
 
 /// Headers never stored: wikigate sets its own caching headers, and the rest are per-exchange.
-const NOT_STORED: [HeaderName; 7] = [
+const NOT_STORED: [HeaderName; 8] = [
+    header::CONTENT_LENGTH,
     header::CACHE_CONTROL,
     header::EXPIRES,
     header::PRAGMA,
@@ -182,8 +183,14 @@ impl Entry {
 
     /// Whether the request's `If-None-Match` names this entry's body.
     pub fn not_modified(&self, request_headers: &HeaderMap) -> bool {
-        list_tokens(request_headers, &header::IF_NONE_MATCH)
-            .any(|tag| tag == "*" || tag.trim_start_matches("W/") == self.etag)
+        self.etag
+            .to_str()
+            .is_ok_and(|etag| list_tokens_match(request_headers, etag))
+    }
+
+    /// The stored end-to-end headers.
+    pub fn headers(&self) -> &HeaderMap {
+        &self.headers
     }
 
     /// The response for a request: 304 when `If-None-Match` matches, no body for HEAD.
@@ -233,6 +240,12 @@ impl Entry {
         );
         response
     }
+}
+
+/// Whether `If-None-Match` names `etag` (or is `*`).
+pub fn list_tokens_match(request_headers: &HeaderMap, etag: &str) -> bool {
+    list_tokens(request_headers, &header::IF_NONE_MATCH)
+        .any(|tag| tag == "*" || tag.trim_start_matches("W/") == etag)
 }
 
 /// RFC 9211's header.

@@ -112,6 +112,30 @@ impl CacheKey {
         CacheKey(*hasher.finalize().as_bytes())
     }
 
+    /// The key of one account's object in a bulk lookup (`id` empty: the lookup's envelope).
+    pub fn account(
+        partition: Partition,
+        route: crate::routes::Route,
+        expand: &str,
+        id: &str,
+        generations: &[u64],
+    ) -> CacheKey {
+        let mut hasher = blake3::Hasher::new();
+        hasher.update(b"account\n");
+        match partition {
+            Partition::Anonymous => hasher.update(b"a"),
+            Partition::Shared => hasher.update(b"s"),
+            Partition::Caller(hash) => hasher.update(b"c").update(&hash),
+        };
+        field(&mut hasher, route.name().as_bytes());
+        field(&mut hasher, expand.as_bytes());
+        field(&mut hasher, id.as_bytes());
+        for generation in generations {
+            hasher.update(&generation.to_le_bytes());
+        }
+        CacheKey(*hasher.finalize().as_bytes())
+    }
+
     pub fn as_bytes(&self) -> &[u8; 32] {
         &self.0
     }

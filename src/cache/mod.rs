@@ -17,6 +17,7 @@
 //!    whole or stored. Tag generations are a fixed array; the flight map holds only fetches in
 //!    progress.
 
+mod bulk;
 mod entry;
 mod flights;
 mod generations;
@@ -32,6 +33,7 @@ use moka::future::Cache as Moka;
 use tokio::time::Instant;
 use tracing::Instrument as _;
 
+pub use bulk::BulkPlan;
 pub use entry::{Buffered, CACHE_STATUS, Entry, Lifetime, varies_on_everything};
 use flights::{Flights, FollowError, Role, follow};
 use generations::Generations;
@@ -41,6 +43,7 @@ use crate::body::Body;
 use crate::config::CacheConfig;
 use crate::error::GatewayError;
 use crate::forward::list_tokens;
+use crate::links;
 use crate::metrics::{CacheLabel, Metrics, quota_points};
 use crate::routes::{Resolved, Route, Tag};
 
@@ -95,6 +98,8 @@ impl Directive {
 #[derive(Debug, Clone, Copy)]
 pub struct Lookup {
     key: CacheKey,
+    partition: Partition,
+    generations: [u64; 3],
     route: Route,
     head: bool,
     shared: bool,
@@ -119,6 +124,8 @@ pub struct Cache {
     generations: Generations,
     flights: Flights<CacheKey, Outcome>,
     config: CacheConfig,
+    /// `server.public_url`, without a trailing slash.
+    public_url: Option<String>,
     secret: [u8; 32],
     stats: Stats,
 }
@@ -149,7 +156,12 @@ impl moka::Expiry<CacheKey, Arc<Entry>> for Retention {
 
 impl Cache {
     /// `secret` keys the partition hash (see [`partition_secret`]).
-    pub fn new(config: &CacheConfig, secret: [u8; 32], metrics: Arc<Metrics>) -> Cache {
+    pub fn new(
+        config: &CacheConfig,
+        public_url: Option<&str>,
+        secret: [u8; 32],
+        metrics: Arc<Metrics>,
+    ) -> Cache {
         let store = Moka::builder()
             .max_capacity(config.max_bytes)
             .weigher(|_, entry: &Arc<Entry>| entry.weight())
@@ -169,6 +181,7 @@ impl Cache {
             generations: Generations::default(),
             flights: Flights::default(),
             config: config.clone(),
+            public_url: public_url.map(|u| u.trim_end_matches('/').to_owned()),
             secret,
             stats: Stats::default(),
         }
@@ -207,6 +220,8 @@ impl Cache {
         ];
         Ok(Lookup {
             key: CacheKey::new(partition, resolved, query, &generations),
+            partition,
+            generations,
             route,
             head: resolved.head,
             shared,
@@ -392,6 +407,12 @@ impl Cache {
             Some(lifetime) if store => lifetime,
             _ => return LeaderResult::Answer(Arc::new(answer)),
         };
+        let mut answer = answer;
+        if let Some(public_url) = &self.public_url
+            && let Some(rewritten) = links::rewrite(&answer.body, public_url)
+        {
+            answer.body = rewritten;
+        }
         let points = quota_points(lookup.route, &answer.body);
         let entry = Arc::new(Entry::new(
             answer,

@@ -23,7 +23,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::routes::Operation;
 use crate::server::{self, Http};
 
-pub use site::{DEMO_USERS, DemoUser};
+pub use site::{DEMO_USERS, DIRECTORY_SIZE, DemoUser, directory_account};
 
 /// A request as the fake received it.
 #[derive(Debug, Clone)]
@@ -155,6 +155,11 @@ impl FakeConfluence {
     /// How many requests for `operation` reached the fake.
     pub fn hits(&self, operation: Operation) -> u64 {
         self.shared.hits[operation.index()].load(Ordering::SeqCst)
+    }
+
+    /// How many user objects bulk lookups (`/user/bulk`) returned.
+    pub fn bulk_objects(&self) -> u64 {
+        self.shared.site.bulk_objects.load(Ordering::SeqCst)
     }
 
     /// How many requests reached the fake at all, routed or not.

@@ -91,6 +91,8 @@ struct Data {
 
 pub(super) struct Site {
     base: String,
+    /// User objects returned by bulk lookups (the quota-relevant unit).
+    pub(super) bulk_objects: std::sync::atomic::AtomicU64,
     /// `std::sync::Mutex`: every handler takes it briefly and never across an await.
     data: std::sync::Mutex<Data>,
 }
@@ -99,6 +101,7 @@ impl Site {
     pub(super) fn new(base: String) -> Site {
         Site {
             base,
+            bulk_objects: Default::default(),
             data: std::sync::Mutex::new(Data {
                 next_property_id: 1000,
                 ..Data::default()
@@ -267,6 +270,19 @@ impl Query {
             .map(|(_, v)| v.as_str())
     }
 
+    /// The accounts a bulk lookup names: first occurrences only, and (as Confluence documents)
+    /// only the first 200.
+    fn accounts(&self) -> Vec<&str> {
+        let mut ids: Vec<&str> = Vec::new();
+        for id in self.list("accountId") {
+            if !ids.contains(&id) {
+                ids.push(id);
+            }
+        }
+        ids.truncate(200);
+        ids
+    }
+
     /// Every value of a parameter, comma-separated lists flattened.
     fn list(&self, name: &str) -> Vec<&str> {
         self.0
@@ -392,7 +408,7 @@ impl Ctx<'_> {
                 Ok(self.json(json!({ "accountId": user.account_id, "email": user.email })))
             }
             GetPrivacyUnsafeUserEmailBulk => {
-                let ids = self.query.list("accountId");
+                let ids = self.query.accounts();
                 if ids.is_empty() {
                     return Err(fail(StatusCode::BAD_REQUEST, "accountId is required"));
                 }
@@ -595,7 +611,7 @@ impl Ctx<'_> {
     }
 
     fn bulk(&self, caller: &DemoUser) -> Result<Answer, Failure> {
-        let ids = self.query.list("accountId");
+        let ids = self.query.accounts();
         if ids.is_empty() {
             return Err(fail(StatusCode::BAD_REQUEST, "accountId is required"));
         }
@@ -622,6 +638,9 @@ impl Ctx<'_> {
                 value
             })
             .collect();
+        self.site
+            .bulk_objects
+            .fetch_add(results.len() as u64, Ordering::SeqCst);
         Ok(self.json(json!({
             "results": results, "start": 0, "limit": limit, "size": results.len(),
             "_links": self.site.links(self.path_and_query.trim_start_matches("/wiki")),
@@ -768,8 +787,39 @@ impl Ctx<'_> {
 }
 
 fn find_user(account_id: &str) -> Option<&'static DemoUser> {
-    DEMO_USERS.iter().find(|u| u.account_id == account_id)
+    DEMO_USERS
+        .iter()
+        .find(|u| u.account_id == account_id)
+        .or_else(|| DIRECTORY.get(account_id))
 }
+
+/// How many directory accounts the site has besides the demo users (for bulk workloads).
+pub const DIRECTORY_SIZE: usize = 5000;
+
+/// The account id of directory account `n` (`n < DIRECTORY_SIZE`); they cannot log in.
+pub fn directory_account(n: usize) -> String {
+    format!("557058:d1000000-0000-4000-8000-{n:012}")
+}
+
+/// The directory, built once per process (its strings live as long as the process).
+static DIRECTORY: std::sync::LazyLock<std::collections::HashMap<&'static str, DemoUser>> =
+    std::sync::LazyLock::new(|| {
+        let leak = |s: String| -> &'static str { Box::leak(s.into_boxed_str()) };
+        (0..DIRECTORY_SIZE)
+            .map(|n| {
+                let user = DemoUser {
+                    account_id: leak(directory_account(n)),
+                    email: leak(format!("user{n}@example.com")),
+                    display_name: leak(format!("Directory User{n}")),
+                    api_token: "",
+                    bearer: "",
+                    admin: false,
+                    groups: &["confluence-users"],
+                };
+                (user.account_id, user)
+            })
+            .collect()
+    });
 
 /// The current UTC time as `2022-02-01T12:00:00.111Z`.
 fn now_iso8601() -> String {

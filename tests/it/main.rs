@@ -1,6 +1,7 @@
 //! Integration tests: the real gateway on 127.0.0.1:0 in front of the in-process fake
 //! Confluence site, driven by a real HTTP client. One binary, one module per concern.
 
+mod bulk;
 mod cache;
 mod cli;
 mod csrf;

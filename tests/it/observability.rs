@@ -200,7 +200,8 @@ async fn metrics_hold_exactly_the_expected_values_and_pass_promtool() {
             r#"wikigate_upstream_request_duration_seconds_count{route="current"}"#,
             1.0,
         ),
-        ("wikigate_cache_entries", 3.0),
+        // current, anonymous, and the bulk lookup as two accounts plus its envelope.
+        ("wikigate_cache_entries", 5.0),
         ("wikigate_requests_in_flight", 0.0),
         ("wikigate_upstream_holds", 0.0),
         (r#"wikigate_build_info{version="0.1.0"}"#, 1.0),
@@ -285,7 +286,7 @@ async fn the_status_page_shows_the_traffic_in_a_headless_browser() {
         r#"<b id="upstream">4</b>"#,
         r#"<tr id="route-current"><td>current</td><td class="requests">3</td><td class="hits">2</td><td class="misses">1</td>"#,
         r#"<tr id="route-bulk"><td>bulk</td><td class="requests">2</td><td class="hits">1</td><td class="misses">1</td>"#,
-        r#"<span id="cache-entries">3</span>"#,
+        r#"<span id="cache-entries">5</span>"#,
         "<td>tiny</td><td>requests</td><td>1</td>",
         "no upstream hold",
     ] {
