@@ -38,9 +38,10 @@ fn main() {
             upstream: Some(rate),
         },
     );
-    let limits = Limits::new(&config, &[]);
+    let limits = Limits::new(&config, &[], None);
     let class: Arc<str> = Arc::from("default");
 
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let before = resident_bytes();
     for i in 0..callers {
         let mut fingerprint = [0u8; 16];
@@ -50,7 +51,7 @@ fn main() {
             class: class.clone(),
         };
         limits.check_request(&caller).unwrap();
-        limits.admit_upstream(&caller, &fingerprint).unwrap();
+        runtime.block_on(limits.admit_upstream(&caller, &fingerprint)).unwrap();
     }
     let tracked = limits.tracked_callers();
     let after = resident_bytes();

@@ -96,11 +96,11 @@ impl Admin {
                         error_response(StatusCode::BAD_REQUEST, "tag must not be empty")
                     }
                     Some(tag) => {
-                        self.parts.cache.invalidate(&[Tag::named(&tag)]);
+                        self.parts.cache.invalidate(&[Tag::named(&tag)]).await;
                         json(StatusCode::OK, serde_json::json!({ "invalidated": tag }))
                     }
                     None => {
-                        self.parts.cache.purge();
+                        self.parts.cache.purge().await;
                         json(StatusCode::OK, serde_json::json!({ "purged": "all" }))
                     }
                 }
@@ -154,7 +154,19 @@ impl Handler for Admin {
             "/readyz" if *self.draining.borrow() => {
                 text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
             }
-            "/readyz" => text(StatusCode::OK, "ready\n"),
+            "/readyz" => match &self.parts.cluster {
+                None => text(StatusCode::OK, "ready\n"),
+                Some(cluster) if cluster.is_up() => text(StatusCode::OK, "ready\nredis: up\n"),
+                // Still ready: the replica serves from L1 and upstream meanwhile.
+                Some(cluster) => body(
+                    StatusCode::OK,
+                    "text/plain; charset=utf-8",
+                    format!(
+                        "ready\nredis: down (serving from L1 and upstream; limits local, 1/{} each)\n",
+                        cluster.replicas()
+                    ),
+                ),
+            },
             _ => error_response(StatusCode::NOT_FOUND, "no such admin endpoint"),
         }
     }
@@ -170,6 +182,7 @@ impl Admin {
             cache_max_bytes,
             holds,
             longest_hold,
+            redis_up: self.parts.cluster.as_ref().map(|c| c.is_up()),
         }
     }
 }

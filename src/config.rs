@@ -39,6 +39,41 @@ pub struct Config {
     pub log: LogConfig,
     #[serde(default)]
     pub telemetry: TelemetryConfig,
+    #[serde(default)]
+    pub cluster: ClusterConfig,
+}
+
+/// Multi-replica mode through Redis; off without `redis_url`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// `redis://host:6379/0`, or `rediss://…` for TLS. Put no password here: see
+    /// `redis_password_env`.
+    pub redis_url: Option<String>,
+    /// The environment variable holding the Redis password (AUTH).
+    pub redis_password_env: Option<String>,
+    /// A PEM CA bundle for `rediss://` instead of the system's roots.
+    pub redis_ca_file: Option<PathBuf>,
+    /// Prefix of every Redis key, so several gateways can share one Redis.
+    pub namespace: String,
+    /// How many replicas share the limits; while Redis is down each enforces 1/replicas.
+    pub replicas: u32,
+    /// The longest a Redis operation may take before Redis counts as down.
+    #[serde(with = "duration")]
+    pub op_timeout: Duration,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            redis_url: None,
+            redis_password_env: None,
+            redis_ca_file: None,
+            namespace: "wikigate".to_owned(),
+            replicas: 1,
+            op_timeout: Duration::from_millis(100),
+        }
+    }
 }
 
 /// OpenTelemetry trace export.
@@ -832,6 +867,26 @@ impl Config {
             ));
         }
         self.validate_callers()?;
+        if let Some(url) = &self.cluster.redis_url {
+            if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+                return Err(ConfigError::invalid(
+                    "cluster.redis_url",
+                    "must start with redis:// or rediss://",
+                ));
+            }
+            if self.cache.key_secret.is_none() {
+                return Err(ConfigError::invalid(
+                    "cache.key_secret",
+                    "replicas sharing a cache need the same key secret (or WIKIGATE_CACHE_KEY_SECRET)",
+                ));
+            }
+            if self.cluster.replicas == 0 || self.cluster.op_timeout.is_zero() {
+                return Err(ConfigError::invalid(
+                    "cluster.replicas",
+                    "replicas and op_timeout must be greater than zero",
+                ));
+            }
+        }
         if let Some(url) = &self.server.public_url {
             let uri: http::Uri = url.parse().map_err(|_| {
                 ConfigError::invalid("server.public_url", format!("`{url}` is not a URL"))

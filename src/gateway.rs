@@ -71,6 +71,7 @@ impl Gateway {
             callers,
             limits: rate_limits,
             metrics,
+            cluster: _,
         } = parts;
         Ok(Gateway {
             callers,
@@ -122,6 +123,7 @@ impl Gateway {
             match self
                 .cache
                 .lookup(&resolved, &parts.headers, parts.uri.query())
+                .await
             {
                 Ok(lookup) => {
                     self.cached_read(parts, body, conn, lookup, admission)
@@ -173,7 +175,7 @@ impl Gateway {
                     Err(_) => true,
                 };
                 if may_have_changed {
-                    cache.invalidate(&tags);
+                    cache.invalidate(&tags).await;
                     metrics.invalidation(route);
                 }
                 result
@@ -361,7 +363,7 @@ impl Admission {
         deadline: Instant,
         idempotent: bool,
     ) -> Result<Response<Incoming>, GatewayError> {
-        self.limits.admit_upstream(&self.caller, &self.hold)?;
+        self.limits.admit_upstream(&self.caller, &self.hold).await?;
         let mut attempt = 0;
         let mut request = Some(request);
         loop {

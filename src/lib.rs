@@ -12,6 +12,7 @@
 //! - [`cache`] — per-caller GET caching in moka: keys, tag generations, coalescing, stale.
 //! - [`caller`] — who is calling (client key, credential, address); service-account mode.
 //! - [`limit`] — per-caller and global GCRA limits, upstream holds after 429s.
+//! - [`cluster`] — multi-replica mode: Redis L2, generations, pub/sub, cluster-wide GCRA.
 //! - [`csrf`] — the guard that makes sending `X-Atlassian-Token: no-check` safe.
 //! - [`forward`] — header hygiene between client and upstream, XSRF header injection.
 //! - [`upstream`] — the pooled rustls client with its timeouts.
@@ -38,6 +39,7 @@ pub mod body;
 pub mod cache;
 pub mod caller;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod csrf;
 pub mod demo;

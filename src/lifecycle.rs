@@ -15,6 +15,7 @@ use tokio::task::JoinHandle;
 use crate::admin::Admin;
 use crate::cache::{self, Cache};
 use crate::caller::{AuthSetupError, Callers};
+use crate::cluster::{Cluster, ClusterSetupError, Listener};
 use crate::config::Config;
 use crate::gateway::Gateway;
 use crate::limit::Limits;
@@ -35,6 +36,8 @@ pub enum StartError {
     Upstream(#[from] UpstreamSetupError),
     #[error(transparent)]
     Auth(#[from] AuthSetupError),
+    #[error(transparent)]
+    Cluster(#[from] ClusterSetupError),
 }
 
 /// A running gateway.
@@ -72,23 +75,40 @@ pub struct Parts {
     pub callers: Arc<Callers>,
     pub limits: Arc<Limits>,
     pub metrics: Arc<Metrics>,
+    /// Redis, in multi-replica mode.
+    pub cluster: Option<Arc<Cluster>>,
 }
 
 /// Binds the listeners and starts serving.
 pub async fn start(config: &Config) -> Result<Running, StartError> {
     let metrics = Arc::new(Metrics::new());
     let secret = cache::partition_secret(&config.cache);
-    let parts = Parts {
-        cache: Arc::new(Cache::new(
-            &config.cache,
-            config.server.public_url.as_deref(),
-            secret,
-            metrics.clone(),
-        )),
-        callers: Arc::new(Callers::new(config, secret)?),
-        limits: Arc::new(Limits::new(&config.limits, &config.callers.clients)),
-        metrics,
+    let cluster = match config.cluster.redis_url {
+        Some(_) => Some(Cluster::new(&config.cluster)?),
+        None => None,
     };
+    let cache = Cache::new(
+        &config.cache,
+        config.server.public_url.as_deref(),
+        secret,
+        metrics.clone(),
+    )
+    .with_cluster(cluster.clone());
+    let parts = Parts {
+        cache: Arc::new(cache),
+        callers: Arc::new(Callers::new(config, secret)?),
+        limits: Arc::new(Limits::new(
+            &config.limits,
+            &config.callers.clients,
+            cluster.clone(),
+        )),
+        metrics,
+        cluster,
+    };
+    if let Some(cluster) = &parts.cluster {
+        let listener: Arc<dyn Listener> = parts.cache.clone();
+        cluster.spawn(Arc::downgrade(&listener));
+    }
     spawn_reclaim(Arc::downgrade(&parts.limits));
     let gateway = Arc::new(Gateway::new(config, parts.clone())?);
     let http = Http::from_config(&config.server)?;

@@ -31,6 +31,7 @@ use http::header::{HeaderMap, HeaderName, HeaderValue};
 use tokio::time::Instant;
 
 use crate::caller::{Caller, CallerId};
+use crate::cluster::{Cluster, Decision};
 use crate::config::{LimitsConfig, Rate};
 use crate::error::GatewayError;
 
@@ -142,23 +143,27 @@ impl<L> Limit<L> {
     }
 }
 
-fn quota(rate: &Rate) -> Quota {
-    Quota::with_period(rate.per / rate.rate.get())
+/// The local quota for `rate`: this replica's share of it when `replicas` share it.
+fn quota(rate: &Rate, replicas: u32) -> Quota {
+    let share = |n: u32| NonZeroU32::new((n / replicas).max(1)).expect("at least 1");
+    Quota::with_period(rate.per / share(rate.rate.get()).get())
         .expect("validated: per > 0")
-        .allow_burst(rate.burst())
+        .allow_burst(share(rate.burst().get()))
 }
 
-fn keyed(rate: Option<Rate>) -> Option<Limit<Keyed>> {
+fn keyed(rate: Option<Rate>, replicas: u32) -> Option<Limit<Keyed>> {
     rate.map(|rate| Limit {
         rate,
-        limiter: RateLimiter::dashmap(quota(&rate)).with_middleware::<StateInformationMiddleware>(),
+        limiter: RateLimiter::dashmap(quota(&rate, replicas))
+            .with_middleware::<StateInformationMiddleware>(),
     })
 }
 
-fn direct(rate: Option<Rate>) -> Option<Limit<Direct>> {
+fn direct(rate: Option<Rate>, replicas: u32) -> Option<Limit<Direct>> {
     rate.map(|rate| Limit {
         rate,
-        limiter: RateLimiter::direct(quota(&rate)).with_middleware::<StateInformationMiddleware>(),
+        limiter: RateLimiter::direct(quota(&rate, replicas))
+            .with_middleware::<StateInformationMiddleware>(),
     })
 }
 
@@ -178,6 +183,8 @@ struct ClientLimits {
 pub type HoldKey = [u8; 16];
 
 pub struct Limits {
+    /// Redis, in multi-replica mode: the upstream limits are decided there while it is up.
+    cluster: Option<Arc<Cluster>>,
     classes: HashMap<Arc<str>, ClassLimits>,
     clients: Vec<ClientLimits>,
     global: Option<Limit<Direct>>,
@@ -202,14 +209,21 @@ struct Hold {
 const PROBE_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Limits {
-    pub fn new(config: &LimitsConfig, clients: &[crate::config::ClientConfig]) -> Limits {
+    /// `cluster`: enforce the upstream limits across replicas in Redis; while it is down (and
+    /// for the `requests` limit always) each replica enforces its share.
+    pub fn new(
+        config: &LimitsConfig,
+        clients: &[crate::config::ClientConfig],
+        cluster: Option<Arc<Cluster>>,
+    ) -> Limits {
+        let replicas = cluster.as_ref().map_or(1, |c| c.replicas());
         let classes = config
             .classes
             .iter()
             .map(|(name, class)| {
                 let limits = ClassLimits {
-                    requests: keyed(class.requests),
-                    upstream: keyed(class.upstream),
+                    requests: keyed(class.requests, replicas),
+                    upstream: keyed(class.upstream, replicas),
                 };
                 (Arc::from(name.as_str()), limits)
             })
@@ -217,8 +231,8 @@ impl Limits {
         let clients = clients
             .iter()
             .map(|c| ClientLimits {
-                requests: direct(c.requests),
-                upstream: direct(c.upstream),
+                requests: direct(c.requests, replicas),
+                upstream: direct(c.upstream, replicas),
             })
             .collect();
         let tight = config.upstream_global.map(|rate| Rate {
@@ -229,8 +243,9 @@ impl Limits {
         Limits {
             classes,
             clients,
-            global: direct(config.upstream_global),
-            tight: direct(tight),
+            global: direct(config.upstream_global, replicas),
+            tight: direct(tight, replicas),
+            cluster,
             tightened_until: Mutex::new(None),
             holds: Mutex::default(),
             max_hold: config.max_hold,
@@ -280,8 +295,17 @@ impl Limits {
     /// Admits a request to go upstream for `caller` with the upstream credential `hold`:
     /// refused while that credential is held, over the caller's upstream allowance, or over
     /// the global budget.
-    pub fn admit_upstream(&self, caller: &Caller, hold: &HoldKey) -> Result<(), GatewayError> {
+    pub async fn admit_upstream(
+        &self,
+        caller: &Caller,
+        hold: &HoldKey,
+    ) -> Result<(), GatewayError> {
         self.check_hold(hold)?;
+        if let Some(cluster) = self.cluster.as_ref().filter(|c| c.is_up())
+            && let Some(decided) = self.admit_in_cluster(cluster, caller).await
+        {
+            return decided;
+        }
         self.check_caller(caller, LimitKind::Upstream)?;
         if let Some(global) = &self.global {
             global.decide(
@@ -300,6 +324,58 @@ impl Limits {
             }
         }
         Ok(())
+    }
+
+    /// The upstream limits decided in Redis across replicas; `None` when Redis failed mid-way
+    /// (the caller then falls back to the local share).
+    async fn admit_in_cluster(
+        &self,
+        cluster: &Cluster,
+        caller: &Caller,
+    ) -> Option<Result<(), GatewayError>> {
+        let caller_rate = match caller.id {
+            CallerId::Client(index) => self
+                .clients
+                .get(index)
+                .and_then(|c| c.upstream.as_ref())
+                .map(|l| l.rate),
+            _ => None,
+        }
+        .or_else(|| {
+            self.classes
+                .get(&caller.class)
+                .and_then(|c| c.upstream.as_ref())
+                .map(|l| l.rate)
+        });
+        let bucket = |prefix: &str| {
+            let id = blake3::hash(format!("{:?}", caller.id).as_bytes());
+            format!("{prefix}:{}", &id.to_hex()[..32])
+        };
+        let mut checks = Vec::with_capacity(3);
+        if let Some(rate) = caller_rate {
+            checks.push((LimitKind::Upstream, bucket("u"), rate));
+        }
+        if let Some(global) = &self.global {
+            checks.push((LimitKind::UpstreamGlobal, "g".to_owned(), global.rate));
+            if self.tightened()
+                && let Some(tight) = &self.tight
+            {
+                checks.push((LimitKind::UpstreamGlobal, "gt".to_owned(), tight.rate));
+            }
+        }
+        for (kind, bucket, rate) in checks {
+            let interval = rate.per / rate.rate.get();
+            let burst = rate.burst().get();
+            if let Decision::Refused { wait } = cluster.gcra(&bucket, interval, burst).await? {
+                let limit = Limit { rate, limiter: () };
+                return Some(Err(GatewayError::RateLimited {
+                    limit: kind,
+                    retry_after: wait,
+                    allowance: Some(limit.allowance(kind, 0)),
+                }));
+            }
+        }
+        Some(Ok(()))
     }
 
     fn tightened(&self) -> bool {
@@ -527,8 +603,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn near_limit_halves_the_global_budget_until_the_reset() {
+    #[tokio::test]
+    async fn near_limit_halves_the_global_budget_until_the_reset() {
         let config = LimitsConfig {
             upstream_global: Some(Rate {
                 rate: NonZeroU32::new(10).unwrap(),
@@ -537,27 +613,32 @@ mod tests {
             }),
             ..LimitsConfig::default()
         };
-        let admitted = |limits: &Limits| {
-            let caller = Caller {
-                id: CallerId::Address([127, 0, 0, 1].into()),
-                class: "default".into(),
-            };
-            (0..20)
-                .filter(|_| limits.admit_upstream(&caller, &[0; 16]).is_ok())
-                .count()
+        let caller = Caller {
+            id: CallerId::Address([127, 0, 0, 1].into()),
+            class: "default".into(),
         };
-        assert_eq!(admitted(&Limits::new(&config, &[])), 10);
-        let tightened = Limits::new(&config, &[]);
+        async fn admitted(limits: &Limits, caller: &Caller) -> usize {
+            let mut n = 0;
+            for _ in 0..20 {
+                n += usize::from(limits.admit_upstream(caller, &[0; 16]).await.is_ok());
+            }
+            n
+        }
+        assert_eq!(
+            admitted(&Limits::new(&config, &[], None), &caller).await,
+            10
+        );
+        let tightened = Limits::new(&config, &[], None);
         let mut headers = HeaderMap::new();
         headers.insert("x-ratelimit-nearlimit", HeaderValue::from_static("true"));
         headers.insert("x-ratelimit-reset", HeaderValue::from_static("60"));
         tightened.observe(&[0; 16], StatusCode::OK, &headers);
-        assert_eq!(admitted(&tightened), 5);
+        assert_eq!(admitted(&tightened, &caller).await, 5);
     }
 
     #[test]
     fn a_hold_lets_exactly_one_probe_through_when_it_ends() {
-        let limits = Limits::new(&LimitsConfig::default(), &[]);
+        let limits = Limits::new(&LimitsConfig::default(), &[], None);
         let key = [1; 16];
         let mut headers = HeaderMap::new();
         headers.insert(http::header::RETRY_AFTER, HeaderValue::from_static("0"));

@@ -178,6 +178,7 @@ pub struct Metrics {
     cache_max_bytes: Gauge,
     holds_active: Gauge,
     hold_remaining: Gauge<f64, AtomicU64>,
+    redis_up: Gauge,
     figures: HashMap<&'static str, RouteFigures>,
     /// Refusals by (caller, limit), for the status page's "top limited callers".
     limited: Mutex<HashMap<(String, &'static str), u64>>,
@@ -223,6 +224,7 @@ impl Metrics {
             cache_max_bytes: Gauge::default(),
             holds_active: Gauge::default(),
             hold_remaining: Gauge::default(),
+            redis_up: Gauge::default(),
             figures: Route::ALL
                 .iter()
                 .map(|r| r.name())
@@ -328,6 +330,11 @@ impl Metrics {
             "Longest remaining upstream hold",
             Unit::Seconds,
             self.hold_remaining.clone(),
+        );
+        r.register(
+            "cluster_redis_up",
+            "Multi-replica mode: 1 while Redis is reachable, 0 while not, -1 without a cluster",
+            self.redis_up.clone(),
         );
         r.register(
             "requests_in_flight",
@@ -493,6 +500,7 @@ impl Metrics {
         self.cache_max_bytes.set(snapshot.cache_max_bytes as i64);
         self.holds_active.set(snapshot.holds as i64);
         self.hold_remaining.set(snapshot.longest_hold.as_secs_f64());
+        self.redis_up.set(snapshot.redis_up.map_or(-1, i64::from));
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &self.registry)
             .expect("writing to a String cannot fail");
@@ -561,6 +569,8 @@ pub struct Snapshot {
     pub cache_max_bytes: u64,
     pub holds: usize,
     pub longest_hold: Duration,
+    /// In multi-replica mode, whether Redis is reachable.
+    pub redis_up: Option<bool>,
 }
 
 /// Everything the status page shows.

@@ -188,6 +188,73 @@ impl Entry {
             .is_ok_and(|etag| list_tokens_match(request_headers, etag))
     }
 
+    /// The entry as bytes for the cluster's L2 (`None` for entries that vary on request
+    /// headers: they stay in L1). The age travels as a wall-clock timestamp.
+    pub fn encode(&self) -> Option<Vec<u8>> {
+        if self.vary.is_some() {
+            return None;
+        }
+        let stored_unix_ms = unix_ms().saturating_sub(self.age(Instant::now()).as_millis() as u64);
+        let mut out = Vec::with_capacity(self.body.len() + 256);
+        out.extend_from_slice(L2_MAGIC);
+        out.extend_from_slice(&self.status.as_u16().to_le_bytes());
+        for n in [
+            stored_unix_ms,
+            self.ttl.as_millis() as u64,
+            self.stale_if_error.as_millis() as u64,
+            self.stale_while_revalidate.as_millis() as u64,
+        ] {
+            out.extend_from_slice(&n.to_le_bytes());
+        }
+        out.extend_from_slice(&self.points.to_le_bytes());
+        out.extend_from_slice(&(self.headers.len() as u32).to_le_bytes());
+        for (name, value) in &self.headers {
+            for part in [name.as_str().as_bytes(), value.as_bytes()] {
+                out.extend_from_slice(&(part.len() as u32).to_le_bytes());
+                out.extend_from_slice(part);
+            }
+        }
+        out.extend_from_slice(&self.body);
+        Some(out)
+    }
+
+    /// An entry from the cluster's L2; `None` for anything malformed.
+    pub fn decode(bytes: &[u8]) -> Option<Entry> {
+        let mut reader = Reader(bytes.strip_prefix(L2_MAGIC)?);
+        let mut take = |n: usize| reader.take(n);
+        let status = StatusCode::from_u16(u16::from_le_bytes(take(2)?.try_into().ok()?)).ok()?;
+        let mut numbers = [0u64; 4];
+        for n in &mut numbers {
+            *n = u64::from_le_bytes(take(8)?.try_into().ok()?);
+        }
+        let points = u32::from_le_bytes(take(4)?.try_into().ok()?);
+        let count = u32::from_le_bytes(take(4)?.try_into().ok()?);
+        let mut headers = HeaderMap::new();
+        for _ in 0..count {
+            let len = u32::from_le_bytes(take(4)?.try_into().ok()?) as usize;
+            let name = HeaderName::from_bytes(take(len)?).ok()?;
+            let len = u32::from_le_bytes(take(4)?.try_into().ok()?) as usize;
+            let value = HeaderValue::from_bytes(take(len)?).ok()?;
+            headers.append(name, value);
+        }
+        let body = Bytes::copy_from_slice(reader.0);
+        let [stored_unix_ms, ttl, stale_if_error, stale_while_revalidate] = numbers;
+        let age = Duration::from_millis(unix_ms().saturating_sub(stored_unix_ms));
+        let etag = format!("\"{}\"", &blake3::hash(&body).to_hex()[..32]);
+        Some(Entry {
+            status,
+            headers,
+            body,
+            etag: HeaderValue::from_str(&etag).ok()?,
+            stored_at: Instant::now().checked_sub(age).unwrap_or_else(Instant::now),
+            ttl: Duration::from_millis(ttl),
+            stale_if_error: Duration::from_millis(stale_if_error),
+            stale_while_revalidate: Duration::from_millis(stale_while_revalidate),
+            vary: None,
+            points,
+        })
+    }
+
     /// The stored end-to-end headers.
     pub fn headers(&self) -> &HeaderMap {
         &self.headers
@@ -240,6 +307,26 @@ impl Entry {
         );
         response
     }
+}
+
+/// Reads an encoded entry front to back.
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        let (head, rest) = self.0.split_at_checked(n)?;
+        self.0 = rest;
+        Some(head)
+    }
+}
+
+/// Marks (and versions) an encoded L2 entry.
+const L2_MAGIC: &[u8] = b"WGE1";
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Whether `If-None-Match` names `etag` (or is `*`).
@@ -339,6 +426,24 @@ mod tests {
         assert_eq!(
             entry.to_response(&request, false, "").status(),
             StatusCode::OK
+        );
+    }
+
+    #[test]
+    fn entries_survive_the_trip_through_l2() {
+        let original = entry(None);
+        let copy = Entry::decode(&original.encode().unwrap()).unwrap();
+        assert_eq!(
+            (copy.status, &copy.body, &copy.etag),
+            (original.status, &original.body, &original.etag)
+        );
+        assert_eq!(copy.headers, original.headers);
+        assert_eq!((copy.ttl, copy.points), (original.ttl, original.points));
+        assert!(copy.is_fresh(Instant::now()));
+        assert!(Entry::decode(b"WGE1\x00").is_none());
+        assert!(
+            entry(Some("Accept-Language")).encode().is_none(),
+            "variants stay in L1"
         );
     }
 

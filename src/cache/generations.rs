@@ -49,11 +49,7 @@ impl Generations {
     }
 
     fn counter(&self, tag: &Tag) -> &AtomicU64 {
-        let route = tag
-            .as_str()
-            .strip_prefix("route:")
-            .and_then(|name| Route::ALL.into_iter().find(|r| r.name() == name));
-        match route {
+        match route_of(tag) {
             Some(route) => &self.routes[route as usize],
             None => &self.slots[slot(tag)],
         }
@@ -75,7 +71,15 @@ impl Generations {
     }
 }
 
-fn slot(tag: &Tag) -> usize {
+/// The route a `route:{name}` tag names.
+pub fn route_of(tag: &Tag) -> Option<Route> {
+    tag.as_str()
+        .strip_prefix("route:")
+        .and_then(|name| Route::ALL.into_iter().find(|r| r.name() == name))
+}
+
+/// The counter slot of a resource tag (shared with the cluster's counters in Redis).
+pub fn slot(tag: &Tag) -> usize {
     let hash = blake3::hash(tag.as_str().as_bytes());
     let bytes: [u8; 8] = hash.as_bytes()[..8].try_into().expect("8 bytes");
     (u64::from_le_bytes(bytes) as usize) % SLOTS

@@ -37,6 +37,8 @@ pub enum Bypass {
     Cookie,
     /// The route's TTL is 0, or caching is off.
     Disabled,
+    /// In a cluster whose Redis is unreachable, for a route whose generations live there.
+    ClusterDown,
 }
 
 impl Bypass {
@@ -45,6 +47,7 @@ impl Bypass {
             Bypass::Jwt => "jwt",
             Bypass::Cookie => "cookie",
             Bypass::Disabled => "disabled",
+            Bypass::ClusterDown => "cluster-down",
         }
     }
 }

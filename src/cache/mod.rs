@@ -40,6 +40,7 @@ use generations::Generations;
 pub use key::{Bypass, CacheKey, Partition};
 
 use crate::body::Body;
+use crate::cluster::{Cluster, Invalidation, Listener};
 use crate::config::CacheConfig;
 use crate::error::GatewayError;
 use crate::forward::list_tokens;
@@ -124,6 +125,8 @@ pub struct Cache {
     generations: Generations,
     flights: Flights<CacheKey, Outcome>,
     config: CacheConfig,
+    /// Redis, in multi-replica mode.
+    cluster: Option<Arc<Cluster>>,
     /// `server.public_url`, without a trailing slash.
     public_url: Option<String>,
     secret: [u8; 32],
@@ -182,6 +185,7 @@ impl Cache {
             flights: Flights::default(),
             config: config.clone(),
             public_url: public_url.map(|u| u.trim_end_matches('/').to_owned()),
+            cluster: None,
             secret,
             stats: Stats::default(),
         }
@@ -192,8 +196,14 @@ impl Cache {
         self.config.max_entry_bytes
     }
 
+    /// Joins a cluster: generations of resource tags and a second cache tier in Redis.
+    pub fn with_cluster(mut self, cluster: Option<Arc<Cluster>>) -> Cache {
+        self.cluster = cluster;
+        self
+    }
+
     /// Classifies a GET or HEAD: the key it is answered under, or why it bypasses the cache.
-    pub fn lookup(
+    pub async fn lookup(
         &self,
         resolved: &Resolved<'_>,
         headers: &HeaderMap,
@@ -210,9 +220,16 @@ impl Cache {
         } else {
             Partition::of(headers, &self.secret)?
         };
-        let resource = resolved
-            .resource_tag()
-            .map_or(0, |tag| self.generations.get(&tag));
+        let resource = match (resolved.resource_tag(), &self.cluster) {
+            (None, _) => 0,
+            (Some(tag), None) => self.generations.get(&tag),
+            // Writes through any replica bump this counter in Redis; a replica that cannot
+            // read it cannot know about them, and does not cache the route meanwhile.
+            (Some(tag), Some(cluster)) => cluster
+                .generation(generations::slot(&tag))
+                .await
+                .ok_or(Bypass::ClusterDown)?,
+        };
         let generations = [
             self.generations.epoch(),
             self.generations.route(route),
@@ -239,21 +256,48 @@ impl Cache {
         self.stats.bypassed.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Invalidates every cached read that observed one of `tags`, for every caller.
-    pub fn invalidate(&self, tags: &[Tag]) {
+    /// Invalidates every cached read that observed one of `tags`, for every caller — on every
+    /// replica, when in a cluster.
+    pub async fn invalidate(&self, tags: &[Tag]) {
         for tag in tags {
             self.generations.bump(tag);
         }
         self.stats
             .invalidations
             .fetch_add(tags.len() as u64, Ordering::Relaxed);
+        if let Some(cluster) = &self.cluster {
+            let slots: Vec<usize> = tags
+                .iter()
+                .filter(|t| generations::route_of(t).is_none())
+                .map(generations::slot)
+                .collect();
+            if !slots.is_empty() && !cluster.bump(&slots).await {
+                tracing::warn!(
+                    "a write's invalidation could not reach redis; other replicas learn of it by TTL"
+                );
+            }
+            for tag in tags {
+                if let Some(route) = generations::route_of(tag) {
+                    cluster
+                        .publish(Invalidation::Route(route.name().to_owned()))
+                        .await;
+                }
+            }
+        }
     }
 
-    /// Drops everything; fetches in flight land under dead keys.
-    pub fn purge(&self) {
+    /// Drops everything, on every replica; fetches in flight land under dead keys.
+    pub async fn purge(&self) {
+        self.drop_all();
+        self.stats.invalidations.fetch_add(1, Ordering::Relaxed);
+        if let Some(cluster) = &self.cluster {
+            cluster.publish(Invalidation::Epoch).await;
+        }
+    }
+
+    fn drop_all(&self) {
         self.generations.bump_epoch();
         self.store.invalidate_all();
-        self.stats.invalidations.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Answers a cacheable read: from the cache, by joining an identical fetch in flight, or by
@@ -318,7 +362,10 @@ impl Cache {
                     let headers = request_headers.clone();
                     let task = tokio::spawn(
                         async move {
-                            let mine = this.settle(lookup, &headers, fetch().await, true).await;
+                            let mine = match this.look_in_l2(lookup).await {
+                                Some(entry) => LeaderResult::L2(entry),
+                                None => this.settle(lookup, &headers, fetch().await, true).await,
+                            };
                             leader.complete(mine.shared());
                             mine
                         }
@@ -423,7 +470,27 @@ impl Cache {
         ));
         self.store.insert(lookup.key, entry.clone()).await;
         self.stats.stored.fetch_add(1, Ordering::Relaxed);
+        if let Some(cluster) = &self.cluster
+            && let Some(bytes) = entry.encode()
+        {
+            cluster
+                .set(lookup.key.as_bytes(), bytes, entry.retention())
+                .await;
+        }
         LeaderResult::Stored(entry)
+    }
+
+    /// The cluster's copy of an entry this replica does not hold, if fresh; kept in L1 too.
+    async fn look_in_l2(&self, lookup: Lookup) -> Option<Arc<Entry>> {
+        let cluster = self.cluster.as_ref()?;
+        let entry = Entry::decode(&cluster.get(lookup.key.as_bytes()).await?)?;
+        if !entry.is_fresh(Instant::now()) {
+            return None;
+        }
+        let entry = Arc::new(entry);
+        self.store.insert(lookup.key, entry.clone()).await;
+        self.stats.hits.fetch_add(1, Ordering::Relaxed);
+        Some(entry)
     }
 
     /// How long an answer may be stored, or `None` when it may not be.
@@ -481,6 +548,11 @@ impl Cache {
             let response = entry.to_response(request_headers, lookup.head, &status);
             return Ok(served(response, CacheLabel::StaleIfError, saved));
         }
+        if let LeaderResult::L2(entry) = &result {
+            let response =
+                entry.to_response(request_headers, lookup.head, "wikigate; hit; detail=l2");
+            return Ok(served(response, CacheLabel::Hit, Some(entry.points)));
+        }
         let (label, saved) = match (path, &result) {
             (Path::Collapsed, LeaderResult::Stored(entry)) => {
                 (CacheLabel::Coalesced, Some(entry.points))
@@ -506,6 +578,7 @@ impl Cache {
                 response
             }
             LeaderResult::Failed(error) => return Err(error),
+            LeaderResult::L2(_) => unreachable!("answered above"),
         };
         Ok(served(response, label, saved))
     }
@@ -539,9 +612,31 @@ impl Cache {
     }
 }
 
+impl Listener for Cache {
+    fn invalidated(&self, invalidation: Invalidation) {
+        match invalidation {
+            // Resource generations are read from Redis: nothing to do locally (entries under
+            // the old keys are unreachable and age out).
+            Invalidation::Slot(_) => {}
+            Invalidation::Route(name) => {
+                if let Some(route) = Route::ALL.into_iter().find(|r| r.name() == name) {
+                    self.generations.bump(&Tag::route(route));
+                }
+            }
+            Invalidation::Epoch => self.drop_all(),
+        }
+    }
+
+    fn reconnected(&self) {
+        self.drop_all();
+    }
+}
+
 /// What this request got from its own fetch (or from its leader's).
 enum LeaderResult {
     Stored(Arc<Entry>),
+    /// Found in the cluster's L2: a hit, without an upstream call.
+    L2(Arc<Entry>),
     Answer(Arc<Buffered>),
     Streamed(Response<Body>),
     Failed(GatewayError),
@@ -550,7 +645,7 @@ enum LeaderResult {
 impl LeaderResult {
     fn shared(&self) -> Outcome {
         match self {
-            LeaderResult::Stored(entry) => Outcome::Stored(entry.clone()),
+            LeaderResult::Stored(entry) | LeaderResult::L2(entry) => Outcome::Stored(entry.clone()),
             LeaderResult::Answer(answer) => Outcome::Answer(answer.clone()),
             LeaderResult::Streamed(_) => Outcome::Streamed,
             LeaderResult::Failed(error) => Outcome::Failed(error.clone()),

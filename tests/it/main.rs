@@ -4,6 +4,7 @@
 mod bulk;
 mod cache;
 mod cli;
+mod cluster;
 mod csrf;
 mod errors;
 mod forwarding;

@@ -1,0 +1,395 @@
+//! Two replicas, one Redis, one upstream: the replicas behave as one gateway.
+
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use http::{Method, StatusCode};
+use serde_json::json;
+use wikigate::config::{Rate, Secret};
+use wikigate::fake::FakeConfluence;
+use wikigate::lifecycle::{self, Running};
+use wikigate::routes::Operation;
+
+use crate::support::{API, Answer, TestClient, alice, basic, bob, config_for, free_addr};
+
+/// A redis-server of the test's own, on a free loopback port (Debian's `redis-server`).
+struct Redis {
+    child: Child,
+    port: u16,
+}
+
+impl Redis {
+    fn start() -> Redis {
+        Redis::start_on(free_addr().port())
+    }
+
+    fn start_on(port: u16) -> Redis {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server is installed (scripts/test installs it)");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Redis { child, port }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+struct Pair {
+    fake: FakeConfluence,
+    redis: Redis,
+    a: Running,
+    b: Running,
+    ca: TestClient,
+    cb: TestClient,
+}
+
+impl Pair {
+    async fn start(tweak: impl Fn(&mut wikigate::config::Config)) -> Pair {
+        let fake = FakeConfluence::start().await.unwrap();
+        let redis = Redis::start();
+        let replica = || {
+            let mut config = config_for(&fake.url());
+            config.cache.key_secret = Some(Secret::new("replicas-share-this-secret"));
+            config.cluster.redis_url = Some(redis.url());
+            config.cluster.replicas = 2;
+            config.cluster.op_timeout = Duration::from_millis(250);
+            tweak(&mut config);
+            config
+        };
+        let a = lifecycle::start(&replica()).await.unwrap();
+        let b = lifecycle::start(&replica()).await.unwrap();
+        let pair = Pair {
+            ca: TestClient::new(format!("http://{}", a.addr)),
+            cb: TestClient::new(format!("http://{}", b.addr)),
+            fake,
+            redis,
+            a,
+            b,
+        };
+        pair.wait_for_redis("redis: up").await;
+        pair
+    }
+
+    async fn wait_for_redis(&self, state: &str) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for admin in [self.a.admin_addr, self.b.admin_addr] {
+            let admin = TestClient::new(format!("http://{admin}"));
+            loop {
+                let ready = admin.get("/readyz", None).await;
+                if String::from_utf8_lossy(&ready.body).contains(state) {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "replica never reported {state}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn put_property(client: &TestClient, method: Method, key: &str, v: u64) -> Answer {
+    client
+        .request(
+            method,
+            &format!("{API}/{}/property/{key}", alice().account_id),
+        )
+        .auth(alice())
+        .body(json!({ "value": { "v": v } }).to_string())
+        .send()
+        .await
+}
+
+#[tokio::test]
+async fn a_read_cached_through_one_replica_is_a_hit_through_the_other() {
+    let p = Pair::start(|_| {}).await;
+    let target = format!("{API}?accountId={}", bob().account_id);
+    let first = p.ca.get(&target, Some(&basic(alice()))).await;
+    assert!(first.cache_status().contains("stored"));
+    let other = p.cb.get(&target, Some(&basic(alice()))).await;
+    assert_eq!(other.cache_status(), "wikigate; hit; detail=l2");
+    assert_eq!(other.body, first.body);
+    assert_eq!(other.headers["etag"], first.headers["etag"]);
+    assert_eq!(
+        p.cb.get(&target, Some(&basic(alice())))
+            .await
+            .cache_status(),
+        "wikigate; hit"
+    );
+    assert_eq!(
+        p.fake.hits(Operation::GetUser),
+        1,
+        "one upstream call for both replicas"
+    );
+    // Still one partition per caller across replicas.
+    let bob_view = p.cb.get(&target, Some(&basic(bob()))).await;
+    assert!(bob_view.cache_status().contains("fwd=miss"));
+}
+
+#[tokio::test]
+async fn every_write_through_one_replica_is_read_fresh_through_the_other() {
+    let p = Pair::start(|_| {}).await;
+    let watching = |answer: Answer| answer.json()["watching"].as_bool().unwrap();
+    for kind in ["content/7", "label/ops", "space/ENG"] {
+        let target = format!("{API}/watch/{kind}");
+        assert!(!watching(p.cb.get(&target, Some(&basic(bob()))).await));
+        assert_eq!(
+            p.cb.get(&target, Some(&basic(bob()))).await.cache_status(),
+            "wikigate; hit"
+        );
+        assert_eq!(
+            p.ca.request(Method::POST, &target)
+                .auth(bob())
+                .send()
+                .await
+                .status,
+            204
+        );
+        assert!(
+            watching(p.cb.get(&target, Some(&basic(bob()))).await),
+            "{kind}: add"
+        );
+        assert_eq!(
+            p.ca.request(Method::DELETE, &target)
+                .auth(bob())
+                .send()
+                .await
+                .status,
+            204
+        );
+        assert!(
+            !watching(p.cb.get(&target, Some(&basic(bob()))).await),
+            "{kind}: remove"
+        );
+    }
+    let item = format!("{API}/{}/property/shared", alice().account_id);
+    let list = format!("{API}/{}/property", alice().account_id);
+    assert_eq!(
+        p.cb.get(&list, Some(&basic(alice()))).await.json()["size"],
+        0
+    );
+    assert_eq!(
+        put_property(&p.ca, Method::POST, "shared", 1).await.status,
+        201
+    );
+    assert_eq!(
+        p.cb.get(&list, Some(&basic(alice()))).await.json()["size"],
+        1,
+        "create"
+    );
+    assert_eq!(
+        p.cb.get(&item, Some(&basic(alice()))).await.json()["value"]["v"],
+        1
+    );
+    assert_eq!(
+        put_property(&p.ca, Method::PUT, "shared", 2).await.status,
+        204
+    );
+    assert_eq!(
+        p.cb.get(&item, Some(&basic(alice()))).await.json()["value"]["v"],
+        2,
+        "update"
+    );
+    assert_eq!(
+        p.ca.request(Method::DELETE, &item)
+            .auth(alice())
+            .send()
+            .await
+            .status,
+        204
+    );
+    assert_eq!(
+        p.cb.get(&item, Some(&basic(alice()))).await.status,
+        404,
+        "delete"
+    );
+}
+
+#[tokio::test]
+async fn the_read_write_race_holds_across_replicas() {
+    let p = Pair::start(|_| {}).await;
+    let item = format!("{API}/{}/property/race", alice().account_id);
+    put_property(&p.ca, Method::POST, "race", 1).await;
+
+    let mut hold = p.fake.hold(Operation::GetUserProperty);
+    let early = tokio::spawn({
+        let (client, item) = (p.cb.clone(), item.clone());
+        async move { client.get(&item, Some(&basic(alice()))).await }
+    });
+    hold.reached().await;
+    assert_eq!(
+        put_property(&p.ca, Method::PUT, "race", 2).await.status,
+        204
+    );
+    // Started after the write's answer, on the replica whose fetch is still held.
+    let late = tokio::time::timeout(
+        Duration::from_secs(5),
+        p.cb.get(&item, Some(&basic(alice()))),
+    )
+    .await
+    .expect("the late read did not wait on the held pre-write fetch");
+    assert_eq!(late.json()["value"]["v"], 2);
+    hold.release();
+    assert_eq!(early.await.unwrap().json()["value"]["v"], 1);
+    for client in [&p.ca, &p.cb] {
+        assert_eq!(
+            client.get(&item, Some(&basic(alice()))).await.json()["value"]["v"],
+            2,
+            "nothing pre-write was stored"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_callers_combined_upstream_rate_across_replicas_is_within_5_percent() {
+    let p = Pair::start(|c| {
+        c.limits.classes.get_mut("default").unwrap().upstream = Some(Rate {
+            rate: std::num::NonZeroU32::new(40).unwrap(),
+            per: Duration::from_secs(1),
+            burst: std::num::NonZeroU32::new(2),
+        });
+    })
+    .await;
+    let admitted = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let run_for = Duration::from_secs(3);
+    let tasks: Vec<_> = (0..4)
+        .map(|i| {
+            let client = if i % 2 == 0 {
+                p.ca.clone()
+            } else {
+                p.cb.clone()
+            };
+            let admitted = admitted.clone();
+            tokio::spawn(async move {
+                while started.elapsed() < run_for {
+                    // no-store: every request goes upstream and spends the allowance.
+                    let answer = client
+                        .request(Method::GET, &format!("{API}/current"))
+                        .auth(alice())
+                        .header("cache-control", "no-store")
+                        .send()
+                        .await;
+                    match answer.status {
+                        StatusCode::OK => {
+                            admitted.fetch_add(1, Ordering::SeqCst);
+                        }
+                        StatusCode::TOO_MANY_REQUESTS => {
+                            assert_eq!(answer.headers["x-wikigate-limit"], "upstream");
+                        }
+                        other => panic!("unexpected {other}"),
+                    }
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let admitted = admitted.load(Ordering::SeqCst) as f64;
+    let expected = 2.0 + 40.0 * started.elapsed().as_secs_f64();
+    let error = (admitted - expected).abs() / expected;
+    assert!(
+        error <= 0.05,
+        "admitted {admitted} across both replicas, expected {expected:.0} ({:.1} % off)",
+        error * 100.0
+    );
+}
+
+#[tokio::test]
+async fn replicas_keep_serving_without_redis_and_recover_when_it_returns() {
+    let mut p = Pair::start(|_| {}).await;
+    let current = format!("{API}/current");
+    let watch = format!("{API}/watch/space/OPS");
+    p.ca.get(&current, Some(&basic(alice()))).await;
+    assert_eq!(
+        p.cb.get(&current, Some(&basic(alice())))
+            .await
+            .cache_status(),
+        "wikigate; hit; detail=l2"
+    );
+
+    p.redis.stop();
+    // The first tagged read finds Redis gone; from then on both replicas serve without it.
+    for client in [&p.ca, &p.cb] {
+        let answer = client.get(&watch, Some(&basic(alice()))).await;
+        assert_eq!(answer.status, 200);
+    }
+    p.wait_for_redis("redis: down").await;
+    for client in [&p.ca, &p.cb] {
+        let cached = client.get(&current, Some(&basic(alice()))).await;
+        assert_eq!(
+            (cached.status.as_u16(), cached.cache_status()),
+            (200, "wikigate; hit"),
+            "L1 still serves"
+        );
+        let tagged = client.get(&watch, Some(&basic(alice()))).await;
+        assert_eq!(
+            tagged.cache_status(),
+            "wikigate; fwd=bypass; detail=cluster-down",
+            "no generations, no caching"
+        );
+        assert_eq!(
+            client
+                .request(Method::POST, &watch)
+                .auth(alice())
+                .send()
+                .await
+                .status,
+            204
+        );
+    }
+    let admin = TestClient::new(format!("http://{}", p.a.admin_addr));
+    let metrics = String::from_utf8(admin.get("/metrics", None).await.body.to_vec()).unwrap();
+    assert!(metrics.contains("wikigate_cluster_redis_up 0"), "{metrics}");
+
+    p.redis = Redis::start_on(p.redis.port);
+    p.wait_for_redis("redis: up").await;
+    let fresh = format!("{API}?accountId={}", alice().account_id);
+    assert!(
+        p.ca.get(&fresh, Some(&basic(alice())))
+            .await
+            .cache_status()
+            .contains("stored")
+    );
+    assert_eq!(
+        p.cb.get(&fresh, Some(&basic(alice()))).await.cache_status(),
+        "wikigate; hit; detail=l2"
+    );
+    let tagged = p.cb.get(&watch, Some(&basic(alice()))).await;
+    assert!(
+        tagged.json()["watching"].as_bool().unwrap(),
+        "the writes made during the outage are visible"
+    );
+}
