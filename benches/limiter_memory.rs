@@ -41,7 +41,10 @@ fn main() {
     let limits = Limits::new(&config, &[], None);
     let class: Arc<str> = Arc::from("default");
 
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let before = resident_bytes();
     for i in 0..callers {
         let mut fingerprint = [0u8; 16];
@@ -51,7 +54,9 @@ fn main() {
             class: class.clone(),
         };
         limits.check_request(&caller).unwrap();
-        runtime.block_on(limits.admit_upstream(&caller, &fingerprint)).unwrap();
+        runtime
+            .block_on(limits.admit_upstream(&caller, &fingerprint))
+            .unwrap();
     }
     let tracked = limits.tracked_callers();
     let after = resident_bytes();
