@@ -6,7 +6,12 @@
 //!   wikigate, in either direction.
 //! - The request target and `Authorization` cross untouched; `Host` becomes the upstream's.
 //! - `X-Forwarded-Proto` and `X-Forwarded-Host` are wikigate's own, never the client's;
-//!   `X-Forwarded-For` and `Via` are appended to.
+//!   `X-Forwarded-For` and `Via` are appended to. For reads that may be stored,
+//!   `X-Forwarded-Host` is canonical (`server.public_url`'s host, or absent), never the client's
+//!   `Host`: an upstream that builds links from it cannot be made to store a poisoned answer.
+//! - Headers that ask an upstream to reinterpret the request (`Forwarded`, `X-Original-URL`,
+//!   `X-Rewrite-URL`, `X-HTTP-Method-Override`, …) never cross: what wikigate routed, cached
+//!   and guarded is what upstream executes.
 //! - A write carries `X-Atlassian-Token: no-check` and no client-sent value of it. The CSRF
 //!   guard (`csrf`) has already admitted the write, which is what makes this safe.
 
@@ -63,6 +68,29 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// Client headers that could make upstream execute something other than what wikigate routed.
+static REINTERPRETING: [HeaderName; 10] = [
+    HeaderName::from_static("forwarded"),
+    HeaderName::from_static("x-original-url"),
+    HeaderName::from_static("x-rewrite-url"),
+    HeaderName::from_static("x-http-method-override"),
+    HeaderName::from_static("x-http-method"),
+    HeaderName::from_static("x-method-override"),
+    HeaderName::from_static("x-forwarded-port"),
+    HeaderName::from_static("x-forwarded-prefix"),
+    HeaderName::from_static("x-forwarded-server"),
+    HeaderName::from_static("x-host"),
+];
+
+/// Which `X-Forwarded-Host` upstream gets.
+#[derive(Debug, Clone, Copy)]
+pub enum ForwardedHost<'a> {
+    /// The `Host` the client addressed (writes and uncached reads).
+    Client,
+    /// A fixed value, or none (reads whose answers may be stored and shared).
+    Canonical(Option<&'a HeaderValue>),
+}
+
 /// Builds the upstream request from the client's request head and its (already read) body.
 /// The head has been through [`strip_hop_by_hop`] already: the gateway does that first, so the
 /// CSRF guard judges the same headers that are forwarded.
@@ -72,15 +100,23 @@ pub fn upstream_request(
     uri: http::Uri,
     conn: &ConnInfo,
     write: bool,
+    forwarded_host: ForwardedHost<'_>,
 ) -> Request<Full<Bytes>> {
     let headers = &mut parts.headers;
+    for name in &REINTERPRETING {
+        headers.remove(name);
+    }
 
-    let host = headers.remove(header::HOST).or_else(|| {
+    let client_host = headers.remove(header::HOST).or_else(|| {
         parts
             .uri
             .authority()
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
     });
+    let host = match forwarded_host {
+        ForwardedHost::Client => client_host,
+        ForwardedHost::Canonical(host) => host.cloned(),
+    };
     if let Some(host) = host {
         headers.insert(X_FORWARDED_HOST.clone(), host);
     } else {

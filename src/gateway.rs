@@ -35,7 +35,7 @@ use crate::caller::{Caller, Callers};
 use crate::config::Config;
 use crate::csrf::CsrfGuard;
 use crate::error::{ErrorSource, GatewayError};
-use crate::forward;
+use crate::forward::{self, ForwardedHost};
 use crate::lifecycle::Parts;
 use crate::limit::{self, HoldKey, Limits};
 use crate::metrics::{CacheLabel, Metrics, RequestRecord};
@@ -53,6 +53,8 @@ pub struct Gateway {
     rate_limits: Arc<Limits>,
     cache: Arc<Cache>,
     metrics: Arc<Metrics>,
+    /// `server.public_url`'s host: the `X-Forwarded-Host` of reads that may be stored.
+    public_host: Option<http::HeaderValue>,
 }
 
 /// Request-size and time limits from `[server]`.
@@ -73,10 +75,18 @@ impl Gateway {
             metrics,
             cluster: _,
         } = parts;
+        let public_host = config
+            .server
+            .public_url
+            .as_deref()
+            .and_then(|url| url.parse::<http::Uri>().ok())
+            .and_then(|uri| uri.authority().cloned())
+            .and_then(|authority| http::HeaderValue::from_str(authority.as_str()).ok());
         Ok(Gateway {
             callers,
             rate_limits,
             metrics,
+            public_host,
             upstream: Upstream::new(&config.upstream)?,
             csrf: CsrfGuard::new(&config.csrf),
             limits: RequestLimits {
@@ -159,7 +169,9 @@ impl Gateway {
         admission: Admission,
     ) -> Result<Response<Body>, GatewayError> {
         self.csrf.check_write(&parts.headers)?;
-        let request = self.upstream_request(parts, body, conn, true).await?;
+        let request = self
+            .upstream_request(parts, body, conn, Exchange::Write)
+            .await?;
         let deadline = self.upstream.deadline();
         let upstream = self.upstream.clone();
         let cache = self.cache.clone();
@@ -202,7 +214,10 @@ impl Gateway {
         // The entry is always filled from a full GET, also for HEAD and conditional requests.
         parts.method = http::Method::GET;
         forward::strip_conditionals(&mut parts.headers);
-        let template = Arc::new(self.upstream_request(parts, body, conn, false).await?);
+        let template = Arc::new(
+            self.upstream_request(parts, body, conn, Exchange::StoredRead)
+                .await?,
+        );
         let upstream = self.upstream.clone();
         let limit = self.cache.max_entry_bytes();
         if let Some(plan) = bulk {
@@ -231,7 +246,9 @@ impl Gateway {
         conn: &ConnInfo,
         admission: Admission,
     ) -> Result<Response<Body>, GatewayError> {
-        let request = self.upstream_request(parts, body, conn, false).await?;
+        let request = self
+            .upstream_request(parts, body, conn, Exchange::PassedRead)
+            .await?;
         let deadline = self.upstream.deadline();
         let response = admission
             .send(&self.upstream, request, deadline, true)
@@ -245,16 +262,28 @@ impl Gateway {
         parts: request::Parts,
         body: Incoming,
         conn: &ConnInfo,
-        write: bool,
+        exchange: Exchange,
     ) -> Result<Request<Full<Bytes>>, GatewayError> {
         let body = self.limits.read_body(&parts.headers, body).await?;
+        let (write, forwarded_host) = match exchange {
+            Exchange::Write => (true, ForwardedHost::Client),
+            Exchange::PassedRead => (false, ForwardedHost::Client),
+            Exchange::StoredRead => (false, ForwardedHost::Canonical(self.public_host.as_ref())),
+        };
         let path_and_query = parts
             .uri
             .path_and_query()
             .cloned()
             .ok_or(GatewayError::Route(routes::RouteError::NotFound))?;
         let uri = self.upstream.target(&path_and_query)?;
-        Ok(forward::upstream_request(parts, body, uri, conn, write))
+        Ok(forward::upstream_request(
+            parts,
+            body,
+            uri,
+            conn,
+            write,
+            forwarded_host,
+        ))
     }
 }
 
@@ -338,6 +367,16 @@ async fn fetch(
         headers: parts.headers,
         body: buffer.freeze(),
     }))
+}
+
+/// What an upstream request is for, which decides how its head is prepared.
+#[derive(Debug, Clone, Copy)]
+enum Exchange {
+    Write,
+    /// A read whose answer is streamed back and never stored.
+    PassedRead,
+    /// A read whose answer may be stored and shared: nothing client-chosen may shape it.
+    StoredRead,
 }
 
 /// Permission to go upstream for one request, and what its answer teaches the limits.

@@ -112,10 +112,6 @@ impl Site {
     pub(super) fn base(&self) -> &str {
         &self.base
     }
-
-    fn links(&self, self_path: &str) -> Value {
-        json!({ "base": self.base, "context": "/wiki", "self": format!("{}{}", self.base, self_path) })
-    }
 }
 
 pub(super) struct FakeHandler(pub(super) Arc<Shared>);
@@ -195,8 +191,22 @@ impl FakeHandler {
                 return error_response(StatusCode::UNAUTHORIZED, "Invalid credentials");
             }
         };
+        let forwarded = |name| {
+            parts
+                .headers
+                .get(name)
+                .and_then(|v: &HeaderValue| v.to_str().ok())
+        };
+        let base = match forwarded("x-forwarded-host") {
+            Some(host) => format!(
+                "{}://{host}/wiki",
+                forwarded("x-forwarded-proto").unwrap_or("http")
+            ),
+            None => self.0.site.base().to_owned(),
+        };
         let ctx = Ctx {
             site: &self.0.site,
+            base,
             caller,
             query: &query,
             resolved,
@@ -364,6 +374,9 @@ impl Answer {
 
 struct Ctx<'a> {
     site: &'a Site,
+    /// The site URL the answer is written for: the configured one, or — like proxy-aware
+    /// applications do — one built from `X-Forwarded-Host`/`-Proto` when the request has them.
+    base: String,
     caller: Option<&'static DemoUser>,
     query: &'a Query,
     resolved: &'a routes::Resolved<'a>,
@@ -373,6 +386,10 @@ struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
+    fn links(&self, self_path: &str) -> Value {
+        json!({ "base": self.base, "context": "/wiki", "self": format!("{}{}", self.base, self_path) })
+    }
+
     fn answer(&self) -> Result<Answer, Failure> {
         use Operation::*;
         let op = self.resolved.operation;
@@ -525,7 +542,7 @@ impl Ctx<'_> {
             "displayName": "Anonymous",
             "isExternalCollaborator": false,
             "_expandable": { "operations": "" },
-            "_links": self.site.links(self.path_and_query.trim_start_matches("/wiki")),
+            "_links": self.links(self.path_and_query.trim_start_matches("/wiki")),
         });
         if self.expands("operations") {
             value["operations"] = json!([{ "operation": "read", "targetType": "application" }]);
@@ -554,7 +571,7 @@ impl Ctx<'_> {
             "externalCollaborator": user.api_token.is_empty(),
             "isGuest": false,
             "_expandable": { "operations": "", "personalSpace": "" },
-            "_links": self.site.links(&format!("/rest/api/user?accountId={}", user.account_id)),
+            "_links": self.links(&format!("/rest/api/user?accountId={}", user.account_id)),
         });
         if self.expands("operations") {
             value["operations"] = json!([
@@ -591,13 +608,11 @@ impl Ctx<'_> {
                     "type": "group",
                     "name": name,
                     "id": format!("group-{name}"),
-                    "_links": { "self": format!("{}/rest/api/group/by-id?id=group-{name}", self.site.base) },
+                    "_links": { "self": format!("{}/rest/api/group/by-id?id=group-{name}", self.base) },
                 })
             })
             .collect();
-        let mut links = self
-            .site
-            .links(self.path_and_query.trim_start_matches("/wiki"));
+        let mut links = self.links(self.path_and_query.trim_start_matches("/wiki"));
         if start + results.len() < user.groups.len() {
             links["next"] = json!(format!(
                 "/rest/api/user/memberof?accountId={}&start={}&limit={limit}",
@@ -633,7 +648,7 @@ impl Ctx<'_> {
                 object.remove("isGuest");
                 object.insert(
                     "_links".to_owned(),
-                    json!({ "self": format!("{}/rest/api/user?accountId={}", self.site.base, user.account_id) }),
+                    json!({ "self": format!("{}/rest/api/user?accountId={}", self.base, user.account_id) }),
                 );
                 value
             })
@@ -643,7 +658,7 @@ impl Ctx<'_> {
             .fetch_add(results.len() as u64, Ordering::SeqCst);
         Ok(self.json(json!({
             "results": results, "start": 0, "limit": limit, "size": results.len(),
-            "_links": self.site.links(self.path_and_query.trim_start_matches("/wiki")),
+            "_links": self.links(self.path_and_query.trim_start_matches("/wiki")),
         })))
     }
 
@@ -736,9 +751,7 @@ impl Ctx<'_> {
             .take(limit)
             .map(|key| json!({ "key": key }))
             .collect();
-        let mut links = self
-            .site
-            .links(self.path_and_query.trim_start_matches("/wiki"));
+        let mut links = self.links(self.path_and_query.trim_start_matches("/wiki"));
         if start + results.len() < keys.len() {
             links["next"] = json!(format!(
                 "/rest/api/user/{}/property?start={}&limit={limit}",
@@ -781,7 +794,7 @@ impl Ctx<'_> {
             "id": property.id.to_string(),
             "lastModifiedDate": property.modified,
             "createdDate": property.created,
-            "_links": self.site.links(&format!("/rest/api/user/{owner}/property/{key}")),
+            "_links": self.links(&format!("/rest/api/user/{owner}/property/{key}")),
         })
     }
 }

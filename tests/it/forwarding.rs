@@ -299,23 +299,77 @@ async fn request_target_and_authorization_are_forwarded_byte_for_byte() {
 #[tokio::test]
 async fn forwarding_headers_are_added_and_client_values_not_trusted() {
     let h = Harness::start().await;
-    h.client
-        .request(Method::GET, &format!("{API}/current"))
-        .auth(alice())
-        .header("x-forwarded-for", "10.1.2.3")
-        .header("x-forwarded-proto", "https")
+    let untrusted = [
+        ("x-forwarded-for", "10.1.2.3"),
+        ("x-forwarded-proto", "https"),
+        ("x-forwarded-host", "evil.example"),
+        ("via", "1.1 edge"),
+        ("forwarded", "for=10.0.0.1;host=evil.example"),
+        ("x-original-url", "/wiki/rest/api/user/watch/space/ENG"),
+        ("x-rewrite-url", "/admin"),
+        ("x-http-method-override", "DELETE"),
+        ("x-forwarded-prefix", "/evil"),
+    ];
+    for method in [Method::POST, Method::GET] {
+        let mut request = h
+            .client
+            .request(method.clone(), &format!("{API}/watch/space/ENG"))
+            .auth(alice());
+        for (name, value) in untrusted {
+            request = request.header(name, value);
+        }
+        request.send().await;
+        let seen = h.fake.last().unwrap();
+        assert_eq!(seen.method, method);
+        assert_eq!(seen.headers["x-forwarded-for"], "10.1.2.3, 127.0.0.1");
+        assert_eq!(seen.headers["x-forwarded-proto"], "http");
+        assert_eq!(seen.headers["via"], "1.1 edge, 1.1 wikigate");
+        for name in [
+            "forwarded",
+            "x-original-url",
+            "x-rewrite-url",
+            "x-http-method-override",
+            "x-forwarded-prefix",
+        ] {
+            assert!(!seen.headers.contains_key(name), "{name} reached upstream");
+        }
+        // A write carries the Host the client addressed; a read that may be stored carries
+        // none (no public_url), so nothing client-chosen can shape a stored answer.
+        let forwarded_host = seen.headers.get("x-forwarded-host");
+        if method == Method::POST {
+            assert_eq!(forwarded_host.unwrap(), h.gateway.addr.to_string().as_str());
+        } else {
+            assert!(forwarded_host.is_none(), "{forwarded_host:?}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_poisoned_host_header_cannot_change_what_is_stored_for_others() {
+    // The fake builds its links from X-Forwarded-Host, as proxy-aware applications do.
+    let h = Harness::start().await;
+    let poisoned = h
+        .client
+        .request(Method::GET, &format!("{API}/anonymous"))
+        .header("host", "evil.example")
         .header("x-forwarded-host", "evil.example")
-        .header("via", "1.1 edge")
+        .header("forwarded", "host=evil.example")
+        .header("x-original-url", "/wiki/rest/api/user/current")
         .send()
         .await;
-    let seen = h.fake.last().unwrap();
-    assert_eq!(seen.headers["x-forwarded-for"], "10.1.2.3, 127.0.0.1");
-    assert_eq!(seen.headers["x-forwarded-proto"], "http");
+    assert_eq!(poisoned.status, 200);
+    let shared = h
+        .client
+        .get(&format!("{API}/anonymous"), Some(&basic(bob())))
+        .await;
+    assert_eq!(shared.cache_status(), "wikigate; hit");
+    let links = &shared.json()["_links"];
     assert_eq!(
-        seen.headers["x-forwarded-host"],
-        h.gateway.addr.to_string().as_str()
+        links["base"],
+        format!("{}/wiki", h.fake.url()),
+        "the shared entry was poisoned"
     );
-    assert_eq!(seen.headers["via"], "1.1 edge, 1.1 wikigate");
+    assert!(!String::from_utf8_lossy(&shared.body).contains("evil.example"));
 }
 
 #[tokio::test]
@@ -437,13 +491,19 @@ async fn http2_prior_knowledge_is_served() {
         .await;
     assert_eq!(answer.status, 200);
     assert_eq!(answer.json()["accountId"], alice().account_id);
-    // The host the h2 client addressed is forwarded as X-Forwarded-Host.
+    assert_eq!(h.fake.last().unwrap().headers["via"], "2 wikigate");
+    // The host the h2 client addressed (its :authority) is forwarded on writes.
+    let write = client
+        .request(Method::POST, &format!("{API}/watch/space/H2"))
+        .auth(alice())
+        .send()
+        .await;
+    assert_eq!(write.status, 204);
     let seen = h.fake.last().unwrap();
     assert_eq!(
         seen.headers["x-forwarded-host"],
         h.gateway.addr.to_string().as_str()
     );
-    assert_eq!(seen.headers["via"], "2 wikigate");
 }
 
 #[tokio::test]
