@@ -119,6 +119,9 @@ pub struct ServerConfig {
     pub max_uri_bytes: usize,
     /// Most header fields in one request (431 above it).
     pub max_headers: usize,
+    /// Most client connections open at once; above it new connections wait in the listen
+    /// backlog until one closes.
+    pub max_connections: usize,
     /// Most concurrent HTTP/2 streams per connection.
     pub http2_max_concurrent_streams: u32,
     /// TLS termination; plain HTTP when absent.
@@ -141,6 +144,7 @@ impl Default for ServerConfig {
             // A 200-account bulk lookup is about 9 KB of query.
             max_uri_bytes: 16 * 1024,
             max_headers: 100,
+            max_connections: 10_000,
             http2_max_concurrent_streams: 256,
             tls: None,
             public_url: None,
@@ -842,6 +846,7 @@ impl Config {
             ("server.max_header_bytes", self.server.max_header_bytes),
             ("server.max_uri_bytes", self.server.max_uri_bytes),
             ("server.max_headers", self.server.max_headers),
+            ("server.max_connections", self.server.max_connections),
         ];
         for (key, value) in sizes {
             if value == 0 {

@@ -32,6 +32,8 @@ pub enum GatewayError {
     UriTooLong { limit: usize },
     #[error("the request headers are larger than {limit} bytes")]
     HeadersTooLarge { limit: usize },
+    #[error("the request has more than {limit} header fields")]
+    TooManyHeaders { limit: usize },
     #[error("the request body is larger than {limit} bytes")]
     BodyTooLarge { limit: usize },
     #[error("the request body was not received within {0:?}")]
@@ -70,7 +72,9 @@ impl GatewayError {
             }
             GatewayError::Route(RouteError::InvalidParam { .. }) => StatusCode::BAD_REQUEST,
             GatewayError::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
-            GatewayError::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            GatewayError::HeadersTooLarge { .. } | GatewayError::TooManyHeaders { .. } => {
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+            }
             GatewayError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             GatewayError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             GatewayError::BodyRead(_) => StatusCode::BAD_REQUEST,

@@ -62,6 +62,7 @@ pub struct Gateway {
 struct RequestLimits {
     max_uri_bytes: usize,
     max_header_bytes: usize,
+    max_headers: usize,
     max_body_bytes: usize,
     body_read_timeout: Duration,
 }
@@ -92,6 +93,7 @@ impl Gateway {
             limits: RequestLimits {
                 max_uri_bytes: config.server.max_uri_bytes,
                 max_header_bytes: config.server.max_header_bytes,
+                max_headers: config.server.max_headers,
                 max_body_bytes: config.server.max_body_bytes,
                 body_read_timeout: config.server.body_read_timeout,
             },
@@ -555,6 +557,11 @@ impl RequestLimits {
         if uri_len > self.max_uri_bytes {
             return Err(GatewayError::UriTooLong {
                 limit: self.max_uri_bytes,
+            });
+        }
+        if request.headers().len() > self.max_headers {
+            return Err(GatewayError::TooManyHeaders {
+                limit: self.max_headers,
             });
         }
         let header_bytes: usize = request

@@ -470,6 +470,15 @@ fn is_fixed_word(segment: &str) -> bool {
 
 fn decode_param<'a>(name: &'static str, raw: &'a str) -> Result<Cow<'a, str>, RouteError> {
     let invalid = |reason| RouteError::InvalidParam { name, reason };
+    let bytes = raw.as_bytes();
+    let well_formed = bytes.iter().enumerate().all(|(i, b)| {
+        *b != b'%'
+            || (bytes.get(i + 1).is_some_and(u8::is_ascii_hexdigit)
+                && bytes.get(i + 2).is_some_and(u8::is_ascii_hexdigit))
+    });
+    if !well_formed {
+        return Err(invalid("invalid percent-encoding"));
+    }
     let decoded = percent_encoding::percent_decode_str(raw)
         .decode_utf8()
         .map_err(|_| invalid("not valid UTF-8 once percent-decoded"))?;
@@ -643,6 +652,8 @@ mod tests {
             "/wiki/rest/api/user/a%00b/property",
             "/wiki/rest/api/user/%ff/property",
             "/wiki/rest/api/user/watch/label/%0a",
+            "/wiki/rest/api/user/%zz/property",
+            "/wiki/rest/api/user/watch/space/ab%4",
         ] {
             assert!(
                 matches!(

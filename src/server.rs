@@ -49,6 +49,8 @@ pub trait Handler: Send + Sync + 'static {
 #[derive(Clone)]
 pub struct Http {
     builder: auto::Builder<TokioExecutor>,
+    /// Open connections allowed at once; `None`: unlimited.
+    connections: Option<Arc<tokio::sync::Semaphore>>,
     tls: Option<TlsAcceptor>,
     handshake_timeout: Duration,
 }
@@ -62,7 +64,9 @@ impl Http {
             .timer(TokioTimer::new())
             .header_read_timeout(config.header_read_timeout)
             .keep_alive(true)
-            .max_headers(config.max_headers)
+            // Above the configured count, so that the gateway answers it (431 in Confluence's
+            // shape) rather than hyper's bare refusal.
+            .max_headers(config.max_headers + 64)
             // hyper's own buffer bounds the request line plus headers; the gateway answers
             // the configured limits itself (414/431 in Confluence's shape) below this ceiling.
             .max_buf_size((config.max_uri_bytes + config.max_header_bytes + 4096).max(8192));
@@ -81,6 +85,9 @@ impl Http {
         };
         Ok(Http {
             builder,
+            connections: Some(Arc::new(tokio::sync::Semaphore::new(
+                config.max_connections,
+            ))),
             tls,
             handshake_timeout: config.header_read_timeout,
         })
@@ -96,6 +103,7 @@ impl Http {
         builder.http2().timer(TokioTimer::new());
         Http {
             builder,
+            connections: None,
             tls: None,
             handshake_timeout: Duration::from_secs(10),
         }
@@ -157,6 +165,14 @@ pub async fn serve<H: Handler>(
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
+        // At the connection cap, stop accepting: new connections wait in the backlog.
+        let permit = match &http.connections {
+            Some(connections) => tokio::select! {
+                permit = connections.clone().acquire_owned() => Some(permit.expect("never closed")),
+                () = &mut shutdown => break,
+            },
+            None => None,
+        };
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
@@ -165,6 +181,7 @@ pub async fn serve<H: Handler>(
                     let http = http.clone();
                     let handler = handler.clone();
                     tokio::spawn(async move {
+                        let _permit = permit;
                         let tls = http.tls.is_some();
                         let conn = ConnInfo { peer, tls };
                         let service = hyper::service::service_fn(move |req| {

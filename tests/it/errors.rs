@@ -6,7 +6,7 @@ use std::time::Duration;
 use http::Method;
 use wikigate::fake::Faults;
 
-use crate::support::{API, Harness, TestClient, alice, basic, config_for};
+use crate::support::{API, Harness, TestClient, alice, basic, config_for, raw_exchange};
 
 #[tokio::test]
 async fn paths_outside_the_user_api_are_404_and_never_forwarded() {
@@ -190,24 +190,4 @@ async fn slow_request_body_is_408() {
     let answer = raw_exchange(h.gateway.addr, &head).await;
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     assert_eq!(h.fake.requests(), 0);
-}
-
-/// Writes `request` on a fresh connection (ignoring a write cut short by the server) and reads
-/// until the server closes or resets it.
-async fn raw_exchange(addr: std::net::SocketAddr, request: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let _ = stream.write_all(request.as_bytes()).await;
-    let mut answer = Vec::new();
-    let read = async {
-        let mut buffer = [0u8; 4096];
-        // A reset after the answer (unread request bytes) ends the read, not the test.
-        while let Ok(n @ 1..) = stream.read(&mut buffer).await {
-            answer.extend_from_slice(&buffer[..n]);
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(5), read)
-        .await
-        .expect("the server closed the connection");
-    String::from_utf8_lossy(&answer).into_owned()
 }

@@ -8,6 +8,7 @@ mod cluster;
 mod csrf;
 mod errors;
 mod forwarding;
+mod hostile;
 mod limits;
 mod observability;
 mod shutdown;

@@ -205,3 +205,23 @@ impl Answer {
             .unwrap_or("")
     }
 }
+
+/// Writes `request` on a fresh connection (ignoring a write cut short by the server) and reads
+/// until the server closes or resets it; panics if it keeps the connection open for 5 s.
+pub async fn raw_exchange(addr: std::net::SocketAddr, request: impl AsRef<[u8]>) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let _ = stream.write_all(request.as_ref()).await;
+    let mut answer = Vec::new();
+    let read = async {
+        let mut buffer = [0u8; 4096];
+        // A reset after the answer (unread request bytes) ends the read, not the test.
+        while let Ok(n @ 1..) = stream.read(&mut buffer).await {
+            answer.extend_from_slice(&buffer[..n]);
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), read)
+        .await
+        .expect("the server closed the connection");
+    String::from_utf8_lossy(&answer).into_owned()
+}
