@@ -7,6 +7,7 @@ mod cli;
 mod cluster;
 mod csrf;
 mod errors;
+mod faults;
 mod forwarding;
 mod hostile;
 mod limits;

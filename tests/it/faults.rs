@@ -1,0 +1,217 @@
+//! A misbehaving upstream: clear 502/504 in Confluence's shape, bounded memory, nothing broken
+//! stored. The upstream here is a raw TCP server that does exactly the wrong thing asked of it.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::support::{API, TestClient, alice, basic, config_for};
+
+#[derive(Clone, Copy, Debug)]
+enum Misbehaviour {
+    ResetBeforeHeaders,
+    ResetMidBody,
+    Garbage,
+    ShortBody,
+    SlowBody,
+    /// A valid answer, then the connection closed without saying so (pooled connections die).
+    CloseAfterEach,
+    /// A valid 5 MB chunked answer.
+    Huge,
+}
+
+const ANSWER: &str = r#"{"type":"known","accountId":"x","displayName":"X"}"#;
+
+/// Starts the upstream; returns its URL and a count of requests it read.
+async fn upstream(behaviour: Misbehaviour) -> (String, Arc<AtomicU64>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let requests = Arc::new(AtomicU64::new(0));
+    let counter = requests.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let counter = counter.clone();
+            tokio::spawn(serve(stream, behaviour, counter));
+        }
+    });
+    (url, requests)
+}
+
+async fn read_head(stream: &mut TcpStream) -> bool {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match stream.read(&mut byte).await {
+            Ok(1) => head.push(byte[0]),
+            _ => return false,
+        }
+    }
+    true
+}
+
+fn reset(stream: TcpStream) {
+    let _ = stream.set_linger(Some(Duration::ZERO));
+    drop(stream);
+}
+
+async fn serve(mut stream: TcpStream, behaviour: Misbehaviour, requests: Arc<AtomicU64>) {
+    loop {
+        if !read_head(&mut stream).await {
+            return;
+        }
+        requests.fetch_add(1, Ordering::SeqCst);
+        let ok = |len: usize| {
+            format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {len}\r\n\r\n"
+            )
+        };
+        match behaviour {
+            Misbehaviour::ResetBeforeHeaders => return reset(stream),
+            Misbehaviour::ResetMidBody => {
+                let _ = stream
+                    .write_all(format!("{}{}", ok(1000), &ANSWER[..20]).as_bytes())
+                    .await;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                return reset(stream);
+            }
+            Misbehaviour::Garbage => {
+                let _ = stream.write_all(b"THIS IS NOT HTTP\r\n\r\n").await;
+                return;
+            }
+            Misbehaviour::ShortBody => {
+                let _ = stream
+                    .write_all(format!("{}{}", ok(500), ANSWER).as_bytes())
+                    .await;
+                return;
+            }
+            Misbehaviour::SlowBody => {
+                let _ = stream.write_all(ok(ANSWER.len()).as_bytes()).await;
+                for byte in ANSWER.bytes() {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    if stream.write_all(&[byte]).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            Misbehaviour::CloseAfterEach => {
+                let _ = stream
+                    .write_all(format!("{}{ANSWER}", ok(ANSWER.len())).as_bytes())
+                    .await;
+                return;
+            }
+            Misbehaviour::Huge => {
+                let _ = stream
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n")
+                    .await;
+                let chunk = format!("{:x}\r\n{}\r\n", 64 * 1024, "x".repeat(64 * 1024));
+                for _ in 0..80 {
+                    if stream.write_all(chunk.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+                let _ = stream.write_all(b"0\r\n\r\n").await;
+            }
+        }
+    }
+}
+
+async fn gateway_for(
+    behaviour: Misbehaviour,
+    tweak: impl FnOnce(&mut wikigate::config::Config),
+) -> (wikigate::lifecycle::Running, TestClient, Arc<AtomicU64>) {
+    let (url, requests) = upstream(behaviour).await;
+    let mut config = config_for(&url);
+    tweak(&mut config);
+    let gateway = wikigate::lifecycle::start(&config).await.unwrap();
+    let client = TestClient::new(format!("http://{}", gateway.addr));
+    (gateway, client, requests)
+}
+
+#[tokio::test]
+async fn broken_upstream_answers_are_502_in_confluence_shape_and_never_stored() {
+    for behaviour in [
+        Misbehaviour::ResetBeforeHeaders,
+        Misbehaviour::ResetMidBody,
+        Misbehaviour::Garbage,
+        Misbehaviour::ShortBody,
+    ] {
+        let (_gateway, client, requests) = gateway_for(behaviour, |_| {}).await;
+        for _ in 0..2 {
+            let answer = client
+                .get(&format!("{API}/current"), Some(&basic(alice())))
+                .await;
+            let json = answer.assert_error(502);
+            assert!(
+                json["message"].as_str().unwrap().contains("upstream"),
+                "{behaviour:?}: {json}"
+            );
+        }
+        assert!(
+            requests.load(Ordering::SeqCst) >= 2,
+            "{behaviour:?}: the broken answer was stored"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_body_slower_than_the_request_timeout_is_504() {
+    let (_gateway, client, _) = gateway_for(Misbehaviour::SlowBody, |c| {
+        c.upstream.response_timeout = Duration::from_millis(400);
+        c.upstream.request_timeout = Duration::from_millis(600);
+    })
+    .await;
+    let started = std::time::Instant::now();
+    client
+        .get(&format!("{API}/current"), Some(&basic(alice())))
+        .await
+        .assert_error(504);
+    assert!(started.elapsed() < Duration::from_secs(3));
+    // Streamed (uncached) answers are cut off at the deadline instead: the client sees a
+    // truncated message, never a complete-looking short one.
+    let streamed = client
+        .request(http::Method::GET, &format!("{API}/current"))
+        .auth(alice())
+        .header("cookie", "bypass=1")
+        .try_send()
+        .await;
+    assert!(streamed.is_none(), "a truncated stream looked complete");
+}
+
+#[tokio::test]
+async fn upstream_closing_pooled_connections_is_survived() {
+    let (_gateway, client, requests) = gateway_for(Misbehaviour::CloseAfterEach, |c| {
+        c.cache.enabled = false;
+    })
+    .await;
+    for _ in 0..10 {
+        let answer = client
+            .get(&format!("{API}/current"), Some(&basic(alice())))
+            .await;
+        assert_eq!(answer.status, 200);
+        assert_eq!(answer.json()["accountId"], "x");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(requests.load(Ordering::SeqCst), 10);
+}
+
+#[tokio::test]
+async fn an_answer_far_larger_than_max_entry_bytes_is_streamed_whole_and_not_stored() {
+    let (_gateway, client, requests) =
+        gateway_for(Misbehaviour::Huge, |c| c.cache.max_entry_bytes = 64 * 1024).await;
+    for _ in 0..2 {
+        let answer = client
+            .get(&format!("{API}/current"), Some(&basic(alice())))
+            .await;
+        assert_eq!(answer.status, 200);
+        assert_eq!(answer.body.len(), 80 * 64 * 1024, "streamed whole");
+        assert!(
+            answer.cache_status().contains("too-large"),
+            "{}",
+            answer.cache_status()
+        );
+    }
+    assert_eq!(requests.load(Ordering::SeqCst), 2, "not stored");
+}
