@@ -53,6 +53,8 @@ async fn read_head(stream: &mut TcpStream) -> bool {
 }
 
 fn reset(stream: TcpStream) {
+    // A zero linger makes close send RST; it is a non-zero linger that would block on drop.
+    #[allow(deprecated)]
     let _ = stream.set_linger(Some(Duration::ZERO));
     drop(stream);
 }

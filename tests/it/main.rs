@@ -12,6 +12,7 @@ mod forwarding;
 mod hostile;
 mod limits;
 mod observability;
+mod properties;
 mod shutdown;
 mod support;
 mod tls;
