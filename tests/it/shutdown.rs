@@ -95,3 +95,111 @@ async fn drain_is_bounded_by_drain_timeout() {
         started.elapsed()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_under_load_fails_readiness_first_and_cuts_no_request_short() {
+    use std::process::{Command, Stdio};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+    let fake = wikigate::fake::FakeConfluence::start().await.unwrap();
+    fake.set_faults(Faults {
+        delay: Duration::from_millis(150),
+        ..Faults::default()
+    });
+    let (listen, admin) = (crate::support::free_addr(), crate::support::free_addr());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_wikigate"))
+        .args([
+            "serve",
+            "--upstream",
+            &fake.url(),
+            "--listen",
+            &listen.to_string(),
+            "--admin-listen",
+            &admin.to_string(),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let admin = TestClient::new(format!("http://{admin}"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while admin
+        .request(http::Method::GET, "/readyz")
+        .try_send()
+        .await
+        .is_none_or(|a| a.status != 200)
+    {
+        assert!(Instant::now() < deadline, "never ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let terminated = Arc::new(AtomicBool::new(false));
+    let completed = Arc::new(AtomicU64::new(0));
+    let client = TestClient::new(format!("http://{listen}"));
+    let load: Vec<_> = (0..8)
+        .map(|i| {
+            let (client, terminated, completed) =
+                (client.clone(), terminated.clone(), completed.clone());
+            tokio::spawn(async move {
+                for n in 0.. {
+                    // A connection per request: what is measured is in-flight requests, not
+                    // the race of reusing an idle connection the server is closing.
+                    let answer = client
+                        .request(http::Method::GET, &format!("{API}/current?load={i}-{n}"))
+                        .auth(alice())
+                        .header("connection", "close")
+                        .try_send()
+                        .await;
+                    match answer {
+                        Some(a) if a.status == 200 => {
+                            completed.fetch_add(1, Ordering::SeqCst);
+                        }
+                        // Refused once the listener closed: the load ends.
+                        _ if terminated.load(Ordering::SeqCst) => break,
+                        _ => panic!("a request failed before SIGTERM"),
+                    }
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let before = completed.load(Ordering::SeqCst);
+    let sigterm_at = Instant::now();
+    terminated.store(true, Ordering::SeqCst);
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    // Readiness fails while the in-flight requests are still finishing.
+    let ready = admin.request(http::Method::GET, "/readyz").try_send().await;
+    assert_eq!(
+        ready.map(|a| a.status.as_u16()),
+        Some(503),
+        "/readyz did not fail first"
+    );
+    for task in load {
+        task.await.unwrap();
+    }
+    let exit = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(exit.success(), "{exit}");
+    assert!(
+        sigterm_at.elapsed() < Duration::from_secs(5),
+        "exited within the drain"
+    );
+    assert!(before > 8, "steady load before the signal ({before})");
+    assert!(
+        completed.load(Ordering::SeqCst) > before,
+        "in-flight requests completed after SIGTERM"
+    );
+    // Every request that reached the upstream — in flight through the gateway — was answered.
+    assert_eq!(
+        completed.load(Ordering::SeqCst),
+        fake.hits(wikigate::routes::Operation::GetCurrentUser),
+        "a request in flight at SIGTERM was cut short"
+    );
+}
