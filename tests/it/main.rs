@@ -14,5 +14,6 @@ mod limits;
 mod observability;
 mod properties;
 mod shutdown;
+mod soak;
 mod support;
 mod tls;
