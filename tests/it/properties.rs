@@ -108,3 +108,141 @@ proptest! {
         let _ = Config::from_toml(&format!("[upstream]\nurl = \"{value}\"\n"));
     }
 }
+
+mod model {
+    //! The cache and its invalidation against a reference map: random sequences of property
+    //! reads, listings, creates, updates and deletes by two callers through the gateway; every
+    //! answer must be exactly what the map says, whatever was cached before.
+
+    use std::collections::BTreeMap;
+    use std::sync::LazyLock;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use http::Method;
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    use crate::support::{API, Harness, alice, bob};
+
+    static RUNTIME: LazyLock<tokio::runtime::Runtime> = LazyLock::new(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap()
+    });
+    // Cached 404s too, so that creates must invalidate negative answers as well.
+    static HARNESS: LazyLock<Harness> =
+        LazyLock::new(|| RUNTIME.block_on(Harness::start_with(|c| c.cache.cache_not_found = true)));
+    static CASE: AtomicUsize = AtomicUsize::new(0);
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Read {
+            owner: usize,
+            key: usize,
+            as_admin: bool,
+        },
+        List {
+            owner: usize,
+        },
+        Create {
+            owner: usize,
+            key: usize,
+            value: u8,
+        },
+        Update {
+            owner: usize,
+            key: usize,
+            value: u8,
+        },
+        Delete {
+            owner: usize,
+            key: usize,
+        },
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        let (owner, key) = (0..2usize, 0..3usize);
+        prop_oneof![
+            3 => (owner.clone(), key.clone(), any::<bool>()).prop_map(|(owner, key, as_admin)| Op::Read { owner, key, as_admin }),
+            1 => owner.clone().prop_map(|owner| Op::List { owner }),
+            2 => (owner.clone(), key.clone(), any::<u8>()).prop_map(|(owner, key, value)| Op::Create { owner, key, value }),
+            2 => (owner.clone(), key.clone(), any::<u8>()).prop_map(|(owner, key, value)| Op::Update { owner, key, value }),
+            1 => (owner, key).prop_map(|(owner, key)| Op::Delete { owner, key }),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+        #[test]
+        fn cached_answers_always_match_the_reference_map(ops in proptest::collection::vec(op(), 1..40)) {
+            let case = CASE.fetch_add(1, Ordering::SeqCst);
+            let h = &*HARNESS;
+            let users = [alice(), bob()];
+            let mut model: BTreeMap<(usize, String), u8> = BTreeMap::new();
+            RUNTIME.block_on(async {
+                for op in ops {
+                    let key = |k: usize| format!("c{case}-k{k}");
+                    let item = |owner: usize, k: usize| format!("{API}/{}/property/{}", users[owner].account_id, key(k));
+                    let write = |method: Method, owner: usize, k: usize, value: Option<u8>| {
+                        let mut request = h.client.request(method, &item(owner, k)).auth(users[owner]);
+                        if let Some(value) = value {
+                            request = request.body(json!({ "value": { "v": value } }).to_string());
+                        }
+                        request.send()
+                    };
+                    match op {
+                        Op::Read { owner, key: k, as_admin } => {
+                            let reader = if as_admin { alice() } else { users[owner] };
+                            let answer = h.client.request(Method::GET, &item(owner, k)).auth(reader).send().await;
+                            match model.get(&(owner, key(k))) {
+                                Some(value) => {
+                                    assert_eq!(answer.status, 200, "{op:?}");
+                                    assert_eq!(answer.json()["value"]["v"], *value, "{op:?}: {}", answer.cache_status());
+                                }
+                                None => assert_eq!(answer.status, 404, "{op:?}: {}", answer.cache_status()),
+                            }
+                        }
+                        Op::List { owner } => {
+                            let answer = h.client
+                                .request(Method::GET, &format!("{API}/{}/property?limit=25", users[owner].account_id))
+                                .auth(users[owner])
+                                .send()
+                                .await;
+                            let listed: Vec<String> = answer.json()["results"].as_array().unwrap().iter()
+                                .filter_map(|r| r["key"].as_str())
+                                .filter(|k| k.starts_with(&format!("c{case}-")))
+                                .map(str::to_owned)
+                                .collect();
+                            let expected: Vec<String> = model.keys().filter(|(o, _)| *o == owner).map(|(_, k)| k.clone()).collect();
+                            assert_eq!(listed, expected, "{op:?}");
+                        }
+                        Op::Create { owner, key: k, value } => {
+                            let answer = write(Method::POST, owner, k, Some(value)).await;
+                            let existed = model.contains_key(&(owner, key(k)));
+                            assert_eq!(answer.status.as_u16(), if existed { 409 } else { 201 }, "{op:?}");
+                            model.entry((owner, key(k))).or_insert(value);
+                        }
+                        Op::Update { owner, key: k, value } => {
+                            let answer = write(Method::PUT, owner, k, Some(value)).await;
+                            match model.get_mut(&(owner, key(k))) {
+                                Some(stored) => {
+                                    assert_eq!(answer.status, 204, "{op:?}");
+                                    *stored = value;
+                                }
+                                None => assert_eq!(answer.status, 404, "{op:?}"),
+                            }
+                        }
+                        Op::Delete { owner, key: k } => {
+                            let answer = write(Method::DELETE, owner, k, None).await;
+                            let existed = model.remove(&(owner, key(k))).is_some();
+                            assert_eq!(answer.status.as_u16(), if existed { 204 } else { 404 }, "{op:?}");
+                        }
+                    }
+                }
+            });
+        }
+    }
+}
