@@ -584,8 +584,15 @@ impl Ctx<'_> {
                 .remove("operations");
         }
         if self.expands("personalSpace") {
-            value["personalSpace"] =
-                json!({ "key": format!("~{}", user.account_id), "name": user.display_name });
+            let key = format!("~{}", user.account_id);
+            value["personalSpace"] = json!({
+                "key": key,
+                "name": user.display_name,
+                "type": "personal",
+                "status": "current",
+                "_expandable": {},
+                "_links": { "self": format!("{}/rest/api/space/{key}", self.base) },
+            });
             value["_expandable"]
                 .as_object_mut()
                 .expect("object")
