@@ -273,3 +273,42 @@ async fn http2_streams_beyond_the_limit_are_refused_by_protocol_not_served_wrong
         200
     );
 }
+
+#[tokio::test]
+async fn an_http2_rapid_reset_flood_is_cut_off_and_others_are_still_served() {
+    let h = Harness::start().await;
+    let tcp = tokio::net::TcpStream::connect(h.gateway.addr)
+        .await
+        .unwrap();
+    let (mut send, connection) = h2::client::handshake(tcp).await.unwrap();
+    let driver = tokio::spawn(connection);
+    let mut refused = false;
+    for _ in 0..5000 {
+        let request = http::Request::get(format!("http://{}{API}/anonymous", h.gateway.addr))
+            .body(())
+            .unwrap();
+        let ready = tokio::time::timeout(Duration::from_secs(2), send.clone().ready()).await;
+        let Ok(Ok(mut ready)) = ready else {
+            refused = true;
+            break;
+        };
+        match ready.send_request(request, true) {
+            // Open a stream and cancel it at once: CVE-2023-44487's pattern.
+            Ok((_response, mut stream)) => stream.send_reset(h2::Reason::CANCEL),
+            Err(_) => {
+                refused = true;
+                break;
+            }
+        }
+    }
+    let ended = tokio::time::timeout(Duration::from_secs(5), driver).await;
+    assert!(
+        refused || ended.is_ok(),
+        "the server kept accepting a reset flood on one connection"
+    );
+    let other = TestClient::h2c(format!("http://{}", h.gateway.addr));
+    assert_eq!(
+        other.get(&format!("{API}/anonymous"), None).await.status,
+        200
+    );
+}
