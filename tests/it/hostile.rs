@@ -280,7 +280,7 @@ async fn an_http2_rapid_reset_flood_is_cut_off_and_others_are_still_served() {
     let tcp = tokio::net::TcpStream::connect(h.gateway.addr)
         .await
         .unwrap();
-    let (mut send, connection) = h2::client::handshake(tcp).await.unwrap();
+    let (send, connection) = h2::client::handshake(tcp).await.unwrap();
     let driver = tokio::spawn(connection);
     let mut refused = false;
     for _ in 0..5000 {
