@@ -65,24 +65,6 @@ async fn undefined_methods_are_405_with_allow_and_never_forwarded() {
 }
 
 #[tokio::test]
-async fn invalid_path_parameters_are_400_and_never_forwarded() {
-    let h = Harness::start().await;
-    for target in [
-        format!("{API}/u1/property/bad.key"),
-        format!("{API}/u1/property/b%20d"),
-        format!("{API}/a%2Fb/property"),
-        format!("{API}/%2e%2e/property"),
-        format!("{API}/watch/label/%00"),
-    ] {
-        h.client
-            .get(&target, Some(&basic(alice())))
-            .await
-            .assert_error(400);
-    }
-    assert_eq!(h.fake.requests(), 0);
-}
-
-#[tokio::test]
 async fn oversized_requests_get_413_414_431() {
     let h = Harness::start_with(|c| {
         c.server.max_body_bytes = 1024;

@@ -110,6 +110,7 @@ async fn path_tricks_are_400_in_confluence_shape_and_never_forwarded() {
         format!("{API}/%ff%fe/property"),
         format!("{API}/watch/label/%00"),
         format!("{API}/u/property/a%20b"),
+        format!("{API}/u/property/bad.key"),
     ] {
         h.client
             .get(&target, Some(&basic(alice())))
