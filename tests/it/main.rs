@@ -15,5 +15,6 @@ mod observability;
 mod properties;
 mod shutdown;
 mod soak;
+mod spec;
 mod support;
 mod tls;
