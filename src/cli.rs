@@ -103,9 +103,11 @@ pub fn run(cli: Cli) -> ExitCode {
                 Ok(config) => config,
                 Err(e) => return config_error(&e),
             };
+            // SIGHUP reads the same file with the same flags and environment again.
+            let reload = move || Config::load(args.config.as_deref(), &args.overrides());
             runtime().block_on(async move {
                 let telemetry = telemetry::init(&config.log, &config.telemetry);
-                let code = serve(config).await;
+                let code = serve(config, reload).await;
                 telemetry.shutdown().await;
                 code
             })
@@ -158,7 +160,10 @@ fn runtime() -> tokio::runtime::Runtime {
         .expect("the tokio runtime starts")
 }
 
-async fn serve(config: Config) -> ExitCode {
+async fn serve(
+    config: Config,
+    reload: impl Fn() -> Result<Config, crate::config::ConfigError>,
+) -> ExitCode {
     let signals = Signals::install();
     let running = match lifecycle::start(&config).await {
         Ok(running) => running,
@@ -168,14 +173,15 @@ async fn serve(config: Config) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    signals.stop(running).await
+    signals.stop(running, Some(&reload)).await
 }
 
-/// SIGTERM and SIGINT handlers, installed before anything starts listening so that a signal
+/// SIGTERM, SIGINT and SIGHUP handlers, installed before anything starts listening so that a signal
 /// that arrives early is a graceful stop, never the default (abrupt) one.
 pub struct Signals {
     terminate: Signal,
     interrupt: Signal,
+    hangup: Signal,
 }
 
 impl Signals {
@@ -184,6 +190,7 @@ impl Signals {
         Signals {
             terminate: install(SignalKind::terminate()),
             interrupt: install(SignalKind::interrupt()),
+            hangup: install(SignalKind::hangup()),
         }
     }
 
@@ -194,9 +201,36 @@ impl Signals {
         }
     }
 
-    /// Waits for a signal, drains, and returns. A second signal during the drain exits at once.
-    pub async fn stop(mut self, running: lifecycle::Running) -> ExitCode {
-        self.recv().await;
+    /// Serves until SIGTERM/SIGINT, then drains and returns; a second signal during the drain
+    /// exits at once. SIGHUP reloads with `reload` (callers, client keys, limits, TTLs); a
+    /// configuration that does not load is refused and the running one stays in force.
+    pub async fn stop(
+        mut self,
+        running: lifecycle::Running,
+        reload: Option<&dyn Fn() -> Result<Config, crate::config::ConfigError>>,
+    ) -> ExitCode {
+        loop {
+            tokio::select! {
+                _ = self.terminate.recv() => break,
+                _ = self.interrupt.recv() => break,
+                _ = self.hangup.recv() => match reload.map(|reload| reload()) {
+                    None => tracing::info!("SIGHUP: nothing to reload"),
+                    Some(Err(error)) => {
+                        tracing::error!(%error, "SIGHUP: new configuration refused; the running one stays");
+                    }
+                    Some(Ok(config)) => match running.reload(&config) {
+                        Ok(restart) if restart.is_empty() => tracing::info!("SIGHUP: configuration reloaded"),
+                        Ok(restart) => tracing::warn!(
+                            needs_restart = ?restart,
+                            "SIGHUP: configuration reloaded; these changes take effect only after a restart"
+                        ),
+                        Err(error) => {
+                            tracing::error!(%error, "SIGHUP: new configuration refused; the running one stays");
+                        }
+                    },
+                },
+            }
+        }
         tracing::info!("shutting down: draining in-flight requests");
         running.shutdown();
         tokio::select! {

@@ -191,7 +191,7 @@ pub async fn run(listen: SocketAddr) -> ExitCode {
     ));
     // A closed stdout (`wikigate demo | head`) is no reason to stop the demo.
     let _ = writeln!(std::io::stdout().lock(), "{text}");
-    let code = signals.stop(running).await;
+    let code = signals.stop(running, None).await;
     telemetry.shutdown().await;
     code
 }

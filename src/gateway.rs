@@ -31,6 +31,8 @@ use tracing::Instrument as _;
 
 use crate::body::Body;
 use crate::cache::{self, Buffered, Cache, Fetched, Lookup, Served};
+use arc_swap::ArcSwap;
+
 use crate::caller::{Caller, Callers};
 use crate::config::Config;
 use crate::csrf::CsrfGuard;
@@ -49,7 +51,7 @@ pub struct Gateway {
     upstream: Upstream,
     csrf: CsrfGuard,
     limits: RequestLimits,
-    callers: Arc<Callers>,
+    callers: Arc<ArcSwap<Callers>>,
     rate_limits: Arc<Limits>,
     cache: Arc<Cache>,
     metrics: Arc<Metrics>,
@@ -110,21 +112,23 @@ impl Gateway {
         self.limits.check_head(&request)?;
         let (mut parts, body) = request.into_parts();
         forward::strip_hop_by_hop(&mut parts.headers);
-        let caller = self.callers.identify(&parts.headers, conn.peer.ip())?;
-        log.caller = Some(caller.label(&self.callers));
-        log.caller_metric = Some(caller.metric_label(&self.callers));
+        // One snapshot of the callers for the whole request, whatever a reload does meanwhile.
+        let callers = self.callers.load();
+        let caller = callers.identify(&parts.headers, conn.peer.ip())?;
+        log.caller = Some(caller.label(&callers));
+        log.caller_metric = Some(caller.metric_label(&callers));
         // Routed before the limit check so that a refusal is counted under its route, but
         // limited before a routing error is answered: every request counts against the limit.
         let resolved = routes::resolve(&parts.method, parts.uri.path());
         log.operation = resolved.as_ref().ok().map(|r| r.operation);
         let allowance = self.rate_limits.check_request(&caller)?;
         let resolved = resolved?;
-        self.callers.apply_auth_mode(&mut parts.headers);
+        callers.apply_auth_mode(&mut parts.headers);
         let admission = Admission {
             limits: self.rate_limits.clone(),
             metrics: self.metrics.clone(),
             route: resolved.route(),
-            hold: self.callers.hold_key(&parts.headers, conn.peer.ip()),
+            hold: callers.hold_key(&parts.headers, conn.peer.ip()),
             caller,
         };
 

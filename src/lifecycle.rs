@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -48,6 +49,14 @@ pub struct Running {
     pub admin_addr: SocketAddr,
     draining: watch::Sender<bool>,
     done: JoinHandle<()>,
+    reload: Reload,
+}
+
+/// What a reload may replace, and the config it started from (for what needs a restart).
+struct Reload {
+    parts: Parts,
+    secret: [u8; 32],
+    started: Config,
 }
 
 impl Running {
@@ -61,6 +70,42 @@ impl Running {
         let _ = self.done.await;
     }
 
+    /// Applies a new configuration's callers, client keys, limits and cache TTLs without
+    /// touching a connection. Returns the changed keys that only take effect after a restart
+    /// (listeners, TLS, upstream, cache size and secret, cluster). On error nothing changes.
+    pub fn reload(&self, config: &Config) -> Result<Vec<&'static str>, StartError> {
+        let Reload {
+            parts,
+            secret,
+            started,
+        } = &self.reload;
+        let callers = Callers::new(config, *secret)?;
+        parts.callers.store(Arc::new(callers));
+        parts.limits.reload(&config.limits, &config.callers.clients);
+        parts.cache.reload_policies(config.cache.routes.clone());
+        let restart_only: [(&'static str, bool); 8] = [
+            ("server", differs(&started.server, &config.server)),
+            ("admin.listen", started.admin.listen != config.admin.listen),
+            ("admin.token", started.admin.token != config.admin.token),
+            ("upstream", differs(&started.upstream, &config.upstream)),
+            (
+                "cache.max_bytes",
+                started.cache.max_bytes != config.cache.max_bytes,
+            ),
+            (
+                "cache.key_secret",
+                started.cache.key_secret != config.cache.key_secret,
+            ),
+            ("cluster", differs(&started.cluster, &config.cluster)),
+            ("auth.mode", started.auth.mode != config.auth.mode),
+        ];
+        Ok(restart_only
+            .into_iter()
+            .filter(|(_, changed)| *changed)
+            .map(|(key, _)| key)
+            .collect())
+    }
+
     /// Shuts down and waits.
     pub async fn stop(self) {
         self.shutdown();
@@ -72,7 +117,8 @@ impl Running {
 #[derive(Clone)]
 pub struct Parts {
     pub cache: Arc<Cache>,
-    pub callers: Arc<Callers>,
+    /// Replaced whole by a reload.
+    pub callers: Arc<ArcSwap<Callers>>,
     pub limits: Arc<Limits>,
     pub metrics: Arc<Metrics>,
     /// Redis, in multi-replica mode.
@@ -96,7 +142,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     .with_cluster(cluster.clone());
     let parts = Parts {
         cache: Arc::new(cache),
-        callers: Arc::new(Callers::new(config, secret)?),
+        callers: Arc::new(ArcSwap::from_pointee(Callers::new(config, secret)?)),
         limits: Arc::new(Limits::new(
             &config.limits,
             &config.callers.clients,
@@ -118,6 +164,11 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     let admin_addr = local_addr(&admin_listener, config.admin.listen)?;
 
     let (draining, draining_rx) = watch::channel(false);
+    let reload = Reload {
+        parts: parts.clone(),
+        secret,
+        started: config.clone(),
+    };
     let admin = Arc::new(Admin::new(
         draining_rx.clone(),
         parts,
@@ -143,7 +194,13 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         admin_addr,
         draining,
         done,
+        reload,
     })
+}
+
+/// Whether two config sections differ (compared as TOML).
+fn differs<T: serde::Serialize>(a: &T, b: &T) -> bool {
+    toml::Value::try_from(a).ok() != toml::Value::try_from(b).ok()
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {

@@ -21,6 +21,7 @@ use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use arc_swap::ArcSwap;
 use governor::clock::{Clock, DefaultClock};
 use governor::middleware::{StateInformationMiddleware, StateSnapshot};
 use governor::state::keyed::DashMapStateStore;
@@ -185,15 +186,22 @@ pub type HoldKey = [u8; 16];
 pub struct Limits {
     /// Redis, in multi-replica mode: the upstream limits are decided there while it is up.
     cluster: Option<Arc<Cluster>>,
+    /// The configured limits; replaced whole by a reload (their buckets start full again).
+    rules: ArcSwap<Rules>,
+    tightened_until: Mutex<Option<Instant>>,
+    /// Upstream holds outlive reloads: Confluence's back-off does not change with the config.
+    holds: Mutex<HashMap<HoldKey, Hold>>,
+    clock: DefaultClock,
+}
+
+/// The limits a config describes.
+struct Rules {
     classes: HashMap<Arc<str>, ClassLimits>,
     clients: Vec<ClientLimits>,
     global: Option<Limit<Direct>>,
     /// Half the global rate, consulted as well while upstream says it is near its limit.
     tight: Option<Limit<Direct>>,
-    tightened_until: Mutex<Option<Instant>>,
-    holds: Mutex<HashMap<HoldKey, Hold>>,
     max_hold: Duration,
-    clock: DefaultClock,
 }
 
 #[derive(Debug)]
@@ -217,6 +225,25 @@ impl Limits {
         cluster: Option<Arc<Cluster>>,
     ) -> Limits {
         let replicas = cluster.as_ref().map_or(1, |c| c.replicas());
+        Limits {
+            rules: ArcSwap::from_pointee(Rules::new(config, clients, replicas)),
+            cluster,
+            tightened_until: Mutex::new(None),
+            holds: Mutex::default(),
+            clock: DefaultClock::default(),
+        }
+    }
+
+    /// Replaces the limits (SIGHUP); holds in force stay in force.
+    pub fn reload(&self, config: &LimitsConfig, clients: &[crate::config::ClientConfig]) {
+        let replicas = self.cluster.as_ref().map_or(1, |c| c.replicas());
+        self.rules
+            .store(Arc::new(Rules::new(config, clients, replicas)));
+    }
+}
+
+impl Rules {
+    fn new(config: &LimitsConfig, clients: &[crate::config::ClientConfig], replicas: u32) -> Rules {
         let classes = config
             .classes
             .iter()
@@ -240,19 +267,17 @@ impl Limits {
             burst: Some(NonZeroU32::new((rate.burst().get() / 2).max(1)).expect("at least 1")),
             per: rate.per,
         });
-        Limits {
+        Rules {
             classes,
             clients,
             global: direct(config.upstream_global, replicas),
             tight: direct(tight, replicas),
-            cluster,
-            tightened_until: Mutex::new(None),
-            holds: Mutex::default(),
             max_hold: config.max_hold,
-            clock: DefaultClock::default(),
         }
     }
+}
 
+impl Limits {
     /// The caller's `requests` limit: admits (with the state for the `RateLimit` headers, when
     /// the limit exists) or refuses with 429.
     pub fn check_request(&self, caller: &Caller) -> Result<Option<Allowance>, GatewayError> {
@@ -264,6 +289,7 @@ impl Limits {
         caller: &Caller,
         kind: LimitKind,
     ) -> Result<Option<Allowance>, GatewayError> {
+        let rules = self.rules.load();
         fn pick(c: &ClientLimits, kind: LimitKind) -> Option<&Limit<Direct>> {
             match kind {
                 LimitKind::Requests => c.requests.as_ref(),
@@ -271,13 +297,13 @@ impl Limits {
             }
         }
         if let CallerId::Client(index) = caller.id
-            && let Some(limit) = self.clients.get(index).and_then(|c| pick(c, kind))
+            && let Some(limit) = rules.clients.get(index).and_then(|c| pick(c, kind))
         {
             return limit
                 .decide(kind, &self.clock, limit.limiter.check())
                 .map(Some);
         }
-        let Some(class) = self.classes.get(&caller.class) else {
+        let Some(class) = rules.classes.get(&caller.class) else {
             return Ok(None);
         };
         let limit = match kind {
@@ -300,6 +326,7 @@ impl Limits {
         caller: &Caller,
         hold: &HoldKey,
     ) -> Result<(), GatewayError> {
+        let rules = self.rules.load();
         self.check_hold(hold)?;
         if let Some(cluster) = self.cluster.as_ref().filter(|c| c.is_up())
             && let Some(decided) = self.admit_in_cluster(cluster, caller).await
@@ -307,14 +334,14 @@ impl Limits {
             return decided;
         }
         self.check_caller(caller, LimitKind::Upstream)?;
-        if let Some(global) = &self.global {
+        if let Some(global) = &rules.global {
             global.decide(
                 LimitKind::UpstreamGlobal,
                 &self.clock,
                 global.limiter.check(),
             )?;
             if self.tightened()
-                && let Some(tight) = &self.tight
+                && let Some(tight) = &rules.tight
             {
                 tight.decide(
                     LimitKind::UpstreamGlobal,
@@ -333,8 +360,9 @@ impl Limits {
         cluster: &Cluster,
         caller: &Caller,
     ) -> Option<Result<(), GatewayError>> {
+        let rules = self.rules.load();
         let caller_rate = match caller.id {
-            CallerId::Client(index) => self
+            CallerId::Client(index) => rules
                 .clients
                 .get(index)
                 .and_then(|c| c.upstream.as_ref())
@@ -342,7 +370,8 @@ impl Limits {
             _ => None,
         }
         .or_else(|| {
-            self.classes
+            rules
+                .classes
                 .get(&caller.class)
                 .and_then(|c| c.upstream.as_ref())
                 .map(|l| l.rate)
@@ -355,10 +384,10 @@ impl Limits {
         if let Some(rate) = caller_rate {
             checks.push((LimitKind::Upstream, bucket("u"), rate));
         }
-        if let Some(global) = &self.global {
+        if let Some(global) = &rules.global {
             checks.push((LimitKind::UpstreamGlobal, "g".to_owned(), global.rate));
             if self.tightened()
-                && let Some(tight) = &self.tight
+                && let Some(tight) = &rules.tight
             {
                 checks.push((LimitKind::UpstreamGlobal, "gt".to_owned(), tight.rate));
             }
@@ -419,6 +448,7 @@ impl Limits {
     /// the hold on `key` (and returns true); any other answer ends it. `X-RateLimit-NearLimit`
     /// tightens the global budget until upstream's reset.
     pub fn observe(&self, key: &HoldKey, status: StatusCode, headers: &HeaderMap) -> bool {
+        let rules = self.rules.load();
         let now = Instant::now();
         if headers
             .get("x-ratelimit-nearlimit")
@@ -426,7 +456,7 @@ impl Limits {
         {
             let reset = reset_in(headers)
                 .unwrap_or(Duration::from_secs(60))
-                .min(self.max_hold);
+                .min(rules.max_hold);
             *self.tightened_until.lock().expect("lock") = Some(now + reset);
         }
         let throttled = status == StatusCode::TOO_MANY_REQUESTS
@@ -441,7 +471,7 @@ impl Limits {
         let wait = retry_after(headers)
             .or_else(|| reset_in(headers))
             .unwrap_or_else(|| backoff(strikes))
-            .min(self.max_hold);
+            .min(rules.max_hold);
         holds.insert(
             *key,
             Hold {
@@ -473,7 +503,8 @@ impl Limits {
 
     /// Drops state that no longer limits anyone: refilled buckets of idle callers, ended holds.
     pub fn reclaim(&self) {
-        for class in self.classes.values() {
+        let rules = self.rules.load();
+        for class in rules.classes.values() {
             for limit in [&class.requests, &class.upstream].into_iter().flatten() {
                 limit.limiter.retain_recent();
                 limit.limiter.shrink_to_fit();
@@ -488,7 +519,9 @@ impl Limits {
 
     /// How many callers have keyed limiter state right now.
     pub fn tracked_callers(&self) -> usize {
-        self.classes
+        let rules = self.rules.load();
+        rules
+            .classes
             .values()
             .flat_map(|c| [&c.requests, &c.upstream])
             .flatten()

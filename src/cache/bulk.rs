@@ -275,7 +275,7 @@ impl Cache {
             }
             _ => url.to_owned(),
         };
-        let policy = self.config.routes.get(plan.lookup.route);
+        let policy = *self.routes.load().get(plan.lookup.route);
         let found_lifetime = Lifetime {
             ttl: policy.ttl,
             stale_if_error: Duration::ZERO,

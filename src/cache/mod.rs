@@ -127,6 +127,8 @@ pub struct Cache {
     config: CacheConfig,
     /// Redis, in multi-replica mode.
     cluster: Option<Arc<Cluster>>,
+    /// Per-route TTLs and stale windows; replaced by a reload.
+    routes: arc_swap::ArcSwap<crate::config::RoutePolicies>,
     /// `server.public_url`, without a trailing slash.
     public_url: Option<String>,
     secret: [u8; 32],
@@ -184,6 +186,7 @@ impl Cache {
             generations: Generations::default(),
             flights: Flights::default(),
             config: config.clone(),
+            routes: arc_swap::ArcSwap::from_pointee(config.routes.clone()),
             public_url: public_url.map(|u| u.trim_end_matches('/').to_owned()),
             cluster: None,
             secret,
@@ -194,6 +197,12 @@ impl Cache {
     /// The largest answer that is buffered and may be stored.
     pub fn max_entry_bytes(&self) -> usize {
         self.config.max_entry_bytes
+    }
+
+    /// Replaces the per-route policies (SIGHUP). Entries already stored keep the lifetime they
+    /// were stored with.
+    pub fn reload_policies(&self, routes: crate::config::RoutePolicies) {
+        self.routes.store(Arc::new(routes));
     }
 
     /// Joins a cluster: generations of resource tags and a second cache tier in Redis.
@@ -210,7 +219,7 @@ impl Cache {
         query: Option<&str>,
     ) -> Result<Lookup, Bypass> {
         let route = resolved.route();
-        let policy = self.config.routes.get(route);
+        let policy = *self.routes.load().get(route);
         if !self.config.enabled || policy.ttl.is_zero() {
             return Err(Bypass::Disabled);
         }

@@ -13,6 +13,7 @@ mod hostile;
 mod limits;
 mod observability;
 mod properties;
+mod reload;
 mod shutdown;
 mod soak;
 mod spec;

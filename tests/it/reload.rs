@@ -1,0 +1,179 @@
+//! Config reload: callers, client keys, limits and TTLs change without touching a connection;
+//! a bad configuration is refused and the running one stays.
+
+use std::num::NonZeroU32;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use http::Method;
+use wikigate::config::{ClientConfig, KeyHash, Rate};
+use wikigate::fake::Faults;
+
+use crate::support::{API, Harness, TestClient, alice, basic, config_for, free_addr};
+
+const KEY: &str = "reloaded-client-key-0123456789";
+
+#[tokio::test]
+async fn reload_changes_limits_ttls_and_keys_without_dropping_requests() {
+    let h = Harness::start_with(|c| {
+        c.limits.classes.get_mut("default").unwrap().requests = Some(Rate {
+            rate: NonZeroU32::new(1).unwrap(),
+            per: Duration::from_secs(60),
+            burst: None,
+        });
+        c.cache.routes.current.ttl = Duration::ZERO;
+    })
+    .await;
+    let current = format!("{API}/current");
+    assert_eq!(
+        h.client.get(&current, Some(&basic(alice()))).await.status,
+        200
+    );
+    h.client
+        .get(&current, Some(&basic(alice())))
+        .await
+        .assert_error(429);
+    let keyed = || {
+        h.client
+            .request(Method::GET, &format!("{API}/anonymous"))
+            .header("x-wikigate-key", KEY)
+            .send()
+    };
+    keyed().await.assert_error(401);
+
+    // A request in flight across the reload.
+    h.fake.set_faults(Faults {
+        delay: Duration::from_millis(400),
+        ..Faults::default()
+    });
+    let in_flight = tokio::spawn({
+        let client = h.client.clone();
+        async move {
+            client
+                .get(
+                    &format!("{API}/memberof?accountId=x"),
+                    Some(&basic(crate::support::bob())),
+                )
+                .await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    let mut config = config_for(&h.fake.url());
+    config.cache.routes.current.ttl = Duration::from_secs(60);
+    config.callers.clients = vec![ClientConfig {
+        name: "reloaded".into(),
+        class: "default".into(),
+        key_hash: KeyHash::of(KEY),
+        requests: None,
+        upstream: None,
+    }];
+    let restart = h.gateway.reload(&config).expect("a valid config reloads");
+    assert!(restart.is_empty(), "{restart:?}");
+    h.fake.set_faults(Faults::default());
+
+    assert_eq!(
+        in_flight.await.unwrap().status.as_u16(),
+        404,
+        "the in-flight request finished"
+    );
+    assert_eq!(
+        h.client.get(&current, Some(&basic(alice()))).await.status,
+        200,
+        "the limit is gone"
+    );
+    assert_eq!(
+        h.client
+            .get(&current, Some(&basic(alice())))
+            .await
+            .cache_status(),
+        "wikigate; hit",
+        "the new TTL caches"
+    );
+    assert_eq!(keyed().await.status, 200, "the new client key is known");
+
+    // What cannot change while listening is reported, not half-applied.
+    config.server.max_body_bytes = 1;
+    assert_eq!(h.gateway.reload(&config).unwrap(), ["server"]);
+}
+
+#[tokio::test]
+async fn sighup_reloads_the_file_and_refuses_a_bad_one() {
+    let fake = wikigate::fake::FakeConfluence::start().await.unwrap();
+    let (listen, admin) = (free_addr(), free_addr());
+    let file = std::env::temp_dir().join(format!("wikigate-reload-{}.toml", std::process::id()));
+    let base = format!(
+        "[server]\nlisten = \"{listen}\"\n[admin]\nlisten = \"{admin}\"\n[upstream]\nurl = \"{}\"\n",
+        fake.url()
+    );
+    std::fs::write(&file, &base).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_wikigate"))
+        .arg("serve")
+        .arg("--config")
+        .arg(&file)
+        .env("WIKIGATE_LOG_FORMAT", "json")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let client = TestClient::new(format!("http://{listen}"));
+    let keyed = || {
+        client
+            .request(Method::GET, &format!("{API}/anonymous"))
+            .header("x-wikigate-key", KEY)
+            .try_send()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(answer) = keyed().await {
+            assert_eq!(answer.status, 401, "the key is unknown before the reload");
+            break;
+        }
+        assert!(Instant::now() < deadline, "never started");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let hangup = || {
+        let status = Command::new("kill")
+            .args(["-HUP", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+    let with_client = format!(
+        "{base}[[callers.clients]]\nname = \"reloaded\"\nkey_hash = \"{}\"\n",
+        KeyHash::of(KEY)
+    );
+    std::fs::write(&file, &with_client).unwrap();
+    hangup();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while keyed().await.is_none_or(|a| a.status != 200) {
+        assert!(Instant::now() < deadline, "the reload did not take effect");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    std::fs::write(&file, format!("{with_client}[limits]\nnot_a_key = 1\n")).unwrap();
+    hangup();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        keyed().await.unwrap().status,
+        200,
+        "the running config stayed in force"
+    );
+
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let output = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(output.status.success());
+    let logs = String::from_utf8_lossy(&output.stderr);
+    assert!(logs.contains("configuration reloaded"), "{logs}");
+    assert!(
+        logs.contains("new configuration refused") && logs.contains("not_a_key"),
+        "{logs}"
+    );
+}
