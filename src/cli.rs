@@ -78,14 +78,19 @@ impl ServeArgs {
             .set("upstream.url", self.upstream.clone())
             .set("admin.listen", self.admin_listen.clone())
             .set("log.format", self.log_format.clone())
-            // Secrets come from the environment only: a flag would show in `ps`.
-            .set("admin.token", std::env::var("WIKIGATE_ADMIN_TOKEN").ok())
+            // Secrets come from the environment only: a flag would show in `ps`. Empty counts as
+            // unset: Kubernetes sets an optional secret key that is absent to "".
+            .set("admin.token", non_empty_env("WIKIGATE_ADMIN_TOKEN"))
             .set(
                 "cache.key_secret",
-                std::env::var("WIKIGATE_CACHE_KEY_SECRET").ok(),
+                non_empty_env("WIKIGATE_CACHE_KEY_SECRET"),
             );
         overrides
     }
+}
+
+fn non_empty_env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|value| !value.is_empty())
 }
 
 /// Runs a parsed command line to completion.

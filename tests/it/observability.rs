@@ -489,6 +489,15 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+#[test]
+fn the_helm_chart_ships_the_same_dashboard() {
+    assert_eq!(
+        include_str!("../../helm/wikigate/files/wikigate-dashboard.json"),
+        include_str!("../../dashboards/wikigate.json"),
+        "copy dashboards/wikigate.json to helm/wikigate/files/"
+    );
+}
+
 #[tokio::test]
 async fn the_grafana_dashboard_queries_only_metrics_that_exist() {
     let h = scripted_traffic().await;
