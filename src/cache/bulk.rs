@@ -36,6 +36,9 @@ use crate::links;
 use crate::metrics::CacheLabel;
 use crate::routes::Route;
 
+/// The `expand` values the spec documents for `/user/bulk`.
+const EXPANDABLE: [&str; 3] = ["operations", "personalSpace", "isExternalCollaborator"];
+
 /// The most accounts upstream considers in one lookup.
 pub const MAX_IDS: usize = 200;
 
@@ -96,7 +99,14 @@ impl Cache {
                         }
                     }
                 }
-                "expand" if bulk => expand = expand_set.clone().unwrap_or_default(),
+                "expand" if bulk => {
+                    // Only the documented values; anything else is forwarded as sent.
+                    let set = expand_set.clone().unwrap_or_default();
+                    if !set.split(',').all(|v| EXPANDABLE.contains(&v)) {
+                        return None;
+                    }
+                    expand = set;
+                }
                 "limit" if bulk => {
                     let n: usize = value.parse().ok()?;
                     if !(1..=MAX_IDS).contains(&n) {
@@ -388,14 +398,17 @@ fn upstream_query(ids: &[&str], plan: &BulkPlan) -> String {
         .add(b'<')
         .add(b'=')
         .add(b'>');
+    // Commas separate the set's values.
+    const EXPAND_VALUE: &AsciiSet = &QUERY_VALUE.remove(b',');
     let encoded: Vec<String> = ids
         .iter()
         .map(|id| utf8_percent_encode(id, QUERY_VALUE).to_string())
         .collect();
     let mut query = format!("accountId={}", encoded.join(","));
     if !plan.expand.is_empty() {
+        // Documented values only (see `bulk_plan`), but encoded all the same.
         query.push_str("&expand=");
-        query.push_str(&plan.expand);
+        query.push_str(&utf8_percent_encode(&plan.expand, EXPAND_VALUE).to_string());
     }
     query
 }
