@@ -6,12 +6,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use http::{HeaderValue, Method, StatusCode};
-use serde_json::{Value, json};
+use serde_json::json;
 use wikigate::config::RoutePolicy;
 use wikigate::fake::Faults;
 use wikigate::routes::Operation;
 
-use crate::support::{API, Answer, Harness, TestClient, alice, basic, bob};
+use crate::support::{API, Answer, Harness, TestClient, alice, basic, bob, put_property};
 
 fn policy(ttl_ms: u64, stale_if_error_s: u64, stale_while_revalidate_s: u64) -> RoutePolicy {
     RoutePolicy {
@@ -19,23 +19,6 @@ fn policy(ttl_ms: u64, stale_if_error_s: u64, stale_while_revalidate_s: u64) -> 
         stale_if_error: Duration::from_secs(stale_if_error_s),
         stale_while_revalidate: Duration::from_secs(stale_while_revalidate_s),
     }
-}
-
-async fn put_property(
-    client: &TestClient,
-    user: &wikigate::fake::DemoUser,
-    owner: &str,
-    key: &str,
-    method: Method,
-    value: Value,
-) -> Answer {
-    client
-        .request(method, &format!("{API}/{owner}/property/{key}"))
-        .auth(user)
-        .header("content-type", "application/json")
-        .body(json!({ "value": value }).to_string())
-        .send()
-        .await
 }
 
 #[tokio::test]

@@ -13,7 +13,9 @@ use wikigate::fake::FakeConfluence;
 use wikigate::lifecycle::{self, Running};
 use wikigate::routes::Operation;
 
-use crate::support::{API, Answer, TestClient, alice, basic, bob, config_for, free_addr};
+use crate::support::{
+    API, Answer, TestClient, alice, basic, bob, config_for, free_addr, put_property,
+};
 
 /// A redis-server of the test's own, on a free loopback port (Debian's `redis-server`).
 struct Redis {
@@ -118,16 +120,17 @@ impl Pair {
     }
 }
 
-async fn put_property(client: &TestClient, method: Method, key: &str, v: u64) -> Answer {
-    client
-        .request(
-            method,
-            &format!("{API}/{}/property/{key}", alice().account_id),
-        )
-        .auth(alice())
-        .body(json!({ "value": { "v": v } }).to_string())
-        .send()
-        .await
+/// Alice writes her own property `key` = `{"v": v}`.
+async fn write(client: &TestClient, method: Method, key: &str, v: u64) -> Answer {
+    put_property(
+        client,
+        alice(),
+        alice().account_id,
+        key,
+        method,
+        json!({ "v": v }),
+    )
+    .await
 }
 
 #[tokio::test]
@@ -198,10 +201,7 @@ async fn every_write_through_one_replica_is_read_fresh_through_the_other() {
         p.cb.get(&list, Some(&basic(alice()))).await.json()["size"],
         0
     );
-    assert_eq!(
-        put_property(&p.ca, Method::POST, "shared", 1).await.status,
-        201
-    );
+    assert_eq!(write(&p.ca, Method::POST, "shared", 1).await.status, 201);
     assert_eq!(
         p.cb.get(&list, Some(&basic(alice()))).await.json()["size"],
         1,
@@ -211,10 +211,7 @@ async fn every_write_through_one_replica_is_read_fresh_through_the_other() {
         p.cb.get(&item, Some(&basic(alice()))).await.json()["value"]["v"],
         1
     );
-    assert_eq!(
-        put_property(&p.ca, Method::PUT, "shared", 2).await.status,
-        204
-    );
+    assert_eq!(write(&p.ca, Method::PUT, "shared", 2).await.status, 204);
     assert_eq!(
         p.cb.get(&item, Some(&basic(alice()))).await.json()["value"]["v"],
         2,
@@ -239,7 +236,7 @@ async fn every_write_through_one_replica_is_read_fresh_through_the_other() {
 async fn the_read_write_race_holds_across_replicas() {
     let p = Pair::start(|_| {}).await;
     let item = format!("{API}/{}/property/race", alice().account_id);
-    put_property(&p.ca, Method::POST, "race", 1).await;
+    write(&p.ca, Method::POST, "race", 1).await;
 
     let mut hold = p.fake.hold(Operation::GetUserProperty);
     let early = tokio::spawn({
@@ -247,10 +244,7 @@ async fn the_read_write_race_holds_across_replicas() {
         async move { client.get(&item, Some(&basic(alice()))).await }
     });
     hold.reached().await;
-    assert_eq!(
-        put_property(&p.ca, Method::PUT, "race", 2).await.status,
-        204
-    );
+    assert_eq!(write(&p.ca, Method::PUT, "race", 2).await.status, 204);
     // Started after the write's answer, on the replica whose fetch is still held.
     let late = tokio::time::timeout(
         Duration::from_secs(5),

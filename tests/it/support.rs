@@ -225,3 +225,21 @@ pub async fn raw_exchange(addr: std::net::SocketAddr, request: impl AsRef<[u8]>)
         .expect("the server closed the connection");
     String::from_utf8_lossy(&answer).into_owned()
 }
+
+/// Creates (POST) or updates (PUT) `owner`'s property `key` as `user`, with `{"value": value}`.
+pub async fn put_property(
+    client: &TestClient,
+    user: &DemoUser,
+    owner: &str,
+    key: &str,
+    method: Method,
+    value: Value,
+) -> Answer {
+    client
+        .request(method, &format!("{API}/{owner}/property/{key}"))
+        .auth(user)
+        .header("content-type", "application/json")
+        .body(serde_json::json!({ "value": value }).to_string())
+        .send()
+        .await
+}
