@@ -113,10 +113,9 @@ impl Gateway {
         let (mut parts, body) = request.into_parts();
         forward::strip_hop_by_hop(&mut parts.headers);
         // One snapshot of the callers for the whole request, whatever a reload does meanwhile.
-        let callers = self.callers.load();
+        let callers = self.callers.load_full();
         let caller = callers.identify(&parts.headers, conn.peer.ip())?;
-        log.caller = Some(caller.label(&callers));
-        log.caller_metric = Some(caller.metric_label(&callers));
+        log.caller = Some((caller.clone(), callers.clone()));
         // Routed before the limit check so that a refusal is counted under its route, but
         // limited before a routing error is answered: every request counts against the limit.
         let resolved = routes::resolve(&parts.method, parts.uri.path());
@@ -463,8 +462,9 @@ impl Admission {
 /// What the access log and the metrics say about a request besides its status and timing.
 #[derive(Default)]
 struct LogFields {
-    caller: Option<String>,
-    caller_metric: Option<String>,
+    /// The caller, with the callers snapshot that named it (a reload may replace the live one);
+    /// labels are made only where they are written.
+    caller: Option<(Caller, Arc<Callers>)>,
     operation: Option<Operation>,
 }
 
@@ -500,8 +500,11 @@ impl Handler for Gateway {
                     ErrorSource::Downstream => tracing::debug!(%error, "request refused"),
                 }
                 if let GatewayError::RateLimited { limit, .. } = &error {
-                    let caller = log.caller_metric.as_deref().unwrap_or("unknown");
-                    self.metrics.rate_limited(caller, limit.as_str());
+                    let caller = log
+                        .caller
+                        .as_ref()
+                        .map_or_else(|| "unknown".to_owned(), |(c, cs)| c.metric_label(cs));
+                    self.metrics.rate_limited(&caller, limit.as_str());
                 }
                 error.into_response()
             }
@@ -531,7 +534,8 @@ impl Handler for Gateway {
             i64::from(response.status().as_u16()),
         );
         span.record("wikigate.cache", cache);
-        if let Some(caller) = &log.caller {
+        let caller = log.caller.as_ref().map(|(c, cs)| c.label(cs));
+        if let Some(caller) = &caller {
             span.record("wikigate.caller", caller.as_str());
         }
         let _entered = span.enter();
@@ -540,7 +544,7 @@ impl Handler for Gateway {
             peer = %conn.peer.ip(),
             %method,
             path,
-            caller = log.caller.as_deref().unwrap_or("-"),
+            caller = caller.as_deref().unwrap_or("-"),
             operation = log.operation.map_or("-", Operation::id),
             status = response.status().as_u16(),
             cache,

@@ -11,7 +11,9 @@ use wikigate::config::RoutePolicy;
 use wikigate::fake::Faults;
 use wikigate::routes::Operation;
 
-use crate::support::{API, Answer, Harness, TestClient, alice, basic, bob, put_property};
+use crate::support::{
+    API, Answer, Harness, TestClient, alice, basic, bob, put_property, spawn_get,
+};
 
 fn policy(ttl_ms: u64, stale_if_error_s: u64, stale_while_revalidate_s: u64) -> RoutePolicy {
     RoutePolicy {
@@ -287,10 +289,7 @@ async fn a_read_overlapping_a_write_is_not_stored() {
 
     // The read computes v1 upstream and is held there while the write goes through.
     let mut hold = h.fake.hold(Operation::GetUserProperty);
-    let read = tokio::spawn({
-        let (client, item) = (h.client.clone(), item.clone());
-        async move { client.get(&item, Some(&basic(alice()))).await }
-    });
+    let read = spawn_get(&h.client, &item, alice());
     hold.reached().await;
     assert_eq!(
         put_property(
@@ -336,10 +335,7 @@ async fn a_read_after_a_write_never_joins_a_pre_write_fetch() {
     .await;
 
     let mut hold = h.fake.hold(Operation::GetUserProperty);
-    let early = tokio::spawn({
-        let (client, item) = (h.client.clone(), item.clone());
-        async move { client.get(&item, Some(&basic(alice()))).await }
-    });
+    let early = spawn_get(&h.client, &item, alice());
     hold.reached().await;
     assert_eq!(
         put_property(

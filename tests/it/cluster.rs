@@ -14,7 +14,7 @@ use wikigate::lifecycle::{self, Running};
 use wikigate::routes::Operation;
 
 use crate::support::{
-    API, Answer, TestClient, alice, basic, bob, config_for, free_addr, put_property,
+    API, Answer, TestClient, alice, basic, bob, config_for, free_addr, put_property, spawn_get,
 };
 
 /// A redis-server of the test's own, on a free loopback port (Debian's `redis-server`).
@@ -239,10 +239,7 @@ async fn the_read_write_race_holds_across_replicas() {
     write(&p.ca, Method::POST, "race", 1).await;
 
     let mut hold = p.fake.hold(Operation::GetUserProperty);
-    let early = tokio::spawn({
-        let (client, item) = (p.cb.clone(), item.clone());
-        async move { client.get(&item, Some(&basic(alice()))).await }
-    });
+    let early = spawn_get(&p.cb, &item, alice());
     hold.reached().await;
     assert_eq!(write(&p.ca, Method::PUT, "race", 2).await.status, 204);
     // Started after the write's answer, on the replica whose fetch is still held.

@@ -243,3 +243,13 @@ pub async fn put_property(
         .send()
         .await
 }
+
+/// Starts a GET as `user` in a task of its own (for interleavings with held upstream answers).
+pub fn spawn_get(
+    client: &TestClient,
+    target: &str,
+    user: &'static DemoUser,
+) -> tokio::task::JoinHandle<Answer> {
+    let (client, target) = (client.clone(), target.to_owned());
+    tokio::spawn(async move { client.get(&target, Some(&basic(user))).await })
+}
