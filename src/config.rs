@@ -117,7 +117,8 @@ pub struct ServerConfig {
     pub max_header_bytes: usize,
     /// Largest request target accepted (414 above it).
     pub max_uri_bytes: usize,
-    /// Most header fields in one request (431 above it).
+    /// Most header fields in one request (431 above it). Above 100, hyper allocates a parse
+    /// buffer of this size for every request (see `server::Http::from_config`).
     pub max_headers: usize,
     /// Most client connections open at once; above it new connections wait in the listen
     /// backlog until one closes.

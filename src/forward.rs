@@ -46,6 +46,10 @@ pub fn list_tokens<'a>(headers: &'a HeaderMap, name: &HeaderName) -> impl Iterat
 
 /// Removes hop-by-hop headers, including those named by `Connection`.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // One pass over the few names a request has, instead of a lookup per hop-by-hop name.
+    if !headers.keys().any(|name| HOP_BY_HOP.contains(&name)) {
+        return;
+    }
     if headers.contains_key(header::CONNECTION) {
         let named: Vec<HeaderName> = list_tokens(headers, &header::CONNECTION)
             .filter_map(|token| HeaderName::from_bytes(token.as_bytes()).ok())
@@ -54,19 +58,22 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
             headers.remove(name);
         }
     }
-    for name in [
-        &header::CONNECTION,
-        &KEEP_ALIVE,
-        &header::TE,
-        &header::TRAILER,
-        &header::TRANSFER_ENCODING,
-        &header::UPGRADE,
-        &header::PROXY_AUTHORIZATION,
-        &PROXY_CONNECTION,
-    ] {
+    for name in HOP_BY_HOP {
         headers.remove(name);
     }
 }
+
+/// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1).
+static HOP_BY_HOP: [&HeaderName; 8] = [
+    &header::CONNECTION,
+    &KEEP_ALIVE,
+    &header::TE,
+    &header::TRAILER,
+    &header::TRANSFER_ENCODING,
+    &header::UPGRADE,
+    &header::PROXY_AUTHORIZATION,
+    &PROXY_CONNECTION,
+];
 
 /// Client headers that could make upstream execute something other than what wikigate routed.
 static REINTERPRETING: [HeaderName; 10] = [

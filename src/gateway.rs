@@ -30,7 +30,7 @@ use tokio::time::Instant;
 use tracing::Instrument as _;
 
 use crate::body::Body;
-use crate::cache::{self, Buffered, Cache, Fetched, Lookup, Served};
+use crate::cache::{self, Buffered, BulkPlan, Cache, Fetched, Lookup, Served};
 use arc_swap::ArcSwap;
 
 use crate::caller::{Caller, Callers};
@@ -123,7 +123,8 @@ impl Gateway {
         let allowance = self.rate_limits.check_request(&caller)?;
         let resolved = resolved?;
         callers.apply_auth_mode(&mut parts.headers);
-        let admission = Admission {
+        // Everything a trip upstream needs; made only once the cache cannot answer.
+        let admission = |parts: &request::Parts| Admission {
             limits: self.rate_limits.clone(),
             metrics: self.metrics.clone(),
             route: resolved.route(),
@@ -133,7 +134,8 @@ impl Gateway {
 
         let mut response = if resolved.operation.verb().is_write() {
             let tags = resolved.invalidates();
-            self.write(parts, body, conn, tags, admission).await?
+            let admission = admission(&parts);
+            Box::pin(self.write(parts, body, conn, tags, admission)).await?
         } else {
             match self
                 .cache
@@ -141,12 +143,28 @@ impl Gateway {
                 .await
             {
                 Ok(lookup) => {
-                    self.cached_read(parts, body, conn, lookup, admission)
-                        .await?
+                    let bulk = self.cache.bulk_plan(&lookup, parts.uri.query());
+                    // The hit path: nothing is copied or prepared for upstream.
+                    let hit = match bulk {
+                        None => self.cache.hit(&lookup, &parts.headers).await,
+                        Some(_) => None,
+                    };
+                    match hit {
+                        Some((response, served)) => {
+                            log.served = Some(served);
+                            response
+                        }
+                        None => {
+                            let admission = admission(&parts);
+                            Box::pin(self.cached_read(parts, body, conn, lookup, bulk, admission))
+                                .await?
+                        }
+                    }
                 }
                 Err(bypass) => {
+                    let admission = admission(&parts);
                     self.cache.note_bypass();
-                    let mut response = self.forward(parts, body, conn, admission).await?;
+                    let mut response = Box::pin(self.forward(parts, body, conn, admission)).await?;
                     let status = format!("wikigate; fwd=bypass; detail={}", bypass.as_str());
                     cache::set_status(&mut response, &status);
                     response.extensions_mut().insert(Served {
@@ -212,10 +230,10 @@ impl Gateway {
         body: Incoming,
         conn: &ConnInfo,
         lookup: Lookup,
+        bulk: Option<BulkPlan>,
         admission: Admission,
     ) -> Result<Response<Body>, GatewayError> {
         let request_headers = parts.headers.clone();
-        let bulk = self.cache.bulk_plan(&lookup, parts.uri.query());
         // The entry is always filled from a full GET, also for HEAD and conditional requests.
         parts.method = http::Method::GET;
         forward::strip_conditionals(&mut parts.headers);
@@ -466,6 +484,9 @@ struct LogFields {
     /// labels are made only where they are written.
     caller: Option<(Caller, Arc<Callers>)>,
     operation: Option<Operation>,
+    /// What the cache did, when the hit path says so directly (every other path marks the
+    /// response's extensions with [`Served`]).
+    served: Option<Served>,
 }
 
 impl Handler for Gateway {
@@ -473,7 +494,9 @@ impl Handler for Gateway {
         let started = Instant::now();
         let _in_flight = self.metrics.in_flight();
         let method = request.method().clone();
-        let path = request.uri().path().to_owned();
+        // Only what the access log needs from the request outlives it, and only when it is on.
+        let access_log = tracing::enabled!(target: "wikigate::access", tracing::Level::INFO);
+        let path = access_log.then(|| request.uri().path().to_owned());
         let span = tracing::info_span!(
             "request",
             otel.name = %method,
@@ -486,7 +509,9 @@ impl Handler for Gateway {
             wikigate.caller = tracing::field::Empty,
             wikigate.upstream_duration_ms = tracing::field::Empty,
         );
-        telemetry::extract(&span, request.headers());
+        if !span.is_disabled() {
+            telemetry::extract(&span, request.headers());
+        }
         let mut log = LogFields::default();
         let served = self
             .serve(request, &conn, &mut log)
@@ -509,7 +534,9 @@ impl Handler for Gateway {
                 error.into_response()
             }
         };
-        let served = response.extensions().get::<Served>().copied();
+        let served = log
+            .served
+            .or_else(|| response.extensions().get::<Served>().copied());
         self.metrics.request(&RequestRecord {
             route: log.operation.map(Operation::route),
             method: method.clone(),
@@ -518,6 +545,9 @@ impl Handler for Gateway {
             saved_points: served.and_then(|s| s.saved_points),
             duration: started.elapsed(),
         });
+        if span.is_disabled() && !access_log {
+            return response;
+        }
         let cache = response
             .headers()
             .get(&cache::CACHE_STATUS)
@@ -543,7 +573,7 @@ impl Handler for Gateway {
             target: "wikigate::access",
             peer = %conn.peer.ip(),
             %method,
-            path,
+            path = path.as_deref().unwrap_or("-"),
             caller = caller.as_deref().unwrap_or("-"),
             operation = log.operation.map_or("-", Operation::id),
             status = response.status().as_u16(),

@@ -11,16 +11,16 @@
 //! limit name, an eviction cause. Never a raw path, an account id or a credential.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use http::{Method, StatusCode};
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::{Registry, Unit};
 
 use crate::routes::Route;
@@ -72,9 +72,69 @@ struct BuildLabels {
     version: &'static str,
 }
 
-fn latency_histogram() -> Histogram {
-    // 100 µs … ~26 s.
-    Histogram::new(exponential_buckets(0.0001, 2.0, 19))
+/// Upper bounds of the latency histograms' buckets, in ns: 100 µs doubling to ~26 s.
+const LATENCY_BOUNDS_NS: [u64; 19] = {
+    let mut bounds = [0; 19];
+    let mut i = 0;
+    while i < bounds.len() {
+        bounds[i] = 100_000 << i;
+        i += 1;
+    }
+    bounds
+};
+
+/// A latency histogram of atomics: observing one takes no lock (prometheus-client's own
+/// `Histogram` is behind a mutex, which every request on every core would contend for).
+#[derive(Clone, Debug, Default)]
+struct LatencyHistogram(Arc<LatencyBuckets>);
+
+#[derive(Debug, Default)]
+struct LatencyBuckets {
+    /// Per bucket (not cumulative), the last one being +Inf.
+    counts: [AtomicU64; LATENCY_BOUNDS_NS.len() + 1],
+    sum_ns: AtomicU64,
+}
+
+impl LatencyHistogram {
+    fn observe(&self, duration: Duration) {
+        let ns = u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX);
+        let bucket = LATENCY_BOUNDS_NS.partition_point(|bound| *bound < ns);
+        self.0.counts[bucket].fetch_add(1, Ordering::Relaxed);
+        self.0.sum_ns.fetch_add(ns, Ordering::Relaxed);
+    }
+}
+
+impl TypedMetric for LatencyHistogram {
+    const TYPE: MetricType = MetricType::Histogram;
+}
+
+impl EncodeMetric for LatencyHistogram {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        let bounds = LATENCY_BOUNDS_NS
+            .iter()
+            .map(|ns| *ns as f64 / 1e9)
+            .chain([f64::INFINITY]);
+        let buckets: Vec<(f64, u64)> = bounds
+            .zip(&self.0.counts)
+            .map(|(bound, count)| (bound, count.load(Ordering::Relaxed)))
+            .collect();
+        let count = buckets.iter().map(|(_, n)| n).sum();
+        let sum = self.0.sum_ns.load(Ordering::Relaxed) as f64 / 1e9;
+        encoder.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        Self::TYPE
+    }
+}
+
+/// The series a cache hit on one route records, resolved once: a hit then hashes no label
+/// set and takes no family lock.
+struct HitSeries {
+    requests: Counter,
+    duration: LatencyHistogram,
+    saved: Counter,
+    points: Counter,
 }
 
 /// Status-page figures for one route (Prometheus has the same, bucketed by more labels).
@@ -161,9 +221,9 @@ pub struct RequestRecord {
 pub struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
-    request_duration: Family<RouteMethodLabels, Histogram, fn() -> Histogram>,
+    request_duration: Family<RouteMethodLabels, LatencyHistogram>,
     upstream_requests: Family<UpstreamLabels, Counter>,
-    upstream_duration: Family<RouteLabels, Histogram, fn() -> Histogram>,
+    upstream_duration: Family<RouteLabels, LatencyHistogram>,
     saved: Family<RouteLabels, Counter>,
     points_saved: Family<RouteLabels, Counter>,
     invalidations: Family<RouteLabels, Counter>,
@@ -179,7 +239,10 @@ pub struct Metrics {
     holds_active: Gauge,
     hold_remaining: Gauge<f64, AtomicU64>,
     redis_up: Gauge,
-    figures: HashMap<&'static str, RouteFigures>,
+    /// By [`Route::index`], the last one for requests that matched no route.
+    figures: [RouteFigures; Route::ALL.len() + 1],
+    /// By [`Route::index`]; made on a route's first hit.
+    hit_series: [OnceLock<HitSeries>; Route::ALL.len()],
     /// Refusals by (caller, limit), for the status page's "top limited callers".
     limited: Mutex<HashMap<(String, &'static str), u64>>,
     totals: Totals,
@@ -207,9 +270,9 @@ impl Metrics {
         let mut metrics = Metrics {
             registry: Registry::with_prefix("wikigate"),
             requests: Family::default(),
-            request_duration: Family::new_with_constructor(latency_histogram),
+            request_duration: Family::default(),
             upstream_requests: Family::default(),
-            upstream_duration: Family::new_with_constructor(latency_histogram),
+            upstream_duration: Family::default(),
             saved: Family::default(),
             points_saved: Family::default(),
             invalidations: Family::default(),
@@ -225,12 +288,8 @@ impl Metrics {
             holds_active: Gauge::default(),
             hold_remaining: Gauge::default(),
             redis_up: Gauge::default(),
-            figures: Route::ALL
-                .iter()
-                .map(|r| r.name())
-                .chain([UNMATCHED])
-                .map(|name| (name, RouteFigures::default()))
-                .collect(),
+            figures: Default::default(),
+            hit_series: Default::default(),
             limited: Mutex::default(),
             totals: Totals::default(),
         };
@@ -375,6 +434,24 @@ impl Metrics {
 
     /// Records a finished request.
     pub fn request(&self, record: &RequestRecord) {
+        self.totals.requests.fetch_add(1, Ordering::Relaxed);
+        self.record_figures(record);
+        if let (Some(route), CacheLabel::Hit, Some(points)) =
+            (record.route, record.cache, record.saved_points)
+            && record.method == Method::GET
+            && record.status.is_success()
+        {
+            let series = self.hit_series[route.index()].get_or_init(|| self.hit_series(route));
+            series.requests.inc();
+            series.duration.observe(record.duration);
+            series.saved.inc();
+            series.points.inc_by(u64::from(points));
+            self.totals.saved.fetch_add(1, Ordering::Relaxed);
+            self.totals
+                .points
+                .fetch_add(u64::from(points), Ordering::Relaxed);
+            return;
+        }
         let route = record.route.map_or(UNMATCHED, Route::name);
         let method = method_label(&record.method);
         self.requests
@@ -387,8 +464,7 @@ impl Metrics {
             .inc();
         self.request_duration
             .get_or_create(&RouteMethodLabels { route, method })
-            .observe(record.duration.as_secs_f64());
-        self.totals.requests.fetch_add(1, Ordering::Relaxed);
+            .observe(record.duration);
         let labels = RouteLabels { route };
         match record.cache {
             CacheLabel::Coalesced => {
@@ -414,7 +490,36 @@ impl Metrics {
                 .points
                 .fetch_add(u64::from(points), Ordering::Relaxed);
         }
-        let figures = &self.figures[route];
+    }
+
+    /// The series of a GET answered 2xx from the cache on `route`.
+    fn hit_series(&self, route: Route) -> HitSeries {
+        let route = route.name();
+        let labels = RouteLabels { route };
+        HitSeries {
+            requests: self
+                .requests
+                .get_or_create(&RequestLabels {
+                    route,
+                    method: "GET",
+                    status_class: "2xx",
+                    cache: CacheLabel::Hit.as_str(),
+                })
+                .clone(),
+            duration: self
+                .request_duration
+                .get_or_create(&RouteMethodLabels {
+                    route,
+                    method: "GET",
+                })
+                .clone(),
+            saved: self.saved.get_or_create(&labels).clone(),
+            points: self.points_saved.get_or_create(&labels).clone(),
+        }
+    }
+
+    fn record_figures(&self, record: &RequestRecord) {
+        let figures = &self.figures[record.route.map_or(Route::ALL.len(), Route::index)];
         figures.requests.fetch_add(1, Ordering::Relaxed);
         match record.cache {
             CacheLabel::Hit | CacheLabel::Coalesced => figures.hits.fetch_add(1, Ordering::Relaxed),
@@ -455,7 +560,7 @@ impl Metrics {
             .get_or_create(&RouteLabels {
                 route: route.name(),
             })
-            .observe(duration.as_secs_f64());
+            .observe(duration);
         self.totals.upstream.fetch_add(1, Ordering::Relaxed);
     }
 
@@ -517,8 +622,8 @@ impl Metrics {
             .iter()
             .map(|r| r.name())
             .chain([UNMATCHED])
-            .filter_map(|name| {
-                let f = &self.figures[name];
+            .zip(&self.figures)
+            .filter_map(|(name, f)| {
                 let requests = f.requests.load(Ordering::Relaxed);
                 (requests > 0).then(|| RouteStatus {
                     route: name,
@@ -678,5 +783,49 @@ mod tests {
         assert_eq!(figures.quantile(0.50), Some(100));
         assert_eq!(figures.quantile(0.99), Some(1_000));
         assert_eq!(figures.quantile(1.0), Some(5_000));
+    }
+
+    #[test]
+    fn hits_and_other_requests_land_in_the_same_series() {
+        let metrics = Metrics::new();
+        let record = |cache, status, micros| RequestRecord {
+            route: Some(Route::Current),
+            method: Method::GET,
+            status,
+            cache,
+            saved_points: (cache == CacheLabel::Hit).then_some(3),
+            duration: Duration::from_micros(micros),
+        };
+        // Hits take the pre-resolved series, a 304 hit and a miss the labelled lookup.
+        metrics.request(&record(CacheLabel::Hit, StatusCode::OK, 150));
+        metrics.request(&record(CacheLabel::Hit, StatusCode::OK, 150));
+        metrics.request(&record(CacheLabel::Hit, StatusCode::NOT_MODIFIED, 50));
+        metrics.request(&record(CacheLabel::Miss, StatusCode::OK, 30_000_000));
+        let snapshot = Snapshot {
+            cache_entries: 0,
+            cache_bytes: 0,
+            cache_max_bytes: 0,
+            holds: 0,
+            longest_hold: Duration::ZERO,
+            redis_up: None,
+        };
+        let text = metrics.encode(&snapshot, false);
+        for line in [
+            r#"wikigate_requests_total{route="current",method="GET",status_class="2xx",cache="hit"} 2"#,
+            r#"wikigate_requests_total{route="current",method="GET",status_class="3xx",cache="hit"} 1"#,
+            r#"wikigate_requests_total{route="current",method="GET",status_class="2xx",cache="miss"} 1"#,
+            r#"wikigate_upstream_requests_saved_total{route="current"} 3"#,
+            r#"wikigate_quota_points_saved_total{route="current"} 9"#,
+            // Buckets are cumulative: 50 µs ≤ 100 µs, 150 µs ≤ 200 µs, 30 s only in +Inf.
+            r#"wikigate_request_duration_seconds_bucket{le="0.0001",route="current",method="GET"} 1"#,
+            r#"wikigate_request_duration_seconds_bucket{le="0.0002",route="current",method="GET"} 3"#,
+            r#"wikigate_request_duration_seconds_bucket{le="26.2144",route="current",method="GET"} 3"#,
+            r#"wikigate_request_duration_seconds_bucket{le="+Inf",route="current",method="GET"} 4"#,
+            r#"wikigate_request_duration_seconds_count{route="current",method="GET"} 4"#,
+            r#"wikigate_request_duration_seconds_sum{route="current",method="GET"} 30.00035"#,
+        ] {
+            assert!(text.contains(line), "missing {line} in\n{text}");
+        }
+        assert_eq!(metrics.status(&snapshot).requests, 4);
     }
 }

@@ -62,6 +62,11 @@ impl Route {
         Route::Property,
     ];
 
+    /// The route's position in [`Route::ALL`], for per-route arrays.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
     /// The spec's path template, e.g. `/wiki/rest/api/user/{userId}/property/{key}`.
     /// Used as the bounded `route` label in logs and metrics.
     pub fn template(self) -> &'static str {
@@ -518,6 +523,13 @@ mod tests {
 
     fn op(method: Method, path: &str) -> Result<Operation, RouteError> {
         resolve(&method, path).map(|r| r.operation)
+    }
+
+    #[test]
+    fn route_index_is_the_position_in_all() {
+        for (i, route) in Route::ALL.into_iter().enumerate() {
+            assert_eq!(route.index(), i);
+        }
     }
 
     #[test]

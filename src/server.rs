@@ -55,21 +55,28 @@ pub struct Http {
     handshake_timeout: Duration,
 }
 
+/// The header count hyper's HTTP/1 parser accepts unless told otherwise.
+const HYPER_DEFAULT_MAX_HEADERS: usize = 100;
+
 impl Http {
     /// Settings from the gateway's `[server]` section: limits, timeouts, optional TLS.
     pub fn from_config(config: &ServerConfig) -> Result<Http, TlsError> {
         let mut builder = auto::Builder::new(TokioExecutor::new());
-        builder
-            .http1()
+        let mut http1 = builder.http1();
+        http1
             .timer(TokioTimer::new())
             .header_read_timeout(config.header_read_timeout)
             .keep_alive(true)
-            // Above the configured count, so that the gateway answers it (431 in Confluence's
-            // shape) rather than hyper's bare refusal.
-            .max_headers(config.max_headers + 64)
             // hyper's own buffer bounds the request line plus headers; the gateway answers
             // the configured limits itself (414/431 in Confluence's shape) below this ceiling.
             .max_buf_size((config.max_uri_bytes + config.max_header_bytes + 4096).max(8192));
+        // Up to hyper's default of 100 headers, hyper parses into a buffer on the stack; any
+        // explicit count makes it allocate and fill one per request. So the count is handed to
+        // hyper only above its default: the gateway answers counts up to hyper's limit itself
+        // (431 in Confluence's shape), hyper refuses anything beyond with its bare 431.
+        if config.max_headers > HYPER_DEFAULT_MAX_HEADERS {
+            http1.max_headers(config.max_headers);
+        }
         builder
             .http2()
             .timer(TokioTimer::new())

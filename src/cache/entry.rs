@@ -7,8 +7,10 @@
 //! - Every served answer says what the cache did (`Cache-Status`, RFC 9211) and forbids shared
 //!   downstream caches from keeping it (`Cache-Control: private`).
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwapOption;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Response, StatusCode};
@@ -56,6 +58,16 @@ pub struct Entry {
     vary: Option<Vary>,
     /// Atlassian quota points an answer from this entry saves.
     pub points: u32,
+    /// `Age` and `Cache-Control` for the latest second of age an answer was made in: every
+    /// hit within the same second shares them instead of formatting its own.
+    age_headers: ArcSwapOption<AgeHeaders>,
+}
+
+#[derive(Debug)]
+struct AgeHeaders {
+    age: u64,
+    age_value: HeaderValue,
+    cache_control: HeaderValue,
 }
 
 #[derive(Debug)]
@@ -137,6 +149,7 @@ impl Entry {
             stale_while_revalidate: lifetime.stale_while_revalidate,
             vary,
             points,
+            age_headers: ArcSwapOption::empty(),
         }
     }
 
@@ -252,6 +265,7 @@ impl Entry {
             stale_while_revalidate: Duration::from_millis(stale_while_revalidate),
             vary: None,
             points,
+            age_headers: ArcSwapOption::empty(),
         })
     }
 
@@ -265,7 +279,7 @@ impl Entry {
         &self,
         request_headers: &HeaderMap,
         head: bool,
-        status: &str,
+        status: HeaderValue,
     ) -> Response<Body> {
         let now = Instant::now();
         let not_modified = self.not_modified(request_headers);
@@ -280,32 +294,49 @@ impl Entry {
         } else {
             self.status
         };
-        let headers = response.headers_mut();
+        // Sized once for what is added below, so that no insert grows it.
+        let mut headers = HeaderMap::with_capacity(self.headers.len() + 5);
         if not_modified {
             // RFC 9110 §15.4.5: a 304 carries the validators and caching headers only.
             if let Some(vary) = self.headers.get(header::VARY) {
                 headers.insert(header::VARY, vary.clone());
             }
         } else {
-            headers.clone_from(&self.headers);
+            for (name, value) in &self.headers {
+                headers.append(name.clone(), value.clone());
+            }
             if head {
                 headers.insert(header::CONTENT_LENGTH, HeaderValue::from(self.body.len()));
             }
         }
-        // Whole seconds, so that Age + max-age adds up to the TTL.
-        let age = self.age(now).as_secs();
-        let remaining = self.ttl.as_secs().saturating_sub(age);
-        headers.insert(
-            header::CACHE_CONTROL,
-            HeaderValue::from_str(&format!("private, max-age={remaining}")).expect("ascii"),
-        );
-        headers.insert(header::AGE, HeaderValue::from(age));
+        let (age, cache_control) = self.age_headers(now);
+        headers.insert(header::CACHE_CONTROL, cache_control);
+        headers.insert(header::AGE, age);
         headers.insert(header::ETAG, self.etag.clone());
-        headers.insert(
-            CACHE_STATUS.clone(),
-            HeaderValue::from_str(status).expect("ascii"),
-        );
+        headers.insert(CACHE_STATUS.clone(), status);
+        *response.headers_mut() = headers;
         response
+    }
+
+    /// `Age` and `Cache-Control: private, max-age` at `now`, in whole seconds so that the two
+    /// add up to the TTL; made once per second of age and shared by that second's hits.
+    fn age_headers(&self, now: Instant) -> (HeaderValue, HeaderValue) {
+        let age = self.age(now).as_secs();
+        if let Some(current) = &*self.age_headers.load()
+            && current.age == age
+        {
+            return (current.age_value.clone(), current.cache_control.clone());
+        }
+        let remaining = self.ttl.as_secs().saturating_sub(age);
+        let made = AgeHeaders {
+            age,
+            age_value: HeaderValue::from(age),
+            cache_control: HeaderValue::from_str(&format!("private, max-age={remaining}"))
+                .expect("ascii"),
+        };
+        let values = (made.age_value.clone(), made.cache_control.clone());
+        self.age_headers.store(Some(Arc::new(made)));
+        values
     }
 }
 
@@ -402,7 +433,11 @@ mod tests {
 
     #[test]
     fn upstream_caching_headers_are_replaced_by_wikigates() {
-        let response = entry(None).to_response(&HeaderMap::new(), false, "wikigate; hit");
+        let response = entry(None).to_response(
+            &HeaderMap::new(),
+            false,
+            HeaderValue::from_static("wikigate; hit"),
+        );
         let headers = response.headers();
         assert_eq!(headers[header::CACHE_CONTROL], "private, max-age=60");
         assert!(!headers.contains_key(header::SET_COOKIE));
@@ -419,12 +454,15 @@ mod tests {
             header::IF_NONE_MATCH,
             HeaderValue::from_str(&format!("\"x\", {}", entry.etag.to_str().unwrap())).unwrap(),
         );
-        let response = entry.to_response(&request, false, "wikigate; hit");
+        let response =
+            entry.to_response(&request, false, HeaderValue::from_static("wikigate; hit"));
         assert_eq!(response.status(), StatusCode::NOT_MODIFIED);
         assert!(!response.headers().contains_key(header::CONTENT_TYPE));
         request.insert(header::IF_NONE_MATCH, HeaderValue::from_static("\"other\""));
         assert_eq!(
-            entry.to_response(&request, false, "").status(),
+            entry
+                .to_response(&request, false, HeaderValue::from_static("wikigate; hit"))
+                .status(),
             StatusCode::OK
         );
     }

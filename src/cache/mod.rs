@@ -234,8 +234,9 @@ impl Cache {
             (Some(tag), None) => self.generations.get(&tag),
             // Writes through any replica bump this counter in Redis; a replica that cannot
             // read it cannot know about them, and does not cache the route meanwhile.
-            (Some(tag), Some(cluster)) => cluster
-                .generation(generations::slot(&tag))
+            // Boxed: a Redis round trip's future is large, and would otherwise make every
+            // request's future (moved several times per request) as large.
+            (Some(tag), Some(cluster)) => Box::pin(cluster.generation(generations::slot(&tag)))
                 .await
                 .ok_or(Bypass::ClusterDown)?,
         };
@@ -311,6 +312,44 @@ impl Cache {
 
     /// Answers a cacheable read: from the cache, by joining an identical fetch in flight, or by
     /// fetching with `fetch` (which must ask upstream for the GET, also for HEAD requests).
+    /// The answer of a fresh entry in this replica's memory, if there is one: the hit path,
+    /// which needs nothing a miss would (no upstream request, no copies of the request).
+    /// `None` sends the request on to [`Cache::read`]. What was served comes back beside the
+    /// response rather than in its extensions (which would cost allocations on every hit).
+    pub async fn hit(
+        &self,
+        lookup: &Lookup,
+        request_headers: &HeaderMap,
+    ) -> Option<(Response<Body>, Served)> {
+        if lookup.directive != Directive::Normal {
+            return None;
+        }
+        let entry = self.store.get(&lookup.key).await?;
+        if !entry.matches_vary(request_headers) || !entry.is_fresh(Instant::now()) {
+            return None;
+        }
+        Some(self.answer_hit(&entry, lookup, request_headers))
+    }
+
+    fn answer_hit(
+        &self,
+        entry: &Entry,
+        lookup: &Lookup,
+        request_headers: &HeaderMap,
+    ) -> (Response<Body>, Served) {
+        self.stats.hits.fetch_add(1, Ordering::Relaxed);
+        let response = entry.to_response(
+            request_headers,
+            lookup.head,
+            HeaderValue::from_static("wikigate; hit"),
+        );
+        let served = Served {
+            cache: CacheLabel::Hit,
+            saved_points: Some(entry.points),
+        };
+        (response, served)
+    }
+
     pub async fn read<F, Fut>(
         self: &Arc<Self>,
         lookup: Lookup,
@@ -329,9 +368,8 @@ impl Cache {
         {
             let now = Instant::now();
             if entry.is_fresh(now) {
-                self.stats.hits.fetch_add(1, Ordering::Relaxed);
-                let response = entry.to_response(request_headers, lookup.head, "wikigate; hit");
-                return Ok(served(response, CacheLabel::Hit, Some(entry.points)));
+                let (response, hit) = self.answer_hit(&entry, &lookup, request_headers);
+                return Ok(served(response, hit.cache, hit.saved_points));
             }
             if entry.may_revalidate_in_background(now) {
                 self.refresh_in_background(lookup, request_headers, fetch);
@@ -339,7 +377,7 @@ impl Cache {
                 let response = entry.to_response(
                     request_headers,
                     lookup.head,
-                    "wikigate; hit; detail=stale-while-revalidate",
+                    HeaderValue::from_static("wikigate; hit; detail=stale-while-revalidate"),
                 );
                 return Ok(served(
                     response,
@@ -554,12 +592,15 @@ impl Cache {
                 LeaderResult::Failed(GatewayError::RateLimited { .. })
             )
             .then_some(entry.points);
-            let response = entry.to_response(request_headers, lookup.head, &status);
+            let response = entry.to_response(request_headers, lookup.head, status_value(status));
             return Ok(served(response, CacheLabel::StaleIfError, saved));
         }
         if let LeaderResult::L2(entry) = &result {
-            let response =
-                entry.to_response(request_headers, lookup.head, "wikigate; hit; detail=l2");
+            let response = entry.to_response(
+                request_headers,
+                lookup.head,
+                HeaderValue::from_static("wikigate; hit; detail=l2"),
+            );
             return Ok(served(response, CacheLabel::Hit, Some(entry.points)));
         }
         let (label, saved) = match (path, &result) {
@@ -575,7 +616,7 @@ impl Cache {
             LeaderResult::Stored(entry) => entry.to_response(
                 request_headers,
                 lookup.head,
-                &format!("wikigate; {fwd}; stored"),
+                status_value(format!("wikigate; {fwd}; stored")),
             ),
             LeaderResult::Answer(answer) => {
                 let mut response = answer.to_response(lookup.head);
@@ -719,6 +760,11 @@ fn served(
 /// Upstream answers that make an expired entry worth serving instead (stale-if-error).
 fn is_upstream_failure(status: StatusCode) -> bool {
     status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS
+}
+
+/// A `Cache-Status` value wikigate composed (of its own ASCII words).
+fn status_value(status: String) -> HeaderValue {
+    HeaderValue::try_from(status).unwrap_or_else(|_| HeaderValue::from_static("wikigate"))
 }
 
 /// Sets `Cache-Status` on a response the cache did not build.

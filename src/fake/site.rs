@@ -577,6 +577,10 @@ impl Ctx<'_> {
             value["operations"] = json!([
                 { "operation": "use", "targetType": "application" },
                 { "operation": "create", "targetType": "page" },
+                { "operation": "create", "targetType": "blogpost" },
+                { "operation": "create", "targetType": "comment" },
+                { "operation": "create", "targetType": "attachment" },
+                { "operation": "update", "targetType": "userstatus" },
             ]);
             value["_expandable"]
                 .as_object_mut()

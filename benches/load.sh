@@ -1,0 +1,163 @@
+#!/usr/bin/env bash
+# The load benchmark: wikigate's cache-hit path against the ceiling (a bare hyper server answering
+# the same body) and against nginx proxy_cache, with wrk, on loopback.
+#
+#   benches/load.sh            # about 7 minutes on 2 cores
+#
+# Environment: DURATION (seconds per run, 10), RUNS (runs per figure, median taken, 3),
+# CONNECTIONS (64), MODES ("shared pinned"), KEEP=1 keeps the work directory.
+#
+# Every run is bounded (wrk -d, curl -m, timeouts on start-up) and everything started is stopped
+# on exit. Installs wrk and nginx from Debian when they are missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DURATION=${DURATION:-10}
+RUNS=${RUNS:-3}
+CONNECTIONS=${CONNECTIONS:-64}
+MODES=${MODES:-shared pinned}
+EXPIRY_TTL=2
+# TARGET (the current user with the expansions a profile shows: a 1.2 KB answer), AUTH.
+source benches/load/lib.sh
+
+install_missing wrk:wrk nginx:nginx-light curl:curl taskset:util-linux
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+
+cargo build --release --quiet --bin wikigate --example load_rig
+BIN=target/release/wikigate
+RIG=target/release/examples/load_rig
+
+WORK=$(mktemp -d)
+PIDS=()
+stop_all() {
+    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+    PIDS=()
+}
+cleanup() {
+    stop_all
+    if [ "${KEEP:-0}" = 1 ]; then echo "work directory: $WORK"; else rm -rf "$WORK"; fi
+}
+trap cleanup EXIT
+
+upstream_count() { curl -s -m 2 "http://127.0.0.1:$CONTROL_PORT/"; }
+
+# start_servers PIN TTL: the fake upstream, the bare server, wikigate and nginx, on the server
+# core when PIN is set.
+start_servers() {
+    local pin=$1 ttl=$2 workers=2 run=()
+    if [ -n "$pin" ]; then run=(taskset -c 0); workers=1; fi
+    UPSTREAM_PORT=$(free_port) CONTROL_PORT=$(free_port) BARE_PORT=$(free_port)
+    GATE_PORT=$(free_port) ADMIN_PORT=$(free_port) CACHE_PORT=$(free_port) PASS_PORT=$(free_port)
+
+    "${run[@]}" "$RIG" fake "127.0.0.1:$UPSTREAM_PORT" "127.0.0.1:$CONTROL_PORT" >"$WORK/fake.log" 2>&1 &
+    PIDS+=($!)
+    wait_for "http://127.0.0.1:$CONTROL_PORT/"
+    curl -s -m 2 -H "Authorization: $AUTH" "http://127.0.0.1:$UPSTREAM_PORT$TARGET" >"$WORK/body.json"
+
+    "${run[@]}" "$RIG" bare "127.0.0.1:$BARE_PORT" "$WORK/body.json" >"$WORK/bare.log" 2>&1 &
+    PIDS+=($!)
+
+    write_config "$WORK/wikigate.toml" "$GATE_PORT" "$ADMIN_PORT" "$UPSTREAM_PORT" "$ttl"
+    "${run[@]}" "$BIN" serve --config "$WORK/wikigate.toml" >"$WORK/wikigate.log" 2>&1 &
+    PIDS+=($!)
+
+    local user=""
+    [ "$(id -u)" -eq 0 ] && user="user root root;"
+    rm -rf "$WORK"/nginx-*
+    sed -e "s|@USER@|$user|" -e "s|@WORKERS@|$workers|" -e "s|@DIR@|$WORK|g" \
+        -e "s|@UPSTREAM_PORT@|$UPSTREAM_PORT|" -e "s|@CACHE_PORT@|$CACHE_PORT|" \
+        -e "s|@PASS_PORT@|$PASS_PORT|" -e "s|@TTL@|$ttl|" \
+        benches/load/nginx.conf.in >"$WORK/nginx.conf"
+    "${run[@]}" "$NGINX" -p "$WORK" -c "$WORK/nginx.conf" -g 'daemon off;' >"$WORK/nginx.log" 2>&1 &
+    PIDS+=($!)
+
+    for port in $BARE_PORT $GATE_PORT $CACHE_PORT $PASS_PORT; do
+        wait_for "http://127.0.0.1:$port/"
+    done
+}
+
+# load PIN PORT [wrk args…] → prints "req/s p50 p99 errors" for one run.
+load() {
+    local pin=$1 port=$2 run=() threads=2
+    shift 2
+    if [ -n "$pin" ]; then run=(taskset -c 1); threads=1; fi
+    "${run[@]}" wrk -t"$threads" -c"$CONNECTIONS" -d"${DURATION}s" --timeout 2s \
+        -s benches/load/report.lua -H "Authorization: $AUTH" "$@" \
+        "http://127.0.0.1:$port$TARGET" | awk '/^RESULT/ {print $2, $3, $4, $5}'
+}
+
+median() { sort -n | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}'; }
+
+# measure PIN NAME PORT [wrk args…]: RUNS runs after a warm-up; one table row with the median
+# of each column and the upstream requests made during the measured runs.
+measure() {
+    local pin=$1 name=$2 port=$3
+    shift 3
+    DURATION=1 load "$pin" "$port" "$@" >/dev/null
+    local before results
+    before=$(upstream_count)
+    results=$(for _ in $(seq "$RUNS"); do load "$pin" "$port" "$@"; done)
+    local upstream=$(($(upstream_count) - before))
+    local rps p50 p99 errors
+    rps=$(cut -d' ' -f1 <<<"$results" | median)
+    p50=$(cut -d' ' -f2 <<<"$results" | median)
+    p99=$(cut -d' ' -f3 <<<"$results" | median)
+    errors=$(awk '{s += $4} END {print s}' <<<"$results")
+    echo "$name|$rps|$p50|$p99|$upstream|$errors" >>"$WORK/rows"
+}
+
+print_table() {
+    local mode=$1
+    echo
+    echo "## $mode — wrk -c$CONNECTIONS, ${DURATION}s × $RUNS (median), GET $TARGET with Authorization"
+    echo
+    awk -F'|' '
+        NR == 1 { base_rps = $2; base_p99 = $4 }
+        { rows[NR] = $0 }
+        END {
+            printf "| %-32s | %9s | %6s | %8s | %8s | %9s | %8s | %6s |\n", "system", "req/s", "ratio", "p50 µs", "p99 µs", "p99 ratio", "upstream", "errors"
+            printf "|%s|%s|%s|%s|%s|%s|%s|%s|\n", "----------------------------------", "-----------", "--------", "----------", "----------", "-----------", "----------", "--------"
+            for (i = 1; i <= NR; i++) {
+                split(rows[i], f, "|")
+                printf "| %-32s | %9d | %6.2f | %8.0f | %8.0f | %9.2f | %8d | %6d |\n", f[1], f[2], f[2] / base_rps, f[3], f[4], f[4] / base_p99, f[5], f[6]
+            }
+        }' "$WORK/rows"
+}
+
+echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(uname -r)"
+echo "wikigate $(git rev-parse --short HEAD 2>/dev/null || echo '?'), $("$NGINX" -v 2>&1), $(wrk -v 2>&1 | head -1)"
+
+for mode in $MODES; do
+    pin=""; [ "$mode" = pinned ] && pin=1
+    start_servers "$pin" 1h
+    : >"$WORK/rows"
+    measure "$pin" "bare hyper (ceiling)" "$BARE_PORT"
+    measure "$pin" "wikigate hit" "$GATE_PORT"
+    measure "$pin" "nginx proxy_cache hit" "$CACHE_PORT"
+    measure "$pin" "wikigate miss (no-store)" "$GATE_PORT" -H "Cache-Control: no-store"
+    measure "$pin" "nginx pass-through" "$PASS_PORT"
+    stop_all
+    if [ "$mode" = pinned ]; then
+        print_table "server pinned to core 0, wrk (1 thread) to core 1"
+    else
+        print_table "both cores shared (wrk 2 threads)"
+    fi
+done
+
+# Expiry under load: the entry expires every EXPIRY_TTL seconds while 64 connections ask for
+# it. Each expiry should cost one upstream request.
+start_servers "" "${EXPIRY_TTL}s"
+echo
+echo "## expiry under load — TTL ${EXPIRY_TTL}s, wrk -c$CONNECTIONS for ${DURATION}s (≈ $((DURATION / EXPIRY_TTL)) expiries)"
+echo
+echo "| system | upstream requests | per expiry |"
+echo "|---|---|---|"
+for entry in "wikigate:$GATE_PORT" "nginx proxy_cache (lock on):$CACHE_PORT"; do
+    name=${entry%:*} port=${entry##*:}
+    curl -s -o /dev/null -m 2 -H "Authorization: $AUTH" "http://127.0.0.1:$port$TARGET"
+    before=$(upstream_count)
+    load "" "$port" >/dev/null
+    upstream=$(($(upstream_count) - before))
+    echo "| $name | $upstream | $(awk -v u="$upstream" -v n="$((DURATION / EXPIRY_TTL))" 'BEGIN {printf "%.1f", u / n}') |"
+done
