@@ -125,32 +125,41 @@ pub struct Parts {
     pub cluster: Option<Arc<Cluster>>,
 }
 
+impl Parts {
+    /// The state a gateway is made of, and the partition secret it was keyed with; nothing
+    /// is spawned or bound yet. (`start` uses it, and the in-process benchmarks.)
+    pub fn build(config: &Config) -> Result<(Parts, [u8; 32]), StartError> {
+        let metrics = Arc::new(Metrics::new());
+        let secret = cache::partition_secret(&config.cache);
+        let cluster = match config.cluster.redis_url {
+            Some(_) => Some(Cluster::new(&config.cluster)?),
+            None => None,
+        };
+        let cache = Cache::new(
+            &config.cache,
+            config.server.public_url.as_deref(),
+            secret,
+            metrics.clone(),
+        )
+        .with_cluster(cluster.clone());
+        let parts = Parts {
+            cache: Arc::new(cache),
+            callers: Arc::new(ArcSwap::from_pointee(Callers::new(config, secret)?)),
+            limits: Arc::new(Limits::new(
+                &config.limits,
+                &config.callers.clients,
+                cluster.clone(),
+            )),
+            metrics,
+            cluster,
+        };
+        Ok((parts, secret))
+    }
+}
+
 /// Binds the listeners and starts serving.
 pub async fn start(config: &Config) -> Result<Running, StartError> {
-    let metrics = Arc::new(Metrics::new());
-    let secret = cache::partition_secret(&config.cache);
-    let cluster = match config.cluster.redis_url {
-        Some(_) => Some(Cluster::new(&config.cluster)?),
-        None => None,
-    };
-    let cache = Cache::new(
-        &config.cache,
-        config.server.public_url.as_deref(),
-        secret,
-        metrics.clone(),
-    )
-    .with_cluster(cluster.clone());
-    let parts = Parts {
-        cache: Arc::new(cache),
-        callers: Arc::new(ArcSwap::from_pointee(Callers::new(config, secret)?)),
-        limits: Arc::new(Limits::new(
-            &config.limits,
-            &config.callers.clients,
-            cluster.clone(),
-        )),
-        metrics,
-        cluster,
-    };
+    let (parts, secret) = Parts::build(config)?;
     if let Some(cluster) = &parts.cluster {
         let listener: Arc<dyn Listener> = parts.cache.clone();
         cluster.spawn(Arc::downgrade(&listener));

@@ -379,7 +379,7 @@ impl Envelope {
         Some(Envelope {
             base: value["base"].as_str()?.to_owned(),
             context: value["context"].as_str()?.to_owned(),
-            headers: entry.headers().clone(),
+            headers: entry.headers(),
         })
     }
 }

@@ -45,8 +45,9 @@ impl Buffered {
 #[derive(Debug)]
 pub struct Entry {
     pub status: StatusCode,
-    /// End-to-end headers of upstream's answer, minus what wikigate writes itself.
-    headers: HeaderMap,
+    /// End-to-end headers of upstream's answer, minus what wikigate writes itself. A boxed
+    /// slice rather than a `HeaderMap`, whose spare capacity would cost more than the fields.
+    headers: Box<[(HeaderName, HeaderValue)]>,
     pub body: Bytes,
     /// A strong validator over the body.
     etag: HeaderValue,
@@ -136,6 +137,22 @@ impl Entry {
         for name in &NOT_STORED {
             headers.remove(name);
         }
+        // The answer's body, header values and non-standard header names are slices of the
+        // buffers hyper read them into, and would keep those (KBs each) alive for as long as
+        // the entry lives. Stored ones get allocations of their own size: one copy per store,
+        // none per hit.
+        let body = Bytes::copy_from_slice(&body);
+        let headers: Box<[_]> = headers
+            .iter()
+            .map(|(name, value)| {
+                let name = HeaderName::from_bytes(name.as_str().as_bytes())
+                    .unwrap_or_else(|_| name.clone());
+                let mut copy =
+                    HeaderValue::from_bytes(value.as_bytes()).unwrap_or_else(|_| value.clone());
+                copy.set_sensitive(value.is_sensitive());
+                (name, copy)
+            })
+            .collect();
         let digest = blake3::hash(&body);
         let etag = format!("\"{}\"", &digest.to_hex()[..32]);
         Entry {
@@ -242,13 +259,13 @@ impl Entry {
         }
         let points = u32::from_le_bytes(take(4)?.try_into().ok()?);
         let count = u32::from_le_bytes(take(4)?.try_into().ok()?);
-        let mut headers = HeaderMap::new();
+        let mut headers = Vec::new();
         for _ in 0..count {
             let len = u32::from_le_bytes(take(4)?.try_into().ok()?) as usize;
             let name = HeaderName::from_bytes(take(len)?).ok()?;
             let len = u32::from_le_bytes(take(4)?.try_into().ok()?) as usize;
             let value = HeaderValue::from_bytes(take(len)?).ok()?;
-            headers.append(name, value);
+            headers.push((name, value));
         }
         let body = Bytes::copy_from_slice(reader.0);
         let [stored_unix_ms, ttl, stale_if_error, stale_while_revalidate] = numbers;
@@ -256,7 +273,7 @@ impl Entry {
         let etag = format!("\"{}\"", &blake3::hash(&body).to_hex()[..32]);
         Some(Entry {
             status,
-            headers,
+            headers: headers.into_boxed_slice(),
             body,
             etag: HeaderValue::from_str(&etag).ok()?,
             stored_at: Instant::now().checked_sub(age).unwrap_or_else(Instant::now),
@@ -270,8 +287,8 @@ impl Entry {
     }
 
     /// The stored end-to-end headers.
-    pub fn headers(&self) -> &HeaderMap {
-        &self.headers
+    pub fn headers(&self) -> HeaderMap {
+        self.headers.iter().cloned().collect()
     }
 
     /// The response for a request: 304 when `If-None-Match` matches, no body for HEAD.
@@ -298,7 +315,7 @@ impl Entry {
         let mut headers = HeaderMap::with_capacity(self.headers.len() + 5);
         if not_modified {
             // RFC 9110 §15.4.5: a 304 carries the validators and caching headers only.
-            if let Some(vary) = self.headers.get(header::VARY) {
+            if let Some((_, vary)) = self.headers.iter().find(|(n, _)| n == header::VARY) {
                 headers.insert(header::VARY, vary.clone());
             }
         } else {
@@ -404,6 +421,35 @@ fn fingerprint(names: &[HeaderName], request_headers: &HeaderMap) -> [u8; 32] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stored_answer_does_not_keep_the_buffers_it_was_read_into() {
+        // hyper hands out the body and header values as slices of its read buffers.
+        let read_buffer = Bytes::from(vec![b'x'; 64 * 1024]);
+        let within = |p: *const u8| read_buffer.as_ptr_range().contains(&p);
+        let mut headers = HeaderMap::new();
+        let value = read_buffer.slice(0..8);
+        headers.insert(
+            "x-aaccountid",
+            HeaderValue::from_maybe_shared(value).unwrap(),
+        );
+        let answer = Buffered {
+            status: StatusCode::OK,
+            headers,
+            body: read_buffer.slice(8..1208),
+        };
+        let lifetime = Lifetime {
+            ttl: Duration::from_secs(60),
+            stale_if_error: Duration::ZERO,
+            stale_while_revalidate: Duration::ZERO,
+        };
+        let entry = Entry::new(answer, &HeaderMap::new(), lifetime, false, 1);
+        assert_eq!(entry.body.len(), 1200);
+        assert!(!within(entry.body.as_ptr()));
+        for (_, value) in entry.headers.iter() {
+            assert!(!within(value.as_bytes().as_ptr()));
+        }
+    }
 
     fn entry(vary: Option<&'static str>) -> Entry {
         let mut headers = HeaderMap::new();

@@ -1,0 +1,141 @@
+//! Memory of a full cache, and coalescing under a cold stampede.
+//!
+//! 1. Fills the cache through the gateway with 100 000 distinct answers of about 1.2 KB (the
+//!    fake directory's accounts with `expand=operations,personalSpace`, each asked with its own
+//!    extra query parameter so that every request is its own entry), then reports the growth
+//!    of resident memory against the bytes of the bodies stored. Target: at most 1.5×.
+//! 2. Sends 1 000 concurrent identical GETs for an entry nobody asked for yet and counts the
+//!    requests that reached upstream. Target: 1, all 1 000 answered 200.
+//!
+//! `cargo bench --bench cache_memory`; under `cargo test` it runs with 2 000 entries and 100
+//! concurrent requests.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+use futures_util::future::join_all;
+use http::Request;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::{Client, connect::HttpConnector};
+use hyper_util::rt::TokioExecutor;
+use wikigate::config::Config;
+use wikigate::fake::{FakeConfluence, directory_account};
+use wikigate::routes::Operation;
+
+type HttpClient = Client<HttpConnector, Empty<Bytes>>;
+
+/// alice@example.com:alice-api-token, the fake site's first demo user.
+const ALICE: &str = "Basic YWxpY2VAZXhhbXBsZS5jb206YWxpY2UtYXBpLXRva2Vu";
+/// Accounts in the fake site's directory.
+const DIRECTORY: usize = 5_000;
+
+fn resident_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
+    pages * 4096
+}
+
+/// GETs `url` and returns the body's length.
+async fn get(client: &HttpClient, url: String) -> usize {
+    let request = Request::get(url)
+        .header(http::header::AUTHORIZATION, ALICE)
+        .body(Empty::new())
+        .expect("a request");
+    let response = client.request(request).await.expect("an answer");
+    assert_eq!(response.status(), 200);
+    response
+        .into_body()
+        .collect()
+        .await
+        .expect("a body")
+        .to_bytes()
+        .len()
+}
+
+fn main() {
+    let full = std::env::args().any(|a| a == "--bench");
+    let (entries, stampede) = if full { (100_000, 1_000) } else { (2_000, 100) };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    runtime.block_on(async move {
+        let fake = FakeConfluence::start().await.expect("the fake site");
+        let config = Config::from_toml(&format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+             [upstream]\nurl = \"{}\"\n[cache]\nmax_bytes = 268435456\n[log]\nlevel = \"warn\"\n",
+            fake.url()
+        ))
+        .expect("a config");
+        let gateway = wikigate::lifecycle::start(&config).await.expect("the gateway");
+        let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
+        let base = format!("http://{}/wiki/rest/api/user", gateway.addr);
+        let url = move |n: usize, tag: &str| {
+            format!(
+                "{base}?accountId={}&expand=operations,personalSpace&{tag}={n}",
+                directory_account(n % DIRECTORY)
+            )
+        };
+
+        // Warm-up: connection pools, the runtime's threads, the allocator's arenas.
+        for n in 0..200 {
+            get(&client, url(n, "warm")).await;
+        }
+        let before = resident_bytes();
+        let payload = Arc::new(AtomicU64::new(0));
+        let workers = 32;
+        join_all((0..workers).map(|w| {
+            let (client, payload, url) = (client.clone(), payload.clone(), url.clone());
+            async move {
+                for n in (w..entries).step_by(workers) {
+                    let len = get(&client, url(n, "entry")).await;
+                    payload.fetch_add(len as u64, Ordering::Relaxed);
+                }
+            }
+        }))
+        .await;
+        let stats = cache_metrics(&client, &gateway.admin_addr).await;
+        let after = resident_bytes();
+        let payload = payload.load(Ordering::Relaxed);
+        let grown = after.saturating_sub(before);
+        println!("{entries} cached answers, {:.0} bytes of body on average", payload as f64 / entries as f64);
+        println!("  bodies          {:>8.1} MiB", payload as f64 / 1048576.0);
+        println!("  resident growth {:>8.1} MiB  ({:.2}× the bodies; target ≤ 1.5×)", grown as f64 / 1048576.0, grown as f64 / payload as f64);
+        println!("  cache's own     {stats}");
+
+        // A stampede on a key nobody asked for: one fetch, everyone answered.
+        let upstream_before = fake.hits(Operation::GetUser);
+        let answered = join_all((0..stampede).map(|_| get(&client, url(0, "cold")))).await.len();
+        let upstream = fake.hits(Operation::GetUser) - upstream_before;
+        println!("{stampede} concurrent cold identical GETs: {answered} answered, {upstream} upstream request(s)");
+        assert_eq!(upstream, 1, "the stampede was not coalesced");
+        gateway.stop().await;
+    });
+}
+
+/// The cache's entry count and weighted size, as `/metrics` reports them.
+async fn cache_metrics(client: &HttpClient, admin: &std::net::SocketAddr) -> String {
+    let request = Request::get(format!("http://{admin}/metrics"))
+        .body(Empty::new())
+        .expect("a request");
+    let response = client.request(request).await.expect("an answer");
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .expect("a body")
+        .to_bytes();
+    String::from_utf8_lossy(&body)
+        .lines()
+        .filter(|l| {
+            l.starts_with("wikigate_cache_entries ")
+                || l.starts_with("wikigate_cache_weighted_bytes ")
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}

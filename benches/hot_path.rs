@@ -1,0 +1,215 @@
+//! Micro-benchmarks of what every cached read does, for whoever changes the hot path next.
+//!
+//! - `route`: matching a request path against the route table (fixed and parameterised).
+//! - `cache_key`: the caller's partition (keyed BLAKE3 of `Authorization`) and the key over
+//!   route, parameters, normalised query and generations.
+//! - `limiter`: one `requests` limit check for a known caller (governor GCRA, keyed).
+//! - `hit`: one GET answered from the cache by the gateway service, over an in-memory duplex
+//!   stream with hyper on both ends — the whole hit path without sockets or the kernel — and,
+//!   as its ceiling, the same exchange with a bare hyper service answering the same body.
+//!
+//! `cargo bench --bench hot_path`; under `cargo test` each runs once (criterion's test mode).
+
+use std::convert::Infallible;
+use std::hint::black_box;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use criterion::{Criterion, criterion_group, criterion_main};
+use http::{HeaderMap, HeaderValue, Method, Request, header};
+use http_body_util::{BodyExt, Empty};
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use wikigate::cache::{CacheKey, Partition};
+use wikigate::caller::Callers;
+use wikigate::config::{ClassLimits, Config, LimitsConfig, Rate};
+use wikigate::fake::FakeConfluence;
+use wikigate::gateway::Gateway;
+use wikigate::lifecycle::Parts;
+use wikigate::limit::Limits;
+use wikigate::routes::resolve;
+use wikigate::server::{ConnInfo, Handler};
+
+const CURRENT: &str = "/wiki/rest/api/user/current";
+const QUERY: &str = "expand=operations,personalSpace";
+/// alice@example.com:alice-api-token, the fake site's first demo user.
+const ALICE: &str = "Basic YWxpY2VAZXhhbXBsZS5jb206YWxpY2UtYXBpLXRva2Vu";
+
+fn authorization() -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert(header::AUTHORIZATION, HeaderValue::from_static(ALICE));
+    headers
+}
+
+fn route(c: &mut Criterion) {
+    c.bench_function("route/fixed", |b| {
+        b.iter(|| resolve(black_box(&Method::GET), black_box(CURRENT)))
+    });
+    c.bench_function("route/parameters", |b| {
+        b.iter(|| {
+            resolve(
+                black_box(&Method::GET),
+                black_box("/wiki/rest/api/user/557058:a11ce/property/team-settings"),
+            )
+        })
+    });
+}
+
+fn cache_key(c: &mut Criterion) {
+    let headers = authorization();
+    let secret = [7; 32];
+    let resolved = resolve(&Method::GET, CURRENT).expect("a route");
+    c.bench_function("cache_key/partition", |b| {
+        b.iter(|| Partition::of(black_box(&headers), &secret))
+    });
+    let partition = Partition::of(&headers, &secret).expect("a partition");
+    c.bench_function("cache_key/key", |b| {
+        b.iter(|| CacheKey::new(partition, &resolved, black_box(Some(QUERY)), &[1, 2, 3]))
+    });
+    c.bench_function("cache_key/key, expand out of order", |b| {
+        let query = "expand=personalSpace,operations";
+        b.iter(|| CacheKey::new(partition, &resolved, black_box(Some(query)), &[1, 2, 3]))
+    });
+}
+
+fn limiter(c: &mut Criterion) {
+    let rate = Rate {
+        rate: NonZeroU32::new(1_000_000_000).expect("non-zero"),
+        per: Duration::from_secs(1),
+        burst: None,
+    };
+    let mut config = LimitsConfig::default();
+    config.classes.insert(
+        "default".to_owned(),
+        ClassLimits {
+            requests: Some(rate),
+            upstream: None,
+        },
+    );
+    let limits = Limits::new(&config, &[], None);
+    let gateway_config =
+        Config::from_toml("[upstream]\nurl = \"http://127.0.0.1:1\"\n").expect("a config");
+    let callers = Callers::new(&gateway_config, [7; 32]).expect("callers");
+    let caller = callers
+        .identify(&authorization(), "127.0.0.1".parse().expect("an address"))
+        .expect("a caller");
+    c.bench_function("limiter/check", |b| {
+        b.iter(|| limits.check_request(black_box(&caller)))
+    });
+}
+
+type Sender = hyper::client::conn::http1::SendRequest<Empty<Bytes>>;
+
+/// A client connection to `handler` over an in-memory duplex stream.
+async fn connect<H: Handler>(handler: Arc<H>) -> Sender {
+    let conn = ConnInfo {
+        peer: "127.0.0.1:40000".parse().expect("an address"),
+        tls: false,
+    };
+    let (client_io, server_io) = tokio::io::duplex(64 * 1024);
+    tokio::spawn(async move {
+        let service = service_fn(move |request| {
+            let handler = handler.clone();
+            async move { Ok::<_, Infallible>(handler.call(request, conn).await) }
+        });
+        let _ = hyper::server::conn::http1::Builder::new()
+            .serve_connection(TokioIo::new(server_io), service)
+            .await;
+    });
+    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(client_io))
+        .await
+        .expect("a client connection");
+    tokio::spawn(connection);
+    sender
+}
+
+/// The ceiling: answers every request with the same body, and nothing else.
+struct Bare(Bytes);
+
+impl Handler for Bare {
+    async fn call(
+        &self,
+        _request: Request<hyper::body::Incoming>,
+        _conn: ConnInfo,
+    ) -> http::Response<wikigate::body::Body> {
+        let mut response = http::Response::new(wikigate::body::Body::full(self.0.clone()));
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        response
+    }
+}
+
+fn hit(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    let mut sender = runtime.block_on(async {
+        let fake = FakeConfluence::start().await.expect("the fake site");
+        let config = Config::from_toml(&format!(
+            "[upstream]\nurl = \"{}\"\n[log]\nlevel = \"warn\"\n",
+            fake.url()
+        ))
+        .expect("a config");
+        let (parts, _) = Parts::build(&config).expect("parts");
+        let gateway = Arc::new(Gateway::new(&config, parts).expect("a gateway"));
+        // The fake stays up for the whole benchmark: the first request fills the cache.
+        std::mem::forget(fake);
+        connect(gateway).await
+    });
+    let request = || {
+        Request::get(format!("{CURRENT}?{QUERY}"))
+            .header(header::HOST, "wikigate.test")
+            .header(header::AUTHORIZATION, ALICE)
+            .body(Empty::<Bytes>::new())
+            .expect("a request")
+    };
+    let body = runtime.block_on(async {
+        let response = sender.send_request(request()).await.expect("an answer");
+        assert!(response.status().is_success());
+        response
+            .into_body()
+            .collect()
+            .await
+            .expect("a body")
+            .to_bytes()
+    });
+    let mut bare = runtime.block_on(connect(Arc::new(Bare(body))));
+    c.bench_function("hit/bare hyper service, same body", |b| {
+        b.iter_custom(|iterations| {
+            runtime.block_on(async {
+                let started = Instant::now();
+                for _ in 0..iterations {
+                    let response = bare.send_request(request()).await.expect("an answer");
+                    black_box(response.into_body().collect().await.expect("a body"));
+                }
+                started.elapsed()
+            })
+        })
+    });
+    c.bench_function("hit/in-process", |b| {
+        b.iter_custom(|iterations| {
+            runtime.block_on(async {
+                let started = Instant::now();
+                for _ in 0..iterations {
+                    let response = sender.send_request(request()).await.expect("an answer");
+                    let cache_status = response.headers().get("cache-status").cloned();
+                    let body = response.into_body().collect().await.expect("a body");
+                    black_box(body);
+                    assert_eq!(
+                        cache_status.as_ref().map(HeaderValue::as_bytes),
+                        Some(&b"wikigate; hit"[..])
+                    );
+                }
+                started.elapsed()
+            })
+        })
+    });
+}
+
+criterion_group!(benches, route, cache_key, limiter, hit);
+criterion_main!(benches);
