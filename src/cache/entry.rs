@@ -147,10 +147,7 @@ impl Entry {
             .map(|(name, value)| {
                 let name = HeaderName::from_bytes(name.as_str().as_bytes())
                     .unwrap_or_else(|_| name.clone());
-                let mut copy =
-                    HeaderValue::from_bytes(value.as_bytes()).unwrap_or_else(|_| value.clone());
-                copy.set_sensitive(value.is_sensitive());
-                (name, copy)
+                (name, stored_value(value))
             })
             .collect();
         let digest = blake3::hash(&body);
@@ -336,7 +333,8 @@ impl Entry {
     }
 
     /// `Age` and `Cache-Control: private, max-age` at `now`, in whole seconds so that the two
-    /// add up to the TTL; made once per second of age and shared by that second's hits.
+    /// add up to the TTL; from the second second of age on, made once per second and shared
+    /// by that second's hits.
     fn age_headers(&self, now: Instant) -> (HeaderValue, HeaderValue) {
         let age = self.age(now).as_secs();
         if let Some(current) = &*self.age_headers.load()
@@ -352,7 +350,11 @@ impl Entry {
                 .expect("ascii"),
         };
         let values = (made.age_value.clone(), made.cache_control.clone());
-        self.age_headers.store(Some(Arc::new(made)));
+        // Not for the answer that stored the entry (age 0): most entries are never asked for
+        // again, and would carry the memo for nothing.
+        if age > 0 {
+            self.age_headers.store(Some(Arc::new(made)));
+        }
         values
     }
 }
@@ -385,6 +387,26 @@ pub fn list_tokens_match(request_headers: &HeaderMap, etag: &str) -> bool {
 
 /// RFC 9211's header.
 pub static CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
+
+/// Values almost every stored answer has, kept as statics: no allocation per entry, and
+/// nothing to count references of when a hit clones them.
+static COMMON_VALUES: [HeaderValue; 5] = [
+    HeaderValue::from_static("application/json;charset=UTF-8"),
+    HeaderValue::from_static("application/json"),
+    HeaderValue::from_static("1.1 wikigate"),
+    HeaderValue::from_static("2 wikigate"),
+    HeaderValue::from_static("1.0 wikigate"),
+];
+
+/// A header value as an entry keeps it: a common one as a static, else a copy of its own.
+fn stored_value(value: &HeaderValue) -> HeaderValue {
+    if let Some(common) = COMMON_VALUES.iter().find(|c| *c == value) {
+        return common.clone();
+    }
+    let mut copy = HeaderValue::from_bytes(value.as_bytes()).unwrap_or_else(|_| value.clone());
+    copy.set_sensitive(value.is_sensitive());
+    copy
+}
 
 /// The header names upstream's `Vary` lists, `None` without `Vary`. `*` is handled by the
 /// caller (never stored).

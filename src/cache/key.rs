@@ -163,15 +163,24 @@ impl KeyInput {
 
 /// The query's pairs, percent-decoded and sorted; all `expand` values merged into one sorted,
 /// de-duplicated, comma-joined value. Empty pairs are dropped.
-pub fn normalized_query(query: Option<&str>) -> Vec<(Cow<'_, str>, Cow<'_, str>)> {
+pub fn normalized_query<'a>(query: Option<&'a str>) -> Vec<(Cow<'a, str>, Cow<'a, str>)> {
     let mut pairs = Vec::new();
     let mut expand: Vec<Cow<'_, str>> = Vec::new();
     // The one `expand` value, when it was already in normal form (the usual case).
     let mut expand_as_sent: Option<&str> = None;
-    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+    let query = query.unwrap_or("");
+    // Without a single escape, every name and value is already what decoding would make.
+    let escaped = query.contains('%');
+    let decode = |s: &'a str| {
+        if escaped {
+            percent_encoding::percent_decode_str(s).decode_utf8_lossy()
+        } else {
+            Cow::Borrowed(s)
+        }
+    };
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-        let name = percent_encoding::percent_decode_str(name).decode_utf8_lossy();
-        let value = percent_encoding::percent_decode_str(value).decode_utf8_lossy();
+        let (name, value) = (decode(name), decode(value));
         if name == "expand" {
             let items = |v: &str| {
                 v.split(',')
