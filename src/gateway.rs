@@ -497,18 +497,22 @@ impl Handler for Gateway {
         // Only what the access log needs from the request outlives it, and only when it is on.
         let access_log = tracing::enabled!(target: "wikigate::access", tracing::Level::INFO);
         let path = access_log.then(|| request.uri().path().to_owned());
-        let span = tracing::info_span!(
-            "request",
-            otel.name = %method,
-            otel.kind = "server",
-            http.request.method = %method,
-            http.route = tracing::field::Empty,
-            http.response.status_code = tracing::field::Empty,
-            wikigate.operation = tracing::field::Empty,
-            wikigate.cache = tracing::field::Empty,
-            wikigate.caller = tracing::field::Empty,
-            wikigate.upstream_duration_ms = tracing::field::Empty,
-        );
+        let span = if telemetry::exporting() {
+            tracing::info_span!(
+                "request",
+                otel.name = %method,
+                otel.kind = "server",
+                http.request.method = %method,
+                http.route = tracing::field::Empty,
+                http.response.status_code = tracing::field::Empty,
+                wikigate.operation = tracing::field::Empty,
+                wikigate.cache = tracing::field::Empty,
+                wikigate.caller = tracing::field::Empty,
+                wikigate.upstream_duration_ms = tracing::field::Empty,
+            )
+        } else {
+            tracing::Span::none()
+        };
         if !span.is_disabled() {
             telemetry::extract(&span, request.headers());
         }

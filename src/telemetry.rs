@@ -7,6 +7,13 @@
 //! extracted from client requests ([`extract`]) and injected into upstream requests
 //! ([`inject`]); with OTLP off both are no-ops and a client's `traceparent` passes through.
 //!
+//! The per-request span exists only while spans are exported ([`exporting`]): without OTLP,
+//! the access-log line carries every field the span would, and a span would cost the log layer
+//! a formatted copy of its fields on every request (measured: with the span, hits at
+//! `log.level = "info"` ran at less than half the rate they run at with the log off; without
+//! it, at about 0.8 of it). Warnings logged while a request is handled then carry no request
+//! fields of their own.
+//!
 //! Invariant: nothing wikigate logs or exports carries a credential. Request headers are never
 //! recorded; the access log (target `wikigate::access`) and spans name the operation, the route
 //! and the caller's label, never a header value.
@@ -63,12 +70,27 @@ pub fn init(log: &LogConfig, telemetry: &TelemetryConfig) -> Telemetry {
         );
         tracing_opentelemetry::layer().with_tracer(provider.tracer("wikigate"))
     });
-    let _ = tracing_subscriber::registry()
+    let exporting = otel.is_some();
+    let installed = tracing_subscriber::registry()
         .with(filter)
         .with(logs)
         .with(otel)
-        .try_init();
+        .try_init()
+        .is_ok();
+    if installed {
+        EXPORTING.store(exporting, std::sync::atomic::Ordering::Relaxed);
+    }
     Telemetry { provider }
+}
+
+/// Whether spans are exported (OTLP configured).
+static EXPORTING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether spans go anywhere but log lines: the request span is made only then, since the
+/// access-log line already carries every field it would (and a span costs a formatted copy
+/// of its fields per request in the log layer).
+pub fn exporting() -> bool {
+    EXPORTING.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 fn otlp_provider(config: &TelemetryConfig) -> Option<SdkTracerProvider> {
