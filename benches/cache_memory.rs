@@ -10,6 +10,8 @@
 //! `cargo bench --bench cache_memory`; under `cargo test` it runs with 2 000 entries and 100
 //! concurrent requests.
 
+mod support;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -19,26 +21,15 @@ use http::Request;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::{Client, connect::HttpConnector};
 use hyper_util::rt::TokioExecutor;
+use support::{ALICE, resident_bytes};
 use wikigate::config::Config;
 use wikigate::fake::{FakeConfluence, directory_account};
 use wikigate::routes::Operation;
 
 type HttpClient = Client<HttpConnector, Empty<Bytes>>;
 
-/// alice@example.com:alice-api-token, the fake site's first demo user.
-const ALICE: &str = "Basic YWxpY2VAZXhhbXBsZS5jb206YWxpY2UtYXBpLXRva2Vu";
 /// Accounts in the fake site's directory.
 const DIRECTORY: usize = 5_000;
-
-fn resident_bytes() -> u64 {
-    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
-    let pages: u64 = statm
-        .split_whitespace()
-        .nth(1)
-        .and_then(|p| p.parse().ok())
-        .unwrap_or(0);
-    pages * 4096
-}
 
 /// GETs `url` and returns the body's length.
 async fn get(client: &HttpClient, url: String) -> usize {

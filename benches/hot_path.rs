@@ -10,11 +10,12 @@
 //!
 //! `cargo bench --bench hot_path`; under `cargo test` each runs once (criterion's test mode).
 
+mod support;
+
 use std::convert::Infallible;
 use std::hint::black_box;
-use std::num::NonZeroU32;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 use criterion::{Criterion, criterion_group, criterion_main};
@@ -22,9 +23,10 @@ use http::{HeaderMap, HeaderValue, Method, Request, header};
 use http_body_util::{BodyExt, Empty};
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
+use support::{ALICE, default_class_limits};
 use wikigate::cache::{CacheKey, Partition};
 use wikigate::caller::Callers;
-use wikigate::config::{ClassLimits, Config, LimitsConfig, Rate};
+use wikigate::config::Config;
 use wikigate::fake::FakeConfluence;
 use wikigate::gateway::Gateway;
 use wikigate::lifecycle::Parts;
@@ -34,8 +36,6 @@ use wikigate::server::{ConnInfo, Handler};
 
 const CURRENT: &str = "/wiki/rest/api/user/current";
 const QUERY: &str = "expand=operations,personalSpace";
-/// alice@example.com:alice-api-token, the fake site's first demo user.
-const ALICE: &str = "Basic YWxpY2VAZXhhbXBsZS5jb206YWxpY2UtYXBpLXRva2Vu";
 
 fn authorization() -> HeaderMap {
     let mut headers = HeaderMap::new();
@@ -75,20 +75,7 @@ fn cache_key(c: &mut Criterion) {
 }
 
 fn limiter(c: &mut Criterion) {
-    let rate = Rate {
-        rate: NonZeroU32::new(1_000_000_000).expect("non-zero"),
-        per: Duration::from_secs(1),
-        burst: None,
-    };
-    let mut config = LimitsConfig::default();
-    config.classes.insert(
-        "default".to_owned(),
-        ClassLimits {
-            requests: Some(rate),
-            upstream: None,
-        },
-    );
-    let limits = Limits::new(&config, &[], None);
+    let limits = Limits::new(&default_class_limits(1_000_000_000, false), &[], None);
     let gateway_config =
         Config::from_toml("[upstream]\nurl = \"http://127.0.0.1:1\"\n").expect("a config");
     let callers = Callers::new(&gateway_config, [7; 32]).expect("callers");

@@ -4,41 +4,19 @@
 //! before and after, lets every bucket refill, reclaims, and measures again.
 //! `cargo bench --bench limiter_memory`; under `cargo test` it runs with 1 000 callers.
 
-use std::num::NonZeroU32;
+mod support;
+
 use std::sync::Arc;
 use std::time::Duration;
 
+use support::{default_class_limits, resident_bytes};
 use wikigate::caller::{Caller, CallerId};
-use wikigate::config::{ClassLimits, LimitsConfig, Rate};
 use wikigate::limit::Limits;
-
-fn resident_bytes() -> u64 {
-    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
-    let pages: u64 = statm
-        .split_whitespace()
-        .nth(1)
-        .and_then(|p| p.parse().ok())
-        .unwrap_or(0);
-    pages * 4096
-}
 
 fn main() {
     let full = std::env::args().any(|a| a == "--bench");
     let callers: u32 = if full { 100_000 } else { 1_000 };
-    let rate = Rate {
-        rate: NonZeroU32::new(1000).unwrap(),
-        per: Duration::from_secs(1),
-        burst: None,
-    };
-    let mut config = LimitsConfig::default();
-    config.classes.insert(
-        "default".to_owned(),
-        ClassLimits {
-            requests: Some(rate),
-            upstream: Some(rate),
-        },
-    );
-    let limits = Limits::new(&config, &[], None);
+    let limits = Limits::new(&default_class_limits(1000, true), &[], None);
     let class: Arc<str> = Arc::from("default");
 
     let runtime = tokio::runtime::Builder::new_current_thread()

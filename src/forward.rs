@@ -179,11 +179,14 @@ pub fn strip_conditionals(headers: &mut HeaderMap) {
     headers.remove(header::IF_MODIFIED_SINCE);
 }
 
+/// The `Via` entries wikigate adds, by the protocol version of the hop.
+pub const VIA: [&str; 3] = ["1.0 wikigate", "1.1 wikigate", "2 wikigate"];
+
 fn via(version: Version) -> &'static str {
     match version {
-        Version::HTTP_10 => "1.0 wikigate",
-        Version::HTTP_2 => "2 wikigate",
-        _ => "1.1 wikigate",
+        Version::HTTP_10 => VIA[0],
+        Version::HTTP_2 => VIA[2],
+        _ => VIA[1],
     }
 }
 

@@ -17,7 +17,7 @@ use http::{Response, StatusCode};
 use tokio::time::Instant;
 
 use crate::body::Body;
-use crate::forward::list_tokens;
+use crate::forward::{self, list_tokens};
 
 /// A response head and body held in memory.
 #[derive(Debug, Clone)]
@@ -393,9 +393,9 @@ pub static CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
 static COMMON_VALUES: [HeaderValue; 5] = [
     HeaderValue::from_static("application/json;charset=UTF-8"),
     HeaderValue::from_static("application/json"),
-    HeaderValue::from_static("1.1 wikigate"),
-    HeaderValue::from_static("2 wikigate"),
-    HeaderValue::from_static("1.0 wikigate"),
+    HeaderValue::from_static(forward::VIA[0]),
+    HeaderValue::from_static(forward::VIA[1]),
+    HeaderValue::from_static(forward::VIA[2]),
 ];
 
 /// A header value as an entry keeps it: a common one as a static, else a copy of its own.
