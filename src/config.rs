@@ -208,6 +208,10 @@ pub struct CacheConfig {
     /// How long "no such (or no visible) account" from a bulk lookup is remembered.
     #[serde(with = "duration")]
     pub negative_ttl: Duration,
+    /// Cookies that carry no identity (Atlassian's `atlassian.xsrf.token`, set afresh on every
+    /// answer): removed from requests and answers, so they neither make a request bypass the
+    /// cache nor keep an answer from being stored (`cookies`).
+    pub ignored_cookies: Vec<String>,
     pub routes: RoutePolicies,
 }
 
@@ -223,6 +227,7 @@ impl Default for CacheConfig {
             coalesce_timeout: Duration::from_secs(30),
             bulk_entities: true,
             negative_ttl: Duration::from_secs(30),
+            ignored_cookies: vec!["atlassian.xsrf.token".to_owned()],
             routes: RoutePolicies::default(),
         }
     }
@@ -865,6 +870,18 @@ impl Config {
                 "cache.max_entry_bytes",
                 "must not exceed cache.max_bytes",
             ));
+        }
+        for (i, name) in self.cache.ignored_cookies.iter().enumerate() {
+            let token = !name.is_empty()
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?={}".contains(&b));
+            if !token {
+                return Err(ConfigError::invalid(
+                    &format!("cache.ignored_cookies[{i}]"),
+                    format!("`{name}` is not a cookie name"),
+                ));
+            }
         }
         if self.cache.coalesce_timeout.is_zero() {
             return Err(ConfigError::invalid(

@@ -20,12 +20,17 @@ pub struct Example {
     /// `user:token` for Basic, or a full `Authorization` value when it starts with `Bearer `.
     pub credential: String,
     pub body: Option<&'static str>,
+    /// Asks for gzip, as every mainstream HTTP client does (`curl --compressed`).
+    pub compressed: bool,
 }
 
 impl Example {
     /// The example as a shell command against `origin` (`http://127.0.0.1:8080`).
     pub fn curl(&self, origin: &str) -> String {
         let mut cmd = String::from("curl -fsS");
+        if self.compressed {
+            cmd.push_str(" --compressed");
+        }
         if self.credential.starts_with("Bearer ") {
             cmd.push_str(&format!(" -H 'Authorization: {}'", self.credential));
         } else {
@@ -54,6 +59,7 @@ pub fn examples() -> Vec<Example> {
         target,
         credential,
         body,
+        compressed: false,
     };
     vec![
         ex(
@@ -77,13 +83,16 @@ pub fn examples() -> Vec<Example> {
             basic(&alice),
             None,
         ),
-        ex(
-            "Group memberships",
-            "GET",
-            format!("{api}/memberof?accountId={}", alice.account_id),
-            basic(&alice),
-            None,
-        ),
+        Example {
+            compressed: true,
+            ..ex(
+                "Group memberships, in gzip as HTTP libraries ask (the same cache entry serves both)",
+                "GET",
+                format!("{api}/memberof?accountId={}", alice.account_id),
+                basic(&alice),
+                None,
+            )
+        },
         ex(
             "Bulk lookup",
             "GET",
@@ -149,7 +158,7 @@ pub fn examples() -> Vec<Example> {
 }
 
 /// Runs the demo until SIGINT/SIGTERM.
-pub async fn run(listen: SocketAddr) -> ExitCode {
+pub async fn run(mut listen: SocketAddr) -> ExitCode {
     let telemetry = telemetry::init(&LogConfig::default(), &TelemetryConfig::default());
     let signals = Signals::install();
     let fake = match FakeConfluence::start().await {
@@ -159,8 +168,15 @@ pub async fn run(listen: SocketAddr) -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    // Links in answers point at the gateway (`server.public_url`), which needs its port now.
+    if listen.port() == 0
+        && let Ok(free) = std::net::TcpListener::bind(listen).and_then(|l| l.local_addr())
+    {
+        listen = free;
+    }
     let config = Config::from_toml(&format!(
-        "[server]\nlisten = \"{listen}\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[upstream]\nurl = \"{}\"\n",
+        "[server]\nlisten = \"{listen}\"\npublic_url = \"http://{listen}\"\n\
+         [admin]\nlisten = \"127.0.0.1:0\"\n[upstream]\nurl = \"{}\"\n",
         fake.url()
     ))
     .expect("the demo config is valid");
@@ -172,10 +188,12 @@ pub async fn run(listen: SocketAddr) -> ExitCode {
         }
     };
     let origin = format!("http://{}", running.addr);
+    let admin = format!("http://{}", running.admin_addr);
     let mut text = format!(
-        "\nwikigate demo: gateway on {origin}, admin on http://{}, fake Confluence on {}\n\
-         Try these (Ctrl-C to stop):\n",
-        running.admin_addr,
+        "\nwikigate demo: the gateway on {origin}, in front of a fake Confluence site on {}\n\
+         \n  status page   {admin}/        (hit ratio, quota saved, routes, limits)\n\
+         \x20 metrics       {admin}/metrics (Prometheus)\n\
+         \nTry these (Ctrl-C to stop); run one twice and its Cache-Status says hit (curl -i):\n",
         fake.url()
     );
     for example in examples() {

@@ -31,6 +31,8 @@ use tracing::Instrument as _;
 
 use crate::body::Body;
 use crate::cache::{self, Buffered, BulkPlan, Cache, Fetched, Lookup, Served};
+use crate::coding::{self, Accepts, Coding};
+use crate::cookies::IgnoredCookies;
 use arc_swap::ArcSwap;
 
 use crate::caller::{Caller, Callers};
@@ -40,6 +42,7 @@ use crate::error::{ErrorSource, GatewayError};
 use crate::forward::{self, ForwardedHost};
 use crate::lifecycle::Parts;
 use crate::limit::{self, HoldKey, Limits};
+use crate::links::Links;
 use crate::metrics::{CacheLabel, Metrics, RequestRecord};
 use crate::routes::{self, Operation, Route, Tag};
 use crate::server::{ConnInfo, Handler};
@@ -57,6 +60,10 @@ pub struct Gateway {
     metrics: Arc<Metrics>,
     /// `server.public_url`'s host: the `X-Forwarded-Host` of reads that may be stored.
     public_host: Option<http::HeaderValue>,
+    /// Redirects to the site for what links lead to wikigate but it does not serve.
+    links: Arc<Links>,
+    /// Cookies that carry no identity: they never cross, in either direction.
+    cookies: Arc<IgnoredCookies>,
 }
 
 /// Request-size and time limits from `[server]`.
@@ -77,6 +84,7 @@ impl Gateway {
             limits: rate_limits,
             metrics,
             cluster: _,
+            links,
         } = parts;
         let public_host = config
             .server
@@ -90,6 +98,8 @@ impl Gateway {
             rate_limits,
             metrics,
             public_host,
+            links,
+            cookies: Arc::new(IgnoredCookies::new(&config.cache.ignored_cookies)),
             upstream: Upstream::new(&config.upstream)?,
             csrf: CsrfGuard::new(&config.csrf),
             limits: RequestLimits {
@@ -112,6 +122,7 @@ impl Gateway {
         self.limits.check_head(&request)?;
         let (mut parts, body) = request.into_parts();
         forward::strip_hop_by_hop(&mut parts.headers);
+        self.cookies.strip_request(&mut parts.headers);
         // One snapshot of the callers for the whole request, whatever a reload does meanwhile.
         let callers = self.callers.load_full();
         let caller = callers.identify(&parts.headers, conn.peer.ip())?;
@@ -121,7 +132,18 @@ impl Gateway {
         let resolved = routes::resolve(&parts.method, parts.uri.path());
         log.operation = resolved.as_ref().ok().map(|r| r.operation);
         let allowance = self.rate_limits.check_request(&caller)?;
-        let resolved = resolved?;
+        let resolved = match resolved {
+            Err(routes::RouteError::NotFound)
+                if matches!(parts.method, http::Method::GET | http::Method::HEAD) =>
+            {
+                let path_and_query = parts.uri.path_and_query().map_or("", |p| p.as_str());
+                return match self.links.redirect(parts.uri.path(), path_and_query) {
+                    Some(location) => Ok(redirect(location)),
+                    None => Err(routes::RouteError::NotFound.into()),
+                };
+            }
+            resolved => resolved?,
+        };
         callers.apply_auth_mode(&mut parts.headers);
         // Everything a trip upstream needs; made only once the cache cannot answer.
         let admission = |parts: &request::Parts| Admission {
@@ -130,6 +152,7 @@ impl Gateway {
             route: resolved.route(),
             hold: callers.hold_key(&parts.headers, conn.peer.ip()),
             caller,
+            cookies: self.cookies.clone(),
         };
 
         let mut response = if resolved.operation.verb().is_write() {
@@ -234,9 +257,16 @@ impl Gateway {
         admission: Admission,
     ) -> Result<Response<Body>, GatewayError> {
         let request_headers = parts.headers.clone();
-        // The entry is always filled from a full GET, also for HEAD and conditional requests.
+        let accepts = Accepts::of(&request_headers);
+        // The entry is always filled from a full GET, also for HEAD and conditional requests,
+        // in gzip whatever the client accepts: wikigate decodes what it must read, and gives
+        // each client a coding it accepts.
         parts.method = http::Method::GET;
         forward::strip_conditionals(&mut parts.headers);
+        parts.headers.insert(
+            header::ACCEPT_ENCODING,
+            http::HeaderValue::from_static("gzip"),
+        );
         let template = Arc::new(
             self.upstream_request(parts, body, conn, Exchange::StoredRead)
                 .await?,
@@ -248,7 +278,7 @@ impl Gateway {
             let fetch = |query: String| async move {
                 let mut request = copy_request(&template);
                 *request.uri_mut() = with_query(template.uri(), &query)?;
-                fetch(&self.upstream, &admission, request, limit).await
+                fetch(&self.upstream, &admission, request, limit, accepts).await
             };
             return self.cache.bulk_read(plan, &request_headers, fetch).await;
         }
@@ -256,7 +286,7 @@ impl Gateway {
         let fetch = move || {
             let request = copy_request(&template);
             let (upstream, admission) = (upstream.clone(), admission.clone());
-            async move { fetch(&upstream, &admission, request, limit).await }
+            async move { fetch(&upstream, &admission, request, limit, accepts).await }
         };
         self.cache.read(lookup, &request_headers, fetch).await
     }
@@ -333,28 +363,65 @@ fn copy_request(template: &Request<Full<Bytes>>) -> Request<Full<Bytes>> {
     request
 }
 
-/// Fetches for the cache: the answer read whole when it is at most `limit` bytes, streamed
-/// through otherwise (without ever holding more than `limit` bytes of it).
+/// Fetches for the cache: the answer read whole and decoded when it is at most `limit` bytes
+/// (encoded and decoded), streamed through otherwise without ever holding more than `limit`
+/// bytes of it. `accepts` is what the requesting client accepts: an answer too large to hold
+/// reaches it only in a coding it accepts — for a client that does not take gzip, a gzip
+/// answer too large to decode is asked for once more, without gzip, and streamed as it comes.
 async fn fetch(
     upstream: &Upstream,
     admission: &Admission,
     request: Request<Full<Bytes>>,
     limit: usize,
+    accepts: Accepts,
+) -> Result<Fetched, GatewayError> {
+    let identity = (!accepts.gzip()).then(|| {
+        let mut again = copy_request(&request);
+        again.headers_mut().insert(
+            header::ACCEPT_ENCODING,
+            http::HeaderValue::from_static("identity"),
+        );
+        again
+    });
+    let fetched = fetch_once(upstream, admission, request, limit, accepts).await?;
+    match (fetched, identity) {
+        (Fetched::Undeliverable(_), Some(again)) => {
+            fetch_once(upstream, admission, again, limit, accepts).await
+        }
+        (fetched, _) => Ok(fetched),
+    }
+}
+
+/// One trip of [`fetch`].
+async fn fetch_once(
+    upstream: &Upstream,
+    admission: &Admission,
+    request: Request<Full<Bytes>>,
+    limit: usize,
+    accepts: Accepts,
 ) -> Result<Fetched, GatewayError> {
     let deadline = upstream.deadline();
     let response = admission.send(upstream, request, deadline, true).await?;
     let (mut parts, mut body) = response.into_parts();
     forward::clean_response_head(&mut parts);
+    let coding = Coding::of_response(&parts.headers).map_err(|coding| {
+        GatewayError::UpstreamProtocol(format!(
+            "the answer came in a content coding wikigate did not ask for: {coding}"
+        ))
+    })?;
     let declared = parts
         .headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|len| len > limit as u64) {
-        return Ok(Fetched::Streamed(Response::from_parts(
+        return streamed(
             parts,
             Body::upstream(body, deadline),
-        )));
+            coding,
+            accepts,
+            limit,
+        );
     }
     let mut buffer = BytesMut::new();
     loop {
@@ -378,18 +445,65 @@ async fn fetch(
         if buffer.len() + data.len() > limit {
             buffer.extend_from_slice(&data);
             let prefix = buffer.freeze();
-            return Ok(Fetched::Streamed(Response::from_parts(
-                parts,
-                Body::upstream_after(prefix, body, deadline),
-            )));
+            let body = Body::upstream_after(prefix, body, deadline);
+            return streamed(parts, body, coding, accepts, limit);
         }
         buffer.extend_from_slice(&data);
     }
-    Ok(Fetched::Buffered(Buffered {
-        status: parts.status,
-        headers: parts.headers,
-        body: buffer.freeze(),
-    }))
+    let received = buffer.freeze();
+    parts.headers.remove(header::CONTENT_ENCODING);
+    parts.headers.remove(header::CONTENT_LENGTH);
+    let answer = match coding {
+        Coding::Identity => Buffered::plain(parts.status, parts.headers, received),
+        Coding::Gzip => match coding::gunzip(&received, limit) {
+            Ok(plain) => Buffered::gzipped(parts.status, parts.headers, plain, received),
+            Err(coding::DecodeError::TooLarge { .. }) => {
+                // What arrived fits, what it inflates to does not: the client gets the gzip
+                // as it came, if it takes gzip, and nothing is stored.
+                parts.headers.insert(
+                    header::CONTENT_ENCODING,
+                    http::HeaderValue::from_static("gzip"),
+                );
+                return streamed(parts, Body::full(received), coding, accepts, limit);
+            }
+            Err(error @ coding::DecodeError::Corrupt) => {
+                return Err(GatewayError::UpstreamProtocol(format!(
+                    "the gzip answer cannot be decoded: {error}"
+                )));
+            }
+        },
+    };
+    Ok(Fetched::Buffered(answer))
+}
+
+/// An answer too large to hold, passed through to the client as it came — when the client
+/// accepts its coding; a gzip answer is never inflated for a client that does not take gzip.
+fn streamed(
+    parts: http::response::Parts,
+    body: Body,
+    coding: Coding,
+    accepts: Accepts,
+    limit: usize,
+) -> Result<Fetched, GatewayError> {
+    if coding == Coding::Gzip && !accepts.gzip() {
+        return Ok(Fetched::Undeliverable(GatewayError::UpstreamProtocol(
+            format!(
+                "a gzip answer larger than cache.max_entry_bytes ({limit}) decoded, for a client \
+             that does not accept gzip"
+            ),
+        )));
+    }
+    let mut response = Response::from_parts(parts, body);
+    cache::add_vary_accept_encoding(response.headers_mut());
+    Ok(Fetched::Streamed(response))
+}
+
+/// A redirect to where a link that wikigate does not serve really leads (`links`).
+fn redirect(location: http::HeaderValue) -> Response<Body> {
+    let mut response = Response::new(Body::empty());
+    *response.status_mut() = http::StatusCode::FOUND;
+    response.headers_mut().insert(header::LOCATION, location);
+    response
 }
 
 /// What an upstream request is for, which decides how its head is prepared.
@@ -409,6 +523,8 @@ struct Admission {
     route: Route,
     caller: Caller,
     hold: HoldKey,
+    /// Their `Set-Cookie`s leave every answer as it arrives.
+    cookies: Arc<IgnoredCookies>,
 }
 
 /// Retries of an idempotent request after a connect error.
@@ -416,7 +532,7 @@ const CONNECT_RETRIES: u32 = 2;
 
 impl Admission {
     /// Admits (hold, upstream allowance, global budget), sends, and records upstream's
-    /// back-pressure. `idempotent` requests are retried on connect errors only — the request
+    /// back-pressure; the answer comes back without the `Set-Cookie`s of ignored cookies. `idempotent` requests are retried on connect errors only — the request
     /// never reached upstream — with jittered backoff, within the deadline.
     async fn send(
         &self,
@@ -448,7 +564,8 @@ impl Admission {
             };
             self.metrics.upstream(self.route, outcome, sent.elapsed());
             match result {
-                Ok(response) => {
+                Ok(mut response) => {
+                    self.cookies.strip_response(response.headers_mut());
                     if self
                         .limits
                         .observe(&self.hold, response.status(), response.headers())

@@ -15,10 +15,12 @@
 //! - [`cluster`] — multi-replica mode: Redis L2, generations, pub/sub, cluster-wide GCRA.
 //! - [`csrf`] — the guard that makes sending `X-Atlassian-Token: no-check` safe.
 //! - [`forward`] — header hygiene between client and upstream, XSRF header injection.
+//! - [`coding`] — `Accept-Encoding`, and gzip both ways (bounded).
+//! - [`cookies`] — cookies that carry no identity (Atlassian's XSRF token) never cross.
 //! - [`upstream`] — the pooled rustls client with its timeouts.
 //! - [`body`] — the response body type: held bytes or a deadline-bounded upstream stream.
 //! - [`error`] — errors wikigate answers itself, in Confluence's error JSON.
-//! - [`links`] — rewriting Confluence's absolute `_links` to `server.public_url`.
+//! - [`links`] — `_links` pointed at wikigate where it serves them; redirects to the site.
 //! - [`metrics`] — every `wikigate_*` metric, and the status page's figures.
 //! - [`admin`] — health, readiness, metrics, the status page, cache administration.
 //! - [`status_page`] — the admin listener's HTML status page.
@@ -40,7 +42,9 @@ pub mod cache;
 pub mod caller;
 pub mod cli;
 pub mod cluster;
+pub mod coding;
 pub mod config;
+pub mod cookies;
 pub mod csrf;
 pub mod demo;
 pub mod error;

@@ -20,6 +20,7 @@ use crate::cluster::{Cluster, ClusterSetupError, Listener};
 use crate::config::Config;
 use crate::gateway::Gateway;
 use crate::limit::Limits;
+use crate::links::Links;
 use crate::metrics::Metrics;
 use crate::server::{self, Http, TlsError};
 use crate::upstream::UpstreamSetupError;
@@ -123,6 +124,8 @@ pub struct Parts {
     pub metrics: Arc<Metrics>,
     /// Redis, in multi-replica mode.
     pub cluster: Option<Arc<Cluster>>,
+    /// `_links` rewriting and the redirects that go with it.
+    pub links: Arc<Links>,
 }
 
 impl Parts {
@@ -135,13 +138,12 @@ impl Parts {
             Some(_) => Some(Cluster::new(&config.cluster)?),
             None => None,
         };
-        let cache = Cache::new(
-            &config.cache,
+        let links = Arc::new(Links::new(
             config.server.public_url.as_deref(),
-            secret,
-            metrics.clone(),
-        )
-        .with_cluster(cluster.clone());
+            &config.upstream.url,
+        ));
+        let cache = Cache::new(&config.cache, links.clone(), secret, metrics.clone())
+            .with_cluster(cluster.clone());
         let parts = Parts {
             cache: Arc::new(cache),
             callers: Arc::new(ArcSwap::from_pointee(Callers::new(config, secret)?)),
@@ -152,6 +154,7 @@ impl Parts {
             )),
             metrics,
             cluster,
+            links,
         };
         Ok((parts, secret))
     }

@@ -5,14 +5,15 @@
 //! module). Each account's object is stored under a key of its own — partition, route, `expand`
 //! set, account id, generations — so a later lookup of any overlapping set reuses it. An
 //! account upstream omitted (unknown, or not visible to this caller) is remembered as such for
-//! `cache.negative_ttl`. The envelope (`_links.base`/`context` and upstream's headers) is stored
-//! per partition too, so an answer assembled entirely from the cache still carries the headers
-//! upstream gave this caller.
+//! `cache.negative_ttl`. The envelope (everything of upstream's answer but its `results`, and
+//! upstream's headers) is stored per partition too, so an answer assembled entirely from the
+//! cache carries exactly the keys and the headers upstream gave this caller.
 //!
 //! Invariants:
 //! - The assembled answer equals what upstream would answer for the same request: accounts in
 //!   request order, duplicates once, unknown ones omitted, `limit` applied after omission, the
-//!   envelope's `start`/`limit`/`size`/`_links` rebuilt for the request as made.
+//!   envelope's keys those upstream sent and no others, with `start`/`limit`/`size` (and
+//!   `_links.self`, when upstream sends one) made for the request as made.
 //! - Entries are per partition, like every other cache entry: no account object fetched for
 //!   one caller is ever part of another caller's answer.
 //! - Upstream is asked for at most 200 accounts at once, without `limit`, so that every account
@@ -25,14 +26,14 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
-use serde_json::Value;
+use serde_json::{Map, Value};
 use tokio::time::Instant;
 
 use super::key::normalized_query;
 use super::{Buffered, Cache, CacheKey, Entry, Fetched, Lifetime, Lookup, served};
 use crate::body::Body;
+use crate::coding::{self, Accepts, Coding};
 use crate::error::GatewayError;
-use crate::links;
 use crate::metrics::CacheLabel;
 use crate::routes::Route;
 
@@ -56,10 +57,10 @@ pub struct BulkPlan {
     query: String,
 }
 
-/// The per-partition envelope: where the site is, and the headers upstream sent this caller.
+/// The per-partition envelope: upstream's answer without its `results` (for `/user/bulk`;
+/// `/user/email/bulk` answers a bare array), and the headers upstream sent this caller.
 struct Envelope {
-    base: String,
-    context: String,
+    keys: Option<Map<String, Value>>,
     headers: HeaderMap,
 }
 
@@ -182,7 +183,8 @@ impl Cache {
             let answer = match fetch(upstream_query(&missing, &plan)).await? {
                 Fetched::Buffered(answer) if answer.status == StatusCode::OK => answer,
                 Fetched::Buffered(answer) => {
-                    let mut response = answer.to_response(plan.lookup.head);
+                    let accepts = Accepts::of(request_headers);
+                    let mut response = answer.to_response(plan.lookup.head, accepts);
                     super::set_status(&mut response, "wikigate; fwd=miss");
                     return Ok(served(response, CacheLabel::Miss, None));
                 }
@@ -190,6 +192,7 @@ impl Cache {
                     super::set_status(&mut response, "wikigate; fwd=miss; detail=too-large");
                     return Ok(served(response, CacheLabel::Miss, None));
                 }
+                Fetched::Undeliverable(error) => return Err(error),
             };
             let (new_envelope, fetched_accounts) =
                 self.store_accounts(&plan, &missing, answer).await?;
@@ -210,10 +213,11 @@ impl Cache {
                 "a cached bulk envelope is not readable".to_owned(),
             ));
         };
-        let found: Vec<&Arc<Entry>> = accounts
+        let found: Vec<&Bytes> = accounts
             .iter()
             .flatten()
             .filter(|e| e.status == StatusCode::OK)
+            .filter_map(|e| e.plain())
             .take(plan.limit.unwrap_or(usize::MAX))
             .collect();
         let body = assemble(&plan, &envelope, &found);
@@ -258,33 +262,30 @@ impl Cache {
         let invalid = || {
             GatewayError::UpstreamProtocol("the bulk answer is not the documented JSON".to_owned())
         };
-        let value: Value = serde_json::from_slice(&answer.body).map_err(|_| invalid())?;
-        let (objects, links) = match plan.limit {
-            Some(_) => (
-                value
-                    .get("results")
-                    .and_then(Value::as_array)
-                    .ok_or_else(invalid)?,
-                value.get("_links"),
-            ),
-            None => (value.as_array().ok_or_else(invalid)?, None),
+        let value: Value = serde_json::from_slice(answer.body()).map_err(|_| invalid())?;
+        let (objects, mut keys) = match (plan.limit, value) {
+            // Taken out of its place, which stays in upstream's key order.
+            (Some(_), Value::Object(mut keys)) => match keys.get_mut("results").map(Value::take) {
+                Some(Value::Array(objects)) => (objects, Some(keys)),
+                _ => return Err(invalid()),
+            },
+            (None, Value::Array(objects)) => (objects, None),
+            _ => return Err(invalid()),
         };
-        let site_base = links
+        let site_base = keys
+            .as_ref()
+            .and_then(|k| k.get("_links"))
             .and_then(|l| l.get("base"))
-            .and_then(Value::as_str)
-            .unwrap_or_default();
-        let origin = links::site_origin(site_base).unwrap_or_default().to_owned();
-        let context = links
-            .and_then(|l| l.get("context"))
             .and_then(Value::as_str)
             .unwrap_or_default()
             .to_owned();
-        let rewrite = |url: &str| match &self.public_url {
-            Some(public) if !origin.is_empty() => {
-                links::rewrite_url(url, &origin, public).unwrap_or_else(|| url.to_owned())
+        if let Some(keys) = &mut keys {
+            let mut envelope = Value::Object(std::mem::take(keys));
+            self.links.rewrite_json(&mut envelope);
+            if let Value::Object(rewritten) = envelope {
+                *keys = rewritten;
             }
-            _ => url.to_owned(),
-        };
+        }
         let policy = *self.routes.load().get(plan.lookup.route);
         let found_lifetime = Lifetime {
             ttl: policy.ttl,
@@ -302,44 +303,48 @@ impl Cache {
         );
 
         let mut stored = Vec::with_capacity(asked.len());
-        for object in objects {
-            let Some(id) = object.get("accountId").and_then(Value::as_str) else {
+        for mut object in objects {
+            let Some(id) = object
+                .get("accountId")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+            else {
                 continue;
             };
-            let mut object = object.clone();
-            if let Some(Value::String(url)) = object.pointer_mut("/_links/self") {
-                *url = rewrite(url);
+            if let Some(Value::String(url)) = object.pointer_mut("/_links/self")
+                && let Some(rewritten) = self.links.rewrite_self(url, &site_base)
+            {
+                *url = rewritten;
             }
-            let account = Buffered {
-                status: StatusCode::OK,
-                headers: json_headers.clone(),
-                body: Bytes::from(object.to_string()),
-            };
+            let account = Buffered::plain(
+                StatusCode::OK,
+                json_headers.clone(),
+                Bytes::from(object.to_string()),
+            );
             let entry = Arc::new(Entry::new(
                 account,
                 &HeaderMap::new(),
                 found_lifetime,
                 false,
                 3,
+                Coding::Identity,
             ));
             self.store
-                .insert(self.account_key(plan, id), entry.clone())
+                .insert(self.account_key(plan, &id), entry.clone())
                 .await;
-            stored.push((id.to_owned(), entry));
+            stored.push((id, entry));
         }
         for id in asked {
             if !stored.iter().any(|(i, _)| i == id) {
-                let unknown = Buffered {
-                    status: StatusCode::NOT_FOUND,
-                    headers: HeaderMap::new(),
-                    body: Bytes::new(),
-                };
+                let unknown =
+                    Buffered::plain(StatusCode::NOT_FOUND, HeaderMap::new(), Bytes::new());
                 let entry = Arc::new(Entry::new(
                     unknown,
                     &HeaderMap::new(),
                     negative_lifetime,
                     false,
                     1,
+                    Coding::Identity,
                 ));
                 self.store
                     .insert(self.account_key(plan, id), entry.clone())
@@ -348,8 +353,7 @@ impl Cache {
             }
         }
         let envelope = Envelope {
-            base: rewrite(site_base),
-            context,
+            keys,
             headers: answer.headers,
         };
         let entry = Arc::new(envelope.into_entry(found_lifetime));
@@ -365,20 +369,28 @@ impl Cache {
 
 impl Envelope {
     fn into_entry(self, lifetime: Lifetime) -> Entry {
-        let body = serde_json::json!({ "base": self.base, "context": self.context });
-        let answer = Buffered {
-            status: StatusCode::OK,
-            headers: self.headers,
-            body: Bytes::from(body.to_string()),
+        let body = match self.keys {
+            Some(keys) => Value::Object(keys).to_string(),
+            None => "null".to_owned(),
         };
-        Entry::new(answer, &HeaderMap::new(), lifetime, false, 0)
+        let answer = Buffered::plain(StatusCode::OK, self.headers, Bytes::from(body));
+        Entry::new(
+            answer,
+            &HeaderMap::new(),
+            lifetime,
+            false,
+            0,
+            Coding::Identity,
+        )
     }
 
     fn from_entry(entry: &Entry) -> Option<Envelope> {
-        let value: Value = serde_json::from_slice(&entry.body).ok()?;
+        let keys = match serde_json::from_slice(entry.plain()?).ok()? {
+            Value::Object(keys) => Some(keys),
+            _ => None,
+        };
         Some(Envelope {
-            base: value["base"].as_str()?.to_owned(),
-            context: value["context"].as_str()?.to_owned(),
+            keys,
             headers: entry.headers(),
         })
     }
@@ -413,41 +425,66 @@ fn upstream_query(ids: &[&str], plan: &BulkPlan) -> String {
     query
 }
 
-/// The answer upstream would give: the objects in request order, in upstream's shape.
-fn assemble(plan: &BulkPlan, envelope: &Envelope, found: &[&Arc<Entry>]) -> Bytes {
-    let mut results = Vec::with_capacity(found.iter().map(|e| e.body.len() + 1).sum::<usize>() + 2);
+/// The answer upstream would give: the objects in request order, in upstream's shape — the
+/// keys of upstream's envelope in upstream's order, `results` and the counts made for this
+/// request, and no key upstream did not send.
+fn assemble(plan: &BulkPlan, envelope: &Envelope, found: &[&Bytes]) -> Bytes {
+    let mut results = Vec::with_capacity(found.iter().map(|b| b.len() + 1).sum::<usize>() + 2);
     results.push(b'[');
-    for (i, entry) in found.iter().enumerate() {
+    for (i, object) in found.iter().enumerate() {
         if i > 0 {
             results.push(b',');
         }
-        results.extend_from_slice(&entry.body);
+        results.extend_from_slice(object);
     }
     results.push(b']');
-    let Some(limit) = plan.limit else {
+    let (Some(limit), Some(keys)) = (plan.limit, &envelope.keys) else {
         return Bytes::from(results);
     };
-    let path = plan
-        .lookup
-        .route
-        .template()
-        .trim_start_matches(envelope.context.as_str());
-    let links = serde_json::json!({
-        "base": envelope.base,
-        "context": envelope.context,
-        "self": format!("{}{path}?{}", envelope.base, plan.query),
-    });
-    let mut body = Vec::with_capacity(results.len() + 256);
-    body.extend_from_slice(b"{\"results\":");
-    body.extend_from_slice(&results);
-    body.extend_from_slice(
-        format!(
-            ",\"start\":0,\"limit\":{limit},\"size\":{},\"_links\":{links}}}",
-            found.len()
-        )
-        .as_bytes(),
-    );
+    let mut body = Vec::with_capacity(results.len() + 512);
+    body.push(b'{');
+    for (i, (key, value)) in keys.iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(Value::from(key.as_str()).to_string().as_bytes());
+        body.push(b':');
+        let made = match key.as_str() {
+            "results" => {
+                body.extend_from_slice(&results);
+                continue;
+            }
+            "start" => Value::from(0),
+            "limit" => Value::from(limit),
+            "size" => Value::from(found.len()),
+            "_links" => links_for(plan, value),
+            _ => value.clone(),
+        };
+        body.extend_from_slice(made.to_string().as_bytes());
+    }
+    body.push(b'}');
     Bytes::from(body)
+}
+
+/// The envelope's `_links` for this request: upstream's, with a `self` (when upstream sends
+/// one) naming this request rather than the one that fetched the missing accounts.
+fn links_for(plan: &BulkPlan, links: &Value) -> Value {
+    let mut links = links.clone();
+    let base = links.get("base").and_then(Value::as_str).map(str::to_owned);
+    let context = links
+        .get("context")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    if let (Some(Value::String(url)), Some(base)) = (links.get_mut("self"), base) {
+        let path = plan
+            .lookup
+            .route
+            .template()
+            .trim_start_matches(context.as_str());
+        *url = format!("{base}{path}?{}", plan.query);
+    }
+    links
 }
 
 fn respond(
@@ -458,8 +495,18 @@ fn respond(
     fresh_for: Duration,
     status: &str,
 ) -> Response<Body> {
-    let etag = format!("\"{}\"", &blake3::hash(&body).to_hex()[..32]);
-    let not_modified = super::entry::list_tokens_match(request_headers, &etag);
+    let digest = blake3::hash(&body);
+    let hex = &digest.to_hex()[..32];
+    let etags = [format!("\"{hex}\""), format!("\"{hex}-gzip\"")];
+    let not_modified = etags
+        .iter()
+        .any(|etag| super::entry::list_tokens_match(request_headers, etag));
+    // Assembled per request: identity, unless the client refuses it (then gzip, made now).
+    let accepts = Accepts::of(request_headers);
+    let (coding, body) = match accepts.identity() || !accepts.gzip() {
+        true => (Coding::Identity, body),
+        false => (Coding::Gzip, coding::gzip(&body)),
+    };
     let length = body.len();
     let mut response = Response::new(if head || not_modified {
         Body::empty()
@@ -471,16 +518,24 @@ fn respond(
         *response.status_mut() = StatusCode::NOT_MODIFIED;
     } else {
         headers.clone_from(&envelope.headers);
+        if let Some(value) = coding.header_value() {
+            headers.insert(header::CONTENT_ENCODING, value);
+        }
         if head {
             headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
         }
     }
     let headers = response.headers_mut();
+    super::add_vary_accept_encoding(headers);
     headers.insert(
         header::CACHE_CONTROL,
         HeaderValue::from_str(&format!("private, max-age={}", fresh_for.as_secs())).expect("ascii"),
     );
-    headers.insert(header::ETAG, HeaderValue::from_str(&etag).expect("hex"));
+    let etag = match coding {
+        Coding::Identity => &etags[0],
+        Coding::Gzip => &etags[1],
+    };
+    headers.insert(header::ETAG, HeaderValue::from_str(etag).expect("hex"));
     headers.insert(
         super::CACHE_STATUS.clone(),
         HeaderValue::from_str(status).expect("ascii"),

@@ -2,8 +2,15 @@
 //!
 //! Invariants:
 //! - Only what may be shared with every request of the same key is stored: status, body and
-//!   end-to-end headers, never `Set-Cookie`, never hop-by-hop headers, never upstream's own
-//!   caching headers (wikigate writes its own).
+//!   end-to-end headers that are true of every answer made from it. Never `Set-Cookie`, never
+//!   hop-by-hop headers, never upstream's caching headers (wikigate writes its own), never
+//!   what is true of one exchange only: trace and request ids, `Server-Timing`, `Date`,
+//!   `Server`, and the quota headers (`RateLimit*`, `X-RateLimit-*`, `Retry-After`), which a
+//!   hit would otherwise replay long after they stopped being true.
+//! - One entry per key whatever the client's `Accept-Encoding`: an entry holds its body in
+//!   the representations (identity, gzip) its clients have asked for, each served with its
+//!   own `ETag` and length, and `Vary: Accept-Encoding`. Upstream's own `Vary:
+//!   Accept-Encoding` never splits an entry; other `Vary` names still select a variant.
 //! - Every served answer says what the cache did (`Cache-Status`, RFC 9211) and forbids shared
 //!   downstream caches from keeping it (`Cache-Control: private`).
 
@@ -17,27 +24,98 @@ use http::{Response, StatusCode};
 use tokio::time::Instant;
 
 use crate::body::Body;
+use crate::coding::{self, Accepts, Coding};
 use crate::forward::{self, list_tokens};
 
-/// A response head and body held in memory.
+/// An upstream answer held in memory, decoded: what wikigate reads, rewrites and stores.
 #[derive(Debug, Clone)]
 pub struct Buffered {
     pub status: StatusCode,
+    /// Upstream's end-to-end headers, without `Content-Encoding` and `Content-Length`: those
+    /// describe one representation, and are set for the one each client gets.
     pub headers: HeaderMap,
-    pub body: Bytes,
+    /// The body, decoded.
+    body: Bytes,
+    /// Upstream's own gzip of `body`, as long as `body` is what upstream sent.
+    gzip: Option<Bytes>,
 }
 
 impl Buffered {
-    /// The answer as a response (for answers shared but not stored: 4xx/5xx to followers).
-    pub fn to_response(&self, head: bool) -> Response<Body> {
+    /// An answer whose body arrived without a content coding.
+    pub fn plain(status: StatusCode, headers: HeaderMap, body: Bytes) -> Buffered {
+        Buffered {
+            status,
+            headers,
+            body,
+            gzip: None,
+        }
+    }
+
+    /// An answer that arrived gzip-encoded, with its body decoded already.
+    pub fn gzipped(status: StatusCode, headers: HeaderMap, body: Bytes, gzip: Bytes) -> Buffered {
+        Buffered {
+            status,
+            headers,
+            body,
+            gzip: Some(gzip),
+        }
+    }
+
+    pub fn body(&self) -> &Bytes {
+        &self.body
+    }
+
+    /// Replaces the body (a rewrite); upstream's gzip of the old one goes with it.
+    pub fn set_body(&mut self, body: Bytes) {
+        self.body = body;
+        self.gzip = None;
+    }
+
+    /// The answer as a response to a client with these `Accept-Encoding` preferences (for
+    /// answers shared but not stored: 4xx/5xx to followers).
+    pub fn to_response(&self, head: bool, accepts: Accepts) -> Response<Body> {
+        let (coding, body) = match (&self.gzip, accepts.preferred()) {
+            (Some(gzip), Coding::Gzip) => (Coding::Gzip, gzip.clone()),
+            // A client that refuses identity gets gzip even when upstream sent none.
+            (None, Coding::Gzip) if !accepts.identity() => (Coding::Gzip, coding::gzip(&self.body)),
+            _ => (Coding::Identity, self.body.clone()),
+        };
+        let mut headers = self.headers.clone();
+        set_representation(&mut headers, coding, head.then_some(body.len()));
+        add_vary_accept_encoding(&mut headers);
         let mut response = Response::new(if head {
             Body::empty()
         } else {
-            Body::full(self.body.clone())
+            Body::full(body)
         });
         *response.status_mut() = self.status;
-        *response.headers_mut() = self.headers.clone();
+        *response.headers_mut() = headers;
         response
+    }
+}
+
+/// The representations of one stored body: those its clients have asked for so far.
+#[derive(Debug)]
+enum Bodies {
+    Identity(Bytes),
+    Gzip(Bytes),
+    Both { identity: Bytes, gzip: Bytes },
+}
+
+impl Bodies {
+    fn get(&self, coding: Coding) -> Option<&Bytes> {
+        match (self, coding) {
+            (Bodies::Identity(b) | Bodies::Both { identity: b, .. }, Coding::Identity) => Some(b),
+            (Bodies::Gzip(b) | Bodies::Both { gzip: b, .. }, Coding::Gzip) => Some(b),
+            _ => None,
+        }
+    }
+
+    fn bytes(&self) -> usize {
+        match self {
+            Bodies::Identity(b) | Bodies::Gzip(b) => b.len(),
+            Bodies::Both { identity, gzip } => identity.len() + gzip.len(),
+        }
     }
 }
 
@@ -45,17 +123,21 @@ impl Buffered {
 #[derive(Debug)]
 pub struct Entry {
     pub status: StatusCode,
-    /// End-to-end headers of upstream's answer, minus what wikigate writes itself. A boxed
+    /// End-to-end headers of upstream's answer, minus what wikigate writes itself and what is
+    /// true of one exchange only; `Vary` is wikigate's own (`Accept-Encoding` first). A boxed
     /// slice rather than a `HeaderMap`, whose spare capacity would cost more than the fields.
     headers: Box<[(HeaderName, HeaderValue)]>,
-    pub body: Bytes,
-    /// A strong validator over the body.
+    bodies: Bodies,
+    /// Strong validators, one per representation (RFC 9110 §8.8.3: a validator differs per
+    /// content coding): `"<hash of the decoded body>"` and `"<hash>-gzip"`.
     etag: HeaderValue,
+    etag_gzip: HeaderValue,
     stored_at: Instant,
     pub ttl: Duration,
     pub stale_if_error: Duration,
     pub stale_while_revalidate: Duration,
-    /// The request headers upstream's `Vary` named, and a hash of their values.
+    /// The request headers upstream's `Vary` named (besides `Accept-Encoding`, which wikigate
+    /// answers itself), and a hash of their values.
     vary: Option<Vary>,
     /// Atlassian quota points an answer from this entry saves.
     pub points: u32,
@@ -71,15 +153,17 @@ struct AgeHeaders {
     cache_control: HeaderValue,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Vary {
     names: Vec<HeaderName>,
     fingerprint: [u8; 32],
 }
 
-/// Headers never stored: wikigate sets its own caching headers, and the rest are per-exchange.
-const NOT_STORED: [HeaderName; 8] = [
+/// Headers never stored: wikigate sets its own caching, validator and representation
+/// headers, and the rest are true of one exchange only.
+static NOT_STORED: [HeaderName; 19] = [
     header::CONTENT_LENGTH,
+    header::CONTENT_ENCODING,
     header::CACHE_CONTROL,
     header::EXPIRES,
     header::PRAGMA,
@@ -87,14 +171,41 @@ const NOT_STORED: [HeaderName; 8] = [
     header::DATE,
     header::ETAG,
     header::SET_COOKIE,
+    header::VARY,
+    header::SERVER,
+    header::RETRY_AFTER,
+    HeaderName::from_static("server-timing"),
+    HeaderName::from_static("atl-traceid"),
+    HeaderName::from_static("atl-request-id"),
+    HeaderName::from_static("x-arequestid"),
+    HeaderName::from_static("x-request-id"),
+    HeaderName::from_static("traceparent"),
+    HeaderName::from_static("tracestate"),
 ];
 
-/// The only headers a shared entry keeps.
-const SHARED_HEADERS: [HeaderName; 4] = [
+/// Name prefixes of the quota headers (`RateLimit`, `RateLimit-Policy`, `RateLimit-Reason`,
+/// their `Beta-` shadow forms, `Beta-Retry-After`, `X-RateLimit-*`): what they say is true
+/// of the moment they were sent.
+const QUOTA_PREFIXES: [&str; 4] = [
+    "ratelimit",
+    "beta-ratelimit",
+    "beta-retry-after",
+    "x-ratelimit",
+];
+
+/// Whether a header of upstream's answer is never stored.
+fn not_stored(name: &HeaderName) -> bool {
+    NOT_STORED.contains(name) || QUOTA_PREFIXES.iter().any(|p| name.as_str().starts_with(p))
+}
+
+/// The only headers a shared entry keeps (besides wikigate's own `Vary`): what describes the
+/// body, and the site's security policy, which describes nobody.
+const SHARED_HEADERS: [HeaderName; 5] = [
     header::CONTENT_TYPE,
     header::CONTENT_LANGUAGE,
-    header::CONTENT_ENCODING,
-    header::VARY,
+    header::STRICT_TRANSPORT_SECURITY,
+    header::X_CONTENT_TYPE_OPTIONS,
+    HeaderName::from_static("timing-allow-origin"),
 ];
 
 /// Freshness windows of one stored answer.
@@ -106,57 +217,59 @@ pub struct Lifetime {
 }
 
 impl Entry {
-    /// Stores `answer`; the caller has checked that it may be stored. An entry `shared` by
+    /// Stores `answer`, in the representation `keep` (the one the client that caused the
+    /// store prefers); the caller has checked that it may be stored. An entry `shared` by
     /// every caller keeps only headers that describe the body, never ones that may describe
-    /// the caller who happened to fetch it (Atlassian's `X-AAccountId`, trace ids).
+    /// the caller who happened to fetch it (Atlassian's `X-AAccountId`).
     pub fn new(
         answer: Buffered,
         request_headers: &HeaderMap,
         lifetime: Lifetime,
         shared: bool,
         points: u32,
+        keep: Coding,
     ) -> Entry {
         let Buffered {
             status,
-            mut headers,
+            headers,
             body,
+            gzip,
         } = answer;
-        if shared {
-            let mut kept = HeaderMap::new();
-            for name in &SHARED_HEADERS {
-                for value in headers.get_all(name) {
-                    kept.append(name.clone(), value.clone());
-                }
-            }
-            headers = kept;
-        }
         let vary = vary_names(&headers).map(|names| Vary {
             fingerprint: fingerprint(&names, request_headers),
             names,
         });
-        for name in &NOT_STORED {
-            headers.remove(name);
-        }
         // The answer's body, header values and non-standard header names are slices of the
         // buffers hyper read them into, and would keep those (KBs each) alive for as long as
         // the entry lives. Stored ones get allocations of their own size: one copy per store,
         // none per hit.
-        let body = Bytes::copy_from_slice(&body);
-        let headers: Box<[_]> = headers
+        let mut stored: Vec<(HeaderName, HeaderValue)> = headers
             .iter()
+            .filter(|(name, _)| !shared || SHARED_HEADERS.contains(name))
+            .filter(|(name, _)| !not_stored(name))
             .map(|(name, value)| {
                 let name = HeaderName::from_bytes(name.as_str().as_bytes())
                     .unwrap_or_else(|_| name.clone());
                 (name, stored_value(value))
             })
             .collect();
+        stored.push((header::VARY, vary_value(vary.as_ref())));
         let digest = blake3::hash(&body);
-        let etag = format!("\"{}\"", &digest.to_hex()[..32]);
+        let hex = &digest.to_hex()[..32];
+        let bodies = match keep {
+            Coding::Identity => Bodies::Identity(Bytes::copy_from_slice(&body)),
+            Coding::Gzip => Bodies::Gzip(match gzip {
+                Some(upstreams) => Bytes::copy_from_slice(&upstreams),
+                None => coding::gzip(&body),
+            }),
+        };
         Entry {
             status,
-            headers,
-            body,
-            etag: HeaderValue::from_str(&etag).expect("hex is a valid header value"),
+            headers: stored.into_boxed_slice(),
+            bodies,
+            etag: HeaderValue::from_str(&format!("\"{hex}\"")).expect("hex is a header value"),
+            etag_gzip: HeaderValue::from_str(&format!("\"{hex}-gzip\""))
+                .expect("hex is a header value"),
             stored_at: Instant::now(),
             ttl: lifetime.ttl,
             stale_if_error: lifetime.stale_if_error,
@@ -167,20 +280,72 @@ impl Entry {
         }
     }
 
-    /// Bytes this entry costs: body, headers, key and bookkeeping.
+    /// The decoded body, when this entry holds it (bulk account entries always do).
+    pub fn plain(&self) -> Option<&Bytes> {
+        self.bodies.get(Coding::Identity)
+    }
+
+    /// This entry with `coding`'s representation added, for clients that asked for one it
+    /// does not hold yet: decoded from its gzip (which wikigate decoded once already when it
+    /// stored it, so this cannot fail but for an out-of-memory) or compressed from its body.
+    /// `limit` bounds the decoded body (an L2 copy is only as trustworthy as Redis).
+    pub fn with_representation(
+        &self,
+        coding: Coding,
+        limit: usize,
+    ) -> Result<Entry, coding::DecodeError> {
+        let bodies = match (&self.bodies, coding) {
+            (Bodies::Gzip(gzip), Coding::Identity) => Bodies::Both {
+                identity: coding::gunzip(gzip, limit)?,
+                gzip: gzip.clone(),
+            },
+            (Bodies::Identity(identity), Coding::Gzip) => Bodies::Both {
+                gzip: coding::gzip(identity),
+                identity: identity.clone(),
+            },
+            (Bodies::Identity(b), _) => Bodies::Identity(b.clone()),
+            (Bodies::Gzip(b), _) => Bodies::Gzip(b.clone()),
+            (Bodies::Both { identity, gzip }, _) => Bodies::Both {
+                identity: identity.clone(),
+                gzip: gzip.clone(),
+            },
+        };
+        Ok(Entry {
+            status: self.status,
+            headers: self.headers.clone(),
+            bodies,
+            etag: self.etag.clone(),
+            etag_gzip: self.etag_gzip.clone(),
+            stored_at: self.stored_at,
+            ttl: self.ttl,
+            stale_if_error: self.stale_if_error,
+            stale_while_revalidate: self.stale_while_revalidate,
+            vary: self.vary.clone(),
+            points: self.points,
+            age_headers: ArcSwapOption::empty(),
+        })
+    }
+
+    /// Bytes this entry costs: bodies, headers, validators, key and bookkeeping.
     pub fn weight(&self) -> u32 {
         let headers: usize = self
             .headers
             .iter()
             .map(|(n, v)| n.as_str().len() + v.len() + 32)
             .sum();
-        let total = self.body.len() + headers + self.etag.len() + 32 + 256;
+        let total = self.bodies.bytes() + headers + self.etag.len() * 2 + 32 + 256;
         u32::try_from(total).unwrap_or(u32::MAX)
     }
 
     /// How long moka keeps the entry: fresh, then as long as it may still be served stale.
     pub fn retention(&self) -> Duration {
         self.ttl + self.stale_if_error.max(self.stale_while_revalidate)
+    }
+
+    /// What is left of the retention at `now` (an entry from L2, or one re-stored with another
+    /// representation, is older than its insertion).
+    pub fn remaining_retention(&self, now: Instant) -> Duration {
+        self.retention().saturating_sub(self.age(now))
     }
 
     pub fn age(&self, now: Instant) -> Duration {
@@ -208,108 +373,40 @@ impl Entry {
             .is_none_or(|v| fingerprint(&v.names, request_headers) == v.fingerprint)
     }
 
-    /// Whether the request's `If-None-Match` names this entry's body.
+    /// Whether the request's `If-None-Match` names this entry's body, in either
+    /// representation: both stand for the same content, so a client holding either may keep it.
     pub fn not_modified(&self, request_headers: &HeaderMap) -> bool {
-        self.etag
-            .to_str()
-            .is_ok_and(|etag| list_tokens_match(request_headers, etag))
+        [&self.etag, &self.etag_gzip]
+            .into_iter()
+            .filter_map(|etag| etag.to_str().ok())
+            .any(|etag| list_tokens_match(request_headers, etag))
     }
 
-    /// The entry as bytes for the cluster's L2 (`None` for entries that vary on request
-    /// headers: they stay in L1). The age travels as a wall-clock timestamp.
-    pub fn encode(&self) -> Option<Vec<u8>> {
-        if self.vary.is_some() {
-            return None;
-        }
-        let stored_unix_ms = unix_ms().saturating_sub(self.age(Instant::now()).as_millis() as u64);
-        let mut out = Vec::with_capacity(self.body.len() + 256);
-        out.extend_from_slice(L2_MAGIC);
-        out.extend_from_slice(&self.status.as_u16().to_le_bytes());
-        for n in [
-            stored_unix_ms,
-            self.ttl.as_millis() as u64,
-            self.stale_if_error.as_millis() as u64,
-            self.stale_while_revalidate.as_millis() as u64,
-        ] {
-            out.extend_from_slice(&n.to_le_bytes());
-        }
-        out.extend_from_slice(&self.points.to_le_bytes());
-        out.extend_from_slice(&(self.headers.len() as u32).to_le_bytes());
-        for (name, value) in &self.headers {
-            for part in [name.as_str().as_bytes(), value.as_bytes()] {
-                out.extend_from_slice(&(part.len() as u32).to_le_bytes());
-                out.extend_from_slice(part);
-            }
-        }
-        out.extend_from_slice(&self.body);
-        Some(out)
-    }
-
-    /// An entry from the cluster's L2; `None` for anything malformed.
-    pub fn decode(bytes: &[u8]) -> Option<Entry> {
-        let mut reader = Reader(bytes.strip_prefix(L2_MAGIC)?);
-        let mut take = |n: usize| reader.take(n);
-        let status = StatusCode::from_u16(u16::from_le_bytes(take(2)?.try_into().ok()?)).ok()?;
-        let mut numbers = [0u64; 4];
-        for n in &mut numbers {
-            *n = u64::from_le_bytes(take(8)?.try_into().ok()?);
-        }
-        let points = u32::from_le_bytes(take(4)?.try_into().ok()?);
-        let count = u32::from_le_bytes(take(4)?.try_into().ok()?);
-        let mut headers = Vec::new();
-        for _ in 0..count {
-            let len = u32::from_le_bytes(take(4)?.try_into().ok()?) as usize;
-            let name = HeaderName::from_bytes(take(len)?).ok()?;
-            let len = u32::from_le_bytes(take(4)?.try_into().ok()?) as usize;
-            let value = HeaderValue::from_bytes(take(len)?).ok()?;
-            headers.push((name, value));
-        }
-        let body = Bytes::copy_from_slice(reader.0);
-        let [stored_unix_ms, ttl, stale_if_error, stale_while_revalidate] = numbers;
-        let age = Duration::from_millis(unix_ms().saturating_sub(stored_unix_ms));
-        let etag = format!("\"{}\"", &blake3::hash(&body).to_hex()[..32]);
-        Some(Entry {
-            status,
-            headers: headers.into_boxed_slice(),
-            body,
-            etag: HeaderValue::from_str(&etag).ok()?,
-            stored_at: Instant::now().checked_sub(age).unwrap_or_else(Instant::now),
-            ttl: Duration::from_millis(ttl),
-            stale_if_error: Duration::from_millis(stale_if_error),
-            stale_while_revalidate: Duration::from_millis(stale_while_revalidate),
-            vary: None,
-            points,
-            age_headers: ArcSwapOption::empty(),
-        })
-    }
-
-    /// The stored end-to-end headers.
-    pub fn headers(&self) -> HeaderMap {
-        self.headers.iter().cloned().collect()
-    }
-
-    /// The response for a request: 304 when `If-None-Match` matches, no body for HEAD.
-    pub fn to_response(
+    /// The response for a request: the representation its `Accept-Encoding` prefers among
+    /// those held, 304 when `If-None-Match` matches, no body for HEAD. `Err(coding)` when the
+    /// request accepts no representation this entry holds, and it must gain `coding` first
+    /// ([`Entry::with_representation`]).
+    pub fn respond(
         &self,
         request_headers: &HeaderMap,
         head: bool,
         status: HeaderValue,
-    ) -> Response<Body> {
+    ) -> Result<Response<Body>, Coding> {
+        let (coding, body) = self.representation(Accepts::of(request_headers))?;
         let now = Instant::now();
         let not_modified = self.not_modified(request_headers);
-        let body = if head || not_modified {
+        let mut response = Response::new(if head || not_modified {
             Body::empty()
         } else {
-            Body::full(self.body.clone())
-        };
-        let mut response = Response::new(body);
+            Body::full(body.clone())
+        });
         *response.status_mut() = if not_modified {
             StatusCode::NOT_MODIFIED
         } else {
             self.status
         };
         // Sized once for what is added below, so that no insert grows it.
-        let mut headers = HeaderMap::with_capacity(self.headers.len() + 5);
+        let mut headers = HeaderMap::with_capacity(self.headers.len() + 6);
         if not_modified {
             // RFC 9110 §15.4.5: a 304 carries the validators and caching headers only.
             if let Some((_, vary)) = self.headers.iter().find(|(n, _)| n == header::VARY) {
@@ -319,17 +416,33 @@ impl Entry {
             for (name, value) in &self.headers {
                 headers.append(name.clone(), value.clone());
             }
-            if head {
-                headers.insert(header::CONTENT_LENGTH, HeaderValue::from(self.body.len()));
-            }
+            set_representation(&mut headers, coding, head.then_some(body.len()));
         }
         let (age, cache_control) = self.age_headers(now);
         headers.insert(header::CACHE_CONTROL, cache_control);
         headers.insert(header::AGE, age);
-        headers.insert(header::ETAG, self.etag.clone());
+        let etag = match coding {
+            Coding::Identity => &self.etag,
+            Coding::Gzip => &self.etag_gzip,
+        };
+        headers.insert(header::ETAG, etag.clone());
         headers.insert(CACHE_STATUS.clone(), status);
         *response.headers_mut() = headers;
-        response
+        Ok(response)
+    }
+
+    /// The representation to serve: the client's preferred one among those held, or any one
+    /// it accepts; else the one to add.
+    fn representation(&self, accepts: Accepts) -> Result<(Coding, &Bytes), Coding> {
+        let preferred = accepts.preferred();
+        if let Some(body) = self.bodies.get(preferred) {
+            return Ok((preferred, body));
+        }
+        match &self.bodies {
+            // A gzip client is as well served by identity as by a gzip made now.
+            Bodies::Identity(body) if accepts.identity() => Ok((Coding::Identity, body)),
+            _ => Err(preferred),
+        }
     }
 
     /// `Age` and `Cache-Control: private, max-age` at `now`, in whole seconds so that the two
@@ -357,7 +470,155 @@ impl Entry {
         }
         values
     }
+
+    /// The stored end-to-end headers.
+    pub fn headers(&self) -> HeaderMap {
+        self.headers.iter().cloned().collect()
+    }
+
+    /// The entry as bytes for the cluster's L2: one representation (gzip when held: fewer
+    /// bytes in Redis and on the wire), the variant's request-header fingerprint, and the age
+    /// as a wall-clock timestamp.
+    pub fn encode(&self) -> Vec<u8> {
+        let stored_unix_ms = unix_ms().saturating_sub(self.age(Instant::now()).as_millis() as u64);
+        let (coding, body) = match &self.bodies {
+            Bodies::Identity(b) => (Coding::Identity, b),
+            Bodies::Gzip(b) | Bodies::Both { gzip: b, .. } => (Coding::Gzip, b),
+        };
+        let mut out = Vec::with_capacity(body.len() + 512);
+        out.extend_from_slice(L2_MAGIC);
+        out.extend_from_slice(&self.status.as_u16().to_le_bytes());
+        for n in [
+            stored_unix_ms,
+            self.ttl.as_millis() as u64,
+            self.stale_if_error.as_millis() as u64,
+            self.stale_while_revalidate.as_millis() as u64,
+        ] {
+            out.extend_from_slice(&n.to_le_bytes());
+        }
+        out.extend_from_slice(&self.points.to_le_bytes());
+        out.push(u8::from(coding == Coding::Gzip));
+        let part = |out: &mut Vec<u8>, bytes: &[u8]| {
+            out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+            out.extend_from_slice(bytes);
+        };
+        part(&mut out, self.etag.as_bytes());
+        part(&mut out, self.etag_gzip.as_bytes());
+        match &self.vary {
+            None => out.extend_from_slice(&0u32.to_le_bytes()),
+            Some(vary) => {
+                out.extend_from_slice(&(vary.names.len() as u32).to_le_bytes());
+                for name in &vary.names {
+                    part(&mut out, name.as_str().as_bytes());
+                }
+                out.extend_from_slice(&vary.fingerprint);
+            }
+        }
+        out.extend_from_slice(&(self.headers.len() as u32).to_le_bytes());
+        for (name, value) in &self.headers {
+            part(&mut out, name.as_str().as_bytes());
+            part(&mut out, value.as_bytes());
+        }
+        out.extend_from_slice(body);
+        out
+    }
+
+    /// An entry from the cluster's L2; `None` for anything malformed.
+    pub fn decode(bytes: &[u8]) -> Option<Entry> {
+        let mut reader = Reader(bytes.strip_prefix(L2_MAGIC)?);
+        let status = StatusCode::from_u16(u16::from_le_bytes(reader.array()?)).ok()?;
+        let mut numbers = [0u64; 4];
+        for n in &mut numbers {
+            *n = u64::from_le_bytes(reader.array()?);
+        }
+        let points = u32::from_le_bytes(reader.array()?);
+        let gzip = match reader.take(1)? {
+            [0] => false,
+            [1] => true,
+            _ => return None,
+        };
+        let etag = HeaderValue::from_bytes(reader.part()?).ok()?;
+        let etag_gzip = HeaderValue::from_bytes(reader.part()?).ok()?;
+        let vary_count = u32::from_le_bytes(reader.array()?);
+        let vary = if vary_count == 0 {
+            None
+        } else {
+            let names = (0..vary_count)
+                .map(|_| HeaderName::from_bytes(reader.part()?).ok())
+                .collect::<Option<Vec<_>>>()?;
+            Some(Vary {
+                names,
+                fingerprint: reader.array()?,
+            })
+        };
+        let count = u32::from_le_bytes(reader.array()?);
+        let mut headers = Vec::new();
+        for _ in 0..count {
+            let name = HeaderName::from_bytes(reader.part()?).ok()?;
+            let value = HeaderValue::from_bytes(reader.part()?).ok()?;
+            headers.push((name, stored_value(&value)));
+        }
+        let body = Bytes::copy_from_slice(reader.0);
+        let [stored_unix_ms, ttl, stale_if_error, stale_while_revalidate] = numbers;
+        let age = Duration::from_millis(unix_ms().saturating_sub(stored_unix_ms));
+        Some(Entry {
+            status,
+            headers: headers.into_boxed_slice(),
+            bodies: if gzip {
+                Bodies::Gzip(body)
+            } else {
+                Bodies::Identity(body)
+            },
+            etag,
+            etag_gzip,
+            stored_at: Instant::now().checked_sub(age).unwrap_or_else(Instant::now),
+            ttl: Duration::from_millis(ttl),
+            stale_if_error: Duration::from_millis(stale_if_error),
+            stale_while_revalidate: Duration::from_millis(stale_while_revalidate),
+            vary,
+            points,
+            age_headers: ArcSwapOption::empty(),
+        })
+    }
 }
+
+/// Sets the headers of the representation a response carries: `Content-Encoding` for gzip,
+/// and (for HEAD, whose empty body says nothing) `Content-Length`.
+fn set_representation(headers: &mut HeaderMap, coding: Coding, head_length: Option<usize>) {
+    headers.remove(header::CONTENT_ENCODING);
+    headers.remove(header::CONTENT_LENGTH);
+    if let Some(value) = coding.header_value() {
+        headers.insert(header::CONTENT_ENCODING, value);
+    }
+    if let Some(length) = head_length {
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+    }
+}
+
+/// Adds `Accept-Encoding` to a response's `Vary` unless it names it already.
+pub fn add_vary_accept_encoding(headers: &mut HeaderMap) {
+    let names_it = list_tokens(headers, &header::VARY)
+        .any(|n| n.eq_ignore_ascii_case("accept-encoding") || n == "*");
+    if !names_it {
+        headers.append(header::VARY, HeaderValue::from_static("Accept-Encoding"));
+    }
+}
+
+/// An entry's `Vary`: `Accept-Encoding` (wikigate chooses the representation by it), then the
+/// other names upstream's `Vary` listed.
+fn vary_value(vary: Option<&Vary>) -> HeaderValue {
+    let Some(vary) = vary else {
+        return ACCEPT_ENCODING_ONLY.clone();
+    };
+    let mut value = String::from("Accept-Encoding");
+    for name in &vary.names {
+        value.push_str(", ");
+        value.push_str(name.as_str());
+    }
+    HeaderValue::from_str(&value).unwrap_or_else(|_| ACCEPT_ENCODING_ONLY.clone())
+}
+
+static ACCEPT_ENCODING_ONLY: HeaderValue = HeaderValue::from_static("Accept-Encoding");
 
 /// Reads an encoded entry front to back.
 struct Reader<'a>(&'a [u8]);
@@ -368,10 +629,20 @@ impl<'a> Reader<'a> {
         self.0 = rest;
         Some(head)
     }
+
+    fn array<const N: usize>(&mut self) -> Option<[u8; N]> {
+        self.take(N)?.try_into().ok()
+    }
+
+    /// A length-prefixed part.
+    fn part(&mut self) -> Option<&'a [u8]> {
+        let len = u32::from_le_bytes(self.array()?) as usize;
+        self.take(len)
+    }
 }
 
 /// Marks (and versions) an encoded L2 entry.
-const L2_MAGIC: &[u8] = b"WGE1";
+const L2_MAGIC: &[u8] = b"WGE2";
 
 fn unix_ms() -> u64 {
     std::time::SystemTime::now()
@@ -379,7 +650,8 @@ fn unix_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// Whether `If-None-Match` names `etag` (or is `*`).
+/// Whether `If-None-Match` names `etag` (or is `*`); weak comparison, as RFC 9110 §13.1.2
+/// prescribes for it.
 pub fn list_tokens_match(request_headers: &HeaderMap, etag: &str) -> bool {
     list_tokens(request_headers, &header::IF_NONE_MATCH)
         .any(|tag| tag == "*" || tag.trim_start_matches("W/") == etag)
@@ -390,12 +662,16 @@ pub static CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
 
 /// Values almost every stored answer has, kept as statics: no allocation per entry, and
 /// nothing to count references of when a hit clones them.
-static COMMON_VALUES: [HeaderValue; 5] = [
+static COMMON_VALUES: [HeaderValue; 9] = [
     HeaderValue::from_static("application/json;charset=UTF-8"),
     HeaderValue::from_static("application/json"),
     HeaderValue::from_static(forward::VIA[0]),
     HeaderValue::from_static(forward::VIA[1]),
     HeaderValue::from_static(forward::VIA[2]),
+    HeaderValue::from_static("Accept-Encoding"),
+    HeaderValue::from_static("nosniff"),
+    HeaderValue::from_static("*"),
+    HeaderValue::from_static("max-age=63072000; includeSubDomains; preload"),
 ];
 
 /// A header value as an entry keeps it: a common one as a static, else a copy of its own.
@@ -408,11 +684,12 @@ fn stored_value(value: &HeaderValue) -> HeaderValue {
     copy
 }
 
-/// The header names upstream's `Vary` lists, `None` without `Vary`. `*` is handled by the
-/// caller (never stored).
+/// The header names upstream's `Vary` lists besides `Accept-Encoding`, `None` without any.
+/// `*` is handled by the caller (never stored).
 fn vary_names(headers: &HeaderMap) -> Option<Vec<HeaderName>> {
     let mut names: Vec<HeaderName> = list_tokens(headers, &header::VARY)
         .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
+        .filter(|n| n != header::ACCEPT_ENCODING)
         .collect();
     if names.is_empty() {
         return None;
@@ -444,6 +721,63 @@ fn fingerprint(names: &[HeaderName], request_headers: &HeaderMap) -> [u8; 32] {
 mod tests {
     use super::*;
 
+    const LIFETIME: Lifetime = Lifetime {
+        ttl: Duration::from_secs(60),
+        stale_if_error: Duration::ZERO,
+        stale_while_revalidate: Duration::ZERO,
+    };
+
+    fn request(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        pairs
+            .iter()
+            .map(|(n, v)| (HeaderName::from_static(n), HeaderValue::from_static(v)))
+            .collect()
+    }
+
+    /// An answer shaped like Atlassian's edge sends it: per-exchange headers and all.
+    fn edge_answer(body: &'static [u8], vary: &'static str) -> Buffered {
+        let headers = request(&[
+            ("content-type", "application/json;charset=UTF-8"),
+            ("cache-control", "no-cache, no-store, no-transform"),
+            ("vary", vary),
+            ("x-aaccountid", "712020:a11ce"),
+            ("atl-traceid", "5e1f0c0ffee"),
+            ("atl-request-id", "b2d7-11"),
+            ("x-arequestid", "f00d"),
+            ("server-timing", "atl-edge;dur=42"),
+            ("server", "AtlassianEdge"),
+            ("date", "Mon, 30 Nov 2026 10:00:00 GMT"),
+            (
+                "strict-transport-security",
+                "max-age=63072000; includeSubDomains; preload",
+            ),
+            ("x-ratelimit-remaining", "995"),
+            ("beta-ratelimit", "\"tenant-app-quota\";r=17842;t=2107"),
+            ("retry-after", "0"),
+        ]);
+        Buffered::gzipped(
+            StatusCode::OK,
+            headers,
+            Bytes::from_static(body),
+            coding::gzip(body),
+        )
+    }
+
+    fn hit(entry: &Entry, request_headers: &HeaderMap) -> Response<Body> {
+        entry
+            .respond(
+                request_headers,
+                false,
+                HeaderValue::from_static("wikigate; hit"),
+            )
+            .expect("the entry holds an acceptable representation")
+    }
+
+    async fn body_of(response: Response<Body>) -> Bytes {
+        use http_body_util::BodyExt as _;
+        response.into_body().collect().await.unwrap().to_bytes()
+    }
+
     #[test]
     fn a_stored_answer_does_not_keep_the_buffers_it_was_read_into() {
         // hyper hands out the body and header values as slices of its read buffers.
@@ -455,111 +789,240 @@ mod tests {
             "x-aaccountid",
             HeaderValue::from_maybe_shared(value).unwrap(),
         );
-        let answer = Buffered {
-            status: StatusCode::OK,
-            headers,
-            body: read_buffer.slice(8..1208),
-        };
-        let lifetime = Lifetime {
-            ttl: Duration::from_secs(60),
-            stale_if_error: Duration::ZERO,
-            stale_while_revalidate: Duration::ZERO,
-        };
-        let entry = Entry::new(answer, &HeaderMap::new(), lifetime, false, 1);
-        assert_eq!(entry.body.len(), 1200);
-        assert!(!within(entry.body.as_ptr()));
+        let answer = Buffered::plain(StatusCode::OK, headers, read_buffer.slice(8..1208));
+        let entry = Entry::new(
+            answer,
+            &HeaderMap::new(),
+            LIFETIME,
+            false,
+            1,
+            Coding::Identity,
+        );
+        let body = entry.plain().unwrap();
+        assert_eq!(body.len(), 1200);
+        assert!(!within(body.as_ptr()));
         for (_, value) in entry.headers.iter() {
             assert!(!within(value.as_bytes().as_ptr()));
         }
     }
 
-    fn entry(vary: Option<&'static str>) -> Entry {
-        let mut headers = HeaderMap::new();
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        headers.insert(header::SET_COOKIE, HeaderValue::from_static("a=b"));
-        if let Some(vary) = vary {
-            headers.insert(header::VARY, HeaderValue::from_static(vary));
-        }
-        let mut request = HeaderMap::new();
-        request.insert(header::ACCEPT_LANGUAGE, HeaderValue::from_static("de"));
-        let lifetime = Lifetime {
-            ttl: Duration::from_secs(60),
-            stale_if_error: Duration::ZERO,
-            stale_while_revalidate: Duration::ZERO,
-        };
-        let answer = Buffered {
-            status: StatusCode::OK,
-            headers,
-            body: Bytes::from_static(b"{}"),
-        };
-        Entry::new(answer, &request, lifetime, false, 1)
-    }
-
     #[test]
-    fn upstream_caching_headers_are_replaced_by_wikigates() {
-        let response = entry(None).to_response(
+    fn what_is_true_of_one_exchange_is_not_stored() {
+        let entry = Entry::new(
+            edge_answer(b"{}", "Accept-Encoding"),
             &HeaderMap::new(),
+            LIFETIME,
             false,
-            HeaderValue::from_static("wikigate; hit"),
+            1,
+            Coding::Gzip,
         );
+        let response = hit(&entry, &request(&[("accept-encoding", "gzip")]));
         let headers = response.headers();
-        assert_eq!(headers[header::CACHE_CONTROL], "private, max-age=60");
-        assert!(!headers.contains_key(header::SET_COOKIE));
-        assert_eq!(headers[header::CONTENT_TYPE], "application/json");
+        for gone in [
+            "atl-traceid",
+            "atl-request-id",
+            "x-arequestid",
+            "server-timing",
+            "server",
+            "date",
+            "x-ratelimit-remaining",
+            "beta-ratelimit",
+            "retry-after",
+            "set-cookie",
+        ] {
+            assert!(!headers.contains_key(gone), "{gone} was replayed");
+        }
+        assert_eq!(headers["x-aaccountid"], "712020:a11ce");
+        assert_eq!(headers["cache-control"], "private, max-age=60");
+        assert_eq!(headers["vary"], "Accept-Encoding");
+        assert_eq!(headers["content-encoding"], "gzip");
         assert_eq!(headers["cache-status"], "wikigate; hit");
-        assert!(headers[header::ETAG].to_str().unwrap().starts_with('"'));
+        assert_eq!(
+            headers["strict-transport-security"],
+            "max-age=63072000; includeSubDomains; preload"
+        );
+    }
+
+    #[tokio::test]
+    async fn each_client_gets_a_representation_it_accepts_with_its_own_validator() {
+        let body = br#"{"type":"known","accountId":"712020:a11ce","displayName":"Alice"}"#;
+        let gzip_only = Entry::new(
+            edge_answer(body, "Accept-Encoding"),
+            &HeaderMap::new(),
+            LIFETIME,
+            false,
+            1,
+            Coding::Gzip,
+        );
+        let gzip_client = request(&[("accept-encoding", "gzip, deflate")]);
+        let response = hit(&gzip_only, &gzip_client);
+        let gzip_etag = response.headers()["etag"].clone();
+        assert_eq!(response.headers()["content-encoding"], "gzip");
+        let compressed = body_of(response).await;
+        assert_eq!(coding::gunzip(&compressed, 1 << 20).unwrap(), &body[..]);
+        // A plain client: the entry must gain the identity representation first.
+        let plain_client = HeaderMap::new();
+        assert!(matches!(
+            gzip_only.respond(&plain_client, false, HeaderValue::from_static("x")),
+            Err(Coding::Identity)
+        ));
+        let both = gzip_only
+            .with_representation(Coding::Identity, 1 << 20)
+            .unwrap();
+        let response = hit(&both, &plain_client);
+        assert!(!response.headers().contains_key("content-encoding"));
+        let plain_etag = response.headers()["etag"].clone();
+        assert_ne!(plain_etag, gzip_etag, "one validator per representation");
+        assert_eq!(body_of(response).await, &body[..]);
+        assert_eq!(
+            hit(&both, &gzip_client).headers()["content-encoding"],
+            "gzip"
+        );
+        // identity;q=0 on an identity-only entry: gzip is made for it.
+        let identity_only = Entry::new(
+            Buffered::plain(StatusCode::OK, HeaderMap::new(), Bytes::from_static(body)),
+            &HeaderMap::new(),
+            LIFETIME,
+            false,
+            1,
+            Coding::Identity,
+        );
+        assert!(matches!(
+            identity_only.respond(
+                &request(&[("accept-encoding", "gzip, identity;q=0")]),
+                false,
+                HeaderValue::from_static("x")
+            ),
+            Err(Coding::Gzip)
+        ));
+        // …but a client that merely accepts gzip is served identity as it is.
+        assert!(
+            !hit(&identity_only, &gzip_client)
+                .headers()
+                .contains_key("content-encoding")
+        );
+        // HEAD carries the length of the representation it stands for.
+        let head = both
+            .respond(&gzip_client, true, HeaderValue::from_static("x"))
+            .unwrap();
+        assert_eq!(
+            head.headers()["content-length"],
+            both.bodies
+                .get(Coding::Gzip)
+                .unwrap()
+                .len()
+                .to_string()
+                .as_str()
+        );
     }
 
     #[test]
-    fn if_none_match_gets_304_without_body() {
-        let entry = entry(None);
-        let mut request = HeaderMap::new();
-        request.insert(
-            header::IF_NONE_MATCH,
-            HeaderValue::from_str(&format!("\"x\", {}", entry.etag.to_str().unwrap())).unwrap(),
+    fn if_none_match_gets_304_without_body_for_either_representation() {
+        let entry = Entry::new(
+            edge_answer(b"{\"watching\":true}", "Accept-Encoding"),
+            &HeaderMap::new(),
+            LIFETIME,
+            false,
+            1,
+            Coding::Gzip,
         );
-        let response =
-            entry.to_response(&request, false, HeaderValue::from_static("wikigate; hit"));
-        assert_eq!(response.status(), StatusCode::NOT_MODIFIED);
-        assert!(!response.headers().contains_key(header::CONTENT_TYPE));
+        for etag in [&entry.etag, &entry.etag_gzip] {
+            let mut request = request(&[("accept-encoding", "gzip")]);
+            request.insert(
+                header::IF_NONE_MATCH,
+                HeaderValue::from_str(&format!("\"x\", {}", etag.to_str().unwrap())).unwrap(),
+            );
+            let response = hit(&entry, &request);
+            assert_eq!(response.status(), StatusCode::NOT_MODIFIED);
+            assert!(!response.headers().contains_key(header::CONTENT_TYPE));
+            assert_eq!(response.headers()["vary"], "Accept-Encoding");
+        }
+        let mut request = request(&[("accept-encoding", "gzip")]);
         request.insert(header::IF_NONE_MATCH, HeaderValue::from_static("\"other\""));
-        assert_eq!(
-            entry
-                .to_response(&request, false, HeaderValue::from_static("wikigate; hit"))
-                .status(),
-            StatusCode::OK
-        );
+        assert_eq!(hit(&entry, &request).status(), StatusCode::OK);
     }
 
     #[test]
     fn entries_survive_the_trip_through_l2() {
-        let original = entry(None);
-        let copy = Entry::decode(&original.encode().unwrap()).unwrap();
+        let original = Entry::new(
+            edge_answer(
+                b"{\"accountId\":\"712020:a\"}",
+                "Accept-Encoding, Accept-Language",
+            ),
+            &request(&[("accept-language", "de")]),
+            LIFETIME,
+            false,
+            5,
+            Coding::Gzip,
+        );
+        let copy = Entry::decode(&original.encode()).unwrap();
+        assert_eq!(copy.status, original.status);
         assert_eq!(
-            (copy.status, &copy.body, &copy.etag),
-            (original.status, &original.body, &original.etag)
+            copy.bodies.get(Coding::Gzip),
+            original.bodies.get(Coding::Gzip)
+        );
+        assert_eq!(
+            (&copy.etag, &copy.etag_gzip),
+            (&original.etag, &original.etag_gzip)
         );
         assert_eq!(copy.headers, original.headers);
         assert_eq!((copy.ttl, copy.points), (original.ttl, original.points));
         assert!(copy.is_fresh(Instant::now()));
-        assert!(Entry::decode(b"WGE1\x00").is_none());
-        assert!(
-            entry(Some("Accept-Language")).encode().is_none(),
-            "variants stay in L1"
+        // The variant travels too: a request with other values does not match it.
+        assert!(copy.matches_vary(&request(&[("accept-language", "de")])));
+        assert!(!copy.matches_vary(&request(&[("accept-language", "fr")])));
+        assert!(Entry::decode(b"WGE2\x00").is_none());
+        assert!(Entry::decode(&original.encode()[..40]).is_none());
+    }
+
+    #[test]
+    fn accept_encoding_in_upstreams_vary_does_not_split_entries_other_names_do() {
+        let entry = |vary| {
+            Entry::new(
+                edge_answer(b"{}", vary),
+                &request(&[("accept-language", "de"), ("accept-encoding", "gzip")]),
+                LIFETIME,
+                false,
+                1,
+                Coding::Gzip,
+            )
+        };
+        let plain = entry("Accept-Encoding");
+        assert!(plain.matches_vary(&HeaderMap::new()));
+        assert!(plain.matches_vary(&request(&[("accept-encoding", "br")])));
+        let by_language = entry("accept-encoding, Accept-Language");
+        assert!(by_language.matches_vary(&request(&[("accept-language", "de")])));
+        assert!(!by_language.matches_vary(&request(&[("accept-language", "fr")])));
+        assert_eq!(
+            hit(
+                &by_language,
+                &request(&[("accept-encoding", "gzip"), ("accept-language", "de")])
+            )
+            .headers()["vary"],
+            "Accept-Encoding, accept-language"
         );
     }
 
     #[test]
-    fn vary_headers_must_match() {
-        let entry = entry(Some("Accept-Language"));
-        let mut request = HeaderMap::new();
-        request.insert(header::ACCEPT_LANGUAGE, HeaderValue::from_static("de"));
-        assert!(entry.matches_vary(&request));
-        request.insert(header::ACCEPT_LANGUAGE, HeaderValue::from_static("fr"));
-        assert!(!entry.matches_vary(&request));
+    fn buffered_answers_are_served_in_an_encoding_the_client_accepts() {
+        let answer = edge_answer(b"{\"statusCode\":500}", "Accept-Encoding");
+        let plain = answer.to_response(false, Accepts::IDENTITY);
+        assert!(!plain.headers().contains_key("content-encoding"));
+        let mut gzip_client = HeaderMap::new();
+        gzip_client.insert("accept-encoding", HeaderValue::from_static("gzip"));
+        let gzip = answer.to_response(false, Accepts::of(&gzip_client));
+        assert_eq!(gzip.headers()["content-encoding"], "gzip");
+        let mut rewritten = answer.clone();
+        rewritten.set_body(Bytes::from_static(b"{}"));
+        gzip_client.insert(
+            "accept-encoding",
+            HeaderValue::from_static("gzip, identity;q=0"),
+        );
+        assert_eq!(
+            rewritten
+                .to_response(false, Accepts::of(&gzip_client))
+                .headers()["content-encoding"],
+            "gzip"
+        );
     }
 }

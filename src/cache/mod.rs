@@ -34,17 +34,20 @@ use tokio::time::Instant;
 use tracing::Instrument as _;
 
 pub use bulk::BulkPlan;
-pub use entry::{Buffered, CACHE_STATUS, Entry, Lifetime, varies_on_everything};
+pub use entry::{
+    Buffered, CACHE_STATUS, Entry, Lifetime, add_vary_accept_encoding, varies_on_everything,
+};
 use flights::{Flights, FollowError, Role, follow};
 use generations::Generations;
 pub use key::{Bypass, CacheKey, Partition};
 
 use crate::body::Body;
 use crate::cluster::{Cluster, Invalidation, Listener};
+use crate::coding::{Accepts, Coding};
 use crate::config::CacheConfig;
 use crate::error::GatewayError;
 use crate::forward::list_tokens;
-use crate::links;
+use crate::links::Links;
 use crate::metrics::{CacheLabel, Metrics, quota_points};
 use crate::routes::{Resolved, Route, Tag};
 
@@ -54,6 +57,10 @@ pub enum Fetched {
     Buffered(Buffered),
     /// Too large to hold: streamed through, never stored.
     Streamed(Response<Body>),
+    /// An answer this request's client cannot be given (gzip that inflates past
+    /// `max_entry_bytes`, for a client that does not accept gzip); never stored, and requests
+    /// that followed this one fetch for themselves.
+    Undeliverable(GatewayError),
 }
 
 /// What a leader's fetch leaves for the requests that followed it.
@@ -64,7 +71,8 @@ enum Outcome {
     /// the same key — the same caller.
     Answer(Arc<Buffered>),
     Failed(GatewayError),
-    /// Streamed to the leader alone; followers fetch for themselves.
+    /// Streamed to the leader alone (or not deliverable to it); followers fetch for
+    /// themselves.
     Streamed,
 }
 
@@ -129,13 +137,15 @@ pub struct Cache {
     cluster: Option<Arc<Cluster>>,
     /// Per-route TTLs and stale windows; replaced by a reload.
     routes: arc_swap::ArcSwap<crate::config::RoutePolicies>,
-    /// `server.public_url`, without a trailing slash.
-    public_url: Option<String>,
+    /// `_links` rewriting to `server.public_url`.
+    links: Arc<Links>,
     secret: [u8; 32],
     stats: Stats,
 }
 
-/// moka keeps each entry for its own retention: TTL plus its longest stale window.
+/// moka keeps each entry for what is left of its retention (TTL plus its longest stale
+/// window): an entry from L2, or one stored again with another representation, is older than
+/// its insertion.
 struct Retention;
 
 impl moka::Expiry<CacheKey, Arc<Entry>> for Retention {
@@ -145,7 +155,7 @@ impl moka::Expiry<CacheKey, Arc<Entry>> for Retention {
         entry: &Arc<Entry>,
         _: std::time::Instant,
     ) -> Option<Duration> {
-        Some(entry.retention())
+        Some(entry.remaining_retention(Instant::now()))
     }
 
     fn expire_after_update(
@@ -155,7 +165,7 @@ impl moka::Expiry<CacheKey, Arc<Entry>> for Retention {
         _: std::time::Instant,
         _: Option<Duration>,
     ) -> Option<Duration> {
-        Some(entry.retention())
+        Some(entry.remaining_retention(Instant::now()))
     }
 }
 
@@ -163,7 +173,7 @@ impl Cache {
     /// `secret` keys the partition hash (see [`partition_secret`]).
     pub fn new(
         config: &CacheConfig,
-        public_url: Option<&str>,
+        links: Arc<Links>,
         secret: [u8; 32],
         metrics: Arc<Metrics>,
     ) -> Cache {
@@ -187,7 +197,7 @@ impl Cache {
             flights: Flights::default(),
             config: config.clone(),
             routes: arc_swap::ArcSwap::from_pointee(config.routes.clone()),
-            public_url: public_url.map(|u| u.trim_end_matches('/').to_owned()),
+            links,
             cluster: None,
             secret,
             stats: Stats::default(),
@@ -310,8 +320,6 @@ impl Cache {
         self.store.invalidate_all();
     }
 
-    /// Answers a cacheable read: from the cache, by joining an identical fetch in flight, or by
-    /// fetching with `fetch` (which must ask upstream for the GET, also for HEAD requests).
     /// The answer of a fresh entry in this replica's memory, if there is one: the hit path,
     /// which needs nothing a miss would (no upstream request, no copies of the request).
     /// `None` sends the request on to [`Cache::read`]. What was served comes back beside the
@@ -328,28 +336,75 @@ impl Cache {
         if !entry.matches_vary(request_headers) || !entry.is_fresh(Instant::now()) {
             return None;
         }
-        Some(self.answer_hit(&entry, lookup, request_headers))
-    }
-
-    fn answer_hit(
-        &self,
-        entry: &Entry,
-        lookup: &Lookup,
-        request_headers: &HeaderMap,
-    ) -> (Response<Body>, Served) {
+        let status = HeaderValue::from_static("wikigate; hit");
+        let response = self
+            .answer(lookup, entry.clone(), request_headers, status)
+            .await
+            .ok()?;
         self.stats.hits.fetch_add(1, Ordering::Relaxed);
-        let response = entry.to_response(
-            request_headers,
-            lookup.head,
-            HeaderValue::from_static("wikigate; hit"),
-        );
         let served = Served {
             cache: CacheLabel::Hit,
             saved_points: Some(entry.points),
         };
-        (response, served)
+        Some((response, served))
     }
 
+    /// Serves `entry` (stored under `lookup`'s key) to a request: in a representation the
+    /// request accepts, which the entry gains first if it holds none yet.
+    async fn answer(
+        &self,
+        lookup: &Lookup,
+        entry: Arc<Entry>,
+        request_headers: &HeaderMap,
+        status: HeaderValue,
+    ) -> Result<Response<Body>, GatewayError> {
+        let missing = match entry.respond(request_headers, lookup.head, status.clone()) {
+            Ok(response) => return Ok(response),
+            Err(missing) => missing,
+        };
+        let fuller = self.add_representation(lookup.key, &entry, missing).await?;
+        fuller
+            .respond(request_headers, lookup.head, status)
+            .map_err(|_| {
+                GatewayError::UpstreamProtocol("a stored answer has no representation".to_owned())
+            })
+    }
+
+    /// `entry` with `coding`'s representation added, stored in its place (weighed anew, with
+    /// the retention it had left) unless another answer replaced it meanwhile.
+    async fn add_representation(
+        &self,
+        key: CacheKey,
+        entry: &Arc<Entry>,
+        coding: Coding,
+    ) -> Result<Arc<Entry>, GatewayError> {
+        let fuller = Arc::new(
+            entry
+                .with_representation(coding, self.config.max_entry_bytes)
+                .map_err(|e| {
+                    GatewayError::UpstreamProtocol(format!(
+                        "a stored gzip body cannot be decoded: {e}"
+                    ))
+                })?,
+        );
+        let (read, replacement) = (entry.clone(), fuller.clone());
+        self.store
+            .entry(key)
+            .and_compute_with(move |current| {
+                let op = match current {
+                    Some(current) if Arc::ptr_eq(current.value(), &read) => {
+                        moka::ops::compute::Op::Put(replacement)
+                    }
+                    _ => moka::ops::compute::Op::Nop,
+                };
+                std::future::ready(op)
+            })
+            .await;
+        Ok(fuller)
+    }
+
+    /// Answers a cacheable read: from the cache, by joining an identical fetch in flight, or by
+    /// fetching with `fetch` (which must ask upstream for the GET, also for HEAD requests).
     pub async fn read<F, Fut>(
         self: &Arc<Self>,
         lookup: Lookup,
@@ -368,17 +423,21 @@ impl Cache {
         {
             let now = Instant::now();
             if entry.is_fresh(now) {
-                let (response, hit) = self.answer_hit(&entry, &lookup, request_headers);
-                return Ok(served(response, hit.cache, hit.saved_points));
+                let status = HeaderValue::from_static("wikigate; hit");
+                let response = self
+                    .answer(&lookup, entry.clone(), request_headers, status)
+                    .await?;
+                self.stats.hits.fetch_add(1, Ordering::Relaxed);
+                return Ok(served(response, CacheLabel::Hit, Some(entry.points)));
             }
             if entry.may_revalidate_in_background(now) {
                 self.refresh_in_background(lookup, request_headers, fetch);
                 self.stats.stale.fetch_add(1, Ordering::Relaxed);
-                let response = entry.to_response(
-                    request_headers,
-                    lookup.head,
-                    HeaderValue::from_static("wikigate; hit; detail=stale-while-revalidate"),
-                );
+                let status =
+                    HeaderValue::from_static("wikigate; hit; detail=stale-while-revalidate");
+                let response = self
+                    .answer(&lookup, entry.clone(), request_headers, status)
+                    .await?;
                 return Ok(served(
                     response,
                     CacheLabel::StaleWhileRevalidate,
@@ -396,7 +455,9 @@ impl Cache {
             let outcome = self
                 .settle(lookup, request_headers, fetch().await, store)
                 .await;
-            return self.respond(outcome, lookup, request_headers, stale, Path::Request);
+            return self
+                .respond(outcome, lookup, request_headers, stale, Path::Request)
+                .await;
         }
 
         loop {
@@ -426,7 +487,9 @@ impl Cache {
                     } else {
                         Path::Miss
                     };
-                    return self.respond(mine, lookup, request_headers, stale, path);
+                    return self
+                        .respond(mine, lookup, request_headers, stale, path)
+                        .await;
                 }
                 Role::Follower(receiver) => {
                     match follow(receiver, self.config.coalesce_timeout).await {
@@ -439,19 +502,17 @@ impl Cache {
                             let mine = self
                                 .settle(lookup, request_headers, fetch().await, true)
                                 .await;
-                            return self.respond(mine, lookup, request_headers, stale, Path::Miss);
+                            return self
+                                .respond(mine, lookup, request_headers, stale, Path::Miss)
+                                .await;
                         }
                         Err(FollowError::Abandoned) => continue,
                         Ok(outcome) => {
                             self.stats.coalesced.fetch_add(1, Ordering::Relaxed);
                             let mine = LeaderResult::from(outcome);
-                            return self.respond(
-                                mine,
-                                lookup,
-                                request_headers,
-                                stale,
-                                Path::Collapsed,
-                            );
+                            return self
+                                .respond(mine, lookup, request_headers, stale, Path::Collapsed)
+                                .await;
                         }
                     }
                 }
@@ -484,7 +545,8 @@ impl Cache {
         );
     }
 
-    /// Stores a fetched answer if it may be stored.
+    /// Stores a fetched answer if it may be stored: its links rewritten, in the representation
+    /// the client whose request fetched it prefers.
     async fn settle(
         &self,
         lookup: Lookup,
@@ -495,6 +557,7 @@ impl Cache {
         let answer = match fetched {
             Err(error) => return LeaderResult::Failed(error),
             Ok(Fetched::Streamed(response)) => return LeaderResult::Streamed(response),
+            Ok(Fetched::Undeliverable(error)) => return LeaderResult::Undeliverable(error),
             Ok(Fetched::Buffered(answer)) => answer,
         };
         let lifetime = match self.lifetime_for(&answer, lookup) {
@@ -502,32 +565,31 @@ impl Cache {
             _ => return LeaderResult::Answer(Arc::new(answer)),
         };
         let mut answer = answer;
-        if let Some(public_url) = &self.public_url
-            && let Some(rewritten) = links::rewrite(&answer.body, public_url)
-        {
-            answer.body = rewritten;
+        if let Some(rewritten) = self.links.rewrite(answer.body()) {
+            answer.set_body(rewritten);
         }
-        let points = quota_points(lookup.route, &answer.body);
+        let points = quota_points(lookup.route, answer.body());
+        let keep = Accepts::of(request_headers).preferred();
         let entry = Arc::new(Entry::new(
             answer,
             request_headers,
             lifetime,
             lookup.shared,
             points,
+            keep,
         ));
         self.store.insert(lookup.key, entry.clone()).await;
         self.stats.stored.fetch_add(1, Ordering::Relaxed);
-        if let Some(cluster) = &self.cluster
-            && let Some(bytes) = entry.encode()
-        {
+        if let Some(cluster) = &self.cluster {
             cluster
-                .set(lookup.key.as_bytes(), bytes, entry.retention())
+                .set(lookup.key.as_bytes(), entry.encode(), entry.retention())
                 .await;
         }
         LeaderResult::Stored(entry)
     }
 
-    /// The cluster's copy of an entry this replica does not hold, if fresh; kept in L1 too.
+    /// The cluster's copy of an entry this replica does not hold, if fresh and of this
+    /// request's variant; kept in L1 too.
     async fn look_in_l2(&self, lookup: Lookup) -> Option<Arc<Entry>> {
         let cluster = self.cluster.as_ref()?;
         let entry = Entry::decode(&cluster.get(lookup.key.as_bytes()).await?)?;
@@ -544,7 +606,7 @@ impl Cache {
     fn lifetime_for(&self, answer: &Buffered, lookup: Lookup) -> Option<Lifetime> {
         if answer.headers.contains_key(header::SET_COOKIE)
             || varies_on_everything(&answer.headers)
-            || answer.body.len() > self.config.max_entry_bytes
+            || answer.body().len() > self.config.max_entry_bytes
         {
             return None;
         }
@@ -562,7 +624,7 @@ impl Cache {
     }
 
     /// The response for a read's result; serves `stale` instead of an upstream failure.
-    fn respond(
+    async fn respond(
         &self,
         result: LeaderResult,
         lookup: Lookup,
@@ -592,18 +654,13 @@ impl Cache {
                 LeaderResult::Failed(GatewayError::RateLimited { .. })
             )
             .then_some(entry.points);
-            let response = entry.to_response(request_headers, lookup.head, status_value(status));
+            let response = self
+                .answer(&lookup, entry, request_headers, status_value(status))
+                .await?;
             return Ok(served(response, CacheLabel::StaleIfError, saved));
         }
-        if let LeaderResult::L2(entry) = &result {
-            let response = entry.to_response(
-                request_headers,
-                lookup.head,
-                HeaderValue::from_static("wikigate; hit; detail=l2"),
-            );
-            return Ok(served(response, CacheLabel::Hit, Some(entry.points)));
-        }
         let (label, saved) = match (path, &result) {
+            (_, LeaderResult::L2(entry)) => (CacheLabel::Hit, Some(entry.points)),
             (Path::Collapsed, LeaderResult::Stored(entry)) => {
                 (CacheLabel::Coalesced, Some(entry.points))
             }
@@ -613,13 +670,16 @@ impl Cache {
         };
         let fwd = path.fwd();
         let response = match result {
-            LeaderResult::Stored(entry) => entry.to_response(
-                request_headers,
-                lookup.head,
-                status_value(format!("wikigate; {fwd}; stored")),
-            ),
+            LeaderResult::L2(entry) => {
+                let status = HeaderValue::from_static("wikigate; hit; detail=l2");
+                self.answer(&lookup, entry, request_headers, status).await?
+            }
+            LeaderResult::Stored(entry) => {
+                let status = status_value(format!("wikigate; {fwd}; stored"));
+                self.answer(&lookup, entry, request_headers, status).await?
+            }
             LeaderResult::Answer(answer) => {
-                let mut response = answer.to_response(lookup.head);
+                let mut response = answer.to_response(lookup.head, Accepts::of(request_headers));
                 set_status(&mut response, &format!("wikigate; {fwd}"));
                 response
             }
@@ -627,8 +687,9 @@ impl Cache {
                 set_status(&mut response, &format!("wikigate; {fwd}; detail=too-large"));
                 response
             }
-            LeaderResult::Failed(error) => return Err(error),
-            LeaderResult::L2(_) => unreachable!("answered above"),
+            LeaderResult::Failed(error) | LeaderResult::Undeliverable(error) => {
+                return Err(error);
+            }
         };
         Ok(served(response, label, saved))
     }
@@ -689,6 +750,8 @@ enum LeaderResult {
     L2(Arc<Entry>),
     Answer(Arc<Buffered>),
     Streamed(Response<Body>),
+    /// An answer for this request alone, which it cannot be given.
+    Undeliverable(GatewayError),
     Failed(GatewayError),
 }
 
@@ -697,7 +760,7 @@ impl LeaderResult {
         match self {
             LeaderResult::Stored(entry) | LeaderResult::L2(entry) => Outcome::Stored(entry.clone()),
             LeaderResult::Answer(answer) => Outcome::Answer(answer.clone()),
-            LeaderResult::Streamed(_) => Outcome::Streamed,
+            LeaderResult::Streamed(_) | LeaderResult::Undeliverable(_) => Outcome::Streamed,
             LeaderResult::Failed(error) => Outcome::Failed(error.clone()),
         }
     }

@@ -1,6 +1,9 @@
 //! A fake Confluence Cloud site: the 21 user-API operations, stateful, in process.
 //!
-//! The demo puts the gateway in front of it, and the tests use it as the upstream. It follows
+//! The demo puts the gateway in front of it, and the tests use it as the upstream. By default
+//! it answers the way Atlassian's edge does (`edge`): gzip when asked, a fresh XSRF cookie,
+//! per-request ids, `no-store`; [`Shape::Plain`] answers plain JSON for the few tests that need
+//! it. Account ids look like Atlassian's (`712020:uuid`). It follows
 //! `shared/confluence-user-api.json`: Basic (`email:token`) or Bearer authentication,
 //! `/user/current` is the caller, watch status for another `accountId` needs an admin, watch
 //! writes need `X-Atlassian-Token: no-check`, user properties can be listed, read, created
@@ -9,6 +12,7 @@
 //! Tests steer it through [`FakeConfluence`]: it counts the requests it served per operation,
 //! records what it received, and can be told to answer slowly or with an error status.
 
+mod edge;
 mod site;
 
 use std::sync::Arc;
@@ -23,7 +27,18 @@ use tokio_rustls::TlsAcceptor;
 use crate::routes::Operation;
 use crate::server::{self, Http};
 
+pub use edge::Shape;
 pub use site::{DEMO_USERS, DIRECTORY_SIZE, DemoUser, directory_account};
+
+/// How a fake site answers.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct FakeOptions {
+    pub shape: Shape,
+    /// Builds `_links` from `X-Forwarded-Host`/`-Proto` when a request has them, as
+    /// proxy-aware applications do (Atlassian Cloud does not): for tests of what a client
+    /// could make such an upstream store.
+    pub honour_forwarded_host: bool,
+}
 
 /// A request as the fake received it.
 #[derive(Debug, Clone)]
@@ -49,6 +64,7 @@ pub struct Faults {
 /// Shared by the fake's handler and its [`FakeConfluence`] handle.
 struct Shared {
     site: site::Site,
+    options: FakeOptions,
     hits: [AtomicU64; 21],
     requests: AtomicU64,
     faults: std::sync::Mutex<Faults>,
@@ -101,15 +117,30 @@ pub struct FakeConfluence {
 }
 
 impl FakeConfluence {
-    /// Starts a plain-HTTP fake on `127.0.0.1` at a free port.
+    /// Starts a plain-HTTP fake on `127.0.0.1` at a free port, answering like the edge.
     pub async fn start() -> std::io::Result<FakeConfluence> {
-        FakeConfluence::start_on("127.0.0.1:0".parse().expect("address"), None).await
+        FakeConfluence::start_with(FakeOptions::default()).await
     }
 
-    /// Starts a fake on `addr`, serving HTTPS when `tls` is given.
+    /// Starts a plain-HTTP fake on `127.0.0.1` at a free port.
+    pub async fn start_with(options: FakeOptions) -> std::io::Result<FakeConfluence> {
+        let addr = "127.0.0.1:0".parse().expect("address");
+        FakeConfluence::start_on_with(addr, None, options).await
+    }
+
+    /// Starts a fake on `addr` answering like the edge, serving HTTPS when `tls` is given.
     pub async fn start_on(
         addr: std::net::SocketAddr,
         tls: Option<TlsAcceptor>,
+    ) -> std::io::Result<FakeConfluence> {
+        FakeConfluence::start_on_with(addr, tls, FakeOptions::default()).await
+    }
+
+    /// Starts a fake on `addr`, serving HTTPS when `tls` is given.
+    pub async fn start_on_with(
+        addr: std::net::SocketAddr,
+        tls: Option<TlsAcceptor>,
+        options: FakeOptions,
     ) -> std::io::Result<FakeConfluence> {
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
@@ -122,6 +153,7 @@ impl FakeConfluence {
         let base = format!("{scheme}://{host}:{}/wiki", addr.port());
         let shared = Arc::new(Shared {
             site: site::Site::new(base),
+            options,
             hits: Default::default(),
             requests: AtomicU64::new(0),
             faults: Default::default(),

@@ -11,6 +11,7 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use serde_json::{Value, json};
 
+use super::edge::{self, Shape};
 use super::{RECORD_LIMIT, Recorded, Shared};
 use crate::body::Body;
 use crate::error::error_response;
@@ -34,7 +35,7 @@ pub struct DemoUser {
 /// The fake site's users. Alice is a Confluence administrator, Bob is not, Carol cannot log in.
 pub const DEMO_USERS: [DemoUser; 3] = [
     DemoUser {
-        account_id: "557058:a11ce000-0000-4000-8000-000000000001",
+        account_id: "712020:a11ce000-0000-4000-8000-000000000001",
         email: "alice@example.com",
         display_name: "Alice Admin",
         api_token: "alice-api-token",
@@ -47,7 +48,7 @@ pub const DEMO_USERS: [DemoUser; 3] = [
         ],
     },
     DemoUser {
-        account_id: "557058:b0b00000-0000-4000-8000-000000000002",
+        account_id: "712020:b0b00000-0000-4000-8000-000000000002",
         email: "bob@example.com",
         display_name: "Bob Builder",
         api_token: "bob-api-token",
@@ -56,7 +57,7 @@ pub const DEMO_USERS: [DemoUser; 3] = [
         groups: &["confluence-users"],
     },
     DemoUser {
-        account_id: "557058:ca501000-0000-4000-8000-000000000003",
+        account_id: "712020:ca501000-0000-4000-8000-000000000003",
         email: "carol@example.com",
         display_name: "Carol External",
         api_token: "",
@@ -118,6 +119,31 @@ pub(super) struct FakeHandler(pub(super) Arc<Shared>);
 
 impl Handler for FakeHandler {
     async fn call(&self, request: Request<Incoming>, _conn: ConnInfo) -> Response<Body> {
+        let head = request.method() == http::Method::HEAD;
+        let request_headers = request.headers().clone();
+        let mut response = self.respond(request).await;
+        if self.0.options.shape == Shape::Edge {
+            response = edge::dress(response, &request_headers).await;
+        }
+        // Injected headers go last: they may replace what the edge set.
+        let injected = self.0.faults.lock().expect("lock").response_headers.clone();
+        response.headers_mut().extend(injected);
+        if head {
+            // The body's length stands in for it (of the representation it would have been).
+            let (mut parts, body) = response.into_parts();
+            let length = hyper::body::Body::size_hint(&body).exact().unwrap_or(0);
+            parts
+                .headers
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+            response = Response::from_parts(parts, Body::empty());
+        }
+        response
+    }
+}
+
+impl FakeHandler {
+    /// The answer before the edge dresses it (and with its body, also for HEAD).
+    async fn respond(&self, request: Request<Incoming>) -> Response<Body> {
         let shared = &self.0;
         shared.requests.fetch_add(1, Ordering::SeqCst);
         let (parts, body) = request.into_parts();
@@ -157,13 +183,10 @@ impl Handler for FakeHandler {
             tokio::time::sleep(faults.delay).await;
         }
         if let Some(status) = faults.fail_with {
-            let mut response = error_response(status, "injected failure");
-            response.headers_mut().extend(faults.response_headers);
-            return response;
+            return error_response(status, "injected failure");
         }
 
-        let mut response = self.answer(&parts, &body, &resolved);
-        response.headers_mut().extend(faults.response_headers);
+        let response = self.answer(&parts, &body, &resolved);
         let armed = {
             let mut holds = shared.holds.lock().expect("lock");
             let position = holds.iter().position(|(op, _)| *op == resolved.operation);
@@ -175,9 +198,7 @@ impl Handler for FakeHandler {
         }
         response
     }
-}
 
-impl FakeHandler {
     fn answer(
         &self,
         parts: &http::request::Parts,
@@ -197,7 +218,9 @@ impl FakeHandler {
                 .get(name)
                 .and_then(|v: &HeaderValue| v.to_str().ok())
         };
-        let base = match forwarded("x-forwarded-host") {
+        let forwarded_host =
+            forwarded("x-forwarded-host").filter(|_| self.0.options.honour_forwarded_host);
+        let base = match forwarded_host {
             Some(host) => format!(
                 "{}://{host}/wiki",
                 forwarded("x-forwarded-proto").unwrap_or("http")
@@ -216,9 +239,10 @@ impl FakeHandler {
                 .get("x-atlassian-token")
                 .is_some_and(|v| v == "no-check"),
             body,
+            shape: self.0.options.shape,
         };
         let mut response = match ctx.answer() {
-            Ok(answer) => answer.into_response(resolved.head),
+            Ok(answer) => answer.into_response(),
             Err((status, message)) => error_response(status, &message),
         };
         // As Atlassian does: the account the request was answered for.
@@ -337,7 +361,7 @@ enum Answer {
 }
 
 impl Answer {
-    fn into_response(self, head: bool) -> Response<Body> {
+    fn into_response(self) -> Response<Body> {
         match self {
             Answer::NoContent => {
                 let mut response = Response::new(Body::empty());
@@ -345,13 +369,7 @@ impl Answer {
                 response
             }
             Answer::Json(status, value) => {
-                let bytes = Bytes::from(value.to_string());
-                let len = bytes.len();
-                let mut response = Response::new(if head {
-                    Body::empty()
-                } else {
-                    Body::full(bytes)
-                });
+                let mut response = Response::new(Body::full(Bytes::from(value.to_string())));
                 *response.status_mut() = status;
                 let headers = response.headers_mut();
                 headers.insert(
@@ -363,9 +381,6 @@ impl Answer {
                     header::CACHE_CONTROL,
                     HeaderValue::from_static("no-cache, no-store, must-revalidate"),
                 );
-                if head {
-                    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
-                }
                 response
             }
         }
@@ -383,6 +398,7 @@ struct Ctx<'a> {
     path_and_query: &'a str,
     xsrf_ok: bool,
     body: &'a Bytes,
+    shape: Shape,
 }
 
 impl Ctx<'_> {
@@ -595,7 +611,10 @@ impl Ctx<'_> {
                 "type": "personal",
                 "status": "current",
                 "_expandable": {},
-                "_links": { "self": format!("{}/rest/api/space/{key}", self.base) },
+                "_links": {
+                    "webui": format!("/spaces/{key}"),
+                    "self": format!("{}/rest/api/space/{key}", self.base),
+                },
             });
             value["_expandable"]
                 .as_object_mut()
@@ -667,9 +686,14 @@ impl Ctx<'_> {
         self.site
             .bulk_objects
             .fetch_add(results.len() as u64, Ordering::SeqCst);
+        // Atlassian's bulk answers name no `self`; the plain shape keeps one.
+        let mut links = self.links(self.path_and_query.trim_start_matches("/wiki"));
+        if self.shape == Shape::Edge {
+            links.as_object_mut().expect("object").remove("self");
+        }
         Ok(self.json(json!({
             "results": results, "start": 0, "limit": limit, "size": results.len(),
-            "_links": self.links(self.path_and_query.trim_start_matches("/wiki")),
+            "_links": links,
         })))
     }
 
@@ -822,7 +846,7 @@ pub const DIRECTORY_SIZE: usize = 5000;
 
 /// The account id of directory account `n` (`n < DIRECTORY_SIZE`); they cannot log in.
 pub fn directory_account(n: usize) -> String {
-    format!("557058:d1000000-0000-4000-8000-{n:012}")
+    format!("712020:d1000000-0000-4000-8000-{n:012}")
 }
 
 /// The directory, built once per process (its strings live as long as the process).

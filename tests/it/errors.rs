@@ -13,8 +13,7 @@ async fn paths_outside_the_user_api_are_404_and_never_forwarded() {
     let h = Harness::start().await;
     for target in [
         "/",
-        "/wiki/rest/api/content/123",
-        "/wiki/rest/api/users",
+        "/wiki",
         "/wiki/rest/api/user/",
         "/wiki/rest/api/user/nope/nope/nope",
         "/wiki/rest/api/user/bulk/property",
@@ -22,6 +21,26 @@ async fn paths_outside_the_user_api_are_404_and_never_forwarded() {
     ] {
         h.client
             .get(target, Some(&basic(alice())))
+            .await
+            .assert_error(404);
+    }
+    // Below /wiki/ but outside the user API, reads are sent to the site (links relative to a
+    // rewritten base lead there) and writes are 404: nothing is proxied.
+    for target in [
+        "/wiki/rest/api/content/123?expand=body",
+        "/wiki/rest/api/users",
+        "/wiki/spaces/~x",
+    ] {
+        let answer = h.client.get(target, Some(&basic(alice()))).await;
+        assert_eq!(answer.status, 302, "{target}");
+        assert_eq!(
+            answer.headers["location"],
+            format!("{}{target}", h.fake.url()).as_str()
+        );
+        h.client
+            .request(Method::POST, target)
+            .auth(alice())
+            .send()
             .await
             .assert_error(404);
     }

@@ -21,6 +21,11 @@ enum Misbehaviour {
     CloseAfterEach,
     /// A valid 5 MB chunked answer.
     Huge,
+    /// `Content-Encoding: gzip` over a gzip stream cut short.
+    CorruptGzip,
+    /// To requests that accept gzip, 16 KB of gzip that inflate to 16 MB; to the others, a
+    /// plain answer.
+    GzipBomb,
 }
 
 const ANSWER: &str = r#"{"type":"known","accountId":"x","displayName":"X"}"#;
@@ -40,16 +45,17 @@ async fn upstream(behaviour: Misbehaviour) -> (String, Arc<AtomicU64>) {
     (url, requests)
 }
 
-async fn read_head(stream: &mut TcpStream) -> bool {
+/// Reads a request head; `None` once the connection is gone.
+async fn read_head(stream: &mut TcpStream) -> Option<String> {
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
         match stream.read(&mut byte).await {
             Ok(1) => head.push(byte[0]),
-            _ => return false,
+            _ => return None,
         }
     }
-    true
+    Some(String::from_utf8_lossy(&head).to_lowercase())
 }
 
 fn reset(stream: TcpStream) {
@@ -61,9 +67,9 @@ fn reset(stream: TcpStream) {
 
 async fn serve(mut stream: TcpStream, behaviour: Misbehaviour, requests: Arc<AtomicU64>) {
     loop {
-        if !read_head(&mut stream).await {
+        let Some(head) = read_head(&mut stream).await else {
             return;
-        }
+        };
         requests.fetch_add(1, Ordering::SeqCst);
         let ok = |len: usize| {
             format!(
@@ -115,6 +121,31 @@ async fn serve(mut stream: TcpStream, behaviour: Misbehaviour, requests: Arc<Ato
                     }
                 }
                 let _ = stream.write_all(b"0\r\n\r\n").await;
+            }
+            Misbehaviour::CorruptGzip => {
+                let gzip = wikigate::coding::gzip(ANSWER.repeat(20).as_bytes());
+                let cut = &gzip[..gzip.len() / 2];
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-encoding: gzip\r\ncontent-length: {}\r\n\r\n",
+                    cut.len()
+                );
+                let _ = stream.write_all(head.as_bytes()).await;
+                let _ = stream.write_all(cut).await;
+            }
+            Misbehaviour::GzipBomb if head.contains("accept-encoding: gzip") => {
+                static BOMB: std::sync::OnceLock<bytes::Bytes> = std::sync::OnceLock::new();
+                let bomb = BOMB.get_or_init(|| wikigate::coding::gzip(&vec![0u8; 16 << 20]));
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-encoding: gzip\r\ncontent-length: {}\r\n\r\n",
+                    bomb.len()
+                );
+                let _ = stream.write_all(head.as_bytes()).await;
+                let _ = stream.write_all(bomb).await;
+            }
+            Misbehaviour::GzipBomb => {
+                let _ = stream
+                    .write_all(format!("{}{ANSWER}", ok(ANSWER.len())).as_bytes())
+                    .await;
             }
         }
     }
@@ -216,4 +247,59 @@ async fn an_answer_far_larger_than_max_entry_bytes_is_streamed_whole_and_not_sto
         );
     }
     assert_eq!(requests.load(Ordering::SeqCst), 2, "not stored");
+}
+
+#[tokio::test]
+async fn a_corrupt_gzip_answer_is_502_and_never_stored() {
+    let (_gateway, client, requests) = gateway_for(Misbehaviour::CorruptGzip, |_| {}).await;
+    for accept in ["gzip", "identity"] {
+        let answer = client
+            .request(http::Method::GET, &format!("{API}/current"))
+            .auth(alice())
+            .header("accept-encoding", accept)
+            .send()
+            .await;
+        let json = answer.assert_error(502);
+        assert!(json["message"].as_str().unwrap().contains("gzip"), "{json}");
+    }
+    assert_eq!(requests.load(Ordering::SeqCst), 2, "nothing was stored");
+}
+
+#[tokio::test]
+async fn a_gzip_bomb_never_inflates_past_max_entry_bytes() {
+    let (_gateway, client, requests) = gateway_for(Misbehaviour::GzipBomb, |c| {
+        c.cache.max_entry_bytes = 256 * 1024
+    })
+    .await;
+    // A client that takes gzip gets the gzip as it came, streamed, and nothing is stored.
+    for _ in 0..2 {
+        let answer = client
+            .request(http::Method::GET, &format!("{API}/current"))
+            .auth(alice())
+            .header("accept-encoding", "gzip")
+            .send()
+            .await;
+        assert_eq!(answer.status, 200);
+        assert_eq!(answer.headers["content-encoding"], "gzip");
+        assert!(
+            answer.cache_status().contains("too-large"),
+            "{}",
+            answer.cache_status()
+        );
+        assert!(
+            answer.body.len() < 256 * 1024,
+            "{} bytes",
+            answer.body.len()
+        );
+    }
+    assert_eq!(requests.load(Ordering::SeqCst), 2);
+    // One that does not is never sent the gzip, nor an inflated bomb: wikigate asks again
+    // without gzip.
+    let answer = client
+        .get(&format!("{API}/current"), Some(&basic(alice())))
+        .await;
+    assert_eq!(answer.status, 200);
+    assert!(!answer.headers.contains_key("content-encoding"));
+    assert_eq!(answer.json()["accountId"], "x");
+    assert_eq!(requests.load(Ordering::SeqCst), 4);
 }

@@ -346,8 +346,12 @@ async fn forwarding_headers_are_added_and_client_values_not_trusted() {
 
 #[tokio::test]
 async fn a_poisoned_host_header_cannot_change_what_is_stored_for_others() {
-    // The fake builds its links from X-Forwarded-Host, as proxy-aware applications do.
-    let h = Harness::start().await;
+    // This fake builds its links from X-Forwarded-Host, as proxy-aware applications do.
+    let options = wikigate::fake::FakeOptions {
+        honour_forwarded_host: true,
+        ..Default::default()
+    };
+    let h = Harness::start_on(options, |_| {}).await;
     let poisoned = h
         .client
         .request(Method::GET, &format!("{API}/anonymous"))

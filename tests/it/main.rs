@@ -6,6 +6,7 @@ mod cache;
 mod cli;
 mod cluster;
 mod csrf;
+mod edge;
 mod errors;
 mod faults;
 mod forwarding;

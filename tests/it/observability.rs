@@ -69,7 +69,7 @@ async fn scripted_traffic() -> Harness {
         204
     );
     h.client
-        .get("/wiki/rest/api/content", Some(&basic(alice())))
+        .get("/wiki/rest/api/user/no/such/path", Some(&basic(alice())))
         .await
         .assert_error(404);
     let tiny = || {

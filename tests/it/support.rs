@@ -10,7 +10,7 @@ use hyper_util::client::legacy::{Client, connect::HttpConnector};
 use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 use wikigate::config::Config;
-use wikigate::fake::{DEMO_USERS, DemoUser, FakeConfluence};
+use wikigate::fake::{DEMO_USERS, DemoUser, FakeConfluence, FakeOptions};
 use wikigate::lifecycle::{self, Running};
 
 pub const API: &str = "/wiki/rest/api/user";
@@ -61,7 +61,27 @@ impl Harness {
 
     /// Starts with the default test config changed by `tweak`.
     pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> Harness {
-        let fake = FakeConfluence::start().await.expect("fake starts");
+        Harness::start_on(FakeOptions::default(), tweak).await
+    }
+
+    /// Starts with `server.public_url` set to the gateway's own address (reserved first: it is
+    /// only known once the gateway listens); returns the public URL too.
+    pub async fn with_public_url() -> (Harness, String) {
+        let addr = free_addr();
+        let public = format!("http://{addr}");
+        let h = Harness::start_with(|c| {
+            c.server.listen = addr;
+            c.server.public_url = Some(public.clone());
+        })
+        .await;
+        (h, public)
+    }
+
+    /// Starts in front of a fake site started with `options`.
+    pub async fn start_on(options: FakeOptions, tweak: impl FnOnce(&mut Config)) -> Harness {
+        let fake = FakeConfluence::start_with(options)
+            .await
+            .expect("fake starts");
         let mut config = config_for(&fake.url());
         tweak(&mut config);
         config.validate().expect("tweaked config is valid");
@@ -85,8 +105,19 @@ pub struct Answer {
 
 impl Answer {
     pub fn json(&self) -> Value {
-        serde_json::from_slice(&self.body)
+        serde_json::from_slice(&self.decoded())
             .unwrap_or_else(|e| panic!("body is not JSON ({e}): {:?}", self.body))
+    }
+
+    /// The body with its content coding (gzip) undone.
+    pub fn decoded(&self) -> Bytes {
+        match self.headers.get("content-encoding") {
+            Some(coding) if coding == "gzip" => {
+                wikigate::coding::gunzip(&self.body, 64 << 20).expect("valid gzip")
+            }
+            Some(other) => panic!("unexpected content coding {other:?}"),
+            None => self.body.clone(),
+        }
     }
 
     /// Asserts Confluence's error shape with this status.
@@ -133,6 +164,15 @@ impl TestClient {
                 .uri(format!("{}{target}", self.origin)),
             body: Bytes::new(),
         }
+    }
+
+    /// A GET as a mainstream HTTP client sends it: `Accept-Encoding: gzip, deflate`.
+    pub async fn get_gzip(&self, target: &str, user: &DemoUser) -> Answer {
+        self.request(Method::GET, target)
+            .auth(user)
+            .header("accept-encoding", "gzip, deflate")
+            .send()
+            .await
     }
 
     pub async fn get(&self, target: &str, auth: Option<&str>) -> Answer {
