@@ -30,7 +30,7 @@ trap cleanup EXIT
 
 UPSTREAM_PORT=$(free_port) CONTROL_PORT=$(free_port) BARE_PORT=$(free_port)
 GATE_PORT=$(free_port) ADMIN_PORT=$(free_port)
-"$RIG" fake "127.0.0.1:$UPSTREAM_PORT" "127.0.0.1:$CONTROL_PORT" >/dev/null 2>&1 &
+"$RIG" fake "127.0.0.1:$UPSTREAM_PORT" "127.0.0.1:$CONTROL_PORT" $SHAPE >/dev/null 2>&1 &
 PIDS+=($!)
 wait_for "http://127.0.0.1:$CONTROL_PORT/"
 curl -s -m 2 -H "Authorization: $AUTH" "http://127.0.0.1:$UPSTREAM_PORT$TARGET" >"$WORK/body.json"

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The load benchmark: wikigate's cache-hit path against the ceiling (a bare hyper server answering
-# the same body) and against nginx proxy_cache, with wrk, on loopback.
+# the same body) and against nginx proxy_cache, with wrk, on loopback; for a client that asks for
+# gzip (as every HTTP library does; the upstream answers like Atlassian's edge) and for one that
+# does not.
 #
-#   benches/load.sh            # about 7 minutes on 2 cores
+#   benches/load.sh            # about 10 minutes on 2 cores
 #
 # Environment: DURATION (seconds per run, 10), RUNS (runs per figure, median taken, 3),
 # CONNECTIONS (64), MODES ("shared pinned"), KEEP=1 keeps the work directory.
@@ -47,15 +49,17 @@ upstream_count() { curl -s -m 2 "http://127.0.0.1:$CONTROL_PORT/"; }
 start_servers() {
     local pin=$1 ttl=$2 workers=2 run=()
     if [ -n "$pin" ]; then run=(taskset -c 0); workers=1; fi
-    UPSTREAM_PORT=$(free_port) CONTROL_PORT=$(free_port) BARE_PORT=$(free_port)
+    UPSTREAM_PORT=$(free_port) CONTROL_PORT=$(free_port) BARE_PORT=$(free_port) BARE_GZIP_PORT=$(free_port)
     GATE_PORT=$(free_port) ADMIN_PORT=$(free_port) CACHE_PORT=$(free_port) PASS_PORT=$(free_port)
 
-    "${run[@]}" "$RIG" fake "127.0.0.1:$UPSTREAM_PORT" "127.0.0.1:$CONTROL_PORT" >"$WORK/fake.log" 2>&1 &
+    "${run[@]}" "$RIG" fake "127.0.0.1:$UPSTREAM_PORT" "127.0.0.1:$CONTROL_PORT" $SHAPE >"$WORK/fake.log" 2>&1 &
     PIDS+=($!)
     wait_for "http://127.0.0.1:$CONTROL_PORT/"
     curl -s -m 2 -H "Authorization: $AUTH" "http://127.0.0.1:$UPSTREAM_PORT$TARGET" >"$WORK/body.json"
 
     "${run[@]}" "$RIG" bare "127.0.0.1:$BARE_PORT" "$WORK/body.json" >"$WORK/bare.log" 2>&1 &
+    PIDS+=($!)
+    "${run[@]}" "$RIG" bare "127.0.0.1:$BARE_GZIP_PORT" "$WORK/body.json" gzip >"$WORK/bare-gzip.log" 2>&1 &
     PIDS+=($!)
 
     write_config "$WORK/wikigate.toml" "$GATE_PORT" "$ADMIN_PORT" "$UPSTREAM_PORT" "$ttl"
@@ -72,7 +76,7 @@ start_servers() {
     "${run[@]}" "$NGINX" -p "$WORK" -c "$WORK/nginx.conf" -g 'daemon off;' >"$WORK/nginx.log" 2>&1 &
     PIDS+=($!)
 
-    for port in $BARE_PORT $GATE_PORT $CACHE_PORT $PASS_PORT; do
+    for port in $BARE_PORT $BARE_GZIP_PORT $GATE_PORT $CACHE_PORT $PASS_PORT; do
         wait_for "http://127.0.0.1:$port/"
     done
 }
@@ -89,8 +93,9 @@ load() {
 
 median() { sort -n | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}'; }
 
-# measure PIN NAME PORT [wrk args…]: RUNS runs after a warm-up; one table row with the median
-# of each column and the upstream requests made during the measured runs.
+# measure PIN NAME PORT [wrk args…]: RUNS runs after a warm-up; one row (of $WORK/rows, the
+# table being made) with the median of each column and the upstream requests made during the
+# measured runs.
 measure() {
     local pin=$1 name=$2 port=$3
     shift 3
@@ -107,10 +112,11 @@ measure() {
     echo "$name|$rps|$p50|$p99|$upstream|$errors" >>"$WORK/rows"
 }
 
+# print_table TITLE: the rows measured since the last table; ratios against the first row.
 print_table() {
-    local mode=$1
+    local title=$1
     echo
-    echo "## $mode — wrk -c$CONNECTIONS, ${DURATION}s × $RUNS (median), GET $TARGET with Authorization"
+    echo "## $title — wrk -c$CONNECTIONS, ${DURATION}s × $RUNS (median), GET $TARGET with Authorization"
     echo
     awk -F'|' '
         NR == 1 { base_rps = $2; base_p99 = $4 }
@@ -123,26 +129,30 @@ print_table() {
                 printf "| %-32s | %9d | %6.2f | %8.0f | %8.0f | %9.2f | %8d | %6d |\n", f[1], f[2], f[2] / base_rps, f[3], f[4], f[4] / base_p99, f[5], f[6]
             }
         }' "$WORK/rows"
+    : >"$WORK/rows"
 }
 
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(uname -r)"
 echo "wikigate $(git rev-parse --short HEAD 2>/dev/null || echo '?'), $("$NGINX" -v 2>&1), $(wrk -v 2>&1 | head -1)"
 
+GZIP=(-H "Accept-Encoding: gzip, deflate")
 for mode in $MODES; do
     pin=""; [ "$mode" = pinned ] && pin=1
+    where="both cores shared (wrk 2 threads)"
+    [ "$mode" = pinned ] && where="server pinned to core 0, wrk (1 thread) to core 1"
     start_servers "$pin" 1h
     : >"$WORK/rows"
-    measure "$pin" "bare hyper (ceiling)" "$BARE_PORT"
+    measure "$pin" "bare hyper, gzip body (ceiling)" "$BARE_GZIP_PORT" "${GZIP[@]}"
+    measure "$pin" "wikigate hit" "$GATE_PORT" "${GZIP[@]}"
+    measure "$pin" "nginx proxy_cache hit" "$CACHE_PORT" "${GZIP[@]}"
+    print_table "gzip client, $where"
+    measure "$pin" "bare hyper, plain body (ceiling)" "$BARE_PORT"
     measure "$pin" "wikigate hit" "$GATE_PORT"
     measure "$pin" "nginx proxy_cache hit" "$CACHE_PORT"
     measure "$pin" "wikigate miss (no-store)" "$GATE_PORT" -H "Cache-Control: no-store"
     measure "$pin" "nginx pass-through" "$PASS_PORT"
+    print_table "plain client, $where"
     stop_all
-    if [ "$mode" = pinned ]; then
-        print_table "server pinned to core 0, wrk (1 thread) to core 1"
-    else
-        print_table "both cores shared (wrk 2 threads)"
-    fi
 done
 
 # Expiry under load: the entry expires every EXPIRY_TTL seconds while 64 connections ask for

@@ -1,6 +1,9 @@
 # Shared by benches/load.sh and benches/callgrind.sh (sourced, from the repository root).
 
 TARGET="/wiki/rest/api/user/current?expand=operations,personalSpace"
+# SHAPE=plain makes the fake upstream answer plain JSON; by default it answers like Atlassian's
+# edge (gzip when asked, the XSRF cookie, per-request ids).
+SHAPE=${SHAPE:-}
 # The first demo user of the fake site (src/fake/site.rs): alice@example.com with her API token.
 AUTH="Basic $(printf '%s' 'alice@example.com:alice-api-token' | base64 -w0)"
 

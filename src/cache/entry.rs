@@ -23,6 +23,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Response, StatusCode};
 use tokio::time::Instant;
 
+use super::heads::{self, Head};
 use crate::body::Body;
 use crate::coding::{self, Accepts, Coding};
 use crate::forward::{self, list_tokens};
@@ -124,9 +125,9 @@ impl Bodies {
 pub struct Entry {
     pub status: StatusCode,
     /// End-to-end headers of upstream's answer, minus what wikigate writes itself and what is
-    /// true of one exchange only; `Vary` is wikigate's own (`Accept-Encoding` first). A boxed
-    /// slice rather than a `HeaderMap`, whose spare capacity would cost more than the fields.
-    headers: Box<[(HeaderName, HeaderValue)]>,
+    /// true of one exchange only; `Vary` is wikigate's own (`Accept-Encoding` first). Shared
+    /// with every entry that stores the same set (`heads`): one caller's answers carry the same.
+    headers: Head,
     bodies: Bodies,
     /// Strong validators, one per representation (RFC 9110 §8.8.3: a validator differs per
     /// content coding): `"<hash of the decoded body>"` and `"<hash>-gzip"`.
@@ -138,7 +139,7 @@ pub struct Entry {
     pub stale_while_revalidate: Duration,
     /// The request headers upstream's `Vary` named (besides `Accept-Encoding`, which wikigate
     /// answers itself), and a hash of their values.
-    vary: Option<Vary>,
+    vary: Option<Box<Vary>>,
     /// Atlassian quota points an answer from this entry saves.
     pub points: u32,
     /// `Age` and `Cache-Control` for the latest second of age an answer was made in: every
@@ -235,9 +236,11 @@ impl Entry {
             body,
             gzip,
         } = answer;
-        let vary = vary_names(&headers).map(|names| Vary {
-            fingerprint: fingerprint(&names, request_headers),
-            names,
+        let vary = vary_names(&headers).map(|names| {
+            Box::new(Vary {
+                fingerprint: fingerprint(&names, request_headers),
+                names,
+            })
         });
         // The answer's body, header values and non-standard header names are slices of the
         // buffers hyper read them into, and would keep those (KBs each) alive for as long as
@@ -253,7 +256,7 @@ impl Entry {
                 (name, stored_value(value))
             })
             .collect();
-        stored.push((header::VARY, vary_value(vary.as_ref())));
+        stored.push((header::VARY, vary_value(vary.as_deref())));
         let digest = blake3::hash(&body);
         let hex = &digest.to_hex()[..32];
         let bodies = match keep {
@@ -265,7 +268,7 @@ impl Entry {
         };
         Entry {
             status,
-            headers: stored.into_boxed_slice(),
+            headers: heads::intern(stored),
             bodies,
             etag: HeaderValue::from_str(&format!("\"{hex}\"")).expect("hex is a header value"),
             etag_gzip: HeaderValue::from_str(&format!("\"{hex}-gzip\""))
@@ -326,7 +329,8 @@ impl Entry {
         })
     }
 
-    /// Bytes this entry costs: bodies, headers, validators, key and bookkeeping.
+    /// Bytes this entry costs: bodies, headers, validators, key and bookkeeping. Headers are
+    /// counted whole though entries share them, so the weight is an upper bound.
     pub fn weight(&self) -> u32 {
         let headers: usize = self
             .headers
@@ -376,10 +380,12 @@ impl Entry {
     /// Whether the request's `If-None-Match` names this entry's body, in either
     /// representation: both stand for the same content, so a client holding either may keep it.
     pub fn not_modified(&self, request_headers: &HeaderMap) -> bool {
-        [&self.etag, &self.etag_gzip]
-            .into_iter()
-            .filter_map(|etag| etag.to_str().ok())
-            .any(|etag| list_tokens_match(request_headers, etag))
+        // Most requests carry no validator: one lookup, then nothing to compare.
+        request_headers.contains_key(header::IF_NONE_MATCH)
+            && [&self.etag, &self.etag_gzip]
+                .into_iter()
+                .filter_map(|etag| etag.to_str().ok())
+                .any(|etag| list_tokens_match(request_headers, etag))
     }
 
     /// The response for a request: the representation its `Accept-Encoding` prefers among
@@ -413,10 +419,16 @@ impl Entry {
                 headers.insert(header::VARY, vary.clone());
             }
         } else {
-            for (name, value) in &self.headers {
+            for (name, value) in self.headers.iter() {
                 headers.append(name.clone(), value.clone());
             }
-            set_representation(&mut headers, coding, head.then_some(body.len()));
+            // The stored headers name no representation: only what this one needs is added.
+            if let Some(value) = coding.header_value() {
+                headers.insert(header::CONTENT_ENCODING, value);
+            }
+            if head {
+                headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+            }
         }
         let (age, cache_control) = self.age_headers(now);
         headers.insert(header::CACHE_CONTROL, cache_control);
@@ -515,7 +527,7 @@ impl Entry {
             }
         }
         out.extend_from_slice(&(self.headers.len() as u32).to_le_bytes());
-        for (name, value) in &self.headers {
+        for (name, value) in self.headers.iter() {
             part(&mut out, name.as_str().as_bytes());
             part(&mut out, value.as_bytes());
         }
@@ -546,10 +558,10 @@ impl Entry {
             let names = (0..vary_count)
                 .map(|_| HeaderName::from_bytes(reader.part()?).ok())
                 .collect::<Option<Vec<_>>>()?;
-            Some(Vary {
+            Some(Box::new(Vary {
                 names,
                 fingerprint: reader.array()?,
-            })
+            }))
         };
         let count = u32::from_le_bytes(reader.array()?);
         let mut headers = Vec::new();
@@ -563,7 +575,7 @@ impl Entry {
         let age = Duration::from_millis(unix_ms().saturating_sub(stored_unix_ms));
         Some(Entry {
             status,
-            headers: headers.into_boxed_slice(),
+            headers: heads::intern(headers),
             bodies: if gzip {
                 Bodies::Gzip(body)
             } else {

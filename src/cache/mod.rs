@@ -21,6 +21,7 @@ mod bulk;
 mod entry;
 mod flights;
 mod generations;
+mod heads;
 mod key;
 
 use std::future::Future;
