@@ -1,7 +1,7 @@
 //! The response cache: per-caller GET answers in moka, invalidated by the writes that change
 //! them, with coalescing and stale serving.
 //!
-//! The three promises and how this module keeps them:
+//! The four promises and how this module keeps them:
 //! 1. **No leaks.** Every key is built from a [`Partition`] (`key`): the keyed hash of the
 //!    caller's whole `Authorization` value, the anonymous partition, or — only for routes the
 //!    route table declares shared — everyone. JWT and cookie requests are never cached.
@@ -12,7 +12,11 @@
 //!    is unreachable afterwards; answers fetched across a write are stored under a dead key.
 //!    Stale serving only ever considers entries under the current key, so an invalidated entry
 //!    is never served stale.
-//! 3. **Bounded.** moka weighs entries in bytes (body + headers + key + bookkeeping) against
+//! 3. **One entry per key, whatever the client's encoding** (`entry`): upstream's `Vary:
+//!    Accept-Encoding` never splits an entry; an entry holds the representations its clients
+//!    asked for, a missing one added when first needed — stored again only in place of the
+//!    very entry it was made from, so it never overwrites a newer answer.
+//! 4. **Bounded.** moka weighs entries in bytes (body + headers + key + bookkeeping) against
 //!    `cache.max_bytes`; answers over `max_entry_bytes` are streamed through, never buffered
 //!    whole or stored. Tag generations are a fixed array; the flight map holds only fetches in
 //!    progress.
