@@ -4,6 +4,7 @@
 # way req/s does, so this is the number to watch when changing the hot path.
 #
 #   benches/callgrind.sh            # about 2 minutes; REQUESTS_FOR=10 (seconds of load)
+#   CLIENT=gzip benches/callgrind.sh   # a client that asks for gzip (the bare server sends gzip)
 #
 # Prints user-space instructions per request for each server and writes the callgrind profiles
 # (target/callgrind.{bare,wikigate}.out) for callgrind_annotate. Kernel time (the syscalls that
@@ -12,6 +13,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 REQUESTS_FOR=${REQUESTS_FOR:-10}
+ACCEPT=()
+BARE_CODING=()
+if [ "${CLIENT:-plain}" = gzip ]; then
+    ACCEPT=(-H "Accept-Encoding: gzip, deflate")
+    BARE_CODING=(gzip)
+fi
 source benches/load/lib.sh
 install_missing wrk:wrk valgrind:valgrind curl:curl
 
@@ -47,10 +54,10 @@ count() {
     local pid=$!
     PIDS+=($pid)
     wait_for "http://127.0.0.1:$port$TARGET"
-    wrk -t1 -c4 -d2s -H "Authorization: $AUTH" "http://127.0.0.1:$port$TARGET" >/dev/null
+    wrk -t1 -c4 -d2s -H "Authorization: $AUTH" "${ACCEPT[@]}" "http://127.0.0.1:$port$TARGET" >/dev/null
     callgrind_control --zero "$pid" >/dev/null 2>&1
     local requests
-    requests=$(wrk -t1 -c4 -d"${REQUESTS_FOR}s" -H "Authorization: $AUTH" "http://127.0.0.1:$port$TARGET" |
+    requests=$(wrk -t1 -c4 -d"${REQUESTS_FOR}s" -H "Authorization: $AUTH" "${ACCEPT[@]}" "http://127.0.0.1:$port$TARGET" |
         awk '/requests in/ {print $1}')
     callgrind_control --dump "$pid" >/dev/null 2>&1
     kill "$pid" 2>/dev/null || true
@@ -61,6 +68,6 @@ count() {
         "$name" "$requests" "$(awk -v i="$instructions" -v r="$requests" 'BEGIN {print i / r}')"
 }
 
-count bare "$BARE_PORT" "$RIG" bare "127.0.0.1:$BARE_PORT" "$WORK/body.json"
+count bare "$BARE_PORT" "$RIG" bare "127.0.0.1:$BARE_PORT" "$WORK/body.json" "${BARE_CODING[@]}"
 count wikigate "$GATE_PORT" "$BIN" serve --config "$WORK/wikigate.toml"
 echo "profiles: target/callgrind.{bare,wikigate}.out.* (callgrind_annotate --inclusive=yes FILE)"
