@@ -82,14 +82,9 @@ impl Admin {
         match (request.method(), request.uri().path()) {
             (&Method::DELETE, "/admin/cache") => {
                 let tag = request.uri().query().and_then(|q| {
-                    q.split('&')
-                        .filter_map(|p| p.split_once('='))
-                        .find(|(k, _)| *k == "tag")
-                        .map(|(_, v)| {
-                            percent_encoding::percent_decode_str(v)
-                                .decode_utf8_lossy()
-                                .into_owned()
-                        })
+                    crate::query::pairs(q)
+                        .find(|(k, _)| k.as_ref() == b"tag")
+                        .map(|(_, v)| String::from_utf8_lossy(&v).into_owned())
                 });
                 match tag {
                     Some(tag) if tag.is_empty() => {

@@ -684,11 +684,15 @@ impl<'de> Deserialize<'de> for UpstreamUrl {
     }
 }
 
-/// Durations written as `250ms`, `5s`, `2m` or `1h`.
+/// Durations written as `250ms`, `5s`, `2m` or `1h`, at most a year.
 pub mod duration {
     use std::time::Duration;
 
     use serde::{Deserialize, Deserializer, Serializer};
+
+    /// The longest duration any key accepts: longer ones are typos, and would overflow the
+    /// clock arithmetic that deadlines and expiries are made of.
+    pub const MAX: Duration = Duration::from_secs(365 * 24 * 3600);
 
     pub fn parse(s: &str) -> Result<Duration, String> {
         let s = s.trim();
@@ -696,16 +700,26 @@ pub mod duration {
             .find(|c: char| !c.is_ascii_digit())
             .ok_or_else(|| format!("`{s}` needs a unit: ms, s, m or h"))?;
         let (number, unit) = s.split_at(split);
+        let too_long = || format!("`{s}` is too long (at most {})", format(&MAX));
         let n: u64 = number
             .parse()
-            .map_err(|_| format!("`{s}` is not a duration like 250ms, 5s, 2m, 1h"))?;
-        match unit {
-            "ms" => Ok(Duration::from_millis(n)),
-            "s" => Ok(Duration::from_secs(n)),
-            "m" => Ok(Duration::from_secs(n * 60)),
-            "h" => Ok(Duration::from_secs(n * 3600)),
-            _ => Err(format!("`{s}` has an unknown unit; use ms, s, m or h")),
-        }
+            .map_err(|e: std::num::ParseIntError| match e.kind() {
+                std::num::IntErrorKind::PosOverflow => too_long(),
+                _ => format!("`{s}` is not a duration like 250ms, 5s, 2m, 1h"),
+            })?;
+        let millis_per_unit: u64 = match unit {
+            "ms" => 1,
+            "s" => 1_000,
+            "m" => 60_000,
+            "h" => 3_600_000,
+            _ => return Err(format!("`{s}` has an unknown unit; use ms, s, m or h")),
+        };
+        let duration = n
+            .checked_mul(millis_per_unit)
+            .map(Duration::from_millis)
+            .filter(|d| *d <= MAX)
+            .ok_or_else(too_long)?;
+        Ok(duration)
     }
 
     pub fn format(d: &Duration) -> String {
@@ -1159,5 +1173,25 @@ mod tests {
         assert!(duration::parse("5").is_err());
         assert!(duration::parse("s").is_err());
         assert!(duration::parse("5d").is_err());
+        assert_eq!(duration::parse("8760h"), Ok(duration::MAX));
+    }
+
+    #[test]
+    fn durations_that_overflow_are_refused_naming_the_key() {
+        for too_long in [
+            "9999999999999999h",
+            "99999999999999999999999s",
+            "8761h",
+            "5124095576030431h",
+        ] {
+            assert!(
+                duration::parse(too_long).unwrap_err().contains("too long"),
+                "{too_long}"
+            );
+            let text = format!("[cache.routes]\nuser = {{ ttl = \"{too_long}\" }}\n{MINIMAL}");
+            let err = Config::from_toml(&text).unwrap_err().to_string();
+            assert!(err.starts_with("cache.routes.user.ttl: "), "{err}");
+            assert!(err.contains("too long"), "{err}");
+        }
     }
 }

@@ -22,6 +22,7 @@
 //! - [`error`] — errors wikigate answers itself, in Confluence's error JSON.
 //! - [`links`] — `_links` pointed at wikigate where it serves them; redirects to the site.
 //! - [`metrics`] — every `wikigate_*` metric, and the status page's figures.
+//! - [`query`] — the one query parser (`+` is a space, values are bytes).
 //! - [`admin`] — health, readiness, metrics, the status page, cache administration.
 //! - [`status_page`] — the admin listener's HTML status page.
 //! - [`telemetry`] — logging.
@@ -55,6 +56,7 @@ pub mod lifecycle;
 pub mod limit;
 pub mod links;
 pub mod metrics;
+pub mod query;
 pub mod routes;
 pub mod server;
 pub mod status_page;

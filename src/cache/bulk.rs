@@ -77,30 +77,25 @@ impl Cache {
         }
         let mut ids: Vec<String> = Vec::new();
         let (mut expand, mut limit) = (String::new(), None);
-        // In request order (account order matters), except `expand`, which is a set.
+        // In request order (account order matters), except `expand`, which is a set. Only
+        // text takes this path: anything else is left to the whole-answer cache.
         let expand_set = normalized_query(query)
             .into_iter()
-            .find(|(name, _)| name == "expand")
-            .map(|(_, value)| value.into_owned());
-        let pairs = query
-            .unwrap_or_default()
-            .split('&')
-            .filter(|p| !p.is_empty())
-            .map(|pair| {
-                let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-                let decode = |s| percent_encoding::percent_decode_str(s).decode_utf8_lossy();
-                (decode(name), decode(value))
-            });
-        for (name, value) in pairs {
+            .find(|(name, _)| name.as_ref() == b"expand")
+            .map(|(_, value)| String::from_utf8(value.into_owned()))
+            .transpose()
+            .ok()?;
+        for (name, value) in crate::query::pairs(query.unwrap_or_default()) {
+            let value = std::str::from_utf8(&value).ok()?;
             match name.as_ref() {
-                "accountId" => {
+                b"accountId" => {
                     for id in value.split(',').map(str::trim).filter(|id| !id.is_empty()) {
                         if !ids.iter().any(|seen| seen == id) {
                             ids.push(id.to_owned());
                         }
                     }
                 }
-                "expand" if bulk => {
+                b"expand" if bulk => {
                     // Only the documented values; anything else is forwarded as sent.
                     let set = expand_set.clone().unwrap_or_default();
                     if !set.split(',').all(|v| EXPANDABLE.contains(&v)) {
@@ -108,7 +103,7 @@ impl Cache {
                     }
                     expand = set;
                 }
-                "limit" if bulk => {
+                b"limit" if bulk => {
                     let n: usize = value.parse().ok()?;
                     if !(1..=MAX_IDS).contains(&n) {
                         return None;

@@ -8,8 +8,9 @@
 //! - The key also covers the generation of every tag the read observes, so a write (which
 //!   bumps a generation) makes every earlier key unreachable, including keys of fetches still
 //!   in flight: a request that starts after a write can never join or read a pre-write answer.
-//! - The query is normalised for the key only (pairs sorted, `expand` as a set); the request
-//!   forwarded upstream stays byte-for-byte as the client sent it.
+//! - The query is normalised for the key only (decoded to bytes as upstream reads it, pairs
+//!   sorted, `expand` as a set): two queries share a key exactly when upstream reads them the
+//!   same. The request forwarded upstream stays byte-for-byte as the client sent it.
 
 use std::borrow::Cow;
 
@@ -100,8 +101,8 @@ impl CacheKey {
         }
         input.0.push(b'?');
         for (name, value) in normalized_query(query) {
-            input.field(name.as_bytes());
-            input.field(value.as_bytes());
+            input.field(&name);
+            input.field(&value);
         }
         input.finish(generations)
     }
@@ -161,77 +162,65 @@ impl KeyInput {
     }
 }
 
-/// The query's pairs, percent-decoded and sorted; all `expand` values merged into one sorted,
-/// de-duplicated, comma-joined value. Empty pairs are dropped.
-pub fn normalized_query<'a>(query: Option<&'a str>) -> Vec<(Cow<'a, str>, Cow<'a, str>)> {
+/// The query's pairs, decoded to bytes (`query`: a `+` is a space) and sorted; all `expand`
+/// values merged into one sorted, de-duplicated, comma-joined value. Empty pairs are dropped.
+pub fn normalized_query(query: Option<&str>) -> Vec<(Cow<'_, [u8]>, Cow<'_, [u8]>)> {
     let mut pairs = Vec::new();
-    let mut expand: Vec<Cow<'_, str>> = Vec::new();
-    // The one `expand` value, when it was already in normal form (the usual case).
-    let mut expand_as_sent: Option<&str> = None;
-    let query = query.unwrap_or("");
-    // Without a single escape, every name and value is already what decoding would make.
-    let escaped = query.contains('%');
-    let decode = |s: &'a str| {
-        if escaped {
-            percent_encoding::percent_decode_str(s).decode_utf8_lossy()
-        } else {
-            Cow::Borrowed(s)
-        }
-    };
-    for pair in query.split('&').filter(|p| !p.is_empty()) {
-        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-        let (name, value) = (decode(name), decode(value));
-        if name == "expand" {
-            let items = |v: &str| {
-                v.split(',')
-                    .map(str::trim)
-                    .filter(|v| !v.is_empty())
-                    .map(str::to_owned)
-                    .collect::<Vec<_>>()
-            };
-            match value {
-                Cow::Borrowed(v) if expand.is_empty() && expand_as_sent.is_none() => {
-                    expand_as_sent = Some(v);
-                }
-                value => {
-                    // More than one `expand`, or escaped: gather them all as owned items.
-                    if let Some(sent) = expand_as_sent.take() {
-                        expand.extend(items(sent).into_iter().map(Cow::Owned));
-                    }
-                    expand.extend(items(&value).into_iter().map(Cow::Owned));
-                }
-            }
-        } else {
+    let mut expand: Vec<Cow<'_, [u8]>> = Vec::new();
+    // The one `expand` value, when it was sent as it is (the usual case): kept borrowed if it
+    // is already in normal form.
+    let mut expand_as_sent: Option<&[u8]> = None;
+    for (name, value) in crate::query::pairs(query.unwrap_or("")) {
+        if name.as_ref() != b"expand" {
             pairs.push((name, value));
+            continue;
+        }
+        match value {
+            Cow::Borrowed(v) if expand.is_empty() && expand_as_sent.is_none() => {
+                expand_as_sent = Some(v);
+            }
+            value => {
+                // More than one `expand`, or escaped: gather them all as owned items.
+                if let Some(sent) = expand_as_sent.take() {
+                    expand.extend(expand_items(sent).map(|v| Cow::Owned(v.to_vec())));
+                }
+                expand.extend(expand_items(&value).map(|v| Cow::Owned(v.to_vec())));
+            }
         }
     }
     if let Some(sent) = expand_as_sent {
         if is_normal_expand(sent) {
-            pairs.push((Cow::Borrowed("expand"), Cow::Borrowed(sent)));
+            pairs.push((Cow::Borrowed(b"expand".as_slice()), Cow::Borrowed(sent)));
         } else {
-            expand.extend(
-                sent.split(',')
-                    .map(str::trim)
-                    .filter(|v| !v.is_empty())
-                    .map(Cow::Borrowed),
-            );
+            expand.extend(expand_items(sent).map(Cow::Borrowed));
         }
     }
     if !expand.is_empty() {
         expand.sort();
         expand.dedup();
-        pairs.push((Cow::Borrowed("expand"), Cow::Owned(expand.join(","))));
+        pairs.push((
+            Cow::Borrowed(b"expand".as_slice()),
+            Cow::Owned(expand.join(&b","[..])),
+        ));
     }
     pairs.sort();
     pairs
 }
 
+/// The non-empty, trimmed items of an `expand` value.
+fn expand_items(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value
+        .split(|b| *b == b',')
+        .map(<[u8]>::trim_ascii)
+        .filter(|v| !v.is_empty())
+}
+
 /// Whether an `expand` value is already what normalising it would make: non-empty, untrimmed
 /// items in strictly ascending order.
-fn is_normal_expand(value: &str) -> bool {
-    let mut previous: Option<&str> = None;
-    for item in value.split(',') {
-        if item.is_empty() || item.trim() != item || previous.is_some_and(|p| p >= item) {
+fn is_normal_expand(value: &[u8]) -> bool {
+    let mut previous: Option<&[u8]> = None;
+    for item in value.split(|b| *b == b',') {
+        if item.is_empty() || item.trim_ascii() != item || previous.is_some_and(|p| p >= item) {
             return false;
         }
         previous = Some(item);
@@ -297,7 +286,7 @@ mod tests {
         let pairs = normalized_query(Some("expand=operations,personalSpace&accountId=x"));
         assert!(matches!(
             pairs[1].1,
-            Cow::Borrowed("operations,personalSpace")
+            Cow::Borrowed(b"operations,personalSpace")
         ));
         for (query, expand) in [
             ("expand=b,a", "a,b"),
@@ -310,9 +299,9 @@ mod tests {
             let pairs = normalized_query(Some(query));
             let found = pairs
                 .iter()
-                .find(|(n, _)| n == "expand")
+                .find(|(n, _)| n.as_ref() == b"expand")
                 .map(|(_, v)| v.as_ref());
-            assert_eq!(found.unwrap_or(""), expand, "{query}");
+            assert_eq!(found.unwrap_or(b""), expand.as_bytes(), "{query}");
         }
     }
 
@@ -364,6 +353,21 @@ mod tests {
             CacheKey::new(p, &resolved, None, &[1, 5]),
             CacheKey::new(p, &resolved, None, &[1, 6])
         );
+    }
+
+    #[test]
+    fn queries_upstream_reads_differently_have_different_keys() {
+        let p = Partition::Anonymous;
+        let path = "/wiki/rest/api/user";
+        let k = |q| key(p, path, Some(q));
+        assert_ne!(k("accountId=a+b"), k("accountId=a%2Bb"), "+ is a space");
+        assert_eq!(k("accountId=a+b"), k("accountId=a%20b"));
+        assert_ne!(
+            k("accountId=%FF"),
+            k("accountId=%FE"),
+            "bytes, not lossy text"
+        );
+        assert_ne!(k("accountId=%FF"), k("accountId=%EF%BF%BD"));
     }
 
     #[test]

@@ -285,14 +285,9 @@ struct Query(Vec<(String, String)>);
 
 impl Query {
     fn parse(query: Option<&str>) -> Query {
-        let pairs = query
-            .unwrap_or("")
-            .split('&')
-            .filter(|p| !p.is_empty())
-            .map(|pair| {
-                let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-                (decode(k), decode(v))
-            })
+        let text = |bytes: std::borrow::Cow<'_, [u8]>| String::from_utf8_lossy(&bytes).into_owned();
+        let pairs = crate::query::pairs(query.unwrap_or(""))
+            .map(|(k, v)| (text(k), text(v)))
             .collect();
         Query(pairs)
     }
@@ -339,13 +334,6 @@ impl Query {
             }),
         }
     }
-}
-
-fn decode(s: &str) -> String {
-    let plus_as_space = s.replace('+', " ");
-    percent_encoding::percent_decode_str(&plus_as_space)
-        .decode_utf8_lossy()
-        .into_owned()
 }
 
 type Failure = (StatusCode, String);

@@ -83,6 +83,33 @@ proptest! {
     }
 
     #[test]
+    fn a_key_is_the_bytes_upstream_reads_whatever_their_encoding(
+        a in proptest::collection::vec(any::<u8>(), 0..12),
+        b in proptest::collection::vec(any::<u8>(), 0..12),
+        first in proptest::collection::vec(any::<bool>(), 12),
+        second in proptest::collection::vec(any::<bool>(), 12),
+    ) {
+        // Each byte in one of the forms that decode to it: literal (when it may be), `%XX`
+        // upper or lower case, and a space as `+` or `%20`. Invalid UTF-8 included.
+        let encode = |bytes: &[u8], choices: &[bool]| -> String {
+            bytes.iter().zip(choices.iter().cycle()).map(|(&byte, &choice)| match byte {
+                b' ' if choice => "+".to_owned(),
+                b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b':' if choice => (byte as char).to_string(),
+                _ if choice => format!("%{byte:02x}"),
+                _ => format!("%{byte:02X}"),
+            }).collect()
+        };
+        let resolved = routes::resolve(&Method::GET, "/wiki/rest/api/user").unwrap();
+        let key = |value: String| {
+            CacheKey::new(Partition::Anonymous, &resolved, Some(&format!("accountId={value}")), &[0, 0, 0])
+        };
+        prop_assert_eq!(key(encode(&a, &first)), key(encode(&a, &second)));
+        if a != b {
+            prop_assert_ne!(key(encode(&a, &first)), key(encode(&b, &second)));
+        }
+    }
+
+    #[test]
     fn different_credentials_never_share_a_key(a in "[ -~]{1,40}", b in "[ -~]{1,40}", path in any_path(), query in "[a-z=&0-9]{0,20}") {
         prop_assume!(a != b && !a.to_ascii_lowercase().starts_with("jwt ") && !b.to_ascii_lowercase().starts_with("jwt "));
         let headers = |value: &str| {
