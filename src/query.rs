@@ -10,8 +10,11 @@
 
 use std::borrow::Cow;
 
+/// A decoded `name=value` pair, borrowing from the query where nothing needed decoding.
+pub type Pair<'a> = (Cow<'a, [u8]>, Cow<'a, [u8]>);
+
 /// The query's `name=value` pairs in order, decoded; empty pairs skipped.
-pub fn pairs(query: &str) -> impl Iterator<Item = (Cow<'_, [u8]>, Cow<'_, [u8]>)> {
+pub fn pairs(query: &str) -> impl Iterator<Item = Pair<'_>> {
     query.split('&').filter(|p| !p.is_empty()).map(|pair| {
         let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
         (decode(name), decode(value))
