@@ -37,29 +37,43 @@ pub struct Caller {
 /// The identity limits are keyed by.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum CallerId {
-    /// A configured client, by its index in `callers.clients`.
-    Client(usize),
+    /// A configured client, by its name: unique, and the same on every replica and across
+    /// reloads whatever the order of `callers.clients`.
+    Client(Arc<str>),
     /// A credential or a Connect app, by a 16-byte keyed hash.
     Credential([u8; 16]),
     /// An address.
     Address(IpAddr),
 }
 
+impl CallerId {
+    /// The name of this caller's buckets in a store shared by every replica: stable and
+    /// unique, with nothing in clear (`c:` a client, `k:` a credential, `a:` an address).
+    pub fn bucket(&self) -> String {
+        let (kind, hash) = match self {
+            CallerId::Client(name) => ("c", blake3::hash(name.as_bytes())),
+            CallerId::Credential(fingerprint) => ("k", blake3::hash(fingerprint)),
+            CallerId::Address(ip) => ("a", blake3::hash(ip.to_string().as_bytes())),
+        };
+        format!("{kind}:{}", &hash.to_hex()[..32])
+    }
+}
+
 impl Caller {
     /// The caller's name for metrics, from a bounded set: a configured client's name, or the
     /// quota class of everyone else.
-    pub fn metric_label(&self, callers: &Callers) -> String {
+    pub fn metric_label(&self) -> String {
         match &self.id {
-            CallerId::Client(i) => callers.clients[*i].name.to_string(),
+            CallerId::Client(name) => name.to_string(),
             _ => format!("class:{}", self.class),
         }
     }
 
     /// The caller's name for logs: the client name, `credential:…` (8 hex digits of the keyed
     /// hash) or the address.
-    pub fn label(&self, callers: &Callers) -> String {
+    pub fn label(&self) -> String {
         match &self.id {
-            CallerId::Client(i) => callers.clients[*i].name.to_string(),
+            CallerId::Client(name) => name.to_string(),
             CallerId::Credential(hash) => format!(
                 "credential:{:02x}{:02x}{:02x}{:02x}",
                 hash[0], hash[1], hash[2], hash[3]
@@ -142,9 +156,10 @@ impl Callers {
                 .by_key
                 .get(&hash)
                 .ok_or(GatewayError::Unauthorized("unknown gateway client key"))?;
+            let client = &self.clients[index];
             return Ok(Caller {
-                id: CallerId::Client(index),
-                class: self.clients[index].class.clone(),
+                id: CallerId::Client(client.name.clone()),
+                class: client.class.clone(),
             });
         }
         if self.service_credential.is_some() {
@@ -333,7 +348,7 @@ mod tests {
             HeaderValue::from_static("k-0123456789abcdef"),
         );
         let caller = c.identify(&headers, peer).unwrap();
-        assert_eq!(caller.label(&c), "billing");
+        assert_eq!(caller.label(), "billing");
         headers.insert("x-wikigate-key", HeaderValue::from_static("wrong"));
         assert_eq!(c.identify(&headers, peer).unwrap_err().status(), 401);
     }

@@ -126,7 +126,7 @@ impl Gateway {
         // One snapshot of the callers for the whole request, whatever a reload does meanwhile.
         let callers = self.callers.load_full();
         let caller = callers.identify(&parts.headers, conn.peer.ip())?;
-        log.caller = Some((caller.clone(), callers.clone()));
+        log.caller = Some(caller.clone());
         // Routed before the limit check so that a refusal is counted under its route, but
         // limited before a routing error is answered: every request counts against the limit.
         let resolved = routes::resolve(&parts.method, parts.uri.path());
@@ -597,9 +597,8 @@ impl Admission {
 /// What the access log and the metrics say about a request besides its status and timing.
 #[derive(Default)]
 struct LogFields {
-    /// The caller, with the callers snapshot that named it (a reload may replace the live one);
-    /// labels are made only where they are written.
-    caller: Option<(Caller, Arc<Callers>)>,
+    /// The caller; labels are made only where they are written.
+    caller: Option<Caller>,
     operation: Option<Operation>,
     /// What the cache did, when the hit path says so directly (every other path marks the
     /// response's extensions with [`Served`]).
@@ -649,7 +648,7 @@ impl Handler for Gateway {
                     let caller = log
                         .caller
                         .as_ref()
-                        .map_or_else(|| "unknown".to_owned(), |(c, cs)| c.metric_label(cs));
+                        .map_or_else(|| "unknown".to_owned(), Caller::metric_label);
                     self.metrics.rate_limited(&caller, limit.as_str());
                 }
                 error.into_response()
@@ -685,7 +684,7 @@ impl Handler for Gateway {
             i64::from(response.status().as_u16()),
         );
         span.record("wikigate.cache", cache);
-        let caller = log.caller.as_ref().map(|(c, cs)| c.label(cs));
+        let caller = log.caller.as_ref().map(Caller::label);
         if let Some(caller) = &caller {
             span.record("wikigate.caller", caller.as_str());
         }

@@ -197,7 +197,8 @@ pub struct Limits {
 /// The limits a config describes.
 struct Rules {
     classes: HashMap<Arc<str>, ClassLimits>,
-    clients: Vec<ClientLimits>,
+    /// Per-client overrides, by client name.
+    clients: HashMap<Arc<str>, ClientLimits>,
     global: Option<Limit<Direct>>,
     /// Half the global rate, consulted as well while upstream says it is near its limit.
     tight: Option<Limit<Direct>>,
@@ -257,9 +258,12 @@ impl Rules {
             .collect();
         let clients = clients
             .iter()
-            .map(|c| ClientLimits {
-                requests: direct(c.requests, replicas),
-                upstream: direct(c.upstream, replicas),
+            .map(|c| {
+                let limits = ClientLimits {
+                    requests: direct(c.requests, replicas),
+                    upstream: direct(c.upstream, replicas),
+                };
+                (Arc::from(c.name.as_str()), limits)
             })
             .collect();
         let tight = config.upstream_global.map(|rate| Rate {
@@ -296,8 +300,8 @@ impl Limits {
                 _ => c.upstream.as_ref(),
             }
         }
-        if let CallerId::Client(index) = caller.id
-            && let Some(limit) = rules.clients.get(index).and_then(|c| pick(c, kind))
+        if let CallerId::Client(name) = &caller.id
+            && let Some(limit) = rules.clients.get(name).and_then(|c| pick(c, kind))
         {
             return limit
                 .decide(kind, &self.clock, limit.limiter.check())
@@ -361,10 +365,10 @@ impl Limits {
         caller: &Caller,
     ) -> Option<Result<(), GatewayError>> {
         let rules = self.rules.load();
-        let caller_rate = match caller.id {
-            CallerId::Client(index) => rules
+        let caller_rate = match &caller.id {
+            CallerId::Client(name) => rules
                 .clients
-                .get(index)
+                .get(name)
                 .and_then(|c| c.upstream.as_ref())
                 .map(|l| l.rate),
             _ => None,
@@ -376,13 +380,13 @@ impl Limits {
                 .and_then(|c| c.upstream.as_ref())
                 .map(|l| l.rate)
         });
-        let bucket = |prefix: &str| {
-            let id = blake3::hash(format!("{:?}", caller.id).as_bytes());
-            format!("{prefix}:{}", &id.to_hex()[..32])
-        };
         let mut checks = Vec::with_capacity(3);
         if let Some(rate) = caller_rate {
-            checks.push((LimitKind::Upstream, bucket("u"), rate));
+            checks.push((
+                LimitKind::Upstream,
+                format!("u:{}", caller.id.bucket()),
+                rate,
+            ));
         }
         if let Some(global) = &rules.global {
             checks.push((LimitKind::UpstreamGlobal, "g".to_owned(), global.rate));

@@ -79,19 +79,24 @@ struct Pair {
 
 impl Pair {
     async fn start(tweak: impl Fn(&mut wikigate::config::Config)) -> Pair {
+        Pair::start_each(|config, _| tweak(config)).await
+    }
+
+    /// Starts with `tweak(config, replica)` for replica 0 (A) and 1 (B).
+    async fn start_each(tweak: impl Fn(&mut wikigate::config::Config, usize)) -> Pair {
         let fake = FakeConfluence::start().await.unwrap();
         let redis = Redis::start();
-        let replica = || {
+        let replica = |index| {
             let mut config = config_for(&fake.url());
             config.cache.key_secret = Some(Secret::new("replicas-share-this-secret"));
             config.cluster.redis_url = Some(redis.url());
             config.cluster.replicas = 2;
             config.cluster.op_timeout = Duration::from_millis(250);
-            tweak(&mut config);
+            tweak(&mut config, index);
             config
         };
-        let a = lifecycle::start(&replica()).await.unwrap();
-        let b = lifecycle::start(&replica()).await.unwrap();
+        let a = lifecycle::start(&replica(0)).await.unwrap();
+        let b = lifecycle::start(&replica(1)).await.unwrap();
         let pair = Pair {
             ca: TestClient::new(format!("http://{}", a.addr)),
             cb: TestClient::new(format!("http://{}", b.addr)),
@@ -383,4 +388,50 @@ async fn replicas_keep_serving_without_redis_and_recover_when_it_returns() {
         tagged.json()["watching"].as_bool().unwrap(),
         "the writes made during the outage are visible"
     );
+}
+
+#[tokio::test]
+async fn clients_keep_their_own_upstream_buckets_however_each_replica_orders_them() {
+    // A rolling deploy added client y: A lists x then y, B lists y then x.
+    let client = |name: &str, key: &str| wikigate::config::ClientConfig {
+        name: name.to_owned(),
+        class: "default".to_owned(),
+        key_hash: wikigate::config::KeyHash::of(key),
+        requests: None,
+        upstream: Some(Rate {
+            rate: std::num::NonZeroU32::new(1).unwrap(),
+            per: Duration::from_secs(60),
+            burst: None,
+        }),
+    };
+    let (x, y) = (
+        client("x", "x-key-0123456789"),
+        client("y", "y-key-0123456789"),
+    );
+    let p = Pair::start_each(|config, replica| {
+        config.cache.enabled = false;
+        config.callers.clients = match replica {
+            0 => vec![x.clone(), y.clone()],
+            _ => vec![y.clone(), x.clone()],
+        };
+    })
+    .await;
+    async fn get(client: &TestClient, key: &str) -> Answer {
+        client
+            .request(Method::GET, &format!("{API}/current"))
+            .auth(alice())
+            .header("x-wikigate-key", key)
+            .send()
+            .await
+    }
+    assert_eq!(get(&p.ca, "x-key-0123456789").await.status, 200);
+    let spent = get(&p.cb, "x-key-0123456789").await;
+    assert_eq!(
+        spent.status, 429,
+        "x's one call a minute is spent on every replica"
+    );
+    assert_eq!(spent.headers["x-wikigate-limit"], "upstream");
+    // y's bucket is its own, however B orders its list.
+    assert_eq!(get(&p.cb, "y-key-0123456789").await.status, 200);
+    assert_eq!(get(&p.ca, "y-key-0123456789").await.status, 429);
 }
