@@ -20,6 +20,19 @@ pub enum ErrorSource {
     Downstream,
     /// The upstream site failed or was unreachable.
     Upstream,
+    /// wikigate itself failed (a task of its own panicked).
+    Internal,
+}
+
+impl ErrorSource {
+    /// The label of the `source` in metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorSource::Downstream => "downstream",
+            ErrorSource::Upstream => "upstream",
+            ErrorSource::Internal => "internal",
+        }
+    }
 }
 
 /// A request wikigate answers itself with an error. `Clone`, so that one failed upstream
@@ -50,12 +63,23 @@ pub enum GatewayError {
     UpstreamProtocol(String),
     #[error("the upstream site timed out: {0}")]
     UpstreamTimeout(String),
+    /// A fault of wikigate's own; the detail goes to the log, never to the client.
+    #[error("wikigate failed internally: {0}")]
+    Internal(String),
     #[error("rate limited by {}; retry after {} s", limit.describe(), retry_after_secs(*retry_after))]
     RateLimited {
         limit: LimitKind,
         retry_after: Duration,
         allowance: Option<Allowance>,
     },
+}
+
+/// A task of wikigate's own that ended without an answer (it panicked, or was cancelled) is an
+/// internal fault, never blamed on upstream.
+impl From<tokio::task::JoinError> for GatewayError {
+    fn from(error: tokio::task::JoinError) -> Self {
+        GatewayError::Internal(error.to_string())
+    }
 }
 
 /// `Retry-After` in whole seconds, rounded up, at least 1.
@@ -84,6 +108,7 @@ impl GatewayError {
                 StatusCode::BAD_GATEWAY
             }
             GatewayError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            GatewayError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             GatewayError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
         }
     }
@@ -93,6 +118,7 @@ impl GatewayError {
             GatewayError::UpstreamConnect(_)
             | GatewayError::UpstreamProtocol(_)
             | GatewayError::UpstreamTimeout(_) => ErrorSource::Upstream,
+            GatewayError::Internal(_) => ErrorSource::Internal,
             _ => ErrorSource::Downstream,
         }
     }
@@ -111,7 +137,11 @@ impl GatewayError {
     /// The response: Confluence's error JSON with the right status and headers.
     pub fn into_response(self) -> Response<Body> {
         let status = self.status();
-        let mut response = error_response(status, &self.to_string());
+        let message = match &self {
+            GatewayError::Internal(_) => "wikigate failed internally; its log says why".to_owned(),
+            _ => self.to_string(),
+        };
+        let mut response = error_response(status, &message);
         let headers = response.headers_mut();
         if let GatewayError::Route(RouteError::MethodNotAllowed { allow }) = self {
             headers.insert(header::ALLOW, HeaderValue::from_static(allow));
@@ -172,4 +202,27 @@ pub fn error_response(status: StatusCode, message: &str) -> Response<Body> {
         HeaderValue::from_static("application/json;charset=UTF-8"),
     );
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panicked_task_is_an_internal_500_in_confluences_shape() {
+        let failed = tokio::spawn(async { panic!("a bug") }).await.unwrap_err();
+        let error = GatewayError::from(failed);
+        assert_eq!(error.source(), ErrorSource::Internal);
+        assert!(error.to_string().contains("panicked"), "{error}");
+        let response = error.into_response();
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        use http_body_util::BodyExt as _;
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(json["statusCode"], 500);
+        assert!(
+            !json["message"].as_str().unwrap().contains("a bug"),
+            "{json}"
+        );
+    }
 }

@@ -240,9 +240,7 @@ impl Gateway {
             }
             .in_current_span(),
         );
-        let response = exchange
-            .await
-            .map_err(|e| GatewayError::UpstreamProtocol(format!("write task failed: {e}")))??;
+        let response = exchange.await??;
         Ok(forward::downstream_response(response, deadline))
     }
 
@@ -643,7 +641,10 @@ impl Handler for Gateway {
                 match error.source() {
                     ErrorSource::Upstream => tracing::warn!(%error, "upstream failure"),
                     ErrorSource::Downstream => tracing::debug!(%error, "request refused"),
+                    ErrorSource::Internal => tracing::error!(%error, "internal fault"),
                 }
+                let route = log.operation.map(Operation::route);
+                self.metrics.error(route, error.source());
                 if let GatewayError::RateLimited { limit, .. } = &error {
                     let caller = log
                         .caller

@@ -51,6 +51,12 @@ struct UpstreamLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ErrorLabels {
+    route: &'static str,
+    source: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StaleLabels {
     route: &'static str,
     kind: &'static str,
@@ -230,6 +236,7 @@ pub struct Metrics {
     coalesced: Family<RouteLabels, Counter>,
     stale: Family<StaleLabels, Counter>,
     rate_limited: Family<LimitedLabels, Counter>,
+    errors: Family<ErrorLabels, Counter>,
     evictions: Family<CauseLabels, Counter>,
     holds_started: Counter,
     in_flight: Gauge,
@@ -279,6 +286,7 @@ impl Metrics {
             coalesced: Family::default(),
             stale: Family::default(),
             rate_limited: Family::default(),
+            errors: Family::default(),
             evictions: Family::default(),
             holds_started: Counter::default(),
             in_flight: Gauge::default(),
@@ -374,6 +382,11 @@ impl Metrics {
             self.evictions.clone(),
         );
         r.register("rate_limited", "Requests refused with 429 by wikigate, by caller (client name or quota class) and limit", self.rate_limited.clone());
+        r.register(
+            "errors",
+            "Error answers wikigate made itself, by route and source: downstream (the request), upstream (the site failed), internal (a fault of wikigate's)",
+            self.errors.clone(),
+        );
         r.register(
             "upstream_holds_started",
             "Upstream holds started after a 429 or 503 with Retry-After",
@@ -568,6 +581,16 @@ impl Metrics {
         self.invalidations
             .get_or_create(&RouteLabels {
                 route: route.name(),
+            })
+            .inc();
+    }
+
+    /// An error answer wikigate made itself.
+    pub fn error(&self, route: Option<Route>, source: crate::error::ErrorSource) {
+        self.errors
+            .get_or_create(&ErrorLabels {
+                route: route.map_or(UNMATCHED, Route::name),
+                source: source.as_str(),
             })
             .inc();
     }

@@ -18,6 +18,8 @@
 //! recorded; the access log (target `wikigate::access`) and spans name the operation, the route
 //! and the caller's label, never a header value.
 
+use std::io::IsTerminal as _;
+
 use http::HeaderMap;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::{Protocol, WithExportConfig as _};
@@ -55,6 +57,7 @@ pub fn init(log: &LogConfig, telemetry: &TelemetryConfig) -> Telemetry {
     // Logs go to stderr, so stdout carries only what a command prints for its user.
     let logs = match log.format {
         LogFormat::Pretty => tracing_subscriber::fmt::layer()
+            .with_ansi(colour(std::io::stderr().is_terminal()))
             .with_writer(std::io::stderr)
             .boxed(),
         LogFormat::Json => tracing_subscriber::fmt::layer()
@@ -81,6 +84,12 @@ pub fn init(log: &LogConfig, telemetry: &TelemetryConfig) -> Telemetry {
         EXPORTING.store(exporting, std::sync::atomic::Ordering::Relaxed);
     }
     Telemetry { provider }
+}
+
+/// Whether log lines are coloured: only on a terminal, and not when `NO_COLOR` is set to
+/// anything (no-color.org); files and pipes get plain text.
+fn colour(terminal: bool) -> bool {
+    terminal && std::env::var_os("NO_COLOR").is_none_or(|value| value.is_empty())
 }
 
 /// Whether spans are exported (OTLP configured).

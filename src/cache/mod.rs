@@ -484,9 +484,7 @@ impl Cache {
                         }
                         .in_current_span(),
                     );
-                    let mine = task.await.map_err(|e| {
-                        GatewayError::UpstreamProtocol(format!("fetch task failed: {e}"))
-                    })?;
+                    let mine = task.await?;
                     let path = if stale.is_some() {
                         Path::Refetch
                     } else {

@@ -179,6 +179,7 @@ fn demo_prints_curl_examples_that_all_succeed() {
         }
     });
     let mut commands = Vec::new();
+    let mut screen = Vec::new();
     loop {
         let line = lines_rx
             .recv_timeout(Duration::from_secs(30))
@@ -186,6 +187,7 @@ fn demo_prints_curl_examples_that_all_succeed() {
         if line.starts_with("curl ") {
             commands.push(line.clone());
         }
+        screen.push(line.clone());
         if line.contains("/readyz") {
             break;
         }
@@ -194,7 +196,26 @@ fn demo_prints_curl_examples_that_all_succeed() {
     assert!(
         commands.iter().any(|c| c.contains("-X POST"))
             && commands.iter().any(|c| c.contains("-X PUT"))
+            && commands.iter().any(|c| c.contains("--compressed"))
     );
+    // The first screen says where to look: the status page and /metrics, and they answer.
+    let url_on = |label: &str| {
+        let line = screen
+            .iter()
+            .find(|l| l.trim_start().starts_with(label))
+            .unwrap_or_else(|| panic!("no {label} line in {screen:#?}"));
+        line.split_whitespace()
+            .find(|w| w.starts_with("http://"))
+            .expect("a URL")
+            .to_owned()
+    };
+    for (label, expected) in [("status page", "<html"), ("metrics", "wikigate_build_info")] {
+        let url = url_on(label);
+        let out = Command::new("curl").args(["-fsS", &url]).output().unwrap();
+        assert!(out.status.success(), "{label} at {url}");
+        let body = String::from_utf8_lossy(&out.stdout);
+        assert!(body.contains(expected), "{label} at {url}: {body}");
+    }
     for command in &commands {
         let out = Command::new("sh")
             .args(["-c", command])
@@ -210,4 +231,53 @@ fn demo_prints_curl_examples_that_all_succeed() {
     }
     terminate(&child);
     assert!(wait_exit(&mut child, Duration::from_secs(10)).success());
+}
+
+#[test]
+fn logs_are_coloured_only_on_a_terminal_and_never_with_no_color() {
+    // `serve` logs a line when it listens, then runs until `timeout` stops it.
+    let serve = || {
+        let file = temp_file(
+            "colour.toml",
+            &format!(
+                "[server]\nlisten = \"{}\"\n[admin]\nlisten = \"{}\"\n[upstream]\nurl = \"http://127.0.0.1:9\"\n",
+                free_addr(),
+                free_addr()
+            ),
+        );
+        format!("timeout -s TERM 2 {BIN} serve --config {}", file.display())
+    };
+    let piped = Command::new("sh")
+        .args(["-c", &serve()])
+        .env_remove("NO_COLOR")
+        .output()
+        .unwrap();
+    let piped = String::from_utf8_lossy(&piped.stderr);
+    assert!(piped.contains("wikigate listening"), "{piped}");
+    assert!(
+        !piped.contains('\x1b'),
+        "colour escapes in a pipe: {piped:?}"
+    );
+    // On a terminal (script(1) gives the command one), colour, unless NO_COLOR says no.
+    let on_terminal = |no_color: Option<&str>| {
+        let mut command = Command::new("script");
+        command.args(["-qec", &serve(), "/dev/null"]);
+        match no_color {
+            Some(value) => command.env("NO_COLOR", value),
+            None => command.env_remove("NO_COLOR"),
+        };
+        String::from_utf8_lossy(&command.output().unwrap().stdout).into_owned()
+    };
+    let coloured = on_terminal(None);
+    assert!(coloured.contains("wikigate listening"), "{coloured}");
+    assert!(
+        coloured.contains("\x1b["),
+        "no colour on a terminal: {coloured:?}"
+    );
+    let plain = on_terminal(Some("1"));
+    assert!(plain.contains("wikigate listening"), "{plain}");
+    assert!(
+        !plain.contains('\x1b'),
+        "colour despite NO_COLOR: {plain:?}"
+    );
 }

@@ -162,6 +162,14 @@ async fn metrics_hold_exactly_the_expected_values_and_pass_promtool() {
             1.0,
         ),
         (
+            r#"wikigate_errors_total{route="unmatched",source="downstream"}"#,
+            1.0,
+        ),
+        (
+            r#"wikigate_errors_total{route="anonymous",source="downstream"}"#,
+            1.0,
+        ),
+        (
             r#"wikigate_upstream_requests_total{route="current",status="200"}"#,
             1.0,
         ),
