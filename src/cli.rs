@@ -1,4 +1,8 @@
-//! The command line: `serve`, `demo`, `check-config`.
+//! The command line: `serve`, `demo`, `check-config`, `hash-key`.
+//!
+//! `serve` and `check-config` load the configuration one way (`ConfigArgs`): the same file,
+//! flags and `WIKIGATE_*` variables, so that what `check-config` accepts is what `serve`
+//! starts with.
 //!
 //! Exit codes: 0 on a clean stop, 1 when the gateway could not start (a port in use, an
 //! unreadable certificate), 2 when the configuration is invalid.
@@ -27,17 +31,21 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the gateway.
-    Serve(ServeArgs),
+    Serve(ConfigArgs),
     /// Run the gateway in front of a built-in fake Confluence site, and print curl examples.
     Demo {
         /// Address the demo gateway listens on.
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
     },
-    /// Validate a config file and print the effective configuration.
+    /// Check a configuration exactly as `serve` would load it — the same file, flags and
+    /// `WIKIGATE_*` variables, and the files it names (certificates, CA bundles, credentials)
+    /// — without listening; print the effective configuration.
     CheckConfig {
-        /// The config file.
-        file: PathBuf,
+        /// The config file (else --config or WIKIGATE_CONFIG).
+        file: Option<PathBuf>,
+        #[command(flatten)]
+        args: ConfigArgs,
     },
     /// Print the hash of a gateway client key, for `callers.clients[].key_hash`. Reads the key
     /// from standard input.
@@ -48,10 +56,11 @@ pub enum Command {
     },
 }
 
-/// Flags of `serve`. Each overrides its config key; its environment variable is used when the
-/// flag is absent, and the config file when neither is given.
+/// Where `serve` (and `check-config`) get the configuration. Each flag overrides its config
+/// key; its environment variable is used when the flag is absent, and the config file when
+/// neither is given. Secrets come from the environment only.
 #[derive(Debug, Args)]
-pub struct ServeArgs {
+pub struct ConfigArgs {
     /// Config file (TOML); see config/wikigate.toml.
     #[arg(long, env = "WIKIGATE_CONFIG")]
     config: Option<PathBuf>,
@@ -70,7 +79,12 @@ pub struct ServeArgs {
     log_format: Option<String>,
 }
 
-impl ServeArgs {
+impl ConfigArgs {
+    /// The configuration from `file` (else `--config`) with every override applied.
+    fn load(&self, file: Option<&std::path::Path>) -> Result<Config, crate::config::ConfigError> {
+        Config::load(file.or(self.config.as_deref()), &self.overrides())
+    }
+
     fn overrides(&self) -> Overrides {
         let mut overrides = Overrides::default();
         overrides
@@ -96,20 +110,26 @@ fn non_empty_env(name: &str) -> Option<String> {
 /// Runs a parsed command line to completion.
 pub fn run(cli: Cli) -> ExitCode {
     match cli.command {
-        Command::CheckConfig { file } => match Config::load(Some(&file), &Overrides::default()) {
-            Ok(config) => {
-                print!("{}", config.to_toml());
-                ExitCode::SUCCESS
+        Command::CheckConfig { file, args } => {
+            let config = match args.load(file.as_deref()) {
+                Ok(config) => config,
+                Err(e) => return config_error(&e),
+            };
+            // What `serve` builds before it listens: certificates, CA bundles, credentials.
+            if let Err(e) = runtime().block_on(async { lifecycle::check(&config) }) {
+                eprintln!("wikigate: serve would not start: {e}");
+                return ExitCode::from(2);
             }
-            Err(e) => config_error(&e),
-        },
+            print!("{}", config.to_toml());
+            ExitCode::SUCCESS
+        }
         Command::Serve(args) => {
-            let config = match Config::load(args.config.as_deref(), &args.overrides()) {
+            let config = match args.load(None) {
                 Ok(config) => config,
                 Err(e) => return config_error(&e),
             };
             // SIGHUP reads the same file with the same flags and environment again.
-            let reload = move || Config::load(args.config.as_deref(), &args.overrides());
+            let reload = move || args.load(None);
             runtime().block_on(async move {
                 let telemetry = telemetry::init(&config.log, &config.telemetry);
                 let code = serve(config, reload).await;

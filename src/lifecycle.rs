@@ -160,6 +160,16 @@ impl Parts {
     }
 }
 
+/// Builds everything [`start`] builds before it binds a listener — callers (a service-account
+/// credential read), the upstream client (a CA bundle), the cluster (its URL and CA), TLS (the
+/// certificate and key parsed) — and drops it: `check-config` refuses what `serve` would.
+pub fn check(config: &Config) -> Result<(), StartError> {
+    let (parts, _) = Parts::build(config)?;
+    Gateway::new(config, parts)?;
+    Http::from_config(&config.server)?;
+    Ok(())
+}
+
 /// Binds the listeners and starts serving.
 pub async fn start(config: &Config) -> Result<Running, StartError> {
     let (parts, secret) = Parts::build(config)?;

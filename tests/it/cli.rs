@@ -281,3 +281,67 @@ fn logs_are_coloured_only_on_a_terminal_and_never_with_no_color() {
         "colour despite NO_COLOR: {plain:?}"
     );
 }
+
+#[test]
+fn check_config_accepts_and_refuses_exactly_what_serve_does() {
+    let cluster = temp_file(
+        "cluster.toml",
+        "[upstream]\nurl = \"https://a.example\"\n[cluster]\nredis_url = \"redis://127.0.0.1:9/0\"\n",
+    );
+    let check = |file: &std::path::Path, env: &[(&str, &str)], flags: &[&str]| {
+        let mut command = Command::new(BIN);
+        command.arg("check-config").arg(file).args(flags);
+        for name in [
+            "WIKIGATE_CACHE_KEY_SECRET",
+            "WIKIGATE_UPSTREAM",
+            "WIKIGATE_LISTEN",
+        ] {
+            command.env_remove(name);
+        }
+        command.envs(env.iter().copied()).output().unwrap()
+    };
+    // The cluster's key secret from the environment, as the chart's Deployment gives it.
+    let refused = check(&cluster, &[], &[]);
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("cache.key_secret"));
+    let accepted = check(
+        &cluster,
+        &[
+            (
+                "WIKIGATE_CACHE_KEY_SECRET",
+                "a-secret-from-a-kubernetes-secret",
+            ),
+            ("WIKIGATE_UPSTREAM", "https://b.example"),
+        ],
+        &["--listen", "127.0.0.1:5"],
+    );
+    let printed = String::from_utf8_lossy(&accepted.stdout);
+    assert!(
+        accepted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&accepted.stderr)
+    );
+    assert!(printed.contains("listen = \"127.0.0.1:5\""), "{printed}");
+    assert!(printed.contains("url = \"https://b.example\""), "{printed}");
+    assert!(
+        !printed.contains("a-secret-from"),
+        "a secret was printed: {printed}"
+    );
+    // What serve cannot start with, check-config refuses: a credential file that is missing.
+    let missing = temp_file(
+        "service-account.toml",
+        "[upstream]\nurl = \"https://a.example\"\n[auth]\nmode = \"service-account\"\n\
+         credential_file = \"/nonexistent/wikigate-credential\"\n\
+         [[callers.clients]]\nname = \"x\"\n\
+         key_hash = \"blake3:0000000000000000000000000000000000000000000000000000000000000000\"\n",
+    );
+    let refused = check(&missing, &[], &[]);
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("/nonexistent/wikigate-credential"));
+    let serve = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&missing)
+        .output()
+        .unwrap();
+    assert!(!serve.status.success());
+}
