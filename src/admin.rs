@@ -23,6 +23,7 @@ use hyper::body::Incoming;
 use tokio::sync::watch;
 
 use crate::body::Body;
+use crate::cache::Purge;
 use crate::config::Secret;
 use crate::error::error_response;
 use crate::lifecycle::Parts;
@@ -86,19 +87,41 @@ impl Admin {
                         .find(|(k, _)| k.as_ref() == b"tag")
                         .map(|(_, v)| String::from_utf8_lossy(&v).into_owned())
                 });
-                match tag {
+                let tag = match tag {
                     Some(tag) if tag.is_empty() => {
-                        error_response(StatusCode::BAD_REQUEST, "tag must not be empty")
+                        return error_response(StatusCode::BAD_REQUEST, "tag must not be empty");
                     }
-                    Some(tag) => {
-                        self.parts.cache.invalidate(&[Tag::named(&tag)]).await;
-                        json(StatusCode::OK, serde_json::json!({ "invalidated": tag }))
+                    tag => tag,
+                };
+                let purge = self
+                    .parts
+                    .cache
+                    .purge(tag.as_deref().map(Tag::named).as_ref())
+                    .await;
+                let mut report = match &tag {
+                    Some(tag) => serde_json::json!({ "invalidated": tag }),
+                    None => serde_json::json!({ "purged": "all" }),
+                };
+                let status = match purge {
+                    Purge::Done => StatusCode::OK,
+                    Purge::Confirmed(confirmation) => {
+                        report["replicas"] = confirmation.replicas.into();
+                        report["applied"] = confirmation.applied.into();
+                        if confirmation.applied >= confirmation.replicas {
+                            StatusCode::OK
+                        } else {
+                            report["message"] =
+                                "not every live replica applied the purge in time".into();
+                            StatusCode::SERVICE_UNAVAILABLE
+                        }
                     }
-                    None => {
-                        self.parts.cache.purge().await;
-                        json(StatusCode::OK, serde_json::json!({ "purged": "all" }))
+                    Purge::ThisReplicaOnly => {
+                        report["message"] =
+                            "Redis is unreachable: purged on this replica only".into();
+                        StatusCode::SERVICE_UNAVAILABLE
                     }
-                }
+                };
+                json(status, report)
             }
             (&Method::GET, "/admin/cache/stats") => {
                 json(StatusCode::OK, self.parts.cache.stats().await)

@@ -7,9 +7,15 @@
 //! - **Generations in Redis.** Reads of routes that writes change (watches, properties) take
 //!   their tag's generation from Redis (`{namespace}:g:{slot}`), and writes `INCR` it before
 //!   their answer is sent: a write through any replica changes the key every replica computes
-//!   next, so no replica can serve, or join a fetch of, a pre-write answer. Invalidations and
-//!   purges are also published (`{namespace}:inv`) so that other replicas drop dead L1 entries
-//!   and apply operator purges.
+//!   next, so no replica can serve, or join a fetch of, a pre-write answer.
+//! - **Acknowledged purges.** The generations every key holds besides those — the epoch (a
+//!   whole purge) and each route's (`route:NAME`) — live in Redis too (`{namespace}:gens`), and
+//!   each replica holds a copy, so that every replica computes the same keys (and finds what
+//!   the others stored in L2). A purge raises one in Redis (`HINCRBY`), numbers itself
+//!   (`{namespace}:purges`) and publishes both (`{namespace}:inv`); every replica, the purging
+//!   one too, adopts the value (a maximum: applying one twice changes nothing) and acknowledges
+//!   the number. Replicas announce themselves every 500 ms (`{namespace}:replicas`, expiring
+//!   after 2 s); a purge is answered once every live replica has acknowledged it.
 //! - **Cluster-wide limits.** The per-caller and global upstream limits run as one atomic GCRA
 //!   Lua script in Redis (`EVALSHA`), with Redis's own clock.
 //!
@@ -17,12 +23,13 @@
 //! marks the cluster down and keeps serving — L1 for routes no write changes; routes whose
 //! generations live in Redis go upstream uncached (a replica that cannot read them cannot know
 //! about writes through others); limits fall back to local ones divided by `cluster.replicas`.
-//! A health task pings every 500 ms; when Redis answers again, the replica drops its whole L1
-//! (it may have missed invalidations and purges while cut off), resubscribes, and carries on.
+//! A health task pings every 500 ms; when Redis answers again, the replica resubscribes and
+//! adopts the cluster's generations before it serves from L1 again: a purge it missed while
+//! cut off changes its keys then (and its L1 is dropped), and nothing else was missed.
 //!
 //! Coalescing stays per replica: a miss on two replicas at once makes two upstream calls.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -66,43 +73,101 @@ pub enum Decision {
     Refused { wait: Duration },
 }
 
-/// A message on the invalidation channel.
+/// The purge script: raises one shared generation, numbers the purge, and tells every replica.
+/// KEYS[1] the generations, KEYS[2] the purge counter, KEYS[3] the channel; ARGV[1] the field.
+const PURGE: &str = r"
+local value = redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
+local number = redis.call('INCR', KEYS[2])
+redis.call('PUBLISH', KEYS[3], 'gen:' .. number .. ':' .. value .. ':' .. ARGV[1])
+return {value, number}
+";
+
+/// The sync script: raises the shared generations to at least a replica's own (a Redis that
+/// lost them, or a purge made while cut off from it, must not move keys backwards) and tells
+/// every replica about what it raised; then returns them all and the latest purge's number.
+/// KEYS[1] the generations, KEYS[2] the purge counter, KEYS[3] the channel; ARGV field, value…
+const SYNC: &str = r"
+local number = tonumber(redis.call('GET', KEYS[2]) or '0')
+for i = 1, #ARGV, 2 do
+  local current = tonumber(redis.call('HGET', KEYS[1], ARGV[i]) or '0')
+  if current < tonumber(ARGV[i + 1]) then
+    redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+    redis.call('PUBLISH', KEYS[3], 'gen:' .. number .. ':' .. ARGV[i + 1] .. ':' .. ARGV[i])
+  end
+end
+return {redis.call('HGETALL', KEYS[1]), number}
+";
+
+/// The heartbeat: this replica is alive for ARGV[3] ms more and has applied purges up to
+/// ARGV[2]. KEYS[1] the live replicas (a sorted set by expiry), KEYS[2] what each applied.
+const HEARTBEAT: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[1])
+if tonumber(ARGV[2]) > tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '0') then
+  redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+end
+return 1
+";
+
+/// How many live replicas there are and how many have applied purge ARGV[1]; expired
+/// replicas are forgotten first. KEYS as for the heartbeat.
+const CONFIRM: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local gone = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)
+if #gone > 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+  redis.call('HDEL', KEYS[2], unpack(gone))
+end
+local live = redis.call('ZRANGE', KEYS[1], 0, -1)
+local applied = 0
+for _, id in ipairs(live) do
+  if tonumber(redis.call('HGET', KEYS[2], id) or '0') >= tonumber(ARGV[1]) then
+    applied = applied + 1
+  end
+end
+return {#live, applied}
+";
+
+/// How often a replica announces itself, and how long an announcement lasts.
+const HEARTBEAT_EVERY: Duration = Duration::from_millis(500);
+const HEARTBEAT_LASTS: Duration = Duration::from_secs(2);
+
+/// A purge on the invalidation channel: purge `number` set shared generation `field`
+/// (`epoch` or `route:NAME`) to `value`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Invalidation {
-    /// A tag's generation slot was bumped.
-    Slot(usize),
-    /// `route:{name}` was purged.
-    Route(String),
-    /// Everything was purged.
-    Epoch,
+pub struct Purged {
+    pub number: u64,
+    pub value: u64,
+    pub field: String,
 }
 
-impl Invalidation {
-    fn encode(&self) -> String {
-        match self {
-            Invalidation::Slot(slot) => format!("slot:{slot}"),
-            Invalidation::Route(name) => format!("route:{name}"),
-            Invalidation::Epoch => "epoch".to_owned(),
-        }
-    }
-
-    fn decode(text: &str) -> Option<Invalidation> {
-        if text == "epoch" {
-            return Some(Invalidation::Epoch);
-        }
-        if let Some(slot) = text.strip_prefix("slot:") {
-            return slot.parse().ok().map(Invalidation::Slot);
-        }
-        text.strip_prefix("route:")
-            .map(|name| Invalidation::Route(name.to_owned()))
+impl Purged {
+    fn decode(text: &str) -> Option<Purged> {
+        let mut parts = text.strip_prefix("gen:")?.splitn(3, ':');
+        Some(Purged {
+            number: parts.next()?.parse().ok()?,
+            value: parts.next()?.parse().ok()?,
+            field: parts.next()?.to_owned(),
+        })
     }
 }
 
-/// Receives what other replicas publish, and learns when Redis came back.
+/// Whether every live replica applied a purge before it was answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Confirmation {
+    pub replicas: u64,
+    pub applied: u64,
+}
+
+/// The cache, as the cluster sees it: generations to adopt.
 pub trait Listener: Send + Sync + 'static {
-    fn invalidated(&self, invalidation: Invalidation);
-    /// Redis is reachable again after an outage: drop whatever may have been missed.
-    fn reconnected(&self);
+    /// The shared generations this replica keys with (`epoch`, `route:NAME`).
+    fn generations(&self) -> Vec<(String, u64)>;
+    /// Adopts shared generations (a purge, or the cluster's after a reconnect): each only ever
+    /// goes up.
+    fn adopt(&self, generations: &[(String, u64)]);
 }
 
 pub struct Cluster {
@@ -112,7 +177,15 @@ pub struct Cluster {
     op_timeout: Duration,
     replicas: u32,
     up: AtomicBool,
+    /// This replica's name in the live set: random, for this process.
+    id: String,
+    /// The highest purge number this replica has applied.
+    applied: AtomicU64,
     gcra: redis::Script,
+    purge: redis::Script,
+    sync: redis::Script,
+    heartbeat: redis::Script,
+    confirm: redis::Script,
 }
 
 impl Cluster {
@@ -160,7 +233,13 @@ impl Cluster {
             op_timeout: config.op_timeout,
             replicas: config.replicas.max(1),
             up: AtomicBool::new(false),
+            id: replica_id(),
+            applied: AtomicU64::new(0),
             gcra: redis::Script::new(GCRA),
+            purge: redis::Script::new(PURGE),
+            sync: redis::Script::new(SYNC),
+            heartbeat: redis::Script::new(HEARTBEAT),
+            confirm: redis::Script::new(CONFIRM),
         }))
     }
 
@@ -184,6 +263,16 @@ impl Cluster {
         if !self.is_up() {
             return None;
         }
+        self.timed(operation).await
+    }
+
+    /// One Redis operation under the operation timeout, also while the cluster is down (the
+    /// reconnect's own steps); a failure marks it down.
+    async fn timed<T, F, Fut>(&self, operation: F) -> Option<T>
+    where
+        F: FnOnce(ConnectionManager) -> Fut,
+        Fut: Future<Output = redis::RedisResult<T>>,
+    {
         match tokio::time::timeout(self.op_timeout, operation(self.conn.clone())).await {
             Ok(Ok(value)) => Some(value),
             Ok(Err(error)) => {
@@ -218,25 +307,110 @@ impl Cluster {
             .map(|g| g.unwrap_or(0))
     }
 
-    /// Bumps tag slots in Redis and tells the other replicas; false when Redis was not reached.
+    /// Bumps tag slots in Redis (every replica reads them on every lookup of their routes);
+    /// false when Redis was not reached.
     pub async fn bump(&self, slots: &[usize]) -> bool {
         let mut pipe = redis::pipe();
         for slot in slots {
             pipe.incr(self.key("g", &slot.to_string()), 1).ignore();
-            pipe.publish(self.key("inv", "all"), Invalidation::Slot(*slot).encode())
-                .ignore();
         }
         self.run(|mut c| async move { pipe.query_async::<()>(&mut c).await })
             .await
             .is_some()
     }
 
-    /// Tells the other replicas about an operator's purge.
-    pub async fn publish(&self, invalidation: Invalidation) {
-        let channel = self.key("inv", "all");
-        let message = invalidation.encode();
-        self.run(|mut c| async move { c.publish::<_, _, ()>(channel, message).await })
-            .await;
+    /// Raises the shared generation `field` (`epoch`, `route:NAME`) for every replica: the new
+    /// value and the purge's number, which [`Cluster::confirm`] waits on. `None` when Redis was
+    /// not reached.
+    pub async fn purge(&self, field: &str) -> Option<(u64, u64)> {
+        let keys = [
+            self.key("gens", "all"),
+            self.key("purges", "all"),
+            self.key("inv", "all"),
+        ];
+        self.run(|mut c| async move {
+            self.purge
+                .key(&keys[0])
+                .key(&keys[1])
+                .key(&keys[2])
+                .arg(field)
+                .invoke_async(&mut c)
+                .await
+        })
+        .await
+    }
+
+    /// Records that this replica applied purge `number`, and tells Redis at once.
+    pub async fn applied(&self, number: u64) {
+        self.applied.fetch_max(number, Ordering::AcqRel);
+        self.announce().await;
+    }
+
+    /// This replica is alive, and how far it applied purges.
+    async fn announce(&self) {
+        let keys = [self.key("replicas", "all"), self.key("applied", "all")];
+        let applied = self.applied.load(Ordering::Acquire);
+        let lasts = HEARTBEAT_LASTS.as_millis() as u64;
+        self.run(|mut c| async move {
+            self.heartbeat
+                .key(&keys[0])
+                .key(&keys[1])
+                .arg(&self.id)
+                .arg(applied)
+                .arg(lasts)
+                .invoke_async::<i64>(&mut c)
+                .await
+        })
+        .await;
+    }
+
+    /// Waits until every live replica has applied purge `number` (a replica that stopped
+    /// announcing itself leaves the live set within 2 s), at most until `deadline`.
+    pub async fn confirm(
+        &self,
+        number: u64,
+        deadline: tokio::time::Instant,
+    ) -> Option<Confirmation> {
+        let keys = [self.key("replicas", "all"), self.key("applied", "all")];
+        let keys = &keys;
+        loop {
+            let (replicas, applied): (u64, u64) = self
+                .run(|mut c| async move {
+                    self.confirm
+                        .key(&keys[0])
+                        .key(&keys[1])
+                        .arg(number)
+                        .invoke_async(&mut c)
+                        .await
+                })
+                .await?;
+            let confirmation = Confirmation { replicas, applied };
+            if applied >= replicas || tokio::time::Instant::now() >= deadline {
+                return Some(confirmation);
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// How long a purge may wait for the replicas: one announcement's lifetime and a margin.
+    pub fn confirm_within(&self) -> Duration {
+        HEARTBEAT_LASTS + HEARTBEAT_EVERY
+    }
+
+    /// Leaves the live set (a replica shutting down): purges stop waiting for it at once.
+    pub async fn leave(&self) {
+        let keys = [self.key("replicas", "all"), self.key("applied", "all")];
+        let id = self.id.clone();
+        self.run(|mut c| async move {
+            redis::pipe()
+                .zrem(&keys[0], &id)
+                .ignore()
+                .hdel(&keys[1], &id)
+                .ignore()
+                .query_async::<()>(&mut c)
+                .await
+        })
+        .await;
     }
 
     /// An L2 entry, by cache key.
@@ -294,6 +468,7 @@ impl Cluster {
                     return;
                 };
                 if this.is_up() {
+                    this.announce().await;
                     continue;
                 }
                 if this.reconnect(listener).await {
@@ -303,8 +478,8 @@ impl Cluster {
         });
     }
 
-    /// Pings and subscribes; on success marks the cluster up, drops the L1 and starts
-    /// forwarding invalidations until the subscription breaks.
+    /// Pings and subscribes; on success adopts the cluster's generations, marks the cluster up
+    /// and announces itself, and applies purges as they come until the subscription breaks.
     async fn reconnect(self: &Arc<Self>, listener: Arc<dyn Listener>) -> bool {
         let mut conn = self.conn.clone();
         let ping_command = redis::cmd("PING");
@@ -323,9 +498,14 @@ impl Cluster {
         let Ok(Ok(pubsub)) = pubsub.await else {
             return false;
         };
-        // Whatever was missed while cut off is dropped before serving from L1 again.
-        listener.reconnected();
+        // Purges missed while cut off are adopted before serving from L1 again.
+        let Some((generations, purges)) = self.sync(&listener.generations()).await else {
+            return false;
+        };
+        listener.adopt(&generations);
+        self.applied.fetch_max(purges, Ordering::AcqRel);
         self.up.store(true, Ordering::Release);
+        self.announce().await;
         let this = self.clone();
         let listener = Arc::downgrade(&listener);
         tokio::spawn(async move {
@@ -335,18 +515,50 @@ impl Cluster {
                 let Some(listener) = listener.upgrade() else {
                     return;
                 };
-                if let Some(invalidation) = message
+                if let Some(purged) = message
                     .get_payload::<String>()
                     .ok()
-                    .and_then(|text| Invalidation::decode(&text))
+                    .and_then(|text| Purged::decode(&text))
                 {
-                    listener.invalidated(invalidation);
+                    listener.adopt(&[(purged.field, purged.value)]);
+                    this.applied(purged.number).await;
                 }
             }
             this.mark_down("subscription lost");
         });
         true
     }
+
+    /// The cluster's shared generations, raised to at least `local` first, and the number of
+    /// the latest purge.
+    async fn sync(&self, local: &[(String, u64)]) -> Option<(Vec<(String, u64)>, u64)> {
+        let keys = [
+            self.key("gens", "all"),
+            self.key("purges", "all"),
+            self.key("inv", "all"),
+        ];
+        let (fields, purges): (Vec<(String, u64)>, u64) = self
+            .timed(|mut c| async move {
+                let mut invocation = self.sync.key(&keys[0]);
+                invocation.key(&keys[1]).key(&keys[2]);
+                for (field, value) in local {
+                    invocation.arg(field).arg(value);
+                }
+                invocation.invoke_async(&mut c).await
+            })
+            .await?;
+        Some((fields, purges))
+    }
+}
+
+/// A random name for this replica.
+fn replica_id() -> String {
+    use ring::rand::SecureRandom as _;
+    let mut bytes = [0u8; 8];
+    ring::rand::SystemRandom::new()
+        .fill(&mut bytes)
+        .expect("the operating system provides randomness");
+    hex(&bytes)
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -360,17 +572,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn invalidations_round_trip() {
-        for invalidation in [
-            Invalidation::Slot(42),
-            Invalidation::Route("memberof".into()),
-            Invalidation::Epoch,
-        ] {
-            assert_eq!(
-                Invalidation::decode(&invalidation.encode()),
-                Some(invalidation)
-            );
+    fn purge_messages_are_read_as_the_script_writes_them() {
+        assert_eq!(
+            Purged::decode("gen:17:4:route:memberof"),
+            Some(Purged {
+                number: 17,
+                value: 4,
+                field: "route:memberof".to_owned(),
+            })
+        );
+        assert_eq!(Purged::decode("gen:1:1:epoch").unwrap().field, "epoch");
+        for nonsense in ["epoch", "slot:3", "gen:x:1:epoch", "gen:1"] {
+            assert_eq!(Purged::decode(nonsense), None, "{nonsense}");
         }
-        assert_eq!(Invalidation::decode("nonsense"), None);
     }
 }

@@ -191,6 +191,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         secret,
         started: config.clone(),
     };
+    let cluster = parts.cluster.clone();
     let admin = Arc::new(Admin::new(
         draining_rx.clone(),
         parts,
@@ -207,6 +208,10 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
             Duration::from_secs(1),
         ));
         server::serve(listener, http, gateway, became_true(draining_rx), drain).await;
+        // Purges stop waiting for this replica now rather than when its announcement expires.
+        if let Some(cluster) = cluster {
+            cluster.leave().await;
+        }
         admin_stop.send_replace(true);
         let _ = admin_task.await;
     });

@@ -8,9 +8,11 @@
 //! Invariants:
 //! - Memory is fixed: tags hash into `SLOTS` counters. Two tags sharing a counter means a write
 //!   to one also invalidates the other (a spurious miss), never that an invalidation is lost.
-//! - Counters only grow (`fetch_add`), so a generation read before a fetch differs from the one
-//!   read after any bump that happened in between.
-//! - An epoch covers every key: a full purge bumps it.
+//! - Counters only grow (`fetch_add`, `fetch_max`), so a generation read before a fetch
+//!   differs from the one read after any bump that happened in between.
+//! - An epoch covers every key: a full purge bumps it. In a cluster, the epoch and the route
+//!   counters are copies of the cluster's ([`Generations::raise_epoch`],
+//!   [`Generations::raise_route`]), so every replica computes the same keys.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -69,6 +71,16 @@ impl Generations {
     pub fn bump_epoch(&self) {
         self.epoch.fetch_add(1, Ordering::AcqRel);
     }
+
+    /// Raises the epoch to `value` (the cluster's); whether it moved.
+    pub fn raise_epoch(&self, value: u64) -> bool {
+        self.epoch.fetch_max(value, Ordering::AcqRel) < value
+    }
+
+    /// Raises `route`'s counter to `value` (the cluster's); whether it moved.
+    pub fn raise_route(&self, route: Route, value: u64) -> bool {
+        self.routes[route as usize].fetch_max(value, Ordering::AcqRel) < value
+    }
 }
 
 /// The route a `route:{name}` tag names.
@@ -103,5 +115,19 @@ mod tests {
         generations.bump(&Tag::route(Route::MemberOf));
         assert_eq!(generations.route(Route::MemberOf), 1);
         assert_eq!(generations.route(Route::User), 0);
+    }
+
+    #[test]
+    fn raising_adopts_a_higher_value_only() {
+        let generations = Generations::default();
+        assert!(generations.raise_epoch(3));
+        assert!(
+            !generations.raise_epoch(3),
+            "applying a purge twice changes nothing"
+        );
+        assert!(!generations.raise_epoch(2), "never backwards");
+        assert_eq!(generations.epoch(), 3);
+        assert!(generations.raise_route(Route::MemberOf, 1));
+        assert_eq!(generations.route(Route::MemberOf), 1);
     }
 }

@@ -47,7 +47,7 @@ use generations::Generations;
 pub use key::{Bypass, CacheKey, Partition};
 
 use crate::body::Body;
-use crate::cluster::{Cluster, Invalidation, Listener};
+use crate::cluster::{Cluster, Confirmation, Listener};
 use crate::coding::{Accepts, Coding};
 use crate::config::CacheConfig;
 use crate::error::GatewayError;
@@ -281,8 +281,9 @@ impl Cache {
         self.stats.bypassed.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Invalidates every cached read that observed one of `tags`, for every caller — on every
-    /// replica, when in a cluster.
+    /// Invalidates every cached read that observed one of `tags` (a write's resource tags),
+    /// for every caller — on every replica, when in a cluster (the tag's counter in Redis,
+    /// which every replica reads when it looks such a read up).
     pub async fn invalidate(&self, tags: &[Tag]) {
         for tag in tags {
             self.generations.bump(tag);
@@ -291,38 +292,61 @@ impl Cache {
             .invalidations
             .fetch_add(tags.len() as u64, Ordering::Relaxed);
         if let Some(cluster) = &self.cluster {
-            let slots: Vec<usize> = tags
-                .iter()
-                .filter(|t| generations::route_of(t).is_none())
-                .map(generations::slot)
-                .collect();
+            let slots: Vec<usize> = tags.iter().map(generations::slot).collect();
             if !slots.is_empty() && !cluster.bump(&slots).await {
                 tracing::warn!(
                     "a write's invalidation could not reach redis; other replicas learn of it by TTL"
                 );
             }
-            for tag in tags {
-                if let Some(route) = generations::route_of(tag) {
-                    cluster
-                        .publish(Invalidation::Route(route.name().to_owned()))
-                        .await;
-                }
+        }
+    }
+
+    /// An operator's purge, of everything (`None`) or of one tag, on every replica: answered
+    /// once every live replica applied it (fetches in flight land under dead keys).
+    pub async fn purge(&self, tag: Option<&Tag>) -> Purge {
+        self.stats.invalidations.fetch_add(1, Ordering::Relaxed);
+        let field = match tag.map(|tag| (tag, generations::route_of(tag))) {
+            None => "epoch".to_owned(),
+            Some((_, Some(route))) => format!("route:{}", route.name()),
+            // A resource tag's counter is read from Redis by every lookup: in force at once.
+            Some((tag, None)) => {
+                self.invalidate(std::slice::from_ref(tag)).await;
+                return match &self.cluster {
+                    None => Purge::Done,
+                    Some(cluster) => match cluster.is_up() {
+                        true => Purge::Done,
+                        false => Purge::ThisReplicaOnly,
+                    },
+                };
+            }
+        };
+        let Some(cluster) = &self.cluster else {
+            self.bump_local(&field);
+            return Purge::Done;
+        };
+        let Some((value, number)) = cluster.purge(&field).await else {
+            // Redis unreachable: this replica at least; its next sync tells the others.
+            self.bump_local(&field);
+            return Purge::ThisReplicaOnly;
+        };
+        self.adopt(&[(field, value)]);
+        cluster.applied(number).await;
+        let deadline = Instant::now() + cluster.confirm_within();
+        match cluster.confirm(number, deadline).await {
+            Some(confirmation) => Purge::Confirmed(confirmation),
+            None => Purge::ThisReplicaOnly,
+        }
+    }
+
+    /// Bumps a shared generation on this replica alone (no cluster, or Redis unreachable).
+    fn bump_local(&self, field: &str) {
+        match route_field(field) {
+            Some(route) => self.generations.bump(&Tag::route(route)),
+            None => {
+                self.generations.bump_epoch();
+                self.store.invalidate_all();
             }
         }
-    }
-
-    /// Drops everything, on every replica; fetches in flight land under dead keys.
-    pub async fn purge(&self) {
-        self.drop_all();
-        self.stats.invalidations.fetch_add(1, Ordering::Relaxed);
-        if let Some(cluster) = &self.cluster {
-            cluster.publish(Invalidation::Epoch).await;
-        }
-    }
-
-    fn drop_all(&self) {
-        self.generations.bump_epoch();
-        self.store.invalidate_all();
     }
 
     /// The answer of a fresh entry in this replica's memory, if there is one: the hit path,
@@ -475,7 +499,7 @@ impl Cache {
                     let headers = request_headers.clone();
                     let task = tokio::spawn(
                         async move {
-                            let mine = match this.look_in_l2(lookup).await {
+                            let mine = match this.look_in_l2(lookup, &headers).await {
                                 Some(entry) => LeaderResult::L2(entry),
                                 None => this.settle(lookup, &headers, fetch().await, true).await,
                             };
@@ -593,10 +617,10 @@ impl Cache {
 
     /// The cluster's copy of an entry this replica does not hold, if fresh and of this
     /// request's variant; kept in L1 too.
-    async fn look_in_l2(&self, lookup: Lookup) -> Option<Arc<Entry>> {
+    async fn look_in_l2(&self, lookup: Lookup, request_headers: &HeaderMap) -> Option<Arc<Entry>> {
         let cluster = self.cluster.as_ref()?;
         let entry = Entry::decode(&cluster.get(lookup.key.as_bytes()).await?)?;
-        if !entry.is_fresh(Instant::now()) {
+        if !entry.is_fresh(Instant::now()) || !entry.matches_vary(request_headers) {
             return None;
         }
         let entry = Arc::new(entry);
@@ -727,23 +751,51 @@ impl Cache {
 }
 
 impl Listener for Cache {
-    fn invalidated(&self, invalidation: Invalidation) {
-        match invalidation {
-            // Resource generations are read from Redis: nothing to do locally (entries under
-            // the old keys are unreachable and age out).
-            Invalidation::Slot(_) => {}
-            Invalidation::Route(name) => {
-                if let Some(route) = Route::ALL.into_iter().find(|r| r.name() == name) {
-                    self.generations.bump(&Tag::route(route));
-                }
-            }
-            Invalidation::Epoch => self.drop_all(),
-        }
+    fn generations(&self) -> Vec<(String, u64)> {
+        let routes = Route::ALL.into_iter().map(|route| {
+            (
+                format!("route:{}", route.name()),
+                self.generations.route(route),
+            )
+        });
+        std::iter::once(("epoch".to_owned(), self.generations.epoch()))
+            .chain(routes)
+            .collect()
     }
 
-    fn reconnected(&self) {
-        self.drop_all();
+    fn adopt(&self, generations: &[(String, u64)]) {
+        for (field, value) in generations {
+            match route_field(field) {
+                // A route's dead entries age out, as a write's do.
+                Some(route) => {
+                    self.generations.raise_route(route, *value);
+                }
+                // A new epoch leaves nothing reachable: free the memory now.
+                None if field == "epoch" && self.generations.raise_epoch(*value) => {
+                    self.store.invalidate_all();
+                }
+                None => {}
+            }
+        }
     }
+}
+
+/// The route a shared generation's field (`route:NAME`) names.
+fn route_field(field: &str) -> Option<Route> {
+    let name = field.strip_prefix("route:")?;
+    Route::ALL.into_iter().find(|route| route.name() == name)
+}
+
+/// What an operator's purge reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purge {
+    /// Everywhere the cache lives (this replica; or, for a resource tag, every replica, which
+    /// read its counter from Redis).
+    Done,
+    /// Every live replica applied it — or not all of them in time.
+    Confirmed(Confirmation),
+    /// Redis is unreachable: this replica only; the others learn of it when it reconnects.
+    ThisReplicaOnly,
 }
 
 /// What this request got from its own fetch (or from its leader's).

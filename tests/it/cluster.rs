@@ -435,3 +435,132 @@ async fn clients_keep_their_own_upstream_buckets_however_each_replica_orders_the
     assert_eq!(get(&p.cb, "y-key-0123456789").await.status, 200);
     assert_eq!(get(&p.ca, "y-key-0123456789").await.status, 429);
 }
+
+#[tokio::test]
+async fn a_purge_through_either_replica_is_in_force_on_both_when_answered_and_l2_still_works() {
+    const TOKEN: &str = "admin-token-0123456789";
+    let p = Pair::start(|c| c.admin.token = Some(Secret::new(TOKEN))).await;
+    let a = alice().account_id;
+    assert_eq!(
+        write(&p.ca, Method::POST, "purged", 1).await.status,
+        StatusCode::CREATED
+    );
+    let admins = [
+        TestClient::new(format!("http://{}", p.a.admin_addr)),
+        TestClient::new(format!("http://{}", p.b.admin_addr)),
+    ];
+    let clients = [&p.ca, &p.cb];
+    let memberof = format!("{API}/memberof?accountId={a}");
+    let cases = [
+        (None, memberof.clone()),
+        (Some("route:memberof".to_owned()), memberof.clone()),
+        (
+            Some("watch:space:PURGE".to_owned()),
+            format!("{API}/watch/space/PURGE"),
+        ),
+        (
+            Some(format!("property:{a}:purged")),
+            format!("{API}/{a}/property/purged"),
+        ),
+        (
+            Some(format!("properties:{a}")),
+            format!("{API}/{a}/property"),
+        ),
+    ];
+    for round in 0..3 {
+        for (i, (tag, target)) in cases.iter().enumerate() {
+            let (purger, other) = match (round + i) % 2 {
+                0 => (0, 1),
+                _ => (1, 0),
+            };
+            // Cached on both replicas (the second through L2 or its own L1).
+            clients[purger].get(target, Some(&basic(alice()))).await;
+            let cached = clients[other].get(target, Some(&basic(alice()))).await;
+            assert!(
+                cached.cache_status().starts_with("wikigate; hit"),
+                "round {round}, {tag:?}: {}",
+                cached.cache_status()
+            );
+            let mut purge = admins[purger]
+                .request(Method::DELETE, "/admin/cache")
+                .header("authorization", &format!("Bearer {TOKEN}"));
+            if let Some(tag) = tag {
+                purge = admins[purger]
+                    .request(Method::DELETE, &format!("/admin/cache?tag={tag}"))
+                    .header("authorization", &format!("Bearer {TOKEN}"));
+            }
+            let purged = purge.send().await;
+            assert_eq!(purged.status, 200, "{:?}", purged.body);
+            // In force on the other replica the moment the purge is answered…
+            let after = clients[other].get(target, Some(&basic(alice()))).await;
+            assert!(
+                after.cache_status().contains("fwd=miss"),
+                "round {round}, {tag:?} through replica {purger}: replica {other} answered {}",
+                after.cache_status()
+            );
+            // …and the shared tier works afterwards: the purging replica finds that answer.
+            let shared = clients[purger].get(target, Some(&basic(alice()))).await;
+            assert_eq!(
+                shared.cache_status(),
+                "wikigate; hit; detail=l2",
+                "round {round}, {tag:?}: the replicas no longer compute the same keys"
+            );
+        }
+    }
+    let report = admins[0]
+        .request(Method::DELETE, "/admin/cache")
+        .header("authorization", &format!("Bearer {TOKEN}"))
+        .send()
+        .await
+        .json();
+    assert_eq!(
+        (report["replicas"].as_u64(), report["applied"].as_u64()),
+        (Some(2), Some(2))
+    );
+}
+
+#[tokio::test]
+async fn answers_that_vary_reach_the_shared_tier_and_keep_their_variant() {
+    let p = Pair::start(|_| {}).await;
+    // Atlassian's edge varies every answer on Accept-Encoding (wikigate's to answer); this
+    // upstream also varies on Accept-Language.
+    let mut vary = http::HeaderMap::new();
+    vary.insert(
+        "vary",
+        http::HeaderValue::from_static("Accept-Encoding, Accept-Language"),
+    );
+    p.fake.set_faults(wikigate::fake::Faults {
+        response_headers: vary,
+        ..Default::default()
+    });
+    async fn get(client: &TestClient, language: &str, gzip: bool) -> Answer {
+        let target = format!("{API}?accountId={}", bob().account_id);
+        let mut request = client
+            .request(Method::GET, &target)
+            .auth(alice())
+            .header("accept-language", language);
+        if gzip {
+            request = request.header("accept-encoding", "gzip");
+        }
+        request.send().await
+    }
+    assert!(
+        get(&p.ca, "de", true)
+            .await
+            .cache_status()
+            .contains("stored")
+    );
+    // Another replica, another Accept-Encoding, the same language: from the shared tier.
+    let shared = get(&p.cb, "de", false).await;
+    assert_eq!(shared.cache_status(), "wikigate; hit; detail=l2");
+    assert!(!shared.headers.contains_key("content-encoding"));
+    assert_eq!(shared.json()["accountId"], bob().account_id);
+    // Another language is another variant, on every replica.
+    assert!(
+        get(&p.cb, "fr", true)
+            .await
+            .cache_status()
+            .contains("fwd=miss")
+    );
+    assert_eq!(p.fake.hits(Operation::GetUser), 2);
+}
