@@ -50,7 +50,7 @@ pub enum GatewayError {
     #[error("the request body is larger than {limit} bytes")]
     BodyTooLarge { limit: usize },
     #[error("the request body was not received within {0:?}")]
-    BodyTimeout(std::time::Duration),
+    BodyTimeout(Duration),
     #[error("the request body could not be read: {0}")]
     BodyRead(String),
     #[error("{0}")]

@@ -3,7 +3,8 @@
 //!
 //! # Layout
 //!
-//! - [`cli`] — the command line (`serve`, `demo`, `check-config`); `main.rs` only calls it.
+//! - [`cli`] — the command line (`serve`, `demo`, `check-config`, `hash-key`); `main.rs` only
+//!   calls it.
 //! - [`config`] — `file -> TOML table -> overrides -> Config -> validate`.
 //! - [`lifecycle`] — binds the listeners, runs them, drains on shutdown.
 //! - [`server`] — accept loops, TLS, HTTP/1.1 + HTTP/2, graceful connection shutdown.

@@ -359,7 +359,7 @@ async fn spans_reach_an_otlp_receiver_and_traceparent_is_propagated() {
     ));
     let fake = wikigate::fake::FakeConfluence::start().await.unwrap();
     let (listen, admin) = (free_addr(), free_addr());
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_wikigate"))
+    let mut child = Command::new(env!("CARGO_BIN_EXE_wikigate"))
         .args([
             "serve",
             "--upstream",
