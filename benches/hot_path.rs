@@ -29,8 +29,8 @@ use wikigate::caller::Callers;
 use wikigate::config::Config;
 use wikigate::fake::FakeConfluence;
 use wikigate::gateway::Gateway;
-use wikigate::lifecycle::Parts;
 use wikigate::limit::Limits;
+use wikigate::parts::Parts;
 use wikigate::routes::resolve;
 use wikigate::server::{ConnInfo, Handler};
 

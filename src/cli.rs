@@ -12,9 +12,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use tokio::signal::unix::{Signal, SignalKind, signal};
 
 use crate::config::{Config, Overrides};
+use crate::shutdown::Signals;
 use crate::{demo, lifecycle, telemetry};
 
 #[derive(Debug, Parser)]
@@ -199,74 +199,4 @@ async fn serve(
         }
     };
     signals.stop(running, Some(&reload)).await
-}
-
-/// SIGTERM, SIGINT and SIGHUP handlers, installed before anything starts listening so that a signal
-/// that arrives early is a graceful stop, never the default (abrupt) one.
-pub struct Signals {
-    terminate: Signal,
-    interrupt: Signal,
-    hangup: Signal,
-}
-
-impl Signals {
-    pub fn install() -> Signals {
-        let install = |kind| signal(kind).expect("signal handlers install");
-        Signals {
-            terminate: install(SignalKind::terminate()),
-            interrupt: install(SignalKind::interrupt()),
-            hangup: install(SignalKind::hangup()),
-        }
-    }
-
-    async fn recv(&mut self) {
-        tokio::select! {
-            _ = self.terminate.recv() => {}
-            _ = self.interrupt.recv() => {}
-        }
-    }
-
-    /// Serves until SIGTERM/SIGINT, then drains and returns; a second signal during the drain
-    /// exits at once. SIGHUP reloads with `reload` (callers, client keys, limits, TTLs); a
-    /// configuration that does not load is refused and the running one stays in force.
-    pub async fn stop(
-        mut self,
-        running: lifecycle::Running,
-        reload: Option<&dyn Fn() -> Result<Config, crate::config::ConfigError>>,
-    ) -> ExitCode {
-        loop {
-            tokio::select! {
-                _ = self.terminate.recv() => break,
-                _ = self.interrupt.recv() => break,
-                _ = self.hangup.recv() => match reload.map(|reload| reload()) {
-                    None => tracing::info!("SIGHUP: nothing to reload"),
-                    Some(Err(error)) => {
-                        tracing::error!(%error, "SIGHUP: new configuration refused; the running one stays");
-                    }
-                    Some(Ok(config)) => match running.reload(&config) {
-                        Ok(restart) if restart.is_empty() => tracing::info!("SIGHUP: configuration reloaded"),
-                        Ok(restart) => tracing::warn!(
-                            needs_restart = ?restart,
-                            "SIGHUP: configuration reloaded; these changes take effect only after a restart"
-                        ),
-                        Err(error) => {
-                            tracing::error!(%error, "SIGHUP: new configuration refused; the running one stays");
-                        }
-                    },
-                },
-            }
-        }
-        tracing::info!("shutting down: draining in-flight requests");
-        running.shutdown();
-        tokio::select! {
-            () = running.wait() => {
-                tracing::info!("stopped");
-                ExitCode::SUCCESS
-            }
-            () = self.recv() => {
-                tracing::warn!("second signal: exiting without finishing the drain");
-                ExitCode::from(1)
-            }
-        }
-    }
 }

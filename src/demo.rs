@@ -5,9 +5,9 @@ use std::io::Write as _;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 
-use crate::cli::Signals;
 use crate::config::{Config, LogConfig, TelemetryConfig};
 use crate::fake::{DEMO_USERS, FakeConfluence};
+use crate::shutdown::Signals;
 use crate::{lifecycle, telemetry};
 
 /// One request of the demo's walkthrough.

@@ -4,14 +4,29 @@
 //! through) has Confluence's error shape, `{"statusCode":N,"message":…,"reason":…,"data":{…}}`,
 //! so clients parse wikigate's refusals exactly as they parse Confluence's.
 
-use bytes::Bytes;
-use http::{HeaderValue, Response, StatusCode, header};
-
 use std::time::Duration;
 
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue, Response, StatusCode, header};
+
 use crate::body::Body;
-use crate::limit::{Allowance, LimitKind, X_WIKIGATE_LIMIT};
 use crate::routes::RouteError;
+
+/// Which of wikigate's limits refused a request.
+pub static X_WIKIGATE_LIMIT: HeaderName = HeaderName::from_static("x-wikigate-limit");
+
+/// A refusal by one of wikigate's limits, described by the limit that made it (`limit`), so
+/// that rendering it needs nothing of the limits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// The limit's name: `X-Wikigate-Limit` and the metric label (`requests`, `upstream`, …).
+    pub limit: &'static str,
+    /// The limit in words, for the message.
+    pub description: &'static str,
+    pub retry_after: Duration,
+    /// What the limit says of its state (`RateLimit-Policy`, `RateLimit`), when it has one.
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+}
 
 /// Where an error came from, so logs and metrics can tell client faults from upstream faults.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,12 +81,8 @@ pub enum GatewayError {
     /// A fault of wikigate's own; the detail goes to the log, never to the client.
     #[error("wikigate failed internally: {0}")]
     Internal(String),
-    #[error("rate limited by {}; retry after {} s", limit.describe(), retry_after_secs(*retry_after))]
-    RateLimited {
-        limit: LimitKind,
-        retry_after: Duration,
-        allowance: Option<Allowance>,
-    },
+    #[error("rate limited by {}; retry after {} s", .0.description, retry_after_secs(.0.retry_after))]
+    RateLimited(Refusal),
 }
 
 /// A task of wikigate's own that ended without an answer (it panicked, or was cancelled) is an
@@ -109,7 +120,7 @@ impl GatewayError {
             }
             GatewayError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             GatewayError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            GatewayError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            GatewayError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -152,22 +163,17 @@ impl GatewayError {
                 HeaderValue::from_static("Basic realm=\"wikigate\""),
             );
         }
-        if let GatewayError::RateLimited {
-            limit,
-            retry_after,
-            allowance,
-        } = &self
-        {
+        if let GatewayError::RateLimited(refusal) = &self {
             headers.insert(
                 header::RETRY_AFTER,
-                HeaderValue::from(retry_after_secs(*retry_after)),
+                HeaderValue::from(retry_after_secs(refusal.retry_after)),
             );
             headers.insert(
                 X_WIKIGATE_LIMIT.clone(),
-                HeaderValue::from_static(limit.as_str()),
+                HeaderValue::from_static(refusal.limit),
             );
-            if let Some(allowance) = allowance {
-                allowance.apply(headers);
+            for (name, value) in &refusal.headers {
+                headers.insert(name.clone(), value.clone());
             }
         }
         if self.closes_connection() {

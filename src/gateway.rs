@@ -40,10 +40,10 @@ use crate::config::Config;
 use crate::csrf::CsrfGuard;
 use crate::error::{ErrorSource, GatewayError};
 use crate::forward::{self, ForwardedHost};
-use crate::lifecycle::Parts;
 use crate::limit::{self, HoldKey, Limits};
 use crate::links::Links;
 use crate::metrics::{CacheLabel, Metrics, RequestRecord};
+use crate::parts::Parts;
 use crate::routes::{self, Operation, Route, Tag};
 use crate::server::{ConnInfo, Handler};
 use crate::telemetry;
@@ -227,9 +227,7 @@ impl Gateway {
                 let result = admission.send(&upstream, request, deadline, false).await;
                 let may_have_changed = match &result {
                     Ok(response) => !response.status().is_client_error(),
-                    Err(GatewayError::UpstreamConnect(_) | GatewayError::RateLimited { .. }) => {
-                        false
-                    }
+                    Err(GatewayError::UpstreamConnect(_) | GatewayError::RateLimited(_)) => false,
                     Err(_) => true,
                 };
                 if may_have_changed {
@@ -645,12 +643,12 @@ impl Handler for Gateway {
                 }
                 let route = log.operation.map(Operation::route);
                 self.metrics.error(route, error.source());
-                if let GatewayError::RateLimited { limit, .. } = &error {
+                if let GatewayError::RateLimited(refusal) = &error {
                     let caller = log
                         .caller
                         .as_ref()
                         .map_or_else(|| "unknown".to_owned(), Caller::metric_label);
-                    self.metrics.rate_limited(&caller, limit.as_str());
+                    self.metrics.rate_limited(&caller, refusal.limit);
                 }
                 error.into_response()
             }

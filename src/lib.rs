@@ -6,8 +6,10 @@
 //! - [`cli`] — the command line (`serve`, `demo`, `check-config`, `hash-key`); `main.rs` only
 //!   calls it.
 //! - [`config`] — `file -> TOML table -> overrides -> Config -> validate`.
-//! - [`lifecycle`] — binds the listeners, runs them, drains on shutdown.
+//! - [`lifecycle`] — binds the listeners, runs them, drains on shutdown, reloads.
+//! - [`parts`] — the state a gateway is made of, shared by both listeners.
 //! - [`server`] — accept loops, TLS, HTTP/1.1 + HTTP/2, graceful connection shutdown.
+//! - [`shutdown`] — SIGTERM/SIGINT drain and stop, SIGHUP reloads.
 //! - [`gateway`] — the request path as one function (see its module doc).
 //! - [`routes`] — the route table: 12 templates, 21 operations, path-parameter validation.
 //! - [`cache`] — per-caller GET caching in moka: keys, tag generations, coalescing, stale.
@@ -57,9 +59,11 @@ pub mod lifecycle;
 pub mod limit;
 pub mod links;
 pub mod metrics;
+pub mod parts;
 pub mod query;
 pub mod routes;
 pub mod server;
+pub mod shutdown;
 pub mod status_page;
 pub mod telemetry;
 pub mod upstream;

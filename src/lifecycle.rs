@@ -8,20 +8,17 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::admin::Admin;
-use crate::cache::{self, Cache};
-use crate::caller::{AuthSetupError, Callers};
-use crate::cluster::{Cluster, ClusterSetupError, Listener};
+use crate::caller::Callers;
+use crate::cluster::Listener;
 use crate::config::Config;
 use crate::gateway::Gateway;
 use crate::limit::Limits;
-use crate::links::Links;
-use crate::metrics::Metrics;
+use crate::parts::{Parts, PartsError};
 use crate::server::{self, Http, TlsError};
 use crate::upstream::UpstreamSetupError;
 
@@ -37,9 +34,7 @@ pub enum StartError {
     #[error(transparent)]
     Upstream(#[from] UpstreamSetupError),
     #[error(transparent)]
-    Auth(#[from] AuthSetupError),
-    #[error(transparent)]
-    Cluster(#[from] ClusterSetupError),
+    Parts(#[from] PartsError),
 }
 
 /// A running gateway.
@@ -80,7 +75,7 @@ impl Running {
             secret,
             started,
         } = &self.reload;
-        let callers = Callers::new(config, *secret)?;
+        let callers = Callers::new(config, *secret).map_err(PartsError::from)?;
         parts.callers.store(Arc::new(callers));
         parts.limits.reload(&config.limits, &config.callers.clients);
         parts.cache.reload_policies(config.cache.routes.clone());
@@ -111,52 +106,6 @@ impl Running {
     pub async fn stop(self) {
         self.shutdown();
         self.wait().await;
-    }
-}
-
-/// The shared components that the gateway and the admin endpoints both use.
-#[derive(Clone)]
-pub struct Parts {
-    pub cache: Arc<Cache>,
-    /// Replaced whole by a reload.
-    pub callers: Arc<ArcSwap<Callers>>,
-    pub limits: Arc<Limits>,
-    pub metrics: Arc<Metrics>,
-    /// Redis, in multi-replica mode.
-    pub cluster: Option<Arc<Cluster>>,
-    /// `_links` rewriting and the redirects that go with it.
-    pub links: Arc<Links>,
-}
-
-impl Parts {
-    /// The state a gateway is made of, and the partition secret it was keyed with; nothing
-    /// is spawned or bound yet. (`start` uses it, and the in-process benchmarks.)
-    pub fn build(config: &Config) -> Result<(Parts, [u8; 32]), StartError> {
-        let metrics = Arc::new(Metrics::new());
-        let secret = cache::partition_secret(&config.cache);
-        let cluster = match config.cluster.redis_url {
-            Some(_) => Some(Cluster::new(&config.cluster)?),
-            None => None,
-        };
-        let links = Arc::new(Links::new(
-            config.server.public_url.as_deref(),
-            &config.upstream.url,
-        ));
-        let cache = Cache::new(&config.cache, links.clone(), secret, metrics.clone())
-            .with_cluster(cluster.clone());
-        let parts = Parts {
-            cache: Arc::new(cache),
-            callers: Arc::new(ArcSwap::from_pointee(Callers::new(config, secret)?)),
-            limits: Arc::new(Limits::new(
-                &config.limits,
-                &config.callers.clients,
-                cluster.clone(),
-            )),
-            metrics,
-            cluster,
-            links,
-        };
-        Ok((parts, secret))
     }
 }
 

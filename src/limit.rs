@@ -34,7 +34,7 @@ use tokio::time::Instant;
 use crate::caller::{Caller, CallerId};
 use crate::cluster::{Cluster, Decision};
 use crate::config::{LimitsConfig, Rate};
-use crate::error::GatewayError;
+use crate::error::{GatewayError, Refusal};
 
 type Keyed =
     RateLimiter<CallerId, DashMapStateStore<CallerId>, DefaultClock, StateInformationMiddleware>;
@@ -85,22 +85,43 @@ pub struct Allowance {
 
 static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
 static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
-/// Which of wikigate's limits refused a request.
-pub static X_WIKIGATE_LIMIT: HeaderName = HeaderName::from_static("x-wikigate-limit");
 
 impl Allowance {
     /// The IETF `RateLimit-Policy` and `RateLimit` headers (structured-field form).
     pub fn apply(&self, headers: &mut HeaderMap) {
+        for (name, value) in self.headers() {
+            headers.insert(name, value);
+        }
+    }
+
+    fn headers(&self) -> Vec<(HeaderName, HeaderValue)> {
         let name = self.kind.as_str();
         let policy = format!("\"{name}\";q={};w={}", self.quota, self.window);
         let state = format!("\"{name}\";r={};t={}", self.remaining, self.reset);
-        if let (Ok(policy), Ok(state)) = (
+        match (
             HeaderValue::from_str(&policy),
             HeaderValue::from_str(&state),
         ) {
-            headers.insert(RATELIMIT_POLICY.clone(), policy);
-            headers.insert(RATELIMIT.clone(), state);
+            (Ok(policy), Ok(state)) => {
+                vec![
+                    (RATELIMIT_POLICY.clone(), policy),
+                    (RATELIMIT.clone(), state),
+                ]
+            }
+            _ => Vec::new(),
         }
+    }
+}
+
+impl LimitKind {
+    /// This limit's refusal: wait `retry_after`, and (for a limit with a bucket) its state.
+    pub fn refuse(self, retry_after: Duration, allowance: Option<Allowance>) -> GatewayError {
+        GatewayError::RateLimited(Refusal {
+            limit: self.as_str(),
+            description: self.describe(),
+            retry_after,
+            headers: allowance.map_or_else(Vec::new, |a| a.headers()),
+        })
     }
 }
 
@@ -135,11 +156,10 @@ impl<L> Limit<L> {
     ) -> Result<Allowance, GatewayError> {
         match outcome {
             Ok(snapshot) => Ok(self.allowance(kind, snapshot.remaining_burst_capacity())),
-            Err(not_until) => Err(GatewayError::RateLimited {
-                limit: kind,
-                retry_after: not_until.wait_time_from(clock.now()),
-                allowance: Some(self.allowance(kind, 0)),
-            }),
+            Err(not_until) => Err(kind.refuse(
+                not_until.wait_time_from(clock.now()),
+                Some(self.allowance(kind, 0)),
+            )),
         }
     }
 }
@@ -401,11 +421,7 @@ impl Limits {
             let burst = rate.burst().get();
             if let Decision::Refused { wait } = cluster.gcra(&bucket, interval, burst).await? {
                 let limit = Limit { rate, limiter: () };
-                return Some(Err(GatewayError::RateLimited {
-                    limit: kind,
-                    retry_after: wait,
-                    allowance: Some(limit.allowance(kind, 0)),
-                }));
+                return Some(Err(kind.refuse(wait, Some(limit.allowance(kind, 0)))));
             }
         }
         Some(Ok(()))
@@ -429,11 +445,7 @@ impl Limits {
             return Ok(());
         };
         let now = Instant::now();
-        let refuse = |retry_after| GatewayError::RateLimited {
-            limit: LimitKind::UpstreamHold,
-            retry_after,
-            allowance: None,
-        };
+        let refuse = |retry_after| LimitKind::UpstreamHold.refuse(retry_after, None);
         if now < hold.until {
             return Err(refuse(hold.until - now));
         }
@@ -684,10 +696,10 @@ mod tests {
         let refused = limits.check_hold(&key).unwrap_err();
         assert!(matches!(
             refused,
-            GatewayError::RateLimited {
-                limit: LimitKind::UpstreamHold,
+            GatewayError::RateLimited(Refusal {
+                limit: "upstream-hold",
                 ..
-            }
+            })
         ));
         limits.observe(&key, StatusCode::OK, &HeaderMap::new());
         assert!(limits.check_hold(&key).is_ok());

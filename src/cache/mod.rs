@@ -523,7 +523,7 @@ impl Cache {
                         // A leader refused by its own caller's limits says nothing about this
                         // request's limits: it fetches (and is admitted or refused) itself.
                         Ok(Outcome::Streamed)
-                        | Ok(Outcome::Failed(GatewayError::RateLimited { .. }))
+                        | Ok(Outcome::Failed(GatewayError::RateLimited(_)))
                         | Err(FollowError::TimedOut) => {
                             self.stats.misses.fetch_add(1, Ordering::Relaxed);
                             let mine = self
@@ -676,11 +676,8 @@ impl Cache {
                 None => "wikigate; fwd=stale; detail=stale-if-error".to_owned(),
             };
             // Refused before it left (an upstream hold, a limit): no call was spent.
-            let saved = matches!(
-                result,
-                LeaderResult::Failed(GatewayError::RateLimited { .. })
-            )
-            .then_some(entry.points);
+            let saved = matches!(result, LeaderResult::Failed(GatewayError::RateLimited(_)))
+                .then_some(entry.points);
             let response = self
                 .answer(&lookup, entry, request_headers, status_value(status))
                 .await?;

@@ -11,6 +11,7 @@ mod errors;
 mod faults;
 mod forwarding;
 mod hostile;
+mod layering;
 mod limits;
 mod observability;
 mod properties;

@@ -1,0 +1,73 @@
+//! The state a gateway is made of, shared by both listeners: the cache, the callers, the
+//! limits, the metrics, the cluster and the links. The gateway and the admin endpoints take it;
+//! `lifecycle` builds it, reloads what may be reloaded, and owns nothing else of it.
+//!
+//! Invariant: one `Parts` per running gateway; everything in it is shared (`Arc`), never
+//! copied, so that the admin endpoints see the very cache and metrics the gateway uses.
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+use crate::cache::{self, Cache};
+use crate::caller::{AuthSetupError, Callers};
+use crate::cluster::{Cluster, ClusterSetupError};
+use crate::config::Config;
+use crate::limit::Limits;
+use crate::links::Links;
+use crate::metrics::Metrics;
+
+/// Why the parts could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum PartsError {
+    #[error(transparent)]
+    Auth(#[from] AuthSetupError),
+    #[error(transparent)]
+    Cluster(#[from] ClusterSetupError),
+}
+
+/// The shared components that the gateway and the admin endpoints both use.
+#[derive(Clone)]
+pub struct Parts {
+    pub cache: Arc<Cache>,
+    /// Replaced whole by a reload.
+    pub callers: Arc<ArcSwap<Callers>>,
+    pub limits: Arc<Limits>,
+    pub metrics: Arc<Metrics>,
+    /// Redis, in multi-replica mode.
+    pub cluster: Option<Arc<Cluster>>,
+    /// `_links` rewriting and the redirects that go with it.
+    pub links: Arc<Links>,
+}
+
+impl Parts {
+    /// The state a gateway is made of, and the partition secret it was keyed with; nothing
+    /// is spawned or bound yet. (`start` uses it, and the in-process benchmarks.)
+    pub fn build(config: &Config) -> Result<(Parts, [u8; 32]), PartsError> {
+        let metrics = Arc::new(Metrics::new());
+        let secret = cache::partition_secret(&config.cache);
+        let cluster = match config.cluster.redis_url {
+            Some(_) => Some(Cluster::new(&config.cluster)?),
+            None => None,
+        };
+        let links = Arc::new(Links::new(
+            config.server.public_url.as_deref(),
+            &config.upstream.url,
+        ));
+        let cache = Cache::new(&config.cache, links.clone(), secret, metrics.clone())
+            .with_cluster(cluster.clone());
+        let parts = Parts {
+            cache: Arc::new(cache),
+            callers: Arc::new(ArcSwap::from_pointee(Callers::new(config, secret)?)),
+            limits: Arc::new(Limits::new(
+                &config.limits,
+                &config.callers.clients,
+                cluster.clone(),
+            )),
+            metrics,
+            cluster,
+            links,
+        };
+        Ok((parts, secret))
+    }
+}
