@@ -87,19 +87,15 @@ impl Admin {
                         .find(|(k, _)| k.as_ref() == b"tag")
                         .map(|(_, v)| String::from_utf8_lossy(&v).into_owned())
                 });
-                let tag = match tag {
-                    Some(tag) if tag.is_empty() => {
-                        return error_response(StatusCode::BAD_REQUEST, "tag must not be empty");
+                let tag = match tag.as_deref().map(str::parse::<Tag>).transpose() {
+                    Ok(tag) => tag,
+                    Err(unknown) => {
+                        return error_response(StatusCode::BAD_REQUEST, &unknown.to_string());
                     }
-                    tag => tag,
                 };
-                let purge = self
-                    .parts
-                    .cache
-                    .purge(tag.as_deref().map(Tag::named).as_ref())
-                    .await;
+                let purge = self.parts.cache.purge(tag.as_ref()).await;
                 let mut report = match &tag {
-                    Some(tag) => serde_json::json!({ "invalidated": tag }),
+                    Some(tag) => serde_json::json!({ "invalidated": tag.to_string() }),
                     None => serde_json::json!({ "purged": "all" }),
                 };
                 let status = match purge {

@@ -16,6 +16,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::routes::Route;
+
 /// The whole configuration.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -259,85 +261,76 @@ impl RoutePolicy {
     }
 }
 
-/// Per-route cache policies, one field per GET route of the route table.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RoutePolicies {
-    pub user: RoutePolicy,
-    pub anonymous: RoutePolicy,
-    pub current: RoutePolicy,
-    pub memberof: RoutePolicy,
-    pub bulk: RoutePolicy,
-    pub email: RoutePolicy,
-    pub email_bulk: RoutePolicy,
-    pub watch_content: RoutePolicy,
-    pub watch_label: RoutePolicy,
-    pub watch_space: RoutePolicy,
-    pub properties: RoutePolicy,
-    pub property: RoutePolicy,
-}
+/// Per-route cache policies, one per GET route of the route table, written as a table keyed by
+/// the route's name (`[cache.routes] user = { ttl = "5m" }`); a route left out keeps its
+/// default (the route table's `default_ttl`), an unknown name is an error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoutePolicies([RoutePolicy; Route::ALL.len()]);
 
 impl Default for RoutePolicies {
     fn default() -> Self {
-        RoutePolicies {
-            user: RoutePolicy::ttl(300),
-            anonymous: RoutePolicy::ttl(3600),
-            current: RoutePolicy::ttl(60),
-            memberof: RoutePolicy::ttl(120),
-            bulk: RoutePolicy::ttl(300),
-            email: RoutePolicy::ttl(600),
-            email_bulk: RoutePolicy::ttl(600),
-            watch_content: RoutePolicy::ttl(60),
-            watch_label: RoutePolicy::ttl(60),
-            watch_space: RoutePolicy::ttl(60),
-            properties: RoutePolicy::ttl(60),
-            property: RoutePolicy::ttl(60),
-        }
+        RoutePolicies(Route::ALL.map(|route| RoutePolicy::ttl(route.spec().default_ttl)))
     }
 }
 
 impl RoutePolicies {
-    pub fn get(&self, route: crate::routes::Route) -> &RoutePolicy {
-        use crate::routes::Route;
-        match route {
-            Route::User => &self.user,
-            Route::Anonymous => &self.anonymous,
-            Route::Current => &self.current,
-            Route::MemberOf => &self.memberof,
-            Route::Bulk => &self.bulk,
-            Route::Email => &self.email,
-            Route::EmailBulk => &self.email_bulk,
-            Route::WatchContent => &self.watch_content,
-            Route::WatchLabel => &self.watch_label,
-            Route::WatchSpace => &self.watch_space,
-            Route::Properties => &self.properties,
-            Route::Property => &self.property,
-        }
+    pub fn get(&self, route: Route) -> &RoutePolicy {
+        &self.0[route.index()]
     }
 
     /// Sets every route's policy (tests, benchmarks).
     pub fn set_all(&mut self, policy: RoutePolicy) {
-        for route in crate::routes::Route::ALL {
-            *self.get_mut(route) = policy;
-        }
+        self.0 = [policy; Route::ALL.len()];
     }
 
-    fn get_mut(&mut self, route: crate::routes::Route) -> &mut RoutePolicy {
-        use crate::routes::Route;
-        match route {
-            Route::User => &mut self.user,
-            Route::Anonymous => &mut self.anonymous,
-            Route::Current => &mut self.current,
-            Route::MemberOf => &mut self.memberof,
-            Route::Bulk => &mut self.bulk,
-            Route::Email => &mut self.email,
-            Route::EmailBulk => &mut self.email_bulk,
-            Route::WatchContent => &mut self.watch_content,
-            Route::WatchLabel => &mut self.watch_label,
-            Route::WatchSpace => &mut self.watch_space,
-            Route::Properties => &mut self.properties,
-            Route::Property => &mut self.property,
+    /// Sets one route's policy.
+    pub fn set(&mut self, route: Route, policy: RoutePolicy) {
+        self.0[route.index()] = policy;
+    }
+}
+
+impl Serialize for RoutePolicies {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap as _;
+        let mut map = serializer.serialize_map(Some(Route::ALL.len()))?;
+        for route in Route::ALL {
+            map.serialize_entry(route.name(), self.get(route))?;
         }
+        map.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for RoutePolicies {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = RoutePolicies;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(
+                    "a table of route names to { ttl, stale_if_error, stale_while_revalidate }",
+                )
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut policies = RoutePolicies::default();
+                while let Some(name) = map.next_key::<String>()? {
+                    let route = Route::named(&name).ok_or_else(|| {
+                        let names: Vec<&str> = Route::ALL.iter().map(|r| r.name()).collect();
+                        serde::de::Error::custom(format!(
+                            "unknown route `{name}`, expected one of {}",
+                            names.join(", ")
+                        ))
+                    })?;
+                    policies.set(route, map.next_value()?);
+                }
+                Ok(policies)
+            }
+        }
+        deserializer.deserialize_map(Visitor)
     }
 }
 

@@ -23,7 +23,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::{Registry, Unit};
 
-use crate::routes::Route;
+use crate::routes::{Objects, Route};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
@@ -726,13 +726,13 @@ pub struct RouteStatus {
 /// Atlassian's points model for a read: 1 point per call plus 2 per user or group object in the
 /// answer (bulk lookups and memberships count their results).
 pub fn quota_points(route: Route, body: &[u8]) -> u32 {
-    let objects = match route {
-        Route::User | Route::Current | Route::Anonymous => 1,
-        Route::Bulk | Route::MemberOf => serde_json::from_slice::<serde_json::Value>(body)
+    let objects = match route.spec().objects {
+        Objects::One => 1,
+        Objects::Results => serde_json::from_slice::<serde_json::Value>(body)
             .ok()
             .and_then(|v| v["results"].as_array().map(|r| r.len() as u32))
             .unwrap_or(0),
-        _ => 0,
+        Objects::Nothing => 0,
     };
     1 + 2 * objects
 }

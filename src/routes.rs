@@ -45,6 +45,194 @@ enum Segment {
 
 use Segment::{Fixed, Param};
 
+/// The resource a read of a route observes, which writes change (see [`Tag`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Resource {
+    Watch(WatchKind),
+    Properties,
+    Property,
+}
+
+/// What an answer of a route holds, as Atlassian's quota counts objects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Objects {
+    /// One user.
+    One,
+    /// A page of users or groups (`results`).
+    Results,
+    /// No user or group object.
+    Nothing,
+}
+
+/// Everything the route table says about one template. One row per route, in [`Route::ALL`]
+/// order: the one place that knows the API's shape.
+#[derive(Debug)]
+pub struct Spec {
+    /// In config (`[cache.routes.NAME]`), tags (`route:NAME`) and metrics.
+    pub name: &'static str,
+    /// The spec's path template; the bounded `route` label of logs and spans.
+    pub template: &'static str,
+    segments: &'static [Segment],
+    /// The operations defined on the path, one per method.
+    pub operations: &'static [Operation],
+    /// The `Allow` header for the path.
+    pub allow: &'static str,
+    /// Whether one cached answer may serve every caller (the answer describes nobody).
+    pub shared: bool,
+    resource: Option<Resource>,
+    /// What an answer holds, for quota points.
+    pub objects: Objects,
+    /// How long wikigate keeps an answer fresh unless configured otherwise, in seconds.
+    pub default_ttl: u64,
+}
+
+static TABLE: [Spec; 12] = {
+    use Operation::*;
+    [
+        Spec {
+            name: "user",
+            template: "/wiki/rest/api/user",
+            segments: &[],
+            operations: &[GetUser],
+            allow: "GET, HEAD",
+            shared: false,
+            resource: None,
+            objects: Objects::One,
+            default_ttl: 300,
+        },
+        Spec {
+            name: "anonymous",
+            template: "/wiki/rest/api/user/anonymous",
+            segments: &[Fixed("anonymous")],
+            operations: &[GetAnonymousUser],
+            allow: "GET, HEAD",
+            shared: true,
+            resource: None,
+            objects: Objects::One,
+            default_ttl: 3600,
+        },
+        Spec {
+            name: "current",
+            template: "/wiki/rest/api/user/current",
+            segments: &[Fixed("current")],
+            operations: &[GetCurrentUser],
+            allow: "GET, HEAD",
+            shared: false,
+            resource: None,
+            objects: Objects::One,
+            default_ttl: 60,
+        },
+        Spec {
+            name: "memberof",
+            template: "/wiki/rest/api/user/memberof",
+            segments: &[Fixed("memberof")],
+            operations: &[GetGroupMembershipsForUser],
+            allow: "GET, HEAD",
+            shared: false,
+            resource: None,
+            objects: Objects::Results,
+            default_ttl: 120,
+        },
+        Spec {
+            name: "bulk",
+            template: "/wiki/rest/api/user/bulk",
+            segments: &[Fixed("bulk")],
+            operations: &[GetBulkUserLookup],
+            allow: "GET, HEAD",
+            shared: false,
+            resource: None,
+            objects: Objects::Results,
+            default_ttl: 300,
+        },
+        Spec {
+            name: "email",
+            template: "/wiki/rest/api/user/email",
+            segments: &[Fixed("email")],
+            operations: &[GetPrivacyUnsafeUserEmail],
+            allow: "GET, HEAD",
+            shared: false,
+            resource: None,
+            objects: Objects::Nothing,
+            default_ttl: 600,
+        },
+        Spec {
+            name: "email_bulk",
+            template: "/wiki/rest/api/user/email/bulk",
+            segments: &[Fixed("email"), Fixed("bulk")],
+            operations: &[GetPrivacyUnsafeUserEmailBulk],
+            allow: "GET, HEAD",
+            shared: false,
+            resource: None,
+            objects: Objects::Nothing,
+            default_ttl: 600,
+        },
+        Spec {
+            name: "watch_content",
+            template: "/wiki/rest/api/user/watch/content/{contentId}",
+            segments: &[Fixed("watch"), Fixed("content"), Param("contentId")],
+            operations: &[
+                GetContentWatchStatus,
+                AddContentWatcher,
+                RemoveContentWatcher,
+            ],
+            allow: "GET, HEAD, POST, DELETE",
+            shared: false,
+            resource: Some(Resource::Watch(WatchKind::Content)),
+            objects: Objects::Nothing,
+            default_ttl: 60,
+        },
+        Spec {
+            name: "watch_label",
+            template: "/wiki/rest/api/user/watch/label/{labelName}",
+            segments: &[Fixed("watch"), Fixed("label"), Param("labelName")],
+            operations: &[IsWatchingLabel, AddLabelWatcher, RemoveLabelWatcher],
+            allow: "GET, HEAD, POST, DELETE",
+            shared: false,
+            resource: Some(Resource::Watch(WatchKind::Label)),
+            objects: Objects::Nothing,
+            default_ttl: 60,
+        },
+        Spec {
+            name: "watch_space",
+            template: "/wiki/rest/api/user/watch/space/{spaceKey}",
+            segments: &[Fixed("watch"), Fixed("space"), Param("spaceKey")],
+            operations: &[IsWatchingSpace, AddSpaceWatcher, RemoveSpaceWatch],
+            allow: "GET, HEAD, POST, DELETE",
+            shared: false,
+            resource: Some(Resource::Watch(WatchKind::Space)),
+            objects: Objects::Nothing,
+            default_ttl: 60,
+        },
+        Spec {
+            name: "properties",
+            template: "/wiki/rest/api/user/{userId}/property",
+            segments: &[Param("userId"), Fixed("property")],
+            operations: &[GetUserProperties],
+            allow: "GET, HEAD",
+            shared: false,
+            resource: Some(Resource::Properties),
+            objects: Objects::Nothing,
+            default_ttl: 60,
+        },
+        Spec {
+            name: "property",
+            template: "/wiki/rest/api/user/{userId}/property/{key}",
+            segments: &[Param("userId"), Fixed("property"), Param("key")],
+            operations: &[
+                GetUserProperty,
+                UpdateUserProperty,
+                CreateUserProperty,
+                DeleteUserProperty,
+            ],
+            allow: "GET, HEAD, PUT, POST, DELETE",
+            shared: false,
+            resource: Some(Resource::Property),
+            objects: Objects::Nothing,
+            default_ttl: 60,
+        },
+    ]
+};
+
 impl Route {
     /// All routes, fixed templates before parameterised ones so that fixed segments win.
     pub const ALL: [Route; 12] = [
@@ -62,108 +250,40 @@ impl Route {
         Route::Property,
     ];
 
+    /// The route's row of the table.
+    pub fn spec(self) -> &'static Spec {
+        &TABLE[self as usize]
+    }
+
     /// The route's position in [`Route::ALL`], for per-route arrays.
     pub fn index(self) -> usize {
         self as usize
     }
 
-    /// The spec's path template, e.g. `/wiki/rest/api/user/{userId}/property/{key}`.
-    /// Used as the bounded `route` label in logs and metrics.
-    pub fn template(self) -> &'static str {
-        match self {
-            Route::User => "/wiki/rest/api/user",
-            Route::Anonymous => "/wiki/rest/api/user/anonymous",
-            Route::Current => "/wiki/rest/api/user/current",
-            Route::MemberOf => "/wiki/rest/api/user/memberof",
-            Route::Bulk => "/wiki/rest/api/user/bulk",
-            Route::Email => "/wiki/rest/api/user/email",
-            Route::EmailBulk => "/wiki/rest/api/user/email/bulk",
-            Route::WatchContent => "/wiki/rest/api/user/watch/content/{contentId}",
-            Route::WatchLabel => "/wiki/rest/api/user/watch/label/{labelName}",
-            Route::WatchSpace => "/wiki/rest/api/user/watch/space/{spaceKey}",
-            Route::Properties => "/wiki/rest/api/user/{userId}/property",
-            Route::Property => "/wiki/rest/api/user/{userId}/property/{key}",
-        }
+    /// The route a name (`memberof`, `watch_space`, …) names.
+    pub fn named(name: &str) -> Option<Route> {
+        Route::ALL.into_iter().find(|route| route.name() == name)
     }
 
-    fn segments(self) -> &'static [Segment] {
-        match self {
-            Route::User => &[],
-            Route::Anonymous => &[Fixed("anonymous")],
-            Route::Current => &[Fixed("current")],
-            Route::MemberOf => &[Fixed("memberof")],
-            Route::Bulk => &[Fixed("bulk")],
-            Route::Email => &[Fixed("email")],
-            Route::EmailBulk => &[Fixed("email"), Fixed("bulk")],
-            Route::WatchContent => &[Fixed("watch"), Fixed("content"), Param("contentId")],
-            Route::WatchLabel => &[Fixed("watch"), Fixed("label"), Param("labelName")],
-            Route::WatchSpace => &[Fixed("watch"), Fixed("space"), Param("spaceKey")],
-            Route::Properties => &[Param("userId"), Fixed("property")],
-            Route::Property => &[Param("userId"), Fixed("property"), Param("key")],
-        }
+    /// The spec's path template, e.g. `/wiki/rest/api/user/{userId}/property/{key}`.
+    pub fn template(self) -> &'static str {
+        self.spec().template
     }
 
     /// The operations defined on this path, one per method.
     pub fn operations(self) -> &'static [Operation] {
-        use Operation::*;
-        match self {
-            Route::User => &[GetUser],
-            Route::Anonymous => &[GetAnonymousUser],
-            Route::Current => &[GetCurrentUser],
-            Route::MemberOf => &[GetGroupMembershipsForUser],
-            Route::Bulk => &[GetBulkUserLookup],
-            Route::Email => &[GetPrivacyUnsafeUserEmail],
-            Route::EmailBulk => &[GetPrivacyUnsafeUserEmailBulk],
-            Route::WatchContent => &[
-                GetContentWatchStatus,
-                AddContentWatcher,
-                RemoveContentWatcher,
-            ],
-            Route::WatchLabel => &[IsWatchingLabel, AddLabelWatcher, RemoveLabelWatcher],
-            Route::WatchSpace => &[IsWatchingSpace, AddSpaceWatcher, RemoveSpaceWatch],
-            Route::Properties => &[GetUserProperties],
-            Route::Property => &[
-                GetUserProperty,
-                UpdateUserProperty,
-                CreateUserProperty,
-                DeleteUserProperty,
-            ],
-        }
+        self.spec().operations
     }
 
     /// The route's name in config (`[cache.routes.NAME]`), tags (`route:NAME`) and metrics.
     pub fn name(self) -> &'static str {
-        match self {
-            Route::User => "user",
-            Route::Anonymous => "anonymous",
-            Route::Current => "current",
-            Route::MemberOf => "memberof",
-            Route::Bulk => "bulk",
-            Route::Email => "email",
-            Route::EmailBulk => "email_bulk",
-            Route::WatchContent => "watch_content",
-            Route::WatchLabel => "watch_label",
-            Route::WatchSpace => "watch_space",
-            Route::Properties => "properties",
-            Route::Property => "property",
-        }
+        self.spec().name
     }
 
     /// Whether the answer cannot depend on the caller, so that one cached copy may serve every
     /// caller. Only `/user/anonymous` describes nobody in particular.
     pub fn is_shared(self) -> bool {
-        matches!(self, Route::Anonymous)
-    }
-
-    /// The value of the `Allow` header for this path.
-    pub fn allow_header(self) -> &'static str {
-        match self {
-            Route::WatchContent | Route::WatchLabel | Route::WatchSpace => {
-                "GET, HEAD, POST, DELETE"
-            }
-            Route::Property => "GET, HEAD, PUT, POST, DELETE",
-            _ => "GET, HEAD",
-        }
+        self.spec().shared
     }
 }
 
@@ -209,6 +329,31 @@ pub enum Operation {
     DeleteUserProperty,
 }
 
+/// The operations' rows: `operationId`, method, route; in [`Operation::ALL`] order.
+static OPERATIONS: [(&str, Verb, Route); 21] = [
+    ("getUser", Verb::Get, Route::User),
+    ("getAnonymousUser", Verb::Get, Route::Anonymous),
+    ("getCurrentUser", Verb::Get, Route::Current),
+    ("getGroupMembershipsForUser", Verb::Get, Route::MemberOf),
+    ("getBulkUserLookup", Verb::Get, Route::Bulk),
+    ("getPrivacyUnsafeUserEmail", Verb::Get, Route::Email),
+    ("getPrivacyUnsafeUserEmailBulk", Verb::Get, Route::EmailBulk),
+    ("getContentWatchStatus", Verb::Get, Route::WatchContent),
+    ("addContentWatcher", Verb::Post, Route::WatchContent),
+    ("removeContentWatcher", Verb::Delete, Route::WatchContent),
+    ("isWatchingLabel", Verb::Get, Route::WatchLabel),
+    ("addLabelWatcher", Verb::Post, Route::WatchLabel),
+    ("removeLabelWatcher", Verb::Delete, Route::WatchLabel),
+    ("isWatchingSpace", Verb::Get, Route::WatchSpace),
+    ("addSpaceWatcher", Verb::Post, Route::WatchSpace),
+    ("removeSpaceWatch", Verb::Delete, Route::WatchSpace),
+    ("getUserProperties", Verb::Get, Route::Properties),
+    ("getUserProperty", Verb::Get, Route::Property),
+    ("updateUserProperty", Verb::Put, Route::Property),
+    ("createUserProperty", Verb::Post, Route::Property),
+    ("deleteUserProperty", Verb::Delete, Route::Property),
+];
+
 impl Operation {
     /// Every operation, in the spec's order.
     pub const ALL: [Operation; 21] = {
@@ -240,53 +385,17 @@ impl Operation {
 
     /// The spec's `operationId`.
     pub fn id(self) -> &'static str {
-        use Operation::*;
-        match self {
-            GetUser => "getUser",
-            GetAnonymousUser => "getAnonymousUser",
-            GetCurrentUser => "getCurrentUser",
-            GetGroupMembershipsForUser => "getGroupMembershipsForUser",
-            GetBulkUserLookup => "getBulkUserLookup",
-            GetPrivacyUnsafeUserEmail => "getPrivacyUnsafeUserEmail",
-            GetPrivacyUnsafeUserEmailBulk => "getPrivacyUnsafeUserEmailBulk",
-            GetContentWatchStatus => "getContentWatchStatus",
-            AddContentWatcher => "addContentWatcher",
-            RemoveContentWatcher => "removeContentWatcher",
-            IsWatchingLabel => "isWatchingLabel",
-            AddLabelWatcher => "addLabelWatcher",
-            RemoveLabelWatcher => "removeLabelWatcher",
-            IsWatchingSpace => "isWatchingSpace",
-            AddSpaceWatcher => "addSpaceWatcher",
-            RemoveSpaceWatch => "removeSpaceWatch",
-            GetUserProperties => "getUserProperties",
-            GetUserProperty => "getUserProperty",
-            UpdateUserProperty => "updateUserProperty",
-            CreateUserProperty => "createUserProperty",
-            DeleteUserProperty => "deleteUserProperty",
-        }
+        OPERATIONS[self as usize].0
     }
 
     /// The method the spec defines this operation for.
     pub fn verb(self) -> Verb {
-        use Operation::*;
-        match self {
-            AddContentWatcher | AddLabelWatcher | AddSpaceWatcher | CreateUserProperty => {
-                Verb::Post
-            }
-            UpdateUserProperty => Verb::Put,
-            RemoveContentWatcher | RemoveLabelWatcher | RemoveSpaceWatch | DeleteUserProperty => {
-                Verb::Delete
-            }
-            _ => Verb::Get,
-        }
+        OPERATIONS[self as usize].1
     }
 
     /// The path template this operation lives on.
     pub fn route(self) -> Route {
-        Route::ALL
-            .into_iter()
-            .find(|route| route.operations().contains(&self))
-            .expect("every operation belongs to a route")
+        OPERATIONS[self as usize].2
     }
 
     /// A dense index in `0..21`, for per-operation counters.
@@ -335,26 +444,27 @@ impl Resolved<'_> {
     pub fn params(&self) -> impl Iterator<Item = (&'static str, &str)> {
         self.params.iter().map(|(n, v)| (*n, v.as_ref()))
     }
-}
 
-impl Resolved<'_> {
-    /// The tag of the resource a read of this route observes, which writes invalidate:
-    /// `watch:content:{id}`, `property:{userId}:{key}`, `properties:{userId}`. Reads of routes
-    /// no write in the API can change have none.
+    /// The tag of the resource a read of this route observes, which writes invalidate.
+    /// Reads of routes no write in the API can change have none.
     pub fn resource_tag(&self) -> Option<Tag> {
-        let param = |name| self.param(name).unwrap_or_default();
-        match self.route() {
-            Route::WatchContent => Some(Tag(format!("watch:content:{}", param("contentId")))),
-            Route::WatchLabel => Some(Tag(format!("watch:label:{}", param("labelName")))),
-            Route::WatchSpace => Some(Tag(format!("watch:space:{}", param("spaceKey")))),
-            Route::Properties => Some(Tag(format!("properties:{}", param("userId")))),
-            Route::Property => Some(Tag(format!(
-                "property:{}:{}",
-                param("userId"),
-                param("key")
-            ))),
-            _ => None,
-        }
+        let param = |name| self.param(name).unwrap_or_default().to_owned();
+        Some(match self.route().spec().resource? {
+            Resource::Watch(kind) => {
+                let (_, id) = self.params().next()?;
+                Tag::Watch {
+                    kind,
+                    id: id.to_owned(),
+                }
+            }
+            Resource::Properties => Tag::Properties {
+                user: param("userId"),
+            },
+            Resource::Property => Tag::Property {
+                user: param("userId"),
+                key: param("key"),
+            },
+        })
     }
 
     /// The tags a successful write changes: every cached read of the same watch resource, for
@@ -364,34 +474,98 @@ impl Resolved<'_> {
             return Vec::new();
         }
         let mut tags: Vec<Tag> = self.resource_tag().into_iter().collect();
-        if self.route() == Route::Property {
-            tags.push(Tag(format!(
-                "properties:{}",
-                self.param("userId").unwrap_or_default()
-            )));
+        if let Some(Tag::Property { user, .. }) = tags.first() {
+            let user = user.clone();
+            tags.push(Tag::Properties { user });
         }
         tags
     }
 }
 
-/// A name for a set of cached reads that one write (or an operator) invalidates together.
-/// `route:{name}` covers every cached read of a route.
+/// What a watch is of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum WatchKind {
+    Content,
+    Label,
+    Space,
+}
+
+impl WatchKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            WatchKind::Content => "content",
+            WatchKind::Label => "label",
+            WatchKind::Space => "space",
+        }
+    }
+}
+
+/// A set of cached reads that one write (or an operator's purge) invalidates together; written
+/// `route:NAME`, `watch:KIND:ID`, `property:USER:KEY`, `properties:USER`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Tag(String);
+pub enum Tag {
+    /// Every cached read of a route.
+    Route(Route),
+    /// Reads of one watch (content, label or space), for every caller and query.
+    Watch { kind: WatchKind, id: String },
+    /// Reads of one user property.
+    Property { user: String, key: String },
+    /// Every page of one user's property listing.
+    Properties { user: String },
+}
 
-impl Tag {
-    /// The tag covering every cached read of `route`.
-    pub fn route(route: Route) -> Tag {
-        Tag(format!("route:{}", route.name()))
+impl std::fmt::Display for Tag {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Tag::Route(route) => write!(f, "route:{}", route.name()),
+            Tag::Watch { kind, id } => write!(f, "watch:{}:{id}", kind.as_str()),
+            Tag::Property { user, key } => write!(f, "property:{user}:{key}"),
+            Tag::Properties { user } => write!(f, "properties:{user}"),
+        }
     }
+}
 
-    /// A tag named by an operator (`DELETE /admin/cache?tag=…`).
-    pub fn named(name: &str) -> Tag {
-        Tag(name.to_owned())
-    }
+/// A tag an operator wrote that names nothing wikigate caches.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "unknown tag `{0}`: route:NAME, watch:content|label|space:ID, property:USER:KEY or properties:USER"
+)]
+pub struct UnknownTag(String);
 
-    pub fn as_str(&self) -> &str {
-        &self.0
+impl std::str::FromStr for Tag {
+    type Err = UnknownTag;
+
+    /// An operator's tag (`DELETE /admin/cache?tag=…`). Account ids hold colons
+    /// (`712020:…`) and property keys cannot, so a property's key is what follows the last one.
+    fn from_str(text: &str) -> Result<Tag, UnknownTag> {
+        let unknown = || UnknownTag(text.to_owned());
+        let (kind, rest) = text.split_once(':').ok_or_else(unknown)?;
+        let non_empty = |s: &str| (!s.is_empty()).then(|| s.to_owned()).ok_or_else(unknown);
+        match kind {
+            "route" => Route::named(rest).map(Tag::Route).ok_or_else(unknown),
+            "watch" => {
+                let (kind, id) = rest.split_once(':').ok_or_else(unknown)?;
+                let kind = [WatchKind::Content, WatchKind::Label, WatchKind::Space]
+                    .into_iter()
+                    .find(|k| k.as_str() == kind)
+                    .ok_or_else(unknown)?;
+                Ok(Tag::Watch {
+                    kind,
+                    id: non_empty(id)?,
+                })
+            }
+            "property" => {
+                let (user, key) = rest.rsplit_once(':').ok_or_else(unknown)?;
+                Ok(Tag::Property {
+                    user: non_empty(user)?,
+                    key: non_empty(key)?,
+                })
+            }
+            "properties" => Ok(Tag::Properties {
+                user: non_empty(rest)?,
+            }),
+            _ => Err(unknown()),
+        }
     }
 }
 
@@ -415,7 +589,7 @@ pub fn resolve<'a>(method: &Method, path: &'a str) -> Result<Resolved<'a>, Route
 
     let route = Route::ALL
         .into_iter()
-        .find(|route| template_matches(route.segments(), &segments))
+        .find(|route| template_matches(route.spec().segments, &segments))
         .ok_or(RouteError::NotFound)?;
 
     let (verb, head) = match *method {
@@ -434,7 +608,7 @@ pub fn resolve<'a>(method: &Method, path: &'a str) -> Result<Resolved<'a>, Route
         .ok_or_else(|| not_allowed(route))?;
 
     let mut params = Params::new();
-    for (segment, raw) in route.segments().iter().zip(&segments) {
+    for (segment, raw) in route.spec().segments.iter().zip(&segments) {
         if let Param(name) = *segment {
             params.push((name, decode_param(name, raw)?));
         }
@@ -451,7 +625,7 @@ pub fn resolve<'a>(method: &Method, path: &'a str) -> Result<Resolved<'a>, Route
 
 fn not_allowed(route: Route) -> RouteError {
     RouteError::MethodNotAllowed {
-        allow: route.allow_header(),
+        allow: route.spec().allow,
     }
 }
 
@@ -625,7 +799,7 @@ mod tests {
                 .unwrap()
                 .invalidates()
                 .into_iter()
-                .map(|t| t.as_str().to_owned())
+                .map(|t| t.to_string())
                 .collect::<Vec<_>>()
         };
         assert_eq!(
@@ -639,15 +813,70 @@ mod tests {
         assert!(tags(Method::GET, "/wiki/rest/api/user/watch/content/42").is_empty());
         // A read observes exactly the tag its writes invalidate.
         let read = resolve(&Method::GET, "/wiki/rest/api/user/a:b/property").unwrap();
-        assert_eq!(read.resource_tag().unwrap().as_str(), "properties:a:b");
+        assert_eq!(read.resource_tag().unwrap().to_string(), "properties:a:b");
         let read = resolve(&Method::GET, "/wiki/rest/api/user/watch/space/ENG").unwrap();
-        assert_eq!(read.resource_tag().unwrap().as_str(), "watch:space:ENG");
+        assert_eq!(read.resource_tag().unwrap().to_string(), "watch:space:ENG");
         assert!(
             resolve(&Method::GET, "/wiki/rest/api/user/current")
                 .unwrap()
                 .resource_tag()
                 .is_none()
         );
+    }
+
+    #[test]
+    fn the_allow_header_names_exactly_the_routes_methods() {
+        for route in Route::ALL {
+            let mut methods = vec!["GET", "HEAD"];
+            for operation in route.operations() {
+                let method = match operation.verb() {
+                    Verb::Get => continue,
+                    Verb::Post => "POST",
+                    Verb::Put => "PUT",
+                    Verb::Delete => "DELETE",
+                };
+                methods.push(method);
+            }
+            let mut allowed: Vec<&str> = route.spec().allow.split(", ").collect();
+            allowed.sort_unstable();
+            methods.sort_unstable();
+            assert_eq!(allowed, methods, "{}", route.name());
+            for operation in route.operations() {
+                assert_eq!(operation.route(), route, "{}", operation.id());
+            }
+        }
+    }
+
+    #[test]
+    fn tags_read_back_as_written() {
+        let a = "712020:a11ce000-0000-4000-8000-000000000001";
+        for text in [
+            "route:memberof".to_owned(),
+            "watch:space:ENG".to_owned(),
+            "watch:content:42".to_owned(),
+            format!("property:{a}:my-key"),
+            format!("properties:{a}"),
+        ] {
+            let tag: Tag = text.parse().unwrap();
+            assert_eq!(tag.to_string(), text);
+        }
+        assert_eq!(
+            format!("property:{a}:k").parse::<Tag>(),
+            Ok(Tag::Property {
+                user: a.to_owned(),
+                key: "k".to_owned()
+            })
+        );
+        for bad in [
+            "",
+            "route:nope",
+            "watch:page:1",
+            "watch:space:",
+            "property:k",
+            "anything",
+        ] {
+            assert!(bad.parse::<Tag>().is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -51,9 +51,9 @@ impl Generations {
     }
 
     fn counter(&self, tag: &Tag) -> &AtomicU64 {
-        match route_of(tag) {
-            Some(route) => &self.routes[route as usize],
-            None => &self.slots[slot(tag)],
+        match tag {
+            Tag::Route(route) => &self.routes[route.index()],
+            _ => &self.slots[slot(tag)],
         }
     }
 
@@ -83,16 +83,9 @@ impl Generations {
     }
 }
 
-/// The route a `route:{name}` tag names.
-pub fn route_of(tag: &Tag) -> Option<Route> {
-    tag.as_str()
-        .strip_prefix("route:")
-        .and_then(|name| Route::ALL.into_iter().find(|r| r.name() == name))
-}
-
 /// The counter slot of a resource tag (shared with the cluster's counters in Redis).
 pub fn slot(tag: &Tag) -> usize {
-    let hash = blake3::hash(tag.as_str().as_bytes());
+    let hash = blake3::hash(tag.to_string().as_bytes());
     let bytes: [u8; 8] = hash.as_bytes()[..8].try_into().expect("8 bytes");
     (u64::from_le_bytes(bytes) as usize) % SLOTS
 }
@@ -104,7 +97,11 @@ mod tests {
     #[test]
     fn a_bump_changes_only_its_tag() {
         let generations = Generations::default();
-        let (a, b) = (Tag::named("watch:space:A"), Tag::named("watch:space:B"));
+        let watch = |id: &str| Tag::Watch {
+            kind: crate::routes::WatchKind::Space,
+            id: id.to_owned(),
+        };
+        let (a, b) = (watch("A"), watch("B"));
         assert_ne!(slot(&a), slot(&b));
         let before = (generations.get(&a), generations.get(&b));
         generations.bump(&a);
@@ -112,7 +109,7 @@ mod tests {
         assert_eq!(generations.get(&b), before.1);
         generations.bump_epoch();
         assert_eq!(generations.epoch(), 1);
-        generations.bump(&Tag::route(Route::MemberOf));
+        generations.bump(&Tag::Route(Route::MemberOf));
         assert_eq!(generations.route(Route::MemberOf), 1);
         assert_eq!(generations.route(Route::User), 0);
     }

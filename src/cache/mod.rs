@@ -305,11 +305,11 @@ impl Cache {
     /// once every live replica applied it (fetches in flight land under dead keys).
     pub async fn purge(&self, tag: Option<&Tag>) -> Purge {
         self.stats.invalidations.fetch_add(1, Ordering::Relaxed);
-        let field = match tag.map(|tag| (tag, generations::route_of(tag))) {
+        let field = match tag {
             None => "epoch".to_owned(),
-            Some((_, Some(route))) => format!("route:{}", route.name()),
+            Some(Tag::Route(route)) => format!("route:{}", route.name()),
             // A resource tag's counter is read from Redis by every lookup: in force at once.
-            Some((tag, None)) => {
+            Some(tag) => {
                 self.invalidate(std::slice::from_ref(tag)).await;
                 return match &self.cluster {
                     None => Purge::Done,
@@ -341,7 +341,7 @@ impl Cache {
     /// Bumps a shared generation on this replica alone (no cluster, or Redis unreachable).
     fn bump_local(&self, field: &str) {
         match route_field(field) {
-            Some(route) => self.generations.bump(&Tag::route(route)),
+            Some(route) => self.generations.bump(&Tag::Route(route)),
             None => {
                 self.generations.bump_epoch();
                 self.store.invalidate_all();
@@ -779,8 +779,7 @@ impl Listener for Cache {
 
 /// The route a shared generation's field (`route:NAME`) names.
 fn route_field(field: &str) -> Option<Route> {
-    let name = field.strip_prefix("route:")?;
-    Route::ALL.into_iter().find(|route| route.name() == name)
+    Route::named(field.strip_prefix("route:")?)
 }
 
 /// What an operator's purge reached.

@@ -9,7 +9,7 @@ use http::{HeaderValue, Method, StatusCode};
 use serde_json::json;
 use wikigate::config::RoutePolicy;
 use wikigate::fake::Faults;
-use wikigate::routes::Operation;
+use wikigate::routes::{Operation, Route};
 
 use crate::support::{
     API, Answer, Harness, TestClient, alice, basic, bob, put_property, spawn_get,
@@ -927,6 +927,14 @@ async fn admin_cache_endpoints_need_the_token_and_purge() {
         .send()
         .await;
     assert_eq!(purge_route.status, 200);
+    for unknown in ["route:nope", "whatever", "watch:page:1", ""] {
+        admin
+            .request(Method::DELETE, &format!("/admin/cache?tag={unknown}"))
+            .header("authorization", &bearer)
+            .send()
+            .await
+            .assert_error(400);
+    }
     assert!(
         h.client
             .get(&current, Some(&basic(alice())))
@@ -1061,7 +1069,16 @@ async fn a_write_that_failed_upstream_still_invalidates() {
 
 #[tokio::test]
 async fn a_route_with_ttl_zero_is_not_cached() {
-    let h = Harness::start_with(|c| c.cache.routes.current.ttl = Duration::ZERO).await;
+    let h = Harness::start_with(|c| {
+        c.cache.routes.set(
+            Route::Current,
+            RoutePolicy {
+                ttl: Duration::ZERO,
+                ..*c.cache.routes.get(Route::Current)
+            },
+        )
+    })
+    .await;
     for _ in 0..2 {
         let answer = h
             .client

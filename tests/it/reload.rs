@@ -6,8 +6,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use http::Method;
-use wikigate::config::{ClientConfig, KeyHash, Rate};
+use wikigate::config::{ClientConfig, KeyHash, Rate, RoutePolicy};
 use wikigate::fake::Faults;
+use wikigate::routes::Route;
 
 use crate::support::{API, Harness, TestClient, alice, basic, config_for, free_addr};
 
@@ -21,7 +22,13 @@ async fn reload_changes_limits_ttls_and_keys_without_dropping_requests() {
             per: Duration::from_secs(60),
             burst: None,
         });
-        c.cache.routes.current.ttl = Duration::ZERO;
+        c.cache.routes.set(
+            Route::Current,
+            RoutePolicy {
+                ttl: Duration::ZERO,
+                ..*c.cache.routes.get(Route::Current)
+            },
+        );
     })
     .await;
     let current = format!("{API}/current");
@@ -60,7 +67,13 @@ async fn reload_changes_limits_ttls_and_keys_without_dropping_requests() {
     tokio::time::sleep(Duration::from_millis(100)).await;
 
     let mut config = config_for(&h.fake.url());
-    config.cache.routes.current.ttl = Duration::from_secs(60);
+    config.cache.routes.set(
+        Route::Current,
+        RoutePolicy {
+            ttl: Duration::from_secs(60),
+            ..*config.cache.routes.get(Route::Current)
+        },
+    );
     config.callers.clients = vec![ClientConfig {
         name: "reloaded".into(),
         class: "default".into(),
