@@ -12,7 +12,7 @@ use http::Request;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use wikigate::config::Config;
+use wikigate::config::RawConfig;
 use wikigate::fake::{DEMO_USERS, DIRECTORY_SIZE, FakeConfluence, directory_account};
 use wikigate::routes::Operation;
 
@@ -64,12 +64,13 @@ struct Outcome {
 
 async fn replay(lists: &[Vec<usize>], per_account: bool) -> Outcome {
     let fake = FakeConfluence::start().await.unwrap();
-    let mut config = Config::from_toml(&format!(
+    let mut config = RawConfig::from_toml(&format!(
         "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[upstream]\nurl = \"{}\"\n",
         fake.url()
     ))
     .unwrap();
     config.cache.bulk_entities = per_account;
+    let config = config.validate().unwrap();
     let gateway = wikigate::lifecycle::start(&config).await.unwrap();
     let user = DEMO_USERS[0];
     let auth = format!(

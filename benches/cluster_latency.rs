@@ -12,7 +12,7 @@ use http::Request;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use wikigate::config::{Config, Secret};
+use wikigate::config::{RawConfig, Secret};
 use wikigate::fake::{DEMO_USERS, FakeConfluence};
 
 type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
@@ -70,7 +70,7 @@ fn main() {
         }
         let fake = FakeConfluence::start().await.unwrap();
         let replica = || {
-            let mut config = Config::from_toml(&format!(
+            let mut config = RawConfig::from_toml(&format!(
                 "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[upstream]\nurl = \"{}\"\n",
                 fake.url()
             ))
@@ -78,7 +78,7 @@ fn main() {
             config.cache.key_secret = Some(Secret::new("bench-replicas-share-this"));
             config.cluster.redis_url = Some(format!("redis://127.0.0.1:{port}"));
             config.cluster.replicas = 2;
-            config
+            config.validate().unwrap()
         };
         let a = wikigate::lifecycle::start(&replica()).await.unwrap();
         let b = wikigate::lifecycle::start(&replica()).await.unwrap();

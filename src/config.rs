@@ -1,4 +1,4 @@
-//! Configuration: `file -> TOML table -> overrides -> typed Config -> validate`.
+//! Configuration: `file -> TOML table -> overrides -> RawConfig -> validate -> Config`.
 //!
 //! The file (if any) is read into a TOML table; command-line flags and their `WIKIGATE_*`
 //! environment variables are written into that table as overrides; only then is it
@@ -8,7 +8,9 @@
 //! Precedence, highest first: command-line flag, its `WIKIGATE_*` variable, the config file,
 //! the built-in default.
 //!
-//! Invariants: unknown keys are errors; a `Config` that exists has passed [`Config::validate`].
+//! Invariants: unknown keys are errors; a [`Config`] can only be made by
+//! [`RawConfig::validate`], so no code holds an unvalidated one (a test that changes a
+//! setting changes a [`RawConfig`] and validates it again).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -18,10 +20,23 @@ use serde::{Deserialize, Serialize};
 
 use crate::routes::Route;
 
-/// The whole configuration.
+/// A validated configuration: what the gateway runs with. Read it as a [`RawConfig`] (it
+/// dereferences to one); make one with [`RawConfig::validate`].
+#[derive(Debug, Clone)]
+pub struct Config(RawConfig);
+
+impl std::ops::Deref for Config {
+    type Target = RawConfig;
+
+    fn deref(&self) -> &RawConfig {
+        &self.0
+    }
+}
+
+/// The whole configuration as written, not yet validated.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Config {
+pub struct RawConfig {
     #[serde(default)]
     pub server: ServerConfig,
     #[serde(default)]
@@ -795,43 +810,71 @@ impl Config {
         for (key, value) in &overrides.0 {
             set_path(&mut table, key, toml::Value::String(value.clone()));
         }
-        Config::from_table(table)
+        RawConfig::from_table(table)?.validate()
     }
 
-    /// Parses TOML text (no file, no overrides); used by tests and the demo.
+    /// Parses and validates TOML text (no file, no overrides); used by tests and the demo.
     pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        RawConfig::from_toml(text)?.validate()
+    }
+
+    /// The configuration as written, to change and validate again.
+    pub fn into_raw(self) -> RawConfig {
+        self.0
+    }
+
+    /// The effective configuration as TOML, as `check-config` prints it.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(&self.0).expect("config serializes to TOML")
+    }
+}
+
+impl RawConfig {
+    /// Parses TOML text (no file, no overrides), not yet validated.
+    pub fn from_toml(text: &str) -> Result<RawConfig, ConfigError> {
         let table = text
             .parse::<toml::Table>()
             .map_err(|e| ConfigError::Syntax {
                 path: PathBuf::from("<inline>"),
                 message: e.message().to_owned(),
             })?;
-        Config::from_table(table)
+        RawConfig::from_table(table)
     }
 
-    fn from_table(table: toml::Table) -> Result<Config, ConfigError> {
-        let config: Config =
-            serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
-                let path = e.path().to_string();
-                // toml appends "in `table`" lines that repeat the path; keep the first line.
-                let message = e.into_inner().to_string();
-                let message = message.lines().next().unwrap_or_default().trim().to_owned();
-                // serde reports a missing key at its parent; name the key itself.
-                match message
-                    .strip_prefix("missing field `")
-                    .and_then(|m| m.strip_suffix('`'))
-                {
-                    Some(field) if path == "." => ConfigError::invalid(field, "is required"),
-                    Some(field) => ConfigError::invalid(&format!("{path}.{field}"), "is required"),
-                    None => ConfigError::invalid(&path, message),
-                }
-            })?;
-        config.validate()?;
-        Ok(config)
+    fn from_table(table: toml::Table) -> Result<RawConfig, ConfigError> {
+        serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+            let path = e.path().to_string();
+            // toml appends "in `table`" lines that repeat the path; keep the first line.
+            let message = e.into_inner().to_string();
+            let message = message.lines().next().unwrap_or_default().trim().to_owned();
+            // serde reports a missing key at its parent; name the key itself.
+            match message
+                .strip_prefix("missing field `")
+                .and_then(|m| m.strip_suffix('`'))
+            {
+                Some(field) if path == "." => ConfigError::invalid(field, "is required"),
+                Some(field) => ConfigError::invalid(&format!("{path}.{field}"), "is required"),
+                None => ConfigError::invalid(&path, message),
+            }
+        })
     }
 
-    /// Cross-field and range checks that types alone cannot express.
-    pub fn validate(&self) -> Result<(), ConfigError> {
+    /// The cross-field and range checks that types alone cannot express; the only way to a
+    /// [`Config`].
+    pub fn validate(self) -> Result<Config, ConfigError> {
+        self.check_times()?;
+        self.check_sizes()?;
+        self.check_cache()?;
+        self.check_callers()?;
+        self.check_cluster()?;
+        self.check_addresses()?;
+        self.check_files()?;
+        tracing_subscriber::EnvFilter::try_new(&self.log.level)
+            .map_err(|e| ConfigError::invalid("log.level", e.to_string()))?;
+        Ok(Config(self))
+    }
+
+    fn check_times(&self) -> Result<(), ConfigError> {
         let positive = [
             ("server.drain_timeout", self.server.drain_timeout),
             (
@@ -842,6 +885,7 @@ impl Config {
             ("upstream.connect_timeout", self.upstream.connect_timeout),
             ("upstream.response_timeout", self.upstream.response_timeout),
             ("upstream.request_timeout", self.upstream.request_timeout),
+            ("cache.coalesce_timeout", self.cache.coalesce_timeout),
         ];
         for (key, value) in positive {
             if value.is_zero() {
@@ -854,24 +898,30 @@ impl Config {
                 "must not be shorter than upstream.response_timeout",
             ));
         }
+        Ok(())
+    }
+
+    fn check_sizes(&self) -> Result<(), ConfigError> {
         let sizes = [
             ("server.max_body_bytes", self.server.max_body_bytes),
             ("server.max_header_bytes", self.server.max_header_bytes),
             ("server.max_uri_bytes", self.server.max_uri_bytes),
             ("server.max_headers", self.server.max_headers),
             ("server.max_connections", self.server.max_connections),
+            (
+                "server.http2_max_concurrent_streams",
+                self.server.http2_max_concurrent_streams as usize,
+            ),
         ];
         for (key, value) in sizes {
             if value == 0 {
                 return Err(ConfigError::invalid(key, "must be greater than zero"));
             }
         }
-        if self.server.http2_max_concurrent_streams == 0 {
-            return Err(ConfigError::invalid(
-                "server.http2_max_concurrent_streams",
-                "must be greater than zero",
-            ));
-        }
+        Ok(())
+    }
+
+    fn check_cache(&self) -> Result<(), ConfigError> {
         if self.cache.max_entry_bytes as u64 > self.cache.max_bytes {
             return Err(ConfigError::invalid(
                 "cache.max_entry_bytes",
@@ -890,33 +940,36 @@ impl Config {
                 ));
             }
         }
-        if self.cache.coalesce_timeout.is_zero() {
+        Ok(())
+    }
+
+    fn check_cluster(&self) -> Result<(), ConfigError> {
+        let Some(url) = &self.cluster.redis_url else {
+            return Ok(());
+        };
+        if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
             return Err(ConfigError::invalid(
-                "cache.coalesce_timeout",
-                "must be greater than zero",
+                "cluster.redis_url",
+                "must start with redis:// or rediss://",
             ));
         }
-        self.validate_callers()?;
-        if let Some(url) = &self.cluster.redis_url {
-            if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
-                return Err(ConfigError::invalid(
-                    "cluster.redis_url",
-                    "must start with redis:// or rediss://",
-                ));
-            }
-            if self.cache.key_secret.is_none() {
-                return Err(ConfigError::invalid(
-                    "cache.key_secret",
-                    "replicas sharing a cache need the same key secret (or WIKIGATE_CACHE_KEY_SECRET)",
-                ));
-            }
-            if self.cluster.replicas == 0 || self.cluster.op_timeout.is_zero() {
-                return Err(ConfigError::invalid(
-                    "cluster.replicas",
-                    "replicas and op_timeout must be greater than zero",
-                ));
-            }
+        if self.cache.key_secret.is_none() {
+            return Err(ConfigError::invalid(
+                "cache.key_secret",
+                "replicas sharing a cache need the same key secret (or WIKIGATE_CACHE_KEY_SECRET)",
+            ));
         }
+        if self.cluster.replicas == 0 || self.cluster.op_timeout.is_zero() {
+            return Err(ConfigError::invalid(
+                "cluster.replicas",
+                "replicas and op_timeout must be greater than zero",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The public URL, the listeners and the browser origins allowed to write.
+    fn check_addresses(&self) -> Result<(), ConfigError> {
         if let Some(url) = &self.server.public_url {
             let uri: http::Uri = url.parse().map_err(|_| {
                 ConfigError::invalid("server.public_url", format!("`{url}` is not a URL"))
@@ -951,33 +1004,34 @@ impl Config {
                 ));
             }
         }
-        if let Some(tls) = &self.server.tls {
-            for (key, path) in [
-                ("server.tls.cert_file", &tls.cert_file),
-                ("server.tls.key_file", &tls.key_file),
-            ] {
-                if !path.is_file() {
-                    return Err(ConfigError::invalid(
-                        key,
-                        format!("{} is not a readable file", path.display()),
-                    ));
-                }
-            }
-        }
-        if let Some(ca) = &self.upstream.ca_file
-            && !ca.is_file()
-        {
-            return Err(ConfigError::invalid(
-                "upstream.ca_file",
-                format!("{} is not a readable file", ca.display()),
-            ));
-        }
-        tracing_subscriber::EnvFilter::try_new(&self.log.level)
-            .map_err(|e| ConfigError::invalid("log.level", e.to_string()))?;
         Ok(())
     }
 
-    fn validate_callers(&self) -> Result<(), ConfigError> {
+    /// Files the configuration names exist (whether they parse, `lifecycle::check` tells).
+    fn check_files(&self) -> Result<(), ConfigError> {
+        let tls = self.server.tls.iter().flat_map(|tls| {
+            [
+                ("server.tls.cert_file", &tls.cert_file),
+                ("server.tls.key_file", &tls.key_file),
+            ]
+        });
+        let ca = self
+            .upstream
+            .ca_file
+            .iter()
+            .map(|ca| ("upstream.ca_file", ca));
+        for (key, path) in tls.chain(ca) {
+            if !path.is_file() {
+                return Err(ConfigError::invalid(
+                    key,
+                    format!("{} is not a readable file", path.display()),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn check_callers(&self) -> Result<(), ConfigError> {
         if http::HeaderName::from_bytes(self.callers.key_header.as_bytes()).is_err() {
             return Err(ConfigError::invalid(
                 "callers.key_header",
@@ -1014,6 +1068,25 @@ impl Config {
                 ));
             }
         }
+        self.check_rates()?;
+        if self.auth.mode == AuthMode::ServiceAccount {
+            if self.callers.clients.is_empty() {
+                return Err(ConfigError::invalid(
+                    "callers.clients",
+                    "service-account mode needs at least one client key",
+                ));
+            }
+            if self.auth.credential_file.is_none() && self.auth.credential_env.is_none() {
+                return Err(ConfigError::invalid(
+                    "auth.credential_file",
+                    "service-account mode needs credential_file or credential_env",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn check_rates(&self) -> Result<(), ConfigError> {
         let rates = self
             .limits
             .classes
@@ -1033,26 +1106,7 @@ impl Config {
                 return Err(ConfigError::invalid(&key, "per must be greater than zero"));
             }
         }
-        if self.auth.mode == AuthMode::ServiceAccount {
-            if self.callers.clients.is_empty() {
-                return Err(ConfigError::invalid(
-                    "callers.clients",
-                    "service-account mode needs at least one client key",
-                ));
-            }
-            if self.auth.credential_file.is_none() && self.auth.credential_env.is_none() {
-                return Err(ConfigError::invalid(
-                    "auth.credential_file",
-                    "service-account mode needs credential_file or credential_env",
-                ));
-            }
-        }
         Ok(())
-    }
-
-    /// The effective configuration as TOML, as `check-config` prints it.
-    pub fn to_toml(&self) -> String {
-        toml::to_string_pretty(self).expect("config serializes to TOML")
     }
 }
 

@@ -5,7 +5,7 @@
 //!
 //! - [`cli`] — the command line (`serve`, `demo`, `check-config`, `hash-key`); `main.rs` only
 //!   calls it.
-//! - [`config`] — `file -> TOML table -> overrides -> Config -> validate`.
+//! - [`config`] — `file -> TOML table -> overrides -> RawConfig -> validate -> Config`.
 //! - [`lifecycle`] — binds the listeners, runs them, drains on shutdown, reloads.
 //! - [`parts`] — the state a gateway is made of, shared by both listeners.
 //! - [`server`] — accept loops, TLS, HTTP/1.1 + HTTP/2, graceful connection shutdown.

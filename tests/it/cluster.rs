@@ -78,12 +78,12 @@ struct Pair {
 }
 
 impl Pair {
-    async fn start(tweak: impl Fn(&mut wikigate::config::Config)) -> Pair {
+    async fn start(tweak: impl Fn(&mut wikigate::config::RawConfig)) -> Pair {
         Pair::start_each(|config, _| tweak(config)).await
     }
 
     /// Starts with `tweak(config, replica)` for replica 0 (A) and 1 (B).
-    async fn start_each(tweak: impl Fn(&mut wikigate::config::Config, usize)) -> Pair {
+    async fn start_each(tweak: impl Fn(&mut wikigate::config::RawConfig, usize)) -> Pair {
         let fake = FakeConfluence::start().await.unwrap();
         let redis = Redis::start();
         let replica = |index| {
@@ -93,7 +93,7 @@ impl Pair {
             config.cluster.replicas = 2;
             config.cluster.op_timeout = Duration::from_millis(250);
             tweak(&mut config, index);
-            config
+            config.validate().unwrap()
         };
         let a = lifecycle::start(&replica(0)).await.unwrap();
         let b = lifecycle::start(&replica(1)).await.unwrap();

@@ -153,12 +153,14 @@ async fn serve(mut stream: TcpStream, behaviour: Misbehaviour, requests: Arc<Ato
 
 async fn gateway_for(
     behaviour: Misbehaviour,
-    tweak: impl FnOnce(&mut wikigate::config::Config),
+    tweak: impl FnOnce(&mut wikigate::config::RawConfig),
 ) -> (wikigate::lifecycle::Running, TestClient, Arc<AtomicU64>) {
     let (url, requests) = upstream(behaviour).await;
     let mut config = config_for(&url);
     tweak(&mut config);
-    let gateway = wikigate::lifecycle::start(&config).await.unwrap();
+    let gateway = wikigate::lifecycle::start(&config.validate().unwrap())
+        .await
+        .unwrap();
     let client = TestClient::new(format!("http://{}", gateway.addr));
     (gateway, client, requests)
 }

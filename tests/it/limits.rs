@@ -272,7 +272,7 @@ async fn spoofable(h: &Harness, n: usize) -> Answer {
 
 #[tokio::test]
 async fn forwarded_for_from_an_untrusted_peer_is_ignored() {
-    let limited = |c: &mut wikigate::config::Config| {
+    let limited = |c: &mut wikigate::config::RawConfig| {
         c.limits.classes.get_mut("default").unwrap().requests = rate(2, 60_000, 2);
     };
     let h = Harness::start_with(limited).await;
@@ -450,7 +450,9 @@ async fn reads_are_retried_on_connect_errors_and_writes_never() {
         .local_addr()
         .unwrap();
     let config = crate::support::config_for(&format!("http://{addr}"));
-    let gateway = wikigate::lifecycle::start(&config).await.unwrap();
+    let gateway = wikigate::lifecycle::start(&config.validate().unwrap())
+        .await
+        .unwrap();
     let client = crate::support::TestClient::new(format!("http://{}", gateway.addr));
 
     let write = client

@@ -81,7 +81,10 @@ async fn reload_changes_limits_ttls_and_keys_without_dropping_requests() {
         requests: None,
         upstream: None,
     }];
-    let restart = h.gateway.reload(&config).expect("a valid config reloads");
+    let restart = h
+        .gateway
+        .reload(&config.clone().validate().unwrap())
+        .expect("a valid config reloads");
     assert!(restart.is_empty(), "{restart:?}");
     h.fake.set_faults(Faults::default());
 
@@ -107,7 +110,10 @@ async fn reload_changes_limits_ttls_and_keys_without_dropping_requests() {
 
     // What cannot change while listening is reported, not half-applied.
     config.server.max_body_bytes = 1;
-    assert_eq!(h.gateway.reload(&config).unwrap(), ["server"]);
+    assert_eq!(
+        h.gateway.reload(&config.validate().unwrap()).unwrap(),
+        ["server"]
+    );
 }
 
 #[tokio::test]

@@ -9,7 +9,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::{Client, connect::HttpConnector};
 use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
-use wikigate::config::Config;
+use wikigate::config::RawConfig;
 use wikigate::fake::{DEMO_USERS, DemoUser, FakeConfluence, FakeOptions};
 use wikigate::lifecycle::{self, Running};
 
@@ -40,9 +40,9 @@ pub fn free_addr() -> std::net::SocketAddr {
         .unwrap()
 }
 
-/// A gateway config in front of `upstream`, on free loopback ports.
-pub fn config_for(upstream: &str) -> Config {
-    Config::from_toml(&format!(
+/// A gateway config in front of `upstream`, on free loopback ports (to change, then validate).
+pub fn config_for(upstream: &str) -> RawConfig {
+    RawConfig::from_toml(&format!(
         "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[upstream]\nurl = \"{upstream}\"\n"
     ))
     .expect("test config is valid")
@@ -60,7 +60,7 @@ impl Harness {
     }
 
     /// Starts with the default test config changed by `tweak`.
-    pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> Harness {
+    pub async fn start_with(tweak: impl FnOnce(&mut RawConfig)) -> Harness {
         Harness::start_on(FakeOptions::default(), tweak).await
     }
 
@@ -78,13 +78,13 @@ impl Harness {
     }
 
     /// Starts in front of a fake site started with `options`.
-    pub async fn start_on(options: FakeOptions, tweak: impl FnOnce(&mut Config)) -> Harness {
+    pub async fn start_on(options: FakeOptions, tweak: impl FnOnce(&mut RawConfig)) -> Harness {
         let fake = FakeConfluence::start_with(options)
             .await
             .expect("fake starts");
         let mut config = config_for(&fake.url());
         tweak(&mut config);
-        config.validate().expect("tweaked config is valid");
+        let config = config.validate().expect("tweaked config is valid");
         let gateway = lifecycle::start(&config).await.expect("gateway starts");
         let client = TestClient::new(format!("http://{}", gateway.addr));
         Harness {
