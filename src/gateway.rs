@@ -8,7 +8,8 @@
 //!        ─▶ Callers::apply_auth_mode            service-account: wikigate's credential
 //!        ├─ write: csrf::check_write (403, 401) ─▶ read_body (413, 408)
 //!        │         ─▶ upstream (in its own task) ─▶ Cache::invalidate ─▶ response
-//!        ├─ read, cacheable: Cache::read — hit | join an identical fetch | fetch and store
+//!        ├─ read, cacheable: Cache::find (one lookup) — a fresh entry is the hit path; else
+//!        │         Cache::read: stale while revalidating | join an identical fetch | fetch and store
 //!        └─ read, bypass (JWT, cookie, TTL 0): forward as is
 //!   every trip upstream: Admission::send — hold, upstream allowance, global budget (429),
 //!   then the answer teaches the holds (upstream 429 / Retry-After)
@@ -30,7 +31,9 @@ use tokio::time::Instant;
 use tracing::Instrument as _;
 
 use crate::body::Body;
-use crate::cache::{self, Buffered, BulkPlan, Cache, Fetched, Lookup, Served};
+use crate::cache::{
+    self, Buffered, BulkPlan, Bypass, Cache, Fetched, Found, Lookup, Outcome, Served,
+};
 use crate::coding::{self, Accepts, Coding};
 use crate::cookies::IgnoredCookies;
 use arc_swap::ArcSwap;
@@ -145,11 +148,12 @@ impl Gateway {
             resolved => resolved?,
         };
         callers.apply_auth_mode(&mut parts.headers);
+        let route = resolved.route();
         // Everything a trip upstream needs; made only once the cache cannot answer.
         let admission = |parts: &request::Parts| Admission {
             limits: self.rate_limits.clone(),
             metrics: self.metrics.clone(),
-            route: resolved.route(),
+            route,
             hold: callers.hold_key(&parts.headers, conn.peer.ip()),
             caller,
             cookies: self.cookies.clone(),
@@ -160,48 +164,64 @@ impl Gateway {
             let admission = admission(&parts);
             Box::pin(self.write(parts, body, conn, tags, admission)).await?
         } else {
-            match self
+            let lookup = self
                 .cache
                 .lookup(&resolved, &parts.headers, parts.uri.query())
-                .await
-            {
-                Ok(lookup) => {
-                    let bulk = self.cache.bulk_plan(&lookup, parts.uri.query());
-                    // The hit path: nothing is copied or prepared for upstream.
-                    let hit = match bulk {
-                        None => self.cache.hit(&lookup, &parts.headers).await,
-                        Some(_) => None,
-                    };
-                    match hit {
-                        Some((response, served)) => {
-                            log.served = Some(served);
-                            response
-                        }
-                        None => {
-                            let admission = admission(&parts);
-                            Box::pin(self.cached_read(parts, body, conn, lookup, bulk, admission))
-                                .await?
-                        }
-                    }
-                }
-                Err(bypass) => {
-                    let admission = admission(&parts);
-                    self.cache.note_bypass();
-                    let mut response = Box::pin(self.forward(parts, body, conn, admission)).await?;
-                    let status = format!("wikigate; fwd=bypass; detail={}", bypass.as_str());
-                    cache::set_status(&mut response, &status);
-                    response.extensions_mut().insert(Served {
-                        cache: CacheLabel::Bypass,
-                        saved_points: None,
-                    });
-                    response
-                }
-            }
+                .await;
+            let (response, served) = self.read(parts, body, conn, lookup, admission).await?;
+            log.served = Some(served);
+            response
         };
         if let Some(allowance) = allowance {
             allowance.apply(response.headers_mut());
         }
         Ok(response)
+    }
+
+    /// A read: a fresh entry answered at once (the hit path: nothing is prepared for
+    /// upstream), else through the cache, or past it when it may not be cached.
+    async fn read(
+        &self,
+        parts: request::Parts,
+        body: Incoming,
+        conn: &ConnInfo,
+        lookup: Result<Lookup, Bypass>,
+        admission: impl FnOnce(&request::Parts) -> Admission,
+    ) -> Result<(Response<Body>, Served), GatewayError> {
+        let lookup = match lookup {
+            Ok(lookup) => lookup,
+            Err(bypass) => {
+                let admission = admission(&parts);
+                return Box::pin(self.bypass(parts, body, conn, bypass, admission)).await;
+            }
+        };
+        let read = match self.cache.bulk_plan(&lookup, parts.uri.query()) {
+            Some(plan) => Read::Bulk(plan),
+            None => match self.cache.find(&lookup, &parts.headers).await {
+                Found::Fresh(entry) => return self.cache.hit(&lookup, entry, &parts.headers).await,
+                found => Read::Entry(lookup, found),
+            },
+        };
+        let admission = admission(&parts);
+        Box::pin(self.cached_read(parts, body, conn, read, admission)).await
+    }
+
+    /// A read the cache may not answer (JWT, cookie, caching off): forwarded and streamed back.
+    async fn bypass(
+        &self,
+        parts: request::Parts,
+        body: Incoming,
+        conn: &ConnInfo,
+        why: Bypass,
+        admission: Admission,
+    ) -> Result<(Response<Body>, Served), GatewayError> {
+        let mut response = self.forward(parts, body, conn, admission).await?;
+        let served = Served {
+            outcome: Outcome::Bypass(why),
+            saved_points: None,
+        };
+        cache::mark(&mut response, &served.outcome);
+        Ok((response, served))
     }
 
     /// A write: guarded, forwarded, and its tags invalidated unless upstream refused it (4xx)
@@ -242,16 +262,16 @@ impl Gateway {
         Ok(forward::downstream_response(response, deadline))
     }
 
-    /// A read the cache may answer.
+    /// A read the cache answers from upstream (once for every identical request), or from
+    /// an expired entry, or account by account.
     async fn cached_read(
         &self,
         mut parts: request::Parts,
         body: Incoming,
         conn: &ConnInfo,
-        lookup: Lookup,
-        bulk: Option<BulkPlan>,
+        read: Read,
         admission: Admission,
-    ) -> Result<Response<Body>, GatewayError> {
+    ) -> Result<(Response<Body>, Served), GatewayError> {
         let request_headers = parts.headers.clone();
         let accepts = Accepts::of(&request_headers);
         // The entry is always filled from a full GET, also for HEAD and conditional requests,
@@ -269,22 +289,27 @@ impl Gateway {
         );
         let upstream = self.upstream.clone();
         let limit = self.cache.max_entry_bytes();
-        if let Some(plan) = bulk {
-            // Only the accounts not cached are asked for: the same path, another query.
-            let fetch = |query: String| async move {
-                let mut request = copy_request(&template);
-                *request.uri_mut() = with_query(template.uri(), &query)?;
-                fetch(&self.upstream, &admission, request, limit, accepts).await
-            };
-            return self.cache.bulk_read(plan, &request_headers, fetch).await;
-        }
+        let (lookup, found) = match read {
+            Read::Entry(lookup, found) => (lookup, found),
+            Read::Bulk(plan) => {
+                // Only the accounts not cached are asked for: the same path, another query.
+                let fetch = |query: String| async move {
+                    let mut request = copy_request(&template);
+                    *request.uri_mut() = with_query(template.uri(), &query)?;
+                    fetch(&self.upstream, &admission, request, limit, accepts).await
+                };
+                return self.cache.bulk_read(plan, &request_headers, fetch).await;
+            }
+        };
         let admission = Arc::new(admission);
         let fetch = move || {
             let request = copy_request(&template);
             let (upstream, admission) = (upstream.clone(), admission.clone());
             async move { fetch(&upstream, &admission, request, limit, accepts).await }
         };
-        self.cache.read(lookup, &request_headers, fetch).await
+        self.cache
+            .read(lookup, found, &request_headers, fetch)
+            .await
     }
 
     /// Forwards a read and streams the answer back, untouched by the cache.
@@ -502,6 +527,14 @@ fn redirect(location: http::HeaderValue) -> Response<Body> {
     response
 }
 
+/// How the cache answers a read it may store.
+enum Read {
+    /// From the entry of its key: what the one lookup found.
+    Entry(Lookup, Found),
+    /// A bulk lookup, account by account.
+    Bulk(BulkPlan),
+}
+
 /// What an upstream request is for, which decides how its head is prepared.
 #[derive(Debug, Clone, Copy)]
 enum Exchange {
@@ -596,8 +629,7 @@ struct LogFields {
     /// The caller; labels are made only where they are written.
     caller: Option<Caller>,
     operation: Option<Operation>,
-    /// What the cache did, when the hit path says so directly (every other path marks the
-    /// response's extensions with [`Served`]).
+    /// What the cache did (reads the cache took).
     served: Option<Served>,
 }
 
@@ -609,98 +641,109 @@ impl Handler for Gateway {
         // Only what the access log needs from the request outlives it, and only when it is on.
         let access_log = tracing::enabled!(target: "wikigate::access", tracing::Level::INFO);
         let path = access_log.then(|| request.uri().path().to_owned());
-        let span = if telemetry::exporting() {
-            tracing::info_span!(
-                "request",
-                otel.name = %method,
-                otel.kind = "server",
-                http.request.method = %method,
-                http.route = tracing::field::Empty,
-                http.response.status_code = tracing::field::Empty,
-                wikigate.operation = tracing::field::Empty,
-                wikigate.cache = tracing::field::Empty,
-                wikigate.caller = tracing::field::Empty,
-                wikigate.upstream_duration_ms = tracing::field::Empty,
-            )
-        } else {
-            tracing::Span::none()
-        };
-        if !span.is_disabled() {
-            telemetry::extract(&span, request.headers());
-        }
+        let span = request_span(&method, request.headers());
         let mut log = LogFields::default();
-        let served = self
+        let answered = self
             .serve(request, &conn, &mut log)
             .instrument(span.clone())
             .await;
-        let response = match served {
+        let response = match answered {
             Ok(response) => response,
-            Err(error) => {
-                match error.source() {
-                    ErrorSource::Upstream => tracing::warn!(%error, "upstream failure"),
-                    ErrorSource::Downstream => tracing::debug!(%error, "request refused"),
-                    ErrorSource::Internal => tracing::error!(%error, "internal fault"),
-                }
-                let route = log.operation.map(Operation::route);
-                self.metrics.error(route, error.source());
-                if let GatewayError::RateLimited(refusal) = &error {
-                    let caller = log
-                        .caller
-                        .as_ref()
-                        .map_or_else(|| "unknown".to_owned(), Caller::metric_label);
-                    self.metrics.rate_limited(&caller, refusal.limit);
-                }
-                error.into_response()
-            }
+            Err(error) => self.refusal(error, &log),
         };
-        let served = log
-            .served
-            .or_else(|| response.extensions().get::<Served>().copied());
         self.metrics.request(&RequestRecord {
             route: log.operation.map(Operation::route),
             method: method.clone(),
             status: response.status(),
-            cache: served.map_or(CacheLabel::None, |s| s.cache),
-            saved_points: served.and_then(|s| s.saved_points),
+            cache: log.served.map_or(CacheLabel::None, |s| s.outcome.label()),
+            saved_points: log.served.and_then(|s| s.saved_points),
             duration: started.elapsed(),
         });
-        if span.is_disabled() && !access_log {
-            return response;
+        if access_log || !span.is_disabled() {
+            let request = (&method, path.as_deref(), conn.peer.ip());
+            log_request(&span, request, &log, response.status(), started);
         }
-        let cache = response
-            .headers()
-            .get(&cache::CACHE_STATUS)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("-");
-        if let Some(operation) = log.operation {
-            let template = operation.route().template();
-            telemetry::rename(&span, format!("{method} {template}"));
-            span.record("http.route", template);
-            span.record("wikigate.operation", operation.id());
-        }
-        span.record(
-            "http.response.status_code",
-            i64::from(response.status().as_u16()),
-        );
-        span.record("wikigate.cache", cache);
-        let caller = log.caller.as_ref().map(Caller::label);
-        if let Some(caller) = &caller {
-            span.record("wikigate.caller", caller.as_str());
-        }
-        let _entered = span.enter();
-        tracing::info!(
-            target: "wikigate::access",
-            peer = %conn.peer.ip(),
-            %method,
-            path = path.as_deref().unwrap_or("-"),
-            caller = caller.as_deref().unwrap_or("-"),
-            operation = log.operation.map_or("-", Operation::id),
-            status = response.status().as_u16(),
-            cache,
-            duration_us = started.elapsed().as_micros() as u64,
-        );
         response
     }
+}
+
+impl Gateway {
+    /// The answer to a request wikigate refused or could not serve, logged and counted.
+    fn refusal(&self, error: GatewayError, log: &LogFields) -> Response<Body> {
+        match error.source() {
+            ErrorSource::Upstream => tracing::warn!(%error, "upstream failure"),
+            ErrorSource::Downstream => tracing::debug!(%error, "request refused"),
+            ErrorSource::Internal => tracing::error!(%error, "internal fault"),
+        }
+        let route = log.operation.map(Operation::route);
+        self.metrics.error(route, error.source());
+        if let GatewayError::RateLimited(refusal) = &error {
+            let caller = log
+                .caller
+                .as_ref()
+                .map_or_else(|| "unknown".to_owned(), Caller::metric_label);
+            self.metrics.rate_limited(&caller, refusal.limit);
+        }
+        error.into_response()
+    }
+}
+
+/// The request's span: only while spans are exported (`telemetry`), else none — the access-log
+/// line carries every field it would.
+fn request_span(method: &http::Method, headers: &http::HeaderMap) -> tracing::Span {
+    if !telemetry::exporting() {
+        return tracing::Span::none();
+    }
+    let span = tracing::info_span!(
+        "request",
+        otel.name = %method,
+        otel.kind = "server",
+        http.request.method = %method,
+        http.route = tracing::field::Empty,
+        http.response.status_code = tracing::field::Empty,
+        wikigate.operation = tracing::field::Empty,
+        wikigate.cache = tracing::field::Empty,
+        wikigate.caller = tracing::field::Empty,
+        wikigate.upstream_duration_ms = tracing::field::Empty,
+    );
+    telemetry::extract(&span, headers);
+    span
+}
+
+/// The access-log line (and the span's fields) of a finished request.
+fn log_request(
+    span: &tracing::Span,
+    (method, path, peer): (&http::Method, Option<&str>, std::net::IpAddr),
+    log: &LogFields,
+    status: http::StatusCode,
+    started: Instant,
+) {
+    let outcome = log.served.map(|s| s.outcome.to_string());
+    let cache = outcome.as_deref().unwrap_or("-");
+    if let Some(operation) = log.operation {
+        let template = operation.route().template();
+        telemetry::rename(span, format!("{method} {template}"));
+        span.record("http.route", template);
+        span.record("wikigate.operation", operation.id());
+    }
+    span.record("http.response.status_code", i64::from(status.as_u16()));
+    span.record("wikigate.cache", cache);
+    let caller = log.caller.as_ref().map(Caller::label);
+    if let Some(caller) = &caller {
+        span.record("wikigate.caller", caller.as_str());
+    }
+    let _entered = span.enter();
+    tracing::info!(
+        target: "wikigate::access",
+        %peer,
+        %method,
+        path = path.unwrap_or("-"),
+        caller = caller.as_deref().unwrap_or("-"),
+        operation = log.operation.map_or("-", Operation::id),
+        status = status.as_u16(),
+        cache,
+        duration_us = started.elapsed().as_micros() as u64,
+    );
 }
 
 impl RequestLimits {

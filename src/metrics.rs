@@ -1,190 +1,38 @@
 //! Metrics: every `wikigate_*` metric, defined in this one file, and the figures of the status
-//! page.
+//! page and of `/admin/cache/stats`.
 //!
-//! prometheus-client (the official OpenMetrics client): no global registry, typed label sets,
-//! and text exposition that Prometheus and promtool read. Components record into an
-//! `Arc<Metrics>`; scrape-time values (cache size, holds) are read from their owners when
-//! `/metrics` or the status page is rendered.
+//! Each event is counted once. Requests, by route × method × status class × cache outcome,
+//! with their latency, and the cache's own events by route, are arrays of atomics (a [`Tally`]):
+//! recording one takes no lock and hashes nothing, and the Prometheus exposition, the status
+//! page and the admin stats are all read from the same counters. Events with open-ended label
+//! values (upstream statuses, refused callers, errors, evictions) are counted where their
+//! labels are, also once. prometheus-client (the official OpenMetrics client) encodes it all:
+//! no global registry, OpenMetrics text or the classic Prometheus format.
 //!
 //! Invariant: label values are bounded — a route *name* from the route table, a method from a
 //! fixed list, a status class, a cache outcome, a configured client name or quota class, a
-//! limit name, an eviction cause. Never a raw path, an account id or a credential.
+//! limit name, an eviction cause, an error source. Never a raw path, an account id or a
+//! credential.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use http::{Method, StatusCode};
-use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder, NoLabelSet};
-use prometheus_client::metrics::counter::Counter;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric, NoLabelSet};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::{Registry, Unit};
 
+use crate::error::ErrorSource;
 use crate::routes::{Objects, Route};
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct RequestLabels {
-    route: &'static str,
-    method: &'static str,
-    status_class: &'static str,
-    cache: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct RouteMethodLabels {
-    route: &'static str,
-    method: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct RouteLabels {
-    route: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct UpstreamLabels {
-    route: &'static str,
-    status: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ErrorLabels {
-    route: &'static str,
-    source: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct StaleLabels {
-    route: &'static str,
-    kind: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct LimitedLabels {
-    caller: String,
-    limit: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct CauseLabels {
-    cause: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct BuildLabels {
-    version: &'static str,
-}
-
-/// Upper bounds of the latency histograms' buckets, in ns: 100 µs doubling to ~26 s.
-const LATENCY_BOUNDS_NS: [u64; 19] = {
-    let mut bounds = [0; 19];
-    let mut i = 0;
-    while i < bounds.len() {
-        bounds[i] = 100_000 << i;
-        i += 1;
-    }
-    bounds
-};
-
-/// A latency histogram of atomics: observing one takes no lock (prometheus-client's own
-/// `Histogram` is behind a mutex, which every request on every core would contend for).
-#[derive(Clone, Debug, Default)]
-struct LatencyHistogram(Arc<LatencyBuckets>);
-
-#[derive(Debug, Default)]
-struct LatencyBuckets {
-    /// Per bucket (not cumulative), the last one being +Inf.
-    counts: [AtomicU64; LATENCY_BOUNDS_NS.len() + 1],
-    sum_ns: AtomicU64,
-}
-
-impl LatencyHistogram {
-    fn observe(&self, duration: Duration) {
-        let ns = u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX);
-        let bucket = LATENCY_BOUNDS_NS.partition_point(|bound| *bound < ns);
-        self.0.counts[bucket].fetch_add(1, Ordering::Relaxed);
-        self.0.sum_ns.fetch_add(ns, Ordering::Relaxed);
-    }
-}
-
-impl TypedMetric for LatencyHistogram {
-    const TYPE: MetricType = MetricType::Histogram;
-}
-
-impl EncodeMetric for LatencyHistogram {
-    fn encode(&self, mut encoder: MetricEncoder<'_>) -> Result<(), std::fmt::Error> {
-        let bounds = LATENCY_BOUNDS_NS
-            .iter()
-            .map(|ns| *ns as f64 / 1e9)
-            .chain([f64::INFINITY]);
-        let buckets: Vec<(f64, u64)> = bounds
-            .zip(&self.0.counts)
-            .map(|(bound, count)| (bound, count.load(Ordering::Relaxed)))
-            .collect();
-        let count = buckets.iter().map(|(_, n)| n).sum();
-        let sum = self.0.sum_ns.load(Ordering::Relaxed) as f64 / 1e9;
-        encoder.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
-    }
-
-    fn metric_type(&self) -> MetricType {
-        Self::TYPE
-    }
-}
-
-/// The series a cache hit on one route records, resolved once: a hit then hashes no label
-/// set and takes no family lock.
-struct HitSeries {
-    requests: Counter,
-    duration: LatencyHistogram,
-    saved: Counter,
-    points: Counter,
-}
-
-/// Status-page figures for one route (Prometheus has the same, bucketed by more labels).
-#[derive(Default)]
-struct RouteFigures {
-    requests: AtomicU64,
-    hits: AtomicU64,
-    misses: AtomicU64,
-    stale: AtomicU64,
-    /// Request durations in the buckets of [`FIGURE_BUCKETS`], plus one overflow bucket.
-    latency: [AtomicU64; FIGURE_BUCKETS.len() + 1],
-}
-
-/// Upper bounds (µs) of the status page's latency buckets.
-const FIGURE_BUCKETS: [u64; 20] = [
-    50, 100, 200, 300, 500, 750, 1_000, 1_500, 2_000, 3_000, 5_000, 7_500, 10_000, 20_000, 50_000,
-    100_000, 250_000, 500_000, 1_000_000, 5_000_000,
-];
-
-impl RouteFigures {
-    /// The bucket bound at quantile `q`, in µs (an upper estimate).
-    fn quantile(&self, q: f64) -> Option<u64> {
-        let counts: Vec<u64> = self
-            .latency
-            .iter()
-            .map(|c| c.load(Ordering::Relaxed))
-            .collect();
-        let total: u64 = counts.iter().sum();
-        if total == 0 {
-            return None;
-        }
-        let rank = (q * total as f64).ceil().max(1.0) as u64;
-        let mut seen = 0;
-        for (i, count) in counts.iter().enumerate() {
-            seen += count;
-            if seen >= rank {
-                return Some(FIGURE_BUCKETS.get(i).copied().unwrap_or(u64::MAX));
-            }
-        }
-        None
-    }
-}
-
-/// What the cache did for a request, as metrics and logs label it.
+/// What the cache did for a request, as the `cache` label says it. `cache::Outcome` says it
+/// in full; this is its metric dimension.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CacheLabel {
     Hit,
@@ -199,16 +47,31 @@ pub enum CacheLabel {
     None,
 }
 
+/// The `cache` label values, by [`CacheLabel::index`].
+const CACHE_LABELS: [&str; 7] = [
+    "hit",
+    "miss",
+    "coalesced",
+    "stale",
+    "bypass",
+    "request",
+    "none",
+];
+
 impl CacheLabel {
     pub fn as_str(self) -> &'static str {
+        CACHE_LABELS[self.index()]
+    }
+
+    fn index(self) -> usize {
         match self {
-            CacheLabel::Hit => "hit",
-            CacheLabel::Miss => "miss",
-            CacheLabel::Coalesced => "coalesced",
-            CacheLabel::StaleWhileRevalidate | CacheLabel::StaleIfError => "stale",
-            CacheLabel::Bypass => "bypass",
-            CacheLabel::Request => "request",
-            CacheLabel::None => "none",
+            CacheLabel::Hit => 0,
+            CacheLabel::Miss => 1,
+            CacheLabel::Coalesced => 2,
+            CacheLabel::StaleWhileRevalidate | CacheLabel::StaleIfError => 3,
+            CacheLabel::Bypass => 4,
+            CacheLabel::Request => 5,
+            CacheLabel::None => 6,
         }
     }
 }
@@ -224,18 +87,393 @@ pub struct RequestRecord {
     pub duration: Duration,
 }
 
+/// Routes and the `unmatched` label of requests that matched none.
+const ROUTES: usize = Route::ALL.len() + 1;
+const METHODS: [&str; 6] = ["GET", "HEAD", "POST", "PUT", "DELETE", "other"];
+const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+/// The route label of requests that matched no route.
+const UNMATCHED: &str = "unmatched";
+
+fn route_label(index: usize) -> &'static str {
+    Route::ALL
+        .get(index)
+        .map_or(UNMATCHED, |route| route.name())
+}
+
+/// Upper bounds of the latency histograms' buckets, in ns: 100 µs doubling to ~26 s.
+const LATENCY_BOUNDS_NS: [u64; 19] = {
+    let mut bounds = [0; 19];
+    let mut i = 0;
+    while i < bounds.len() {
+        bounds[i] = 100_000 << i;
+        i += 1;
+    }
+    bounds
+};
+
+/// A latency histogram of atomics: observing one takes no lock.
+#[derive(Debug, Default)]
+struct Latency {
+    /// Per bucket (not cumulative), the last one being +Inf.
+    counts: [AtomicU64; LATENCY_BOUNDS_NS.len() + 1],
+    sum_ns: AtomicU64,
+}
+
+impl Latency {
+    fn observe(&self, duration: Duration) {
+        let ns = u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX);
+        let bucket = LATENCY_BOUNDS_NS.partition_point(|bound| *bound < ns);
+        self.counts[bucket].fetch_add(1, Ordering::Relaxed);
+        self.sum_ns.fetch_add(ns, Ordering::Relaxed);
+    }
+
+    fn counts(&self) -> [u64; LATENCY_BOUNDS_NS.len() + 1] {
+        std::array::from_fn(|i| self.counts[i].load(Ordering::Relaxed))
+    }
+
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::MetricEncoder<'_>,
+    ) -> std::fmt::Result {
+        let counts = self.counts();
+        let bounds = LATENCY_BOUNDS_NS
+            .iter()
+            .map(|ns| *ns as f64 / 1e9)
+            .chain([f64::INFINITY]);
+        let buckets: Vec<(f64, u64)> = bounds.zip(counts).collect();
+        let sum = self.sum_ns.load(Ordering::Relaxed) as f64 / 1e9;
+        encoder.encode_histogram::<NoLabelSet>(sum, counts.iter().sum(), &buckets, None)
+    }
+}
+
+/// The bucket bound (µs) at quantile `q` of histogram bucket counts (an upper estimate).
+fn quantile_us(counts: &[u64], q: f64) -> Option<u64> {
+    let total: u64 = counts.iter().sum();
+    if total == 0 {
+        return None;
+    }
+    let rank = (q * total as f64).ceil().max(1.0) as u64;
+    let mut seen = 0;
+    for (i, count) in counts.iter().enumerate() {
+        seen += count;
+        if seen >= rank {
+            return Some(LATENCY_BOUNDS_NS.get(i).map_or(u64::MAX, |ns| ns / 1_000));
+        }
+    }
+    None
+}
+
+fn counters<const N: usize>() -> [AtomicU64; N] {
+    std::array::from_fn(|_| AtomicU64::new(0))
+}
+
+/// The counters of requests and of the cache: every such event is counted here, once.
+#[derive(Debug)]
+struct Tally {
+    /// By route × method × status class × cache label.
+    requests: Box<[AtomicU64]>,
+    /// By route × method.
+    durations: Box<[Latency]>,
+    /// By route: answers served without an upstream call of their own, and the quota points
+    /// that saved.
+    saved: [AtomicU64; ROUTES],
+    points: [AtomicU64; ROUTES],
+    /// By route: coalesced requests, stale answers (if_error, while_revalidate), answers
+    /// stored, and writes that invalidated reads.
+    coalesced: [AtomicU64; ROUTES],
+    stale_if_error: [AtomicU64; ROUTES],
+    stale_while_revalidate: [AtomicU64; ROUTES],
+    stored: [AtomicU64; ROUTES],
+    invalidations: [AtomicU64; ROUTES],
+    purges: AtomicU64,
+}
+
+impl Default for Tally {
+    fn default() -> Self {
+        let slots = ROUTES * METHODS.len() * CLASSES.len() * CACHE_LABELS.len();
+        Tally {
+            requests: (0..slots).map(|_| AtomicU64::new(0)).collect(),
+            durations: (0..ROUTES * METHODS.len())
+                .map(|_| Latency::default())
+                .collect(),
+            saved: counters(),
+            points: counters(),
+            coalesced: counters(),
+            stale_if_error: counters(),
+            stale_while_revalidate: counters(),
+            stored: counters(),
+            invalidations: counters(),
+            purges: AtomicU64::new(0),
+        }
+    }
+}
+
+fn load(counter: &AtomicU64) -> u64 {
+    counter.load(Ordering::Relaxed)
+}
+
+impl Tally {
+    fn slot(route: usize, method: usize, class: usize, cache: usize) -> usize {
+        ((route * METHODS.len() + method) * CLASSES.len() + class) * CACHE_LABELS.len() + cache
+    }
+
+    fn record(&self, record: &RequestRecord) {
+        let route = record.route.map_or(Route::ALL.len(), Route::index);
+        let method = method_index(&record.method);
+        let slot = Tally::slot(
+            route,
+            method,
+            class_index(record.status),
+            record.cache.index(),
+        );
+        self.requests[slot].fetch_add(1, Ordering::Relaxed);
+        self.durations[route * METHODS.len() + method].observe(record.duration);
+        match record.cache {
+            CacheLabel::Coalesced => self.coalesced[route].fetch_add(1, Ordering::Relaxed),
+            CacheLabel::StaleIfError => self.stale_if_error[route].fetch_add(1, Ordering::Relaxed),
+            CacheLabel::StaleWhileRevalidate => {
+                self.stale_while_revalidate[route].fetch_add(1, Ordering::Relaxed)
+            }
+            _ => 0,
+        };
+        if let Some(points) = record.saved_points {
+            self.saved[route].fetch_add(1, Ordering::Relaxed);
+            self.points[route].fetch_add(u64::from(points), Ordering::Relaxed);
+        }
+    }
+
+    /// Requests of `route` (by index) whose cache label is one of `labels`.
+    fn requests_of(&self, route: usize, labels: &[CacheLabel]) -> u64 {
+        let mut total = 0;
+        for method in 0..METHODS.len() {
+            for class in 0..CLASSES.len() {
+                for label in labels {
+                    total += load(&self.requests[Tally::slot(route, method, class, label.index())]);
+                }
+            }
+        }
+        total
+    }
+
+    fn encode(&self, encoder: &mut DescriptorEncoder<'_>) -> std::fmt::Result {
+        #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+        struct RequestLabels {
+            route: &'static str,
+            method: &'static str,
+            status_class: &'static str,
+            cache: &'static str,
+        }
+        #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+        struct RouteMethodLabels {
+            route: &'static str,
+            method: &'static str,
+        }
+        #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+        struct StaleLabels {
+            route: &'static str,
+            kind: &'static str,
+        }
+        let mut requests = encoder.encode_descriptor(
+            "requests",
+            "Requests answered, by route, method, status class and cache outcome",
+            None,
+            MetricType::Counter,
+        )?;
+        for route in 0..ROUTES {
+            for (method, method_label) in METHODS.iter().enumerate() {
+                for (class, class_label) in CLASSES.iter().enumerate() {
+                    for (cache, cache_label) in CACHE_LABELS.iter().enumerate() {
+                        let n = load(&self.requests[Tally::slot(route, method, class, cache)]);
+                        if n == 0 {
+                            continue;
+                        }
+                        let labels = RequestLabels {
+                            route: route_label(route),
+                            method: method_label,
+                            status_class: class_label,
+                            cache: cache_label,
+                        };
+                        ConstCounter::new(n).encode(requests.encode_family(&labels)?)?;
+                    }
+                }
+            }
+        }
+        let mut durations = encoder.encode_descriptor(
+            "request_duration",
+            "Time to answer a request (headers ready)",
+            Some(&Unit::Seconds),
+            MetricType::Histogram,
+        )?;
+        for route in 0..ROUTES {
+            for (method, method_label) in METHODS.iter().enumerate() {
+                let latency = &self.durations[route * METHODS.len() + method];
+                if latency.counts().iter().all(|n| *n == 0) {
+                    continue;
+                }
+                let labels = RouteMethodLabels {
+                    route: route_label(route),
+                    method: method_label,
+                };
+                latency.encode(durations.encode_family(&labels)?)?;
+            }
+        }
+        let per_route = [
+            (
+                "upstream_requests_saved",
+                "Requests answered without an upstream call (hits, coalesced, stale)",
+                &self.saved,
+            ),
+            (
+                "quota_points_saved",
+                "Estimated Atlassian quota points saved: 1 per call + 2 per user or group object in the answer",
+                &self.points,
+            ),
+            (
+                "cache_coalesced",
+                "Requests that waited for an identical fetch instead of fetching",
+                &self.coalesced,
+            ),
+            (
+                "cache_stored",
+                "Answers stored in the cache (a bulk lookup's accounts one by one)",
+                &self.stored,
+            ),
+        ];
+        for (name, help, counts) in per_route {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for route in Route::ALL {
+                let labels = [("route", route.name())];
+                ConstCounter::new(load(&counts[route.index()]))
+                    .encode(family.encode_family(&labels)?)?;
+            }
+        }
+        let mut stale = encoder.encode_descriptor(
+            "cache_stale_served",
+            "Expired answers served, by route and kind (if_error, while_revalidate)",
+            None,
+            MetricType::Counter,
+        )?;
+        for route in Route::ALL {
+            for (kind, counts) in [
+                ("if_error", &self.stale_if_error),
+                ("while_revalidate", &self.stale_while_revalidate),
+            ] {
+                let labels = StaleLabels {
+                    route: route.name(),
+                    kind,
+                };
+                ConstCounter::new(load(&counts[route.index()]))
+                    .encode(stale.encode_family(&labels)?)?;
+            }
+        }
+        let mut invalidations = encoder.encode_descriptor(
+            "cache_invalidations",
+            "Writes that invalidated cached reads, by the write's route",
+            None,
+            MetricType::Counter,
+        )?;
+        let written = Route::ALL
+            .into_iter()
+            .filter(|route| route.operations().iter().any(|op| op.verb().is_write()));
+        for route in written {
+            let labels = [("route", route.name())];
+            ConstCounter::new(load(&self.invalidations[route.index()]))
+                .encode(invalidations.encode_family(&labels)?)?;
+        }
+        let purges = encoder.encode_descriptor(
+            "cache_purges",
+            "Purges an operator made (DELETE /admin/cache)",
+            None,
+            MetricType::Counter,
+        )?;
+        ConstCounter::new(load(&self.purges)).encode(purges)
+    }
+}
+
+/// Upstream calls: by route and status (or transport error), and their latency by route.
+#[derive(Debug, Default)]
+struct Upstream {
+    calls: Mutex<HashMap<(Route, String), u64>>,
+    durations: [Latency; Route::ALL.len()],
+}
+
+/// Refusals by (caller, limit): the `rate_limited` family and the status page's top list.
+#[derive(Debug, Default)]
+struct Refused(Mutex<HashMap<(String, &'static str), u64>>);
+
+/// Everything the registry encodes on a scrape that is not a plain metric of its own.
+#[derive(Debug)]
+struct Counted {
+    tally: Arc<Tally>,
+    upstream: Arc<Upstream>,
+    refused: Arc<Refused>,
+}
+
+impl Collector for Counted {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> std::fmt::Result {
+        self.tally.encode(&mut encoder)?;
+        let mut calls = encoder.encode_descriptor(
+            "upstream_requests",
+            "Requests sent to Confluence, by route and upstream status (or transport error)",
+            None,
+            MetricType::Counter,
+        )?;
+        let mut upstream: Vec<((Route, String), u64)> = self
+            .upstream
+            .calls
+            .lock()
+            .expect("lock")
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect();
+        upstream.sort_by(|a, b| (a.0.0.index(), &a.0.1).cmp(&(b.0.0.index(), &b.0.1)));
+        for ((route, status), n) in &upstream {
+            let labels = [("route", route.name()), ("status", status.as_str())];
+            ConstCounter::new(*n).encode(calls.encode_family(&labels)?)?;
+        }
+        let mut durations = encoder.encode_descriptor(
+            "upstream_request_duration",
+            "Time for Confluence to answer (headers)",
+            Some(&Unit::Seconds),
+            MetricType::Histogram,
+        )?;
+        for route in Route::ALL {
+            let latency = &self.upstream.durations[route.index()];
+            if latency.counts().iter().any(|n| *n > 0) {
+                let labels = [("route", route.name())];
+                latency.encode(durations.encode_family(&labels)?)?;
+            }
+        }
+        let mut refused = encoder.encode_descriptor(
+            "rate_limited",
+            "Requests refused with 429 by wikigate, by caller (client name or quota class) and limit",
+            None,
+            MetricType::Counter,
+        )?;
+        for ((caller, limit), n) in self.refused.0.lock().expect("lock").iter() {
+            let labels = [("caller", caller.as_str()), ("limit", *limit)];
+            ConstCounter::new(*n).encode(refused.encode_family(&labels)?)?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ErrorLabels {
+    route: &'static str,
+    source: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CauseLabels {
+    cause: &'static str,
+}
+
 pub struct Metrics {
     registry: Registry,
-    requests: Family<RequestLabels, Counter>,
-    request_duration: Family<RouteMethodLabels, LatencyHistogram>,
-    upstream_requests: Family<UpstreamLabels, Counter>,
-    upstream_duration: Family<RouteLabels, LatencyHistogram>,
-    saved: Family<RouteLabels, Counter>,
-    points_saved: Family<RouteLabels, Counter>,
-    invalidations: Family<RouteLabels, Counter>,
-    coalesced: Family<RouteLabels, Counter>,
-    stale: Family<StaleLabels, Counter>,
-    rate_limited: Family<LimitedLabels, Counter>,
+    tally: Arc<Tally>,
+    upstream: Arc<Upstream>,
+    refused: Arc<Refused>,
     errors: Family<ErrorLabels, Counter>,
     evictions: Family<CauseLabels, Counter>,
     holds_started: Counter,
@@ -246,25 +484,7 @@ pub struct Metrics {
     holds_active: Gauge,
     hold_remaining: Gauge<f64, AtomicU64>,
     redis_up: Gauge,
-    /// By [`Route::index`], the last one for requests that matched no route.
-    figures: [RouteFigures; Route::ALL.len() + 1],
-    /// By [`Route::index`]; made on a route's first hit.
-    hit_series: [OnceLock<HitSeries>; Route::ALL.len()],
-    /// Refusals by (caller, limit), for the status page's "top limited callers".
-    limited: Mutex<HashMap<(String, &'static str), u64>>,
-    totals: Totals,
 }
-
-#[derive(Default)]
-struct Totals {
-    requests: AtomicU64,
-    saved: AtomicU64,
-    points: AtomicU64,
-    upstream: AtomicU64,
-}
-
-/// The route label of requests that matched no route.
-const UNMATCHED: &str = "unmatched";
 
 impl Default for Metrics {
     fn default() -> Self {
@@ -276,16 +496,9 @@ impl Metrics {
     pub fn new() -> Metrics {
         let mut metrics = Metrics {
             registry: Registry::with_prefix("wikigate"),
-            requests: Family::default(),
-            request_duration: Family::default(),
-            upstream_requests: Family::default(),
-            upstream_duration: Family::default(),
-            saved: Family::default(),
-            points_saved: Family::default(),
-            invalidations: Family::default(),
-            coalesced: Family::default(),
-            stale: Family::default(),
-            rate_limited: Family::default(),
+            tally: Arc::default(),
+            upstream: Arc::default(),
+            refused: Arc::default(),
             errors: Family::default(),
             evictions: Family::default(),
             holds_started: Counter::default(),
@@ -296,96 +509,31 @@ impl Metrics {
             holds_active: Gauge::default(),
             hold_remaining: Gauge::default(),
             redis_up: Gauge::default(),
-            figures: Default::default(),
-            hit_series: Default::default(),
-            limited: Mutex::default(),
-            totals: Totals::default(),
         };
-        metrics.register();
-        metrics.initialize();
-        metrics
-    }
-
-    /// Creates the zero-valued series of small, known label sets, so that dashboards and
-    /// alerts see 0 rather than no data before the first event (Prometheus practice).
-    fn initialize(&self) {
-        for route in Route::ALL {
-            let labels = RouteLabels {
-                route: route.name(),
-            };
-            drop(self.saved.get_or_create(&labels));
-            drop(self.points_saved.get_or_create(&labels));
-            drop(self.coalesced.get_or_create(&labels));
-            for kind in ["if_error", "while_revalidate"] {
-                drop(self.stale.get_or_create(&StaleLabels {
-                    route: route.name(),
-                    kind,
-                }));
-            }
-            if route.operations().iter().any(|op| op.verb().is_write()) {
-                drop(self.invalidations.get_or_create(&labels));
-            }
-        }
+        // Dashboards and alerts see 0 rather than no data before the first eviction.
         for cause in ["expired", "explicit", "replaced", "size"] {
-            drop(self.evictions.get_or_create(&CauseLabels { cause }));
+            drop(metrics.evictions.get_or_create(&CauseLabels { cause }));
         }
+        metrics.register();
+        metrics
     }
 
     fn register(&mut self) {
         let r = &mut self.registry;
+        r.register_collector(Box::new(Counted {
+            tally: self.tally.clone(),
+            upstream: self.upstream.clone(),
+            refused: self.refused.clone(),
+        }));
         r.register(
-            "requests",
-            "Requests answered, by route, method, status class and cache outcome",
-            self.requests.clone(),
-        );
-        r.register_with_unit(
-            "request_duration",
-            "Time to answer a request (headers ready)",
-            Unit::Seconds,
-            self.request_duration.clone(),
-        );
-        r.register(
-            "upstream_requests",
-            "Requests sent to Confluence, by route and upstream status (or transport error)",
-            self.upstream_requests.clone(),
-        );
-        r.register_with_unit(
-            "upstream_request_duration",
-            "Time for Confluence to answer (headers)",
-            Unit::Seconds,
-            self.upstream_duration.clone(),
-        );
-        r.register(
-            "upstream_requests_saved",
-            "Requests answered without an upstream call (hits, coalesced, stale)",
-            self.saved.clone(),
-        );
-        r.register("quota_points_saved", "Estimated Atlassian quota points saved: 1 per call + 2 per user or group object in the answer", self.points_saved.clone());
-        r.register(
-            "cache_invalidations",
-            "Writes that invalidated cached reads, by the write's route",
-            self.invalidations.clone(),
-        );
-        r.register(
-            "cache_coalesced",
-            "Requests that waited for an identical fetch instead of fetching",
-            self.coalesced.clone(),
-        );
-        r.register(
-            "cache_stale_served",
-            "Expired answers served, by route and kind (if_error, while_revalidate)",
-            self.stale.clone(),
+            "errors",
+            "Error answers wikigate made itself, by route and source: downstream (the request), upstream (the site failed), internal (a fault of wikigate's)",
+            self.errors.clone(),
         );
         r.register(
             "cache_evictions",
             "Entries removed from the cache, by cause",
             self.evictions.clone(),
-        );
-        r.register("rate_limited", "Requests refused with 429 by wikigate, by caller (client name or quota class) and limit", self.rate_limited.clone());
-        r.register(
-            "errors",
-            "Error answers wikigate made itself, by route and source: downstream (the request), upstream (the site failed), internal (a fault of wikigate's)",
-            self.errors.clone(),
         );
         r.register(
             "upstream_holds_started",
@@ -430,6 +578,10 @@ impl Metrics {
             Unit::Bytes,
             self.cache_max_bytes.clone(),
         );
+        #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+        struct BuildLabels {
+            version: &'static str,
+        }
         let build: Family<BuildLabels, Gauge> = Family::default();
         build
             .get_or_create(&BuildLabels {
@@ -447,109 +599,12 @@ impl Metrics {
 
     /// Records a finished request.
     pub fn request(&self, record: &RequestRecord) {
-        self.totals.requests.fetch_add(1, Ordering::Relaxed);
-        self.record_figures(record);
-        if let (Some(route), CacheLabel::Hit, Some(points)) =
-            (record.route, record.cache, record.saved_points)
-            && record.method == Method::GET
-            && record.status.is_success()
-        {
-            let series = self.hit_series[route.index()].get_or_init(|| self.hit_series(route));
-            series.requests.inc();
-            series.duration.observe(record.duration);
-            series.saved.inc();
-            series.points.inc_by(u64::from(points));
-            self.totals.saved.fetch_add(1, Ordering::Relaxed);
-            self.totals
-                .points
-                .fetch_add(u64::from(points), Ordering::Relaxed);
-            return;
-        }
-        let route = record.route.map_or(UNMATCHED, Route::name);
-        let method = method_label(&record.method);
-        self.requests
-            .get_or_create(&RequestLabels {
-                route,
-                method,
-                status_class: status_class(record.status),
-                cache: record.cache.as_str(),
-            })
-            .inc();
-        self.request_duration
-            .get_or_create(&RouteMethodLabels { route, method })
-            .observe(record.duration);
-        let labels = RouteLabels { route };
-        match record.cache {
-            CacheLabel::Coalesced => {
-                self.coalesced.get_or_create(&labels).inc();
-            }
-            CacheLabel::StaleIfError | CacheLabel::StaleWhileRevalidate => {
-                let kind = if record.cache == CacheLabel::StaleIfError {
-                    "if_error"
-                } else {
-                    "while_revalidate"
-                };
-                self.stale.get_or_create(&StaleLabels { route, kind }).inc();
-            }
-            _ => {}
-        }
-        if let Some(points) = record.saved_points {
-            self.saved.get_or_create(&labels).inc();
-            self.points_saved
-                .get_or_create(&labels)
-                .inc_by(u64::from(points));
-            self.totals.saved.fetch_add(1, Ordering::Relaxed);
-            self.totals
-                .points
-                .fetch_add(u64::from(points), Ordering::Relaxed);
-        }
+        self.tally.record(record);
     }
 
-    /// The series of a GET answered 2xx from the cache on `route`.
-    fn hit_series(&self, route: Route) -> HitSeries {
-        let route = route.name();
-        let labels = RouteLabels { route };
-        HitSeries {
-            requests: self
-                .requests
-                .get_or_create(&RequestLabels {
-                    route,
-                    method: "GET",
-                    status_class: "2xx",
-                    cache: CacheLabel::Hit.as_str(),
-                })
-                .clone(),
-            duration: self
-                .request_duration
-                .get_or_create(&RouteMethodLabels {
-                    route,
-                    method: "GET",
-                })
-                .clone(),
-            saved: self.saved.get_or_create(&labels).clone(),
-            points: self.points_saved.get_or_create(&labels).clone(),
-        }
-    }
-
-    fn record_figures(&self, record: &RequestRecord) {
-        let figures = &self.figures[record.route.map_or(Route::ALL.len(), Route::index)];
-        figures.requests.fetch_add(1, Ordering::Relaxed);
-        match record.cache {
-            CacheLabel::Hit | CacheLabel::Coalesced => figures.hits.fetch_add(1, Ordering::Relaxed),
-            CacheLabel::Miss | CacheLabel::Request => {
-                figures.misses.fetch_add(1, Ordering::Relaxed)
-            }
-            CacheLabel::StaleIfError | CacheLabel::StaleWhileRevalidate => {
-                figures.stale.fetch_add(1, Ordering::Relaxed)
-            }
-            _ => 0,
-        };
-        let micros = record.duration.as_micros() as u64;
-        let bucket = FIGURE_BUCKETS
-            .iter()
-            .position(|b| micros <= *b)
-            .unwrap_or(FIGURE_BUCKETS.len());
-        figures.latency[bucket].fetch_add(1, Ordering::Relaxed);
+    /// `n` answers of `route` were stored in the cache.
+    pub fn stored(&self, route: Route, n: u64) {
+        self.tally.stored[route.index()].fetch_add(n, Ordering::Relaxed);
     }
 
     /// Records a request sent upstream: its status, or the transport error that ended it.
@@ -563,30 +618,28 @@ impl Metrics {
             Ok(code) => code.as_u16().to_string(),
             Err(error) => error.to_owned(),
         };
-        self.upstream_requests
-            .get_or_create(&UpstreamLabels {
-                route: route.name(),
-                status,
-            })
-            .inc();
-        self.upstream_duration
-            .get_or_create(&RouteLabels {
-                route: route.name(),
-            })
-            .observe(duration);
-        self.totals.upstream.fetch_add(1, Ordering::Relaxed);
+        *self
+            .upstream
+            .calls
+            .lock()
+            .expect("lock")
+            .entry((route, status))
+            .or_default() += 1;
+        self.upstream.durations[route.index()].observe(duration);
     }
 
+    /// A write through `route` invalidated cached reads.
     pub fn invalidation(&self, route: Route) {
-        self.invalidations
-            .get_or_create(&RouteLabels {
-                route: route.name(),
-            })
-            .inc();
+        self.tally.invalidations[route.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// An operator purged the cache (all of it, or one tag).
+    pub fn purge(&self) {
+        self.tally.purges.fetch_add(1, Ordering::Relaxed);
     }
 
     /// An error answer wikigate made itself.
-    pub fn error(&self, route: Option<Route>, source: crate::error::ErrorSource) {
+    pub fn error(&self, route: Option<Route>, source: ErrorSource) {
         self.errors
             .get_or_create(&ErrorLabels {
                 route: route.map_or(UNMATCHED, Route::name),
@@ -596,14 +649,9 @@ impl Metrics {
     }
 
     pub fn rate_limited(&self, caller: &str, limit: &'static str) {
-        self.rate_limited
-            .get_or_create(&LimitedLabels {
-                caller: caller.to_owned(),
-                limit,
-            })
-            .inc();
         *self
-            .limited
+            .refused
+            .0
             .lock()
             .expect("lock")
             .entry((caller.to_owned(), limit))
@@ -630,37 +678,60 @@ impl Metrics {
         self.hold_remaining.set(snapshot.longest_hold.as_secs_f64());
         self.redis_up.set(snapshot.redis_up.map_or(-1, i64::from));
         let mut text = String::new();
-        prometheus_client::encoding::text::encode(&mut text, &self.registry)
-            .expect("writing to a String cannot fail");
-        if openmetrics {
-            text
+        let encoded = if openmetrics {
+            prometheus_client::encoding::text::encode(&mut text, &self.registry)
         } else {
-            classic_text_format(&text)
+            prometheus_client::encoding::prometheus_text::encode(&mut text, &self.registry)
+        };
+        encoded.expect("writing to a String cannot fail");
+        text
+    }
+
+    /// The cache's counters for `/admin/cache/stats`.
+    pub fn cache_stats(&self) -> CacheStats {
+        let t = &self.tally;
+        let sum = |labels: &[CacheLabel]| (0..ROUTES).map(|r| t.requests_of(r, labels)).sum();
+        let total = |counts: &[AtomicU64; ROUTES]| counts.iter().map(load).sum::<u64>();
+        CacheStats {
+            hits: sum(&[CacheLabel::Hit]),
+            misses: sum(&[CacheLabel::Miss, CacheLabel::Request]),
+            coalesced: sum(&[CacheLabel::Coalesced]),
+            stale: sum(&[CacheLabel::StaleIfError]),
+            bypassed: sum(&[CacheLabel::Bypass]),
+            stored: total(&t.stored),
+            invalidations: total(&t.invalidations) + load(&t.purges),
         }
     }
 
     /// The status page's figures.
     pub fn status(&self, snapshot: &Snapshot) -> Status {
-        let routes = Route::ALL
-            .iter()
-            .map(|r| r.name())
-            .chain([UNMATCHED])
-            .zip(&self.figures)
-            .filter_map(|(name, f)| {
-                let requests = f.requests.load(Ordering::Relaxed);
+        let t = &self.tally;
+        let routes = (0..ROUTES)
+            .filter_map(|route| {
+                let requests = t.requests_of(route, &ALL_LABELS);
+                let mut latency = [0u64; LATENCY_BOUNDS_NS.len() + 1];
+                for method in 0..METHODS.len() {
+                    for (sum, n) in latency
+                        .iter_mut()
+                        .zip(t.durations[route * METHODS.len() + method].counts())
+                    {
+                        *sum += n;
+                    }
+                }
                 (requests > 0).then(|| RouteStatus {
-                    route: name,
+                    route: route_label(route),
                     requests,
-                    hits: f.hits.load(Ordering::Relaxed),
-                    misses: f.misses.load(Ordering::Relaxed),
-                    stale: f.stale.load(Ordering::Relaxed),
-                    p50_us: f.quantile(0.50),
-                    p99_us: f.quantile(0.99),
+                    hits: t.requests_of(route, &[CacheLabel::Hit, CacheLabel::Coalesced]),
+                    misses: t.requests_of(route, &[CacheLabel::Miss, CacheLabel::Request]),
+                    stale: t.requests_of(route, &[CacheLabel::StaleIfError]),
+                    p50_us: quantile_us(&latency, 0.50),
+                    p99_us: quantile_us(&latency, 0.99),
                 })
             })
             .collect();
         let mut limited: Vec<(String, &'static str, u64)> = self
-            .limited
+            .refused
+            .0
             .lock()
             .expect("lock")
             .iter()
@@ -668,16 +739,41 @@ impl Metrics {
             .collect();
         limited.sort_by(|a, b| b.2.cmp(&a.2).then_with(|| a.0.cmp(&b.0)));
         limited.truncate(10);
+        let upstream = self.upstream.calls.lock().expect("lock").values().sum();
         Status {
-            requests: self.totals.requests.load(Ordering::Relaxed),
-            saved: self.totals.saved.load(Ordering::Relaxed),
-            points_saved: self.totals.points.load(Ordering::Relaxed),
-            upstream: self.totals.upstream.load(Ordering::Relaxed),
+            requests: (0..ROUTES).map(|r| t.requests_of(r, &ALL_LABELS)).sum(),
+            saved: t.saved.iter().map(load).sum(),
+            points_saved: t.points.iter().map(load).sum(),
+            upstream,
             routes,
             limited,
             snapshot: *snapshot,
         }
     }
+}
+
+/// One of each `cache` label (the two stale kinds share one).
+const ALL_LABELS: [CacheLabel; 7] = [
+    CacheLabel::Hit,
+    CacheLabel::Miss,
+    CacheLabel::Coalesced,
+    CacheLabel::StaleIfError,
+    CacheLabel::Bypass,
+    CacheLabel::Request,
+    CacheLabel::None,
+];
+
+/// The cache's counters, as `/admin/cache/stats` reports them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheStats {
+    pub hits: u64,
+    pub misses: u64,
+    pub coalesced: u64,
+    pub stale: u64,
+    pub bypassed: u64,
+    pub stored: u64,
+    /// Writes that invalidated reads, and operators' purges.
+    pub invalidations: u64,
 }
 
 /// Decrements the in-flight gauge when the request ends, however it ends.
@@ -737,58 +833,24 @@ pub fn quota_points(route: Route, body: &[u8]) -> u32 {
     1 + 2 * objects
 }
 
-/// OpenMetrics to the classic Prometheus text format (0.0.4): counter families are named with
-/// their `_total` suffix in `HELP`/`TYPE`, and `UNIT` and `EOF` lines go.
-fn classic_text_format(openmetrics: &str) -> String {
-    let counters: std::collections::HashSet<&str> = openmetrics
-        .lines()
-        .filter_map(|l| l.strip_prefix("# TYPE "))
-        .filter_map(|l| l.strip_suffix(" counter"))
-        .collect();
-    let mut classic = String::with_capacity(openmetrics.len());
-    for line in openmetrics.lines() {
-        if line.starts_with("# UNIT ") || line == "# EOF" {
-            continue;
-        }
-        let header = line
-            .strip_prefix("# HELP ")
-            .map(|rest| ("# HELP ", rest))
-            .or_else(|| line.strip_prefix("# TYPE ").map(|rest| ("# TYPE ", rest)));
-        match header {
-            Some((kind, rest)) => {
-                let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
-                let suffix = if counters.contains(name) {
-                    "_total"
-                } else {
-                    ""
-                };
-                classic.push_str(&format!("{kind}{name}{suffix} {tail}"));
-            }
-            None => classic.push_str(line),
-        }
-        classic.push('\n');
-    }
-    classic
-}
-
-fn method_label(method: &Method) -> &'static str {
+fn method_index(method: &Method) -> usize {
     match *method {
-        Method::GET => "GET",
-        Method::HEAD => "HEAD",
-        Method::POST => "POST",
-        Method::PUT => "PUT",
-        Method::DELETE => "DELETE",
-        _ => "other",
+        Method::GET => 0,
+        Method::HEAD => 1,
+        Method::POST => 2,
+        Method::PUT => 3,
+        Method::DELETE => 4,
+        _ => 5,
     }
 }
 
-fn status_class(status: StatusCode) -> &'static str {
+fn class_index(status: StatusCode) -> usize {
     match status.as_u16() {
-        100..=199 => "1xx",
-        200..=299 => "2xx",
-        300..=399 => "3xx",
-        400..=499 => "4xx",
-        _ => "5xx",
+        100..=199 => 0,
+        200..=299 => 1,
+        300..=399 => 2,
+        400..=499 => 3,
+        _ => 4,
     }
 }
 
@@ -798,18 +860,18 @@ mod tests {
 
     #[test]
     fn quantiles_come_from_the_bucket_bounds() {
-        let figures = RouteFigures::default();
-        assert_eq!(figures.quantile(0.5), None);
-        for (bucket, n) in [(1, 98), (6, 1), (10, 1)] {
-            figures.latency[bucket].fetch_add(n, Ordering::Relaxed);
+        let mut counts = [0u64; LATENCY_BOUNDS_NS.len() + 1];
+        assert_eq!(quantile_us(&counts, 0.5), None);
+        for (bucket, n) in [(0, 98), (3, 1), (5, 1)] {
+            counts[bucket] = n;
         }
-        assert_eq!(figures.quantile(0.50), Some(100));
-        assert_eq!(figures.quantile(0.99), Some(1_000));
-        assert_eq!(figures.quantile(1.0), Some(5_000));
+        assert_eq!(quantile_us(&counts, 0.50), Some(100));
+        assert_eq!(quantile_us(&counts, 0.99), Some(800));
+        assert_eq!(quantile_us(&counts, 1.0), Some(3_200));
     }
 
     #[test]
-    fn hits_and_other_requests_land_in_the_same_series() {
+    fn every_view_reads_the_same_counters() {
         let metrics = Metrics::new();
         let record = |cache, status, micros| RequestRecord {
             route: Some(Route::Current),
@@ -819,19 +881,11 @@ mod tests {
             saved_points: (cache == CacheLabel::Hit).then_some(3),
             duration: Duration::from_micros(micros),
         };
-        // Hits take the pre-resolved series, a 304 hit and a miss the labelled lookup.
         metrics.request(&record(CacheLabel::Hit, StatusCode::OK, 150));
         metrics.request(&record(CacheLabel::Hit, StatusCode::OK, 150));
         metrics.request(&record(CacheLabel::Hit, StatusCode::NOT_MODIFIED, 50));
         metrics.request(&record(CacheLabel::Miss, StatusCode::OK, 30_000_000));
-        let snapshot = Snapshot {
-            cache_entries: 0,
-            cache_bytes: 0,
-            cache_max_bytes: 0,
-            holds: 0,
-            longest_hold: Duration::ZERO,
-            redis_up: None,
-        };
+        let snapshot = Snapshot::default();
         let text = metrics.encode(&snapshot, false);
         for line in [
             r#"wikigate_requests_total{route="current",method="GET",status_class="2xx",cache="hit"} 2"#,
@@ -840,15 +894,22 @@ mod tests {
             r#"wikigate_upstream_requests_saved_total{route="current"} 3"#,
             r#"wikigate_quota_points_saved_total{route="current"} 9"#,
             // Buckets are cumulative: 50 µs ≤ 100 µs, 150 µs ≤ 200 µs, 30 s only in +Inf.
-            r#"wikigate_request_duration_seconds_bucket{le="0.0001",route="current",method="GET"} 1"#,
-            r#"wikigate_request_duration_seconds_bucket{le="0.0002",route="current",method="GET"} 3"#,
-            r#"wikigate_request_duration_seconds_bucket{le="26.2144",route="current",method="GET"} 3"#,
-            r#"wikigate_request_duration_seconds_bucket{le="+Inf",route="current",method="GET"} 4"#,
+            r#"wikigate_request_duration_seconds_bucket{route="current",method="GET",le="0.0001"} 1"#,
+            r#"wikigate_request_duration_seconds_bucket{route="current",method="GET",le="0.0002"} 3"#,
+            r#"wikigate_request_duration_seconds_bucket{route="current",method="GET",le="26.2144"} 3"#,
+            r#"wikigate_request_duration_seconds_bucket{route="current",method="GET",le="+Inf"} 4"#,
             r#"wikigate_request_duration_seconds_count{route="current",method="GET"} 4"#,
             r#"wikigate_request_duration_seconds_sum{route="current",method="GET"} 30.00035"#,
         ] {
             assert!(text.contains(line), "missing {line} in\n{text}");
         }
-        assert_eq!(metrics.status(&snapshot).requests, 4);
+        let status = metrics.status(&snapshot);
+        assert_eq!(
+            (status.requests, status.saved, status.points_saved),
+            (4, 3, 9)
+        );
+        assert_eq!(status.routes[0].hits, 3);
+        assert_eq!(metrics.cache_stats().hits, 3);
+        assert_eq!(metrics.cache_stats().misses, 1);
     }
 }

@@ -30,11 +30,13 @@ use serde_json::{Map, Value};
 use tokio::time::Instant;
 
 use super::key::normalized_query;
-use super::{Buffered, Cache, CacheKey, Entry, Fetched, Lifetime, Lookup, served};
+use super::{
+    Buffered, Cache, CacheKey, Entry, Fetched, Forward, Lifetime, Lookup, Outcome, Served, Stored,
+    Tier,
+};
 use crate::body::Body;
 use crate::coding::{self, Accepts, Coding};
 use crate::error::GatewayError;
-use crate::metrics::CacheLabel;
 use crate::routes::Route;
 
 /// The `expand` values the spec documents for `/user/bulk`.
@@ -145,23 +147,13 @@ impl Cache {
         plan: BulkPlan,
         request_headers: &HeaderMap,
         fetch: F,
-    ) -> Result<Response<Body>, GatewayError>
+    ) -> Result<(Response<Body>, Served), GatewayError>
     where
         F: FnOnce(String) -> Fut,
         Fut: Future<Output = Result<Fetched, GatewayError>>,
     {
         let now = Instant::now();
-        let envelope_key = self.account_key(&plan, "");
-        let mut envelope = self
-            .store
-            .get(&envelope_key)
-            .await
-            .filter(|e| e.is_fresh(now));
-        let mut accounts: Vec<Option<Arc<Entry>>> = Vec::with_capacity(plan.ids.len());
-        for id in &plan.ids {
-            let entry = self.store.get(&self.account_key(&plan, id)).await;
-            accounts.push(entry.filter(|e| e.is_fresh(now)));
-        }
+        let (mut envelope, mut accounts) = self.cached_accounts(&plan, now).await;
         let missing: Vec<&str> = plan
             .ids
             .iter()
@@ -170,44 +162,25 @@ impl Cache {
             .map(|(id, _)| id.as_str())
             .collect();
         let fetched = missing.len();
-
         if fetched > 0 {
-            self.stats
-                .misses
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let answer = match fetch(upstream_query(&missing, &plan)).await? {
                 Fetched::Buffered(answer) if answer.status == StatusCode::OK => answer,
-                Fetched::Buffered(answer) => {
-                    let accepts = Accepts::of(request_headers);
-                    let mut response = answer.to_response(plan.lookup.head, accepts);
-                    super::set_status(&mut response, "wikigate; fwd=miss");
-                    return Ok(served(response, CacheLabel::Miss, None));
-                }
-                Fetched::Streamed(mut response) => {
-                    super::set_status(&mut response, "wikigate; fwd=miss; detail=too-large");
-                    return Ok(served(response, CacheLabel::Miss, None));
-                }
-                Fetched::Undeliverable(error) => return Err(error),
+                other => return not_stored(other, plan.lookup.head, request_headers),
             };
-            let (new_envelope, fetched_accounts) =
-                self.store_accounts(&plan, &missing, answer).await?;
+            let (new_envelope, new_accounts) = self.store_accounts(&plan, &missing, answer).await?;
             envelope = Some(new_envelope);
             for (slot, id) in accounts.iter_mut().zip(&plan.ids) {
-                if let Some(entry) = fetched_accounts.iter().find(|(i, _)| i == id) {
-                    *slot = Some(entry.1.clone());
+                if let Some((_, entry)) = new_accounts.iter().find(|(i, _)| i == id) {
+                    *slot = Some(entry.clone());
                 }
             }
-        } else {
-            self.stats
-                .hits
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
-        let envelope = envelope.expect("fetched or cached");
-        let Some(envelope) = Envelope::from_entry(&envelope) else {
-            return Err(GatewayError::UpstreamProtocol(
-                "a cached bulk envelope is not readable".to_owned(),
-            ));
-        };
+        let envelope = envelope
+            .as_deref()
+            .and_then(Envelope::from_entry)
+            .ok_or_else(|| {
+                GatewayError::Internal("a cached bulk envelope is not readable".to_owned())
+            })?;
         let found: Vec<&Bytes> = accounts
             .iter()
             .flatten()
@@ -216,34 +189,53 @@ impl Cache {
             .take(plan.limit.unwrap_or(usize::MAX))
             .collect();
         let body = assemble(&plan, &envelope, &found);
-        let freshest_expiry = accounts
+        let fresh_for = accounts
             .iter()
             .flatten()
             .map(|e| e.ttl.saturating_sub(e.age(now)))
             .min()
             .unwrap_or_default();
-        let status = match fetched {
-            0 => "wikigate; hit".to_owned(),
-            n if n == plan.ids.len() => "wikigate; fwd=miss; stored".to_owned(),
-            n => format!(
-                "wikigate; fwd=partial; stored; detail=fetched-{n}-of-{}",
-                plan.ids.len()
-            ),
+        let served = match fetched {
+            0 => Served {
+                outcome: Outcome::Hit(Tier::Memory),
+                saved_points: Some(1 + 2 * found.len() as u32),
+            },
+            n if n == plan.ids.len() => Served {
+                outcome: Outcome::STORED,
+                saved_points: None,
+            },
+            n => Served {
+                outcome: Outcome::Partial {
+                    fetched: n,
+                    of: plan.ids.len(),
+                },
+                saved_points: None,
+            },
         };
         let response = respond(
             body,
             &envelope,
             request_headers,
             plan.lookup.head,
-            freshest_expiry,
-            &status,
+            fresh_for,
+            &served.outcome,
         );
-        Ok(if fetched == 0 {
-            let points = 1 + 2 * found.len() as u32;
-            served(response, CacheLabel::Hit, Some(points))
-        } else {
-            served(response, CacheLabel::Miss, None)
-        })
+        Ok((response, served))
+    }
+
+    /// The lookup's envelope and accounts this replica holds fresh, in request order.
+    async fn cached_accounts(
+        &self,
+        plan: &BulkPlan,
+        now: Instant,
+    ) -> (Option<Arc<Entry>>, Vec<Option<Arc<Entry>>>) {
+        let fresh = |entry: Option<Arc<Entry>>| entry.filter(|e| e.is_fresh(now));
+        let envelope = fresh(self.store.get(&self.account_key(plan, "")).await);
+        let mut accounts = Vec::with_capacity(plan.ids.len());
+        for id in &plan.ids {
+            accounts.push(fresh(self.store.get(&self.account_key(plan, id)).await));
+        }
+        (envelope, accounts)
     }
 
     /// Stores every account of an upstream answer, the accounts it omitted as unknown, and the
@@ -254,6 +246,84 @@ impl Cache {
         asked: &[&str],
         answer: Buffered,
     ) -> Result<(Arc<Entry>, Vec<(String, Arc<Entry>)>), GatewayError> {
+        let Parsed {
+            objects,
+            keys,
+            site_base,
+        } = self.parse_bulk(plan, &answer)?;
+        let policy = *self.routes.load().get(plan.lookup.route);
+        let found_lifetime = Lifetime {
+            ttl: policy.ttl,
+            stale_if_error: Duration::ZERO,
+            stale_while_revalidate: Duration::ZERO,
+        };
+        let mut stored = Vec::with_capacity(asked.len());
+        for mut object in objects {
+            let Some(id) = object
+                .get("accountId")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+            else {
+                continue;
+            };
+            if let Some(Value::String(url)) = object.pointer_mut("/_links/self")
+                && let Some(rewritten) = self.links.rewrite_self(url, &site_base)
+            {
+                *url = rewritten;
+            }
+            let account = Buffered::plain(
+                StatusCode::OK,
+                json_headers(),
+                Bytes::from(object.to_string()),
+            );
+            stored.push((id, self.store_account(account, found_lifetime, 3)));
+        }
+        let negative_lifetime = Lifetime {
+            ttl: self.config.negative_ttl,
+            ..found_lifetime
+        };
+        for id in asked {
+            if !stored.iter().any(|(i, _)| i == id) {
+                let unknown =
+                    Buffered::plain(StatusCode::NOT_FOUND, HeaderMap::new(), Bytes::new());
+                stored.push((
+                    (*id).to_owned(),
+                    self.store_account(unknown, negative_lifetime, 1),
+                ));
+            }
+        }
+        for (id, entry) in &stored {
+            self.store
+                .insert(self.account_key(plan, id), entry.clone())
+                .await;
+        }
+        let envelope = Envelope {
+            keys,
+            headers: answer.headers,
+        };
+        let entry = Arc::new(envelope.into_entry(found_lifetime));
+        self.store
+            .insert(self.account_key(plan, ""), entry.clone())
+            .await;
+        self.metrics.stored(plan.lookup.route, stored.len() as u64);
+        Ok((entry, stored))
+    }
+
+    /// An account's entry (always identity: fragments of answers assembled per request).
+    fn store_account(&self, account: Buffered, lifetime: Lifetime, points: u32) -> Arc<Entry> {
+        let no_request = HeaderMap::new();
+        Arc::new(Entry::new(
+            account,
+            &no_request,
+            lifetime,
+            false,
+            points,
+            Coding::Identity,
+        ))
+    }
+
+    /// A bulk answer, read.
+    fn parse_bulk(&self, plan: &BulkPlan, answer: &Buffered) -> Result<Parsed, GatewayError> {
         let invalid = || {
             GatewayError::UpstreamProtocol("the bulk answer is not the documented JSON".to_owned())
         };
@@ -281,85 +351,57 @@ impl Cache {
                 *keys = rewritten;
             }
         }
-        let policy = *self.routes.load().get(plan.lookup.route);
-        let found_lifetime = Lifetime {
-            ttl: policy.ttl,
-            stale_if_error: Duration::ZERO,
-            stale_while_revalidate: Duration::ZERO,
-        };
-        let negative_lifetime = Lifetime {
-            ttl: self.config.negative_ttl,
-            ..found_lifetime
-        };
-        let mut json_headers = HeaderMap::new();
-        json_headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json;charset=UTF-8"),
-        );
-
-        let mut stored = Vec::with_capacity(asked.len());
-        for mut object in objects {
-            let Some(id) = object
-                .get("accountId")
-                .and_then(Value::as_str)
-                .map(str::to_owned)
-            else {
-                continue;
-            };
-            if let Some(Value::String(url)) = object.pointer_mut("/_links/self")
-                && let Some(rewritten) = self.links.rewrite_self(url, &site_base)
-            {
-                *url = rewritten;
-            }
-            let account = Buffered::plain(
-                StatusCode::OK,
-                json_headers.clone(),
-                Bytes::from(object.to_string()),
-            );
-            let entry = Arc::new(Entry::new(
-                account,
-                &HeaderMap::new(),
-                found_lifetime,
-                false,
-                3,
-                Coding::Identity,
-            ));
-            self.store
-                .insert(self.account_key(plan, &id), entry.clone())
-                .await;
-            stored.push((id, entry));
-        }
-        for id in asked {
-            if !stored.iter().any(|(i, _)| i == id) {
-                let unknown =
-                    Buffered::plain(StatusCode::NOT_FOUND, HeaderMap::new(), Bytes::new());
-                let entry = Arc::new(Entry::new(
-                    unknown,
-                    &HeaderMap::new(),
-                    negative_lifetime,
-                    false,
-                    1,
-                    Coding::Identity,
-                ));
-                self.store
-                    .insert(self.account_key(plan, id), entry.clone())
-                    .await;
-                stored.push(((*id).to_owned(), entry));
-            }
-        }
-        let envelope = Envelope {
+        Ok(Parsed {
+            objects,
             keys,
-            headers: answer.headers,
-        };
-        let entry = Arc::new(envelope.into_entry(found_lifetime));
-        self.store
-            .insert(self.account_key(plan, ""), entry.clone())
-            .await;
-        self.stats
-            .stored
-            .fetch_add(stored.len() as u64, std::sync::atomic::Ordering::Relaxed);
-        Ok((entry, stored))
+            site_base,
+        })
     }
+}
+
+/// A bulk answer, read: its objects, its envelope (its keys but `results`, links rewritten;
+/// none for `/user/email/bulk`, a bare array) and the site's base its links were relative to.
+struct Parsed {
+    objects: Vec<Value>,
+    keys: Option<Map<String, Value>>,
+    site_base: String,
+}
+
+/// The headers of a stored account object.
+fn json_headers() -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json;charset=UTF-8"),
+    );
+    headers
+}
+
+/// Upstream's answer to the missing accounts, passed on as it came: an error status, or an
+/// answer too large to hold.
+fn not_stored(
+    fetched: Fetched,
+    head: bool,
+    request_headers: &HeaderMap,
+) -> Result<(Response<Body>, Served), GatewayError> {
+    let (mut response, stored) = match fetched {
+        Fetched::Buffered(answer) => {
+            let accepts = Accepts::of(request_headers);
+            (answer.to_response(head, accepts), Stored::No)
+        }
+        Fetched::Streamed(response) => (response, Stored::TooLarge),
+        Fetched::Undeliverable(error) => return Err(error),
+    };
+    let served = Served {
+        outcome: Outcome::Forwarded {
+            why: Forward::Miss,
+            collapsed: false,
+            stored,
+        },
+        saved_points: None,
+    };
+    super::mark(&mut response, &served.outcome);
+    Ok((response, served))
 }
 
 impl Envelope {
@@ -488,7 +530,7 @@ fn respond(
     request_headers: &HeaderMap,
     head: bool,
     fresh_for: Duration,
-    status: &str,
+    outcome: &Outcome,
 ) -> Response<Body> {
     let digest = blake3::hash(&body);
     let hex = &digest.to_hex()[..32];
@@ -531,9 +573,6 @@ fn respond(
         Coding::Gzip => &etags[1],
     };
     headers.insert(header::ETAG, HeaderValue::from_str(etag).expect("hex"));
-    headers.insert(
-        super::CACHE_STATUS.clone(),
-        HeaderValue::from_str(status).expect("ascii"),
-    );
+    headers.insert(super::CACHE_STATUS.clone(), outcome.cache_status());
     response
 }

@@ -27,13 +27,13 @@ mod flights;
 mod generations;
 mod heads;
 mod key;
+mod outcome;
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
+use http::{HeaderMap, Response, StatusCode, header};
 use moka::future::Cache as Moka;
 use tokio::time::Instant;
 use tracing::Instrument as _;
@@ -42,9 +42,10 @@ pub use bulk::BulkPlan;
 pub use entry::{
     Buffered, CACHE_STATUS, Entry, Lifetime, add_vary_accept_encoding, varies_on_everything,
 };
-use flights::{Flights, FollowError, Role, follow};
+use flights::{Flights, FollowError, Leader, Role, follow};
 use generations::Generations;
 pub use key::{Bypass, CacheKey, Partition};
+pub use outcome::{Forward, Outcome, Served, Stored, Tier};
 
 use crate::body::Body;
 use crate::cluster::{Cluster, Confirmation, Listener};
@@ -53,7 +54,7 @@ use crate::config::CacheConfig;
 use crate::error::GatewayError;
 use crate::forward::list_tokens;
 use crate::links::Links;
-use crate::metrics::{CacheLabel, Metrics, quota_points};
+use crate::metrics::{CacheStats, Metrics, quota_points};
 use crate::routes::{Resolved, Route, Tag};
 
 /// What upstream answered a fetch with.
@@ -68,17 +69,69 @@ pub enum Fetched {
     Undeliverable(GatewayError),
 }
 
-/// What a leader's fetch leaves for the requests that followed it.
-#[derive(Clone)]
-enum Outcome {
+/// What a read's fetch came to, for the request that made it.
+enum Fetch {
     Stored(Arc<Entry>),
-    /// A bounded answer that may not be stored (an error status), shared with followers of
-    /// the same key — the same caller.
+    /// Found in the cluster's shared tier instead: no upstream call.
+    Shared(Arc<Entry>),
+    /// A bounded answer that may not be stored (an error status, a `Set-Cookie`).
+    Answer(Arc<Buffered>),
+    Streamed(Response<Body>),
+    Undeliverable(GatewayError),
+    Failed(GatewayError),
+}
+
+/// What a fetch leaves for the requests that waited on it: the same caller's answer (their key
+/// is its key). A streamed or undeliverable answer leaves nothing: they fetch for themselves.
+#[derive(Clone)]
+enum Landed {
+    Stored(Arc<Entry>),
     Answer(Arc<Buffered>),
     Failed(GatewayError),
-    /// Streamed to the leader alone (or not deliverable to it); followers fetch for
-    /// themselves.
-    Streamed,
+}
+
+impl Fetch {
+    fn landed(&self) -> Option<Landed> {
+        match self {
+            Fetch::Stored(entry) | Fetch::Shared(entry) => Some(Landed::Stored(entry.clone())),
+            Fetch::Answer(answer) => Some(Landed::Answer(answer.clone())),
+            Fetch::Failed(error) => Some(Landed::Failed(error.clone())),
+            Fetch::Streamed(_) | Fetch::Undeliverable(_) => None,
+        }
+    }
+
+    /// Whether upstream failed (an error status worth falling back on, or no answer); the
+    /// status when there was one.
+    fn failure(&self) -> Option<Option<StatusCode>> {
+        match self {
+            Fetch::Failed(_) => Some(None),
+            Fetch::Answer(answer) if is_upstream_failure(answer.status) => {
+                Some(Some(answer.status))
+            }
+            _ => None,
+        }
+    }
+}
+
+impl From<Landed> for Fetch {
+    fn from(landed: Landed) -> Fetch {
+        match landed {
+            Landed::Stored(entry) => Fetch::Stored(entry),
+            Landed::Answer(answer) => Fetch::Answer(answer),
+            Landed::Failed(error) => Fetch::Failed(error),
+        }
+    }
+}
+
+/// What the one lookup of a read found in this replica's memory.
+pub enum Found {
+    /// A fresh entry: the hit path answers it.
+    Fresh(Arc<Entry>),
+    /// Expired, within stale-while-revalidate: answered at once, refreshed in the background.
+    Revalidate(Arc<Entry>),
+    /// Nothing to answer with: fetch. `fallback` is an expired entry within stale-if-error,
+    /// served if upstream fails.
+    Missing { fallback: Option<Arc<Entry>> },
 }
 
 /// A request's cache directives (`Cache-Control` / `Pragma` request headers).
@@ -121,22 +174,10 @@ pub struct Lookup {
     directive: Directive,
 }
 
-/// Counters for `/admin/cache/stats`.
-#[derive(Default)]
-struct Stats {
-    hits: AtomicU64,
-    misses: AtomicU64,
-    stored: AtomicU64,
-    coalesced: AtomicU64,
-    stale: AtomicU64,
-    bypassed: AtomicU64,
-    invalidations: AtomicU64,
-}
-
 pub struct Cache {
     store: Moka<CacheKey, Arc<Entry>>,
     generations: Generations,
-    flights: Flights<CacheKey, Outcome>,
+    flights: Flights<CacheKey, Option<Landed>>,
     config: CacheConfig,
     /// Redis, in multi-replica mode.
     cluster: Option<Arc<Cluster>>,
@@ -145,7 +186,7 @@ pub struct Cache {
     /// `_links` rewriting to `server.public_url`.
     links: Arc<Links>,
     secret: [u8; 32],
-    stats: Stats,
+    metrics: Arc<Metrics>,
 }
 
 /// moka keeps each entry for what is left of its retention (TTL plus its longest stale
@@ -182,13 +223,14 @@ impl Cache {
         secret: [u8; 32],
         metrics: Arc<Metrics>,
     ) -> Cache {
+        let evictions = metrics.clone();
         let store = Moka::builder()
             .max_capacity(config.max_bytes)
             .weigher(|_, entry: &Arc<Entry>| entry.weight())
             .expire_after(Retention)
             .eviction_listener(move |_, _, cause| {
                 use moka::notification::RemovalCause;
-                metrics.eviction(match cause {
+                evictions.eviction(match cause {
                     RemovalCause::Expired => "expired",
                     RemovalCause::Explicit => "explicit",
                     RemovalCause::Replaced => "replaced",
@@ -205,7 +247,7 @@ impl Cache {
             links,
             cluster: None,
             secret,
-            stats: Stats::default(),
+            metrics,
         }
     }
 
@@ -276,11 +318,6 @@ impl Cache {
         })
     }
 
-    /// Counts a request that bypassed the cache.
-    pub fn note_bypass(&self) {
-        self.stats.bypassed.fetch_add(1, Ordering::Relaxed);
-    }
-
     /// Invalidates every cached read that observed one of `tags` (a write's resource tags),
     /// for every caller — on every replica, when in a cluster (the tag's counter in Redis,
     /// which every replica reads when it looks such a read up).
@@ -288,9 +325,6 @@ impl Cache {
         for tag in tags {
             self.generations.bump(tag);
         }
-        self.stats
-            .invalidations
-            .fetch_add(tags.len() as u64, Ordering::Relaxed);
         if let Some(cluster) = &self.cluster {
             let slots: Vec<usize> = tags.iter().map(generations::slot).collect();
             if !slots.is_empty() && !cluster.bump(&slots).await {
@@ -304,7 +338,7 @@ impl Cache {
     /// An operator's purge, of everything (`None`) or of one tag, on every replica: answered
     /// once every live replica applied it (fetches in flight land under dead keys).
     pub async fn purge(&self, tag: Option<&Tag>) -> Purge {
-        self.stats.invalidations.fetch_add(1, Ordering::Relaxed);
+        self.metrics.purge();
         let field = match tag {
             None => "epoch".to_owned(),
             Some(Tag::Route(route)) => format!("route:{}", route.name()),
@@ -349,54 +383,366 @@ impl Cache {
         }
     }
 
-    /// The answer of a fresh entry in this replica's memory, if there is one: the hit path,
-    /// which needs nothing a miss would (no upstream request, no copies of the request).
-    /// `None` sends the request on to [`Cache::read`]. What was served comes back beside the
-    /// response rather than in its extensions (which would cost allocations on every hit).
-    pub async fn hit(
-        &self,
-        lookup: &Lookup,
-        request_headers: &HeaderMap,
-    ) -> Option<(Response<Body>, Served)> {
+    /// The one lookup of a read: what this replica's memory holds for it. A request whose own
+    /// `Cache-Control` sends it upstream finds nothing.
+    pub async fn find(&self, lookup: &Lookup, request_headers: &HeaderMap) -> Found {
+        let missing = Found::Missing { fallback: None };
         if lookup.directive != Directive::Normal {
-            return None;
+            return missing;
         }
-        let entry = self.store.get(&lookup.key).await?;
-        if !entry.matches_vary(request_headers) || !entry.is_fresh(Instant::now()) {
-            return None;
-        }
-        let status = HeaderValue::from_static("wikigate; hit");
-        let response = self
-            .answer(lookup, entry.clone(), request_headers, status)
-            .await
-            .ok()?;
-        self.stats.hits.fetch_add(1, Ordering::Relaxed);
-        let served = Served {
-            cache: CacheLabel::Hit,
-            saved_points: Some(entry.points),
+        let Some(entry) = self.store.get(&lookup.key).await else {
+            return missing;
         };
-        Some((response, served))
+        if !entry.matches_vary(request_headers) {
+            return missing;
+        }
+        let now = Instant::now();
+        if entry.is_fresh(now) {
+            Found::Fresh(entry)
+        } else if entry.may_revalidate_in_background(now) {
+            Found::Revalidate(entry)
+        } else if entry.may_serve_on_error(now) {
+            Found::Missing {
+                fallback: Some(entry),
+            }
+        } else {
+            missing
+        }
     }
 
-    /// Serves `entry` (stored under `lookup`'s key) to a request: in a representation the
-    /// request accepts, which the entry gains first if it holds none yet.
-    async fn answer(
+    /// The hit path: answers a fresh entry of this replica's memory. Nothing a miss needs (the
+    /// upstream request, copies of the request) is made for it.
+    pub async fn hit(
         &self,
         lookup: &Lookup,
         entry: Arc<Entry>,
         request_headers: &HeaderMap,
-        status: HeaderValue,
-    ) -> Result<Response<Body>, GatewayError> {
+    ) -> Result<(Response<Body>, Served), GatewayError> {
+        let saved = Some(entry.points);
+        self.serve(
+            lookup,
+            entry,
+            request_headers,
+            Outcome::Hit(Tier::Memory),
+            saved,
+        )
+        .await
+    }
+
+    /// Answers a read from what [`Cache::find`] found: a fresh entry as a hit; an entry in its
+    /// stale-while-revalidate window at once, refreshing it in the background; else by
+    /// fetching with `fetch` (which must ask upstream for the GET, also for HEAD requests) —
+    /// once for every identical request in flight — and storing the answer.
+    pub async fn read<F, Fut>(
+        self: &Arc<Self>,
+        lookup: Lookup,
+        found: Found,
+        request_headers: &HeaderMap,
+        fetch: F,
+    ) -> Result<(Response<Body>, Served), GatewayError>
+    where
+        F: Fn() -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = Result<Fetched, GatewayError>> + Send + 'static,
+    {
+        match found {
+            Found::Fresh(entry) => self.hit(&lookup, entry, request_headers).await,
+            Found::Revalidate(entry) => {
+                self.refresh_in_background(lookup, request_headers, fetch);
+                let saved = Some(entry.points);
+                let outcome = Outcome::StaleWhileRevalidate;
+                self.serve(&lookup, entry, request_headers, outcome, saved)
+                    .await
+            }
+            Found::Missing { fallback } if lookup.directive != Directive::Normal => {
+                let store = lookup.directive == Directive::NoCache;
+                let fetched = self
+                    .settle(lookup, request_headers, fetch().await, store)
+                    .await;
+                let forwarded = (Forward::Request, false);
+                self.respond(fetched, &lookup, request_headers, fallback, forwarded)
+                    .await
+            }
+            Found::Missing { fallback } => {
+                self.fetch_once_for_all(lookup, request_headers, fetch, fallback)
+                    .await
+            }
+        }
+    }
+
+    /// A miss: leads the fetch for every identical request, or waits for the one that does.
+    async fn fetch_once_for_all<F, Fut>(
+        self: &Arc<Self>,
+        lookup: Lookup,
+        request_headers: &HeaderMap,
+        fetch: F,
+        fallback: Option<Arc<Entry>>,
+    ) -> Result<(Response<Body>, Served), GatewayError>
+    where
+        F: Fn() -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = Result<Fetched, GatewayError>> + Send + 'static,
+    {
+        let why = match fallback {
+            Some(_) => Forward::Stale,
+            None => Forward::Miss,
+        };
+        loop {
+            let fetched = match self.flights.join(lookup.key) {
+                Role::Leader(leader) => (
+                    self.lead(leader, lookup, request_headers, fetch).await?,
+                    false,
+                ),
+                Role::Follower(receiver) => {
+                    match follow(receiver, self.config.coalesce_timeout).await {
+                        Err(FollowError::Abandoned) => continue,
+                        // A leader refused by its own caller's limits says nothing about this
+                        // request's limits: it fetches (and is admitted or refused) itself.
+                        Ok(Some(Landed::Failed(GatewayError::RateLimited(_))))
+                        | Ok(None)
+                        | Err(FollowError::TimedOut) => {
+                            let fetched = fetch().await;
+                            (
+                                self.settle(lookup, request_headers, fetched, true).await,
+                                false,
+                            )
+                        }
+                        Ok(Some(landed)) => (Fetch::from(landed), true),
+                    }
+                }
+            };
+            let (fetched, collapsed) = fetched;
+            return self
+                .respond(
+                    fetched,
+                    &lookup,
+                    request_headers,
+                    fallback,
+                    (why, collapsed),
+                )
+                .await;
+        }
+    }
+
+    /// The leader's fetch, in a task of its own: if this request goes away, the answer still
+    /// reaches the cache and the followers. The cluster's shared tier is asked first.
+    async fn lead<F, Fut>(
+        self: &Arc<Self>,
+        leader: Leader<CacheKey, Option<Landed>>,
+        lookup: Lookup,
+        request_headers: &HeaderMap,
+        fetch: F,
+    ) -> Result<Fetch, GatewayError>
+    where
+        F: Fn() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Fetched, GatewayError>> + Send + 'static,
+    {
+        let this = self.clone();
+        let headers = request_headers.clone();
+        let task = tokio::spawn(
+            async move {
+                let fetched = match this.look_in_l2(lookup, &headers).await {
+                    Some(entry) => Fetch::Shared(entry),
+                    None => this.settle(lookup, &headers, fetch().await, true).await,
+                };
+                leader.complete(fetched.landed());
+                fetched
+            }
+            .in_current_span(),
+        );
+        Ok(task.await?)
+    }
+
+    /// Stale-while-revalidate: one background refresh per key, deduplicated with any fetch of
+    /// the same key already in flight.
+    fn refresh_in_background<F, Fut>(
+        self: &Arc<Self>,
+        lookup: Lookup,
+        request_headers: &HeaderMap,
+        fetch: F,
+    ) where
+        F: Fn() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Fetched, GatewayError>> + Send + 'static,
+    {
+        let Role::Leader(leader) = self.flights.join(lookup.key) else {
+            return;
+        };
+        let this = self.clone();
+        let headers = request_headers.clone();
+        tokio::spawn(
+            async move {
+                let fetched = this.settle(lookup, &headers, fetch().await, true).await;
+                leader.complete(fetched.landed());
+            }
+            .in_current_span(),
+        );
+    }
+
+    /// Stores a fetched answer if it may be stored: its links rewritten, in the representation
+    /// the client whose request fetched it prefers.
+    async fn settle(
+        &self,
+        lookup: Lookup,
+        request_headers: &HeaderMap,
+        fetched: Result<Fetched, GatewayError>,
+        store: bool,
+    ) -> Fetch {
+        let answer = match fetched {
+            Err(error) => return Fetch::Failed(error),
+            Ok(Fetched::Streamed(response)) => return Fetch::Streamed(response),
+            Ok(Fetched::Undeliverable(error)) => return Fetch::Undeliverable(error),
+            Ok(Fetched::Buffered(answer)) => answer,
+        };
+        let lifetime = match self.lifetime_for(&answer, &lookup) {
+            Some(lifetime) if store => lifetime,
+            _ => return Fetch::Answer(Arc::new(answer)),
+        };
+        let mut answer = answer;
+        if let Some(rewritten) = self.links.rewrite(answer.body()) {
+            answer.set_body(rewritten);
+        }
+        let points = quota_points(lookup.route, answer.body());
+        let keep = Accepts::of(request_headers).preferred();
+        let entry = Arc::new(Entry::new(
+            answer,
+            request_headers,
+            lifetime,
+            lookup.shared,
+            points,
+            keep,
+        ));
+        self.store.insert(lookup.key, entry.clone()).await;
+        self.metrics.stored(lookup.route, 1);
+        if let Some(cluster) = &self.cluster {
+            cluster
+                .set(lookup.key.as_bytes(), entry.encode(), entry.retention())
+                .await;
+        }
+        Fetch::Stored(entry)
+    }
+
+    /// The cluster's copy of an entry this replica does not hold, if fresh and of this
+    /// request's variant; kept in L1 too.
+    async fn look_in_l2(&self, lookup: Lookup, request_headers: &HeaderMap) -> Option<Arc<Entry>> {
+        let cluster = self.cluster.as_ref()?;
+        let entry = Entry::decode(&cluster.get(lookup.key.as_bytes()).await?)?;
+        if !entry.is_fresh(Instant::now()) || !entry.matches_vary(request_headers) {
+            return None;
+        }
+        let entry = Arc::new(entry);
+        self.store.insert(lookup.key, entry.clone()).await;
+        Some(entry)
+    }
+
+    /// How long an answer may be stored, or `None` when it may not be.
+    fn lifetime_for(&self, answer: &Buffered, lookup: &Lookup) -> Option<Lifetime> {
+        if answer.headers.contains_key(header::SET_COOKIE)
+            || varies_on_everything(&answer.headers)
+            || answer.body().len() > self.config.max_entry_bytes
+        {
+            return None;
+        }
+        match answer.status {
+            StatusCode::OK => Some(lookup.lifetime),
+            StatusCode::NOT_FOUND if self.config.cache_not_found && !lookup.shared => {
+                Some(Lifetime {
+                    ttl: self.config.not_found_ttl,
+                    stale_if_error: Duration::ZERO,
+                    stale_while_revalidate: Duration::ZERO,
+                })
+            }
+            _ => None,
+        }
+    }
+
+    /// The answer to a read that went upstream (or waited for one that did): a stored entry,
+    /// an answer that was not stored, or a failure — for which an expired entry within its
+    /// stale-if-error window (`fallback`) is served instead.
+    async fn respond(
+        &self,
+        fetched: Fetch,
+        lookup: &Lookup,
+        request_headers: &HeaderMap,
+        fallback: Option<Arc<Entry>>,
+        (why, collapsed): (Forward, bool),
+    ) -> Result<(Response<Body>, Served), GatewayError> {
+        if let (Some(status), Some(entry)) = (fetched.failure(), fallback) {
+            // Refused before it left (an upstream hold, a limit): no call was spent.
+            let refused = matches!(fetched, Fetch::Failed(GatewayError::RateLimited(_)));
+            let saved = refused.then_some(entry.points);
+            let outcome = Outcome::StaleIfError(status);
+            return self
+                .serve(lookup, entry, request_headers, outcome, saved)
+                .await;
+        }
+        let forwarded = |stored| Outcome::Forwarded {
+            why,
+            collapsed,
+            stored,
+        };
+        match fetched {
+            Fetch::Shared(entry) => {
+                let saved = Some(entry.points);
+                let outcome = Outcome::Hit(Tier::Cluster);
+                self.serve(lookup, entry, request_headers, outcome, saved)
+                    .await
+            }
+            Fetch::Stored(entry) => {
+                let saved = collapsed.then_some(entry.points);
+                self.serve(
+                    lookup,
+                    entry,
+                    request_headers,
+                    forwarded(Stored::Yes),
+                    saved,
+                )
+                .await
+            }
+            Fetch::Answer(answer) => {
+                let mut response = answer.to_response(lookup.head, Accepts::of(request_headers));
+                let served = Served {
+                    outcome: forwarded(Stored::No),
+                    saved_points: collapsed.then_some(1),
+                };
+                mark(&mut response, &served.outcome);
+                Ok((response, served))
+            }
+            Fetch::Streamed(mut response) => {
+                let served = Served {
+                    outcome: forwarded(Stored::TooLarge),
+                    saved_points: None,
+                };
+                mark(&mut response, &served.outcome);
+                Ok((response, served))
+            }
+            Fetch::Failed(error) | Fetch::Undeliverable(error) => Err(error),
+        }
+    }
+
+    /// Serves `entry` (stored under `lookup`'s key) to a request, marked with `outcome`: in a
+    /// representation the request accepts, which the entry gains first if it holds none yet.
+    async fn serve(
+        &self,
+        lookup: &Lookup,
+        entry: Arc<Entry>,
+        request_headers: &HeaderMap,
+        outcome: Outcome,
+        saved_points: Option<u32>,
+    ) -> Result<(Response<Body>, Served), GatewayError> {
+        let status = outcome.cache_status();
+        let served = Served {
+            outcome,
+            saved_points,
+        };
         let missing = match entry.respond(request_headers, lookup.head, status.clone()) {
-            Ok(response) => return Ok(response),
+            Ok(response) => return Ok((response, served)),
             Err(missing) => missing,
         };
         let fuller = self.add_representation(lookup.key, &entry, missing).await?;
-        fuller
+        let response = fuller
             .respond(request_headers, lookup.head, status)
             .map_err(|_| {
-                GatewayError::UpstreamProtocol("a stored answer has no representation".to_owned())
-            })
+                GatewayError::Internal("a stored answer gained no representation".to_owned())
+            })?;
+        Ok((response, served))
     }
 
     /// `entry` with `coding`'s representation added, stored in its place (weighed anew, with
@@ -432,292 +778,6 @@ impl Cache {
         Ok(fuller)
     }
 
-    /// Answers a cacheable read: from the cache, by joining an identical fetch in flight, or by
-    /// fetching with `fetch` (which must ask upstream for the GET, also for HEAD requests).
-    pub async fn read<F, Fut>(
-        self: &Arc<Self>,
-        lookup: Lookup,
-        request_headers: &HeaderMap,
-        fetch: F,
-    ) -> Result<Response<Body>, GatewayError>
-    where
-        F: Fn() -> Fut + Clone + Send + Sync + 'static,
-        Fut: Future<Output = Result<Fetched, GatewayError>> + Send + 'static,
-    {
-        let key = lookup.key;
-        let mut stale = None;
-        if lookup.directive == Directive::Normal
-            && let Some(entry) = self.store.get(&key).await
-            && entry.matches_vary(request_headers)
-        {
-            let now = Instant::now();
-            if entry.is_fresh(now) {
-                let status = HeaderValue::from_static("wikigate; hit");
-                let response = self
-                    .answer(&lookup, entry.clone(), request_headers, status)
-                    .await?;
-                self.stats.hits.fetch_add(1, Ordering::Relaxed);
-                return Ok(served(response, CacheLabel::Hit, Some(entry.points)));
-            }
-            if entry.may_revalidate_in_background(now) {
-                self.refresh_in_background(lookup, request_headers, fetch);
-                self.stats.stale.fetch_add(1, Ordering::Relaxed);
-                let status =
-                    HeaderValue::from_static("wikigate; hit; detail=stale-while-revalidate");
-                let response = self
-                    .answer(&lookup, entry.clone(), request_headers, status)
-                    .await?;
-                return Ok(served(
-                    response,
-                    CacheLabel::StaleWhileRevalidate,
-                    Some(entry.points),
-                ));
-            }
-            if entry.may_serve_on_error(now) {
-                stale = Some(entry);
-            }
-        }
-
-        if lookup.directive != Directive::Normal {
-            self.stats.misses.fetch_add(1, Ordering::Relaxed);
-            let store = lookup.directive == Directive::NoCache;
-            let outcome = self
-                .settle(lookup, request_headers, fetch().await, store)
-                .await;
-            return self
-                .respond(outcome, lookup, request_headers, stale, Path::Request)
-                .await;
-        }
-
-        loop {
-            match self.flights.join(key) {
-                Role::Leader(leader) => {
-                    self.stats.misses.fetch_add(1, Ordering::Relaxed);
-                    // The fetch runs in a task of its own: if this request goes away, the
-                    // answer still reaches the cache and the followers.
-                    let this = self.clone();
-                    let headers = request_headers.clone();
-                    let task = tokio::spawn(
-                        async move {
-                            let mine = match this.look_in_l2(lookup, &headers).await {
-                                Some(entry) => LeaderResult::L2(entry),
-                                None => this.settle(lookup, &headers, fetch().await, true).await,
-                            };
-                            leader.complete(mine.shared());
-                            mine
-                        }
-                        .in_current_span(),
-                    );
-                    let mine = task.await?;
-                    let path = if stale.is_some() {
-                        Path::Refetch
-                    } else {
-                        Path::Miss
-                    };
-                    return self
-                        .respond(mine, lookup, request_headers, stale, path)
-                        .await;
-                }
-                Role::Follower(receiver) => {
-                    match follow(receiver, self.config.coalesce_timeout).await {
-                        // A leader refused by its own caller's limits says nothing about this
-                        // request's limits: it fetches (and is admitted or refused) itself.
-                        Ok(Outcome::Streamed)
-                        | Ok(Outcome::Failed(GatewayError::RateLimited(_)))
-                        | Err(FollowError::TimedOut) => {
-                            self.stats.misses.fetch_add(1, Ordering::Relaxed);
-                            let mine = self
-                                .settle(lookup, request_headers, fetch().await, true)
-                                .await;
-                            return self
-                                .respond(mine, lookup, request_headers, stale, Path::Miss)
-                                .await;
-                        }
-                        Err(FollowError::Abandoned) => continue,
-                        Ok(outcome) => {
-                            self.stats.coalesced.fetch_add(1, Ordering::Relaxed);
-                            let mine = LeaderResult::from(outcome);
-                            return self
-                                .respond(mine, lookup, request_headers, stale, Path::Collapsed)
-                                .await;
-                        }
-                    }
-                }
-            }
-        }
-    }
-
-    /// Stale-while-revalidate: one background refresh per key, deduplicated with any fetch of
-    /// the same key already in flight.
-    fn refresh_in_background<F, Fut>(
-        self: &Arc<Self>,
-        lookup: Lookup,
-        request_headers: &HeaderMap,
-        fetch: F,
-    ) where
-        F: Fn() -> Fut + Send + 'static,
-        Fut: Future<Output = Result<Fetched, GatewayError>> + Send + 'static,
-    {
-        let Role::Leader(leader) = self.flights.join(lookup.key) else {
-            return;
-        };
-        let this = self.clone();
-        let headers = request_headers.clone();
-        tokio::spawn(
-            async move {
-                let outcome = this.settle(lookup, &headers, fetch().await, true).await;
-                leader.complete(outcome.shared());
-            }
-            .in_current_span(),
-        );
-    }
-
-    /// Stores a fetched answer if it may be stored: its links rewritten, in the representation
-    /// the client whose request fetched it prefers.
-    async fn settle(
-        &self,
-        lookup: Lookup,
-        request_headers: &HeaderMap,
-        fetched: Result<Fetched, GatewayError>,
-        store: bool,
-    ) -> LeaderResult {
-        let answer = match fetched {
-            Err(error) => return LeaderResult::Failed(error),
-            Ok(Fetched::Streamed(response)) => return LeaderResult::Streamed(response),
-            Ok(Fetched::Undeliverable(error)) => return LeaderResult::Undeliverable(error),
-            Ok(Fetched::Buffered(answer)) => answer,
-        };
-        let lifetime = match self.lifetime_for(&answer, lookup) {
-            Some(lifetime) if store => lifetime,
-            _ => return LeaderResult::Answer(Arc::new(answer)),
-        };
-        let mut answer = answer;
-        if let Some(rewritten) = self.links.rewrite(answer.body()) {
-            answer.set_body(rewritten);
-        }
-        let points = quota_points(lookup.route, answer.body());
-        let keep = Accepts::of(request_headers).preferred();
-        let entry = Arc::new(Entry::new(
-            answer,
-            request_headers,
-            lifetime,
-            lookup.shared,
-            points,
-            keep,
-        ));
-        self.store.insert(lookup.key, entry.clone()).await;
-        self.stats.stored.fetch_add(1, Ordering::Relaxed);
-        if let Some(cluster) = &self.cluster {
-            cluster
-                .set(lookup.key.as_bytes(), entry.encode(), entry.retention())
-                .await;
-        }
-        LeaderResult::Stored(entry)
-    }
-
-    /// The cluster's copy of an entry this replica does not hold, if fresh and of this
-    /// request's variant; kept in L1 too.
-    async fn look_in_l2(&self, lookup: Lookup, request_headers: &HeaderMap) -> Option<Arc<Entry>> {
-        let cluster = self.cluster.as_ref()?;
-        let entry = Entry::decode(&cluster.get(lookup.key.as_bytes()).await?)?;
-        if !entry.is_fresh(Instant::now()) || !entry.matches_vary(request_headers) {
-            return None;
-        }
-        let entry = Arc::new(entry);
-        self.store.insert(lookup.key, entry.clone()).await;
-        self.stats.hits.fetch_add(1, Ordering::Relaxed);
-        Some(entry)
-    }
-
-    /// How long an answer may be stored, or `None` when it may not be.
-    fn lifetime_for(&self, answer: &Buffered, lookup: Lookup) -> Option<Lifetime> {
-        if answer.headers.contains_key(header::SET_COOKIE)
-            || varies_on_everything(&answer.headers)
-            || answer.body().len() > self.config.max_entry_bytes
-        {
-            return None;
-        }
-        match answer.status {
-            StatusCode::OK => Some(lookup.lifetime),
-            StatusCode::NOT_FOUND if self.config.cache_not_found && !lookup.shared => {
-                Some(Lifetime {
-                    ttl: self.config.not_found_ttl,
-                    stale_if_error: Duration::ZERO,
-                    stale_while_revalidate: Duration::ZERO,
-                })
-            }
-            _ => None,
-        }
-    }
-
-    /// The response for a read's result; serves `stale` instead of an upstream failure.
-    async fn respond(
-        &self,
-        result: LeaderResult,
-        lookup: Lookup,
-        request_headers: &HeaderMap,
-        stale: Option<Arc<Entry>>,
-        path: Path,
-    ) -> Result<Response<Body>, GatewayError> {
-        let failure_status = match &result {
-            LeaderResult::Failed(_) => Some(None),
-            LeaderResult::Answer(answer) if is_upstream_failure(answer.status) => {
-                Some(Some(answer.status))
-            }
-            _ => None,
-        };
-        if let (Some(fwd_status), Some(entry)) = (failure_status, stale) {
-            self.stats.stale.fetch_add(1, Ordering::Relaxed);
-            let status = match fwd_status {
-                Some(code) => format!(
-                    "wikigate; fwd=stale; fwd-status={}; detail=stale-if-error",
-                    code.as_u16()
-                ),
-                None => "wikigate; fwd=stale; detail=stale-if-error".to_owned(),
-            };
-            // Refused before it left (an upstream hold, a limit): no call was spent.
-            let saved = matches!(result, LeaderResult::Failed(GatewayError::RateLimited(_)))
-                .then_some(entry.points);
-            let response = self
-                .answer(&lookup, entry, request_headers, status_value(status))
-                .await?;
-            return Ok(served(response, CacheLabel::StaleIfError, saved));
-        }
-        let (label, saved) = match (path, &result) {
-            (_, LeaderResult::L2(entry)) => (CacheLabel::Hit, Some(entry.points)),
-            (Path::Collapsed, LeaderResult::Stored(entry)) => {
-                (CacheLabel::Coalesced, Some(entry.points))
-            }
-            (Path::Collapsed, _) => (CacheLabel::Coalesced, Some(1)),
-            (Path::Request, _) => (CacheLabel::Request, None),
-            _ => (CacheLabel::Miss, None),
-        };
-        let fwd = path.fwd();
-        let response = match result {
-            LeaderResult::L2(entry) => {
-                let status = HeaderValue::from_static("wikigate; hit; detail=l2");
-                self.answer(&lookup, entry, request_headers, status).await?
-            }
-            LeaderResult::Stored(entry) => {
-                let status = status_value(format!("wikigate; {fwd}; stored"));
-                self.answer(&lookup, entry, request_headers, status).await?
-            }
-            LeaderResult::Answer(answer) => {
-                let mut response = answer.to_response(lookup.head, Accepts::of(request_headers));
-                set_status(&mut response, &format!("wikigate; {fwd}"));
-                response
-            }
-            LeaderResult::Streamed(mut response) => {
-                set_status(&mut response, &format!("wikigate; {fwd}; detail=too-large"));
-                response
-            }
-            LeaderResult::Failed(error) | LeaderResult::Undeliverable(error) => {
-                return Err(error);
-            }
-        };
-        Ok(served(response, label, saved))
-    }
-
     /// Entries, weighted bytes and the budget, after moka has applied pending evictions.
     pub async fn size(&self) -> (u64, u64, u64) {
         self.store.run_pending_tasks().await;
@@ -728,21 +788,29 @@ impl Cache {
         )
     }
 
-    /// Counters and sizes, after moka has applied pending evictions.
+    /// Counters and sizes for `/admin/cache/stats`, after moka has applied pending evictions.
     pub async fn stats(&self) -> serde_json::Value {
         self.store.run_pending_tasks().await;
-        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let CacheStats {
+            hits,
+            misses,
+            coalesced,
+            stale,
+            bypassed,
+            stored,
+            invalidations,
+        } = self.metrics.cache_stats();
         serde_json::json!({
             "entries": self.store.entry_count(),
             "weighted_bytes": self.store.weighted_size(),
             "max_bytes": self.config.max_bytes,
-            "hits": get(&self.stats.hits),
-            "misses": get(&self.stats.misses),
-            "stored": get(&self.stats.stored),
-            "coalesced": get(&self.stats.coalesced),
-            "stale": get(&self.stats.stale),
-            "bypassed": get(&self.stats.bypassed),
-            "invalidations": get(&self.stats.invalidations),
+            "hits": hits,
+            "misses": misses,
+            "stored": stored,
+            "coalesced": coalesced,
+            "stale": stale,
+            "bypassed": bypassed,
+            "invalidations": invalidations,
         })
     }
 }
@@ -794,98 +862,16 @@ pub enum Purge {
     ThisReplicaOnly,
 }
 
-/// What this request got from its own fetch (or from its leader's).
-enum LeaderResult {
-    Stored(Arc<Entry>),
-    /// Found in the cluster's L2: a hit, without an upstream call.
-    L2(Arc<Entry>),
-    Answer(Arc<Buffered>),
-    Streamed(Response<Body>),
-    /// An answer for this request alone, which it cannot be given.
-    Undeliverable(GatewayError),
-    Failed(GatewayError),
-}
-
-impl LeaderResult {
-    fn shared(&self) -> Outcome {
-        match self {
-            LeaderResult::Stored(entry) | LeaderResult::L2(entry) => Outcome::Stored(entry.clone()),
-            LeaderResult::Answer(answer) => Outcome::Answer(answer.clone()),
-            LeaderResult::Streamed(_) | LeaderResult::Undeliverable(_) => Outcome::Streamed,
-            LeaderResult::Failed(error) => Outcome::Failed(error.clone()),
-        }
-    }
-}
-
-impl From<Outcome> for LeaderResult {
-    fn from(outcome: Outcome) -> Self {
-        match outcome {
-            Outcome::Stored(entry) => LeaderResult::Stored(entry),
-            Outcome::Answer(answer) => LeaderResult::Answer(answer),
-            Outcome::Failed(error) => LeaderResult::Failed(error),
-            Outcome::Streamed => unreachable!("followers of a streamed answer fetch themselves"),
-        }
-    }
-}
-
-/// How a read reached upstream (or its leader did).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Path {
-    Miss,
-    /// An expired entry was kept for stale-if-error while fetching anew.
-    Refetch,
-    /// The request's own `Cache-Control` sent it upstream.
-    Request,
-    /// It waited for an identical fetch.
-    Collapsed,
-}
-
-impl Path {
-    fn fwd(self) -> &'static str {
-        match self {
-            Path::Miss => "fwd=miss",
-            Path::Refetch => "fwd=stale",
-            Path::Request => "fwd=request",
-            Path::Collapsed => "fwd=miss; collapsed",
-        }
-    }
-}
-
-/// What the cache did for a response, attached to it as an extension for metrics and logs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Served {
-    pub cache: CacheLabel,
-    /// Atlassian quota points saved when the answer needed no upstream call of its own.
-    pub saved_points: Option<u32>,
-}
-
-fn served(
-    mut response: Response<Body>,
-    cache: CacheLabel,
-    saved_points: Option<u32>,
-) -> Response<Body> {
-    response.extensions_mut().insert(Served {
-        cache,
-        saved_points,
-    });
-    response
-}
-
 /// Upstream answers that make an expired entry worth serving instead (stale-if-error).
 fn is_upstream_failure(status: StatusCode) -> bool {
     status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS
 }
 
-/// A `Cache-Status` value wikigate composed (of its own ASCII words).
-fn status_value(status: String) -> HeaderValue {
-    HeaderValue::try_from(status).unwrap_or_else(|_| HeaderValue::from_static("wikigate"))
-}
-
-/// Sets `Cache-Status` on a response the cache did not build.
-pub fn set_status(response: &mut Response<Body>, status: &str) {
-    if let Ok(value) = HeaderValue::from_str(status) {
-        response.headers_mut().insert(CACHE_STATUS.clone(), value);
-    }
+/// Sets the `Cache-Status` of `outcome` on a response the cache did not build.
+pub fn mark(response: &mut Response<Body>, outcome: &Outcome) {
+    response
+        .headers_mut()
+        .insert(CACHE_STATUS.clone(), outcome.cache_status());
 }
 
 /// The key of the credential hash that partitions the cache (and identifies callers):
