@@ -3,7 +3,10 @@
 //! the second an L1 hit (memory). Needs Debian's `redis-server` (scripts/test installs it).
 //! `cargo bench --bench cluster_latency`; under `cargo test`, 50 rounds.
 
-use std::process::{Command, Stdio};
+#[path = "../tests/shared/redis.rs"]
+mod redis;
+mod support;
+
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -12,6 +15,8 @@ use http::Request;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use redis::Redis;
+use support::percentile;
 use wikigate::config::{RawConfig, Secret};
 use wikigate::fake::{DEMO_USERS, FakeConfluence};
 
@@ -33,41 +38,16 @@ async fn get(client: &HttpClient, url: &str, auth: &str) -> (f64, String) {
     (started.elapsed().as_secs_f64() * 1e6, status)
 }
 
-fn percentile(samples: &mut [f64], q: f64) -> f64 {
-    samples.sort_by(f64::total_cmp);
-    samples[((samples.len() as f64 * q) as usize).min(samples.len() - 1)]
-}
-
 fn main() {
     let full = std::env::args().any(|a| a == "--bench");
     let rounds = if full { 3_000 } else { 50 };
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut redis = Command::new("redis-server")
-        .args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("redis-server is installed");
+    let redis = Redis::start();
+    let redis_url = redis.url();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .unwrap();
     runtime.block_on(async move {
-        while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
         let fake = FakeConfluence::start().await.unwrap();
         let replica = || {
             let mut config = RawConfig::from_toml(&format!(
@@ -76,7 +56,7 @@ fn main() {
             ))
             .unwrap();
             config.cache.key_secret = Some(Secret::new("bench-replicas-share-this"));
-            config.cluster.redis_url = Some(format!("redis://127.0.0.1:{port}"));
+            config.cluster.redis_url = Some(redis_url.clone());
             config.cluster.replicas = 2;
             config.validate().unwrap()
         };
@@ -105,6 +85,5 @@ fn main() {
         println!("  L2 hit  p50 {l2_50:>7.1} µs  p99 {l2_99:>7.1} µs");
         println!("  an L2 hit costs {:.1} µs more at p50, {:.1} µs at p99", l2_50 - l1_50, l2_99 - l1_99);
     });
-    let _ = redis.kill();
-    let _ = redis.wait();
+    drop(redis);
 }

@@ -6,7 +6,8 @@
 //! - `limiter`: one `requests` limit check for a known caller (governor GCRA, keyed).
 //! - `hit`: one GET answered from the cache by the gateway service, over an in-memory duplex
 //!   stream with hyper on both ends — the whole hit path without sockets or the kernel — and,
-//!   as its ceiling, the same exchange with a bare hyper service answering the same body.
+//!   as its ceiling, the same exchange with a bare hyper service answering the same body;
+//!   and the gateway alone (`Gateway::handle` called in-process, no HTTP codec at all).
 //!
 //! `cargo bench --bench hot_path`; under `cargo test` each runs once (criterion's test mode).
 
@@ -135,7 +136,7 @@ fn hit(c: &mut Criterion) {
         .enable_all()
         .build()
         .expect("a runtime");
-    let mut sender = runtime.block_on(async {
+    let sender = runtime.block_on(async {
         let fake = FakeConfluence::start().await.expect("the fake site");
         let config = Config::from_toml(&format!(
             "[upstream]\nurl = \"{}\"\n[log]\nlevel = \"warn\"\n",
@@ -146,8 +147,9 @@ fn hit(c: &mut Criterion) {
         let gateway = Arc::new(Gateway::new(&config, parts).expect("a gateway"));
         // The fake stays up for the whole benchmark: the first request fills the cache.
         std::mem::forget(fake);
-        connect(gateway).await
+        (gateway.clone(), connect(gateway).await)
     });
+    let (gateway, mut sender) = sender;
     let request = || {
         Request::get(format!("{CURRENT}?{QUERY}"))
             .header(header::HOST, "wikigate.test")
@@ -191,6 +193,29 @@ fn hit(c: &mut Criterion) {
                         cache_status.as_ref().map(HeaderValue::as_bytes),
                         Some(&b"wikigate; hit"[..])
                     );
+                }
+                started.elapsed()
+            })
+        })
+    });
+    let conn = ConnInfo {
+        peer: "127.0.0.1:40000".parse().expect("an address"),
+        tls: false,
+    };
+    c.bench_function("hit/Gateway::handle, no HTTP", |b| {
+        b.iter_custom(|iterations| {
+            runtime.block_on(async {
+                let started = Instant::now();
+                for _ in 0..iterations {
+                    let response = gateway.handle(request(), conn).await;
+                    assert_eq!(
+                        response
+                            .headers()
+                            .get("cache-status")
+                            .map(HeaderValue::as_bytes),
+                        Some(&b"wikigate; hit"[..])
+                    );
+                    black_box(response.into_body().collect().await.expect("a body"));
                 }
                 started.elapsed()
             })

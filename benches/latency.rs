@@ -8,6 +8,8 @@
 //! `cargo bench --bench latency` runs the full measurement (about 20 s);
 //! under `cargo test` it runs a short smoke pass so that it cannot rot.
 
+mod support;
+
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -16,6 +18,7 @@ use http::Request;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::{Client, connect::HttpConnector};
 use hyper_util::rt::TokioExecutor;
+use support::percentile;
 use wikigate::config::Config;
 use wikigate::fake::{DEMO_USERS, FakeConfluence};
 
@@ -99,8 +102,7 @@ async fn get(client: &HttpClient, origin: &str, auth: &str, cache_control: Optio
 
 /// p50, p90, p99 in microseconds.
 fn percentiles(samples: &mut [f64]) -> (f64, f64, f64) {
-    samples.sort_by(f64::total_cmp);
-    let at = |q: f64| samples[((samples.len() as f64 * q) as usize).min(samples.len() - 1)];
+    let mut at = |q| percentile(samples, q);
     (at(0.50), at(0.90), at(0.99))
 }
 

@@ -48,7 +48,7 @@ use crate::links::Links;
 use crate::metrics::{CacheLabel, Metrics, RequestRecord};
 use crate::parts::Parts;
 use crate::routes::{self, Operation, Route, Tag};
-use crate::server::{ConnInfo, Handler};
+use crate::server::{ConnInfo, Handler, RequestBody};
 use crate::telemetry;
 use crate::upstream::{Upstream, UpstreamSetupError};
 
@@ -116,9 +116,9 @@ impl Gateway {
         })
     }
 
-    async fn serve(
+    async fn serve<B: RequestBody>(
         &self,
-        request: Request<Incoming>,
+        request: Request<B>,
         conn: &ConnInfo,
         log: &mut LogFields,
     ) -> Result<Response<Body>, GatewayError> {
@@ -180,10 +180,10 @@ impl Gateway {
 
     /// A read: a fresh entry answered at once (the hit path: nothing is prepared for
     /// upstream), else through the cache, or past it when it may not be cached.
-    async fn read(
+    async fn read<B: RequestBody>(
         &self,
         parts: request::Parts,
-        body: Incoming,
+        body: B,
         conn: &ConnInfo,
         lookup: Result<Lookup, Bypass>,
         admission: impl FnOnce(&request::Parts) -> Admission,
@@ -207,10 +207,10 @@ impl Gateway {
     }
 
     /// A read the cache may not answer (JWT, cookie, caching off): forwarded and streamed back.
-    async fn bypass(
+    async fn bypass<B: RequestBody>(
         &self,
         parts: request::Parts,
-        body: Incoming,
+        body: B,
         conn: &ConnInfo,
         why: Bypass,
         admission: Admission,
@@ -226,10 +226,10 @@ impl Gateway {
 
     /// A write: guarded, forwarded, and its tags invalidated unless upstream refused it (4xx)
     /// or it never reached upstream.
-    async fn write(
+    async fn write<B: RequestBody>(
         &self,
         parts: request::Parts,
-        body: Incoming,
+        body: B,
         conn: &ConnInfo,
         tags: Vec<Tag>,
         admission: Admission,
@@ -264,10 +264,10 @@ impl Gateway {
 
     /// A read the cache answers from upstream (once for every identical request), or from
     /// an expired entry, or account by account.
-    async fn cached_read(
+    async fn cached_read<B: RequestBody>(
         &self,
         mut parts: request::Parts,
-        body: Incoming,
+        body: B,
         conn: &ConnInfo,
         read: Read,
         admission: Admission,
@@ -313,10 +313,10 @@ impl Gateway {
     }
 
     /// Forwards a read and streams the answer back, untouched by the cache.
-    async fn forward(
+    async fn forward<B: RequestBody>(
         &self,
         parts: request::Parts,
-        body: Incoming,
+        body: B,
         conn: &ConnInfo,
         admission: Admission,
     ) -> Result<Response<Body>, GatewayError> {
@@ -331,10 +331,10 @@ impl Gateway {
     }
 
     /// The request to send upstream: the body read (bounded), the head cleaned.
-    async fn upstream_request(
+    async fn upstream_request<B: RequestBody>(
         &self,
         parts: request::Parts,
-        body: Incoming,
+        body: B,
         conn: &ConnInfo,
         exchange: Exchange,
     ) -> Result<Request<Full<Bytes>>, GatewayError> {
@@ -423,7 +423,7 @@ async fn fetch_once(
 ) -> Result<Fetched, GatewayError> {
     let deadline = upstream.deadline();
     let response = admission.send(upstream, request, deadline, true).await?;
-    let (mut parts, mut body) = response.into_parts();
+    let (mut parts, body) = response.into_parts();
     forward::clean_response_head(&mut parts);
     let coding = Coding::of_response(&parts.headers).map_err(|coding| {
         GatewayError::UpstreamProtocol(format!(
@@ -444,34 +444,10 @@ async fn fetch_once(
             limit,
         );
     }
-    let mut buffer = BytesMut::new();
-    loop {
-        let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
-            Err(_) => {
-                return Err(GatewayError::UpstreamTimeout(
-                    "the response body did not arrive in time".to_owned(),
-                ));
-            }
-            Ok(None) => break,
-            Ok(Some(Err(e))) => {
-                return Err(GatewayError::UpstreamProtocol(format!(
-                    "response body broke off: {e}"
-                )));
-            }
-            Ok(Some(Ok(frame))) => frame,
-        };
-        let Ok(data) = frame.into_data() else {
-            continue; // trailers carry nothing wikigate keeps
-        };
-        if buffer.len() + data.len() > limit {
-            buffer.extend_from_slice(&data);
-            let prefix = buffer.freeze();
-            let body = Body::upstream_after(prefix, body, deadline);
-            return streamed(parts, body, coding, accepts, limit);
-        }
-        buffer.extend_from_slice(&data);
-    }
-    let received = buffer.freeze();
+    let received = match read_bounded(body, deadline, limit).await? {
+        Bounded::Whole(received) => received,
+        Bounded::TooLarge(body) => return streamed(parts, body, coding, accepts, limit),
+    };
     parts.headers.remove(header::CONTENT_ENCODING);
     parts.headers.remove(header::CONTENT_LENGTH);
     let answer = match coding {
@@ -495,6 +471,49 @@ async fn fetch_once(
         },
     };
     Ok(Fetched::Buffered(answer))
+}
+
+/// An upstream body read as far as `limit`.
+enum Bounded {
+    /// All of it, at most `limit` bytes.
+    Whole(Bytes),
+    /// More than `limit`: what was read, followed by the rest as it comes.
+    TooLarge(Body),
+}
+
+/// Reads `body` whole if it ends within `limit` bytes, by `deadline`.
+async fn read_bounded(
+    mut body: Incoming,
+    deadline: Instant,
+    limit: usize,
+) -> Result<Bounded, GatewayError> {
+    let mut buffer = BytesMut::new();
+    loop {
+        let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
+            Err(_) => {
+                return Err(GatewayError::UpstreamTimeout(
+                    "the response body did not arrive in time".to_owned(),
+                ));
+            }
+            Ok(None) => return Ok(Bounded::Whole(buffer.freeze())),
+            Ok(Some(Err(e))) => {
+                return Err(GatewayError::UpstreamProtocol(format!(
+                    "response body broke off: {e}"
+                )));
+            }
+            Ok(Some(Ok(frame))) => frame,
+        };
+        let Ok(data) = frame.into_data() else {
+            continue; // trailers carry nothing wikigate keeps
+        };
+        buffer.extend_from_slice(&data);
+        if buffer.len() > limit {
+            let prefix = buffer.freeze();
+            return Ok(Bounded::TooLarge(Body::upstream_after(
+                prefix, body, deadline,
+            )));
+        }
+    }
 }
 
 /// An answer too large to hold, passed through to the client as it came — when the client
@@ -635,6 +654,18 @@ struct LogFields {
 
 impl Handler for Gateway {
     async fn call(&self, request: Request<Incoming>, conn: ConnInfo) -> Response<Body> {
+        self.handle(request, conn).await
+    }
+}
+
+impl Gateway {
+    /// Answers one request: what the listener calls for each request off the wire, and what
+    /// tests and benchmarks call in-process with a body of their own.
+    pub async fn handle<B: RequestBody>(
+        &self,
+        request: Request<B>,
+        conn: ConnInfo,
+    ) -> Response<Body> {
         let started = Instant::now();
         let _in_flight = self.metrics.in_flight();
         let method = request.method().clone();
@@ -749,7 +780,7 @@ fn log_request(
 impl RequestLimits {
     /// The request line and header limits that hyper's own buffer limit does not express in
     /// Confluence's error shape.
-    fn check_head(&self, request: &Request<Incoming>) -> Result<(), GatewayError> {
+    fn check_head<B>(&self, request: &Request<B>) -> Result<(), GatewayError> {
         let uri_len = request
             .uri()
             .path_and_query()
@@ -779,10 +810,10 @@ impl RequestLimits {
 
     /// Reads the body into memory: refused early when `Content-Length` is over the limit,
     /// and cut off (never buffered past the limit) when a chunked body grows over it.
-    async fn read_body(
+    async fn read_body<B: RequestBody>(
         &self,
         headers: &http::HeaderMap,
-        body: Incoming,
+        body: B,
     ) -> Result<Bytes, GatewayError> {
         let too_large = GatewayError::BodyTooLarge {
             limit: self.max_body_bytes,

@@ -22,8 +22,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
-use governor::clock::{Clock, DefaultClock};
+use governor::clock::{Clock, Reference};
 use governor::middleware::{StateInformationMiddleware, StateSnapshot};
+use governor::nanos::Nanos;
 use governor::state::keyed::DashMapStateStore;
 use governor::state::{InMemoryState, NotKeyed};
 use governor::{NotUntil, Quota, RateLimiter};
@@ -37,8 +38,43 @@ use crate::config::{LimitsConfig, Rate};
 use crate::error::{GatewayError, Refusal};
 
 type Keyed =
-    RateLimiter<CallerId, DashMapStateStore<CallerId>, DefaultClock, StateInformationMiddleware>;
-type Direct = RateLimiter<NotKeyed, InMemoryState, DefaultClock, StateInformationMiddleware>;
+    RateLimiter<CallerId, DashMapStateStore<CallerId>, TokioClock, StateInformationMiddleware>;
+type Direct = RateLimiter<NotKeyed, InMemoryState, TokioClock, StateInformationMiddleware>;
+
+/// Governor's clock on tokio's time, as the holds and the cache read it: buckets refill as
+/// tokio's clock moves, so a test that pauses time sees them refill when it advances it.
+#[derive(Debug, Clone, Copy, Default)]
+struct TokioClock;
+
+/// An instant of [`TokioClock`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Tick(Instant);
+
+impl Clock for TokioClock {
+    type Instant = Tick;
+
+    fn now(&self) -> Tick {
+        Tick(Instant::now())
+    }
+}
+
+impl Reference for Tick {
+    fn duration_since(&self, earlier: Tick) -> Nanos {
+        self.0.saturating_duration_since(earlier.0).into()
+    }
+
+    fn saturating_sub(&self, duration: Nanos) -> Tick {
+        Tick(self.0.checked_sub(duration.into()).unwrap_or(self.0))
+    }
+}
+
+impl std::ops::Add<Nanos> for Tick {
+    type Output = Tick;
+
+    fn add(self, duration: Nanos) -> Tick {
+        Tick(self.0 + Duration::from(duration))
+    }
+}
 
 /// Which limit refused a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -151,8 +187,8 @@ impl<L> Limit<L> {
     fn decide(
         &self,
         kind: LimitKind,
-        clock: &DefaultClock,
-        outcome: Result<StateSnapshot, NotUntil<<DefaultClock as Clock>::Instant>>,
+        clock: &TokioClock,
+        outcome: Result<StateSnapshot, NotUntil<Tick>>,
     ) -> Result<Allowance, GatewayError> {
         match outcome {
             Ok(snapshot) => Ok(self.allowance(kind, snapshot.remaining_burst_capacity())),
@@ -175,16 +211,18 @@ fn quota(rate: &Rate, replicas: u32) -> Quota {
 fn keyed(rate: Option<Rate>, replicas: u32) -> Option<Limit<Keyed>> {
     rate.map(|rate| Limit {
         rate,
-        limiter: RateLimiter::dashmap(quota(&rate, replicas))
-            .with_middleware::<StateInformationMiddleware>(),
+        limiter: Keyed::new(
+            quota(&rate, replicas),
+            DashMapStateStore::default(),
+            TokioClock,
+        ),
     })
 }
 
 fn direct(rate: Option<Rate>, replicas: u32) -> Option<Limit<Direct>> {
     rate.map(|rate| Limit {
         rate,
-        limiter: RateLimiter::direct(quota(&rate, replicas))
-            .with_middleware::<StateInformationMiddleware>(),
+        limiter: Direct::new(quota(&rate, replicas), InMemoryState::default(), TokioClock),
     })
 }
 
@@ -211,7 +249,7 @@ pub struct Limits {
     tightened_until: Mutex<Option<Instant>>,
     /// Upstream holds outlive reloads: Confluence's back-off does not change with the config.
     holds: Mutex<HashMap<HoldKey, Hold>>,
-    clock: DefaultClock,
+    clock: TokioClock,
 }
 
 /// The limits a config describes.
@@ -251,7 +289,7 @@ impl Limits {
             cluster,
             tightened_until: Mutex::new(None),
             holds: Mutex::default(),
-            clock: DefaultClock::default(),
+            clock: TokioClock,
         }
     }
 

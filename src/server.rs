@@ -15,14 +15,15 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use hyper::body::Incoming;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
 use crate::body::Body;
@@ -44,6 +45,21 @@ pub trait Handler: Send + Sync + 'static {
         conn: ConnInfo,
     ) -> impl Future<Output = Response<Body>> + Send;
 }
+
+/// A request body the gateway can read: hyper's [`Incoming`] off the wire, or any
+/// [`http_body::Body`] of bytes handed to it in-process (tests, benchmarks).
+pub trait RequestBody:
+    hyper::body::Body<Data = Bytes, Error: Into<BoxError>> + Send + 'static
+{
+}
+
+impl<B> RequestBody for B where
+    B: hyper::body::Body<Data = Bytes, Error: Into<BoxError>> + Send + 'static
+{
+}
+
+/// The error type bodies are read with.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// HTTP settings for one listener.
 #[derive(Clone)]
@@ -183,43 +199,11 @@ pub async fn serve<H: Handler>(
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    let _ = stream.set_nodelay(true);
-                    let watcher = graceful.watcher();
-                    let http = http.clone();
-                    let handler = handler.clone();
+                    let connection =
+                        serve_connection(http.clone(), stream, peer, handler.clone(), graceful.watcher());
                     tokio::spawn(async move {
                         let _permit = permit;
-                        let tls = http.tls.is_some();
-                        let conn = ConnInfo { peer, tls };
-                        let service = hyper::service::service_fn(move |req| {
-                            let handler = handler.clone();
-                            async move { Ok::<_, Infallible>(handler.call(req, conn).await) }
-                        });
-                        let result = match &http.tls {
-                            None => {
-                                let io = TokioIo::new(stream);
-                                watcher.watch(http.builder.serve_connection(io, service).into_owned()).await
-                            }
-                            Some(acceptor) => {
-                                let handshake = tokio::time::timeout(http.handshake_timeout, acceptor.accept(stream));
-                                let stream = match handshake.await {
-                                    Ok(Ok(stream)) => stream,
-                                    Ok(Err(e)) => {
-                                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                                        return;
-                                    }
-                                    Err(_) => {
-                                        tracing::debug!(%peer, "TLS handshake timed out");
-                                        return;
-                                    }
-                                };
-                                let io = TokioIo::new(stream);
-                                watcher.watch(http.builder.serve_connection(io, service).into_owned()).await
-                            }
-                        };
-                        if let Err(e) = result {
-                            tracing::debug!(%peer, error = %e, "connection ended with an error");
-                        }
+                        connection.await;
                     });
                 }
                 Err(e) => {
@@ -243,5 +227,54 @@ pub async fn serve<H: Handler>(
             ?drain,
             "drain timeout passed with connections still open"
         );
+    }
+}
+
+/// One accepted connection, served until it closes or the drain ends it; with TLS, after a
+/// handshake bounded by `handshake_timeout`.
+async fn serve_connection<H: Handler>(
+    http: Http,
+    stream: TcpStream,
+    peer: SocketAddr,
+    handler: Arc<H>,
+    watcher: Watcher,
+) {
+    let _ = stream.set_nodelay(true);
+    let conn = ConnInfo {
+        peer,
+        tls: http.tls.is_some(),
+    };
+    let service = hyper::service::service_fn(move |req| {
+        let handler = handler.clone();
+        async move { Ok::<_, Infallible>(handler.call(req, conn).await) }
+    });
+    let result = match &http.tls {
+        None => {
+            let io = TokioIo::new(stream);
+            watcher
+                .watch(http.builder.serve_connection(io, service).into_owned())
+                .await
+        }
+        Some(acceptor) => {
+            let handshake = tokio::time::timeout(http.handshake_timeout, acceptor.accept(stream));
+            let stream = match handshake.await {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS handshake timed out");
+                    return;
+                }
+            };
+            let io = TokioIo::new(stream);
+            watcher
+                .watch(http.builder.serve_connection(io, service).into_owned())
+                .await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(%peer, error = %e, "connection ended with an error");
     }
 }

@@ -7,14 +7,13 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use crate::metrics::Status;
+use crate::metrics::{Snapshot, Status};
 
 /// The page for `status`, `uptime` after start.
 pub fn render(status: &Status, uptime: Duration) -> String {
     let hits: u64 = status.routes.iter().map(|r| r.hits).sum();
     let misses: u64 = status.routes.iter().map(|r| r.misses).sum();
     let snapshot = &status.snapshot;
-    let memory_share = percent(snapshot.cache_bytes, snapshot.cache_max_bytes);
     let mut html = String::with_capacity(8 * 1024);
     let _ = write!(
         html,
@@ -50,7 +49,15 @@ td:first-child,th:first-child{{text-align:left}} .bar{{background:#e5e5e5;width:
         points = status.points_saved,
         upstream = status.upstream,
     );
+    routes_table(&mut html, status);
+    memory_bar(&mut html, snapshot);
+    limited_table(&mut html, status);
+    holds(&mut html, snapshot);
+    html
+}
 
+/// Per route: requests, hits, misses, stale answers, hit ratio, latency.
+fn routes_table(html: &mut String, status: &Status) {
     html.push_str("<h2>Routes</h2>\n<table id=\"routes\"><tr><th>route</th><th>requests</th><th>hits</th><th>misses</th><th>stale</th><th>hit ratio</th><th>p50</th><th>p99</th></tr>\n");
     for route in &status.routes {
         let _ = writeln!(
@@ -70,7 +77,11 @@ td:first-child,th:first-child{{text-align:left}} .bar{{background:#e5e5e5;width:
         html.push_str("<tr><td colspan=\"8\" class=\"muted\">no requests yet</td></tr>\n");
     }
     html.push_str("</table>\n");
+}
 
+/// The cache's bytes against its budget.
+fn memory_bar(html: &mut String, snapshot: &Snapshot) {
+    let memory_share = percent(snapshot.cache_bytes, snapshot.cache_max_bytes);
     let _ = write!(
         html,
         "<h2>Cache memory</h2>\n<div><span id=\"cache-entries\">{}</span> entries, <span id=\"cache-bytes\">{}</span> of {} ({memory_share})</div>\n<div class=\"bar\"><span style=\"width:{memory_share}\"></span></div>\n",
@@ -78,7 +89,10 @@ td:first-child,th:first-child{{text-align:left}} .bar{{background:#e5e5e5;width:
         bytes(snapshot.cache_bytes),
         bytes(snapshot.cache_max_bytes),
     );
+}
 
+/// The callers refused most, and by which limit.
+fn limited_table(html: &mut String, status: &Status) {
     html.push_str("<h2>Top rate-limited callers</h2>\n<table id=\"limited\"><tr><th>caller</th><th>limit</th><th>refused</th></tr>\n");
     for (caller, limit, count) in &status.limited {
         let _ = writeln!(
@@ -91,7 +105,10 @@ td:first-child,th:first-child{{text-align:left}} .bar{{background:#e5e5e5;width:
         html.push_str("<tr><td colspan=\"3\" class=\"muted\">nobody has been limited</td></tr>\n");
     }
     html.push_str("</table>\n");
+}
 
+/// Whether Confluence holds wikigate off, and the links to the machine-readable endpoints.
+fn holds(html: &mut String, snapshot: &Snapshot) {
     let hold = if snapshot.holds == 0 {
         "<div id=\"holds\">no upstream hold: Confluence has not asked wikigate to back off</div>"
             .to_owned()
@@ -106,7 +123,6 @@ td:first-child,th:first-child{{text-align:left}} .bar{{background:#e5e5e5;width:
         html,
         "<h2>Upstream holds</h2>\n{hold}\n<p class=\"muted\">Metrics: <a href=\"/metrics\">/metrics</a> · health: <a href=\"/healthz\">/healthz</a> · readiness: <a href=\"/readyz\">/readyz</a></p>\n</body></html>\n"
     );
-    html
 }
 
 fn ratio(part: u64, whole: u64) -> String {

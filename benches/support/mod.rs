@@ -74,3 +74,9 @@ unsafe impl std::alloc::GlobalAlloc for CountingAllocator {
 pub fn live_heap_bytes() -> u64 {
     LIVE.load(std::sync::atomic::Ordering::Relaxed) as u64
 }
+
+/// The `q` quantile (0–1) of `samples`, nearest rank; sorts them.
+pub fn percentile(samples: &mut [f64], q: f64) -> f64 {
+    samples.sort_by(f64::total_cmp);
+    samples[((samples.len() as f64 * q) as usize).min(samples.len() - 1)]
+}

@@ -29,6 +29,7 @@ use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
 use serde_json::{Map, Value};
 use tokio::time::Instant;
 
+use super::etag::ETags;
 use super::key::normalized_query;
 use super::{
     Buffered, Cache, CacheKey, Entry, Fetched, Forward, Lifetime, Lookup, Outcome, Served, Stored,
@@ -195,23 +196,7 @@ impl Cache {
             .map(|e| e.ttl.saturating_sub(e.age(now)))
             .min()
             .unwrap_or_default();
-        let served = match fetched {
-            0 => Served {
-                outcome: Outcome::Hit(Tier::Memory),
-                saved_points: Some(1 + 2 * found.len() as u32),
-            },
-            n if n == plan.ids.len() => Served {
-                outcome: Outcome::STORED,
-                saved_points: None,
-            },
-            n => Served {
-                outcome: Outcome::Partial {
-                    fetched: n,
-                    of: plan.ids.len(),
-                },
-                saved_points: None,
-            },
-        };
+        let served = served(fetched, plan.ids.len(), found.len());
         let response = respond(
             body,
             &envelope,
@@ -365,6 +350,21 @@ struct Parsed {
     objects: Vec<Value>,
     keys: Option<Map<String, Value>>,
     site_base: String,
+}
+
+/// What a bulk lookup that asked upstream for `fetched` of its `of` accounts did; `found` is
+/// how many accounts its answer lists.
+fn served(fetched: usize, of: usize, found: usize) -> Served {
+    let (outcome, saved_points) = match fetched {
+        // One call and two points per account object, all saved.
+        0 => (Outcome::Hit(Tier::Memory), Some(1 + 2 * found as u32)),
+        n if n == of => (Outcome::STORED, None),
+        n => (Outcome::Partial { fetched: n, of }, None),
+    };
+    Served {
+        outcome,
+        saved_points,
+    }
 }
 
 /// The headers of a stored account object.
@@ -532,12 +532,8 @@ fn respond(
     fresh_for: Duration,
     outcome: &Outcome,
 ) -> Response<Body> {
-    let digest = blake3::hash(&body);
-    let hex = &digest.to_hex()[..32];
-    let etags = [format!("\"{hex}\""), format!("\"{hex}-gzip\"")];
-    let not_modified = etags
-        .iter()
-        .any(|etag| super::entry::list_tokens_match(request_headers, etag));
+    let etags = ETags::of(&body);
+    let not_modified = etags.matched_by(request_headers);
     // Assembled per request: identity, unless the client refuses it (then gzip, made now).
     let accepts = Accepts::of(request_headers);
     let (coding, body) = match accepts.identity() || !accepts.gzip() {
@@ -568,11 +564,7 @@ fn respond(
         header::CACHE_CONTROL,
         HeaderValue::from_str(&format!("private, max-age={}", fresh_for.as_secs())).expect("ascii"),
     );
-    let etag = match coding {
-        Coding::Identity => &etags[0],
-        Coding::Gzip => &etags[1],
-    };
-    headers.insert(header::ETAG, HeaderValue::from_str(etag).expect("hex"));
+    headers.insert(header::ETAG, etags.get(coding).clone());
     headers.insert(super::CACHE_STATUS.clone(), outcome.cache_status());
     response
 }

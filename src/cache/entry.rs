@@ -23,6 +23,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Response, StatusCode};
 use tokio::time::Instant;
 
+use super::etag::ETags;
 use super::heads::{self, Head};
 use crate::body::Body;
 use crate::coding::{self, Accepts, Coding};
@@ -131,8 +132,7 @@ pub struct Entry {
     bodies: Bodies,
     /// Strong validators, one per representation (RFC 9110 §8.8.3: a validator differs per
     /// content coding): `"<hash of the decoded body>"` and `"<hash>-gzip"`.
-    etag: HeaderValue,
-    etag_gzip: HeaderValue,
+    etags: ETags,
     stored_at: Instant,
     pub ttl: Duration,
     pub stale_if_error: Duration,
@@ -257,8 +257,7 @@ impl Entry {
             })
             .collect();
         stored.push((header::VARY, vary_value(vary.as_deref())));
-        let digest = blake3::hash(&body);
-        let hex = &digest.to_hex()[..32];
+        let etags = ETags::of(&body);
         let bodies = match keep {
             Coding::Identity => Bodies::Identity(Bytes::copy_from_slice(&body)),
             Coding::Gzip => Bodies::Gzip(match gzip {
@@ -270,9 +269,7 @@ impl Entry {
             status,
             headers: heads::intern(stored),
             bodies,
-            etag: HeaderValue::from_str(&format!("\"{hex}\"")).expect("hex is a header value"),
-            etag_gzip: HeaderValue::from_str(&format!("\"{hex}-gzip\""))
-                .expect("hex is a header value"),
+            etags,
             stored_at: Instant::now(),
             ttl: lifetime.ttl,
             stale_if_error: lifetime.stale_if_error,
@@ -317,8 +314,7 @@ impl Entry {
             status: self.status,
             headers: self.headers.clone(),
             bodies,
-            etag: self.etag.clone(),
-            etag_gzip: self.etag_gzip.clone(),
+            etags: self.etags.clone(),
             stored_at: self.stored_at,
             ttl: self.ttl,
             stale_if_error: self.stale_if_error,
@@ -337,7 +333,7 @@ impl Entry {
             .iter()
             .map(|(n, v)| n.as_str().len() + v.len() + 32)
             .sum();
-        let total = self.bodies.bytes() + headers + self.etag.len() * 2 + 32 + 256;
+        let total = self.bodies.bytes() + headers + self.etags.len() + 32 + 256;
         u32::try_from(total).unwrap_or(u32::MAX)
     }
 
@@ -380,12 +376,7 @@ impl Entry {
     /// Whether the request's `If-None-Match` names this entry's body, in either
     /// representation: both stand for the same content, so a client holding either may keep it.
     pub fn not_modified(&self, request_headers: &HeaderMap) -> bool {
-        // Most requests carry no validator: one lookup, then nothing to compare.
-        request_headers.contains_key(header::IF_NONE_MATCH)
-            && [&self.etag, &self.etag_gzip]
-                .into_iter()
-                .filter_map(|etag| etag.to_str().ok())
-                .any(|etag| list_tokens_match(request_headers, etag))
+        self.etags.matched_by(request_headers)
     }
 
     /// The response for a request: the representation its `Accept-Encoding` prefers among
@@ -433,11 +424,7 @@ impl Entry {
         let (age, cache_control) = self.age_headers(now);
         headers.insert(header::CACHE_CONTROL, cache_control);
         headers.insert(header::AGE, age);
-        let etag = match coding {
-            Coding::Identity => &self.etag,
-            Coding::Gzip => &self.etag_gzip,
-        };
-        headers.insert(header::ETAG, etag.clone());
+        headers.insert(header::ETAG, self.etags.get(coding).clone());
         headers.insert(CACHE_STATUS.clone(), status);
         *response.headers_mut() = headers;
         Ok(response)
@@ -514,8 +501,9 @@ impl Entry {
             out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
             out.extend_from_slice(bytes);
         };
-        part(&mut out, self.etag.as_bytes());
-        part(&mut out, self.etag_gzip.as_bytes());
+        for etag in self.etags.parts() {
+            part(&mut out, etag);
+        }
         match &self.vary {
             None => out.extend_from_slice(&0u32.to_le_bytes()),
             Some(vary) => {
@@ -549,8 +537,7 @@ impl Entry {
             [1] => true,
             _ => return None,
         };
-        let etag = HeaderValue::from_bytes(reader.part()?).ok()?;
-        let etag_gzip = HeaderValue::from_bytes(reader.part()?).ok()?;
+        let etags = ETags::from_parts(reader.part()?, reader.part()?)?;
         let vary_count = u32::from_le_bytes(reader.array()?);
         let vary = if vary_count == 0 {
             None
@@ -581,8 +568,7 @@ impl Entry {
             } else {
                 Bodies::Identity(body)
             },
-            etag,
-            etag_gzip,
+            etags,
             stored_at: Instant::now().checked_sub(age).unwrap_or_else(Instant::now),
             ttl: Duration::from_millis(ttl),
             stale_if_error: Duration::from_millis(stale_if_error),
@@ -660,13 +646,6 @@ fn unix_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
-}
-
-/// Whether `If-None-Match` names `etag` (or is `*`); weak comparison, as RFC 9110 §13.1.2
-/// prescribes for it.
-pub fn list_tokens_match(request_headers: &HeaderMap, etag: &str) -> bool {
-    list_tokens(request_headers, &header::IF_NONE_MATCH)
-        .any(|tag| tag == "*" || tag.trim_start_matches("W/") == etag)
 }
 
 /// RFC 9211's header.
@@ -938,7 +917,7 @@ mod tests {
             1,
             Coding::Gzip,
         );
-        for etag in [&entry.etag, &entry.etag_gzip] {
+        for etag in [Coding::Identity, Coding::Gzip].map(|c| entry.etags.get(c)) {
             let mut request = request(&[("accept-encoding", "gzip")]);
             request.insert(
                 header::IF_NONE_MATCH,
@@ -973,10 +952,7 @@ mod tests {
             copy.bodies.get(Coding::Gzip),
             original.bodies.get(Coding::Gzip)
         );
-        assert_eq!(
-            (&copy.etag, &copy.etag_gzip),
-            (&original.etag, &original.etag_gzip)
-        );
+        assert_eq!(copy.etags, original.etags);
         assert_eq!(copy.headers, original.headers);
         assert_eq!((copy.ttl, copy.points), (original.ttl, original.points));
         assert!(copy.is_fresh(Instant::now()));

@@ -23,11 +23,14 @@
 
 mod bulk;
 mod entry;
+mod etag;
 mod flights;
 mod generations;
 mod heads;
 mod key;
 mod outcome;
+#[cfg(test)]
+mod tests;
 
 use std::future::Future;
 use std::sync::Arc;

@@ -396,70 +396,34 @@ impl Ctx<'_> {
 
     fn answer(&self) -> Result<Answer, Failure> {
         use Operation::*;
-        let op = self.resolved.operation;
-        match op {
+        match self.resolved.operation {
             GetAnonymousUser => Ok(self.json(self.anonymous())),
-            GetCurrentUser => match self.caller {
-                Some(user) => Ok(self.json(self.user_json(user, user))),
-                None => Ok(self.json(self.anonymous())),
-            },
-            _ => {
-                let caller = self.caller.ok_or_else(|| {
-                    fail(
-                        StatusCode::UNAUTHORIZED,
-                        "This request needs authentication",
-                    )
-                })?;
-                self.authenticated(op, caller)
-            }
-        }
-    }
-
-    fn authenticated(&self, op: Operation, caller: &'static DemoUser) -> Result<Answer, Failure> {
-        use Operation::*;
-        match op {
+            GetCurrentUser => Ok(self.json(match self.caller {
+                Some(user) => self.user_json(user, user),
+                None => self.anonymous(),
+            })),
             GetUser => {
-                let user = self.required_user("accountId")?;
+                let (caller, user) = (self.caller()?, self.required_user("accountId")?);
                 Ok(self.json(self.user_json(user, caller)))
             }
-            GetGroupMembershipsForUser => self.memberof(),
-            GetBulkUserLookup => self.bulk(caller),
+            GetGroupMembershipsForUser => self.caller().and_then(|_| self.memberof()),
+            GetBulkUserLookup => self.bulk(self.caller()?),
             GetPrivacyUnsafeUserEmail => {
+                self.caller()?;
                 let user = self.required_user("accountId")?;
                 Ok(self.json(json!({ "accountId": user.account_id, "email": user.email })))
             }
-            GetPrivacyUnsafeUserEmailBulk => {
-                let ids = self.query.accounts();
-                if ids.is_empty() {
-                    return Err(fail(StatusCode::BAD_REQUEST, "accountId is required"));
-                }
-                let records: Vec<Value> = ids
-                    .iter()
-                    .filter_map(|id| find_user(id))
-                    .map(|u| json!({ "accountId": u.account_id, "email": u.email }))
-                    .collect();
-                Ok(self.json(Value::Array(records)))
-            }
+            GetPrivacyUnsafeUserEmailBulk => self.caller().and_then(|_| self.emails()),
             GetContentWatchStatus | IsWatchingLabel | IsWatchingSpace => {
-                let (who, kind, id) = self.watch_target(caller)?;
+                let (who, kind, id) = self.watch_target(self.caller()?)?;
                 let watching = self.data().watches.contains(&(who, kind, id));
                 Ok(self.json(json!({ "watching": watching })))
             }
-            AddContentWatcher | AddLabelWatcher | AddSpaceWatcher => {
-                self.require_xsrf()?;
-                let (who, kind, id) = self.watch_target(caller)?;
-                self.data().watches.insert((who, kind, id));
-                Ok(Answer::NoContent)
-            }
-            RemoveContentWatcher | RemoveLabelWatcher | RemoveSpaceWatch => {
-                self.require_xsrf()?;
-                let (who, kind, id) = self.watch_target(caller)?;
-                self.data().watches.remove(&(who, kind, id));
-                Ok(Answer::NoContent)
-            }
-            GetUserProperties => self.list_properties(caller),
+            AddContentWatcher | AddLabelWatcher | AddSpaceWatcher => self.watch(true),
+            RemoveContentWatcher | RemoveLabelWatcher | RemoveSpaceWatch => self.watch(false),
+            GetUserProperties => self.list_properties(self.caller()?),
             GetUserProperty => {
-                let (owner, key) = self.property_target(caller)?;
+                let (owner, key) = self.property_target(self.caller()?)?;
                 let data = self.data();
                 let property = data
                     .properties
@@ -467,50 +431,89 @@ impl Ctx<'_> {
                     .ok_or_else(|| self.no_property(&key))?;
                 Ok(self.json(self.property_json(owner, &key, property)))
             }
-            CreateUserProperty => {
-                let (owner, key) = self.property_target(caller)?;
-                let value = self.property_value()?;
-                let mut data = self.data();
-                if data.properties.contains_key(&(owner, key.clone())) {
-                    return Err(fail(
-                        StatusCode::CONFLICT,
-                        &format!("A property with key '{key}' already exists"),
-                    ));
-                }
-                data.next_property_id += 1;
-                let now = now_iso8601();
-                let property = Property {
-                    id: data.next_property_id,
-                    value,
-                    created: now.clone(),
-                    modified: now,
-                };
-                let body = self.property_json(owner, &key, &property);
-                data.properties.insert((owner, key), property);
-                Ok(Answer::Json(StatusCode::CREATED, body))
-            }
-            UpdateUserProperty => {
-                let (owner, key) = self.property_target(caller)?;
-                let value = self.property_value()?;
-                let mut data = self.data();
-                let property = data
-                    .properties
-                    .get_mut(&(owner, key.clone()))
-                    .ok_or_else(|| self.no_property(&key))?;
-                property.value = value;
-                property.modified = now_iso8601();
-                Ok(Answer::NoContent)
-            }
+            CreateUserProperty => self.create_property(),
+            UpdateUserProperty => self.update_property(),
             DeleteUserProperty => {
-                let (owner, key) = self.property_target(caller)?;
+                let (owner, key) = self.property_target(self.caller()?)?;
                 self.data()
                     .properties
                     .remove(&(owner, key.clone()))
                     .ok_or_else(|| self.no_property(&key))?;
                 Ok(Answer::NoContent)
             }
-            GetAnonymousUser | GetCurrentUser => unreachable!("answered without a caller"),
         }
+    }
+
+    /// The authenticated caller, or Confluence's 401 for an operation that needs one.
+    fn caller(&self) -> Result<&'static DemoUser, Failure> {
+        self.caller.ok_or_else(|| {
+            fail(
+                StatusCode::UNAUTHORIZED,
+                "This request needs authentication",
+            )
+        })
+    }
+
+    fn emails(&self) -> Result<Answer, Failure> {
+        let ids = self.query.accounts();
+        if ids.is_empty() {
+            return Err(fail(StatusCode::BAD_REQUEST, "accountId is required"));
+        }
+        let records: Vec<Value> = ids
+            .iter()
+            .filter_map(|id| find_user(id))
+            .map(|u| json!({ "accountId": u.account_id, "email": u.email }))
+            .collect();
+        Ok(self.json(Value::Array(records)))
+    }
+
+    /// Starts (`true`) or stops watching.
+    fn watch(&self, watching: bool) -> Result<Answer, Failure> {
+        let caller = self.caller()?;
+        self.require_xsrf()?;
+        let target = self.watch_target(caller)?;
+        let mut data = self.data();
+        match watching {
+            true => data.watches.insert(target),
+            false => data.watches.remove(&target),
+        };
+        Ok(Answer::NoContent)
+    }
+
+    fn create_property(&self) -> Result<Answer, Failure> {
+        let (owner, key) = self.property_target(self.caller()?)?;
+        let value = self.property_value()?;
+        let mut data = self.data();
+        if data.properties.contains_key(&(owner, key.clone())) {
+            return Err(fail(
+                StatusCode::CONFLICT,
+                &format!("A property with key '{key}' already exists"),
+            ));
+        }
+        data.next_property_id += 1;
+        let now = now_iso8601();
+        let property = Property {
+            id: data.next_property_id,
+            value,
+            created: now.clone(),
+            modified: now,
+        };
+        let body = self.property_json(owner, &key, &property);
+        data.properties.insert((owner, key), property);
+        Ok(Answer::Json(StatusCode::CREATED, body))
+    }
+
+    fn update_property(&self) -> Result<Answer, Failure> {
+        let (owner, key) = self.property_target(self.caller()?)?;
+        let value = self.property_value()?;
+        let mut data = self.data();
+        let property = data
+            .properties
+            .get_mut(&(owner, key.clone()))
+            .ok_or_else(|| self.no_property(&key))?;
+        property.value = value;
+        property.modified = now_iso8601();
+        Ok(Answer::NoContent)
     }
 
     fn data(&self) -> std::sync::MutexGuard<'_, Data> {

@@ -99,7 +99,7 @@ async fn none_partial_and_all_cached_lookups_equal_upstreams_answer() {
     assert_eq!(through["_links"]["self"], direct["_links"]["self"]);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn duplicates_unknown_ids_and_limit_behave_as_upstream() {
     let h = Harness::start_with(|c| c.cache.negative_ttl = Duration::from_millis(300)).await;
     let auth = basic(alice());
@@ -126,7 +126,7 @@ async fn duplicates_unknown_ids_and_limit_behave_as_upstream() {
         "wikigate; hit"
     );
     assert_eq!(h.fake.hits(Operation::GetBulkUserLookup), before);
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    tokio::time::advance(Duration::from_millis(400)).await;
     let again = h.client.get(&target, Some(&auth)).await;
     assert_eq!(
         again.cache_status(),

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use http::{HeaderValue, Method, StatusCode};
 use serde_json::json;
@@ -487,12 +487,12 @@ async fn concurrent_identical_misses_make_one_upstream_request() {
     assert!(collapsed > 100, "{collapsed} of 200 joined the one fetch");
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn stale_if_error_serves_an_expired_entry_when_upstream_fails() {
     let h = Harness::start_with(|c| c.cache.routes.set_all(policy(200, 60, 0))).await;
     let target = format!("{API}/current");
     let fresh = h.client.get(&target, Some(&basic(alice()))).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::time::advance(Duration::from_millis(300)).await;
     h.fake.set_faults(Faults {
         fail_with: Some(StatusCode::SERVICE_UNAVAILABLE),
         ..Faults::default()
@@ -511,7 +511,7 @@ async fn stale_if_error_serves_an_expired_entry_when_upstream_fails() {
     h.fake.set_faults(Faults::default());
     let watch = format!("{API}/watch/space/ENG");
     h.client.get(&watch, Some(&basic(alice()))).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::time::advance(Duration::from_millis(300)).await;
     assert_eq!(
         h.client
             .request(Method::POST, &watch)
@@ -541,17 +541,17 @@ async fn stale_if_error_serves_an_expired_entry_when_upstream_fails() {
         .assert_error(403);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn stale_while_revalidate_answers_at_once_and_refreshes_once() {
     let h = Harness::start_with(|c| c.cache.routes.set_all(policy(1000, 0, 60))).await;
     let target = format!("{API}/current");
     h.client.get(&target, Some(&basic(alice()))).await;
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    tokio::time::advance(Duration::from_millis(1100)).await;
     h.fake.set_faults(Faults {
         delay: Duration::from_millis(500),
         ..Faults::default()
     });
-    let started = Instant::now();
+    let started = tokio::time::Instant::now();
     let tasks: Vec<_> = (0..10)
         .map(|_| {
             let (client, target) = (h.client.clone(), target.clone());
@@ -567,11 +567,13 @@ async fn stale_while_revalidate_answers_at_once_and_refreshes_once() {
             answer.cache_status()
         );
     }
-    assert!(
-        started.elapsed() < Duration::from_millis(450),
+    assert_eq!(
+        started.elapsed(),
+        Duration::ZERO,
         "stale answers waited for upstream"
     );
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    // The background refresh waits out upstream's delay.
+    tokio::time::sleep(Duration::from_millis(600)).await;
     assert_eq!(
         h.fake.hits(Operation::GetCurrentUser),
         2,

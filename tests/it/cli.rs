@@ -1,13 +1,12 @@
 //! The binary itself: `check-config`, `serve` with SIGTERM, and `demo` whose printed curl
 //! examples all succeed as printed.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use wikigate::fake::FakeConfluence;
 
-use crate::support::{API, TestClient, alice, basic, bob, free_addr};
+use crate::support::{API, Process, TestClient, alice, basic, bob, eventually, free_addr, ready};
 
 const BIN: &str = env!("CARGO_BIN_EXE_wikigate");
 
@@ -15,28 +14,6 @@ fn temp_file(name: &str, text: &str) -> std::path::PathBuf {
     let path = std::env::temp_dir().join(format!("wikigate-cli-{}-{name}", std::process::id()));
     std::fs::write(&path, text).unwrap();
     path
-}
-
-fn terminate(child: &Child) {
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-}
-
-fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("process did not exit within {within:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 #[test]
@@ -103,32 +80,23 @@ async fn serve_runs_from_flags_and_env_and_stops_cleanly_on_sigterm() {
             wikigate::config::KeyHash::of(client_key)
         ),
     );
-    let mut child = Command::new(BIN)
-        .arg("serve")
-        .arg("--config")
-        .arg(&file)
-        .args(["--listen", &listen.to_string()])
-        .env("WIKIGATE_LISTEN", "127.0.0.1:2")
-        .env("WIKIGATE_ADMIN_LISTEN", admin.to_string())
-        .env("WIKIGATE_LOG_FORMAT", "json")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-
+    let (listen_flag, admin_env) = (listen.to_string(), admin.to_string());
+    let gateway = Process::start(
+        &[
+            "serve",
+            "--config",
+            &file.to_string_lossy(),
+            "--listen",
+            &listen_flag,
+        ],
+        &[
+            ("WIKIGATE_LISTEN", "127.0.0.1:2"),
+            ("WIKIGATE_ADMIN_LISTEN", &admin_env),
+            ("WIKIGATE_LOG_FORMAT", "json"),
+        ],
+    );
     let admin_client = TestClient::new(format!("http://{admin}"));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let ready = admin_client
-            .request(http::Method::GET, "/readyz")
-            .try_send()
-            .await;
-        if ready.is_some_and(|a| a.status == 200) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "gateway never became ready");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(Duration::from_secs(10), "ready", || ready(&admin_client)).await;
     let client = TestClient::new(format!("http://{listen}"));
     let answer = client
         .get(&format!("{API}/current"), Some(&basic(alice())))
@@ -142,11 +110,9 @@ async fn serve_runs_from_flags_and_env_and_stops_cleanly_on_sigterm() {
         .await;
     assert_eq!(keyed.status, 200);
 
-    terminate(&child);
-    let status = wait_exit(&mut child, Duration::from_secs(10));
+    gateway.signal("TERM");
+    let (status, logs) = gateway.exit().await;
     assert!(status.success(), "exit status {status}");
-    let mut logs = String::new();
-    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut logs).unwrap();
     let access = logs
         .lines()
         .find(|line| line.contains("wikigate::access"))
@@ -163,27 +129,13 @@ async fn serve_runs_from_flags_and_env_and_stops_cleanly_on_sigterm() {
     );
 }
 
-#[test]
-fn demo_prints_curl_examples_that_all_succeed() {
-    let mut child = Command::new(BIN)
-        .args(["demo", "--listen", "127.0.0.1:0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (lines_tx, lines_rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = lines_tx.send(line);
-        }
-    });
+#[tokio::test]
+async fn demo_prints_curl_examples_that_all_succeed() {
+    let demo = Process::start(&["demo", "--listen", "127.0.0.1:0"], &[]);
     let mut commands = Vec::new();
     let mut screen = Vec::new();
     loop {
-        let line = lines_rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("demo prints its examples");
+        let line = demo.line(Duration::from_secs(30));
         if line.starts_with("curl ") {
             commands.push(line.clone());
         }
@@ -223,14 +175,14 @@ fn demo_prints_curl_examples_that_all_succeed() {
             .expect("sh runs");
         assert!(
             out.status.success(),
-            "{command}\nexit {}: {}\ndemo exit: {:?}",
+            "{command}\nexit {}: {}",
             out.status,
             String::from_utf8_lossy(&out.stderr),
-            child.try_wait()
         );
     }
-    terminate(&child);
-    assert!(wait_exit(&mut child, Duration::from_secs(10)).success());
+    demo.signal("TERM");
+    let (status, logs) = demo.exit().await;
+    assert!(status.success(), "{status}: {logs}");
 }
 
 #[test]

@@ -1,7 +1,5 @@
 //! Two replicas, one Redis, one upstream: the replicas behave as one gateway.
 
-use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -13,60 +11,13 @@ use wikigate::fake::FakeConfluence;
 use wikigate::lifecycle::{self, Running};
 use wikigate::routes::Operation;
 
+#[path = "../shared/redis.rs"]
+mod redis;
+use redis::Redis;
+
 use crate::support::{
-    API, Answer, TestClient, alice, basic, bob, config_for, free_addr, put_property, spawn_get,
+    API, Answer, TestClient, alice, basic, bob, config_for, eventually, put_property, spawn_get,
 };
-
-/// A redis-server of the test's own, on a free loopback port (Debian's `redis-server`).
-struct Redis {
-    child: Child,
-    port: u16,
-}
-
-impl Redis {
-    fn start() -> Redis {
-        Redis::start_on(free_addr().port())
-    }
-
-    fn start_on(port: u16) -> Redis {
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server is installed (scripts/test installs it)");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "redis-server did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Redis { child, port }
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    fn stop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
 
 struct Pair {
     fake: FakeConfluence,
@@ -110,17 +61,13 @@ impl Pair {
     }
 
     async fn wait_for_redis(&self, state: &str) {
-        let deadline = Instant::now() + Duration::from_secs(10);
         for admin in [self.a.admin_addr, self.b.admin_addr] {
             let admin = TestClient::new(format!("http://{admin}"));
-            loop {
+            let reports = || async {
                 let ready = admin.get("/readyz", None).await;
-                if String::from_utf8_lossy(&ready.body).contains(state) {
-                    break;
-                }
-                assert!(Instant::now() < deadline, "replica never reported {state}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
+                String::from_utf8_lossy(&ready.body).contains(state)
+            };
+            eventually(Duration::from_secs(10), state, reports).await;
         }
     }
 }

@@ -163,7 +163,7 @@ async fn pipelined_requests_are_answered_in_order() {
     assert!(anonymous < alice_at, "answers out of order");
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_client_that_stops_reading_does_not_stall_others() {
     let h = Harness::start().await;
     let mut greedy = tokio::net::TcpStream::connect(h.gateway.addr)
@@ -188,7 +188,7 @@ async fn a_client_that_stops_reading_does_not_stall_others() {
     drop(writer.await.unwrap());
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn slowloris_headers_are_cut_off() {
     let h =
         Harness::start_with(|c| c.server.header_read_timeout = Duration::from_millis(300)).await;
@@ -199,16 +199,16 @@ async fn slowloris_headers_are_cut_off() {
         .write_all(b"GET /wiki/rest/api/user/current HTTP/1.1\r\nHost: x\r\n")
         .await
         .unwrap();
-    let started = std::time::Instant::now();
+    let started = tokio::time::Instant::now();
     let mut buffer = Vec::new();
     let closed =
         tokio::time::timeout(Duration::from_secs(3), stream.read_to_end(&mut buffer)).await;
     assert!(closed.is_ok(), "the connection stayed open");
-    assert!(started.elapsed() < Duration::from_secs(2));
+    assert_eq!(started.elapsed(), Duration::from_millis(300));
     assert_eq!(h.fake.requests(), 0);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn connections_above_the_cap_wait_until_one_closes() {
     let h = Harness::start_with(|c| c.server.max_connections = 2).await;
     let first = tokio::net::TcpStream::connect(h.gateway.addr)

@@ -8,7 +8,9 @@ use std::time::Duration;
 use http::Method;
 use wikigate::config::{ClientConfig, KeyHash, Rate};
 
-use crate::support::{API, Harness, TestClient, alice, basic, bob, free_addr};
+use crate::support::{
+    API, Harness, Process, TestClient, alice, basic, bob, eventually, free_addr, ready,
+};
 
 const TINY_KEY: &str = "tiny-client-key-0123456789";
 
@@ -359,45 +361,34 @@ async fn spans_reach_an_otlp_receiver_and_traceparent_is_propagated() {
     ));
     let fake = wikigate::fake::FakeConfluence::start().await.unwrap();
     let (listen, admin) = (free_addr(), free_addr());
-    let mut child = Command::new(env!("CARGO_BIN_EXE_wikigate"))
-        .args([
+    let (fake_url, listen_flag, admin_flag) = (fake.url(), listen.to_string(), admin.to_string());
+    let endpoint = format!("http://{receiver_addr}");
+    let gateway = Process::start(
+        &[
             "serve",
             "--upstream",
-            &fake.url(),
+            &fake_url,
             "--listen",
-            &listen.to_string(),
+            &listen_flag,
             "--admin-listen",
-            &admin.to_string(),
-        ])
-        .env(
-            "OTEL_EXPORTER_OTLP_ENDPOINT",
-            format!("http://{receiver_addr}"),
-        )
-        .env("OTEL_SERVICE_NAME", "wikigate-under-test")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+            &admin_flag,
+        ],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+            ("OTEL_SERVICE_NAME", "wikigate-under-test"),
+        ],
+    );
+    let admin_client = TestClient::new(format!("http://{admin}"));
+    eventually(Duration::from_secs(15), "ready", || ready(&admin_client)).await;
     let client = TestClient::new(format!("http://{listen}"));
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
     let traceparent = format!("00-{trace_id}-00f067aa0ba902b7-01");
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    let answer = loop {
-        let sent = client
-            .request(Method::GET, &format!("{API}/current"))
-            .auth(alice())
-            .header("traceparent", &traceparent)
-            .try_send()
-            .await;
-        if let Some(answer) = sent {
-            break answer;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "gateway never started"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let answer = client
+        .request(Method::GET, &format!("{API}/current"))
+        .auth(alice())
+        .header("traceparent", &traceparent)
+        .send()
+        .await;
     assert_eq!(answer.status, 200);
     // Upstream saw the same trace, with wikigate's span as the parent.
     let upstream_parent = fake.last().unwrap().headers["traceparent"]
@@ -414,16 +405,9 @@ async fn spans_reach_an_otlp_receiver_and_traceparent_is_propagated() {
     );
 
     // SIGTERM flushes the exporter.
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let exit = tokio::task::spawn_blocking(move || child.wait())
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(exit.success());
+    gateway.signal("TERM");
+    let (exit, logs) = gateway.exit().await;
+    assert!(exit.success(), "{exit}: {logs}");
 
     let bodies = receiver.0.lock().unwrap().clone();
     assert!(!bodies.is_empty(), "no OTLP export arrived");

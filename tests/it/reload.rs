@@ -2,19 +2,20 @@
 //! a bad configuration is refused and the running one stays.
 
 use std::num::NonZeroU32;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use http::Method;
 use wikigate::config::{ClientConfig, KeyHash, Rate, RoutePolicy};
 use wikigate::fake::Faults;
 use wikigate::routes::Route;
 
-use crate::support::{API, Harness, TestClient, alice, basic, config_for, free_addr};
+use crate::support::{
+    API, Harness, Process, TestClient, alice, basic, config_for, eventually, free_addr,
+};
 
 const KEY: &str = "reloaded-client-key-0123456789";
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn reload_changes_limits_ttls_and_keys_without_dropping_requests() {
     let h = Harness::start_with(|c| {
         c.limits.classes.get_mut("default").unwrap().requests = Some(Rate {
@@ -64,6 +65,7 @@ async fn reload_changes_limits_ttls_and_keys_without_dropping_requests() {
                 .await
         }
     });
+    // Reloaded while the request waits out upstream's delay.
     tokio::time::sleep(Duration::from_millis(100)).await;
 
     let mut config = config_for(&h.fake.url());
@@ -126,15 +128,10 @@ async fn sighup_reloads_the_file_and_refuses_a_bad_one() {
         fake.url()
     );
     std::fs::write(&file, &base).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_wikigate"))
-        .arg("serve")
-        .arg("--config")
-        .arg(&file)
-        .env("WIKIGATE_LOG_FORMAT", "json")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let gateway = Process::start(
+        &["serve", "--config", &file.to_string_lossy()],
+        &[("WIKIGATE_LOG_FORMAT", "json")],
+    );
     let client = TestClient::new(format!("http://{listen}"));
     let keyed = || {
         client
@@ -142,54 +139,41 @@ async fn sighup_reloads_the_file_and_refuses_a_bad_one() {
             .header("x-wikigate-key", KEY)
             .try_send()
     };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Some(answer) = keyed().await {
-            assert_eq!(answer.status, 401, "the key is unknown before the reload");
-            break;
-        }
-        assert!(Instant::now() < deadline, "never started");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let hangup = || {
-        let status = Command::new("kill")
-            .args(["-HUP", &child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-    };
+    eventually(Duration::from_secs(10), "started", || async {
+        keyed().await.is_some()
+    })
+    .await;
+    assert_eq!(
+        keyed().await.unwrap().status,
+        401,
+        "the key is unknown before the reload"
+    );
     let with_client = format!(
         "{base}[[callers.clients]]\nname = \"reloaded\"\nkey_hash = \"{}\"\n",
         KeyHash::of(KEY)
     );
     std::fs::write(&file, &with_client).unwrap();
-    hangup();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while keyed().await.is_none_or(|a| a.status != 200) {
-        assert!(Instant::now() < deadline, "the reload did not take effect");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    gateway.signal("HUP");
+    eventually(Duration::from_secs(5), "the reload took effect", || async {
+        keyed().await.is_some_and(|a| a.status == 200)
+    })
+    .await;
 
     std::fs::write(&file, format!("{with_client}[limits]\nnot_a_key = 1\n")).unwrap();
-    hangup();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    gateway.signal("HUP");
+    eventually(Duration::from_secs(5), "the bad file was read", || async {
+        keyed().await.is_some() && gateway.logged("new configuration refused")
+    })
+    .await;
     assert_eq!(
         keyed().await.unwrap().status,
         200,
         "the running config stayed in force"
     );
 
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let output = tokio::task::spawn_blocking(move || child.wait_with_output())
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(output.status.success());
-    let logs = String::from_utf8_lossy(&output.stderr);
+    gateway.signal("TERM");
+    let (status, logs) = gateway.exit().await;
+    assert!(status.success(), "{status}: {logs}");
     assert!(logs.contains("configuration reloaded"), "{logs}");
     assert!(
         logs.contains("new configuration refused") && logs.contains("not_a_key"),

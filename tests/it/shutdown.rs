@@ -1,23 +1,30 @@
 //! Graceful shutdown: stop accepting, finish what is in flight, within a bounded drain.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use wikigate::fake::Faults;
+use tokio::time::Instant;
 
-use crate::support::{API, Harness, TestClient, alice, basic};
+use tokio::task::JoinHandle;
+use wikigate::fake::{FakeConfluence, Faults};
 
-async fn wait_until_refused(addr: std::net::SocketAddr) {
-    let deadline = Instant::now() + Duration::from_secs(3);
-    while tokio::net::TcpStream::connect(addr).await.is_ok() {
-        assert!(
-            Instant::now() < deadline,
-            "listener still accepting after shutdown"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+use crate::support::{
+    API, Answer, Harness, Process, TestClient, alice, eventually, ready, spawn_get,
+};
+
+/// A GET as alice, in a task of its own, once it has reached upstream (which delays it).
+async fn in_flight(client: &TestClient, fake: &FakeConfluence) -> JoinHandle<Answer> {
+    let request = spawn_get(client, &format!("{API}/current"), alice());
+    let reached = || async { fake.requests() > 0 };
+    eventually(
+        Duration::from_secs(3),
+        "the request reached upstream",
+        reached,
+    )
+    .await;
+    request
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn graceful_shutdown_finishes_the_in_flight_request() {
     let Harness {
         fake,
@@ -28,19 +35,7 @@ async fn graceful_shutdown_finishes_the_in_flight_request() {
         delay: Duration::from_millis(800),
         ..Faults::default()
     });
-    let in_flight = tokio::spawn({
-        let client = client.clone();
-        async move {
-            client
-                .get(&format!("{API}/current"), Some(&basic(alice())))
-                .await
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(3);
-    while fake.requests() == 0 {
-        assert!(Instant::now() < deadline, "request never reached upstream");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let in_flight = in_flight(&client, &fake).await;
 
     let admin = TestClient::new(format!("http://{}", gateway.admin_addr));
     assert_eq!(admin.get("/readyz", None).await.status, 200);
@@ -55,7 +50,8 @@ async fn graceful_shutdown_finishes_the_in_flight_request() {
         200,
         "still alive while draining"
     );
-    wait_until_refused(gateway.addr).await;
+    let refused = || async { tokio::net::TcpStream::connect(gateway.addr).await.is_err() };
+    eventually(Duration::from_secs(3), "the listener closed", refused).await;
 
     let answer = in_flight.await.unwrap();
     assert_eq!(answer.status, 200, "the in-flight request completed");
@@ -65,7 +61,7 @@ async fn graceful_shutdown_finishes_the_in_flight_request() {
         .expect("stopped after the drain");
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn drain_is_bounded_by_drain_timeout() {
     let Harness {
         fake,
@@ -76,63 +72,42 @@ async fn drain_is_bounded_by_drain_timeout() {
         delay: Duration::from_secs(30),
         ..Faults::default()
     });
-    let _stuck = tokio::spawn({
-        let client = client.clone();
-        async move {
-            client
-                .get(&format!("{API}/current"), Some(&basic(alice())))
-                .await
-        }
-    });
-    while fake.requests() == 0 {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let _stuck = in_flight(&client, &fake).await;
     let started = Instant::now();
     gateway.stop().await;
-    assert!(
-        started.elapsed() < Duration::from_secs(3),
-        "drain took {:?}",
-        started.elapsed()
+    assert_eq!(
+        started.elapsed(),
+        Duration::from_millis(300),
+        "the drain ends at drain_timeout, not when the stuck request does"
     );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_under_load_fails_readiness_first_and_cuts_no_request_short() {
-    use std::process::{Command, Stdio};
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-    let fake = wikigate::fake::FakeConfluence::start().await.unwrap();
+    let fake = FakeConfluence::start().await.unwrap();
     fake.set_faults(Faults {
         delay: Duration::from_millis(150),
         ..Faults::default()
     });
     let (listen, admin) = (crate::support::free_addr(), crate::support::free_addr());
-    let mut child = Command::new(env!("CARGO_BIN_EXE_wikigate"))
-        .args([
+    let (fake_url, listen_flag, admin_flag) = (fake.url(), listen.to_string(), admin.to_string());
+    let gateway = Process::start(
+        &[
             "serve",
             "--upstream",
-            &fake.url(),
+            &fake_url,
             "--listen",
-            &listen.to_string(),
+            &listen_flag,
             "--admin-listen",
-            &admin.to_string(),
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+            &admin_flag,
+        ],
+        &[],
+    );
     let admin = TestClient::new(format!("http://{admin}"));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while admin
-        .request(http::Method::GET, "/readyz")
-        .try_send()
-        .await
-        .is_none_or(|a| a.status != 200)
-    {
-        assert!(Instant::now() < deadline, "never ready");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(Duration::from_secs(10), "ready", || ready(&admin)).await;
 
     let terminated = Arc::new(AtomicBool::new(false));
     let completed = Arc::new(AtomicU64::new(0));
@@ -163,15 +138,12 @@ async fn sigterm_under_load_fails_readiness_first_and_cuts_no_request_short() {
             })
         })
         .collect();
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    let steady = || async { completed.load(Ordering::SeqCst) > 16 };
+    eventually(Duration::from_secs(10), "steady load", steady).await;
     let before = completed.load(Ordering::SeqCst);
     let sigterm_at = Instant::now();
     terminated.store(true, Ordering::SeqCst);
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    gateway.signal("TERM");
     // Readiness fails (the admin listener still answering) while requests are draining.
     let mut readiness_failed = false;
     while sigterm_at.elapsed() < Duration::from_secs(3) {
@@ -191,11 +163,8 @@ async fn sigterm_under_load_fails_readiness_first_and_cuts_no_request_short() {
     for task in load {
         task.await.unwrap();
     }
-    let exit = tokio::task::spawn_blocking(move || child.wait())
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(exit.success(), "{exit}");
+    let (exit, logs) = gateway.exit().await;
+    assert!(exit.success(), "{exit}: {logs}");
     assert!(
         sigterm_at.elapsed() < Duration::from_secs(5),
         "exited within the drain"

@@ -293,3 +293,134 @@ pub fn spawn_get(
     let (client, target) = (client.clone(), target.to_owned());
     tokio::spawn(async move { client.get(&target, Some(&basic(user))).await })
 }
+
+/// The wikigate binary run as a process of its own (`serve`, `demo`): its stdout and stderr
+/// read as they come (so a chatty process never blocks on a full pipe) — stdout line by line
+/// ([`Process::line`]), stderr, the logs, kept for [`Process::exit`].
+pub struct Process {
+    child: std::process::Child,
+    stdout: std::sync::mpsc::Receiver<String>,
+    logs: std::sync::Arc<std::sync::Mutex<String>>,
+    /// Ends when stderr closes: the process exited.
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Process {
+    /// Runs `wikigate ARGS` with `env` added to this process's environment.
+    pub fn start(args: &[&str], env: &[(&str, &str)]) -> Process {
+        use std::io::BufRead as _;
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_wikigate"))
+            .args(args)
+            .envs(env.iter().copied())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("the wikigate binary runs");
+        let stdout = child.stdout.take().expect("piped");
+        let (lines, stdout_lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let _ = lines.send(line);
+            }
+        });
+        let stderr = child.stderr.take().expect("piped");
+        let logs = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let sink = logs.clone();
+        let reader = std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let mut logs = sink.lock().unwrap();
+                logs.push_str(&line);
+                logs.push('\n');
+            }
+        });
+        Process {
+            child,
+            stdout: stdout_lines,
+            logs,
+            reader: Some(reader),
+        }
+    }
+
+    /// The next line the process prints, waiting at most `within` for it.
+    pub fn line(&self, within: Duration) -> String {
+        self.stdout
+            .recv_timeout(within)
+            .unwrap_or_else(|e| panic!("no line printed within {within:?}: {e}"))
+    }
+
+    /// Whether the process has logged `text` so far.
+    pub fn logged(&self, text: &str) -> bool {
+        self.logs.lock().unwrap().contains(text)
+    }
+
+    /// Sends `signal` (`TERM`, `HUP`).
+    pub fn signal(&self, signal: &str) {
+        let status = std::process::Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill -{signal} failed");
+    }
+
+    /// Waits (at most 10 s) for the process to exit: its status and everything it logged.
+    pub async fn exit(mut self) -> (std::process::ExitStatus, String) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("a child") {
+                break status;
+            }
+            if tokio::time::Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("wikigate did not exit within 10 s");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        // The reader ends with the pipe, which closed when the process exited.
+        let reader = self.reader.take().expect("exits once");
+        tokio::task::spawn_blocking(move || reader.join().expect("the log reader"))
+            .await
+            .expect("joined");
+        let logs = self.logs.lock().unwrap().clone();
+        (status, logs)
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls `condition` until it holds, at most `within` (a process starting, a reload taking
+/// effect): for what another process does, whose time a test cannot control.
+pub async fn eventually<F, Fut>(within: Duration, what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    while !condition().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: not within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Whether `client`'s origin answers `/readyz` with 200 (an admin listener).
+pub async fn ready(admin: &TestClient) -> bool {
+    admin
+        .request(Method::GET, "/readyz")
+        .try_send()
+        .await
+        .is_some_and(|a| a.status == StatusCode::OK)
+}

@@ -1,0 +1,484 @@
+//! The cache core on its own: no sockets, no upstream — a fetch is a closure that counts its
+//! calls, and time is tokio's paused clock. Each test states one of the module's promises.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+
+use super::{Cache, Fetched, Found, Lookup, Outcome, Tier};
+use crate::cache::{Buffered, Forward, Stored};
+use crate::config::{CacheConfig, RoutePolicy, UpstreamUrl};
+use crate::error::GatewayError;
+use crate::links::Links;
+use crate::metrics::Metrics;
+use crate::routes;
+
+const WATCH: &str = "/wiki/rest/api/user/watch/space/ENG";
+
+fn cache_with(policy: RoutePolicy) -> Arc<Cache> {
+    let mut config = CacheConfig::default();
+    config.routes.set_all(policy);
+    let upstream: UpstreamUrl = "http://127.0.0.1:1".parse().expect("a valid URL");
+    let links = Arc::new(Links::new(None, &upstream));
+    Arc::new(Cache::new(
+        &config,
+        links,
+        [7; 32],
+        Arc::new(Metrics::new()),
+    ))
+}
+
+fn policy(ttl_ms: u64, stale_if_error_ms: u64, stale_while_revalidate_ms: u64) -> RoutePolicy {
+    RoutePolicy {
+        ttl: Duration::from_millis(ttl_ms),
+        stale_if_error: Duration::from_millis(stale_if_error_ms),
+        stale_while_revalidate: Duration::from_millis(stale_while_revalidate_ms),
+    }
+}
+
+fn as_user(user: &str) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    let value = HeaderValue::from_str(&format!("Basic {user}")).expect("ASCII");
+    headers.insert(header::AUTHORIZATION, value);
+    headers
+}
+
+async fn lookup(cache: &Cache, path: &str, headers: &HeaderMap) -> Lookup {
+    let resolved = routes::resolve(&Method::GET, path).expect("a routed path");
+    cache
+        .lookup(&resolved, headers, None)
+        .await
+        .expect("a cacheable read")
+}
+
+/// A fetch answering 200 with `body` (or `status`), counting how often it was called.
+#[derive(Clone)]
+struct Upstream {
+    calls: Arc<AtomicUsize>,
+    status: StatusCode,
+    body: &'static str,
+    delay: Duration,
+}
+
+impl Upstream {
+    fn answering(body: &'static str) -> Upstream {
+        Upstream {
+            calls: Arc::default(),
+            status: StatusCode::OK,
+            body,
+            delay: Duration::ZERO,
+        }
+    }
+
+    fn failing(status: StatusCode) -> Upstream {
+        Upstream {
+            status,
+            ..Upstream::answering("{\"message\":\"failed\"}")
+        }
+    }
+
+    fn calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+
+    fn fetch(
+        &self,
+    ) -> impl Fn() -> std::pin::Pin<Box<dyn Future<Output = Result<Fetched, GatewayError>> + Send>>
+    + Clone
+    + Send
+    + Sync
+    + 'static {
+        let this = self.clone();
+        move || {
+            let this = this.clone();
+            Box::pin(async move {
+                this.calls.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(this.delay).await;
+                Ok(Fetched::Buffered(Buffered::plain(
+                    this.status,
+                    HeaderMap::new(),
+                    Bytes::from_static(this.body.as_bytes()),
+                )))
+            })
+        }
+    }
+}
+
+/// One read through the cache: the one lookup, then what it found.
+async fn read(
+    cache: &Arc<Cache>,
+    path: &str,
+    headers: &HeaderMap,
+    upstream: &Upstream,
+) -> Result<(Outcome, Bytes), GatewayError> {
+    let lookup = lookup(cache, path, headers).await;
+    let found = cache.find(&lookup, headers).await;
+    let (response, served) = cache.read(lookup, found, headers, upstream.fetch()).await?;
+    let body = http_body_util::BodyExt::collect(response.into_body())
+        .await
+        .expect("a buffered body")
+        .to_bytes();
+    Ok((served.outcome, body))
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_answer_is_stored_once_and_served_to_its_caller_only() {
+    let cache = cache_with(policy(60_000, 0, 0));
+    let upstream = Upstream::answering("{\"watching\":true}");
+    let (alice, bob) = (as_user("alice"), as_user("bob"));
+
+    let (first, body) = read(&cache, WATCH, &alice, &upstream).await.unwrap();
+    assert_eq!(first, Outcome::STORED);
+    assert_eq!(body, "{\"watching\":true}");
+    let (second, _) = read(&cache, WATCH, &alice, &upstream).await.unwrap();
+    assert_eq!(second, Outcome::Hit(Tier::Memory));
+    assert_eq!(upstream.calls(), 1);
+
+    // Another credential is another partition: its own fetch, never alice's answer.
+    let (for_bob, _) = read(&cache, WATCH, &bob, &upstream).await.unwrap();
+    assert_eq!(for_bob, Outcome::STORED);
+    assert_eq!(upstream.calls(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_write_leaves_every_earlier_key_unreachable() {
+    let cache = cache_with(policy(60_000, 60_000, 0));
+    let upstream = Upstream::answering("{\"watching\":false}");
+    let alice = as_user("alice");
+    read(&cache, WATCH, &alice, &upstream).await.unwrap();
+    let before = lookup(&cache, WATCH, &alice).await;
+
+    let write = routes::resolve(&Method::POST, WATCH).unwrap();
+    cache.invalidate(&write.invalidates()).await;
+
+    let after = lookup(&cache, WATCH, &alice).await;
+    assert_ne!(before.key, after.key, "the write moved the key");
+    // Not even as a stale-if-error fallback: the entry is under a dead key.
+    assert!(matches!(
+        cache.find(&after, &alice).await,
+        Found::Missing { fallback: None }
+    ));
+    // Other resources keep their entries.
+    let other = "/wiki/rest/api/user/watch/space/OPS";
+    read(&cache, other, &alice, &upstream).await.unwrap();
+    cache.invalidate(&write.invalidates()).await;
+    let (outcome, _) = read(&cache, other, &alice, &upstream).await.unwrap();
+    assert_eq!(outcome, Outcome::Hit(Tier::Memory));
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_answer_fetched_across_a_write_is_stored_under_the_dead_key() {
+    let cache = cache_with(policy(60_000, 0, 0));
+    let slow = Upstream {
+        delay: Duration::from_millis(100),
+        ..Upstream::answering("{\"watching\":false}")
+    };
+    let alice = as_user("alice");
+    let in_flight = tokio::spawn({
+        let (cache, alice, slow) = (cache.clone(), alice.clone(), slow.clone());
+        async move { read(&cache, WATCH, &alice, &slow).await }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let write = routes::resolve(&Method::POST, WATCH).unwrap();
+    cache.invalidate(&write.invalidates()).await;
+    assert_eq!(in_flight.await.unwrap().unwrap().0, Outcome::STORED);
+
+    let after = lookup(&cache, WATCH, &alice).await;
+    assert!(matches!(
+        cache.find(&after, &alice).await,
+        Found::Missing { fallback: None }
+    ));
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_entry_ages_from_fresh_through_its_stale_windows_to_gone() {
+    let cache = cache_with(policy(1_000, 3_000, 2_000));
+    let upstream = Upstream::answering("{}");
+    let alice = as_user("alice");
+    read(&cache, WATCH, &alice, &upstream).await.unwrap();
+    let (cache, alice) = (&cache, &alice);
+    let at = |ms| async move {
+        tokio::time::advance(Duration::from_millis(ms)).await;
+        let lookup = lookup(cache, WATCH, alice).await;
+        match cache.find(&lookup, alice).await {
+            Found::Fresh(_) => "fresh",
+            Found::Revalidate(_) => "revalidate",
+            Found::Missing { fallback: Some(_) } => "fallback",
+            Found::Missing { fallback: None } => "missing",
+        }
+    };
+    assert_eq!(at(999).await, "fresh");
+    assert_eq!(at(1).await, "revalidate", "at the TTL");
+    assert_eq!(at(1_999).await, "revalidate");
+    assert_eq!(at(1).await, "fallback", "past stale-while-revalidate");
+    assert_eq!(at(999).await, "fallback");
+    assert_eq!(at(1).await, "missing", "past stale-if-error");
+}
+
+#[tokio::test(start_paused = true)]
+async fn identical_misses_share_one_fetch() {
+    let cache = cache_with(policy(60_000, 0, 0));
+    let upstream = Upstream {
+        delay: Duration::from_millis(100),
+        ..Upstream::answering("{\"watching\":true}")
+    };
+    let alice = as_user("alice");
+    let readers: Vec<_> = (0..50)
+        .map(|_| {
+            let (cache, alice, upstream) = (cache.clone(), alice.clone(), upstream.clone());
+            tokio::spawn(async move { read(&cache, WATCH, &alice, &upstream).await })
+        })
+        .collect();
+    let mut collapsed = 0;
+    for reader in readers {
+        let (outcome, body) = reader.await.unwrap().unwrap();
+        assert_eq!(body, "{\"watching\":true}");
+        collapsed += usize::from(matches!(
+            outcome,
+            Outcome::Forwarded {
+                collapsed: true,
+                ..
+            }
+        ));
+    }
+    assert_eq!(upstream.calls(), 1);
+    assert_eq!(collapsed, 49);
+}
+
+#[tokio::test(start_paused = true)]
+async fn stale_while_revalidate_answers_at_once_and_refreshes_in_the_background() {
+    let cache = cache_with(policy(1_000, 0, 60_000));
+    let upstream = Upstream {
+        delay: Duration::from_millis(500),
+        ..Upstream::answering("{}")
+    };
+    let alice = as_user("alice");
+    read(&cache, WATCH, &alice, &upstream).await.unwrap();
+    tokio::time::advance(Duration::from_millis(1_500)).await;
+
+    let started = tokio::time::Instant::now();
+    for _ in 0..5 {
+        let (outcome, _) = read(&cache, WATCH, &alice, &upstream).await.unwrap();
+        assert_eq!(outcome, Outcome::StaleWhileRevalidate);
+    }
+    assert_eq!(
+        started.elapsed(),
+        Duration::ZERO,
+        "nothing waited for upstream"
+    );
+    // Past upstream's delay: the refresh has landed.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(upstream.calls(), 2, "the fill and one refresh");
+    let (outcome, _) = read(&cache, WATCH, &alice, &upstream).await.unwrap();
+    assert_eq!(outcome, Outcome::Hit(Tier::Memory));
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_expired_entry_stands_in_for_a_failed_upstream_within_stale_if_error() {
+    let cache = cache_with(policy(1_000, 5_000, 0));
+    let alice = as_user("alice");
+    read(&cache, WATCH, &alice, &Upstream::answering("{\"old\":1}"))
+        .await
+        .unwrap();
+    tokio::time::advance(Duration::from_millis(2_000)).await;
+
+    let unavailable = Upstream::failing(StatusCode::SERVICE_UNAVAILABLE);
+    let (outcome, body) = read(&cache, WATCH, &alice, &unavailable).await.unwrap();
+    assert_eq!(
+        outcome,
+        Outcome::StaleIfError(Some(StatusCode::SERVICE_UNAVAILABLE))
+    );
+    assert_eq!(body, "{\"old\":1}");
+
+    // A 4xx is an answer, not a failure: passed on, not stored.
+    let forbidden = Upstream::failing(StatusCode::FORBIDDEN);
+    let (outcome, _) = read(&cache, WATCH, &alice, &forbidden).await.unwrap();
+    assert_eq!(
+        outcome,
+        Outcome::Forwarded {
+            why: Forward::Stale,
+            collapsed: false,
+            stored: Stored::No
+        }
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_requests_own_cache_control_sends_it_upstream() {
+    let cache = cache_with(policy(60_000, 0, 0));
+    let upstream = Upstream::answering("{}");
+    let alice = as_user("alice");
+    read(&cache, WATCH, &alice, &upstream).await.unwrap();
+
+    let mut no_store = alice.clone();
+    no_store.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    let (outcome, _) = read(&cache, WATCH, &no_store, &upstream).await.unwrap();
+    let request = |stored| Outcome::Forwarded {
+        why: Forward::Request,
+        collapsed: false,
+        stored,
+    };
+    assert_eq!(outcome, request(Stored::No));
+
+    let mut no_cache = alice.clone();
+    no_cache.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+    let (outcome, _) = read(&cache, WATCH, &no_cache, &upstream).await.unwrap();
+    assert_eq!(outcome, request(Stored::Yes), "refreshed");
+    assert_eq!(upstream.calls(), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn answers_that_name_a_session_are_never_stored() {
+    let cache = cache_with(policy(60_000, 0, 0));
+    let alice = as_user("alice");
+    let lookup = lookup(&cache, WATCH, &alice).await;
+    let found = cache.find(&lookup, &alice).await;
+    let mut headers = HeaderMap::new();
+    headers.insert(header::SET_COOKIE, HeaderValue::from_static("session=1"));
+    let fetch = move || {
+        let headers = headers.clone();
+        async move {
+            Ok(Fetched::Buffered(Buffered::plain(
+                StatusCode::OK,
+                headers,
+                Bytes::from_static(b"{}"),
+            )))
+        }
+    };
+    let (_, served) = cache.read(lookup, found, &alice, fetch).await.unwrap();
+    assert!(matches!(
+        served.outcome,
+        Outcome::Forwarded {
+            stored: Stored::No,
+            ..
+        }
+    ));
+    assert!(matches!(
+        cache.find(&lookup, &alice).await,
+        Found::Missing { fallback: None }
+    ));
+}
+
+/// A bulk lookup through the per-account cache; `upstream` answers the accounts it is asked
+/// for (all known but `unknown`) and records the query it was asked.
+async fn bulk(
+    cache: &Arc<Cache>,
+    query: &str,
+    headers: &HeaderMap,
+    asked: &std::sync::Mutex<Vec<String>>,
+) -> (Outcome, serde_json::Value) {
+    let path = "/wiki/rest/api/user/bulk";
+    let lookup = lookup(cache, path, headers).await;
+    let plan = cache
+        .bulk_plan(&lookup, Some(query))
+        .expect("a per-account lookup");
+    let fetch = |query: String| async move {
+        let ids: Vec<String> = crate::query::pairs(&query)
+            .filter(|(name, _)| name.as_ref() == b"accountId")
+            .flat_map(|(_, value)| {
+                String::from_utf8_lossy(&value)
+                    .split(',')
+                    .map(str::to_owned)
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        asked.lock().unwrap().push(ids.join(","));
+        let results: Vec<_> = ids
+            .iter()
+            .filter(|id| *id != "unknown")
+            .map(|id| serde_json::json!({"accountId": id, "type": "known"}))
+            .collect();
+        let body = serde_json::json!({
+            "results": results, "start": 0, "limit": 200, "size": results.len(),
+            "_links": {"base": "https://site.example/wiki"},
+        });
+        Ok(Fetched::Buffered(Buffered::plain(
+            StatusCode::OK,
+            HeaderMap::new(),
+            Bytes::from(body.to_string()),
+        )))
+    };
+    let (response, served) = cache.bulk_read(plan, headers, fetch).await.unwrap();
+    let body = http_body_util::BodyExt::collect(response.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    (served.outcome, serde_json::from_slice(&body).unwrap())
+}
+
+fn ids(answer: &serde_json::Value) -> Vec<&str> {
+    answer["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["accountId"].as_str().unwrap())
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_bulk_lookup_asks_upstream_only_for_the_accounts_not_cached() {
+    let cache = cache_with(policy(60_000, 0, 0));
+    let asked = std::sync::Mutex::new(Vec::new());
+    let alice = as_user("alice");
+
+    let (outcome, answer) = bulk(&cache, "accountId=a,b", &alice, &asked).await;
+    assert_eq!(outcome, Outcome::STORED);
+    assert_eq!(ids(&answer), ["a", "b"]);
+
+    let (outcome, answer) = bulk(&cache, "accountId=c,a,unknown", &alice, &asked).await;
+    assert_eq!(outcome, Outcome::Partial { fetched: 2, of: 3 });
+    assert_eq!(
+        ids(&answer),
+        ["c", "a"],
+        "in request order, the unknown left out"
+    );
+
+    let (outcome, answer) = bulk(&cache, "accountId=b,unknown,c&limit=1", &alice, &asked).await;
+    assert_eq!(
+        outcome,
+        Outcome::Hit(Tier::Memory),
+        "the unknown is remembered"
+    );
+    assert_eq!(ids(&answer), ["b"]);
+    assert_eq!(answer["size"], 1);
+    assert_eq!(*asked.lock().unwrap(), ["a,b", "c,unknown"]);
+
+    // Accounts are cached per partition: bob's lookup asks for itself.
+    bulk(&cache, "accountId=a", &as_user("bob"), &asked).await;
+    assert_eq!(asked.lock().unwrap().last().unwrap(), "a");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_unknown_account_is_asked_again_after_negative_ttl() {
+    let cache = cache_with(policy(60_000, 0, 0));
+    let asked = std::sync::Mutex::new(Vec::new());
+    let alice = as_user("alice");
+    bulk(&cache, "accountId=a,unknown", &alice, &asked).await;
+    tokio::time::advance(CacheConfig::default().negative_ttl).await;
+    let (outcome, _) = bulk(&cache, "accountId=a,unknown", &alice, &asked).await;
+    assert_eq!(outcome, Outcome::Partial { fetched: 1, of: 2 });
+    assert_eq!(*asked.lock().unwrap(), ["a,unknown", "unknown"]);
+}
+
+#[tokio::test]
+async fn bulk_lookups_with_undocumented_parameters_are_left_whole() {
+    let cache = cache_with(policy(60_000, 0, 0));
+    let alice = as_user("alice");
+    let lookup = lookup(&cache, "/wiki/rest/api/user/bulk", &alice).await;
+    for query in [
+        "accountId=a&expand=nonsense",
+        "accountId=a&limit=0",
+        "accountId=a&other=1",
+        "limit=5",
+    ] {
+        assert!(cache.bulk_plan(&lookup, Some(query)).is_none(), "{query}");
+    }
+    assert!(
+        cache
+            .bulk_plan(&lookup, Some("accountId=a&expand=personalSpace,operations"))
+            .is_some()
+    );
+}
