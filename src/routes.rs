@@ -19,21 +19,40 @@ use http::Method;
 /// The prefix every served path starts with.
 pub const API_PREFIX: &str = "/wiki/rest/api/user";
 
-/// One of the 12 path templates of the user API.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Route {
-    User,
-    Anonymous,
-    Current,
-    MemberOf,
-    Bulk,
-    Email,
-    EmailBulk,
-    WatchContent,
-    WatchLabel,
-    WatchSpace,
-    Properties,
-    Property,
+/// An enum and its `ALL` array, the variants in declaration order: one list, so the two
+/// cannot disagree (and per-variant tables indexed by `variant as usize` line up with both).
+macro_rules! listed_enum {
+    ($(#[$meta:meta])* pub enum $name:ident { $($variant:ident),* $(,)? } $all_doc:literal) => {
+        $(#[$meta])*
+        pub enum $name {
+            $($variant),*
+        }
+
+        impl $name {
+            #[doc = $all_doc]
+            pub const ALL: [$name; [$(stringify!($variant)),*].len()] = [$($name::$variant),*];
+        }
+    };
+}
+
+listed_enum! {
+    /// One of the 12 path templates of the user API.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+    pub enum Route {
+        User,
+        Anonymous,
+        Current,
+        MemberOf,
+        Bulk,
+        Email,
+        EmailBulk,
+        WatchContent,
+        WatchLabel,
+        WatchSpace,
+        Properties,
+        Property,
+    }
+    "All routes, fixed templates before parameterised ones so that fixed segments win."
 }
 
 /// A segment of a path template after [`API_PREFIX`].
@@ -234,22 +253,6 @@ static TABLE: [Spec; 12] = {
 };
 
 impl Route {
-    /// All routes, fixed templates before parameterised ones so that fixed segments win.
-    pub const ALL: [Route; 12] = [
-        Route::User,
-        Route::Anonymous,
-        Route::Current,
-        Route::MemberOf,
-        Route::Bulk,
-        Route::Email,
-        Route::EmailBulk,
-        Route::WatchContent,
-        Route::WatchLabel,
-        Route::WatchSpace,
-        Route::Properties,
-        Route::Property,
-    ];
-
     /// The route's row of the table.
     pub fn spec(self) -> &'static Spec {
         &TABLE[self as usize]
@@ -303,30 +306,33 @@ impl Verb {
     }
 }
 
-/// The 21 operations of the spec, named by their `operationId`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Operation {
-    GetUser,
-    GetAnonymousUser,
-    GetCurrentUser,
-    GetGroupMembershipsForUser,
-    GetBulkUserLookup,
-    GetPrivacyUnsafeUserEmail,
-    GetPrivacyUnsafeUserEmailBulk,
-    GetContentWatchStatus,
-    AddContentWatcher,
-    RemoveContentWatcher,
-    IsWatchingLabel,
-    AddLabelWatcher,
-    RemoveLabelWatcher,
-    IsWatchingSpace,
-    AddSpaceWatcher,
-    RemoveSpaceWatch,
-    GetUserProperties,
-    GetUserProperty,
-    UpdateUserProperty,
-    CreateUserProperty,
-    DeleteUserProperty,
+listed_enum! {
+    /// The 21 operations of the spec, named by their `operationId`.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+    pub enum Operation {
+        GetUser,
+        GetAnonymousUser,
+        GetCurrentUser,
+        GetGroupMembershipsForUser,
+        GetBulkUserLookup,
+        GetPrivacyUnsafeUserEmail,
+        GetPrivacyUnsafeUserEmailBulk,
+        GetContentWatchStatus,
+        AddContentWatcher,
+        RemoveContentWatcher,
+        IsWatchingLabel,
+        AddLabelWatcher,
+        RemoveLabelWatcher,
+        IsWatchingSpace,
+        AddSpaceWatcher,
+        RemoveSpaceWatch,
+        GetUserProperties,
+        GetUserProperty,
+        UpdateUserProperty,
+        CreateUserProperty,
+        DeleteUserProperty,
+    }
+    "Every operation, in the spec's order."
 }
 
 /// The operations' rows: `operationId`, method, route; in [`Operation::ALL`] order.
@@ -355,34 +361,6 @@ static OPERATIONS: [(&str, Verb, Route); 21] = [
 ];
 
 impl Operation {
-    /// Every operation, in the spec's order.
-    pub const ALL: [Operation; 21] = {
-        use Operation::*;
-        [
-            GetUser,
-            GetAnonymousUser,
-            GetCurrentUser,
-            GetGroupMembershipsForUser,
-            GetBulkUserLookup,
-            GetPrivacyUnsafeUserEmail,
-            GetPrivacyUnsafeUserEmailBulk,
-            GetContentWatchStatus,
-            AddContentWatcher,
-            RemoveContentWatcher,
-            IsWatchingLabel,
-            AddLabelWatcher,
-            RemoveLabelWatcher,
-            IsWatchingSpace,
-            AddSpaceWatcher,
-            RemoveSpaceWatch,
-            GetUserProperties,
-            GetUserProperty,
-            UpdateUserProperty,
-            CreateUserProperty,
-            DeleteUserProperty,
-        ]
-    };
-
     /// The spec's `operationId`.
     pub fn id(self) -> &'static str {
         OPERATIONS[self as usize].0
