@@ -24,13 +24,12 @@ use http::{HeaderMap, HeaderValue, Method, Request, header};
 use http_body_util::{BodyExt, Empty};
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use support::{ALICE, default_class_limits};
+use support::{ALICE, default_class_limits, limits};
 use wikigate::cache::{CacheKey, Partition};
 use wikigate::caller::Callers;
 use wikigate::config::Config;
 use wikigate::fake::FakeConfluence;
 use wikigate::gateway::Gateway;
-use wikigate::limit::Limits;
 use wikigate::parts::Parts;
 use wikigate::routes::resolve;
 use wikigate::server::{ConnInfo, Handler};
@@ -76,10 +75,11 @@ fn cache_key(c: &mut Criterion) {
 }
 
 fn limiter(c: &mut Criterion) {
-    let limits = Limits::new(&default_class_limits(1_000_000_000, false), &[], None);
+    let limits = limits(&default_class_limits(1_000_000_000, false));
     let gateway_config =
         Config::from_toml("[upstream]\nurl = \"http://127.0.0.1:1\"\n").expect("a config");
-    let callers = Callers::new(&gateway_config, [7; 32]).expect("callers");
+    let accounts = wikigate::quota::Accounts::default();
+    let callers = Callers::new(&gateway_config, [7; 32], &accounts).expect("callers");
     let caller = callers
         .identify(&authorization(), "127.0.0.1".parse().expect("an address"))
         .expect("a caller");

@@ -9,15 +9,15 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use support::{default_class_limits, resident_bytes};
+use support::{default_class_limits, limits, resident_bytes};
 use wikigate::caller::{Caller, CallerId};
-use wikigate::limit::Limits;
 
 fn main() {
     let full = std::env::args().any(|a| a == "--bench");
     let callers: u32 = if full { 100_000 } else { 1_000 };
-    let limits = Limits::new(&default_class_limits(1000, true), &[], None);
+    let limits = limits(&default_class_limits(1000, true));
     let class: Arc<str> = Arc::from("default");
+    let account = wikigate::quota::Accounts::default().get("class:default");
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -30,10 +30,11 @@ fn main() {
         let caller = Caller {
             id: CallerId::Credential(fingerprint),
             class: class.clone(),
+            account: account.clone(),
         };
         limits.check_request(&caller).unwrap();
         runtime
-            .block_on(limits.admit_upstream(&caller, &fingerprint))
+            .block_on(limits.admit_upstream(&caller, &fingerprint, &http::Method::GET))
             .unwrap();
     }
     let tracked = limits.tracked_callers();

@@ -25,13 +25,16 @@ use ipnet::IpNet;
 
 use crate::config::{AuthMode, CallersConfig, Config, KeyHash};
 use crate::error::GatewayError;
+use crate::quota::{Account, Accounts};
 
 /// A caller as limits, logs and metrics know it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Caller {
     pub id: CallerId,
     /// The quota class.
     pub class: Arc<str>,
+    /// The points this caller spends and saves (its client's, or its class's).
+    pub account: Arc<Account>,
 }
 
 /// The identity limits are keyed by.
@@ -59,14 +62,20 @@ impl CallerId {
     }
 }
 
+/// The same caller: the same identity in the same class (its account follows from both).
+impl PartialEq for Caller {
+    fn eq(&self, other: &Caller) -> bool {
+        self.id == other.id && self.class == other.class
+    }
+}
+
+impl Eq for Caller {}
+
 impl Caller {
     /// The caller's name for metrics, from a bounded set: a configured client's name, or the
-    /// quota class of everyone else.
-    pub fn metric_label(&self) -> String {
-        match &self.id {
-            CallerId::Client(name) => name.to_string(),
-            _ => format!("class:{}", self.class),
-        }
+    /// quota class of everyone else (`class:NAME`).
+    pub fn metric_label(&self) -> &str {
+        self.account.label()
     }
 
     /// The caller's name for logs: the client name, `credential:…` (8 hex digits of the keyed
@@ -86,6 +95,7 @@ impl Caller {
 struct Client {
     name: Arc<str>,
     class: Arc<str>,
+    account: Arc<Account>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -108,6 +118,8 @@ pub struct Callers {
     by_key: HashMap<KeyHash, usize>,
     trusted: Vec<IpNet>,
     default_class: Arc<str>,
+    /// The account of every caller without a client key.
+    default_account: Arc<Account>,
     secret: [u8; 32],
     /// `Some` in service-account mode: the `Authorization` value sent upstream.
     service_credential: Option<HeaderValue>,
@@ -115,8 +127,12 @@ pub struct Callers {
 
 impl Callers {
     /// `secret` is the cache's partition secret, so a caller's fingerprint is the same keyed
-    /// hash the cache partitions by.
-    pub fn new(config: &Config, secret: [u8; 32]) -> Result<Callers, AuthSetupError> {
+    /// hash the cache partitions by; `accounts` holds every caller's points.
+    pub fn new(
+        config: &Config,
+        secret: [u8; 32],
+        accounts: &Accounts,
+    ) -> Result<Callers, AuthSetupError> {
         let CallersConfig {
             key_header,
             trusted_proxies,
@@ -134,6 +150,7 @@ impl Callers {
                 .map(|c| Client {
                     name: c.name.as_str().into(),
                     class: c.class.as_str().into(),
+                    account: accounts.get(&c.name),
                 })
                 .collect(),
             by_key: clients
@@ -143,6 +160,7 @@ impl Callers {
                 .collect(),
             trusted: trusted_proxies.clone(),
             default_class: config.limits.default_class.as_str().into(),
+            default_account: accounts.get(&format!("class:{}", config.limits.default_class)),
             secret,
             service_credential,
         })
@@ -160,6 +178,7 @@ impl Callers {
             return Ok(Caller {
                 id: CallerId::Client(client.name.clone()),
                 class: client.class.clone(),
+                account: client.account.clone(),
             });
         }
         if self.service_credential.is_some() {
@@ -174,6 +193,7 @@ impl Callers {
         Ok(Caller {
             id,
             class: self.default_class.clone(),
+            account: self.default_account.clone(),
         })
     }
 
@@ -288,7 +308,7 @@ mod tests {
         let config =
             Config::from_toml(&format!("[upstream]\nurl = \"https://a.example\"\n{extra}"))
                 .unwrap();
-        Callers::new(&config, [3; 32]).unwrap()
+        Callers::new(&config, [3; 32], &Accounts::default()).unwrap()
     }
 
     fn jwt(iss: &str) -> HeaderValue {

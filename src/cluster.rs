@@ -16,8 +16,10 @@
 //!   one too, adopts the value (a maximum: applying one twice changes nothing) and acknowledges
 //!   the number. Replicas announce themselves every 500 ms (`{namespace}:replicas`, expiring
 //!   after 2 s); a purge is answered once every live replica has acknowledged it.
-//! - **Cluster-wide limits.** The per-caller and global upstream limits run as one atomic GCRA
-//!   Lua script in Redis (`EVALSHA`), with Redis's own clock.
+//! - **Cluster-wide limits.** The per-caller, global and per-method upstream limits run as one
+//!   atomic GCRA Lua script in Redis (`EVALSHA`), with Redis's own clock. Points spent per
+//!   caller and UTC hour are counters (`{namespace}:p:{bucket}:{hour}`, `INCRBY`, expiring an
+//!   hour after theirs), and so is the site's when `quota.points_per_hour` is counted down.
 //!
 //! Redis down (an operation failing or taking longer than `cluster.op_timeout`): the replica
 //! marks the cluster down and keeps serving — L1 for routes no write changes; routes whose
@@ -454,6 +456,25 @@ impl Cluster {
                 wait: Duration::from_micros(u64::try_from(wait_us.max(0)).unwrap_or(0)),
             }
         })
+    }
+
+    /// Points `bucket` spent in the UTC hour `hour`, across every replica.
+    pub async fn points(&self, bucket: &str, hour: u64) -> Option<u64> {
+        let key = self.key("p", &format!("{bucket}:{hour}"));
+        self.run(|mut c| async move { c.get::<_, Option<u64>>(key).await })
+            .await
+            .map(|spent| spent.unwrap_or(0))
+    }
+
+    /// Adds `points` to what `bucket` spent in `hour`; the new total. The count outlives its
+    /// hour by one more, then expires.
+    pub async fn spend_points(&self, bucket: &str, hour: u64, points: u32) -> Option<u64> {
+        let key = self.key("p", &format!("{bucket}:{hour}"));
+        let mut pipe = redis::pipe();
+        pipe.atomic().incr(&key, points).expire(&key, 7200).ignore();
+        self.run(|mut c| async move { pipe.query_async::<(u64,)>(&mut c).await })
+            .await
+            .map(|(total,)| total)
     }
 
     /// Starts the health check and the subscription; both end when `listener` is gone.

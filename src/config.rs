@@ -53,6 +53,8 @@ pub struct RawConfig {
     #[serde(default)]
     pub limits: LimitsConfig,
     #[serde(default)]
+    pub quota: QuotaConfig,
+    #[serde(default)]
     pub log: LogConfig,
     #[serde(default)]
     pub telemetry: TelemetryConfig,
@@ -264,6 +266,10 @@ pub struct RoutePolicy {
     /// request refreshes it.
     #[serde(with = "duration", default)]
     pub stale_while_revalidate: Duration,
+    /// After `ttl`, how long the expired answer is served instead of spending points while
+    /// the site's quota is under `quota.reserve` (or upstream says it is near its limit).
+    #[serde(with = "duration", default)]
+    pub stale_on_low_quota: Duration,
 }
 
 impl RoutePolicy {
@@ -272,6 +278,7 @@ impl RoutePolicy {
             ttl: Duration::from_secs(secs),
             stale_if_error: Duration::ZERO,
             stale_while_revalidate: Duration::ZERO,
+            stale_on_low_quota: Duration::ZERO,
         }
     }
 }
@@ -388,6 +395,9 @@ pub struct ClientConfig {
     /// Overrides the class's `upstream` limit for this client.
     #[serde(default)]
     pub upstream: Option<Rate>,
+    /// Overrides the class's hourly points budget for this client.
+    #[serde(default)]
+    pub points: Option<PointsBudget>,
 }
 
 /// The hash of a client key, written `blake3:<64 hex digits>`.
@@ -498,6 +508,55 @@ pub struct ClassLimits {
     pub requests: Option<Rate>,
     /// Requests of a caller that go upstream (misses, writes, bypasses).
     pub upstream: Option<Rate>,
+    /// Atlassian quota points each caller of the class may spend per UTC hour.
+    pub points: Option<PointsBudget>,
+    /// Who keeps working when the site's quota runs low: under `quota.reserve`, the classes
+    /// of lower priority are refused upstream calls first; the highest never by the reserve.
+    pub priority: i32,
+}
+
+/// An hourly points budget: `{ per_hour = 20000 }`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PointsBudget {
+    pub per_hour: std::num::NonZeroU32,
+}
+
+/// Atlassian's points quota: the site's budget when upstream states none, the reserve kept
+/// for the highest priorities, and per-method budgets for API-token sites.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QuotaConfig {
+    /// The site's points per hour while upstream's answers state no policy of their own.
+    pub points_per_hour: Option<u64>,
+    /// A share of the hour's quota (0 to 1): under it, or while upstream says it is near its
+    /// limit, lower priorities' upstream calls are refused, lowest first, and routes with
+    /// `stale_on_low_quota` answer from expired entries.
+    pub reserve: f64,
+    /// Budgets for all upstream calls of one method, so that a shared gateway never trips an
+    /// API-token site's per-method token buckets. Off unless set.
+    pub methods: MethodBudgets,
+}
+
+impl Default for QuotaConfig {
+    fn default() -> Self {
+        QuotaConfig {
+            points_per_hour: None,
+            reserve: 0.2,
+            methods: MethodBudgets::default(),
+        }
+    }
+}
+
+/// Per-method upstream budgets (HEAD counts as GET). Atlassian publishes about 100 requests
+/// a second for GET and POST and 50 for PUT and DELETE.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MethodBudgets {
+    pub get: Option<Rate>,
+    pub post: Option<Rate>,
+    pub put: Option<Rate>,
+    pub delete: Option<Rate>,
 }
 
 /// A secret value: never printed, never logged. `check-config` shows `<redacted>`.
@@ -1069,6 +1128,12 @@ impl RawConfig {
             }
         }
         self.check_rates()?;
+        if !(0.0..1.0).contains(&self.quota.reserve) {
+            return Err(ConfigError::invalid(
+                "quota.reserve",
+                "must be a share of the quota, at least 0 and below 1",
+            ));
+        }
         if self.auth.mode == AuthMode::ServiceAccount {
             if self.callers.clients.is_empty() {
                 return Err(ConfigError::invalid(
@@ -1087,6 +1152,7 @@ impl RawConfig {
     }
 
     fn check_rates(&self) -> Result<(), ConfigError> {
+        let methods = &self.quota.methods;
         let rates = self
             .limits
             .classes
@@ -1097,10 +1163,16 @@ impl RawConfig {
                     (format!("limits.classes.{name}.upstream"), c.upstream),
                 ]
             })
-            .chain(std::iter::once((
-                "limits.upstream_global".to_owned(),
-                self.limits.upstream_global,
-            )));
+            .chain([
+                (
+                    "limits.upstream_global".to_owned(),
+                    self.limits.upstream_global,
+                ),
+                ("quota.methods.get".to_owned(), methods.get),
+                ("quota.methods.post".to_owned(), methods.post),
+                ("quota.methods.put".to_owned(), methods.put),
+                ("quota.methods.delete".to_owned(), methods.delete),
+            ]);
         for (key, rate) in rates {
             if rate.is_some_and(|r| r.per.is_zero()) {
                 return Err(ConfigError::invalid(&key, "per must be greater than zero"));

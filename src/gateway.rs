@@ -47,6 +47,7 @@ use crate::limit::{self, HoldKey, Limits};
 use crate::links::Links;
 use crate::metrics::{CacheLabel, Metrics, RequestRecord};
 use crate::parts::Parts;
+use crate::quota;
 use crate::routes::{self, Operation, Route, Tag};
 use crate::server::{ConnInfo, Handler, RequestBody};
 use crate::telemetry;
@@ -87,6 +88,7 @@ impl Gateway {
             limits: rate_limits,
             metrics,
             cluster: _,
+            quota: _,
             links,
         } = parts;
         let public_host = config
@@ -154,6 +156,7 @@ impl Gateway {
             limits: self.rate_limits.clone(),
             metrics: self.metrics.clone(),
             route,
+            method: parts.method.clone(),
             hold: callers.hold_key(&parts.headers, conn.peer.ip()),
             caller,
             cookies: self.cookies.clone(),
@@ -245,6 +248,9 @@ impl Gateway {
         let exchange = tokio::spawn(
             async move {
                 let result = admission.send(&upstream, request, deadline, false).await;
+                if let Ok(response) = &result {
+                    admission.charge(response.status(), None).await;
+                }
                 let may_have_changed = match &result {
                     Ok(response) => !response.status().is_client_error(),
                     Err(GatewayError::UpstreamConnect(_) | GatewayError::RateLimited(_)) => false,
@@ -327,6 +333,7 @@ impl Gateway {
         let response = admission
             .send(&self.upstream, request, deadline, true)
             .await?;
+        admission.charge(response.status(), None).await;
         Ok(forward::downstream_response(response, deadline))
     }
 
@@ -423,6 +430,23 @@ async fn fetch_once(
 ) -> Result<Fetched, GatewayError> {
     let deadline = upstream.deadline();
     let response = admission.send(upstream, request, deadline, true).await?;
+    let status = response.status();
+    let fetched = read_answer(response, deadline, limit, accepts).await;
+    let body = match &fetched {
+        Ok(Fetched::Buffered(answer)) => Some(answer.body().as_ref()),
+        _ => None,
+    };
+    admission.charge(status, body).await;
+    fetched
+}
+
+/// Upstream's answer to a fetch: read whole and decoded, or streamed through (see [`fetch`]).
+async fn read_answer(
+    response: Response<Incoming>,
+    deadline: Instant,
+    limit: usize,
+    accepts: Accepts,
+) -> Result<Fetched, GatewayError> {
     let (mut parts, body) = response.into_parts();
     forward::clean_response_head(&mut parts);
     let coding = Coding::of_response(&parts.headers).map_err(|coding| {
@@ -564,11 +588,14 @@ enum Exchange {
     StoredRead,
 }
 
-/// Permission to go upstream for one request, and what its answer teaches the limits.
+/// Permission to go upstream for one request, what its answer teaches the limits, and what
+/// it cost.
 struct Admission {
     limits: Arc<Limits>,
     metrics: Arc<Metrics>,
     route: Route,
+    /// The client's method (a read the cache fills is sent as GET whatever it was).
+    method: http::Method,
     caller: Caller,
     hold: HoldKey,
     /// Their `Set-Cookie`s leave every answer as it arrives.
@@ -579,6 +606,17 @@ struct Admission {
 const CONNECT_RETRIES: u32 = 2;
 
 impl Admission {
+    /// Charges what an answer with `status` cost (its decoded `body`, when it was read) to the
+    /// caller's budget and account and to the site's standing.
+    async fn charge(&self, status: http::StatusCode, body: Option<&[u8]>) {
+        let write = self.method != http::Method::GET && self.method != http::Method::HEAD;
+        let points = quota::charge(self.route, write, status, body);
+        self.limits.charge(&self.caller, points).await;
+        self.caller
+            .account
+            .spend(self.route, points, Instant::now());
+    }
+
     /// Admits (hold, upstream allowance, global budget), sends, and records upstream's
     /// back-pressure; the answer comes back without the `Set-Cookie`s of ignored cookies. `idempotent` requests are retried on connect errors only — the request
     /// never reached upstream — with jittered backoff, within the deadline.
@@ -589,7 +627,9 @@ impl Admission {
         deadline: Instant,
         idempotent: bool,
     ) -> Result<Response<Incoming>, GatewayError> {
-        self.limits.admit_upstream(&self.caller, &self.hold).await?;
+        self.limits
+            .admit_upstream(&self.caller, &self.hold, &self.method)
+            .await?;
         let mut attempt = 0;
         let mut request = Some(request);
         loop {
@@ -687,9 +727,16 @@ impl Gateway {
             method: method.clone(),
             status: response.status(),
             cache: log.served.map_or(CacheLabel::None, |s| s.outcome.label()),
-            saved_points: log.served.and_then(|s| s.saved_points),
+            saved: log.served.is_some_and(|s| s.saved_points.is_some()),
             duration: started.elapsed(),
         });
+        if let (Some(caller), Some(operation), Some(points)) = (
+            &log.caller,
+            log.operation,
+            log.served.and_then(|s| s.saved_points),
+        ) {
+            caller.account.save(operation.route(), points, started);
+        }
         if access_log || !span.is_disabled() {
             let request = (&method, path.as_deref(), conn.peer.ip());
             log_request(&span, request, &log, response.status(), started);
@@ -709,11 +756,8 @@ impl Gateway {
         let route = log.operation.map(Operation::route);
         self.metrics.error(route, error.source());
         if let GatewayError::RateLimited(refusal) = &error {
-            let caller = log
-                .caller
-                .as_ref()
-                .map_or_else(|| "unknown".to_owned(), Caller::metric_label);
-            self.metrics.rate_limited(&caller, refusal.limit);
+            let caller = log.caller.as_ref().map_or("unknown", Caller::metric_label);
+            self.metrics.rate_limited(caller, refusal.limit);
         }
         error.into_response()
     }

@@ -26,6 +26,7 @@
 //! - [`links`] — `_links` pointed at wikigate where it serves them; redirects to the site.
 //! - [`metrics`] — every `wikigate_*` metric, and the status page's figures.
 //! - [`query`] — the one query parser (`+` is a space, values are bytes).
+//! - [`quota`] — Atlassian's points: what calls cost, the site's standing, who spends it.
 //! - [`admin`] — health, readiness, metrics, the status page, cache administration.
 //! - [`status_page`] — the admin listener's HTML status page.
 //! - [`telemetry`] — logging.
@@ -61,6 +62,7 @@ pub mod links;
 pub mod metrics;
 pub mod parts;
 pub mod query;
+pub mod quota;
 pub mod routes;
 pub mod server;
 pub mod shutdown;

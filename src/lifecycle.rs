@@ -17,7 +17,7 @@ use crate::caller::Callers;
 use crate::cluster::Listener;
 use crate::config::Config;
 use crate::gateway::Gateway;
-use crate::limit::Limits;
+use crate::limit::{Limits, Policy};
 use crate::parts::{Parts, PartsError};
 use crate::server::{self, Http, TlsError};
 use crate::upstream::UpstreamSetupError;
@@ -75,9 +75,14 @@ impl Running {
             secret,
             started,
         } = &self.reload;
-        let callers = Callers::new(config, *secret).map_err(PartsError::from)?;
+        let callers =
+            Callers::new(config, *secret, &parts.quota.accounts).map_err(PartsError::from)?;
         parts.callers.store(Arc::new(callers));
-        parts.limits.reload(&config.limits, &config.callers.clients);
+        parts.limits.reload(Policy::of(config));
+        parts
+            .quota
+            .site
+            .configure(config.quota.points_per_hour, config.quota.reserve);
         parts.cache.reload_policies(config.cache.routes.clone());
         let restart_only: [(&'static str, bool); 8] = [
             ("server", differs(&started.server, &config.server)),

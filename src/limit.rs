@@ -1,20 +1,36 @@
-//! Rate limits and upstream back-pressure: spend Atlassian quota fairly and never past a hold.
+//! Rate limits, points budgets and upstream back-pressure: spend Atlassian quota fairly, keep
+//! the reserve for those who need it most, and never call past a hold.
 //!
-//! Three GCRA limits (governor), checked in this order:
-//! - `requests` — per caller, every request, cache hits included (checked on arrival);
-//! - `upstream` — per caller, only requests that go upstream (misses, writes, bypasses), so a
-//!   cache hit never spends upstream allowance;
-//! - `upstream_global` — one budget for all upstream traffic, tightened to half while upstream
-//!   says `X-RateLimit-NearLimit: true`.
+//! On arrival, every request (cache hits included) is checked against its caller's
+//! `requests` GCRA limit (governor). A request about to go upstream (a miss, a write, a
+//! bypass — never a hit) is then admitted by, in this order:
+//! - `upstream-hold` — the credential's hold after an upstream 429 (below);
+//! - `site-quota` — Confluence refused for its points quota (or said none is left): nothing
+//!   goes until the window resets;
+//! - `quota-reserve` — under `quota.reserve` (or while upstream says it is near its limit),
+//!   the classes of lower priority are refused, the lowest first: with n priorities, rank k
+//!   (0 the lowest) is refused under `reserve × (n−1−k)/(n−1)` of the quota left; the highest
+//!   never;
+//! - `points` — the caller's hourly points budget (per class, each caller its own; or per
+//!   client), windows aligned to the top of the UTC hour; charged after the answer, when its
+//!   cost is known;
+//! - `upstream` — per caller GCRA, so a cache hit never spends upstream allowance;
+//! - `upstream-global` — one GCRA budget for all upstream traffic, tightened to half while
+//!   upstream says `X-RateLimit-NearLimit: true`;
+//! - `upstream-method` — per-method GCRA budgets (`quota.methods`) for API-token sites.
 //!
 //! Upstream holds: an upstream 429 (or 503 with `Retry-After`) holds off that upstream
 //! credential until `Retry-After` (else `X-RateLimit-Reset`, else exponential backoff with
 //! jitter), clamped to `limits.max_hold`. While held, requests for it never go upstream; when
 //! the hold ends, exactly one request probes, and the others stay held until its answer.
 //!
+//! In multi-replica mode the upstream GCRAs and the points budgets live in Redis; while it is
+//! down each replica enforces its share (`1/cluster.replicas`).
+//!
 //! Invariants: a refusal names the limit that refused (`X-Wikigate-Limit`, and the body), and
 //! carries `Retry-After` in whole seconds rounded up. Keyed state is reclaimed by
-//! [`Limits::reclaim`] (every 30 s): idle callers cost nothing after their bucket refilled.
+//! [`Limits::reclaim`] (every 30 s): idle callers cost nothing after their bucket refilled,
+//! and a past hour's spending is forgotten.
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
@@ -27,15 +43,16 @@ use governor::middleware::{StateInformationMiddleware, StateSnapshot};
 use governor::nanos::Nanos;
 use governor::state::keyed::DashMapStateStore;
 use governor::state::{InMemoryState, NotKeyed};
-use governor::{NotUntil, Quota, RateLimiter};
-use http::StatusCode;
+use governor::{NotUntil, Quota as GcraQuota, RateLimiter};
 use http::header::{HeaderMap, HeaderName, HeaderValue};
+use http::{Method, StatusCode};
 use tokio::time::Instant;
 
 use crate::caller::{Caller, CallerId};
 use crate::cluster::{Cluster, Decision};
-use crate::config::{LimitsConfig, Rate};
+use crate::config::{ClientConfig, Config, LimitsConfig, PointsBudget, QuotaConfig, Rate};
 use crate::error::{GatewayError, Refusal};
+use crate::quota::{self, Quota};
 
 type Keyed =
     RateLimiter<CallerId, DashMapStateStore<CallerId>, TokioClock, StateInformationMiddleware>;
@@ -83,6 +100,10 @@ pub enum LimitKind {
     Upstream,
     UpstreamGlobal,
     UpstreamHold,
+    UpstreamMethod,
+    Points,
+    QuotaReserve,
+    SiteQuota,
 }
 
 impl LimitKind {
@@ -92,6 +113,10 @@ impl LimitKind {
             LimitKind::Upstream => "upstream",
             LimitKind::UpstreamGlobal => "upstream-global",
             LimitKind::UpstreamHold => "upstream-hold",
+            LimitKind::UpstreamMethod => "upstream-method",
+            LimitKind::Points => "points",
+            LimitKind::QuotaReserve => "quota-reserve",
+            LimitKind::SiteQuota => "site-quota",
         }
     }
 
@@ -102,6 +127,14 @@ impl LimitKind {
             LimitKind::UpstreamGlobal => "the global upstream budget (wikigate)",
             LimitKind::UpstreamHold => {
                 "an upstream hold: Confluence asked wikigate to back off (Retry-After)"
+            }
+            LimitKind::UpstreamMethod => "the upstream budget of this method (wikigate)",
+            LimitKind::Points => "this caller's hourly Atlassian points budget (wikigate)",
+            LimitKind::QuotaReserve => {
+                "the site's quota is low: what is left is kept for callers of higher priority (wikigate)"
+            }
+            LimitKind::SiteQuota => {
+                "Confluence's points quota for this site is spent until its window resets"
             }
         }
     }
@@ -200,10 +233,10 @@ impl<L> Limit<L> {
     }
 }
 
-/// The local quota for `rate`: this replica's share of it when `replicas` share it.
-fn quota(rate: &Rate, replicas: u32) -> Quota {
+/// The local GCRA quota for `rate`: this replica's share of it when `replicas` share it.
+fn gcra_quota(rate: &Rate, replicas: u32) -> GcraQuota {
     let share = |n: u32| NonZeroU32::new((n / replicas).max(1)).expect("at least 1");
-    Quota::with_period(rate.per / share(rate.rate.get()).get())
+    GcraQuota::with_period(rate.per / share(rate.rate.get()).get())
         .expect("validated: per > 0")
         .allow_burst(share(rate.burst().get()))
 }
@@ -212,7 +245,7 @@ fn keyed(rate: Option<Rate>, replicas: u32) -> Option<Limit<Keyed>> {
     rate.map(|rate| Limit {
         rate,
         limiter: Keyed::new(
-            quota(&rate, replicas),
+            gcra_quota(&rate, replicas),
             DashMapStateStore::default(),
             TokioClock,
         ),
@@ -222,7 +255,11 @@ fn keyed(rate: Option<Rate>, replicas: u32) -> Option<Limit<Keyed>> {
 fn direct(rate: Option<Rate>, replicas: u32) -> Option<Limit<Direct>> {
     rate.map(|rate| Limit {
         rate,
-        limiter: Direct::new(quota(&rate, replicas), InMemoryState::default(), TokioClock),
+        limiter: Direct::new(
+            gcra_quota(&rate, replicas),
+            InMemoryState::default(),
+            TokioClock,
+        ),
     })
 }
 
@@ -230,12 +267,35 @@ fn direct(rate: Option<Rate>, replicas: u32) -> Option<Limit<Direct>> {
 struct ClassLimits {
     requests: Option<Limit<Keyed>>,
     upstream: Option<Limit<Keyed>>,
+    /// Each caller's points per hour (this replica's share while the cluster is down).
+    points: Option<NonZeroU32>,
+    /// Under this share of the site's quota left, the class is refused upstream calls.
+    reserve_below: f64,
 }
 
 /// A configured client's own limits, where it overrides its class.
 struct ClientLimits {
     requests: Option<Limit<Direct>>,
     upstream: Option<Limit<Direct>>,
+    points: Option<NonZeroU32>,
+}
+
+/// What the limits are made from: the `[limits]` and `[quota]` sections and the clients.
+#[derive(Clone, Copy)]
+pub struct Policy<'a> {
+    pub limits: &'a LimitsConfig,
+    pub quota: &'a QuotaConfig,
+    pub clients: &'a [ClientConfig],
+}
+
+impl<'a> Policy<'a> {
+    pub fn of(config: &'a Config) -> Policy<'a> {
+        Policy {
+            limits: &config.limits,
+            quota: &config.quota,
+            clients: &config.callers.clients,
+        }
+    }
 }
 
 /// The credential an upstream hold applies to (a keyed hash; all zeros for anonymous).
@@ -249,6 +309,11 @@ pub struct Limits {
     tightened_until: Mutex<Option<Instant>>,
     /// Upstream holds outlive reloads: Confluence's back-off does not change with the config.
     holds: Mutex<HashMap<HoldKey, Hold>>,
+    /// The site's standing (for the reserve) and the spending it counts.
+    quota: Arc<Quota>,
+    /// Points each caller with a budget spent this hour, on this replica: (hour, points).
+    /// Spending outlives reloads, as the hour it belongs to does.
+    spent: Mutex<HashMap<CallerId, (u64, u64)>>,
     clock: TokioClock,
 }
 
@@ -260,7 +325,10 @@ struct Rules {
     global: Option<Limit<Direct>>,
     /// Half the global rate, consulted as well while upstream says it is near its limit.
     tight: Option<Limit<Direct>>,
+    /// GET (and HEAD), POST, PUT, DELETE.
+    methods: [Option<Limit<Direct>>; 4],
     max_hold: Duration,
+    replicas: u32,
 }
 
 #[derive(Debug)]
@@ -276,33 +344,41 @@ struct Hold {
 const PROBE_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Limits {
-    /// `cluster`: enforce the upstream limits across replicas in Redis; while it is down (and
-    /// for the `requests` limit always) each replica enforces its share.
-    pub fn new(
-        config: &LimitsConfig,
-        clients: &[crate::config::ClientConfig],
-        cluster: Option<Arc<Cluster>>,
-    ) -> Limits {
+    /// `cluster`: enforce the upstream limits and points budgets across replicas in Redis;
+    /// while it is down (and for the `requests` limit always) each replica enforces its share.
+    /// `quota`: the site's standing, which the reserve reads and the spending updates.
+    pub fn new(policy: Policy<'_>, cluster: Option<Arc<Cluster>>, quota: Arc<Quota>) -> Limits {
         let replicas = cluster.as_ref().map_or(1, |c| c.replicas());
         Limits {
-            rules: ArcSwap::from_pointee(Rules::new(config, clients, replicas)),
+            rules: ArcSwap::from_pointee(Rules::new(policy, replicas)),
             cluster,
             tightened_until: Mutex::new(None),
             holds: Mutex::default(),
+            quota,
+            spent: Mutex::default(),
             clock: TokioClock,
         }
     }
 
-    /// Replaces the limits (SIGHUP); holds in force stay in force.
-    pub fn reload(&self, config: &LimitsConfig, clients: &[crate::config::ClientConfig]) {
+    /// Replaces the limits (SIGHUP); holds in force stay in force, and so does this hour's
+    /// spending.
+    pub fn reload(&self, policy: Policy<'_>) {
         let replicas = self.cluster.as_ref().map_or(1, |c| c.replicas());
-        self.rules
-            .store(Arc::new(Rules::new(config, clients, replicas)));
+        self.rules.store(Arc::new(Rules::new(policy, replicas)));
     }
 }
 
 impl Rules {
-    fn new(config: &LimitsConfig, clients: &[crate::config::ClientConfig], replicas: u32) -> Rules {
+    fn new(policy: Policy<'_>, replicas: u32) -> Rules {
+        let Policy {
+            limits: config,
+            quota,
+            clients,
+        } = policy;
+        let share = |budget: Option<PointsBudget>| {
+            budget.map(|b| NonZeroU32::new((b.per_hour.get() / replicas).max(1)).expect("≥ 1"))
+        };
+        let reserve_below = reserve_thresholds(config, quota.reserve);
         let classes = config
             .classes
             .iter()
@@ -310,6 +386,8 @@ impl Rules {
                 let limits = ClassLimits {
                     requests: keyed(class.requests, replicas),
                     upstream: keyed(class.upstream, replicas),
+                    points: share(class.points),
+                    reserve_below: reserve_below(class.priority),
                 };
                 (Arc::from(name.as_str()), limits)
             })
@@ -320,10 +398,12 @@ impl Rules {
                 let limits = ClientLimits {
                     requests: direct(c.requests, replicas),
                     upstream: direct(c.upstream, replicas),
+                    points: share(c.points),
                 };
                 (Arc::from(c.name.as_str()), limits)
             })
             .collect();
+        let methods = &quota.methods;
         let tight = config.upstream_global.map(|rate| Rate {
             rate: NonZeroU32::new((rate.rate.get() / 2).max(1)).expect("at least 1"),
             burst: Some(NonZeroU32::new((rate.burst().get() / 2).max(1)).expect("at least 1")),
@@ -334,8 +414,51 @@ impl Rules {
             clients,
             global: direct(config.upstream_global, replicas),
             tight: direct(tight, replicas),
+            methods: [methods.get, methods.post, methods.put, methods.delete]
+                .map(|rate| direct(rate, replicas)),
             max_hold: config.max_hold,
+            replicas,
         }
+    }
+
+    /// The caller's hourly points budget (this replica's share of it): its client's, else
+    /// its class's.
+    fn points_budget(&self, caller: &Caller) -> Option<NonZeroU32> {
+        let client = match &caller.id {
+            CallerId::Client(name) => self.clients.get(name).and_then(|c| c.points),
+            _ => None,
+        };
+        client.or_else(|| self.classes.get(&caller.class).and_then(|c| c.points))
+    }
+}
+
+/// Under which share of the site's quota left each priority is refused: with n distinct
+/// priorities, rank k (0 the lowest) under `reserve × (n−1−k)/(n−1)`; the highest never.
+fn reserve_thresholds(config: &LimitsConfig, reserve: f64) -> impl Fn(i32) -> f64 {
+    let mut priorities: Vec<i32> = config.classes.values().map(|c| c.priority).collect();
+    priorities.sort_unstable();
+    priorities.dedup();
+    move |priority| {
+        let n = priorities.len();
+        let rank = priorities
+            .iter()
+            .position(|p| *p == priority)
+            .unwrap_or(n - 1);
+        match n {
+            0 | 1 => 0.0,
+            _ => reserve * (n - 1 - rank) as f64 / (n - 1) as f64,
+        }
+    }
+}
+
+/// The method's index in `Rules::methods`: HEAD is a GET; other methods never go upstream.
+fn method_index(method: &Method) -> Option<usize> {
+    match *method {
+        Method::GET | Method::HEAD => Some(0),
+        Method::POST => Some(1),
+        Method::PUT => Some(2),
+        Method::DELETE => Some(3),
+        _ => None,
     }
 }
 
@@ -380,18 +503,20 @@ impl Limits {
         }
     }
 
-    /// Admits a request to go upstream for `caller` with the upstream credential `hold`:
-    /// refused while that credential is held, over the caller's upstream allowance, or over
-    /// the global budget.
+    /// Admits a request (`method`) to go upstream for `caller` with the upstream credential
+    /// `hold`, by every upstream limit in the module's order.
     pub async fn admit_upstream(
         &self,
         caller: &Caller,
         hold: &HoldKey,
+        method: &Method,
     ) -> Result<(), GatewayError> {
         let rules = self.rules.load();
         self.check_hold(hold)?;
+        self.check_site(&rules, caller)?;
+        self.check_points(&rules, caller).await?;
         if let Some(cluster) = self.cluster.as_ref().filter(|c| c.is_up())
-            && let Some(decided) = self.admit_in_cluster(cluster, caller).await
+            && let Some(decided) = self.admit_in_cluster(cluster, caller, method).await
         {
             return decided;
         }
@@ -412,7 +537,112 @@ impl Limits {
                 )?;
             }
         }
+        if let Some(budget) = method_index(method).and_then(|i| rules.methods[i].as_ref()) {
+            budget.decide(
+                LimitKind::UpstreamMethod,
+                &self.clock,
+                budget.limiter.check(),
+            )?;
+        }
         Ok(())
+    }
+
+    /// The site's quota: spent (Confluence refused for it) refuses everyone until the reset;
+    /// low refuses the caller's class when it is under the class's share of the reserve.
+    fn check_site(&self, rules: &Rules, caller: &Caller) -> Result<(), GatewayError> {
+        let site = &self.quota.site;
+        let pressure = site.pressure();
+        if let Some(wait) = pressure.exhausted_for {
+            return Err(LimitKind::SiteQuota.refuse(wait, None));
+        }
+        let reserve = site.reserve();
+        let below = rules
+            .classes
+            .get(&caller.class)
+            .map_or(0.0, |class| class.reserve_below);
+        if reserve <= 0.0 || below <= 0.0 {
+            return Ok(());
+        }
+        // Upstream's "near its limit" counts as just under the reserve.
+        let near = pressure.near_limit.then_some(reserve * 0.999);
+        let share = match (pressure.share, near) {
+            (Some(share), Some(near)) => share.min(near),
+            (share, near) => share.or(near).unwrap_or(1.0),
+        };
+        if share < below {
+            let reset = site.standing().map_or(quota::HOUR, |s| s.reset_in);
+            return Err(LimitKind::QuotaReserve.refuse(reset, None));
+        }
+        Ok(())
+    }
+
+    /// The caller's hourly points budget: refused once this hour's spending reached it.
+    async fn check_points(&self, rules: &Rules, caller: &Caller) -> Result<(), GatewayError> {
+        let Some(budget) = rules.points_budget(caller) else {
+            return Ok(());
+        };
+        let (hour, left) = quota::hour(Instant::now());
+        let cluster = self.cluster.as_ref().filter(|c| c.is_up());
+        let (spent, budget) = match cluster {
+            Some(cluster) => match cluster.points(&caller.id.bucket(), hour).await {
+                // The whole budget: the cluster counts every replica's spending.
+                Some(spent) => (spent, budget.get().saturating_mul(rules.replicas)),
+                None => (self.spent_here(caller, hour), budget.get()),
+            },
+            None => (self.spent_here(caller, hour), budget.get()),
+        };
+        if spent < u64::from(budget) {
+            return Ok(());
+        }
+        let allowance = Allowance {
+            kind: LimitKind::Points,
+            quota: budget,
+            window: quota::HOUR.as_secs(),
+            remaining: 0,
+            reset: ceil_secs(left),
+        };
+        Err(LimitKind::Points.refuse(left, Some(allowance)))
+    }
+
+    /// What `caller` spent this hour on this replica.
+    fn spent_here(&self, caller: &Caller, hour: u64) -> u64 {
+        match self.spent.lock().expect("lock").get(&caller.id) {
+            Some((counted, spent)) if *counted == hour => *spent,
+            _ => 0,
+        }
+    }
+
+    /// Charges `points` an upstream call of `caller` cost, once its answer said what it cost:
+    /// to the caller's budget (in Redis while the cluster is up) and to the site's standing.
+    pub async fn charge(&self, caller: &Caller, points: u32) {
+        if points == 0 {
+            return;
+        }
+        let (hour, _) = quota::hour(Instant::now());
+        let budgeted = self.rules.load().points_budget(caller).is_some();
+        let cluster = self.cluster.as_ref().filter(|c| c.is_up());
+        let counted = match cluster {
+            Some(cluster) if budgeted => cluster
+                .spend_points(&caller.id.bucket(), hour, points)
+                .await
+                .is_some(),
+            _ => false,
+        };
+        if budgeted && !counted {
+            let mut spent = self.spent.lock().expect("lock");
+            let entry = spent.entry(caller.id.clone()).or_insert((hour, 0));
+            if entry.0 != hour {
+                *entry = (hour, 0);
+            }
+            entry.1 += u64::from(points);
+        }
+        // A configured quota is counted down by every replica's spending.
+        let site = &self.quota.site;
+        let total = match cluster {
+            Some(cluster) if site.configured() => cluster.spend_points("site", hour, points).await,
+            _ => None,
+        };
+        site.spent(points, total);
     }
 
     /// The upstream limits decided in Redis across replicas; `None` when Redis failed mid-way
@@ -421,6 +651,7 @@ impl Limits {
         &self,
         cluster: &Cluster,
         caller: &Caller,
+        method: &Method,
     ) -> Option<Result<(), GatewayError>> {
         let rules = self.rules.load();
         let caller_rate = match &caller.id {
@@ -438,7 +669,7 @@ impl Limits {
                 .and_then(|c| c.upstream.as_ref())
                 .map(|l| l.rate)
         });
-        let mut checks = Vec::with_capacity(3);
+        let mut checks = Vec::with_capacity(4);
         if let Some(rate) = caller_rate {
             checks.push((
                 LimitKind::Upstream,
@@ -453,6 +684,11 @@ impl Limits {
             {
                 checks.push((LimitKind::UpstreamGlobal, "gt".to_owned(), tight.rate));
             }
+        }
+        if let Some(i) = method_index(method)
+            && let Some(budget) = &rules.methods[i]
+        {
+            checks.push((LimitKind::UpstreamMethod, format!("m:{i}"), budget.rate));
         }
         for (kind, bucket, rate) in checks {
             let interval = rate.per / rate.rate.get();
@@ -498,10 +734,12 @@ impl Limits {
         }
     }
 
-    /// Learns from an upstream answer: a 429 (or a 503 with `Retry-After`) starts or extends
-    /// the hold on `key` (and returns true); any other answer ends it. `X-RateLimit-NearLimit`
-    /// tightens the global budget until upstream's reset.
+    /// Learns from an upstream answer: the site's quota headers update its standing; a 429
+    /// (or a 503 with `Retry-After`) starts or extends the hold on `key` (and returns true);
+    /// any other answer ends it. `X-RateLimit-NearLimit` tightens the global budget until
+    /// upstream's reset.
     pub fn observe(&self, key: &HoldKey, status: StatusCode, headers: &HeaderMap) -> bool {
+        self.quota.site.observe(status, headers);
         let rules = self.rules.load();
         let now = Instant::now();
         if headers
@@ -569,6 +807,11 @@ impl Limits {
             .lock()
             .expect("lock")
             .retain(|_, hold| hold.until + PROBE_TIMEOUT > now || hold.probe.is_some());
+        let (hour, _) = quota::hour(now);
+        self.spent
+            .lock()
+            .expect("lock")
+            .retain(|_, (counted, _)| *counted == hour);
     }
 
     /// How many callers have keyed limiter state right now.
@@ -604,43 +847,7 @@ fn retry_after(headers: &HeaderMap) -> Option<Duration> {
 
 /// Atlassian's `X-RateLimit-Reset`: an ISO 8601 timestamp (or, from some proxies, seconds).
 fn reset_in(headers: &HeaderMap) -> Option<Duration> {
-    let value = headers.get("x-ratelimit-reset")?.to_str().ok()?.trim();
-    if let Ok(secs) = value.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
-    }
-    let at = parse_rfc3339(value)?;
-    Some(at.duration_since(SystemTime::now()).unwrap_or_default())
-}
-
-/// A UTC RFC 3339 timestamp (`2024-05-01T12:00:00Z`, `2024-05-01T12:00Z`, fractions allowed).
-fn parse_rfc3339(value: &str) -> Option<SystemTime> {
-    let datetime: toml::value::Datetime = value.parse().ok()?;
-    let (date, time) = (datetime.date?, datetime.time?);
-    if !matches!(datetime.offset, Some(toml::value::Offset::Z)) {
-        return None;
-    }
-    // Howard Hinnant's days-from-civil.
-    let (y, m, d) = (
-        i64::from(date.year),
-        i64::from(date.month),
-        i64::from(date.day),
-    );
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    let secs = days * 86_400
-        + i64::from(time.hour) * 3600
-        + i64::from(time.minute) * 60
-        + i64::from(time.second.unwrap_or(0));
-    let secs = u64::try_from(secs).ok()?;
-    Some(
-        SystemTime::UNIX_EPOCH
-            + Duration::from_secs(secs)
-            + Duration::from_nanos(u64::from(time.nanosecond.unwrap_or(0))),
-    )
+    quota::seconds_until(headers.get("x-ratelimit-reset")?.to_str().ok()?)
 }
 
 /// 1 s, 2 s, 4 s … up to 64 s, each with up to 25 % random jitter on top.
@@ -669,16 +876,6 @@ mod tests {
         assert_eq!(reset_in(&headers), Some(Duration::from_secs(7)));
         headers.insert(http::header::RETRY_AFTER, HeaderValue::from_static("2"));
         assert_eq!(retry_after(&headers), Some(Duration::from_secs(2)));
-        let epoch = parse_rfc3339("1970-01-02T00:00:01Z").unwrap();
-        assert_eq!(epoch, SystemTime::UNIX_EPOCH + Duration::from_secs(86_401));
-        let y2k = parse_rfc3339("2000-03-01T00:00:00.5Z").unwrap();
-        assert_eq!(
-            y2k.duration_since(SystemTime::UNIX_EPOCH)
-                .unwrap()
-                .as_millis(),
-            951_868_800_500
-        );
-        assert!(parse_rfc3339("2000-03-01T00:00:00+02:00").is_none());
     }
 
     #[test]
@@ -687,6 +884,23 @@ mod tests {
             let d = backoff(strikes);
             let base = 1u64 << (strikes - 1).min(6);
             assert!(d >= Duration::from_secs(base) && d < Duration::from_secs(base).mul_f64(1.25));
+        }
+    }
+
+    fn limits(config: &LimitsConfig) -> Limits {
+        let policy = Policy {
+            limits: config,
+            quota: &QuotaConfig::default(),
+            clients: &[],
+        };
+        Limits::new(policy, None, Arc::default())
+    }
+
+    fn caller(class: &str) -> Caller {
+        Caller {
+            id: CallerId::Address([127, 0, 0, 1].into()),
+            class: class.into(),
+            account: quota::Accounts::default().get(&format!("class:{class}")),
         }
     }
 
@@ -700,22 +914,17 @@ mod tests {
             }),
             ..LimitsConfig::default()
         };
-        let caller = Caller {
-            id: CallerId::Address([127, 0, 0, 1].into()),
-            class: "default".into(),
-        };
+        let caller = caller("default");
         async fn admitted(limits: &Limits, caller: &Caller) -> usize {
             let mut n = 0;
             for _ in 0..20 {
-                n += usize::from(limits.admit_upstream(caller, &[0; 16]).await.is_ok());
+                let admitted = limits.admit_upstream(caller, &[0; 16], &Method::GET).await;
+                n += usize::from(admitted.is_ok());
             }
             n
         }
-        assert_eq!(
-            admitted(&Limits::new(&config, &[], None), &caller).await,
-            10
-        );
-        let tightened = Limits::new(&config, &[], None);
+        assert_eq!(admitted(&limits(&config), &caller).await, 10);
+        let tightened = limits(&config);
         let mut headers = HeaderMap::new();
         headers.insert("x-ratelimit-nearlimit", HeaderValue::from_static("true"));
         headers.insert("x-ratelimit-reset", HeaderValue::from_static("60"));
@@ -725,7 +934,7 @@ mod tests {
 
     #[test]
     fn a_hold_lets_exactly_one_probe_through_when_it_ends() {
-        let limits = Limits::new(&LimitsConfig::default(), &[], None);
+        let limits = limits(&LimitsConfig::default());
         let key = [1; 16];
         let mut headers = HeaderMap::new();
         headers.insert(http::header::RETRY_AFTER, HeaderValue::from_static("0"));

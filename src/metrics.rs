@@ -25,11 +25,12 @@ use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetri
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::registry::{Registry, Unit};
 
 use crate::error::ErrorSource;
-use crate::routes::{Objects, Route};
+use crate::quota::{Quota, Standing};
+use crate::routes::Route;
 
 /// What the cache did for a request, as the `cache` label says it. `cache::Outcome` says it
 /// in full; this is its metric dimension.
@@ -40,6 +41,7 @@ pub enum CacheLabel {
     Coalesced,
     StaleWhileRevalidate,
     StaleIfError,
+    StaleOnLowQuota,
     Bypass,
     /// The request's own `Cache-Control` sent it upstream.
     Request,
@@ -68,7 +70,9 @@ impl CacheLabel {
             CacheLabel::Hit => 0,
             CacheLabel::Miss => 1,
             CacheLabel::Coalesced => 2,
-            CacheLabel::StaleWhileRevalidate | CacheLabel::StaleIfError => 3,
+            CacheLabel::StaleWhileRevalidate
+            | CacheLabel::StaleIfError
+            | CacheLabel::StaleOnLowQuota => 3,
             CacheLabel::Bypass => 4,
             CacheLabel::Request => 5,
             CacheLabel::None => 6,
@@ -82,8 +86,8 @@ pub struct RequestRecord {
     pub method: Method,
     pub status: StatusCode,
     pub cache: CacheLabel,
-    /// Atlassian quota points this answer saved (it was served without an upstream call).
-    pub saved_points: Option<u32>,
+    /// Served without an upstream call of its own.
+    pub saved: bool,
     pub duration: Duration,
 }
 
@@ -174,15 +178,15 @@ struct Tally {
     requests: Box<[AtomicU64]>,
     /// By route × method.
     durations: Box<[Latency]>,
-    /// By route: answers served without an upstream call of their own, and the quota points
-    /// that saved.
+    /// By route: answers served without an upstream call of their own (the points they saved
+    /// are counted by caller, in `quota::Accounts`).
     saved: [AtomicU64; ROUTES],
-    points: [AtomicU64; ROUTES],
-    /// By route: coalesced requests, stale answers (if_error, while_revalidate), answers
-    /// stored, and writes that invalidated reads.
+    /// By route: coalesced requests, stale answers (if_error, while_revalidate,
+    /// on_low_quota), answers stored, and writes that invalidated reads.
     coalesced: [AtomicU64; ROUTES],
     stale_if_error: [AtomicU64; ROUTES],
     stale_while_revalidate: [AtomicU64; ROUTES],
+    stale_on_low_quota: [AtomicU64; ROUTES],
     stored: [AtomicU64; ROUTES],
     invalidations: [AtomicU64; ROUTES],
     purges: AtomicU64,
@@ -197,10 +201,10 @@ impl Default for Tally {
                 .map(|_| Latency::default())
                 .collect(),
             saved: counters(),
-            points: counters(),
             coalesced: counters(),
             stale_if_error: counters(),
             stale_while_revalidate: counters(),
+            stale_on_low_quota: counters(),
             stored: counters(),
             invalidations: counters(),
             purges: AtomicU64::new(0),
@@ -234,11 +238,13 @@ impl Tally {
             CacheLabel::StaleWhileRevalidate => {
                 self.stale_while_revalidate[route].fetch_add(1, Ordering::Relaxed)
             }
+            CacheLabel::StaleOnLowQuota => {
+                self.stale_on_low_quota[route].fetch_add(1, Ordering::Relaxed)
+            }
             _ => 0,
         };
-        if let Some(points) = record.saved_points {
+        if record.saved {
             self.saved[route].fetch_add(1, Ordering::Relaxed);
-            self.points[route].fetch_add(u64::from(points), Ordering::Relaxed);
         }
     }
 
@@ -334,11 +340,6 @@ impl Tally {
                 &self.saved,
             ),
             (
-                "quota_points_saved",
-                "Estimated Atlassian quota points saved: 1 per call + 2 per user or group object in the answer",
-                &self.points,
-            ),
-            (
                 "cache_coalesced",
                 "Requests that waited for an identical fetch instead of fetching",
                 &self.coalesced,
@@ -364,7 +365,7 @@ impl Tally {
     fn encode_stale(&self, encoder: &mut DescriptorEncoder<'_>) -> std::fmt::Result {
         let mut stale = encoder.encode_descriptor(
             "cache_stale_served",
-            "Expired answers served, by route and kind (if_error, while_revalidate)",
+            "Expired answers served, by route and kind (if_error, while_revalidate, on_low_quota)",
             None,
             MetricType::Counter,
         )?;
@@ -372,6 +373,7 @@ impl Tally {
             for (kind, counts) in [
                 ("if_error", &self.stale_if_error),
                 ("while_revalidate", &self.stale_while_revalidate),
+                ("on_low_quota", &self.stale_on_low_quota),
             ] {
                 let labels = StaleLabels {
                     route: route.name(),
@@ -492,6 +494,133 @@ impl Collector for Counted {
     }
 }
 
+/// The quota's families, read at every scrape: each caller's points by route (spent on
+/// upstream calls, saved by answers made without one) and this hour, and the site's standing.
+#[derive(Debug)]
+struct Points(Arc<Quota>);
+
+impl Collector for Points {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> std::fmt::Result {
+        let accounts = self.0.accounts.all();
+        for (name, help, spent) in [
+            (
+                "quota_points_spent",
+                "Atlassian quota points spent on upstream calls, by caller and route (1 per call + 2 per user or group object + 1 per other object; writes 1)",
+                true,
+            ),
+            (
+                "quota_points_saved",
+                "Atlassian quota points saved by answers made without an upstream call, by caller and route",
+                false,
+            ),
+        ] {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for account in &accounts {
+                for route in Route::ALL {
+                    let (s, v) = account.by_route(route);
+                    let labels = [("caller", account.label()), ("route", route.name())];
+                    ConstCounter::new(if spent { s } else { v })
+                        .encode(family.encode_family(&labels)?)?;
+                }
+            }
+        }
+        let mut hour = encoder.encode_descriptor(
+            "quota_caller_points_this_hour",
+            "Points spent and saved by each caller since the top of the UTC hour",
+            None,
+            MetricType::Gauge,
+        )?;
+        for account in &accounts {
+            let (spent, saved) = account.this_hour();
+            for (kind, points) in [("spent", spent), ("saved", saved)] {
+                let labels = [("caller", account.label()), ("kind", kind)];
+                ConstGauge::new(points as i64).encode(hour.encode_family(&labels)?)?;
+            }
+        }
+        self.encode_site(&mut encoder)
+    }
+}
+
+impl Points {
+    /// `site_quota_*`: the standing, labelled with its source (enforced, shadow, configured).
+    fn encode_site(&self, encoder: &mut DescriptorEncoder<'_>) -> std::fmt::Result {
+        let site = &self.0.site;
+        let pressure = site.pressure();
+        let flags = [
+            (
+                "site_quota_low",
+                "1 while the site's quota is under quota.reserve or upstream says it is near its limit",
+                f64::from(u8::from(site.low())),
+                None,
+            ),
+            (
+                "site_quota_exhausted",
+                "Time until Confluence takes calls again after refusing for its quota (0: it takes them)",
+                pressure.exhausted_for.map_or(0.0, |d| d.as_secs_f64()),
+                Some(&Unit::Seconds),
+            ),
+        ];
+        for (name, help, value, unit) in flags {
+            let gauge = encoder.encode_descriptor(name, help, unit, MetricType::Gauge)?;
+            ConstGauge::new(value).encode(gauge)?;
+        }
+        let Some(standing) = site.standing() else {
+            return Ok(());
+        };
+        let labels = [("source", standing.source.as_str())];
+        let figures = [
+            (
+                "site_quota",
+                "The site's points quota per window",
+                Some(standing.quota as f64),
+                None,
+            ),
+            (
+                "site_quota_remaining",
+                "Points the site has left in this window",
+                Some(standing.remaining as f64),
+                None,
+            ),
+            (
+                "site_quota_window",
+                "The quota's window",
+                Some(standing.window.as_secs_f64()),
+                Some(&Unit::Seconds),
+            ),
+            (
+                "site_quota_reset",
+                "Time until the quota's window resets",
+                Some(standing.reset_in.as_secs_f64()),
+                Some(&Unit::Seconds),
+            ),
+            (
+                "site_quota_burn_points_per_hour",
+                "Points spent per hour at the recent rate (the last 5 minutes of readings)",
+                standing.burn_per_hour,
+                None,
+            ),
+            (
+                "site_quota_exhaustion",
+                "When the remaining points run out at the recent rate",
+                standing.exhaustion_in.map(|d| d.as_secs_f64()),
+                Some(&Unit::Seconds),
+            ),
+            (
+                "site_quota_near_limit",
+                "1 while upstream says X-RateLimit-NearLimit: true",
+                Some(f64::from(u8::from(standing.near_limit))),
+                None,
+            ),
+        ];
+        for (name, help, value, unit) in figures {
+            let Some(value) = value else { continue };
+            let mut family = encoder.encode_descriptor(name, help, unit, MetricType::Gauge)?;
+            ConstGauge::new(value).encode(family.encode_family(&labels)?)?;
+        }
+        Ok(())
+    }
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ErrorLabels {
     route: &'static str,
@@ -505,6 +634,7 @@ struct CauseLabels {
 
 pub struct Metrics {
     registry: Registry,
+    quota: Arc<Quota>,
     tally: Arc<Tally>,
     upstream: Arc<Upstream>,
     refused: Arc<Refused>,
@@ -522,14 +652,16 @@ pub struct Metrics {
 
 impl Default for Metrics {
     fn default() -> Self {
-        Metrics::new()
+        Metrics::new(Arc::default())
     }
 }
 
 impl Metrics {
-    pub fn new() -> Metrics {
+    /// `quota`: the points and the site's standing, exposed at every scrape.
+    pub fn new(quota: Arc<Quota>) -> Metrics {
         let mut metrics = Metrics {
             registry: Registry::with_prefix("wikigate"),
+            quota,
             tally: Arc::default(),
             upstream: Arc::default(),
             refused: Arc::default(),
@@ -559,6 +691,7 @@ impl Metrics {
             upstream: self.upstream.clone(),
             refused: self.refused.clone(),
         }));
+        r.register_collector(Box::new(Points(self.quota.clone())));
         r.register(
             "errors",
             "Error answers wikigate made itself, by route and source: downstream (the request), upstream (the site failed), internal (a fault of wikigate's)",
@@ -623,6 +756,11 @@ impl Metrics {
             })
             .set(1);
         r.register("build_info", "Build information", build);
+    }
+
+    /// The quota whose points and standing these metrics expose.
+    pub fn quota(&self) -> &Arc<Quota> {
+        &self.quota
     }
 
     /// A request began; the guard ends it.
@@ -774,13 +912,43 @@ impl Metrics {
         limited.sort_by(|a, b| b.2.cmp(&a.2).then_with(|| a.0.cmp(&b.0)));
         limited.truncate(10);
         let upstream = self.upstream.calls.lock().expect("lock").values().sum();
+        let mut callers: Vec<CallerPoints> = self
+            .quota
+            .accounts
+            .all()
+            .iter()
+            .map(|account| {
+                let (spent_hour, saved_hour) = account.this_hour();
+                CallerPoints {
+                    caller: account.label().to_owned(),
+                    spent_hour,
+                    saved_hour,
+                }
+            })
+            .filter(|c| c.spent_hour + c.saved_hour > 0)
+            .collect();
+        callers.sort_by(|a, b| {
+            b.spent_hour
+                .cmp(&a.spent_hour)
+                .then(a.caller.cmp(&b.caller))
+        });
+        let points_saved = self
+            .quota
+            .accounts
+            .all()
+            .iter()
+            .flat_map(|account| Route::ALL.map(|route| account.by_route(route).1))
+            .sum();
         Status {
             requests: (0..ROUTES).map(|r| t.requests_of(r, &ALL_LABELS)).sum(),
             saved: t.saved.iter().map(load).sum(),
-            points_saved: t.points.iter().map(load).sum(),
+            points_saved,
             upstream,
             routes,
             limited,
+            site: self.quota.site.standing(),
+            low_quota: self.quota.site.low(),
+            callers,
             snapshot: *snapshot,
         }
     }
@@ -840,7 +1008,20 @@ pub struct Status {
     pub routes: Vec<RouteStatus>,
     /// Top refused (caller, limit, count), most refused first.
     pub limited: Vec<(String, &'static str, u64)>,
+    /// The site's quota, when anything states it.
+    pub site: Option<Standing>,
+    /// Whether it is under the reserve (or upstream says it is near its limit).
+    pub low_quota: bool,
+    /// Who spent and saved points this hour, the biggest spender first.
+    pub callers: Vec<CallerPoints>,
     pub snapshot: Snapshot,
+}
+
+/// One caller's points this hour.
+pub struct CallerPoints {
+    pub caller: String,
+    pub spent_hour: u64,
+    pub saved_hour: u64,
 }
 
 pub struct RouteStatus {
@@ -851,20 +1032,6 @@ pub struct RouteStatus {
     pub stale: u64,
     pub p50_us: Option<u64>,
     pub p99_us: Option<u64>,
-}
-
-/// Atlassian's points model for a read: 1 point per call plus 2 per user or group object in the
-/// answer (bulk lookups and memberships count their results).
-pub fn quota_points(route: Route, body: &[u8]) -> u32 {
-    let objects = match route.spec().objects {
-        Objects::One => 1,
-        Objects::Results => serde_json::from_slice::<serde_json::Value>(body)
-            .ok()
-            .and_then(|v| v["results"].as_array().map(|r| r.len() as u32))
-            .unwrap_or(0),
-        Objects::Nothing => 0,
-    };
-    1 + 2 * objects
 }
 
 fn method_index(method: &Method) -> usize {
@@ -906,14 +1073,21 @@ mod tests {
 
     #[test]
     fn every_view_reads_the_same_counters() {
-        let metrics = Metrics::new();
-        let record = |cache, status, micros| RequestRecord {
-            route: Some(Route::Current),
-            method: Method::GET,
-            status,
-            cache,
-            saved_points: (cache == CacheLabel::Hit).then_some(3),
-            duration: Duration::from_micros(micros),
+        let quota = Arc::new(Quota::default());
+        let metrics = Metrics::new(quota.clone());
+        let account = quota.accounts.get("class:default");
+        let record = |cache, status, micros| {
+            if cache == CacheLabel::Hit {
+                account.save(Route::Current, 3, tokio::time::Instant::now());
+            }
+            RequestRecord {
+                route: Some(Route::Current),
+                method: Method::GET,
+                status,
+                cache,
+                saved: cache == CacheLabel::Hit,
+                duration: Duration::from_micros(micros),
+            }
         };
         metrics.request(&record(CacheLabel::Hit, StatusCode::OK, 150));
         metrics.request(&record(CacheLabel::Hit, StatusCode::OK, 150));
@@ -926,7 +1100,9 @@ mod tests {
             r#"wikigate_requests_total{route="current",method="GET",status_class="3xx",cache="hit"} 1"#,
             r#"wikigate_requests_total{route="current",method="GET",status_class="2xx",cache="miss"} 1"#,
             r#"wikigate_upstream_requests_saved_total{route="current"} 3"#,
-            r#"wikigate_quota_points_saved_total{route="current"} 9"#,
+            r#"wikigate_quota_points_saved_total{caller="class:default",route="current"} 9"#,
+            r#"wikigate_quota_points_spent_total{caller="class:default",route="current"} 0"#,
+            r#"wikigate_quota_caller_points_this_hour{caller="class:default",kind="saved"} 9"#,
             // Buckets are cumulative: 50 µs ≤ 100 µs, 150 µs ≤ 200 µs, 30 s only in +Inf.
             r#"wikigate_request_duration_seconds_bucket{route="current",method="GET",le="0.0001"} 1"#,
             r#"wikigate_request_duration_seconds_bucket{route="current",method="GET",le="0.0002"} 3"#,

@@ -1,5 +1,5 @@
 //! The state a gateway is made of, shared by both listeners: the cache, the callers, the
-//! limits, the metrics, the cluster and the links. The gateway and the admin endpoints take it;
+//! limits, the quota, the metrics, the cluster and the links. The gateway and the admin endpoints take it;
 //! `lifecycle` builds it, reloads what may be reloaded, and owns nothing else of it.
 //!
 //! Invariant: one `Parts` per running gateway; everything in it is shared (`Arc`), never
@@ -13,9 +13,10 @@ use crate::cache::{self, Cache};
 use crate::caller::{AuthSetupError, Callers};
 use crate::cluster::{Cluster, ClusterSetupError};
 use crate::config::Config;
-use crate::limit::Limits;
+use crate::limit::{Limits, Policy};
 use crate::links::Links;
 use crate::metrics::Metrics;
+use crate::quota::Quota;
 
 /// Why the parts could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +34,8 @@ pub struct Parts {
     /// Replaced whole by a reload.
     pub callers: Arc<ArcSwap<Callers>>,
     pub limits: Arc<Limits>,
+    /// Atlassian's points: the site's standing, every caller's account.
+    pub quota: Arc<Quota>,
     pub metrics: Arc<Metrics>,
     /// Redis, in multi-replica mode.
     pub cluster: Option<Arc<Cluster>>,
@@ -44,7 +47,11 @@ impl Parts {
     /// The state a gateway is made of, and the partition secret it was keyed with; nothing
     /// is spawned or bound yet. (`start` uses it, and the in-process benchmarks.)
     pub fn build(config: &Config) -> Result<(Parts, [u8; 32]), PartsError> {
-        let metrics = Arc::new(Metrics::new());
+        let quota = Arc::new(Quota::new(
+            config.quota.points_per_hour,
+            config.quota.reserve,
+        ));
+        let metrics = Arc::new(Metrics::new(quota.clone()));
         let secret = cache::partition_secret(&config.cache);
         let cluster = match config.cluster.redis_url {
             Some(_) => Some(Cluster::new(&config.cluster)?),
@@ -56,14 +63,16 @@ impl Parts {
         ));
         let cache = Cache::new(&config.cache, links.clone(), secret, metrics.clone())
             .with_cluster(cluster.clone());
+        let callers = Callers::new(config, secret, &quota.accounts)?;
         let parts = Parts {
             cache: Arc::new(cache),
-            callers: Arc::new(ArcSwap::from_pointee(Callers::new(config, secret)?)),
+            callers: Arc::new(ArcSwap::from_pointee(callers)),
             limits: Arc::new(Limits::new(
-                &config.limits,
-                &config.callers.clients,
+                Policy::of(config),
                 cluster.clone(),
+                quota.clone(),
             )),
+            quota,
             metrics,
             cluster,
             links,

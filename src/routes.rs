@@ -72,14 +72,19 @@ enum Resource {
     Property,
 }
 
-/// What an answer of a route holds, as Atlassian's quota counts objects.
+/// What an answer of a route holds, as Atlassian's points quota counts objects: users and
+/// groups cost 2 points each, objects its table does not name 1 each (`quota::cost`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Objects {
     /// One user.
-    One,
-    /// A page of users or groups (`results`).
-    Results,
-    /// No user or group object.
+    User,
+    /// Users or groups, listed under `results`.
+    UsersOrGroups,
+    /// One other object: an email record, a property.
+    Record,
+    /// Other objects, listed under `results` or as a bare array.
+    Records,
+    /// Nothing the quota counts (a watch status).
     Nothing,
 }
 
@@ -116,7 +121,7 @@ static TABLE: [Spec; 12] = {
             allow: "GET, HEAD",
             shared: false,
             resource: None,
-            objects: Objects::One,
+            objects: Objects::User,
             default_ttl: 300,
         },
         Spec {
@@ -127,7 +132,7 @@ static TABLE: [Spec; 12] = {
             allow: "GET, HEAD",
             shared: true,
             resource: None,
-            objects: Objects::One,
+            objects: Objects::User,
             default_ttl: 3600,
         },
         Spec {
@@ -138,7 +143,7 @@ static TABLE: [Spec; 12] = {
             allow: "GET, HEAD",
             shared: false,
             resource: None,
-            objects: Objects::One,
+            objects: Objects::User,
             default_ttl: 60,
         },
         Spec {
@@ -149,7 +154,7 @@ static TABLE: [Spec; 12] = {
             allow: "GET, HEAD",
             shared: false,
             resource: None,
-            objects: Objects::Results,
+            objects: Objects::UsersOrGroups,
             default_ttl: 120,
         },
         Spec {
@@ -160,7 +165,7 @@ static TABLE: [Spec; 12] = {
             allow: "GET, HEAD",
             shared: false,
             resource: None,
-            objects: Objects::Results,
+            objects: Objects::UsersOrGroups,
             default_ttl: 300,
         },
         Spec {
@@ -171,7 +176,7 @@ static TABLE: [Spec; 12] = {
             allow: "GET, HEAD",
             shared: false,
             resource: None,
-            objects: Objects::Nothing,
+            objects: Objects::Record,
             default_ttl: 600,
         },
         Spec {
@@ -182,7 +187,7 @@ static TABLE: [Spec; 12] = {
             allow: "GET, HEAD",
             shared: false,
             resource: None,
-            objects: Objects::Nothing,
+            objects: Objects::Records,
             default_ttl: 600,
         },
         Spec {
@@ -230,7 +235,7 @@ static TABLE: [Spec; 12] = {
             allow: "GET, HEAD",
             shared: false,
             resource: Some(Resource::Properties),
-            objects: Objects::Nothing,
+            objects: Objects::Records,
             default_ttl: 60,
         },
         Spec {
@@ -246,7 +251,7 @@ static TABLE: [Spec; 12] = {
             allow: "GET, HEAD, PUT, POST, DELETE",
             shared: false,
             resource: Some(Resource::Property),
-            objects: Objects::Nothing,
+            objects: Objects::Record,
             default_ttl: 60,
         },
     ]

@@ -3,9 +3,11 @@
 #![allow(dead_code)]
 
 use std::num::NonZeroU32;
+use std::sync::Arc;
 use std::time::Duration;
 
-use wikigate::config::{ClassLimits, LimitsConfig, Rate};
+use wikigate::config::{ClassLimits, LimitsConfig, QuotaConfig, Rate};
+use wikigate::limit::{Limits, Policy};
 
 /// `Authorization` of the fake site's first demo user, alice@example.com:alice-api-token.
 pub const ALICE: &str = "Basic YWxpY2VAZXhhbXBsZS5jb206YWxpY2UtYXBpLXRva2Vu";
@@ -35,9 +37,20 @@ pub fn default_class_limits(per_second: u32, upstream: bool) -> LimitsConfig {
         ClassLimits {
             requests: Some(rate),
             upstream: upstream.then_some(rate),
+            ..ClassLimits::default()
         },
     );
     config
+}
+
+/// Limits made from `config` alone (no clients, the default quota settings, no cluster).
+pub fn limits(config: &LimitsConfig) -> Limits {
+    let policy = Policy {
+        limits: config,
+        quota: &QuotaConfig::default(),
+        clients: &[],
+    };
+    Limits::new(policy, None, Arc::default())
 }
 
 /// The global allocator of a memory benchmark: the system's, counting the bytes live on the

@@ -38,6 +38,7 @@ use super::{
 use crate::body::Body;
 use crate::coding::{self, Accepts, Coding};
 use crate::error::GatewayError;
+use crate::quota;
 use crate::routes::Route;
 
 /// The `expand` values the spec documents for `/user/bulk`.
@@ -193,10 +194,10 @@ impl Cache {
         let fresh_for = accounts
             .iter()
             .flatten()
-            .map(|e| e.ttl.saturating_sub(e.age(now)))
+            .map(|e| e.lifetime.ttl.saturating_sub(e.age(now)))
             .min()
             .unwrap_or_default();
-        let served = served(fetched, plan.ids.len(), found.len());
+        let served = served(plan.lookup.route, fetched, plan.ids.len(), found.len());
         let response = respond(
             body,
             &envelope,
@@ -237,11 +238,7 @@ impl Cache {
             site_base,
         } = self.parse_bulk(plan, &answer)?;
         let policy = *self.routes.load().get(plan.lookup.route);
-        let found_lifetime = Lifetime {
-            ttl: policy.ttl,
-            stale_if_error: Duration::ZERO,
-            stale_while_revalidate: Duration::ZERO,
-        };
+        let found_lifetime = Lifetime::fresh_for(policy.ttl);
         let mut stored = Vec::with_capacity(asked.len());
         for mut object in objects {
             let Some(id) = object
@@ -261,12 +258,10 @@ impl Cache {
                 json_headers(),
                 Bytes::from(object.to_string()),
             );
-            stored.push((id, self.store_account(account, found_lifetime, 3)));
+            let points = quota::cost_of(plan.lookup.route, 1);
+            stored.push((id, self.store_account(account, found_lifetime, points)));
         }
-        let negative_lifetime = Lifetime {
-            ttl: self.config.negative_ttl,
-            ..found_lifetime
-        };
+        let negative_lifetime = Lifetime::fresh_for(self.config.negative_ttl);
         for id in asked {
             if !stored.iter().any(|(i, _)| i == id) {
                 let unknown =
@@ -352,12 +347,15 @@ struct Parsed {
     site_base: String,
 }
 
-/// What a bulk lookup that asked upstream for `fetched` of its `of` accounts did; `found` is
-/// how many accounts its answer lists.
-fn served(fetched: usize, of: usize, found: usize) -> Served {
+/// What a bulk lookup of `route` that asked upstream for `fetched` of its `of` accounts did;
+/// `found` is how many accounts its answer lists.
+fn served(route: Route, fetched: usize, of: usize, found: usize) -> Served {
     let (outcome, saved_points) = match fetched {
-        // One call and two points per account object, all saved.
-        0 => (Outcome::Hit(Tier::Memory), Some(1 + 2 * found as u32)),
+        // The call and its objects, all saved.
+        0 => (
+            Outcome::Hit(Tier::Memory),
+            Some(quota::cost_of(route, found as u32)),
+        ),
         n if n == of => (Outcome::STORED, None),
         n => (Outcome::Partial { fetched: n, of }, None),
     };

@@ -134,9 +134,7 @@ pub struct Entry {
     /// content coding): `"<hash of the decoded body>"` and `"<hash>-gzip"`.
     etags: ETags,
     stored_at: Instant,
-    pub ttl: Duration,
-    pub stale_if_error: Duration,
-    pub stale_while_revalidate: Duration,
+    pub lifetime: Lifetime,
     /// The request headers upstream's `Vary` named (besides `Accept-Encoding`, which wikigate
     /// answers itself), and a hash of their values.
     vary: Option<Box<Vary>>,
@@ -209,12 +207,25 @@ const SHARED_HEADERS: [HeaderName; 5] = [
     HeaderName::from_static("timing-allow-origin"),
 ];
 
-/// Freshness windows of one stored answer.
-#[derive(Debug, Clone, Copy)]
+/// Freshness windows of one stored answer: each stale window counts from the end of `ttl`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Lifetime {
     pub ttl: Duration,
     pub stale_if_error: Duration,
     pub stale_while_revalidate: Duration,
+    pub stale_on_low_quota: Duration,
+}
+
+impl Lifetime {
+    /// Fresh for `ttl`, never served stale.
+    pub fn fresh_for(ttl: Duration) -> Lifetime {
+        Lifetime {
+            ttl,
+            stale_if_error: Duration::ZERO,
+            stale_while_revalidate: Duration::ZERO,
+            stale_on_low_quota: Duration::ZERO,
+        }
+    }
 }
 
 impl Entry {
@@ -271,9 +282,7 @@ impl Entry {
             bodies,
             etags,
             stored_at: Instant::now(),
-            ttl: lifetime.ttl,
-            stale_if_error: lifetime.stale_if_error,
-            stale_while_revalidate: lifetime.stale_while_revalidate,
+            lifetime,
             vary,
             points,
             age_headers: ArcSwapOption::empty(),
@@ -316,9 +325,7 @@ impl Entry {
             bodies,
             etags: self.etags.clone(),
             stored_at: self.stored_at,
-            ttl: self.ttl,
-            stale_if_error: self.stale_if_error,
-            stale_while_revalidate: self.stale_while_revalidate,
+            lifetime: self.lifetime,
             vary: self.vary.clone(),
             points: self.points,
             age_headers: ArcSwapOption::empty(),
@@ -339,7 +346,15 @@ impl Entry {
 
     /// How long moka keeps the entry: fresh, then as long as it may still be served stale.
     pub fn retention(&self) -> Duration {
-        self.ttl + self.stale_if_error.max(self.stale_while_revalidate)
+        let Lifetime {
+            ttl,
+            stale_if_error,
+            stale_while_revalidate,
+            stale_on_low_quota,
+        } = self.lifetime;
+        ttl + stale_if_error
+            .max(stale_while_revalidate)
+            .max(stale_on_low_quota)
     }
 
     /// What is left of the retention at `now` (an entry from L2, or one re-stored with another
@@ -353,17 +368,28 @@ impl Entry {
     }
 
     pub fn is_fresh(&self, now: Instant) -> bool {
-        self.age(now) < self.ttl
+        self.age(now) < self.lifetime.ttl
     }
 
     /// Expired, but within the stale-while-revalidate window.
     pub fn may_revalidate_in_background(&self, now: Instant) -> bool {
-        !self.is_fresh(now) && self.age(now) < self.ttl + self.stale_while_revalidate
+        self.within(now, self.lifetime.stale_while_revalidate)
     }
 
     /// Expired, but within the stale-if-error window.
     pub fn may_serve_on_error(&self, now: Instant) -> bool {
-        !self.is_fresh(now) && self.age(now) < self.ttl + self.stale_if_error
+        self.within(now, self.lifetime.stale_if_error)
+    }
+
+    /// Expired, but within the window it may stand in for an upstream call while the site's
+    /// quota is low.
+    pub fn may_serve_on_low_quota(&self, now: Instant) -> bool {
+        self.within(now, self.lifetime.stale_on_low_quota)
+    }
+
+    /// Expired, and no longer ago than `window`.
+    fn within(&self, now: Instant, window: Duration) -> bool {
+        !self.is_fresh(now) && self.age(now) < self.lifetime.ttl + window
     }
 
     /// Whether this entry answers a request with these headers (upstream's `Vary`).
@@ -454,7 +480,7 @@ impl Entry {
         {
             return (current.age_value.clone(), current.cache_control.clone());
         }
-        let remaining = self.ttl.as_secs().saturating_sub(age);
+        let remaining = self.lifetime.ttl.as_secs().saturating_sub(age);
         let made = AgeHeaders {
             age,
             age_value: HeaderValue::from(age),
@@ -489,9 +515,10 @@ impl Entry {
         out.extend_from_slice(&self.status.as_u16().to_le_bytes());
         for n in [
             stored_unix_ms,
-            self.ttl.as_millis() as u64,
-            self.stale_if_error.as_millis() as u64,
-            self.stale_while_revalidate.as_millis() as u64,
+            self.lifetime.ttl.as_millis() as u64,
+            self.lifetime.stale_if_error.as_millis() as u64,
+            self.lifetime.stale_while_revalidate.as_millis() as u64,
+            self.lifetime.stale_on_low_quota.as_millis() as u64,
         ] {
             out.extend_from_slice(&n.to_le_bytes());
         }
@@ -527,7 +554,7 @@ impl Entry {
     pub fn decode(bytes: &[u8]) -> Option<Entry> {
         let mut reader = Reader(bytes.strip_prefix(L2_MAGIC)?);
         let status = StatusCode::from_u16(u16::from_le_bytes(reader.array()?)).ok()?;
-        let mut numbers = [0u64; 4];
+        let mut numbers = [0u64; 5];
         for n in &mut numbers {
             *n = u64::from_le_bytes(reader.array()?);
         }
@@ -558,7 +585,13 @@ impl Entry {
             headers.push((name, stored_value(&value)));
         }
         let body = Bytes::copy_from_slice(reader.0);
-        let [stored_unix_ms, ttl, stale_if_error, stale_while_revalidate] = numbers;
+        let [
+            stored_unix_ms,
+            ttl,
+            stale_if_error,
+            stale_while_revalidate,
+            stale_on_low_quota,
+        ] = numbers;
         let age = Duration::from_millis(unix_ms().saturating_sub(stored_unix_ms));
         Some(Entry {
             status,
@@ -570,9 +603,12 @@ impl Entry {
             },
             etags,
             stored_at: Instant::now().checked_sub(age).unwrap_or_else(Instant::now),
-            ttl: Duration::from_millis(ttl),
-            stale_if_error: Duration::from_millis(stale_if_error),
-            stale_while_revalidate: Duration::from_millis(stale_while_revalidate),
+            lifetime: Lifetime {
+                ttl: Duration::from_millis(ttl),
+                stale_if_error: Duration::from_millis(stale_if_error),
+                stale_while_revalidate: Duration::from_millis(stale_while_revalidate),
+                stale_on_low_quota: Duration::from_millis(stale_on_low_quota),
+            },
             vary,
             points,
             age_headers: ArcSwapOption::empty(),
@@ -640,7 +676,7 @@ impl<'a> Reader<'a> {
 }
 
 /// Marks (and versions) an encoded L2 entry.
-const L2_MAGIC: &[u8] = b"WGE2";
+const L2_MAGIC: &[u8] = b"WGE3";
 
 fn unix_ms() -> u64 {
     std::time::SystemTime::now()
@@ -716,6 +752,7 @@ mod tests {
         ttl: Duration::from_secs(60),
         stale_if_error: Duration::ZERO,
         stale_while_revalidate: Duration::ZERO,
+        stale_on_low_quota: Duration::ZERO,
     };
 
     fn request(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
@@ -954,7 +991,10 @@ mod tests {
         );
         assert_eq!(copy.etags, original.etags);
         assert_eq!(copy.headers, original.headers);
-        assert_eq!((copy.ttl, copy.points), (original.ttl, original.points));
+        assert_eq!(
+            (copy.lifetime, copy.points),
+            (original.lifetime, original.points)
+        );
         assert!(copy.is_fresh(Instant::now()));
         // The variant travels too: a request with other values does not match it.
         assert!(copy.matches_vary(&request(&[("accept-language", "de")])));

@@ -57,7 +57,8 @@ use crate::config::CacheConfig;
 use crate::error::GatewayError;
 use crate::forward::list_tokens;
 use crate::links::Links;
-use crate::metrics::{CacheStats, Metrics, quota_points};
+use crate::metrics::{CacheStats, Metrics};
+use crate::quota::{self, Quota};
 use crate::routes::{Resolved, Route, Tag};
 
 /// What upstream answered a fetch with.
@@ -132,6 +133,9 @@ pub enum Found {
     Fresh(Arc<Entry>),
     /// Expired, within stale-while-revalidate: answered at once, refreshed in the background.
     Revalidate(Arc<Entry>),
+    /// Expired, within stale-on-low-quota while the site's quota is low: answered at once,
+    /// nothing spent.
+    SpareQuota(Arc<Entry>),
     /// Nothing to answer with: fetch. `fallback` is an expired entry within stale-if-error,
     /// served if upstream fails.
     Missing { fallback: Option<Arc<Entry>> },
@@ -190,6 +194,9 @@ pub struct Cache {
     links: Arc<Links>,
     secret: [u8; 32],
     metrics: Arc<Metrics>,
+    /// The site's quota: while it is low, expired entries stand in for upstream calls
+    /// (`stale_on_low_quota`).
+    quota: Arc<Quota>,
 }
 
 /// moka keeps each entry for what is left of its retention (TTL plus its longest stale
@@ -219,13 +226,15 @@ impl moka::Expiry<CacheKey, Arc<Entry>> for Retention {
 }
 
 impl Cache {
-    /// `secret` keys the partition hash (see [`partition_secret`]).
+    /// `secret` keys the partition hash (see [`partition_secret`]); `metrics` counts what the
+    /// cache does and knows the quota it reads.
     pub fn new(
         config: &CacheConfig,
         links: Arc<Links>,
         secret: [u8; 32],
         metrics: Arc<Metrics>,
     ) -> Cache {
+        let quota = metrics.quota().clone();
         let evictions = metrics.clone();
         let store = Moka::builder()
             .max_capacity(config.max_bytes)
@@ -251,6 +260,7 @@ impl Cache {
             cluster: None,
             secret,
             metrics,
+            quota,
         }
     }
 
@@ -316,6 +326,7 @@ impl Cache {
                 ttl: policy.ttl,
                 stale_if_error: policy.stale_if_error,
                 stale_while_revalidate: policy.stale_while_revalidate,
+                stale_on_low_quota: policy.stale_on_low_quota,
             },
             directive: Directive::of(headers),
         })
@@ -402,6 +413,8 @@ impl Cache {
         let now = Instant::now();
         if entry.is_fresh(now) {
             Found::Fresh(entry)
+        } else if entry.may_serve_on_low_quota(now) && self.quota.site.low() {
+            Found::SpareQuota(entry)
         } else if entry.may_revalidate_in_background(now) {
             Found::Revalidate(entry)
         } else if entry.may_serve_on_error(now) {
@@ -433,7 +446,8 @@ impl Cache {
     }
 
     /// Answers a read from what [`Cache::find`] found: a fresh entry as a hit; an entry in its
-    /// stale-while-revalidate window at once, refreshing it in the background; else by
+    /// stale-while-revalidate window at once, refreshing it in the background; one in its
+    /// stale-on-low-quota window, while the quota is low, at once; else by
     /// fetching with `fetch` (which must ask upstream for the GET, also for HEAD requests) —
     /// once for every identical request in flight — and storing the answer.
     pub async fn read<F, Fut>(
@@ -453,6 +467,12 @@ impl Cache {
                 self.refresh_in_background(lookup, request_headers, fetch);
                 let saved = Some(entry.points);
                 let outcome = Outcome::StaleWhileRevalidate;
+                self.serve(&lookup, entry, request_headers, outcome, saved)
+                    .await
+            }
+            Found::SpareQuota(entry) => {
+                let saved = Some(entry.points);
+                let outcome = Outcome::StaleOnLowQuota;
                 self.serve(&lookup, entry, request_headers, outcome, saved)
                     .await
             }
@@ -602,7 +622,7 @@ impl Cache {
         if let Some(rewritten) = self.links.rewrite(answer.body()) {
             answer.set_body(rewritten);
         }
-        let points = quota_points(lookup.route, answer.body());
+        let points = quota::cost(lookup.route, false, answer.body());
         let keep = Accepts::of(request_headers).preferred();
         let entry = Arc::new(Entry::new(
             answer,
@@ -646,11 +666,7 @@ impl Cache {
         match answer.status {
             StatusCode::OK => Some(lookup.lifetime),
             StatusCode::NOT_FOUND if self.config.cache_not_found && !lookup.shared => {
-                Some(Lifetime {
-                    ttl: self.config.not_found_ttl,
-                    stale_if_error: Duration::ZERO,
-                    stale_while_revalidate: Duration::ZERO,
-                })
+                Some(Lifetime::fresh_for(self.config.not_found_ttl))
             }
             _ => None,
         }

@@ -17,6 +17,8 @@ pub enum Outcome {
     Hit(Tier),
     /// An expired entry answered at once while one request refreshes it.
     StaleWhileRevalidate,
+    /// An expired entry answered instead of spending the site's low quota.
+    StaleOnLowQuota,
     /// An expired entry answered because upstream failed — with this status, or without one
     /// (unreachable, timed out, or not asked at all: a hold or a limit refused the call).
     StaleIfError(Option<StatusCode>),
@@ -80,6 +82,9 @@ impl Outcome {
             Outcome::StaleWhileRevalidate => {
                 HeaderValue::from_static("wikigate; hit; detail=stale-while-revalidate")
             }
+            Outcome::StaleOnLowQuota => {
+                HeaderValue::from_static("wikigate; fwd=stale; detail=quota")
+            }
             Outcome::StaleIfError(None) => {
                 HeaderValue::from_static("wikigate; fwd=stale; detail=stale-if-error")
             }
@@ -104,6 +109,7 @@ impl Outcome {
             Outcome::Hit(_) => CacheLabel::Hit,
             Outcome::StaleWhileRevalidate => CacheLabel::StaleWhileRevalidate,
             Outcome::StaleIfError(_) => CacheLabel::StaleIfError,
+            Outcome::StaleOnLowQuota => CacheLabel::StaleOnLowQuota,
             Outcome::Forwarded {
                 collapsed: true, ..
             } => CacheLabel::Coalesced,
@@ -125,6 +131,7 @@ impl std::fmt::Display for Outcome {
             Outcome::Hit(Tier::Memory) => f.write_str("hit"),
             Outcome::Hit(Tier::Cluster) => f.write_str("hit; detail=l2"),
             Outcome::StaleWhileRevalidate => f.write_str("hit; detail=stale-while-revalidate"),
+            Outcome::StaleOnLowQuota => f.write_str("fwd=stale; detail=quota"),
             Outcome::StaleIfError(None) => f.write_str("fwd=stale; detail=stale-if-error"),
             Outcome::StaleIfError(Some(status)) => write!(
                 f,
@@ -193,6 +200,11 @@ mod tests {
                 Outcome::StaleIfError(None),
                 "wikigate; fwd=stale; detail=stale-if-error",
                 CacheLabel::StaleIfError,
+            ),
+            (
+                Outcome::StaleOnLowQuota,
+                "wikigate; fwd=stale; detail=quota",
+                CacheLabel::StaleOnLowQuota,
             ),
             (
                 Outcome::STORED,

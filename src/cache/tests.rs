@@ -27,7 +27,7 @@ fn cache_with(policy: RoutePolicy) -> Arc<Cache> {
         &config,
         links,
         [7; 32],
-        Arc::new(Metrics::new()),
+        Arc::new(Metrics::default()),
     ))
 }
 
@@ -36,6 +36,7 @@ fn policy(ttl_ms: u64, stale_if_error_ms: u64, stale_while_revalidate_ms: u64) -
         ttl: Duration::from_millis(ttl_ms),
         stale_if_error: Duration::from_millis(stale_if_error_ms),
         stale_while_revalidate: Duration::from_millis(stale_while_revalidate_ms),
+        stale_on_low_quota: Duration::ZERO,
     }
 }
 
@@ -206,6 +207,7 @@ async fn an_entry_ages_from_fresh_through_its_stale_windows_to_gone() {
         match cache.find(&lookup, alice).await {
             Found::Fresh(_) => "fresh",
             Found::Revalidate(_) => "revalidate",
+            Found::SpareQuota(_) => "spare quota",
             Found::Missing { fallback: Some(_) } => "fallback",
             Found::Missing { fallback: None } => "missing",
         }

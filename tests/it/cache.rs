@@ -20,6 +20,7 @@ fn policy(ttl_ms: u64, stale_if_error_s: u64, stale_while_revalidate_s: u64) -> 
         ttl: Duration::from_millis(ttl_ms),
         stale_if_error: Duration::from_secs(stale_if_error_s),
         stale_while_revalidate: Duration::from_secs(stale_while_revalidate_s),
+        stale_on_low_quota: Duration::ZERO,
     }
 }
 

@@ -350,6 +350,7 @@ async fn clients_keep_their_own_upstream_buckets_however_each_replica_orders_the
             per: Duration::from_secs(60),
             burst: None,
         }),
+        points: None,
     };
     let (x, y) = (
         client("x", "x-key-0123456789"),

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 /// The tiers, lowest first (docs/ARCHITECTURE.md, "Layering").
 const TIERS: [&[&str]; 12] = [
     &["body", "query", "routes", "cookies"],
-    &["config", "error"],
+    &["config", "error", "quota"],
     &[
         "server",
         "cluster",

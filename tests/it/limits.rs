@@ -239,6 +239,7 @@ async fn stale_answers_are_served_during_an_upstream_hold() {
             ttl: Duration::from_millis(200),
             stale_if_error: Duration::from_secs(60),
             stale_while_revalidate: Duration::ZERO,
+            stale_on_low_quota: Duration::ZERO,
         })
     })
     .await;
@@ -339,6 +340,7 @@ fn client(name: &str, key: &str) -> ClientConfig {
         key_hash: KeyHash::of(key),
         requests: None,
         upstream: None,
+        points: None,
     }
 }
 

@@ -27,6 +27,7 @@ async fn scripted_traffic() -> Harness {
                 burst: None,
             }),
             upstream: None,
+            points: None,
         }];
     })
     .await;
@@ -192,8 +193,26 @@ async fn metrics_hold_exactly_the_expected_values_and_pass_promtool() {
             1.0,
         ),
         // One user object: 1 + 2. Two users: 1 + 2 × 2.
-        (r#"wikigate_quota_points_saved_total{route="current"}"#, 6.0),
-        (r#"wikigate_quota_points_saved_total{route="bulk"}"#, 5.0),
+        (
+            r#"wikigate_quota_points_saved_total{caller="class:default",route="current"}"#,
+            6.0,
+        ),
+        (
+            r#"wikigate_quota_points_spent_total{caller="class:default",route="current"}"#,
+            3.0,
+        ),
+        (
+            r#"wikigate_quota_points_spent_total{caller="class:default",route="watch_space"}"#,
+            1.0,
+        ),
+        (
+            r#"wikigate_quota_points_saved_total{caller="class:default",route="bulk"}"#,
+            5.0,
+        ),
+        (
+            r#"wikigate_quota_points_spent_total{caller="class:default",route="bulk"}"#,
+            5.0,
+        ),
         (
             r#"wikigate_cache_invalidations_total{route="watch_space"}"#,
             1.0,

@@ -82,6 +82,7 @@ async fn reload_changes_limits_ttls_and_keys_without_dropping_requests() {
         key_hash: KeyHash::of(KEY),
         requests: None,
         upstream: None,
+        points: None,
     }];
     let restart = h
         .gateway

@@ -55,6 +55,7 @@ async fn soak_keeps_every_promise_under_faults() {
                 ttl: Duration::from_secs(2),
                 stale_if_error: Duration::from_secs(3),
                 stale_while_revalidate: Duration::ZERO,
+                stale_on_low_quota: Duration::ZERO,
             });
         })
         .await,

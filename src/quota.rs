@@ -1,0 +1,868 @@
+//! Atlassian's points quota: what a call costs, where the site stands, and who spends it.
+//!
+//! - **Cost** ([`cost`]), by Atlassian's table: 1 point per call, plus 2 per user or group
+//!   object in the answer and 1 per object the table does not name (an email record, a
+//!   property); a write costs 1.
+//! - **The site's standing** ([`Site`]): the quota, window, remaining points and reset that
+//!   upstream's own headers state — `RateLimit-Policy`/`RateLimit` (enforced), their `Beta-`
+//!   forms (a policy in shadow mode), `X-RateLimit-*` — or, while upstream says nothing,
+//!   `quota.points_per_hour` less what wikigate spent this hour. From successive readings, the
+//!   burn rate and when the points run out at that rate.
+//! - **Accounts** ([`Accounts`]): per caller (a client's name or `class:NAME`, a bounded set),
+//!   points spent on upstream calls and saved by answers made without one, in total by route
+//!   and this hour.
+//! - **Hours** ([`hour`]): aligned to the top of the UTC hour, as Atlassian's. They are read on
+//!   tokio's clock, anchored once to the wall clock: the same instant on every path of this
+//!   process, and a test that pauses time moves the hour too.
+//!
+//! Invariants: a shadow policy is reported, never acted on ([`Site::pressure`] ignores it);
+//! a reading whose window has ended says nothing about the next one; hours roll over on
+//! their own (an account read in a new hour reads zero for it).
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use http::StatusCode;
+use http::header::{HeaderMap, HeaderName};
+use tokio::time::Instant;
+
+use crate::routes::{Objects, Route};
+
+const ROUTES: usize = Route::ALL.len();
+
+/// Atlassian's quota window and wikigate's budgets' window.
+pub const HOUR: Duration = Duration::from_secs(3600);
+
+/// The points an answer of `route` with `objects` objects costs.
+pub fn cost_of(route: Route, objects: u32) -> u32 {
+    let each = match route.spec().objects {
+        Objects::User | Objects::UsersOrGroups => 2,
+        Objects::Record | Objects::Records => 1,
+        Objects::Nothing => 0,
+    };
+    1 + each * objects
+}
+
+/// The points a call of `route` cost: a write 1; a read by the objects its (decoded) answer
+/// holds.
+pub fn cost(route: Route, write: bool, body: &[u8]) -> u32 {
+    if write {
+        return 1;
+    }
+    let objects = match route.spec().objects {
+        Objects::User | Objects::Record => 1,
+        Objects::UsersOrGroups | Objects::Records => {
+            match serde_json::from_slice::<serde_json::Value>(body) {
+                Ok(serde_json::Value::Array(items)) => items.len() as u32,
+                Ok(value) => value["results"].as_array().map_or(0, |r| r.len() as u32),
+                Err(_) => 0,
+            }
+        }
+        Objects::Nothing => 0,
+    };
+    cost_of(route, objects)
+}
+
+/// What a call whose answer was streamed, not read, is charged: as if it held one object
+/// where the route answers one, none where it answers a list (the least it can have cost).
+pub fn estimate(route: Route, write: bool) -> u32 {
+    match (write, route.spec().objects) {
+        (true, _) => 1,
+        (false, Objects::User | Objects::Record) => cost_of(route, 1),
+        (false, _) => cost_of(route, 0),
+    }
+}
+
+/// What an upstream answer of `route` with `status` is charged: nothing for a refusal (429);
+/// 1 for a write or an error; else its cost, from its decoded `body` when it was read, or
+/// [`estimate`]d when it was streamed through.
+pub fn charge(route: Route, write: bool, status: StatusCode, body: Option<&[u8]>) -> u32 {
+    match (status, body) {
+        (StatusCode::TOO_MANY_REQUESTS, _) => 0,
+        _ if write || !status.is_success() => 1,
+        (_, Some(body)) => cost(route, false, body),
+        (_, None) => estimate(route, false),
+    }
+}
+
+/// The wall clock as tokio's clock moves it on from the first time it is read.
+fn unix_now(now: Instant) -> Duration {
+    static ANCHOR: OnceLock<(Instant, Duration)> = OnceLock::new();
+    let (at, unix) = *ANCHOR.get_or_init(|| {
+        let unix = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        (Instant::now(), unix)
+    });
+    match now.checked_duration_since(at) {
+        Some(later) => unix + later,
+        None => unix.saturating_sub(at - now),
+    }
+}
+
+/// A window of `length` aligned to the Unix epoch (so an hour starts at the top of a UTC
+/// hour): its number, and the time left in it at `now`.
+pub fn window(now: Instant, length: Duration) -> (u64, Duration) {
+    let unix = unix_now(now).as_nanos();
+    let length_ns = length.as_nanos().max(1);
+    let index = (unix / length_ns) as u64;
+    let left = Duration::from_nanos((length_ns - unix % length_ns) as u64);
+    (index, left)
+}
+
+/// The UTC hour `now` falls in, and the time left in it.
+pub fn hour(now: Instant) -> (u64, Duration) {
+    window(now, HOUR)
+}
+
+/// Where a policy's figures came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// Upstream's enforced policy (`RateLimit-Policy`, `X-RateLimit-*`).
+    Enforced,
+    /// Upstream's policy in shadow mode (`Beta-RateLimit-Policy`): reported, not enforced.
+    Shadow,
+    /// `quota.points_per_hour`, less wikigate's own spend this hour.
+    Configured,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Enforced => "enforced",
+            Source::Shadow => "shadow",
+            Source::Configured => "configured",
+        }
+    }
+}
+
+/// The site's quota as it stands.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Standing {
+    pub source: Source,
+    /// Points per window, and the window.
+    pub quota: u64,
+    pub window: Duration,
+    pub remaining: u64,
+    pub reset_in: Duration,
+    /// Upstream's `X-RateLimit-NearLimit: true` (under 20 % left).
+    pub near_limit: bool,
+    /// Points spent per hour at the recent rate, when two readings a second apart say.
+    pub burn_per_hour: Option<f64>,
+    /// When the remaining points run out at that rate (`None`: not spending).
+    pub exhaustion_in: Option<Duration>,
+}
+
+/// What the site's quota means for the next upstream call.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Pressure {
+    /// The enforced (or configured) remaining share of the quota, `None` when unknown.
+    pub share: Option<f64>,
+    /// Upstream says it is near its limit.
+    pub near_limit: bool,
+    /// Upstream refused for its quota (or said none is left): nothing goes until then.
+    pub exhausted_for: Option<Duration>,
+}
+
+impl Pressure {
+    /// Whether the quota is under `reserve` (a share of it), or upstream says it is near.
+    pub fn under(&self, reserve: f64) -> bool {
+        self.near_limit || self.share.is_some_and(|share| share < reserve)
+    }
+}
+
+/// One reading of upstream's policy headers.
+#[derive(Debug, Clone, Copy)]
+struct Reading {
+    source: Source,
+    quota: u64,
+    window: Duration,
+    remaining: u64,
+    reset_at: Instant,
+    near_limit: bool,
+}
+
+#[derive(Debug, Default)]
+struct SiteState {
+    points_per_hour: Option<u64>,
+    reserve: f64,
+    reading: Option<Reading>,
+    /// Points spent this hour through this gateway: (hour, points); the cluster's total when
+    /// the cluster counts it.
+    spent: (u64, u64),
+    /// Recent (instant, remaining) of the source in force, for the burn rate.
+    samples: VecDeque<(Instant, u64)>,
+    exhausted_until: Option<Instant>,
+}
+
+/// How far back the burn rate looks.
+const BURN_WINDOW: Duration = Duration::from_secs(300);
+
+/// The site's points quota, as upstream's answers and wikigate's own spending tell it.
+#[derive(Debug, Default)]
+pub struct Site {
+    state: Mutex<SiteState>,
+}
+
+impl Site {
+    /// `points_per_hour`: the quota when upstream says nothing (`quota.points_per_hour`);
+    /// `reserve`: the share of it under which the quota is low (`quota.reserve`).
+    pub fn new(points_per_hour: Option<u64>, reserve: f64) -> Site {
+        let site = Site::default();
+        site.configure(points_per_hour, reserve);
+        site
+    }
+
+    /// Replaces the configured quota and reserve (SIGHUP).
+    pub fn configure(&self, points_per_hour: Option<u64>, reserve: f64) {
+        let mut state = self.state.lock().expect("lock");
+        state.points_per_hour = points_per_hour;
+        state.reserve = reserve;
+    }
+
+    /// Whether `quota.points_per_hour` is set (so wikigate's spending counts it down).
+    pub fn configured(&self) -> bool {
+        self.state.lock().expect("lock").points_per_hour.is_some()
+    }
+
+    /// `quota.reserve`.
+    pub fn reserve(&self) -> f64 {
+        self.state.lock().expect("lock").reserve
+    }
+
+    /// Whether the quota is under the reserve, or upstream says it is near its limit.
+    pub fn low(&self) -> bool {
+        self.pressure().under(self.reserve())
+    }
+
+    /// Learns from an upstream answer's headers (any status).
+    pub fn observe(&self, status: StatusCode, headers: &HeaderMap) {
+        let now = Instant::now();
+        let reading = read_policy(headers, now);
+        let quota_refusal = status == StatusCode::TOO_MANY_REQUESTS
+            && headers
+                .get("ratelimit-reason")
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|reason| reason.contains("quota"));
+        if reading.is_none() && !quota_refusal {
+            return;
+        }
+        let mut state = self.state.lock().expect("lock");
+        if let Some(reading) = reading {
+            let fresh_window = state.reading.is_none_or(|old| {
+                old.source != reading.source || reading.remaining > old.remaining
+            });
+            if fresh_window {
+                state.samples.clear();
+            }
+            state.push_sample(now, reading.remaining);
+            state.reading = Some(reading);
+            if reading.source == Source::Enforced && reading.remaining == 0 {
+                state.exhausted_until = Some(reading.reset_at);
+            }
+        }
+        if quota_refusal {
+            let wait = retry_after_secs(headers)
+                .or_else(|| {
+                    state
+                        .reading
+                        .map(|r| r.reset_at.saturating_duration_since(now))
+                })
+                .unwrap_or(Duration::from_secs(60));
+            state.exhausted_until = Some(now + wait);
+        }
+    }
+
+    /// Counts points this gateway spent (`total`: the cluster's total this hour, when it
+    /// keeps one; else this replica's spending is added up here).
+    pub fn spent(&self, points: u32, total: Option<u64>) {
+        let now = Instant::now();
+        let (hour, _) = hour(now);
+        let mut state = self.state.lock().expect("lock");
+        let before = if state.spent.0 == hour {
+            state.spent.1
+        } else {
+            0
+        };
+        state.spent = (hour, total.unwrap_or(before + u64::from(points)));
+        if state.upstream_reading(now).is_none()
+            && let Some(quota) = state.points_per_hour
+        {
+            let remaining = quota.saturating_sub(state.spent.1);
+            if before == 0 {
+                state.samples.clear();
+            }
+            state.push_sample(now, remaining);
+        }
+    }
+
+    /// The quota as it stands: upstream's latest reading while its window lasts, else the
+    /// configured quota; `None` when neither says anything.
+    pub fn standing(&self) -> Option<Standing> {
+        let now = Instant::now();
+        let state = self.state.lock().expect("lock");
+        let (source, quota, window, remaining, reset_in, near_limit) =
+            match state.upstream_reading(now) {
+                Some(r) => (
+                    r.source,
+                    r.quota,
+                    r.window,
+                    r.remaining,
+                    r.reset_at - now,
+                    r.near_limit,
+                ),
+                None => {
+                    let quota = state.points_per_hour?;
+                    let (hour, left) = hour(now);
+                    let spent = if state.spent.0 == hour {
+                        state.spent.1
+                    } else {
+                        0
+                    };
+                    let remaining = quota.saturating_sub(spent);
+                    (Source::Configured, quota, HOUR, remaining, left, false)
+                }
+            };
+        let burn_per_second = state.burn_per_second();
+        Some(Standing {
+            source,
+            quota,
+            window,
+            remaining,
+            reset_in,
+            near_limit,
+            burn_per_hour: burn_per_second.map(|rate| rate * 3600.0),
+            exhaustion_in: burn_per_second
+                .filter(|rate| *rate > 0.0)
+                .map(|rate| Duration::from_secs_f64(remaining as f64 / rate)),
+        })
+    }
+
+    /// What the quota means for the next upstream call (shadow policies mean nothing).
+    pub fn pressure(&self) -> Pressure {
+        let now = Instant::now();
+        let exhausted_for = {
+            let state = self.state.lock().expect("lock");
+            state
+                .exhausted_until
+                .filter(|until| *until > now)
+                .map(|until| until - now)
+        };
+        match self.standing() {
+            Some(standing) if standing.source != Source::Shadow => Pressure {
+                share: (standing.quota > 0)
+                    .then(|| standing.remaining as f64 / standing.quota as f64),
+                near_limit: standing.near_limit,
+                exhausted_for,
+            },
+            _ => Pressure {
+                share: None,
+                near_limit: false,
+                exhausted_for,
+            },
+        }
+    }
+}
+
+impl SiteState {
+    /// Upstream's reading, while its window lasts.
+    fn upstream_reading(&self, now: Instant) -> Option<Reading> {
+        self.reading.filter(|r| r.reset_at > now)
+    }
+
+    fn push_sample(&mut self, now: Instant, remaining: u64) {
+        self.samples.push_back((now, remaining));
+        while self
+            .samples
+            .front()
+            .is_some_and(|(at, _)| now.duration_since(*at) > BURN_WINDOW)
+        {
+            self.samples.pop_front();
+        }
+    }
+
+    /// Points per second over the recent samples, when they span at least a second.
+    fn burn_per_second(&self) -> Option<f64> {
+        let (first_at, first) = *self.samples.front()?;
+        let (last_at, last) = *self.samples.back()?;
+        let span = last_at.duration_since(first_at);
+        (span >= Duration::from_secs(1))
+            .then(|| first.saturating_sub(last) as f64 / span.as_secs_f64())
+    }
+}
+
+/// `Retry-After` (or `Beta-Retry-After`) in whole seconds.
+fn retry_after_secs(headers: &HeaderMap) -> Option<Duration> {
+    ["retry-after", "beta-retry-after"]
+        .into_iter()
+        .find_map(|name| {
+            let value = headers.get(name)?.to_str().ok()?.trim();
+            value.parse::<u64>().ok().map(Duration::from_secs)
+        })
+}
+
+/// Upstream's policy headers: the enforced `RateLimit-Policy` + `RateLimit` pair, else the
+/// `X-RateLimit-*` set, else the shadow (`Beta-`) pair.
+fn read_policy(headers: &HeaderMap, now: Instant) -> Option<Reading> {
+    let near_limit = headers
+        .get("x-ratelimit-nearlimit")
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"true"));
+    let pair = |prefix: &str| {
+        let policy = header_str(headers, &format!("{prefix}ratelimit-policy"))?;
+        let state = header_str(headers, &format!("{prefix}ratelimit"))?;
+        let (name, quota, window) = quota_policy(policy)?;
+        let (remaining, reset) = quota_state(state, &name)?;
+        Some((quota, window, remaining, reset))
+    };
+    let (source, (quota, window, remaining, reset)) = match pair("") {
+        Some(figures) => (Source::Enforced, figures),
+        None => match legacy(headers) {
+            Some(figures) => (Source::Enforced, figures),
+            None => (Source::Shadow, pair("beta-")?),
+        },
+    };
+    Some(Reading {
+        source,
+        quota,
+        window,
+        remaining,
+        reset_at: now + reset,
+        near_limit: near_limit && source == Source::Enforced,
+    })
+}
+
+fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get(HeaderName::from_bytes(name.as_bytes()).ok()?)?
+        .to_str()
+        .ok()
+}
+
+/// `X-RateLimit-Limit`, `-Remaining`, `-Reset` (an RFC 3339 time or seconds): the quota is
+/// assumed to be Atlassian's hour.
+fn legacy(headers: &HeaderMap) -> Option<(u64, Duration, u64, Duration)> {
+    let number = |name| header_str(headers, name)?.trim().parse::<u64>().ok();
+    let quota = number("x-ratelimit-limit")?;
+    let remaining = number("x-ratelimit-remaining")?;
+    let reset = header_str(headers, "x-ratelimit-reset")
+        .and_then(seconds_until)
+        .unwrap_or_else(|| hour(Instant::now()).1);
+    Some((quota, HOUR, remaining, reset))
+}
+
+/// Seconds, or the time until an RFC 3339 UTC timestamp (Atlassian's `X-RateLimit-Reset`).
+pub fn seconds_until(value: &str) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = parse_rfc3339(value)?;
+    Some(at.duration_since(SystemTime::now()).unwrap_or_default())
+}
+
+/// A UTC RFC 3339 timestamp (`2024-05-01T12:00:00Z`, `2024-05-01T12:00Z`, fractions allowed).
+fn parse_rfc3339(value: &str) -> Option<SystemTime> {
+    let datetime: toml::value::Datetime = value.parse().ok()?;
+    let (date, time) = (datetime.date?, datetime.time?);
+    if !matches!(datetime.offset, Some(toml::value::Offset::Z)) {
+        return None;
+    }
+    // Howard Hinnant's days-from-civil.
+    let (y, m, d) = (
+        i64::from(date.year),
+        i64::from(date.month),
+        i64::from(date.day),
+    );
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = days * 86_400
+        + i64::from(time.hour) * 3600
+        + i64::from(time.minute) * 60
+        + i64::from(time.second.unwrap_or(0));
+    let secs = u64::try_from(secs).ok()?;
+    Some(
+        SystemTime::UNIX_EPOCH
+            + Duration::from_secs(secs)
+            + Duration::from_nanos(u64::from(time.nanosecond.unwrap_or(0))),
+    )
+}
+
+/// The items of a structured-field list (RFC 9651) with their parameters: `"name";k=v;…`.
+/// Tolerant: an item it cannot read is skipped.
+fn items(value: &str) -> impl Iterator<Item = (String, BTreeMap<String, u64>)> + '_ {
+    value.split(',').filter_map(|item| {
+        let mut parts = item.split(';').map(str::trim);
+        let name = parts.next()?.trim_matches('"').to_owned();
+        let params = parts
+            .filter_map(|param| {
+                let (key, value) = param.split_once('=')?;
+                Some((key.trim().to_owned(), value.trim().parse().ok()?))
+            })
+            .collect();
+        Some((name, params))
+    })
+}
+
+/// The points policy of `RateLimit-Policy`: its name, quota (`q`) and window (`w`, seconds).
+/// Atlassian's is `tenant-app-quota`; otherwise the first policy with both.
+fn quota_policy(value: &str) -> Option<(String, u64, Duration)> {
+    let policies: Vec<_> = items(value)
+        .filter_map(|(name, params)| {
+            let quota = *params.get("q")?;
+            let window = params.get("w").copied().unwrap_or(3600);
+            Some((name, quota, Duration::from_secs(window)))
+        })
+        .collect();
+    let preferred = policies
+        .iter()
+        .position(|(name, ..)| name == "tenant-app-quota");
+    policies.into_iter().nth(preferred.unwrap_or(0))
+}
+
+/// The remaining points (`r`) and seconds to reset (`t`) `RateLimit` states for `policy`.
+fn quota_state(value: &str, policy: &str) -> Option<(u64, Duration)> {
+    let mut all: Vec<_> = items(value).collect();
+    let index = all.iter().position(|(name, _)| name == policy).unwrap_or(0);
+    if index >= all.len() {
+        return None;
+    }
+    let (_, params) = all.swap_remove(index);
+    Some((*params.get("r")?, Duration::from_secs(*params.get("t")?)))
+}
+
+/// One caller's points: spent on upstream calls and saved by answers made without one, by
+/// route in total, and this hour.
+#[derive(Debug)]
+pub struct Account {
+    label: Arc<str>,
+    spent: [AtomicU64; ROUTES],
+    saved: [AtomicU64; ROUTES],
+    /// The hour `this_hour` counts, and its (spent, saved).
+    hour: AtomicU64,
+    spent_hour: AtomicU64,
+    saved_hour: AtomicU64,
+}
+
+impl Account {
+    fn new(label: Arc<str>) -> Account {
+        Account {
+            label,
+            spent: std::array::from_fn(|_| AtomicU64::new(0)),
+            saved: std::array::from_fn(|_| AtomicU64::new(0)),
+            hour: AtomicU64::new(0),
+            spent_hour: AtomicU64::new(0),
+            saved_hour: AtomicU64::new(0),
+        }
+    }
+
+    /// The caller's name in metrics and on the status page.
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    /// Points an upstream call of `route` cost, at `now`.
+    pub fn spend(&self, route: Route, points: u32, now: Instant) {
+        self.roll(now);
+        self.spent[route.index()].fetch_add(u64::from(points), Ordering::Relaxed);
+        self.spent_hour
+            .fetch_add(u64::from(points), Ordering::Relaxed);
+    }
+
+    /// Points an answer of `route` made without an upstream call saved, at `now`.
+    pub fn save(&self, route: Route, points: u32, now: Instant) {
+        self.roll(now);
+        self.saved[route.index()].fetch_add(u64::from(points), Ordering::Relaxed);
+        self.saved_hour
+            .fetch_add(u64::from(points), Ordering::Relaxed);
+    }
+
+    /// Points spent and saved on `route`, in total.
+    pub fn by_route(&self, route: Route) -> (u64, u64) {
+        (
+            self.spent[route.index()].load(Ordering::Relaxed),
+            self.saved[route.index()].load(Ordering::Relaxed),
+        )
+    }
+
+    /// Points spent and saved this hour.
+    pub fn this_hour(&self) -> (u64, u64) {
+        self.roll(Instant::now());
+        (
+            self.spent_hour.load(Ordering::Relaxed),
+            self.saved_hour.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Starts a new hour's counts when `now` is in a later hour than they are of.
+    fn roll(&self, now: Instant) {
+        let (hour, _) = hour(now);
+        let counted = self.hour.load(Ordering::Relaxed);
+        if counted != hour
+            && self
+                .hour
+                .compare_exchange(counted, hour, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+        {
+            self.spent_hour.store(0, Ordering::Relaxed);
+            self.saved_hour.store(0, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The quota state of one gateway: the site's standing and every caller's account.
+#[derive(Debug, Default)]
+pub struct Quota {
+    pub site: Site,
+    pub accounts: Accounts,
+}
+
+impl Quota {
+    pub fn new(points_per_hour: Option<u64>, reserve: f64) -> Quota {
+        Quota {
+            site: Site::new(points_per_hour, reserve),
+            accounts: Accounts::default(),
+        }
+    }
+}
+
+/// Every caller's account, by label; accounts live as long as the process (the labels are a
+/// bounded set: configured clients and classes).
+#[derive(Debug, Default)]
+pub struct Accounts {
+    by_label: Mutex<BTreeMap<Arc<str>, Arc<Account>>>,
+}
+
+impl Accounts {
+    /// The account of `label`, made on first use.
+    pub fn get(&self, label: &str) -> Arc<Account> {
+        let mut accounts = self.by_label.lock().expect("lock");
+        if let Some(account) = accounts.get(label) {
+            return account.clone();
+        }
+        let label: Arc<str> = Arc::from(label);
+        let account = Arc::new(Account::new(label.clone()));
+        accounts.insert(label, account.clone());
+        account
+    }
+
+    /// Every account, in label order.
+    pub fn all(&self) -> Vec<Arc<Account>> {
+        self.by_label
+            .lock()
+            .expect("lock")
+            .values()
+            .cloned()
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        pairs
+            .iter()
+            .map(|(name, value)| {
+                (
+                    HeaderName::from_static(name),
+                    HeaderValue::from_static(value),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn calls_cost_what_atlassians_table_says() {
+        let bulk = br#"{"results":[{"accountId":"a"},{"accountId":"b"}],"size":2}"#;
+        assert_eq!(cost(Route::Bulk, false, bulk), 5);
+        assert_eq!(cost(Route::MemberOf, false, br#"{"results":[]}"#), 1);
+        assert_eq!(cost(Route::User, false, b"{}"), 3);
+        assert_eq!(cost(Route::Email, false, b"{}"), 2);
+        assert_eq!(
+            cost(Route::EmailBulk, false, br#"[{"a":1},{"a":2},{"a":3}]"#),
+            4
+        );
+        assert_eq!(cost(Route::Properties, false, br#"{"results":[{}]}"#), 2);
+        assert_eq!(cost(Route::WatchSpace, false, br#"{"watching":true}"#), 1);
+        assert_eq!(cost(Route::Property, true, b""), 1, "writes cost 1");
+        assert_eq!(estimate(Route::Current, false), 3);
+        assert_eq!(estimate(Route::Bulk, false), 1);
+        let ok = StatusCode::OK;
+        assert_eq!(charge(Route::Bulk, false, ok, Some(bulk)), 5);
+        assert_eq!(
+            charge(Route::Bulk, false, ok, None),
+            1,
+            "streamed: the least"
+        );
+        assert_eq!(
+            charge(Route::User, false, StatusCode::NOT_FOUND, Some(b"{}")),
+            1
+        );
+        assert_eq!(
+            charge(Route::User, false, StatusCode::TOO_MANY_REQUESTS, None),
+            0
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn enforced_headers_win_and_shadow_ones_are_reported_only() {
+        let site = Site::new(None, 0.2);
+        assert_eq!(site.standing(), None);
+        site.observe(
+            StatusCode::OK,
+            &headers(&[
+                (
+                    "beta-ratelimit-policy",
+                    "\"tenant-app-quota\";q=100100;w=3600",
+                ),
+                ("beta-ratelimit", "\"tenant-app-quota\";r=10;t=2107"),
+            ]),
+        );
+        let shadow = site.standing().unwrap();
+        assert_eq!(
+            (shadow.source, shadow.quota, shadow.remaining),
+            (Source::Shadow, 100_100, 10)
+        );
+        assert_eq!(shadow.reset_in, Duration::from_secs(2107));
+        assert!(
+            !site.pressure().under(0.2),
+            "a shadow policy is not acted on"
+        );
+
+        site.observe(
+            StatusCode::OK,
+            &headers(&[
+                (
+                    "ratelimit-policy",
+                    "\"burst\";q=100;w=1, \"tenant-app-quota\";q=1000;w=3600",
+                ),
+                (
+                    "ratelimit",
+                    "\"burst\";r=99;t=1, \"tenant-app-quota\";r=150;t=600",
+                ),
+                ("x-ratelimit-nearlimit", "true"),
+            ]),
+        );
+        let enforced = site.standing().unwrap();
+        assert_eq!(
+            (enforced.source, enforced.quota, enforced.remaining),
+            (Source::Enforced, 1000, 150)
+        );
+        let pressure = site.pressure();
+        assert_eq!(pressure.share, Some(0.15));
+        assert!(pressure.near_limit && pressure.under(0.1));
+
+        // The window ends: the reading says nothing about the next one.
+        tokio::time::advance(Duration::from_secs(600)).await;
+        assert_eq!(site.standing(), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_legacy_set_and_a_quota_refusal_are_read() {
+        let site = Site::new(None, 0.2);
+        site.observe(
+            StatusCode::OK,
+            &headers(&[
+                ("x-ratelimit-limit", "5000"),
+                ("x-ratelimit-remaining", "4000"),
+                ("x-ratelimit-reset", "120"),
+            ]),
+        );
+        let standing = site.standing().unwrap();
+        assert_eq!((standing.quota, standing.remaining), (5000, 4000));
+        assert_eq!(standing.reset_in, Duration::from_secs(120));
+
+        site.observe(
+            StatusCode::TOO_MANY_REQUESTS,
+            &headers(&[
+                ("ratelimit-reason", "confluence-quota-tenant-based"),
+                ("retry-after", "30"),
+            ]),
+        );
+        assert_eq!(site.pressure().exhausted_for, Some(Duration::from_secs(30)));
+        tokio::time::advance(Duration::from_secs(30)).await;
+        assert_eq!(site.pressure().exhausted_for, None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_burn_rate_projects_exhaustion() {
+        let site = Site::new(None, 0.2);
+        let reading = |remaining: &'static str| {
+            headers(&[
+                ("ratelimit-policy", "\"tenant-app-quota\";q=10000;w=3600"),
+                ("ratelimit", remaining),
+            ])
+        };
+        site.observe(
+            StatusCode::OK,
+            &reading("\"tenant-app-quota\";r=9000;t=3000"),
+        );
+        tokio::time::advance(Duration::from_secs(10)).await;
+        site.observe(
+            StatusCode::OK,
+            &reading("\"tenant-app-quota\";r=8900;t=2990"),
+        );
+        let standing = site.standing().unwrap();
+        assert_eq!(standing.burn_per_hour, Some(36_000.0));
+        assert_eq!(standing.exhaustion_in, Some(Duration::from_secs(890)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_configured_quota_counts_down_with_wikigates_spending_and_resets_hourly() {
+        let site = Site::new(Some(1000), 0.2);
+        site.spent(100, None);
+        site.spent(50, None);
+        let standing = site.standing().unwrap();
+        assert_eq!(
+            (standing.source, standing.remaining),
+            (Source::Configured, 850)
+        );
+        assert_eq!(site.pressure().share, Some(0.85));
+        tokio::time::advance(standing.reset_in).await;
+        assert_eq!(site.standing().unwrap().remaining, 1000, "a new hour");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn accounts_count_this_hour_and_in_total() {
+        let accounts = Accounts::default();
+        let batch = accounts.get("class:batch");
+        let now = Instant::now();
+        batch.spend(Route::Bulk, 41, now);
+        batch.save(Route::Bulk, 9, now);
+        assert!(Arc::ptr_eq(&batch, &accounts.get("class:batch")));
+        assert_eq!(batch.this_hour(), (41, 9));
+        let (_, left) = hour(Instant::now());
+        tokio::time::advance(left).await;
+        assert_eq!(batch.this_hour(), (0, 0), "the top of the hour");
+        assert_eq!(batch.by_route(Route::Bulk), (41, 9));
+    }
+
+    #[test]
+    fn rfc3339_timestamps_are_read() {
+        let epoch = parse_rfc3339("1970-01-02T00:00:01Z").unwrap();
+        assert_eq!(epoch, UNIX_EPOCH + Duration::from_secs(86_401));
+        let y2k = parse_rfc3339("2000-03-01T00:00:00.5Z").unwrap();
+        assert_eq!(
+            y2k.duration_since(UNIX_EPOCH).unwrap().as_millis(),
+            951_868_800_500
+        );
+        assert!(parse_rfc3339("2000-03-01T00:00:00+02:00").is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn hours_end_at_the_top_of_the_utc_hour() {
+        let (index, left) = hour(Instant::now());
+        let unix = unix_now(Instant::now());
+        assert_eq!((unix + left).as_secs() % 3600, 0);
+        tokio::time::advance(left).await;
+        assert_eq!(hour(Instant::now()), (index + 1, HOUR));
+    }
+}
