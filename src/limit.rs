@@ -904,6 +904,23 @@ mod tests {
         }
     }
 
+    #[test]
+    fn lower_priorities_meet_the_reserve_first() {
+        let mut config = LimitsConfig::default();
+        for (name, priority) in [("batch", 0), ("default", 5), ("interactive", 10)] {
+            let class = crate::config::ClassLimits {
+                priority,
+                ..Default::default()
+            };
+            config.classes.insert(name.to_owned(), class);
+        }
+        let below = reserve_thresholds(&config, 0.3);
+        assert_eq!([below(0), below(5), below(10)], [0.3, 0.15, 0.0]);
+        let mut alone = LimitsConfig::default();
+        alone.classes.get_mut("default").unwrap().priority = 7;
+        assert_eq!(reserve_thresholds(&alone, 0.3)(7), 0.0, "nobody to protect");
+    }
+
     #[tokio::test]
     async fn near_limit_halves_the_global_budget_until_the_reset() {
         let config = LimitsConfig {

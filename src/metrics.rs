@@ -564,58 +564,60 @@ impl Points {
             let gauge = encoder.encode_descriptor(name, help, unit, MetricType::Gauge)?;
             ConstGauge::new(value).encode(gauge)?;
         }
-        let Some(standing) = site.standing() else {
-            return Ok(());
-        };
-        let labels = [("source", standing.source.as_str())];
+        // Every family is described, with a sample where the standing says something.
+        let standing = site.standing();
+        let labels = [("source", standing.map_or("none", |s| s.source.as_str()))];
         let figures = [
             (
                 "site_quota",
                 "The site's points quota per window",
-                Some(standing.quota as f64),
+                standing.map(|s| s.quota as f64),
                 None,
             ),
             (
                 "site_quota_remaining",
                 "Points the site has left in this window",
-                Some(standing.remaining as f64),
+                standing.map(|s| s.remaining as f64),
                 None,
             ),
             (
                 "site_quota_window",
                 "The quota's window",
-                Some(standing.window.as_secs_f64()),
+                standing.map(|s| s.window.as_secs_f64()),
                 Some(&Unit::Seconds),
             ),
             (
                 "site_quota_reset",
                 "Time until the quota's window resets",
-                Some(standing.reset_in.as_secs_f64()),
+                standing.map(|s| s.reset_in.as_secs_f64()),
                 Some(&Unit::Seconds),
             ),
             (
                 "site_quota_burn_points_per_hour",
                 "Points spent per hour at the recent rate (the last 5 minutes of readings)",
-                standing.burn_per_hour,
+                standing.and_then(|s| s.burn_per_hour),
                 None,
             ),
             (
                 "site_quota_exhaustion",
                 "When the remaining points run out at the recent rate",
-                standing.exhaustion_in.map(|d| d.as_secs_f64()),
+                standing
+                    .and_then(|s| s.exhaustion_in)
+                    .map(|d| d.as_secs_f64()),
                 Some(&Unit::Seconds),
             ),
             (
                 "site_quota_near_limit",
                 "1 while upstream says X-RateLimit-NearLimit: true",
-                Some(f64::from(u8::from(standing.near_limit))),
+                standing.map(|s| f64::from(u8::from(s.near_limit))),
                 None,
             ),
         ];
         for (name, help, value, unit) in figures {
-            let Some(value) = value else { continue };
             let mut family = encoder.encode_descriptor(name, help, unit, MetricType::Gauge)?;
-            ConstGauge::new(value).encode(family.encode_family(&labels)?)?;
+            if let Some(value) = value {
+                ConstGauge::new(value).encode(family.encode_family(&labels)?)?;
+            }
         }
         Ok(())
     }

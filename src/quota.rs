@@ -192,8 +192,9 @@ struct SiteState {
     /// Points spent this hour through this gateway: (hour, points); the cluster's total when
     /// the cluster counts it.
     spent: (u64, u64),
-    /// Recent (instant, remaining) of the source in force, for the burn rate.
+    /// Recent (instant, remaining) of one source, for the burn rate.
     samples: VecDeque<(Instant, u64)>,
+    samples_of: Option<Source>,
     exhausted_until: Option<Instant>,
 }
 
@@ -251,13 +252,7 @@ impl Site {
         }
         let mut state = self.state.lock().expect("lock");
         if let Some(reading) = reading {
-            let fresh_window = state.reading.is_none_or(|old| {
-                old.source != reading.source || reading.remaining > old.remaining
-            });
-            if fresh_window {
-                state.samples.clear();
-            }
-            state.push_sample(now, reading.remaining);
+            state.push_sample(reading.source, now, reading.remaining);
             state.reading = Some(reading);
             if reading.source == Source::Enforced && reading.remaining == 0 {
                 state.exhausted_until = Some(reading.reset_at);
@@ -287,45 +282,43 @@ impl Site {
             0
         };
         state.spent = (hour, total.unwrap_or(before + u64::from(points)));
-        if state.upstream_reading(now).is_none()
+        if state.in_force(now) == Some(Source::Configured)
             && let Some(quota) = state.points_per_hour
         {
             let remaining = quota.saturating_sub(state.spent.1);
-            if before == 0 {
-                state.samples.clear();
-            }
-            state.push_sample(now, remaining);
+            state.push_sample(Source::Configured, now, remaining);
         }
     }
 
-    /// The quota as it stands: upstream's latest reading while its window lasts, else the
-    /// configured quota; `None` when neither says anything.
+    /// The quota as it stands: upstream's enforced policy while its window lasts, else the
+    /// configured quota, else upstream's shadow policy; `None` when nothing says anything.
     pub fn standing(&self) -> Option<Standing> {
         let now = Instant::now();
         let state = self.state.lock().expect("lock");
-        let (source, quota, window, remaining, reset_in, near_limit) =
-            match state.upstream_reading(now) {
-                Some(r) => (
-                    r.source,
-                    r.quota,
-                    r.window,
-                    r.remaining,
-                    r.reset_at - now,
-                    r.near_limit,
-                ),
-                None => {
-                    let quota = state.points_per_hour?;
-                    let (hour, left) = hour(now);
-                    let spent = if state.spent.0 == hour {
-                        state.spent.1
-                    } else {
-                        0
-                    };
-                    let remaining = quota.saturating_sub(spent);
-                    (Source::Configured, quota, HOUR, remaining, left, false)
-                }
-            };
-        let burn_per_second = state.burn_per_second();
+        let source = state.in_force(now)?;
+        let (quota, window, remaining, reset_in, near_limit) = match state.upstream_reading(now) {
+            Some(r) if r.source == source => (
+                r.quota,
+                r.window,
+                r.remaining,
+                r.reset_at - now,
+                r.near_limit,
+            ),
+            _ => {
+                let quota = state.points_per_hour?;
+                let (hour, left) = hour(now);
+                let spent = if state.spent.0 == hour {
+                    state.spent.1
+                } else {
+                    0
+                };
+                let remaining = quota.saturating_sub(spent);
+                (quota, HOUR, remaining, left, false)
+            }
+        };
+        let burn_per_second = state
+            .burn_per_second()
+            .filter(|_| state.samples_of == Some(source));
         Some(Standing {
             source,
             quota,
@@ -372,7 +365,27 @@ impl SiteState {
         self.reading.filter(|r| r.reset_at > now)
     }
 
-    fn push_sample(&mut self, now: Instant, remaining: u64) {
+    /// Whose figures stand: upstream's enforced policy, else the configured quota, else
+    /// upstream's shadow policy.
+    fn in_force(&self, now: Instant) -> Option<Source> {
+        match self.upstream_reading(now) {
+            Some(r) if r.source == Source::Enforced => Some(Source::Enforced),
+            _ if self.points_per_hour.is_some() => Some(Source::Configured),
+            reading => reading.map(|r| r.source),
+        }
+    }
+
+    /// A reading of `source`'s remaining points; a new window (more left than before) or
+    /// another source starts the samples afresh.
+    fn push_sample(&mut self, source: Source, now: Instant, remaining: u64) {
+        let renewed = self
+            .samples
+            .back()
+            .is_some_and(|(_, last)| remaining > *last);
+        if self.samples_of != Some(source) || renewed {
+            self.samples.clear();
+            self.samples_of = Some(source);
+        }
         self.samples.push_back((now, remaining));
         while self
             .samples
@@ -490,6 +503,31 @@ fn parse_rfc3339(value: &str) -> Option<SystemTime> {
         SystemTime::UNIX_EPOCH
             + Duration::from_secs(secs)
             + Duration::from_nanos(u64::from(time.nanosecond.unwrap_or(0))),
+    )
+}
+
+/// `at` in UTC as RFC 3339 with milliseconds (`2026-11-30T13:00:00.000Z`), as Atlassian writes
+/// times.
+pub fn rfc3339(at: SystemTime) -> String {
+    let since_epoch = at.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = since_epoch.as_secs();
+    let (days, rest) = ((secs / 86_400) as i64, secs % 86_400);
+    // Howard Hinnant's civil-from-days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rest / 3600,
+        rest % 3600 / 60,
+        rest % 60,
+        since_epoch.subsec_millis()
     )
 }
 
@@ -667,6 +705,14 @@ mod tests {
     use super::*;
     use http::HeaderValue;
 
+    const SHADOW: [(&str, &str); 2] = [
+        (
+            "beta-ratelimit-policy",
+            "\"tenant-app-quota\";q=100100;w=3600",
+        ),
+        ("beta-ratelimit", "\"tenant-app-quota\";r=10;t=2107"),
+    ];
+
     fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
         pairs
             .iter()
@@ -716,16 +762,7 @@ mod tests {
     async fn enforced_headers_win_and_shadow_ones_are_reported_only() {
         let site = Site::new(None, 0.2);
         assert_eq!(site.standing(), None);
-        site.observe(
-            StatusCode::OK,
-            &headers(&[
-                (
-                    "beta-ratelimit-policy",
-                    "\"tenant-app-quota\";q=100100;w=3600",
-                ),
-                ("beta-ratelimit", "\"tenant-app-quota\";r=10;t=2107"),
-            ]),
-        );
+        site.observe(StatusCode::OK, &headers(&SHADOW));
         let shadow = site.standing().unwrap();
         assert_eq!(
             (shadow.source, shadow.quota, shadow.remaining),
@@ -818,12 +855,14 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_configured_quota_counts_down_with_wikigates_spending_and_resets_hourly() {
         let site = Site::new(Some(1000), 0.2);
+        site.observe(StatusCode::OK, &headers(&SHADOW));
         site.spent(100, None);
         site.spent(50, None);
         let standing = site.standing().unwrap();
         assert_eq!(
             (standing.source, standing.remaining),
-            (Source::Configured, 850)
+            (Source::Configured, 850),
+            "a configured quota stands over a shadow policy"
         );
         assert_eq!(site.pressure().share, Some(0.85));
         tokio::time::advance(standing.reset_in).await;
@@ -846,7 +885,10 @@ mod tests {
     }
 
     #[test]
-    fn rfc3339_timestamps_are_read() {
+    fn rfc3339_timestamps_are_written_and_read() {
+        let at = UNIX_EPOCH + Duration::from_millis(951_868_800_500);
+        assert_eq!(rfc3339(at), "2000-03-01T00:00:00.500Z");
+        assert_eq!(parse_rfc3339(&rfc3339(at)), Some(at));
         let epoch = parse_rfc3339("1970-01-02T00:00:01Z").unwrap();
         assert_eq!(epoch, UNIX_EPOCH + Duration::from_secs(86_401));
         let y2k = parse_rfc3339("2000-03-01T00:00:00.5Z").unwrap();

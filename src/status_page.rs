@@ -27,7 +27,7 @@ h1{{font-size:1.4em;margin:0 0 .2em}} h2{{font-size:1.1em;margin:1.4em 0 .4em}}
 .tile{{background:#fff;border:1px solid #ddd;border-radius:6px;padding:.6em 1em;min-width:10em}}
 .tile b{{display:block;font-size:1.6em}} table{{border-collapse:collapse;background:#fff}}
 th,td{{border:1px solid #ddd;padding:.3em .7em;text-align:right}} th{{background:#eee}}
-td:first-child,th:first-child{{text-align:left}} .bar{{background:#e5e5e5;width:20em;height:.8em;border-radius:4px}}
+td:first-child,th:first-child{{text-align:left}} .bar{{background:#e5e5e5;width:20em;height:.8em;border-radius:4px;margin:.3em 0 .8em}}
 .bar span{{display:block;height:100%;background:#3a7;border-radius:4px}} .held{{color:#b30}}
 </style></head><body>
 <h1>wikigate</h1>
@@ -49,11 +49,64 @@ td:first-child,th:first-child{{text-align:left}} .bar{{background:#e5e5e5;width:
         points = status.points_saved,
         upstream = status.upstream,
     );
+    quota_section(&mut html, status);
     routes_table(&mut html, status);
     memory_bar(&mut html, snapshot);
     limited_table(&mut html, status);
     holds(&mut html, snapshot);
     html
+}
+
+/// The site's points quota as it stands, and who spent and saved points this hour.
+fn quota_section(html: &mut String, status: &Status) {
+    html.push_str("<h2>Atlassian quota</h2>\n");
+    match &status.site {
+        None => html.push_str(
+            "<div id=\"site-quota\" class=\"muted\">no quota stated: Confluence sent no RateLimit headers and quota.points_per_hour is not set</div>\n",
+        ),
+        Some(site) => {
+            let lasts = match site.exhaustion_in {
+                Some(left) if left < site.reset_in => {
+                    format!("<span class=\"held\">runs out in {}</span>", human(left))
+                }
+                Some(_) | None => "lasts to the reset".to_owned(),
+            };
+            let burn = site
+                .burn_per_hour
+                .map_or_else(|| "–".to_owned(), |b| format!("{b:.0} points/h"));
+            let low = if status.low_quota {
+                " · <span class=\"held\">under the reserve: lower priorities refused, stale answers on low-quota routes</span>"
+            } else {
+                ""
+            };
+            let _ = write!(
+                html,
+                "<div id=\"site-quota\"><span id=\"quota-remaining\">{}</span> of {} points left ({}, {}) · resets in {} · burning {burn} · {lasts}{low}</div>\n<div class=\"bar\"><span style=\"width:{}\"></span></div>\n",
+                site.remaining,
+                site.quota,
+                percent(site.remaining, site.quota),
+                site.source.as_str(),
+                human(site.reset_in),
+                percent(site.remaining, site.quota),
+            );
+        }
+    }
+    html.push_str("<table id=\"callers\"><tr><th>caller (this hour)</th><th>points spent</th><th>points saved</th></tr>\n");
+    for caller in &status.callers {
+        let _ = writeln!(
+            html,
+            "<tr><td>{}</td><td class=\"spent\">{}</td><td class=\"saved\">{}</td></tr>",
+            escape(&caller.caller),
+            caller.spent_hour,
+            caller.saved_hour,
+        );
+    }
+    if status.callers.is_empty() {
+        html.push_str(
+            "<tr><td colspan=\"3\" class=\"muted\">no points spent or saved this hour</td></tr>\n",
+        );
+    }
+    html.push_str("</table>\n");
 }
 
 /// Per route: requests, hits, misses, stale answers, hit ratio, latency.

@@ -9,10 +9,15 @@
 //! writes need `X-Atlassian-Token: no-check`, user properties can be listed, read, created
 //! (409 if present), updated and deleted (404 if absent), and `_links` carry the site URL.
 //!
+//! It charges Atlassian's points quota and states it on every answer (`points`): in shadow
+//! mode by default (`Beta-RateLimit*`), enforced — 429 once spent — when told
+//! ([`FakeQuota`]), with windows a test can make last seconds.
+//!
 //! Tests steer it through [`FakeConfluence`]: it counts the requests it served per operation,
 //! records what it received, and can be told to answer slowly or with an error status.
 
 mod edge;
+mod points;
 mod site;
 
 use std::sync::Arc;
@@ -28,16 +33,30 @@ use crate::routes::Operation;
 use crate::server::{self, Http};
 
 pub use edge::Shape;
+pub use points::{FakeQuota, QuotaMode};
 pub use site::{DEMO_USERS, DIRECTORY_SIZE, DemoUser, directory_account};
 
 /// How a fake site answers.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy)]
 pub struct FakeOptions {
     pub shape: Shape,
+    /// The points quota it charges and states (hourly, in shadow mode, unless told); `None`:
+    /// it states none, as a site that charges no points (API-token traffic).
+    pub quota: Option<FakeQuota>,
     /// Builds `_links` from `X-Forwarded-Host`/`-Proto` when a request has them, as
     /// proxy-aware applications do (Atlassian Cloud does not): for tests of what a client
     /// could make such an upstream store.
     pub honour_forwarded_host: bool,
+}
+
+impl Default for FakeOptions {
+    fn default() -> Self {
+        FakeOptions {
+            shape: Shape::default(),
+            quota: Some(FakeQuota::default()),
+            honour_forwarded_host: false,
+        }
+    }
 }
 
 /// A request as the fake received it.
@@ -65,6 +84,7 @@ pub struct Faults {
 struct Shared {
     site: site::Site,
     options: FakeOptions,
+    points: Option<points::Points>,
     hits: [AtomicU64; 21],
     requests: AtomicU64,
     faults: std::sync::Mutex<Faults>,
@@ -154,6 +174,7 @@ impl FakeConfluence {
         let shared = Arc::new(Shared {
             site: site::Site::new(base),
             options,
+            points: options.quota.map(points::Points::new),
             hits: Default::default(),
             requests: AtomicU64::new(0),
             faults: Default::default(),
@@ -192,6 +213,15 @@ impl FakeConfluence {
     /// How many user objects bulk lookups (`/user/bulk`) returned.
     pub fn bulk_objects(&self) -> u64 {
         self.shared.site.bulk_objects.load(Ordering::SeqCst)
+    }
+
+    /// Points the fake charged in every window so far, and the calls it refused (429) for
+    /// its quota.
+    pub fn quota_totals(&self) -> (u64, u64) {
+        self.shared
+            .points
+            .as_ref()
+            .map_or((0, 0), points::Points::totals)
     }
 
     /// How many requests reached the fake at all, routed or not.

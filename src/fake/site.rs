@@ -12,6 +12,7 @@ use hyper::body::Incoming;
 use serde_json::{Value, json};
 
 use super::edge::{self, Shape};
+use super::points;
 use super::{RECORD_LIMIT, Recorded, Shared};
 use crate::body::Body;
 use crate::error::error_response;
@@ -185,8 +186,31 @@ impl FakeHandler {
         if let Some(status) = faults.fail_with {
             return error_response(status, "injected failure");
         }
+        if let Some(headers) = shared.points.as_ref().and_then(points::Points::refuse) {
+            let mut refused = error_response(
+                StatusCode::TOO_MANY_REQUESTS,
+                "Rate limit exceeded: the app's points quota for this site is spent",
+            );
+            refused.headers_mut().extend(headers);
+            return refused;
+        }
 
-        let response = self.answer(&parts, &body, &resolved);
+        let mut response = self.answer(&parts, &body, &resolved);
+        if let Some(points) = &shared.points {
+            let answered = match response.body() {
+                Body::Full(bytes) => bytes.clone().unwrap_or_default(),
+                _ => Bytes::new(),
+            };
+            let operation = resolved.operation;
+            let status = response.status();
+            points.charge(
+                operation.route(),
+                operation.verb().is_write(),
+                status,
+                &answered,
+                response.headers_mut(),
+            );
+        }
         let armed = {
             let mut holds = shared.holds.lock().expect("lock");
             let position = holds.iter().position(|(op, _)| *op == resolved.operation);
@@ -862,26 +886,5 @@ static DIRECTORY: std::sync::LazyLock<std::collections::HashMap<&'static str, De
 
 /// The current UTC time as `2022-02-01T12:00:00.111Z`.
 fn now_iso8601() -> String {
-    let since_epoch = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    let secs = since_epoch.as_secs();
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    // Howard Hinnant's civil-from-days algorithm.
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        since_epoch.subsec_millis()
-    )
+    crate::quota::rfc3339(std::time::SystemTime::now())
 }

@@ -512,3 +512,32 @@ async fn answers_that_vary_reach_the_shared_tier_and_keep_their_variant() {
     );
     assert_eq!(p.fake.hits(Operation::GetUser), 2);
 }
+
+#[tokio::test]
+async fn a_points_budget_is_one_budget_across_replicas() {
+    let p = Pair::start(|config| {
+        config.limits.classes.get_mut("default").unwrap().points =
+            Some(wikigate::config::PointsBudget {
+                per_hour: std::num::NonZeroU32::new(12).unwrap(),
+            });
+    })
+    .await;
+    async fn read(client: &TestClient, n: usize) -> Answer {
+        client
+            .request(Method::GET, &format!("{API}/current?n={n}"))
+            .auth(alice())
+            .send()
+            .await
+    }
+    // 3 points a call, all through A: the budget of 12 is spent after four calls, and B
+    // knows it (alone, B would allow its share of 6 points).
+    for n in 0..4 {
+        assert_eq!(read(&p.ca, n).await.status, 200, "call {n}");
+    }
+    for client in [&p.ca, &p.cb] {
+        let refused = read(client, 9).await;
+        refused.assert_error(429);
+        assert_eq!(refused.headers["x-wikigate-limit"], "points");
+    }
+    assert_eq!(p.fake.hits(Operation::GetCurrentUser), 4);
+}

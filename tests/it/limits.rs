@@ -20,14 +20,6 @@ fn rate(rate: u32, per_ms: u64, burst: u32) -> Option<Rate> {
     })
 }
 
-fn header<'a>(answer: &'a Answer, name: &str) -> &'a str {
-    answer
-        .headers
-        .get(name)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-}
-
 #[tokio::test]
 async fn a_caller_over_its_rate_gets_429_while_another_caller_is_unaffected() {
     let h = Harness::start_with(|c| {
@@ -37,8 +29,8 @@ async fn a_caller_over_its_rate_gets_429_while_another_caller_is_unaffected() {
     let target = format!("{API}/current");
     let first = h.client.get(&target, Some(&basic(alice()))).await;
     assert_eq!(first.status, 200);
-    assert_eq!(header(&first, "ratelimit-policy"), "\"requests\";q=2;w=10");
-    assert_eq!(header(&first, "ratelimit"), "\"requests\";r=1;t=5");
+    assert_eq!(first.header("ratelimit-policy"), "\"requests\";q=2;w=10");
+    assert_eq!(first.header("ratelimit"), "\"requests\";r=1;t=5");
     assert_eq!(
         h.client.get(&target, Some(&basic(alice()))).await.status,
         200
@@ -53,17 +45,17 @@ async fn a_caller_over_its_rate_gets_429_while_another_caller_is_unaffected() {
             .contains("request rate limit"),
         "{json}"
     );
-    assert_eq!(header(&refused, "x-wikigate-limit"), "requests");
-    let retry_after: u64 = header(&refused, "retry-after").parse().unwrap();
+    assert_eq!(refused.header("x-wikigate-limit"), "requests");
+    let retry_after: u64 = refused.header("retry-after").parse().unwrap();
     assert!((1..=5).contains(&retry_after), "Retry-After {retry_after}");
     assert_eq!(
-        header(&refused, "ratelimit"),
+        refused.header("ratelimit"),
         format!("\"requests\";r=0;t=10")
     );
 
     let other = h.client.get(&target, Some(&basic(bob()))).await;
     assert_eq!(other.status, 200, "bob has a bucket of his own");
-    assert_eq!(header(&other, "ratelimit"), "\"requests\";r=1;t=5");
+    assert_eq!(other.header("ratelimit"), "\"requests\";r=1;t=5");
 }
 
 #[tokio::test]
@@ -89,7 +81,7 @@ async fn cache_hits_do_not_spend_the_upstream_allowance() {
         .get(&format!("{API}/anonymous"), Some(&basic(alice())))
         .await;
     miss.assert_error(429);
-    assert_eq!(header(&miss, "x-wikigate-limit"), "upstream");
+    assert_eq!(miss.header("x-wikigate-limit"), "upstream");
     assert_eq!(h.fake.requests(), 1);
     assert_eq!(
         h.client.get(&target, Some(&basic(alice()))).await.status,
@@ -144,18 +136,18 @@ async fn an_emptied_bucket_refills_at_the_configured_rate() {
     }
     let refused = get().await;
     refused.assert_error(429);
-    assert_eq!(header(&refused, "retry-after"), "1");
-    assert_eq!(header(&refused, "ratelimit"), "\"requests\";r=0;t=3");
+    assert_eq!(refused.header("retry-after"), "1");
+    assert_eq!(refused.header("ratelimit"), "\"requests\";r=0;t=3");
     tokio::time::advance(Duration::from_millis(999)).await;
     get().await.assert_error(429);
     tokio::time::advance(Duration::from_millis(1)).await;
     let refilled = get().await;
     assert_eq!(refilled.status, 200, "one request a second refills");
-    assert_eq!(header(&refilled, "ratelimit"), "\"requests\";r=0;t=3");
+    assert_eq!(refilled.header("ratelimit"), "\"requests\";r=0;t=3");
     tokio::time::advance(Duration::from_secs(3)).await;
     let full = get().await;
     assert_eq!(
-        header(&full, "ratelimit"),
+        full.header("ratelimit"),
         "\"requests\";r=2;t=1",
         "full after 3 s"
     );
@@ -177,7 +169,7 @@ async fn an_upstream_429_storm_lets_one_request_per_credential_through_per_windo
         .get(&format!("{API}/current?first"), Some(&basic(alice())))
         .await;
     assert_eq!(
-        (first.status.as_u16(), header(&first, "x-wikigate-limit")),
+        (first.status.as_u16(), first.header("x-wikigate-limit")),
         (429, "")
     );
     let started = Instant::now();
@@ -194,7 +186,7 @@ async fn an_upstream_429_storm_lets_one_request_per_credential_through_per_windo
                         .get(&format!("{API}/current?t={t}&n={n}"), Some(&basic(alice())))
                         .await;
                     assert_eq!(answer.status, 429);
-                    match header(&answer, "x-wikigate-limit") {
+                    match answer.header("x-wikigate-limit") {
                         "upstream-hold" => held += 1,
                         "" => atlassian += 1,
                         other => panic!("unexpected limit {other}"),
@@ -228,7 +220,7 @@ async fn an_upstream_429_storm_lets_one_request_per_credential_through_per_windo
         .client
         .get(&format!("{API}/current?bob"), Some(&basic(bob())))
         .await;
-    assert_eq!(header(&other, "x-wikigate-limit"), "");
+    assert_eq!(other.header("x-wikigate-limit"), "");
     assert_eq!(h.fake.requests(), before + 1);
 }
 
@@ -286,8 +278,8 @@ async fn stale_answers_are_served_during_an_upstream_hold() {
         )
         .await;
     uncached.assert_error(429);
-    assert_eq!(header(&uncached, "x-wikigate-limit"), "upstream-hold");
-    let retry_after: u64 = header(&uncached, "retry-after").parse().unwrap();
+    assert_eq!(uncached.header("x-wikigate-limit"), "upstream-hold");
+    let retry_after: u64 = uncached.header("retry-after").parse().unwrap();
     assert_eq!(retry_after, 30, "no time passed since the hold began");
 }
 

@@ -19,6 +19,7 @@ mod layering;
 mod limits;
 mod observability;
 mod properties;
+mod quota;
 mod reload;
 mod shutdown;
 mod soak;

@@ -104,6 +104,14 @@ pub struct Answer {
 }
 
 impl Answer {
+    /// A header's value, or "" when it is absent (or not text).
+    pub fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+
     pub fn json(&self) -> Value {
         serde_json::from_slice(&self.decoded())
             .unwrap_or_else(|e| panic!("body is not JSON ({e}): {:?}", self.body))

@@ -1,0 +1,176 @@
+//! The fake site's points quota, as Atlassian's edge charges and states it.
+//!
+//! Every routed call is charged by Atlassian's table (`quota::charge`) after it is answered;
+//! windows are aligned to multiples of their length on the UTC clock (an hour by default;
+//! a test makes one last seconds). Every answer states the quota:
+//! - enforced: `RateLimit-Policy: "tenant-app-quota";q=…;w=…`, `RateLimit:
+//!   "tenant-app-quota";r=…;t=…`, `X-RateLimit-Limit`, `-Remaining`, `-Reset` (RFC 3339) and,
+//!   under 20 % left, `X-RateLimit-NearLimit: true`; once spent, 429 with
+//!   `RateLimit-Reason: confluence-quota-tenant-based` and `Retry-After` to the window's end;
+//! - shadow: the same policy as `Beta-RateLimit-Policy` / `Beta-RateLimit`, never enforced.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use http::{HeaderMap, HeaderValue, StatusCode};
+use tokio::time::Instant;
+
+use crate::quota;
+use crate::routes::Route;
+
+/// Whether the fake enforces its quota.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuotaMode {
+    /// 429 once spent.
+    Enforced,
+    /// Stated with `Beta-` headers, never enforced (Atlassian's shadow mode).
+    Shadow,
+}
+
+/// The fake site's points quota.
+#[derive(Debug, Clone, Copy)]
+pub struct FakeQuota {
+    /// Points per window.
+    pub points: u64,
+    pub window: Duration,
+    pub mode: QuotaMode,
+}
+
+impl Default for FakeQuota {
+    /// As a site answered before enforcement began: an hourly quota, in shadow mode.
+    fn default() -> Self {
+        FakeQuota {
+            points: 100_100,
+            window: quota::HOUR,
+            mode: QuotaMode::Shadow,
+        }
+    }
+}
+
+/// What the fake has charged.
+#[derive(Debug, Default)]
+struct Charged {
+    window: u64,
+    spent: u64,
+    total: u64,
+    refused: u64,
+}
+
+/// A quota and what it has charged.
+#[derive(Debug, Default)]
+pub(super) struct Points {
+    quota: FakeQuota,
+    charged: Mutex<Charged>,
+}
+
+impl Points {
+    pub(super) fn new(quota: FakeQuota) -> Points {
+        Points {
+            quota,
+            charged: Mutex::default(),
+        }
+    }
+
+    /// Whether an enforced quota is spent: the headers of the 429 if so.
+    pub(super) fn refuse(&self) -> Option<HeaderMap> {
+        let (spent, left) = self.spent_now();
+        if self.quota.mode != QuotaMode::Enforced || spent < self.quota.points {
+            return None;
+        }
+        self.charged.lock().expect("lock").refused += 1;
+        let mut headers = self.headers(spent, left);
+        headers.insert(
+            "ratelimit-reason",
+            HeaderValue::from_static("confluence-quota-tenant-based"),
+        );
+        headers.insert(
+            http::header::RETRY_AFTER,
+            HeaderValue::from(ceil_secs(left)),
+        );
+        Some(headers)
+    }
+
+    /// Charges an answer of `route` (its decoded body) and states the quota on it.
+    pub(super) fn charge(
+        &self,
+        route: Route,
+        write: bool,
+        status: StatusCode,
+        body: &[u8],
+        headers: &mut HeaderMap,
+    ) {
+        let points = u64::from(quota::charge(route, write, status, Some(body)));
+        let (window, left) = quota::window(Instant::now(), self.quota.window);
+        let spent = {
+            let mut charged = self.charged.lock().expect("lock");
+            if charged.window != window {
+                charged.window = window;
+                charged.spent = 0;
+            }
+            charged.spent += points;
+            charged.total += points;
+            charged.spent
+        };
+        headers.extend(self.headers(spent, left));
+    }
+
+    /// Points charged in every window, and the calls refused for the quota.
+    pub(super) fn totals(&self) -> (u64, u64) {
+        let charged = self.charged.lock().expect("lock");
+        (charged.total, charged.refused)
+    }
+
+    /// This window's spending, and the time left in it.
+    fn spent_now(&self) -> (u64, Duration) {
+        let (window, left) = quota::window(Instant::now(), self.quota.window);
+        let charged = self.charged.lock().expect("lock");
+        let spent = if charged.window == window {
+            charged.spent
+        } else {
+            0
+        };
+        (spent, left)
+    }
+
+    fn headers(&self, spent: u64, left: Duration) -> HeaderMap {
+        let FakeQuota {
+            points,
+            window,
+            mode,
+        } = self.quota;
+        let remaining = points.saturating_sub(spent);
+        let reset = ceil_secs(left);
+        let policy = format!("\"tenant-app-quota\";q={points};w={}", window.as_secs());
+        let state = format!("\"tenant-app-quota\";r={remaining};t={reset}");
+        let mut headers = HeaderMap::new();
+        let mut set = |name: &'static str, value: String| {
+            if let Ok(value) = HeaderValue::from_str(&value) {
+                headers.insert(name, value);
+            }
+        };
+        match mode {
+            QuotaMode::Shadow => {
+                set("beta-ratelimit-policy", policy);
+                set("beta-ratelimit", state);
+            }
+            QuotaMode::Enforced => {
+                set("ratelimit-policy", policy);
+                set("ratelimit", state);
+                set("x-ratelimit-limit", points.to_string());
+                set("x-ratelimit-remaining", remaining.to_string());
+                set(
+                    "x-ratelimit-reset",
+                    quota::rfc3339(std::time::SystemTime::now() + left),
+                );
+                if remaining * 5 < points {
+                    set("x-ratelimit-nearlimit", "true".to_owned());
+                }
+            }
+        }
+        headers
+    }
+}
+
+fn ceil_secs(duration: Duration) -> u64 {
+    duration.as_secs() + u64::from(duration.subsec_nanos() > 0)
+}
