@@ -4,7 +4,12 @@
 # gzip (as every HTTP library does; the upstream answers like Atlassian's edge) and for one that
 # does not.
 #
-#   benches/load.sh            # about 10 minutes on 2 cores
+#   benches/load.sh            # about 14 minutes on 2 cores
+#
+# wikigate runs three times over: at the documented defaults (the access log on, one line per
+# request, in the pretty format), with the access log in JSON, and with it off; nginx keeps a
+# buffered access log (`buffer=64k flush=1s`), as its reference configuration would. Logs go to
+# files in the work directory.
 #
 # Environment: DURATION (seconds per run, 10), RUNS (runs per figure, median taken, 3),
 # CONNECTIONS (64), MODES ("shared pinned"), KEEP=1 keeps the work directory.
@@ -51,6 +56,7 @@ start_servers() {
     if [ -n "$pin" ]; then run=(taskset -c 0); workers=1; fi
     UPSTREAM_PORT=$(free_port) CONTROL_PORT=$(free_port) BARE_PORT=$(free_port) BARE_GZIP_PORT=$(free_port)
     GATE_PORT=$(free_port) ADMIN_PORT=$(free_port) CACHE_PORT=$(free_port) PASS_PORT=$(free_port)
+    JSON_PORT=$(free_port) JSON_ADMIN_PORT=$(free_port) QUIET_PORT=$(free_port) QUIET_ADMIN_PORT=$(free_port)
 
     "${run[@]}" "$RIG" fake "127.0.0.1:$UPSTREAM_PORT" "127.0.0.1:$CONTROL_PORT" $SHAPE >"$WORK/fake.log" 2>&1 &
     PIDS+=($!)
@@ -65,6 +71,12 @@ start_servers() {
     write_config "$WORK/wikigate.toml" "$GATE_PORT" "$ADMIN_PORT" "$UPSTREAM_PORT" "$ttl"
     "${run[@]}" "$BIN" serve --config "$WORK/wikigate.toml" >"$WORK/wikigate.log" 2>&1 &
     PIDS+=($!)
+    write_config "$WORK/json.toml" "$JSON_PORT" "$JSON_ADMIN_PORT" "$UPSTREAM_PORT" "$ttl" info json
+    "${run[@]}" "$BIN" serve --config "$WORK/json.toml" >"$WORK/wikigate-json.log" 2>&1 &
+    PIDS+=($!)
+    write_config "$WORK/quiet.toml" "$QUIET_PORT" "$QUIET_ADMIN_PORT" "$UPSTREAM_PORT" "$ttl" warn
+    "${run[@]}" "$BIN" serve --config "$WORK/quiet.toml" >"$WORK/wikigate-quiet.log" 2>&1 &
+    PIDS+=($!)
 
     local user=""
     [ "$(id -u)" -eq 0 ] && user="user root root;"
@@ -76,7 +88,7 @@ start_servers() {
     "${run[@]}" "$NGINX" -p "$WORK" -c "$WORK/nginx.conf" -g 'daemon off;' >"$WORK/nginx.log" 2>&1 &
     PIDS+=($!)
 
-    for port in $BARE_PORT $BARE_GZIP_PORT $GATE_PORT $CACHE_PORT $PASS_PORT; do
+    for port in $BARE_PORT $BARE_GZIP_PORT $GATE_PORT $JSON_PORT $QUIET_PORT $CACHE_PORT $PASS_PORT; do
         wait_for "http://127.0.0.1:$port/"
     done
 }
@@ -143,13 +155,17 @@ for mode in $MODES; do
     start_servers "$pin" 1h
     : >"$WORK/rows"
     measure "$pin" "bare hyper, gzip body (ceiling)" "$BARE_GZIP_PORT" "${GZIP[@]}"
-    measure "$pin" "wikigate hit" "$GATE_PORT" "${GZIP[@]}"
-    measure "$pin" "nginx proxy_cache hit" "$CACHE_PORT" "${GZIP[@]}"
+    measure "$pin" "wikigate hit, defaults (log on)" "$GATE_PORT" "${GZIP[@]}"
+    measure "$pin" "wikigate hit, JSON access log" "$JSON_PORT" "${GZIP[@]}"
+    measure "$pin" "wikigate hit, log off" "$QUIET_PORT" "${GZIP[@]}"
+    measure "$pin" "nginx proxy_cache hit (log)" "$CACHE_PORT" "${GZIP[@]}"
     print_table "gzip client, $where"
     measure "$pin" "bare hyper, plain body (ceiling)" "$BARE_PORT"
-    measure "$pin" "wikigate hit" "$GATE_PORT"
-    measure "$pin" "nginx proxy_cache hit" "$CACHE_PORT"
-    measure "$pin" "wikigate miss (no-store)" "$GATE_PORT" -H "Cache-Control: no-store"
+    measure "$pin" "wikigate hit, defaults (log on)" "$GATE_PORT"
+    measure "$pin" "wikigate hit, JSON access log" "$JSON_PORT"
+    measure "$pin" "wikigate hit, log off" "$QUIET_PORT"
+    measure "$pin" "nginx proxy_cache hit (log)" "$CACHE_PORT"
+    measure "$pin" "wikigate miss (no-store), defaults" "$GATE_PORT" -H "Cache-Control: no-store"
     measure "$pin" "nginx pass-through" "$PASS_PORT"
     print_table "plain client, $where"
     stop_all

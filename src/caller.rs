@@ -49,6 +49,22 @@ pub enum CallerId {
     Address(IpAddr),
 }
 
+/// The caller's name for logs: the client name, `credential:…` (8 hex digits of the keyed
+/// hash) or the address.
+impl std::fmt::Display for CallerId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CallerId::Client(name) => f.write_str(name),
+            CallerId::Credential(hash) => write!(
+                f,
+                "credential:{:02x}{:02x}{:02x}{:02x}",
+                hash[0], hash[1], hash[2], hash[3]
+            ),
+            CallerId::Address(ip) => write!(f, "{ip}"),
+        }
+    }
+}
+
 impl CallerId {
     /// The name of this caller's buckets in a store shared by every replica: stable and
     /// unique, with nothing in clear (`c:` a client, `k:` a credential, `a:` an address).
@@ -76,19 +92,6 @@ impl Caller {
     /// quota class of everyone else (`class:NAME`).
     pub fn metric_label(&self) -> &str {
         self.account.label()
-    }
-
-    /// The caller's name for logs: the client name, `credential:…` (8 hex digits of the keyed
-    /// hash) or the address.
-    pub fn label(&self) -> String {
-        match &self.id {
-            CallerId::Client(name) => name.to_string(),
-            CallerId::Credential(hash) => format!(
-                "credential:{:02x}{:02x}{:02x}{:02x}",
-                hash[0], hash[1], hash[2], hash[3]
-            ),
-            CallerId::Address(ip) => ip.to_string(),
-        }
     }
 }
 
@@ -368,7 +371,7 @@ mod tests {
             HeaderValue::from_static("k-0123456789abcdef"),
         );
         let caller = c.identify(&headers, peer).unwrap();
-        assert_eq!(caller.label(), "billing");
+        assert_eq!(caller.id.to_string(), "billing");
         headers.insert("x-wikigate-key", HeaderValue::from_static("wrong"));
         assert_eq!(c.identify(&headers, peer).unwrap_err().status(), 401);
     }

@@ -30,6 +30,7 @@ use hyper::body::Incoming;
 use tokio::time::Instant;
 use tracing::Instrument as _;
 
+use crate::access_log;
 use crate::body::Body;
 use crate::cache::{
     self, Buffered, BulkPlan, Bypass, Cache, Fetched, Found, Lookup, Outcome, Served,
@@ -710,8 +711,7 @@ impl Gateway {
         let _in_flight = self.metrics.in_flight();
         let method = request.method().clone();
         // Only what the access log needs from the request outlives it, and only when it is on.
-        let access_log = tracing::enabled!(target: "wikigate::access", tracing::Level::INFO);
-        let path = access_log.then(|| request.uri().path().to_owned());
+        let uri = access_log::enabled().then(|| request.uri().clone());
         let span = request_span(&method, request.headers());
         let mut log = LogFields::default();
         let answered = self
@@ -737,9 +737,20 @@ impl Gateway {
         ) {
             caller.account.save(operation.route(), points, started);
         }
-        if access_log || !span.is_disabled() {
-            let request = (&method, path.as_deref(), conn.peer.ip());
-            log_request(&span, request, &log, response.status(), started);
+        if !span.is_disabled() {
+            record_span(&span, &method, &log, response.status());
+        }
+        if let Some(uri) = uri {
+            access_log::write(&access_log::Entry {
+                peer: conn.peer.ip(),
+                method: &method,
+                path: uri.path(),
+                caller: log.caller.as_ref().map(|caller| &caller.id),
+                operation: log.operation,
+                status: response.status(),
+                cache: log.served.map(|s| s.outcome),
+                duration: started.elapsed(),
+            });
         }
         response
     }
@@ -785,16 +796,13 @@ fn request_span(method: &http::Method, headers: &http::HeaderMap) -> tracing::Sp
     span
 }
 
-/// The access-log line (and the span's fields) of a finished request.
-fn log_request(
+/// The span's fields of a finished request.
+fn record_span(
     span: &tracing::Span,
-    (method, path, peer): (&http::Method, Option<&str>, std::net::IpAddr),
+    method: &http::Method,
     log: &LogFields,
     status: http::StatusCode,
-    started: Instant,
 ) {
-    let outcome = log.served.map(|s| s.outcome.to_string());
-    let cache = outcome.as_deref().unwrap_or("-");
     if let Some(operation) = log.operation {
         let template = operation.route().template();
         telemetry::rename(span, format!("{method} {template}"));
@@ -802,23 +810,12 @@ fn log_request(
         span.record("wikigate.operation", operation.id());
     }
     span.record("http.response.status_code", i64::from(status.as_u16()));
-    span.record("wikigate.cache", cache);
-    let caller = log.caller.as_ref().map(Caller::label);
-    if let Some(caller) = &caller {
-        span.record("wikigate.caller", caller.as_str());
+    if let Some(served) = log.served {
+        span.record("wikigate.cache", served.outcome.to_string());
     }
-    let _entered = span.enter();
-    tracing::info!(
-        target: "wikigate::access",
-        %peer,
-        %method,
-        path = path.unwrap_or("-"),
-        caller = caller.as_deref().unwrap_or("-"),
-        operation = log.operation.map_or("-", Operation::id),
-        status = status.as_u16(),
-        cache,
-        duration_us = started.elapsed().as_micros() as u64,
-    );
+    if let Some(caller) = &log.caller {
+        span.record("wikigate.caller", caller.id.to_string());
+    }
 }
 
 impl RequestLimits {

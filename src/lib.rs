@@ -29,7 +29,10 @@
 //! - [`quota`] — Atlassian's points: what calls cost, the site's standing, who spends it.
 //! - [`admin`] — health, readiness, metrics, the status page, cache administration.
 //! - [`status_page`] — the admin listener's HTML status page.
-//! - [`telemetry`] — logging.
+//! - [`telemetry`] — logging and OpenTelemetry spans.
+//! - [`access_log`] — the access log's line, formatted without allocating.
+//! - [`log_sink`] — the buffered log writer that never blocks a request.
+//! - [`rfc3339`] — UTC timestamps as text, both ways.
 //! - [`fake`] — a fake Confluence site for the demo and the tests.
 //! - [`demo`] — `wikigate demo`.
 //!
@@ -41,6 +44,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod access_log;
 pub mod admin;
 pub mod body;
 pub mod cache;
@@ -59,10 +63,12 @@ pub mod gateway;
 pub mod lifecycle;
 pub mod limit;
 pub mod links;
+pub mod log_sink;
 pub mod metrics;
 pub mod parts;
 pub mod query;
 pub mod quota;
+pub mod rfc3339;
 pub mod routes;
 pub mod server;
 pub mod shutdown;

@@ -499,6 +499,23 @@ impl Collector for Counted {
 #[derive(Debug)]
 struct Points(Arc<Quota>);
 
+/// `log_dropped_lines_total`: log lines the log's writer dropped because its output could
+/// not keep up (`log_sink`).
+#[derive(Debug)]
+struct LogDropped;
+
+impl Collector for LogDropped {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> std::fmt::Result {
+        let dropped = encoder.encode_descriptor(
+            "log_dropped_lines",
+            "Log lines dropped because the log output could not keep up",
+            None,
+            MetricType::Counter,
+        )?;
+        ConstCounter::new(crate::log_sink::dropped()).encode(dropped)
+    }
+}
+
 impl Collector for Points {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> std::fmt::Result {
         let accounts = self.0.accounts.all();
@@ -694,6 +711,7 @@ impl Metrics {
             refused: self.refused.clone(),
         }));
         r.register_collector(Box::new(Points(self.quota.clone())));
+        r.register_collector(Box::new(LogDropped));
         r.register(
             "errors",
             "Error answers wikigate made itself, by route and source: downstream (the request), upstream (the site failed), internal (a fault of wikigate's)",

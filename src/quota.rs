@@ -471,64 +471,8 @@ pub fn seconds_until(value: &str) -> Option<Duration> {
     if let Ok(secs) = value.parse::<u64>() {
         return Some(Duration::from_secs(secs));
     }
-    let at = parse_rfc3339(value)?;
+    let at = crate::rfc3339::parse(value)?;
     Some(at.duration_since(SystemTime::now()).unwrap_or_default())
-}
-
-/// A UTC RFC 3339 timestamp (`2024-05-01T12:00:00Z`, `2024-05-01T12:00Z`, fractions allowed).
-fn parse_rfc3339(value: &str) -> Option<SystemTime> {
-    let datetime: toml::value::Datetime = value.parse().ok()?;
-    let (date, time) = (datetime.date?, datetime.time?);
-    if !matches!(datetime.offset, Some(toml::value::Offset::Z)) {
-        return None;
-    }
-    // Howard Hinnant's days-from-civil.
-    let (y, m, d) = (
-        i64::from(date.year),
-        i64::from(date.month),
-        i64::from(date.day),
-    );
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    let secs = days * 86_400
-        + i64::from(time.hour) * 3600
-        + i64::from(time.minute) * 60
-        + i64::from(time.second.unwrap_or(0));
-    let secs = u64::try_from(secs).ok()?;
-    Some(
-        SystemTime::UNIX_EPOCH
-            + Duration::from_secs(secs)
-            + Duration::from_nanos(u64::from(time.nanosecond.unwrap_or(0))),
-    )
-}
-
-/// `at` in UTC as RFC 3339 with milliseconds (`2026-11-30T13:00:00.000Z`), as Atlassian writes
-/// times.
-pub fn rfc3339(at: SystemTime) -> String {
-    let since_epoch = at.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let secs = since_epoch.as_secs();
-    let (days, rest) = ((secs / 86_400) as i64, secs % 86_400);
-    // Howard Hinnant's civil-from-days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rest / 3600,
-        rest % 3600 / 60,
-        rest % 60,
-        since_epoch.subsec_millis()
-    )
 }
 
 /// The items of a structured-field list (RFC 9651) with their parameters: `"name";k=v;…`.
@@ -882,21 +826,6 @@ mod tests {
         tokio::time::advance(left).await;
         assert_eq!(batch.this_hour(), (0, 0), "the top of the hour");
         assert_eq!(batch.by_route(Route::Bulk), (41, 9));
-    }
-
-    #[test]
-    fn rfc3339_timestamps_are_written_and_read() {
-        let at = UNIX_EPOCH + Duration::from_millis(951_868_800_500);
-        assert_eq!(rfc3339(at), "2000-03-01T00:00:00.500Z");
-        assert_eq!(parse_rfc3339(&rfc3339(at)), Some(at));
-        let epoch = parse_rfc3339("1970-01-02T00:00:01Z").unwrap();
-        assert_eq!(epoch, UNIX_EPOCH + Duration::from_secs(86_401));
-        let y2k = parse_rfc3339("2000-03-01T00:00:00.5Z").unwrap();
-        assert_eq!(
-            y2k.duration_since(UNIX_EPOCH).unwrap().as_millis(),
-            951_868_800_500
-        );
-        assert!(parse_rfc3339("2000-03-01T00:00:00+02:00").is_none());
     }
 
     #[tokio::test(start_paused = true)]

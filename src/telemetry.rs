@@ -1,5 +1,8 @@
 //! Logging and tracing: one `tracing` subscriber with a human-readable or JSON log layer and,
-//! when configured, an OpenTelemetry layer exporting spans over OTLP (HTTP/protobuf).
+//! when configured, an OpenTelemetry layer exporting spans over OTLP (HTTP/protobuf). Every
+//! log line, the access log's (`access_log`) and the subscriber's, goes to standard error
+//! through one buffered writer that never blocks a request (`log_sink`); [`Telemetry::shutdown`]
+//! writes out what it holds.
 //!
 //! OTLP is on when `telemetry.otlp_endpoint` is set or the standard
 //! `OTEL_EXPORTER_OTLP_ENDPOINT` / `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` variables are;
@@ -10,9 +13,8 @@
 //! The per-request span exists only while spans are exported ([`exporting`]): without OTLP,
 //! the access-log line carries every field the span would, and a span would cost the log layer
 //! a formatted copy of its fields on every request (measured: with the span, hits at
-//! `log.level = "info"` ran at less than half the rate they run at with the log off; without
-//! it, at about 0.8 of it). Warnings logged while a request is handled then carry no request
-//! fields of their own.
+//! `log.level = "info"` ran at less than half the rate they run at with the log off).
+//! Warnings logged while a request is handled then carry no request fields of their own.
 //!
 //! Invariant: nothing wikigate logs or exports carries a credential. Request headers are never
 //! recorded; the access log (target `wikigate::access`) and spans name the operation, the route
@@ -31,6 +33,7 @@ use tracing_subscriber::util::SubscriberInitExt as _;
 use tracing_subscriber::{EnvFilter, Layer};
 
 use crate::config::{LogConfig, LogFormat, TelemetryConfig};
+use crate::{access_log, log_sink};
 
 /// Keeps the span exporter alive; [`Telemetry::shutdown`] flushes what is still queued.
 pub struct Telemetry {
@@ -38,12 +41,18 @@ pub struct Telemetry {
 }
 
 impl Telemetry {
-    /// Exports the spans still queued and stops the exporter.
+    /// Exports the spans still queued, stops the exporter and writes out the log lines still
+    /// buffered.
     pub async fn shutdown(self) {
-        if let Some(provider) = self.provider {
-            // The exporter runs on this runtime: flush from a blocking thread, not a worker.
-            let _ = tokio::task::spawn_blocking(move || provider.shutdown()).await;
-        }
+        // Both wait on threads of their own: from a blocking thread, not a worker.
+        let provider = self.provider;
+        let _ = tokio::task::spawn_blocking(move || {
+            if let Some(provider) = provider {
+                let _ = provider.shutdown();
+            }
+            log_sink::stderr().flush();
+        })
+        .await;
     }
 }
 
@@ -55,15 +64,17 @@ pub fn init(log: &LogConfig, telemetry: &TelemetryConfig) -> Telemetry {
         .or_else(|_| EnvFilter::try_new(&log.level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
     // Logs go to stderr, so stdout carries only what a command prints for its user.
+    let colour = colour(std::io::stderr().is_terminal());
+    let sink = log_sink::stderr().clone();
     let logs = match log.format {
         LogFormat::Pretty => tracing_subscriber::fmt::layer()
-            .with_ansi(colour(std::io::stderr().is_terminal()))
-            .with_writer(std::io::stderr)
+            .with_ansi(colour)
+            .with_writer(sink)
             .boxed(),
         LogFormat::Json => tracing_subscriber::fmt::layer()
             .json()
             .flatten_event(true)
-            .with_writer(std::io::stderr)
+            .with_writer(sink)
             .boxed(),
     };
     let provider = otlp_provider(telemetry);
@@ -82,6 +93,7 @@ pub fn init(log: &LogConfig, telemetry: &TelemetryConfig) -> Telemetry {
         .is_ok();
     if installed {
         EXPORTING.store(exporting, std::sync::atomic::Ordering::Relaxed);
+        access_log::install(log.format, colour);
     }
     Telemetry { provider }
 }

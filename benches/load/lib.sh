@@ -34,8 +34,9 @@ wait_for() {
     exit 1
 }
 
-# write_config FILE GATE_PORT ADMIN_PORT UPSTREAM_PORT TTL: wikigate's config for a run. The
-# access log is off (level warn): each proxy would otherwise write a line per request.
+# write_config FILE GATE_PORT ADMIN_PORT UPSTREAM_PORT TTL [LEVEL [FORMAT]]: wikigate's config
+# for a run: the documented defaults (level info: one access-log line per request, pretty)
+# unless told otherwise ("warn" turns the access log off).
 write_config() {
     cat >"$1" <<CONFIG
 [server]
@@ -47,6 +48,7 @@ url = "http://127.0.0.1:$4"
 [cache.routes]
 current = { ttl = "$5" }
 [log]
-level = "warn"
+level = "${6:-info}"
+format = "${7:-pretty}"
 CONFIG
 }

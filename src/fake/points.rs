@@ -160,7 +160,7 @@ impl Points {
                 set("x-ratelimit-remaining", remaining.to_string());
                 set(
                     "x-ratelimit-reset",
-                    quota::rfc3339(std::time::SystemTime::now() + left),
+                    crate::rfc3339::millis(std::time::SystemTime::now() + left),
                 );
                 if remaining * 5 < points {
                     set("x-ratelimit-nearlimit", "true".to_owned());

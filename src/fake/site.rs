@@ -886,5 +886,5 @@ static DIRECTORY: std::sync::LazyLock<std::collections::HashMap<&'static str, De
 
 /// The current UTC time as `2022-02-01T12:00:00.111Z`.
 fn now_iso8601() -> String {
-    crate::quota::rfc3339(std::time::SystemTime::now())
+    crate::rfc3339::millis(std::time::SystemTime::now())
 }

@@ -109,17 +109,26 @@ async fn serve_runs_from_flags_and_env_and_stops_cleanly_on_sigterm() {
         .send()
         .await;
     assert_eq!(keyed.status, 200);
+    for _ in 0..100 {
+        let hit = client
+            .get(&format!("{API}/current"), Some(&basic(alice())))
+            .await;
+        assert_eq!(hit.status, 200);
+    }
 
+    // The log is buffered; what it holds is written out on the way down, every line whole.
     gateway.signal("TERM");
     let (status, logs) = gateway.exit().await;
     assert!(status.success(), "exit status {status}");
-    let access = logs
+    let access: Vec<serde_json::Value> = logs
         .lines()
-        .find(|line| line.contains("wikigate::access"))
-        .unwrap_or_else(|| panic!("no access log line in {logs}"));
-    let access: serde_json::Value = serde_json::from_str(access).expect("JSON log line");
-    assert_eq!(access["operation"], "getCurrentUser");
-    assert_eq!(access["status"], 200);
+        .filter(|line| line.contains("wikigate::access"))
+        .map(|line| serde_json::from_str(line).expect("JSON log line"))
+        .collect();
+    assert_eq!(access.len(), 102, "{logs}");
+    assert_eq!(access[0]["operation"], "getCurrentUser");
+    assert_eq!(access[0]["status"], 200);
+    assert_eq!(access[101]["cache"], "wikigate; hit");
     for secret in [alice().api_token, &basic(alice()), bob().bearer, client_key] {
         assert!(!logs.contains(secret), "{secret} reached the logs:\n{logs}");
     }
@@ -296,4 +305,74 @@ fn check_config_accepts_and_refuses_exactly_what_serve_does() {
         .output()
         .unwrap();
     assert!(!serve.status.success());
+}
+
+#[tokio::test]
+async fn a_stuck_log_output_never_blocks_a_request_and_dropped_lines_are_counted() {
+    let fake = FakeConfluence::start().await.unwrap();
+    let (listen, admin) = (free_addr(), free_addr());
+    let file = temp_file(
+        "stuck-log.toml",
+        &format!(
+            "[server]\nlisten = \"{listen}\"\n[admin]\nlisten = \"{admin}\"\n\
+             [upstream]\nurl = \"{}\"\n[log]\nformat = \"json\"\n",
+            fake.url()
+        ),
+    );
+    // Nobody reads its stderr: the pipe fills and the log's writer blocks on it.
+    let mut gateway = Process::start_stalled(&["serve", "--config", &file.to_string_lossy()], &[]);
+    let admin_client = TestClient::new(format!("http://{admin}"));
+    eventually(Duration::from_secs(10), "ready", || ready(&admin_client)).await;
+    // More lines than the pipe and the log's buffer hold together (~250 bytes a line).
+    const REQUESTS: usize = 24_000;
+    let client = TestClient::new(format!("http://{listen}"));
+    let workers: Vec<_> = (0..8)
+        .map(|_| {
+            let client = client.clone();
+            tokio::spawn(async move {
+                for _ in 0..REQUESTS / 8 {
+                    let answer = client
+                        .get(&format!("{API}/current"), Some(&basic(alice())))
+                        .await;
+                    assert!(matches!(answer.status.as_u16(), 200 | 429));
+                }
+            })
+        })
+        .collect();
+    for worker in workers {
+        tokio::time::timeout(Duration::from_secs(60), worker)
+            .await
+            .expect("requests never wait on the log")
+            .unwrap();
+    }
+    let metrics = admin_client.get("/metrics", None).await;
+    let metrics = String::from_utf8_lossy(&metrics.body);
+    let dropped: usize = metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("wikigate_log_dropped_lines_total "))
+        .expect("the dropped-lines counter")
+        .parse()
+        .unwrap();
+    assert!(dropped > 0, "nothing dropped: the test filled nothing");
+
+    // Read again, the output catches up: a warning says how many lines were lost.
+    gateway.read_logs();
+    eventually(Duration::from_secs(10), "the drop reported", || {
+        std::future::ready(gateway.logged("log lines dropped"))
+    })
+    .await;
+    gateway.signal("TERM");
+    let (status, logs) = gateway.exit().await;
+    assert!(status.success(), "exit status {status}");
+    let lines: Vec<serde_json::Value> = logs
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("every line whole JSON"))
+        .collect();
+    let access = lines.iter().filter(|l| l["target"] == "wikigate::access");
+    assert_eq!(access.count() + dropped, REQUESTS);
+    let reported: usize = lines
+        .iter()
+        .filter_map(|l| l["dropped"].as_u64())
+        .sum::<u64>() as usize;
+    assert_eq!(reported, dropped);
 }

@@ -4,23 +4,17 @@
 use std::collections::BTreeMap;
 
 /// The tiers, lowest first (docs/ARCHITECTURE.md, "Layering").
-const TIERS: [&[&str]; 12] = [
-    &["body", "query", "routes", "cookies"],
+const TIERS: [&[&str]; 13] = [
+    &["body", "query", "routes", "cookies", "log_sink", "rfc3339"],
     &["config", "error", "quota"],
     &[
-        "server",
-        "cluster",
-        "telemetry",
-        "upstream",
-        "caller",
-        "csrf",
-        "links",
-        "metrics",
+        "server", "cluster", "upstream", "caller", "csrf", "links", "metrics",
     ],
     &["forward", "limit", "status_page"],
     &["coding"],
     &["cache", "fake"],
-    &["parts"],
+    &["parts", "access_log"],
+    &["telemetry"],
     &["gateway", "admin"],
     &["lifecycle"],
     &["shutdown"],

@@ -311,11 +311,32 @@ pub struct Process {
     logs: std::sync::Arc<std::sync::Mutex<String>>,
     /// Ends when stderr closes: the process exited.
     reader: Option<std::thread::JoinHandle<()>>,
+    /// Lets a stalled reader start reading (see [`Process::start_stalled`]).
+    go: Option<std::sync::mpsc::Sender<()>>,
 }
 
 impl Process {
     /// Runs `wikigate ARGS` with `env` added to this process's environment.
     pub fn start(args: &[&str], env: &[(&str, &str)]) -> Process {
+        let mut process = Process::spawn(args, env);
+        process.read_logs();
+        process
+    }
+
+    /// As [`Process::start`], but nothing reads its stderr until [`Process::read_logs`]: its
+    /// log output is stuck, as on a disk that stopped answering.
+    pub fn start_stalled(args: &[&str], env: &[(&str, &str)]) -> Process {
+        Process::spawn(args, env)
+    }
+
+    /// Starts reading the logs (of a process started stalled).
+    pub fn read_logs(&mut self) {
+        if let Some(go) = self.go.take() {
+            let _ = go.send(());
+        }
+    }
+
+    fn spawn(args: &[&str], env: &[(&str, &str)]) -> Process {
         use std::io::BufRead as _;
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_wikigate"))
             .args(args)
@@ -337,7 +358,9 @@ impl Process {
         let stderr = child.stderr.take().expect("piped");
         let logs = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
         let sink = logs.clone();
+        let (go, stalled) = std::sync::mpsc::channel::<()>();
         let reader = std::thread::spawn(move || {
+            let _ = stalled.recv();
             for line in std::io::BufReader::new(stderr)
                 .lines()
                 .map_while(Result::ok)
@@ -352,6 +375,7 @@ impl Process {
             stdout: stdout_lines,
             logs,
             reader: Some(reader),
+            go: Some(go),
         }
     }
 
@@ -379,6 +403,7 @@ impl Process {
 
     /// Waits (at most 10 s) for the process to exit: its status and everything it logged.
     pub async fn exit(mut self) -> (std::process::ExitStatus, String) {
+        self.read_logs();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         let status = loop {
             if let Some(status) = self.child.try_wait().expect("a child") {
