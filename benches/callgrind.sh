@@ -5,6 +5,7 @@
 #
 #   benches/callgrind.sh            # about 2 minutes; REQUESTS_FOR=10 (seconds of load)
 #   CLIENT=gzip benches/callgrind.sh   # a client that asks for gzip (the bare server sends gzip)
+#   LEVEL=warn benches/callgrind.sh    # the access log off (default: info, the documented default)
 #
 # Prints user-space instructions per request for each server and writes the callgrind profiles
 # (target/callgrind.{bare,wikigate}.out) for callgrind_annotate. Kernel time (the syscalls that
@@ -41,7 +42,7 @@ GATE_PORT=$(free_port) ADMIN_PORT=$(free_port)
 PIDS+=($!)
 wait_for "http://127.0.0.1:$CONTROL_PORT/"
 curl -s -m 2 -H "Authorization: $AUTH" "http://127.0.0.1:$UPSTREAM_PORT$TARGET" >"$WORK/body.json"
-write_config "$WORK/wikigate.toml" "$GATE_PORT" "$ADMIN_PORT" "$UPSTREAM_PORT" 1h
+write_config "$WORK/wikigate.toml" "$GATE_PORT" "$ADMIN_PORT" "$UPSTREAM_PORT" 1h "${LEVEL:-info}"
 
 # count NAME PORT COMMAND…: runs COMMAND under callgrind, zeroes the counters after a warm-up,
 # loads it for REQUESTS_FOR seconds, and prints instructions per request.

@@ -6,8 +6,8 @@
 //! status=… cache="…" duration_us=…`) or JSON (one object: `timestamp`, `level`, the fields,
 //! `target`). It is written without `tracing`'s event machinery, whose per-event formatting
 //! cost about a third of the hit rate, and without an allocation: the timestamp's date and
-//! time are made once a second per thread. `tracing` still decides whether it is written, so
-//! `log.level` and `RUST_LOG` (`wikigate::access=warn`) turn it off as before.
+//! time are made once a second per thread. The subscriber's filter decides, once, whether it
+//! is written, so `log.level` and `RUST_LOG` (`wikigate::access=warn`) turn it off as before.
 //!
 //! Invariant: a line names the caller by label (`caller::CallerId`'s), never by a header;
 //! string values are escaped, so a line is always one line and, in JSON, valid JSON.
@@ -15,7 +15,6 @@
 //! [`log_sink`]: crate::log_sink
 
 use std::cell::RefCell;
-use std::fmt::Write as _;
 use std::io::Write as _;
 use std::net::IpAddr;
 use std::sync::OnceLock;
@@ -38,17 +37,22 @@ struct Style {
     colour: bool,
 }
 
+/// Set once the subscriber is installed, if its filter lets the access log through.
 static STYLE: OnceLock<Style> = OnceLock::new();
 
-/// Turns the access log on, in `format` (the first call decides, as for the subscriber).
+/// Turns the access log on, in `format`, if the installed subscriber's filter enables INFO
+/// for [`TARGET`] (the first call decides, as for the subscriber; the filter does not change
+/// while the process runs).
 pub fn install(format: LogFormat, colour: bool) {
-    let json = matches!(format, LogFormat::Json);
-    let _ = STYLE.set(Style { json, colour });
+    if tracing::enabled!(target: "wikigate::access", tracing::Level::INFO) {
+        let json = matches!(format, LogFormat::Json);
+        let _ = STYLE.set(Style { json, colour });
+    }
 }
 
-/// Whether a line would be written: installed, and INFO enabled for [`TARGET`].
+/// Whether a line would be written.
 pub fn enabled() -> bool {
-    STYLE.get().is_some() && tracing::enabled!(target: "wikigate::access", tracing::Level::INFO)
+    STYLE.get().is_some()
 }
 
 /// What one line says about a finished request.
@@ -112,32 +116,48 @@ struct Timestamp<'a> {
 impl Timestamp<'_> {
     fn write(&self, line: &mut Vec<u8>) {
         line.extend_from_slice(self.second);
-        let _ = write!(line, ".{:06}Z", self.micros);
+        let mut fraction = *b".000000Z";
+        let mut micros = self.micros;
+        for digit in fraction[1..7].iter_mut().rev() {
+            *digit = b'0' + (micros % 10) as u8;
+            micros /= 10;
+        }
+        line.extend_from_slice(&fraction);
     }
 }
 
 /// `2026-11-30T06:20:34.123456Z  INFO wikigate::access: peer=… method=GET path="…" …`
 fn pretty(line: &mut Vec<u8>, timestamp: &Timestamp<'_>, entry: &Entry<'_>, colour: bool) {
-    let (dim, green, reset) = if colour {
-        ("\x1b[2m", "\x1b[32m", "\x1b[0m")
+    let (dim, green, reset): (&[u8], &[u8], &[u8]) = if colour {
+        (b"\x1b[2m", b"\x1b[32m", b"\x1b[0m")
     } else {
-        ("", "", "")
+        (b"", b"", b"")
     };
-    line.extend_from_slice(dim.as_bytes());
+    line.extend_from_slice(dim);
     timestamp.write(line);
-    let _ = write!(
-        line,
-        "{reset} {green} INFO{reset} {dim}{TARGET}:{reset} peer={} method={} path=",
-        entry.peer, entry.method
-    );
-    quoted(line, format_args!("{}", entry.path));
+    for part in [reset, b" ", green, b" INFO", reset, b" ", dim] {
+        line.extend_from_slice(part);
+    }
+    line.extend_from_slice(TARGET.as_bytes());
+    line.push(b':');
+    line.extend_from_slice(reset);
+    line.extend_from_slice(b" peer=");
+    address(line, entry.peer);
+    line.extend_from_slice(b" method=");
+    line.extend_from_slice(entry.method.as_str().as_bytes());
+    line.extend_from_slice(b" path=");
+    quoted(line, entry.path);
     line.extend_from_slice(b" caller=");
-    quoted_or_dash(line, entry.caller);
+    caller(line, entry.caller);
     line.extend_from_slice(b" operation=");
-    quoted_or_dash(line, entry.operation.map(Operation::id));
-    let _ = write!(line, " status={} cache=", entry.status.as_u16());
-    quoted_or_dash(line, entry.cache);
-    let _ = writeln!(line, " duration_us={}", entry.duration.as_micros());
+    quoted(line, entry.operation.map_or("-", Operation::id));
+    line.extend_from_slice(b" status=");
+    decimal(line, u64::from(entry.status.as_u16()));
+    line.extend_from_slice(b" cache=");
+    outcome(line, entry.cache);
+    line.extend_from_slice(b" duration_us=");
+    decimal(line, entry.duration.as_micros() as u64);
+    line.push(b'\n');
 }
 
 /// `{"timestamp":"…","level":"INFO","peer":"…",…,"target":"wikigate::access"}`, the order
@@ -145,64 +165,125 @@ fn pretty(line: &mut Vec<u8>, timestamp: &Timestamp<'_>, entry: &Entry<'_>, colo
 fn json(line: &mut Vec<u8>, timestamp: &Timestamp<'_>, entry: &Entry<'_>) {
     line.extend_from_slice(b"{\"timestamp\":\"");
     timestamp.write(line);
-    let _ = write!(
-        line,
-        "\",\"level\":\"INFO\",\"peer\":\"{}\",\"method\":",
-        entry.peer
-    );
-    quoted(line, format_args!("{}", entry.method));
+    line.extend_from_slice(b"\",\"level\":\"INFO\",\"peer\":\"");
+    address(line, entry.peer);
+    line.extend_from_slice(b"\",\"method\":");
+    quoted(line, entry.method.as_str());
     line.extend_from_slice(b",\"path\":");
-    quoted(line, format_args!("{}", entry.path));
+    quoted(line, entry.path);
     line.extend_from_slice(b",\"caller\":");
-    quoted_or_dash(line, entry.caller);
+    caller(line, entry.caller);
     line.extend_from_slice(b",\"operation\":");
-    quoted_or_dash(line, entry.operation.map(Operation::id));
-    let _ = write!(line, ",\"status\":{},\"cache\":", entry.status.as_u16());
-    quoted_or_dash(line, entry.cache);
-    let _ = writeln!(
-        line,
-        ",\"duration_us\":{},\"target\":\"{TARGET}\"}}",
-        entry.duration.as_micros()
-    );
+    quoted(line, entry.operation.map_or("-", Operation::id));
+    line.extend_from_slice(b",\"status\":");
+    decimal(line, u64::from(entry.status.as_u16()));
+    line.extend_from_slice(b",\"cache\":");
+    outcome(line, entry.cache);
+    line.extend_from_slice(b",\"duration_us\":");
+    decimal(line, entry.duration.as_micros() as u64);
+    line.extend_from_slice(b",\"target\":\"");
+    line.extend_from_slice(TARGET.as_bytes());
+    line.extend_from_slice(b"\"}\n");
 }
 
-fn quoted_or_dash(line: &mut Vec<u8>, value: Option<impl std::fmt::Display>) {
-    match value {
-        Some(value) => quoted(line, format_args!("{value}")),
-        None => line.extend_from_slice(b"\"-\""),
+/// A caller's label, quoted (`CallerId`'s `Display`, written without `core::fmt`).
+fn caller(line: &mut Vec<u8>, caller: Option<&CallerId>) {
+    match caller {
+        None => quoted(line, "-"),
+        Some(CallerId::Client(name)) => quoted(line, name),
+        Some(CallerId::Credential(hash)) => {
+            line.extend_from_slice(b"\"credential:");
+            for byte in &hash[..4] {
+                line.push(HEX[usize::from(byte >> 4)]);
+                line.push(HEX[usize::from(byte & 0xf)]);
+            }
+            line.push(b'"');
+        }
+        Some(CallerId::Address(ip)) => {
+            line.push(b'"');
+            address(line, *ip);
+            line.push(b'"');
+        }
     }
+}
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+/// What the cache did, quoted (its text never needs escaping).
+fn outcome(line: &mut Vec<u8>, outcome: Option<Outcome>) {
+    line.push(b'"');
+    match outcome {
+        Some(outcome) => {
+            let _ = write!(line, "{outcome}");
+        }
+        None => line.push(b'-'),
+    }
+    line.push(b'"');
+}
+
+/// An address as `Display` writes it; IPv4 (the common case) without `core::fmt`.
+fn address(line: &mut Vec<u8>, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            for (n, octet) in v4.octets().into_iter().enumerate() {
+                if n > 0 {
+                    line.push(b'.');
+                }
+                decimal(line, u64::from(octet));
+            }
+        }
+        IpAddr::V6(v6) => {
+            let _ = write!(line, "{v6}");
+        }
+    }
+}
+
+fn decimal(line: &mut Vec<u8>, mut value: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (value % 10) as u8;
+        value /= 10;
+        if value == 0 {
+            break;
+        }
+    }
+    line.extend_from_slice(&digits[at..]);
 }
 
 /// `value` in double quotes, escaped as JSON escapes a string (which a pretty line's reader
 /// can read too): `"` and `\` backslashed, control characters as `\u00XX`.
-fn quoted(line: &mut Vec<u8>, value: std::fmt::Arguments<'_>) {
+fn quoted(line: &mut Vec<u8>, value: &str) {
     line.push(b'"');
-    let _ = Escaped(line).write_fmt(value);
+    let bytes = value.as_bytes();
+    // Nearly every value is clean: one pass without branches (vectorised) says so.
+    let dirty = bytes
+        .iter()
+        .fold(false, |dirty, &byte| dirty | needs_escape(byte));
+    if !dirty {
+        line.extend_from_slice(bytes);
+    } else {
+        for &byte in bytes {
+            match byte {
+                b'"' | b'\\' => line.extend_from_slice(&[b'\\', byte]),
+                _ if needs_escape(byte) => line.extend_from_slice(&[
+                    b'\\',
+                    b'u',
+                    b'0',
+                    b'0',
+                    HEX[usize::from(byte >> 4)],
+                    HEX[usize::from(byte & 0xf)],
+                ]),
+                _ => line.push(byte),
+            }
+        }
+    }
     line.push(b'"');
 }
 
-struct Escaped<'a>(&'a mut Vec<u8>);
-
-impl std::fmt::Write for Escaped<'_> {
-    fn write_str(&mut self, text: &str) -> std::fmt::Result {
-        let mut rest = text;
-        while let Some(at) = rest.find(|c: char| c == '"' || c == '\\' || c.is_control()) {
-            self.0.extend_from_slice(&rest.as_bytes()[..at]);
-            let c = rest[at..].chars().next().expect("found");
-            match c {
-                '"' | '\\' => {
-                    self.0.push(b'\\');
-                    self.0.push(c as u8);
-                }
-                _ => {
-                    let _ = write!(self.0, "\\u{:04x}", u32::from(c));
-                }
-            }
-            rest = &rest[at + c.len_utf8()..];
-        }
-        self.0.extend_from_slice(rest.as_bytes());
-        Ok(())
-    }
+fn needs_escape(byte: u8) -> bool {
+    (byte < 0x20) | (byte == b'"') | (byte == b'\\') | (byte == 0x7f)
 }
 
 #[cfg(test)]
@@ -271,5 +352,30 @@ mod tests {
         let mut line = Vec::new();
         pretty(&mut line, &STAMP, &odd, false);
         assert_eq!(line.iter().filter(|b| **b == b'\n').count(), 1);
+    }
+
+    #[test]
+    fn callers_addresses_and_numbers_read_as_their_display() {
+        let v6: IpAddr = "2001:db8::1".parse().unwrap();
+        let callers = [
+            CallerId::Credential([0xab, 0x01, 0xff, 0x10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
+            CallerId::Address(IpAddr::from([10, 0, 200, 7])),
+            CallerId::Address(v6),
+        ];
+        for id in &callers {
+            let mut line = Vec::new();
+            caller(&mut line, Some(id));
+            assert_eq!(String::from_utf8(line).unwrap(), format!("\"{id}\""));
+        }
+        for n in [0, 7, 10, 99, 65_535, u64::MAX] {
+            let mut line = Vec::new();
+            decimal(&mut line, n);
+            assert_eq!(String::from_utf8(line).unwrap(), n.to_string());
+        }
+        let mut line = Vec::new();
+        pretty(&mut line, &STAMP, &entry(&callers[0], "/"), true);
+        let line = String::from_utf8(line).unwrap();
+        assert!(line.contains("\x1b[32m INFO\x1b[0m"), "{line:?}");
+        assert!(line.contains("caller=\"credential:ab01ff10\""), "{line:?}");
     }
 }

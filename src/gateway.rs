@@ -166,7 +166,8 @@ impl Gateway {
         let mut response = if resolved.operation.verb().is_write() {
             let tags = resolved.invalidates();
             let admission = admission(&parts);
-            Box::pin(self.write(parts, body, conn, tags, admission)).await?
+            let write = Box::pin(self.write(parts, body, conn, tags, admission));
+            write.await?
         } else {
             let lookup = self
                 .cache
@@ -196,7 +197,8 @@ impl Gateway {
             Ok(lookup) => lookup,
             Err(bypass) => {
                 let admission = admission(&parts);
-                return Box::pin(self.bypass(parts, body, conn, bypass, admission)).await;
+                let bypass = Box::pin(self.bypass(parts, body, conn, bypass, admission));
+                return bypass.await;
             }
         };
         let read = match self.cache.bulk_plan(&lookup, parts.uri.query()) {
@@ -207,7 +209,8 @@ impl Gateway {
             },
         };
         let admission = admission(&parts);
-        Box::pin(self.cached_read(parts, body, conn, read, admission)).await
+        let cached_read = Box::pin(self.cached_read(parts, body, conn, read, admission));
+        cached_read.await
     }
 
     /// A read the cache may not answer (JWT, cookie, caching off): forwarded and streamed back.
@@ -711,7 +714,7 @@ impl Gateway {
         let _in_flight = self.metrics.in_flight();
         let method = request.method().clone();
         // Only what the access log needs from the request outlives it, and only when it is on.
-        let uri = access_log::enabled().then(|| request.uri().clone());
+        let uri = access_log::enabled().then(|| request.uri().path_and_query().cloned());
         let span = request_span(&method, request.headers());
         let mut log = LogFields::default();
         let answered = self
@@ -744,7 +747,7 @@ impl Gateway {
             access_log::write(&access_log::Entry {
                 peer: conn.peer.ip(),
                 method: &method,
-                path: uri.path(),
+                path: uri.as_ref().map_or("/", http::uri::PathAndQuery::path),
                 caller: log.caller.as_ref().map(|caller| &caller.id),
                 operation: log.operation,
                 status: response.status(),

@@ -428,17 +428,15 @@ impl Entry {
         } else {
             self.status
         };
-        // Sized once for what is added below, so that no insert grows it.
-        let mut headers = HeaderMap::with_capacity(self.headers.len() + 6);
-        if not_modified {
+        let mut headers = if not_modified {
             // RFC 9110 §15.4.5: a 304 carries the validators and caching headers only.
-            if let Some((_, vary)) = self.headers.iter().find(|(n, _)| n == header::VARY) {
+            let mut headers = HeaderMap::with_capacity(5);
+            if let Some(vary) = self.headers.get(header::VARY) {
                 headers.insert(header::VARY, vary.clone());
             }
+            headers
         } else {
-            for (name, value) in self.headers.iter() {
-                headers.append(name.clone(), value.clone());
-            }
+            let mut headers = HeaderMap::clone(&self.headers);
             // The stored headers name no representation: only what this one needs is added.
             if let Some(value) = coding.header_value() {
                 headers.insert(header::CONTENT_ENCODING, value);
@@ -446,7 +444,8 @@ impl Entry {
             if head {
                 headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
             }
-        }
+            headers
+        };
         let (age, cache_control) = self.age_headers(now);
         headers.insert(header::CACHE_CONTROL, cache_control);
         headers.insert(header::AGE, age);
@@ -498,7 +497,7 @@ impl Entry {
 
     /// The stored end-to-end headers.
     pub fn headers(&self) -> HeaderMap {
-        self.headers.iter().cloned().collect()
+        HeaderMap::clone(&self.headers)
     }
 
     /// The entry as bytes for the cluster's L2: one representation (gzip when held: fewer

@@ -5,6 +5,9 @@
 //! `Vary`), and a few hundred bytes of them per entry would cost more than a gzip body. So the
 //! entries of a caller point at one set.
 //!
+//! A set is kept as the `HeaderMap` a hit's response starts from: a hit clones it (copying
+//! its hash index) instead of hashing every name into a new one.
+//!
 //! Invariants: a set is immutable once interned, and equal (name for name, byte for byte) to
 //! the one each entry that points at it stored; the table keeps sets only weakly (an entry's
 //! eviction frees its set when it was the last to use it), and dead slots are swept as the
@@ -14,20 +17,17 @@ use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::{Arc, LazyLock, Mutex, Weak};
 
-use http::{HeaderName, HeaderValue};
-
-/// The headers of one stored answer, in order.
-type Fields = [(HeaderName, HeaderValue)];
+use http::{HeaderMap, HeaderName, HeaderValue};
 
 /// A stored, shared header set.
-pub type Head = Arc<Fields>;
+pub type Head = Arc<HeaderMap>;
 
 /// The process's table of stored header sets.
 static TABLE: LazyLock<Mutex<Table>> = LazyLock::new(Mutex::default);
 
 #[derive(Default)]
 struct Table {
-    sets: HashMap<u64, Vec<Weak<Fields>>>,
+    sets: HashMap<u64, Vec<Weak<HeaderMap>>>,
     /// Sets interned since dead slots were last swept.
     since_sweep: usize,
 }
@@ -42,6 +42,13 @@ pub fn intern(set: Vec<(HeaderName, HeaderValue)>) -> Head {
         }
         hasher.finish()
     };
+    // Room for what a hit adds (Cache-Control, Age, ETag, Cache-Status, a coding, a length),
+    // so that no hit re-indexes its copy.
+    let mut map = HeaderMap::with_capacity(set.len() + 6);
+    for (name, value) in set {
+        map.append(name, value);
+    }
+    let set = map;
     let mut table = TABLE
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -49,7 +56,7 @@ pub fn intern(set: Vec<(HeaderName, HeaderValue)>) -> Head {
     if let Some(existing) = slot
         .iter()
         .filter_map(Weak::upgrade)
-        .find(|existing| **existing == set[..])
+        .find(|existing| **existing == set)
     {
         return existing;
     }
@@ -93,7 +100,7 @@ mod tests {
         let b = intern(set("712020:b"));
         assert!(Arc::ptr_eq(&a, &again));
         assert!(!Arc::ptr_eq(&a, &b));
-        assert_eq!(b[1].1, "712020:b");
+        assert_eq!(b["x-aaccountid"], "712020:b");
     }
 
     #[test]

@@ -755,7 +755,9 @@ impl Cache {
             Ok(response) => return Ok((response, served)),
             Err(missing) => missing,
         };
-        let fuller = self.add_representation(lookup.key, &entry, missing).await?;
+        // Boxed: moka's compute future is large, and the hit path's future would be as large.
+        let add = Box::pin(self.add_representation(lookup.key, &entry, missing));
+        let fuller = add.await?;
         let response = fuller
             .respond(request_headers, lookup.head, status)
             .map_err(|_| {
