@@ -416,7 +416,7 @@ impl Cluster {
     }
 
     /// An L2 entry, by cache key.
-    pub async fn get(&self, key: &[u8; 32]) -> Option<Vec<u8>> {
+    pub async fn get(&self, key: &[u8; 16]) -> Option<Vec<u8>> {
         let key = self.key("e", &hex(key));
         self.run(|mut c| async move { c.get::<_, Option<Vec<u8>>>(key).await })
             .await
@@ -424,7 +424,7 @@ impl Cluster {
     }
 
     /// Writes an L2 entry that expires after `ttl`.
-    pub async fn set(&self, key: &[u8; 32], value: Vec<u8>, ttl: Duration) {
+    pub async fn set(&self, key: &[u8; 16], value: Vec<u8>, ttl: Duration) {
         let key = self.key("e", &hex(key));
         let millis = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
         self.run(|mut c| async move { c.pset_ex::<_, _, ()>(key, value, millis).await })

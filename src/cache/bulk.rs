@@ -194,7 +194,7 @@ impl Cache {
         let fresh_for = accounts
             .iter()
             .flatten()
-            .map(|e| e.lifetime.ttl.saturating_sub(e.age(now)))
+            .map(|e| e.lifetime().ttl.saturating_sub(e.age(now)))
             .min()
             .unwrap_or_default();
         let served = served(plan.lookup.route, fetched, plan.ids.len(), found.len());
@@ -562,7 +562,7 @@ fn respond(
         header::CACHE_CONTROL,
         HeaderValue::from_str(&format!("private, max-age={}", fresh_for.as_secs())).expect("ascii"),
     );
-    headers.insert(header::ETAG, etags.get(coding).clone());
+    headers.insert(header::ETAG, etags.get(coding));
     headers.insert(super::CACHE_STATUS.clone(), outcome.cache_status());
     response
 }

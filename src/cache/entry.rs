@@ -97,18 +97,27 @@ impl Buffered {
 }
 
 /// The representations of one stored body: those its clients have asked for so far.
+/// The representations an entry holds: one, as stored, or both once a client needed the
+/// other (boxed: rare, and it would make every entry as large).
 #[derive(Debug)]
 enum Bodies {
     Identity(Bytes),
     Gzip(Bytes),
-    Both { identity: Bytes, gzip: Bytes },
+    Both(Box<Both>),
+}
+
+#[derive(Debug)]
+struct Both {
+    identity: Bytes,
+    gzip: Bytes,
 }
 
 impl Bodies {
     fn get(&self, coding: Coding) -> Option<&Bytes> {
         match (self, coding) {
-            (Bodies::Identity(b) | Bodies::Both { identity: b, .. }, Coding::Identity) => Some(b),
-            (Bodies::Gzip(b) | Bodies::Both { gzip: b, .. }, Coding::Gzip) => Some(b),
+            (Bodies::Identity(b), Coding::Identity) | (Bodies::Gzip(b), Coding::Gzip) => Some(b),
+            (Bodies::Both(both), Coding::Identity) => Some(&both.identity),
+            (Bodies::Both(both), Coding::Gzip) => Some(&both.gzip),
             _ => None,
         }
     }
@@ -116,7 +125,7 @@ impl Bodies {
     fn bytes(&self) -> usize {
         match self {
             Bodies::Identity(b) | Bodies::Gzip(b) => b.len(),
-            Bodies::Both { identity, gzip } => identity.len() + gzip.len(),
+            Bodies::Both(both) => both.identity.len() + both.gzip.len(),
         }
     }
 }
@@ -134,7 +143,7 @@ pub struct Entry {
     /// content coding): `"<hash of the decoded body>"` and `"<hash>-gzip"`.
     etags: ETags,
     stored_at: Instant,
-    pub lifetime: Lifetime,
+    lifetime: Kept,
     /// The request headers upstream's `Vary` named (besides `Accept-Encoding`, which wikigate
     /// answers itself), and a hash of their values.
     vary: Option<Box<Vary>>,
@@ -216,6 +225,39 @@ pub struct Lifetime {
     pub stale_on_low_quota: Duration,
 }
 
+/// A lifetime as an entry keeps it, in milliseconds: half the size of four `Duration`s.
+#[derive(Debug, Clone, Copy)]
+struct Kept([u64; 4]);
+
+impl From<Lifetime> for Kept {
+    fn from(lifetime: Lifetime) -> Kept {
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        Kept([
+            ms(lifetime.ttl),
+            ms(lifetime.stale_if_error),
+            ms(lifetime.stale_while_revalidate),
+            ms(lifetime.stale_on_low_quota),
+        ])
+    }
+}
+
+impl Kept {
+    fn lifetime(self) -> Lifetime {
+        let [
+            ttl,
+            stale_if_error,
+            stale_while_revalidate,
+            stale_on_low_quota,
+        ] = self.0.map(Duration::from_millis);
+        Lifetime {
+            ttl,
+            stale_if_error,
+            stale_while_revalidate,
+            stale_on_low_quota,
+        }
+    }
+}
+
 impl Lifetime {
     /// Fresh for `ttl`, never served stale.
     pub fn fresh_for(ttl: Duration) -> Lifetime {
@@ -282,7 +324,7 @@ impl Entry {
             bodies,
             etags,
             stored_at: Instant::now(),
-            lifetime,
+            lifetime: lifetime.into(),
             vary,
             points,
             age_headers: ArcSwapOption::empty(),
@@ -304,26 +346,26 @@ impl Entry {
         limit: usize,
     ) -> Result<Entry, coding::DecodeError> {
         let bodies = match (&self.bodies, coding) {
-            (Bodies::Gzip(gzip), Coding::Identity) => Bodies::Both {
+            (Bodies::Gzip(gzip), Coding::Identity) => Bodies::Both(Box::new(Both {
                 identity: coding::gunzip(gzip, limit)?,
                 gzip: gzip.clone(),
-            },
-            (Bodies::Identity(identity), Coding::Gzip) => Bodies::Both {
+            })),
+            (Bodies::Identity(identity), Coding::Gzip) => Bodies::Both(Box::new(Both {
                 gzip: coding::gzip(identity),
                 identity: identity.clone(),
-            },
+            })),
             (Bodies::Identity(b), _) => Bodies::Identity(b.clone()),
             (Bodies::Gzip(b), _) => Bodies::Gzip(b.clone()),
-            (Bodies::Both { identity, gzip }, _) => Bodies::Both {
-                identity: identity.clone(),
-                gzip: gzip.clone(),
-            },
+            (Bodies::Both(both), _) => Bodies::Both(Box::new(Both {
+                identity: both.identity.clone(),
+                gzip: both.gzip.clone(),
+            })),
         };
         Ok(Entry {
             status: self.status,
             headers: self.headers.clone(),
             bodies,
-            etags: self.etags.clone(),
+            etags: self.etags,
             stored_at: self.stored_at,
             lifetime: self.lifetime,
             vary: self.vary.clone(),
@@ -340,7 +382,7 @@ impl Entry {
             .iter()
             .map(|(n, v)| n.as_str().len() + v.len() + 32)
             .sum();
-        let total = self.bodies.bytes() + headers + self.etags.len() + 32 + 256;
+        let total = self.bodies.bytes() + headers + 32 + 256;
         u32::try_from(total).unwrap_or(u32::MAX)
     }
 
@@ -351,7 +393,7 @@ impl Entry {
             stale_if_error,
             stale_while_revalidate,
             stale_on_low_quota,
-        } = self.lifetime;
+        } = self.lifetime();
         ttl + stale_if_error
             .max(stale_while_revalidate)
             .max(stale_on_low_quota)
@@ -363,33 +405,38 @@ impl Entry {
         self.retention().saturating_sub(self.age(now))
     }
 
+    /// The freshness windows it was stored with.
+    pub fn lifetime(&self) -> Lifetime {
+        self.lifetime.lifetime()
+    }
+
     pub fn age(&self, now: Instant) -> Duration {
         now.saturating_duration_since(self.stored_at)
     }
 
     pub fn is_fresh(&self, now: Instant) -> bool {
-        self.age(now) < self.lifetime.ttl
+        self.age(now) < self.lifetime().ttl
     }
 
     /// Expired, but within the stale-while-revalidate window.
     pub fn may_revalidate_in_background(&self, now: Instant) -> bool {
-        self.within(now, self.lifetime.stale_while_revalidate)
+        self.within(now, self.lifetime().stale_while_revalidate)
     }
 
     /// Expired, but within the stale-if-error window.
     pub fn may_serve_on_error(&self, now: Instant) -> bool {
-        self.within(now, self.lifetime.stale_if_error)
+        self.within(now, self.lifetime().stale_if_error)
     }
 
     /// Expired, but within the window it may stand in for an upstream call while the site's
     /// quota is low.
     pub fn may_serve_on_low_quota(&self, now: Instant) -> bool {
-        self.within(now, self.lifetime.stale_on_low_quota)
+        self.within(now, self.lifetime().stale_on_low_quota)
     }
 
     /// Expired, and no longer ago than `window`.
     fn within(&self, now: Instant, window: Duration) -> bool {
-        !self.is_fresh(now) && self.age(now) < self.lifetime.ttl + window
+        !self.is_fresh(now) && self.age(now) < self.lifetime().ttl + window
     }
 
     /// Whether this entry answers a request with these headers (upstream's `Vary`).
@@ -449,7 +496,7 @@ impl Entry {
         let (age, cache_control) = self.age_headers(now);
         headers.insert(header::CACHE_CONTROL, cache_control);
         headers.insert(header::AGE, age);
-        headers.insert(header::ETAG, self.etags.get(coding).clone());
+        headers.insert(header::ETAG, self.etags.get(coding));
         headers.insert(CACHE_STATUS.clone(), status);
         *response.headers_mut() = headers;
         Ok(response)
@@ -479,7 +526,7 @@ impl Entry {
         {
             return (current.age_value.clone(), current.cache_control.clone());
         }
-        let remaining = self.lifetime.ttl.as_secs().saturating_sub(age);
+        let remaining = self.lifetime().ttl.as_secs().saturating_sub(age);
         let made = AgeHeaders {
             age,
             age_value: HeaderValue::from(age),
@@ -507,17 +554,18 @@ impl Entry {
         let stored_unix_ms = unix_ms().saturating_sub(self.age(Instant::now()).as_millis() as u64);
         let (coding, body) = match &self.bodies {
             Bodies::Identity(b) => (Coding::Identity, b),
-            Bodies::Gzip(b) | Bodies::Both { gzip: b, .. } => (Coding::Gzip, b),
+            Bodies::Gzip(b) => (Coding::Gzip, b),
+            Bodies::Both(both) => (Coding::Gzip, &both.gzip),
         };
         let mut out = Vec::with_capacity(body.len() + 512);
         out.extend_from_slice(L2_MAGIC);
         out.extend_from_slice(&self.status.as_u16().to_le_bytes());
         for n in [
             stored_unix_ms,
-            self.lifetime.ttl.as_millis() as u64,
-            self.lifetime.stale_if_error.as_millis() as u64,
-            self.lifetime.stale_while_revalidate.as_millis() as u64,
-            self.lifetime.stale_on_low_quota.as_millis() as u64,
+            self.lifetime.0[0],
+            self.lifetime.0[1],
+            self.lifetime.0[2],
+            self.lifetime.0[3],
         ] {
             out.extend_from_slice(&n.to_le_bytes());
         }
@@ -527,9 +575,7 @@ impl Entry {
             out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
             out.extend_from_slice(bytes);
         };
-        for etag in self.etags.parts() {
-            part(&mut out, etag);
-        }
+        part(&mut out, &self.etags.digest());
         match &self.vary {
             None => out.extend_from_slice(&0u32.to_le_bytes()),
             Some(vary) => {
@@ -563,7 +609,7 @@ impl Entry {
             [1] => true,
             _ => return None,
         };
-        let etags = ETags::from_parts(reader.part()?, reader.part()?)?;
+        let etags = ETags::from_digest(reader.part()?)?;
         let vary_count = u32::from_le_bytes(reader.array()?);
         let vary = if vary_count == 0 {
             None
@@ -602,12 +648,12 @@ impl Entry {
             },
             etags,
             stored_at: Instant::now().checked_sub(age).unwrap_or_else(Instant::now),
-            lifetime: Lifetime {
-                ttl: Duration::from_millis(ttl),
-                stale_if_error: Duration::from_millis(stale_if_error),
-                stale_while_revalidate: Duration::from_millis(stale_while_revalidate),
-                stale_on_low_quota: Duration::from_millis(stale_on_low_quota),
-            },
+            lifetime: Kept([
+                ttl,
+                stale_if_error,
+                stale_while_revalidate,
+                stale_on_low_quota,
+            ]),
             vary,
             points,
             age_headers: ArcSwapOption::empty(),
@@ -675,7 +721,7 @@ impl<'a> Reader<'a> {
 }
 
 /// Marks (and versions) an encoded L2 entry.
-const L2_MAGIC: &[u8] = b"WGE3";
+const L2_MAGIC: &[u8] = b"WGE4";
 
 fn unix_ms() -> u64 {
     std::time::SystemTime::now()
@@ -991,8 +1037,8 @@ mod tests {
         assert_eq!(copy.etags, original.etags);
         assert_eq!(copy.headers, original.headers);
         assert_eq!(
-            (copy.lifetime, copy.points),
-            (original.lifetime, original.points)
+            (copy.lifetime(), copy.points),
+            (original.lifetime(), original.points)
         );
         assert!(copy.is_fresh(Instant::now()));
         // The variant travels too: a request with other values does not match it.

@@ -11,30 +11,43 @@ use http::header::{self, HeaderMap, HeaderValue};
 use crate::coding::Coding;
 use crate::forward::list_tokens;
 
-/// The ETags of one body: `"HEX"` for identity, `"HEX-gzip"` for gzip, `HEX` the first 128
-/// bits of its BLAKE3 digest.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The ETags of one body: `"HEX"` for identity, `"HEX-gzip"` for gzip, `HEX` the first 64
+/// bits of its BLAKE3 digest in hex. A validator tells the versions of one resource apart, for
+/// which 64 bits are ample; an entry keeps the 8 bytes and writes the text when it answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ETags {
-    identity: HeaderValue,
-    gzip: HeaderValue,
+    digest: [u8; 8],
 }
+
+/// `"` + 16 hex digits + `-gzip"`: the longest text.
+const LONGEST: usize = 23;
 
 impl ETags {
     pub fn of(body: &[u8]) -> ETags {
-        let digest = blake3::hash(body);
-        let hex = &digest.to_hex()[..32];
-        let value = |tag: String| HeaderValue::from_str(&tag).expect("hex is a header value");
-        ETags {
-            identity: value(format!("\"{hex}\"")),
-            gzip: value(format!("\"{hex}-gzip\"")),
-        }
+        let mut digest = [0; 8];
+        digest.copy_from_slice(&blake3::hash(body).as_bytes()[..8]);
+        ETags { digest }
     }
 
     /// The validator of `coding`'s representation.
-    pub fn get(&self, coding: Coding) -> &HeaderValue {
+    pub fn get(&self, coding: Coding) -> HeaderValue {
+        let (text, len) = self.text(coding);
+        HeaderValue::from_bytes(&text[..len]).expect("hex is a header value")
+    }
+
+    fn text(&self, coding: Coding) -> ([u8; LONGEST], usize) {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut text = *b"\"0000000000000000-gzip\"";
+        for (n, byte) in self.digest.iter().enumerate() {
+            text[1 + 2 * n] = HEX[usize::from(byte >> 4)];
+            text[2 + 2 * n] = HEX[usize::from(byte & 0xf)];
+        }
         match coding {
-            Coding::Identity => &self.identity,
-            Coding::Gzip => &self.gzip,
+            Coding::Gzip => (text, LONGEST),
+            Coding::Identity => {
+                text[17] = b'"';
+                (text, 18)
+            }
         }
     }
 
@@ -46,26 +59,21 @@ impl ETags {
         if !request_headers.contains_key(header::IF_NONE_MATCH) {
             return false;
         }
-        let ours = [self.identity.as_bytes(), self.gzip.as_bytes()];
+        let [(identity, i), (gzip, g)] = [Coding::Identity, Coding::Gzip].map(|c| self.text(c));
+        let ours = [&identity[..i], &gzip[..g]];
         list_tokens(request_headers, &header::IF_NONE_MATCH)
             .any(|tag| tag == "*" || ours.contains(&tag.trim_start_matches("W/").as_bytes()))
     }
 
-    /// The bytes they take (for an entry's weight).
-    pub fn len(&self) -> usize {
-        self.identity.len() + self.gzip.len()
+    /// The digest, as the cluster's L2 format writes it.
+    pub fn digest(&self) -> [u8; 8] {
+        self.digest
     }
 
-    /// Both, as the cluster's L2 format writes them.
-    pub fn parts(&self) -> [&[u8]; 2] {
-        [self.identity.as_bytes(), self.gzip.as_bytes()]
-    }
-
-    /// Read back from [`ETags::parts`]; `None` if either is not a header value.
-    pub fn from_parts(identity: &[u8], gzip: &[u8]) -> Option<ETags> {
+    /// Read back from [`ETags::digest`]'s bytes; `None` unless there are 8.
+    pub fn from_digest(bytes: &[u8]) -> Option<ETags> {
         Some(ETags {
-            identity: HeaderValue::from_bytes(identity).ok()?,
-            gzip: HeaderValue::from_bytes(gzip).ok()?,
+            digest: bytes.try_into().ok()?,
         })
     }
 }
@@ -90,7 +98,7 @@ mod tests {
             ETags::of(b"{\"watching\":true}"),
             "from the content alone"
         );
-        for tag in [identity, gzip] {
+        for tag in [&identity, &gzip] {
             let mut headers = HeaderMap::new();
             let listed = format!("\"x\", W/{}", tag.to_str().unwrap());
             headers.insert(
@@ -102,7 +110,11 @@ mod tests {
         assert!(etags.matched_by(&if_none_match("*")));
         assert!(!etags.matched_by(&if_none_match("\"other\"")));
         assert!(!etags.matched_by(&HeaderMap::new()));
-        let [a, b] = etags.parts();
-        assert_eq!(ETags::from_parts(a, b), Some(etags));
+        assert_eq!(ETags::from_digest(&etags.digest()), Some(etags));
+        assert_eq!(identity.len(), 18);
+        assert_eq!(
+            gzip.to_str().unwrap(),
+            format!("{}-gzip\"", &identity.to_str().unwrap()[..17])
+        );
     }
 }

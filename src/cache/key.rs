@@ -82,10 +82,13 @@ impl Partition {
     }
 }
 
-/// A cache key: 32 bytes of BLAKE3 over the partition, route, parameters, normalised query and
-/// tag generations. Fixed-size, so hashing and comparing it is cheap.
+/// A cache key: the first 128 bits of BLAKE3 over the partition, route, parameters, normalised
+/// query and tag generations. Fixed-size, so hashing and comparing it is cheap; 16 bytes,
+/// since the cache holds each key twice per entry, and finding two inputs with one key takes
+/// 2^64 tries even by design (and cannot target another caller's key: the partition in each
+/// input is a keyed hash).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct CacheKey([u8; 32]);
+pub struct CacheKey([u8; 16]);
 
 impl CacheKey {
     pub fn new(
@@ -123,7 +126,7 @@ impl CacheKey {
         input.finish(generations)
     }
 
-    pub fn as_bytes(&self) -> &[u8; 32] {
+    pub fn as_bytes(&self) -> &[u8; 16] {
         &self.0
     }
 }
@@ -158,7 +161,9 @@ impl KeyInput {
         for generation in generations {
             self.0.extend_from_slice(&generation.to_le_bytes());
         }
-        CacheKey(*blake3::hash(&self.0).as_bytes())
+        let mut key = [0; 16];
+        key.copy_from_slice(&blake3::hash(&self.0).as_bytes()[..16]);
+        CacheKey(key)
     }
 }
 
