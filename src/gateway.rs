@@ -173,7 +173,21 @@ impl Gateway {
                 .cache
                 .lookup(&resolved, &parts.headers, parts.uri.query())
                 .await;
-            let (response, served) = self.read(parts, body, conn, lookup, admission).await?;
+            // The hit path borrows the request; only what the cache cannot answer takes it
+            // (boxed: the rest of a read is a large future, and every request would carry it).
+            let (response, served) = match self.look(lookup, &parts).await? {
+                Looked::Hit(response, served) => (response, served),
+                Looked::Bypass(why) => {
+                    let admission = admission(&parts);
+                    let bypass = Box::pin(self.bypass(parts, body, conn, why, admission));
+                    bypass.await?
+                }
+                Looked::Read(read) => {
+                    let admission = admission(&parts);
+                    let read = Box::pin(self.cached_read(parts, body, conn, read, admission));
+                    read.await?
+                }
+            };
             log.served = Some(served);
             response
         };
@@ -183,34 +197,28 @@ impl Gateway {
         Ok(response)
     }
 
-    /// A read: a fresh entry answered at once (the hit path: nothing is prepared for
-    /// upstream), else through the cache, or past it when it may not be cached.
-    async fn read<B: RequestBody>(
+    /// A read's one lookup: a fresh entry answered at once (the hit path: nothing is prepared
+    /// for upstream, nothing of the request is taken), else what the rest of the read needs.
+    async fn look(
         &self,
-        parts: request::Parts,
-        body: B,
-        conn: &ConnInfo,
         lookup: Result<Lookup, Bypass>,
-        admission: impl FnOnce(&request::Parts) -> Admission,
-    ) -> Result<(Response<Body>, Served), GatewayError> {
+        parts: &request::Parts,
+    ) -> Result<Looked, GatewayError> {
         let lookup = match lookup {
             Ok(lookup) => lookup,
-            Err(bypass) => {
-                let admission = admission(&parts);
-                let bypass = Box::pin(self.bypass(parts, body, conn, bypass, admission));
-                return bypass.await;
-            }
+            Err(bypass) => return Ok(Looked::Bypass(bypass)),
         };
         let read = match self.cache.bulk_plan(&lookup, parts.uri.query()) {
             Some(plan) => Read::Bulk(plan),
             None => match self.cache.find(&lookup, &parts.headers).await {
-                Found::Fresh(entry) => return self.cache.hit(&lookup, entry, &parts.headers).await,
+                Found::Fresh(entry) => {
+                    let (response, served) = self.cache.hit(&lookup, entry, &parts.headers).await?;
+                    return Ok(Looked::Hit(response, served));
+                }
                 found => Read::Entry(lookup, found),
             },
         };
-        let admission = admission(&parts);
-        let cached_read = Box::pin(self.cached_read(parts, body, conn, read, admission));
-        cached_read.await
+        Ok(Looked::Read(read))
     }
 
     /// A read the cache may not answer (JWT, cookie, caching off): forwarded and streamed back.
@@ -575,6 +583,16 @@ fn redirect(location: http::HeaderValue) -> Response<Body> {
 }
 
 /// How the cache answers a read it may store.
+/// What a read's lookup came to.
+enum Looked {
+    /// Answered from this replica's memory.
+    Hit(Response<Body>, Served),
+    /// Not for the cache: forwarded as it is.
+    Bypass(Bypass),
+    /// For the cache, which needs upstream (or an expired entry) to answer.
+    Read(Read),
+}
+
 enum Read {
     /// From the entry of its key: what the one lookup found.
     Entry(Lookup, Found),
