@@ -15,7 +15,6 @@
 //! [`log_sink`]: crate::log_sink
 
 use std::cell::RefCell;
-use std::io::Write as _;
 use std::net::IpAddr;
 use std::sync::OnceLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -209,13 +208,12 @@ fn caller(line: &mut Vec<u8>, caller: Option<&CallerId>) {
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
-/// What the cache did, quoted (its text never needs escaping).
+/// What the cache did, quoted (its text never needs escaping; the usual outcomes' texts are
+/// static, so writing them formats nothing).
 fn outcome(line: &mut Vec<u8>, outcome: Option<Outcome>) {
     line.push(b'"');
     match outcome {
-        Some(outcome) => {
-            let _ = write!(line, "{outcome}");
-        }
+        Some(outcome) => line.extend_from_slice(outcome.cache_status().as_bytes()),
         None => line.push(b'-'),
     }
     line.push(b'"');
@@ -233,7 +231,7 @@ fn address(line: &mut Vec<u8>, ip: IpAddr) {
             }
         }
         IpAddr::V6(v6) => {
-            let _ = write!(line, "{v6}");
+            let _ = std::io::Write::write_fmt(line, format_args!("{v6}"));
         }
     }
 }

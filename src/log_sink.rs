@@ -21,10 +21,10 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 /// Bytes waiting that make the writer write them at once.
-pub const BATCH: usize = 64 * 1024;
+pub const BATCH: usize = 1024 * 1024;
 /// How long a line may wait for others to be written with it.
 pub const FLUSH_INTERVAL: Duration = Duration::from_millis(100);
-/// Bytes waiting past which lines are dropped (about 30 000 access-log lines).
+/// Bytes waiting past which lines are dropped (about 20 000 access-log lines).
 pub const MAX_PENDING: usize = 4 * 1024 * 1024;
 /// How long [`LogSink::flush`] waits for a stuck output.
 pub const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
