@@ -13,6 +13,18 @@ use wikigate::limit::{Limits, Policy};
 pub const ALICE: &str = "Basic YWxpY2VAZXhhbXBsZS5jb206YWxpY2UtYXBpLXRva2Vu";
 
 /// This process's resident memory, in bytes.
+/// Has the allocator return the pages freed so far, from the calling thread's heap and those
+/// abandoned by exited threads (mimalloc returns freed pages on its own, a short delay after
+/// they fall free, at its next call from the thread that owns them: a process idle right after
+/// a burst keeps them resident until its next request).
+pub fn return_freed_pages() {
+    // SAFETY: mi_collect takes no arguments that point anywhere; it walks mimalloc's own heaps.
+    #[allow(unsafe_code)]
+    unsafe {
+        libmimalloc_sys::mi_collect(true)
+    }
+}
+
 pub fn resident_bytes() -> u64 {
     let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
     let pages: u64 = statm
