@@ -76,8 +76,10 @@ pub enum Fetched {
 /// What a read's fetch came to, for the request that made it.
 enum Fetch {
     Stored(Arc<Entry>),
-    /// Found in the cluster's shared tier instead: no upstream call.
-    Shared(Arc<Entry>),
+    /// Found fresh without an upstream call after all: in this replica's memory (another
+    /// leader stored it between this request's lookup and its flight), or in the cluster's
+    /// shared tier.
+    Shared(Arc<Entry>, Tier),
     /// A bounded answer that may not be stored (an error status, a `Set-Cookie`).
     Answer(Arc<Buffered>),
     Streamed(Response<Body>),
@@ -97,7 +99,7 @@ enum Landed {
 impl Fetch {
     fn landed(&self) -> Option<Landed> {
         match self {
-            Fetch::Stored(entry) | Fetch::Shared(entry) => Some(Landed::Stored(entry.clone())),
+            Fetch::Stored(entry) | Fetch::Shared(entry, _) => Some(Landed::Stored(entry.clone())),
             Fetch::Answer(answer) => Some(Landed::Answer(answer.clone())),
             Fetch::Failed(error) => Some(Landed::Failed(error.clone())),
             Fetch::Streamed(_) | Fetch::Undeliverable(_) => None,
@@ -562,8 +564,8 @@ impl Cache {
         let headers = request_headers.clone();
         let task = tokio::spawn(
             async move {
-                let fetched = match this.look_in_l2(lookup, &headers).await {
-                    Some(entry) => Fetch::Shared(entry),
+                let fetched = match this.look_again(lookup, &headers).await {
+                    Some((entry, tier)) => Fetch::Shared(entry, tier),
                     None => this.settle(lookup, &headers, fetch().await, true).await,
                 };
                 leader.complete(fetched.landed());
@@ -644,6 +646,24 @@ impl Cache {
 
     /// The cluster's copy of an entry this replica does not hold, if fresh and of this
     /// request's variant; kept in L1 too.
+    /// What a leader finds before it fetches: a fresh entry that another leader stored in
+    /// memory after this request looked (its flight had ended by the time this one began), or
+    /// one in the cluster's shared tier.
+    async fn look_again(
+        &self,
+        lookup: Lookup,
+        request_headers: &HeaderMap,
+    ) -> Option<(Arc<Entry>, Tier)> {
+        if let Some(entry) = self.store.get(&lookup.key).await
+            && entry.is_fresh(Instant::now())
+            && entry.matches_vary(request_headers)
+        {
+            return Some((entry, Tier::Memory));
+        }
+        let entry = self.look_in_l2(lookup, request_headers).await?;
+        Some((entry, Tier::Cluster))
+    }
+
     async fn look_in_l2(&self, lookup: Lookup, request_headers: &HeaderMap) -> Option<Arc<Entry>> {
         let cluster = self.cluster.as_ref()?;
         let entry = Entry::decode(&cluster.get(lookup.key.as_bytes()).await?)?;
@@ -698,9 +718,9 @@ impl Cache {
             stored,
         };
         match fetched {
-            Fetch::Shared(entry) => {
+            Fetch::Shared(entry, tier) => {
                 let saved = Some(entry.points);
-                let outcome = Outcome::Hit(Tier::Cluster);
+                let outcome = Outcome::Hit(tier);
                 self.serve(lookup, entry, request_headers, outcome, saved)
                     .await
             }

@@ -484,3 +484,25 @@ async fn bulk_lookups_with_undocumented_parameters_are_left_whole() {
             .is_some()
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_request_that_looked_before_another_stored_does_not_fetch_again() {
+    let cache = cache_with(policy(60_000, 0, 0));
+    let upstream = Upstream::answering("{\"watching\":true}");
+    let alice = as_user("alice");
+    // It looks, finds nothing, and is slow to go on: meanwhile another request's flight
+    // fetches, stores and ends.
+    let late = lookup(&cache, WATCH, &alice).await;
+    let found = cache.find(&late, &alice).await;
+    assert!(matches!(found, Found::Missing { fallback: None }));
+    let (first, _) = read(&cache, WATCH, &alice, &upstream).await.unwrap();
+    assert_eq!(first, Outcome::STORED);
+    // Leading a flight of its own, it finds the stored answer first.
+    let (response, served) = cache
+        .read(late, found, &alice, upstream.fetch())
+        .await
+        .unwrap();
+    assert_eq!(served.outcome, Outcome::Hit(Tier::Memory));
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(upstream.calls(), 1);
+}
