@@ -110,7 +110,9 @@ fn main() {
         .await;
         let stats = cache_metrics(&client, &gateway.admin_addr).await;
         let after = resident_bytes();
-        // Every worker thread returns what it freed (a task per thread, all at once).
+        // mimalloc returns a thread's freed pages from that thread: a few tasks, which the
+        // runtime's idle workers pick up, and the main thread ask for it (no thread is sure
+        // to be reached, so this bounds the figure from above).
         let threads = std::thread::available_parallelism().map_or(2, usize::from);
         let barrier = Arc::new(tokio::sync::Barrier::new(threads));
         join_all((0..threads).map(|_| {

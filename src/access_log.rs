@@ -140,22 +140,7 @@ fn pretty(line: &mut Vec<u8>, timestamp: &Timestamp<'_>, entry: &Entry<'_>, colo
     line.extend_from_slice(TARGET.as_bytes());
     line.push(b':');
     line.extend_from_slice(reset);
-    line.extend_from_slice(b" peer=");
-    address(line, entry.peer);
-    line.extend_from_slice(b" method=");
-    line.extend_from_slice(entry.method.as_str().as_bytes());
-    line.extend_from_slice(b" path=");
-    quoted(line, entry.path);
-    line.extend_from_slice(b" caller=");
-    caller(line, entry.caller);
-    line.extend_from_slice(b" operation=");
-    quoted(line, entry.operation.map_or("-", Operation::id));
-    line.extend_from_slice(b" status=");
-    decimal(line, u64::from(entry.status.as_u16()));
-    line.extend_from_slice(b" cache=");
-    outcome(line, entry.cache);
-    line.extend_from_slice(b" duration_us=");
-    decimal(line, entry.duration.as_micros() as u64);
+    fields(line, entry, &PRETTY_KEYS, b"");
     line.push(b'\n');
 }
 
@@ -164,25 +149,68 @@ fn pretty(line: &mut Vec<u8>, timestamp: &Timestamp<'_>, entry: &Entry<'_>, colo
 fn json(line: &mut Vec<u8>, timestamp: &Timestamp<'_>, entry: &Entry<'_>) {
     line.extend_from_slice(b"{\"timestamp\":\"");
     timestamp.write(line);
-    line.extend_from_slice(b"\",\"level\":\"INFO\",\"peer\":\"");
-    address(line, entry.peer);
-    line.extend_from_slice(b"\",\"method\":");
-    quoted(line, entry.method.as_str());
-    line.extend_from_slice(b",\"path\":");
-    quoted(line, entry.path);
-    line.extend_from_slice(b",\"caller\":");
-    caller(line, entry.caller);
-    line.extend_from_slice(b",\"operation\":");
-    quoted(line, entry.operation.map_or("-", Operation::id));
-    line.extend_from_slice(b",\"status\":");
-    decimal(line, u64::from(entry.status.as_u16()));
-    line.extend_from_slice(b",\"cache\":");
-    outcome(line, entry.cache);
-    line.extend_from_slice(b",\"duration_us\":");
-    decimal(line, entry.duration.as_micros() as u64);
+    line.extend_from_slice(b"\",\"level\":\"INFO\"");
+    fields(line, entry, &JSON_KEYS, b"\"");
     line.extend_from_slice(b",\"target\":\"");
     line.extend_from_slice(TARGET.as_bytes());
     line.extend_from_slice(b"\"}\n");
+}
+
+/// What comes before each field in a pretty line, and in a JSON one.
+const PRETTY_KEYS: [&[u8]; 8] = [
+    b" peer=",
+    b" method=",
+    b" path=",
+    b" caller=",
+    b" operation=",
+    b" status=",
+    b" cache=",
+    b" duration_us=",
+];
+const JSON_KEYS: [&[u8]; 8] = [
+    b",\"peer\":",
+    b",\"method\":",
+    b",\"path\":",
+    b",\"caller\":",
+    b",\"operation\":",
+    b",\"status\":",
+    b",\"cache\":",
+    b",\"duration_us\":",
+];
+
+/// The fields, in order, each after its key; `peer` and `method` (which never need escaping)
+/// between `bare_quote`s: nothing in a pretty line, `"` in JSON.
+fn fields(line: &mut Vec<u8>, entry: &Entry<'_>, keys: &[&[u8]; 8], bare_quote: &[u8]) {
+    let [
+        peer,
+        method,
+        path,
+        caller_key,
+        operation,
+        status,
+        cache,
+        duration,
+    ] = keys;
+    line.extend_from_slice(peer);
+    line.extend_from_slice(bare_quote);
+    address(line, entry.peer);
+    line.extend_from_slice(bare_quote);
+    line.extend_from_slice(method);
+    line.extend_from_slice(bare_quote);
+    line.extend_from_slice(entry.method.as_str().as_bytes());
+    line.extend_from_slice(bare_quote);
+    line.extend_from_slice(path);
+    quoted(line, entry.path);
+    line.extend_from_slice(caller_key);
+    caller(line, entry.caller);
+    line.extend_from_slice(operation);
+    quoted(line, entry.operation.map_or("-", Operation::id));
+    line.extend_from_slice(status);
+    decimal(line, u64::from(entry.status.as_u16()));
+    line.extend_from_slice(cache);
+    outcome(line, entry.cache);
+    line.extend_from_slice(duration);
+    decimal(line, entry.duration.as_micros() as u64);
 }
 
 /// A caller's label, quoted (`CallerId`'s `Display`, written without `core::fmt`).

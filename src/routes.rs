@@ -13,6 +13,7 @@
 //!   parameter that contains `/`, control bytes, invalid UTF-8 or a dot-segment.
 
 use std::borrow::Cow;
+use std::sync::LazyLock;
 
 use http::Method;
 
@@ -99,8 +100,6 @@ pub struct Spec {
     segments: &'static [Segment],
     /// The operations defined on the path, one per method.
     pub operations: &'static [Operation],
-    /// The `Allow` header for the path.
-    pub allow: &'static str,
     /// Whether one cached answer may serve every caller (the answer describes nobody).
     pub shared: bool,
     resource: Option<Resource>,
@@ -118,7 +117,6 @@ static TABLE: [Spec; 12] = {
             template: "/wiki/rest/api/user",
             segments: &[],
             operations: &[GetUser],
-            allow: "GET, HEAD",
             shared: false,
             resource: None,
             objects: Objects::User,
@@ -129,7 +127,6 @@ static TABLE: [Spec; 12] = {
             template: "/wiki/rest/api/user/anonymous",
             segments: &[Fixed("anonymous")],
             operations: &[GetAnonymousUser],
-            allow: "GET, HEAD",
             shared: true,
             resource: None,
             objects: Objects::User,
@@ -140,7 +137,6 @@ static TABLE: [Spec; 12] = {
             template: "/wiki/rest/api/user/current",
             segments: &[Fixed("current")],
             operations: &[GetCurrentUser],
-            allow: "GET, HEAD",
             shared: false,
             resource: None,
             objects: Objects::User,
@@ -151,7 +147,6 @@ static TABLE: [Spec; 12] = {
             template: "/wiki/rest/api/user/memberof",
             segments: &[Fixed("memberof")],
             operations: &[GetGroupMembershipsForUser],
-            allow: "GET, HEAD",
             shared: false,
             resource: None,
             objects: Objects::UsersOrGroups,
@@ -162,7 +157,6 @@ static TABLE: [Spec; 12] = {
             template: "/wiki/rest/api/user/bulk",
             segments: &[Fixed("bulk")],
             operations: &[GetBulkUserLookup],
-            allow: "GET, HEAD",
             shared: false,
             resource: None,
             objects: Objects::UsersOrGroups,
@@ -173,7 +167,6 @@ static TABLE: [Spec; 12] = {
             template: "/wiki/rest/api/user/email",
             segments: &[Fixed("email")],
             operations: &[GetPrivacyUnsafeUserEmail],
-            allow: "GET, HEAD",
             shared: false,
             resource: None,
             objects: Objects::Record,
@@ -184,7 +177,6 @@ static TABLE: [Spec; 12] = {
             template: "/wiki/rest/api/user/email/bulk",
             segments: &[Fixed("email"), Fixed("bulk")],
             operations: &[GetPrivacyUnsafeUserEmailBulk],
-            allow: "GET, HEAD",
             shared: false,
             resource: None,
             objects: Objects::Records,
@@ -199,7 +191,6 @@ static TABLE: [Spec; 12] = {
                 AddContentWatcher,
                 RemoveContentWatcher,
             ],
-            allow: "GET, HEAD, POST, DELETE",
             shared: false,
             resource: Some(Resource::Watch(WatchKind::Content)),
             objects: Objects::Nothing,
@@ -210,7 +201,6 @@ static TABLE: [Spec; 12] = {
             template: "/wiki/rest/api/user/watch/label/{labelName}",
             segments: &[Fixed("watch"), Fixed("label"), Param("labelName")],
             operations: &[IsWatchingLabel, AddLabelWatcher, RemoveLabelWatcher],
-            allow: "GET, HEAD, POST, DELETE",
             shared: false,
             resource: Some(Resource::Watch(WatchKind::Label)),
             objects: Objects::Nothing,
@@ -221,7 +211,6 @@ static TABLE: [Spec; 12] = {
             template: "/wiki/rest/api/user/watch/space/{spaceKey}",
             segments: &[Fixed("watch"), Fixed("space"), Param("spaceKey")],
             operations: &[IsWatchingSpace, AddSpaceWatcher, RemoveSpaceWatch],
-            allow: "GET, HEAD, POST, DELETE",
             shared: false,
             resource: Some(Resource::Watch(WatchKind::Space)),
             objects: Objects::Nothing,
@@ -232,7 +221,6 @@ static TABLE: [Spec; 12] = {
             template: "/wiki/rest/api/user/{userId}/property",
             segments: &[Param("userId"), Fixed("property")],
             operations: &[GetUserProperties],
-            allow: "GET, HEAD",
             shared: false,
             resource: Some(Resource::Properties),
             objects: Objects::Records,
@@ -248,7 +236,6 @@ static TABLE: [Spec; 12] = {
                 CreateUserProperty,
                 DeleteUserProperty,
             ],
-            allow: "GET, HEAD, PUT, POST, DELETE",
             shared: false,
             resource: Some(Resource::Property),
             objects: Objects::Record,
@@ -261,6 +248,32 @@ impl Route {
     /// The route's row of the table.
     pub fn spec(self) -> &'static Spec {
         &TABLE[self as usize]
+    }
+
+    /// The `Allow` header of a 405 on this template: its operations' methods, in the table's
+    /// order (HEAD wherever GET is), made once from the table.
+    pub fn allow(self) -> &'static str {
+        static ALLOW: LazyLock<Vec<String>> = LazyLock::new(|| {
+            Route::ALL
+                .iter()
+                .map(|route| {
+                    let methods: Vec<&str> = route
+                        .spec()
+                        .operations
+                        .iter()
+                        .flat_map(|op| match op.verb() {
+                            Verb::Get => &["GET", "HEAD"][..],
+                            Verb::Post => &["POST"],
+                            Verb::Put => &["PUT"],
+                            Verb::Delete => &["DELETE"],
+                        })
+                        .copied()
+                        .collect();
+                    methods.join(", ")
+                })
+                .collect()
+        });
+        &ALLOW[self.index()]
     }
 
     /// The route's position in [`Route::ALL`], for per-route arrays.
@@ -608,7 +621,7 @@ pub fn resolve<'a>(method: &Method, path: &'a str) -> Result<Resolved<'a>, Route
 
 fn not_allowed(route: Route) -> RouteError {
     RouteError::MethodNotAllowed {
-        allow: route.spec().allow,
+        allow: route.allow(),
     }
 }
 
@@ -820,7 +833,7 @@ mod tests {
                 };
                 methods.push(method);
             }
-            let mut allowed: Vec<&str> = route.spec().allow.split(", ").collect();
+            let mut allowed: Vec<&str> = route.allow().split(", ").collect();
             allowed.sort_unstable();
             methods.sort_unstable();
             assert_eq!(allowed, methods, "{}", route.name());

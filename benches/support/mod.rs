@@ -65,8 +65,8 @@ pub fn limits(config: &LimitsConfig) -> Limits {
     Limits::new(policy, None, Arc::default())
 }
 
-/// The global allocator of a memory benchmark: the system's, counting the bytes live on the
-/// heap, so that a benchmark can tell what its data costs apart from what the allocator keeps
+/// The global allocator of a memory benchmark: the binary's (mimalloc), counting the bytes
+/// live on the heap, so that a benchmark can tell what its data costs apart from what the allocator keeps
 /// (resident memory also counts freed memory not yet returned, which varies run to run).
 pub struct CountingAllocator;
 
