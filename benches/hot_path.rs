@@ -62,9 +62,9 @@ fn cache_key(c: &mut Criterion) {
     let secret = [7; 32];
     let resolved = resolve(&Method::GET, CURRENT).expect("a route");
     c.bench_function("cache_key/partition", |b| {
-        b.iter(|| Partition::of(black_box(&headers), &secret))
+        b.iter(|| Partition::of(black_box(&headers), &secret, None))
     });
-    let partition = Partition::of(&headers, &secret).expect("a partition");
+    let partition = Partition::of(&headers, &secret, None).expect("a partition");
     c.bench_function("cache_key/key", |b| {
         b.iter(|| CacheKey::new(partition, &resolved, black_box(Some(QUERY)), &[1, 2, 3]))
     });

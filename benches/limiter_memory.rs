@@ -29,6 +29,7 @@ fn main() {
         fingerprint[..4].copy_from_slice(&i.to_le_bytes());
         let caller = Caller {
             id: CallerId::Credential(fingerprint),
+            credential: None,
             class: class.clone(),
             account: account.clone(),
         };

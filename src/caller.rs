@@ -13,7 +13,9 @@
 //!
 //! Invariants: what logs and metrics see of a caller is its client name, class, `app:ISS`, a
 //! short fingerprint prefix or an address — never a credential or a raw key. Client keys are
-//! only ever compared as hashes. The `iss` of a JWT keys limits only, never the cache.
+//! only ever compared as hashes. The `iss` of a JWT keys limits only, never the cache. A
+//! credential has one keyed hash ([`Credential`]), made once per request: the cache partitions
+//! by it and a caller's fingerprint is its first half.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -31,10 +33,44 @@ use crate::quota::{Account, Accounts};
 #[derive(Debug, Clone)]
 pub struct Caller {
     pub id: CallerId,
+    /// The credential the request arrived with, when the caller is known by it.
+    pub credential: Option<Credential>,
     /// The quota class.
     pub class: Arc<str>,
     /// The points this caller spends and saves (its client's, or its class's).
     pub account: Arc<Account>,
+}
+
+/// The keyed BLAKE3 hash of a request's credential: every `Authorization` value, in order,
+/// under the partition secret. Without the secret it cannot be tested against guesses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Credential([u8; 32]);
+
+impl Credential {
+    /// The credential `headers` carry; `None` without `Authorization`.
+    pub fn of(headers: &HeaderMap, secret: &[u8; 32]) -> Option<Credential> {
+        let mut values = headers.get_all(header::AUTHORIZATION).iter();
+        let first = values.next()?;
+        let mut hasher = blake3::Hasher::new_keyed(secret);
+        hasher.update(first.as_bytes());
+        // Several Authorization fields are unusual; they all belong to the credential.
+        for more in values {
+            hasher.update(b"\n");
+            hasher.update(more.as_bytes());
+        }
+        Some(Credential(*hasher.finalize().as_bytes()))
+    }
+
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    /// The caller's fingerprint: the first half.
+    fn fingerprint(&self) -> [u8; 16] {
+        let mut fingerprint = [0; 16];
+        fingerprint.copy_from_slice(&self.0[..16]);
+        fingerprint
+    }
 }
 
 /// The identity limits are keyed by.
@@ -180,6 +216,7 @@ impl Callers {
             let client = &self.clients[index];
             return Ok(Caller {
                 id: CallerId::Client(client.name.clone()),
+                credential: None,
                 class: client.class.clone(),
                 account: client.account.clone(),
             });
@@ -189,19 +226,26 @@ impl Callers {
                 "this gateway needs a client key (service-account mode)",
             ));
         }
-        let id = match headers.get(header::AUTHORIZATION) {
-            Some(value) => CallerId::Credential(self.fingerprint(value, peer)),
-            None => CallerId::Address(self.client_address(headers, peer)),
+        let (id, credential) = match self.fingerprint(headers, peer) {
+            Some((fingerprint, credential)) => (CallerId::Credential(fingerprint), credential),
+            None => (CallerId::Address(self.client_address(headers, peer)), None),
         };
         Ok(Caller {
             id,
+            credential,
             class: self.default_class.clone(),
             account: self.default_account.clone(),
         })
     }
 
-    /// A JWT's `iss` claim, or the whole value, under the keyed hash.
-    fn fingerprint(&self, authorization: &HeaderValue, peer: IpAddr) -> [u8; 16] {
+    /// A JWT's `iss` claim (or, unreadable, the peer) under the keyed hash; any other
+    /// credential's own hash, which it comes with. `None` without `Authorization`.
+    fn fingerprint(
+        &self,
+        headers: &HeaderMap,
+        peer: IpAddr,
+    ) -> Option<([u8; 16], Option<Credential>)> {
+        let authorization = headers.get(header::AUTHORIZATION)?;
         let mut hasher = blake3::Hasher::new_keyed(&self.secret);
         match connect_app(authorization) {
             Some(iss) => hasher.update(b"app\n").update(iss.as_bytes()),
@@ -209,13 +253,14 @@ impl Callers {
             None if is_jwt(authorization) => {
                 hasher.update(b"ip\n").update(peer.to_string().as_bytes())
             }
-            None => hasher
-                .update(b"credential\n")
-                .update(authorization.as_bytes()),
+            None => {
+                let credential = Credential::of(headers, &self.secret)?;
+                return Some((credential.fingerprint(), Some(credential)));
+            }
         };
         let mut fingerprint = [0; 16];
         fingerprint.copy_from_slice(&hasher.finalize().as_bytes()[..16]);
-        fingerprint
+        Some((fingerprint, None))
     }
 
     /// The client's address: the peer, or — when the peer is a trusted proxy — the nearest
@@ -242,21 +287,26 @@ impl Callers {
         self.trusted.iter().any(|net| net.contains(&ip))
     }
 
-    /// Service-account mode: replaces the caller's credentials with wikigate's own.
-    pub fn apply_auth_mode(&self, headers: &mut HeaderMap) {
-        if let Some(credential) = &self.service_credential {
-            headers.remove(header::COOKIE);
-            headers.insert(header::AUTHORIZATION, credential.clone());
-        }
+    /// Service-account mode: replaces the caller's credentials with wikigate's own. Returns
+    /// the hash of the credential the request now carries when it is known without hashing
+    /// again: the one `caller` arrived with, unless it was replaced.
+    pub fn apply_auth_mode(&self, headers: &mut HeaderMap, caller: &Caller) -> Option<Credential> {
         headers.remove(&self.key_header);
+        match &self.service_credential {
+            Some(credential) => {
+                headers.remove(header::COOKIE);
+                headers.insert(header::AUTHORIZATION, credential.clone());
+                None
+            }
+            None => caller.credential,
+        }
     }
 
     /// The upstream credential a request will carry (after [`Callers::apply_auth_mode`]),
     /// as upstream holds know it: its fingerprint, or all zeros for anonymous requests.
     pub fn hold_key(&self, headers: &HeaderMap, peer: IpAddr) -> [u8; 16] {
-        headers
-            .get(header::AUTHORIZATION)
-            .map_or([0; 16], |value| self.fingerprint(value, peer))
+        self.fingerprint(headers, peer)
+            .map_or([0; 16], |(fingerprint, _)| fingerprint)
     }
 }
 
@@ -339,6 +389,38 @@ mod tests {
             c.identify(&a, peer).unwrap(),
             c.identify(&other_app, peer).unwrap()
         );
+    }
+
+    #[test]
+    fn a_credential_is_hashed_once_and_only_passed_on_while_it_is_sent() {
+        let peer: IpAddr = "10.0.0.1".parse().unwrap();
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Basic YTpi"),
+        );
+        let c = callers("");
+        let caller = c.identify(&headers, peer).unwrap();
+        let credential = Credential::of(&headers, &[3; 32]).unwrap();
+        assert_eq!(caller.credential, Some(credential));
+        assert_eq!(caller.id, CallerId::Credential(credential.fingerprint()));
+        assert_eq!(c.apply_auth_mode(&mut headers, &caller), Some(credential));
+        // A JWT's fingerprint is its app's, which must never partition the cache.
+        let mut app = HeaderMap::new();
+        app.insert(header::AUTHORIZATION, jwt("com.example.app"));
+        assert_eq!(c.identify(&app, peer).unwrap().credential, None);
+        // Service-account mode replaces the credential: the caller's is not the one sent.
+        let file = std::env::temp_dir().join(format!("wikigate-credential-{}", std::process::id()));
+        std::fs::write(&file, "Basic c2VydmljZTp0").unwrap();
+        let service = callers(&format!(
+            "[auth]\nmode = \"service-account\"\ncredential_file = \"{}\"\n\
+             [[callers.clients]]\nname = \"billing\"\nkey_hash = \"{}\"\n",
+            file.display(),
+            KeyHash::of("k-0123456789abcdef")
+        ));
+        std::fs::remove_file(&file).unwrap();
+        assert_eq!(service.apply_auth_mode(&mut headers, &caller), None);
+        assert_eq!(headers[header::AUTHORIZATION], "Basic c2VydmljZTp0");
     }
 
     #[test]

@@ -24,6 +24,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use futures_util::future::Either;
 use http::{Request, Response, header, request};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
@@ -39,7 +40,7 @@ use crate::coding::{self, Accepts, Coding};
 use crate::cookies::IgnoredCookies;
 use arc_swap::ArcSwap;
 
-use crate::caller::{Caller, Callers};
+use crate::caller::{Caller, Callers, Credential};
 use crate::config::Config;
 use crate::csrf::CsrfGuard;
 use crate::error::{ErrorSource, GatewayError};
@@ -119,12 +120,16 @@ impl Gateway {
         })
     }
 
-    async fn serve<B: RequestBody>(
+    /// Everything of a request that needs no waiting: its head checked, its caller identified
+    /// and limited, its route resolved and, for a read this replica can look up alone, its
+    /// one lookup. A hit (and a refusal, a redirect) is answered here, and no future is made
+    /// for it; anything else goes [`Gateway::onward`].
+    fn admit<B: RequestBody>(
         &self,
         request: Request<B>,
         conn: &ConnInfo,
         log: &mut LogFields,
-    ) -> Result<Response<Body>, GatewayError> {
+    ) -> Result<Admitted<B>, GatewayError> {
         self.limits.check_head(&request)?;
         let (mut parts, body) = request.into_parts();
         forward::strip_hop_by_hop(&mut parts.headers);
@@ -144,14 +149,58 @@ impl Gateway {
             {
                 let path_and_query = parts.uri.path_and_query().map_or("", |p| p.as_str());
                 return match self.links.redirect(parts.uri.path(), path_and_query) {
-                    Some(location) => Ok(redirect(location)),
+                    Some(location) => Ok(Admitted::Answered(redirect(location))),
                     None => Err(routes::RouteError::NotFound.into()),
                 };
             }
             resolved => resolved?,
         };
-        callers.apply_auth_mode(&mut parts.headers);
-        let route = resolved.route();
+        let credential = callers.apply_auth_mode(&mut parts.headers, &caller);
+        let next = if resolved.operation.verb().is_write() {
+            Next::Write(resolved.invalidates())
+        } else {
+            let query = parts.uri.query();
+            match self
+                .cache
+                .lookup_here(&resolved, &parts.headers, query, credential)
+            {
+                None => Next::Lookup(credential),
+                Some(lookup) => match self.look(lookup, &parts)? {
+                    Looked::Hit(response, served) => {
+                        log.served = Some(served);
+                        return Ok(Admitted::Answered(with_allowance(response, allowance)));
+                    }
+                    looked => Next::Looked(looked),
+                },
+            }
+        };
+        Ok(Admitted::Onward(Box::new(Onward {
+            route: resolved.route(),
+            parts,
+            body,
+            callers,
+            caller,
+            allowance,
+            next,
+        })))
+    }
+
+    /// The rest of a request that needs upstream, Redis or its body.
+    async fn onward<B: RequestBody>(
+        &self,
+        onward: Onward<B>,
+        conn: &ConnInfo,
+        log: &mut LogFields,
+    ) -> Result<Response<Body>, GatewayError> {
+        let Onward {
+            parts,
+            body,
+            callers,
+            caller,
+            allowance,
+            route,
+            next,
+        } = onward;
         // Everything a trip upstream needs; made only once the cache cannot answer.
         let admission = |parts: &request::Parts| Admission {
             limits: self.rate_limits.clone(),
@@ -162,44 +211,44 @@ impl Gateway {
             caller,
             cookies: self.cookies.clone(),
         };
-
-        let mut response = if resolved.operation.verb().is_write() {
-            let tags = resolved.invalidates();
-            let admission = admission(&parts);
-            let write = Box::pin(self.write(parts, body, conn, tags, admission));
-            write.await?
-        } else {
-            let lookup = self
-                .cache
-                .lookup(&resolved, &parts.headers, parts.uri.query())
-                .await;
-            // The hit path borrows the request; only what the cache cannot answer takes it
-            // (boxed: the rest of a read is a large future, and every request would carry it).
-            let (response, served) = match self.look(lookup, &parts).await? {
-                Looked::Hit(response, served) => (response, served),
-                Looked::Bypass(why) => {
-                    let admission = admission(&parts);
-                    let bypass = Box::pin(self.bypass(parts, body, conn, why, admission));
-                    bypass.await?
-                }
-                Looked::Read(read) => {
-                    let admission = admission(&parts);
-                    let read = Box::pin(self.cached_read(parts, body, conn, read, admission));
-                    read.await?
-                }
-            };
-            log.served = Some(served);
-            response
+        let looked = match next {
+            Next::Write(tags) => {
+                let admission = admission(&parts);
+                let write = Box::pin(self.write(parts, body, conn, tags, admission));
+                return Ok(with_allowance(write.await?, allowance));
+            }
+            Next::Lookup(credential) => {
+                // Resolved again: what was resolved borrowed the request, which moved since.
+                let resolved = routes::resolve(&parts.method, parts.uri.path())?;
+                let query = parts.uri.query();
+                let lookup = self
+                    .cache
+                    .lookup(&resolved, &parts.headers, query, credential)
+                    .await;
+                self.look(lookup, &parts)?
+            }
+            Next::Looked(looked) => looked,
         };
-        if let Some(allowance) = allowance {
-            allowance.apply(response.headers_mut());
-        }
-        Ok(response)
+        let (response, served) = match looked {
+            Looked::Hit(response, served) => (response, served),
+            Looked::Bypass(why) => {
+                let admission = admission(&parts);
+                let bypass = Box::pin(self.bypass(parts, body, conn, why, admission));
+                bypass.await?
+            }
+            Looked::Read(read) => {
+                let admission = admission(&parts);
+                let read = Box::pin(self.cached_read(parts, body, conn, read, admission));
+                read.await?
+            }
+        };
+        log.served = Some(served);
+        Ok(with_allowance(response, allowance))
     }
 
     /// A read's one lookup: a fresh entry answered at once (the hit path: nothing is prepared
     /// for upstream, nothing of the request is taken), else what the rest of the read needs.
-    async fn look(
+    fn look(
         &self,
         lookup: Result<Lookup, Bypass>,
         parts: &request::Parts,
@@ -210,9 +259,9 @@ impl Gateway {
         };
         let read = match self.cache.bulk_plan(&lookup, parts.uri.query()) {
             Some(plan) => Read::Bulk(plan),
-            None => match self.cache.find(&lookup, &parts.headers).await {
+            None => match self.cache.find(&lookup, &parts.headers) {
                 Found::Fresh(entry) => {
-                    let (response, served) = self.cache.hit(&lookup, entry, &parts.headers).await?;
+                    let (response, served) = self.cache.hit(&lookup, entry, &parts.headers)?;
                     return Ok(Looked::Hit(response, served));
                 }
                 found => Read::Entry(lookup, found),
@@ -582,7 +631,46 @@ fn redirect(location: http::HeaderValue) -> Response<Body> {
     response
 }
 
-/// How the cache answers a read it may store.
+/// A request after [`Gateway::admit`].
+enum Admitted<B> {
+    /// Answered without waiting: a hit, a redirect.
+    Answered(Response<Body>),
+    /// Boxed: only requests that wait carry it.
+    Onward(Box<Onward<B>>),
+}
+
+/// What the rest of a request needs of what was found out without waiting.
+struct Onward<B> {
+    parts: request::Parts,
+    body: B,
+    callers: Arc<Callers>,
+    caller: Caller,
+    allowance: Option<limit::Allowance>,
+    route: Route,
+    next: Next,
+}
+
+enum Next {
+    /// A write, and the tags it invalidates.
+    Write(Vec<Tag>),
+    /// A read whose key needs a generation from Redis (in a cluster), with the hash of the
+    /// credential it carries.
+    Lookup(Option<Credential>),
+    /// A read looked up already, which the cache did not answer from memory.
+    Looked(Looked),
+}
+
+/// The `RateLimit` headers of the caller's request limit, when it has one.
+fn with_allowance(
+    mut response: Response<Body>,
+    allowance: Option<limit::Allowance>,
+) -> Response<Body> {
+    if let Some(allowance) = allowance {
+        allowance.apply(response.headers_mut());
+    }
+    response
+}
+
 /// What a read's lookup came to.
 enum Looked {
     /// Answered from this replica's memory.
@@ -715,30 +803,83 @@ struct LogFields {
 }
 
 impl Handler for Gateway {
-    async fn call(&self, request: Request<Incoming>, conn: ConnInfo) -> Response<Body> {
-        self.handle(request, conn).await
+    fn call(
+        &self,
+        request: Request<Incoming>,
+        conn: ConnInfo,
+    ) -> impl Future<Output = Response<Body>> + Send {
+        self.handle(request, conn)
     }
+}
+
+/// What the access log, the metrics and the span need of a request once it is answered.
+struct Received {
+    started: Instant,
+    method: http::Method,
+    /// Only when the access log is on.
+    uri: Option<Option<http::uri::PathAndQuery>>,
+    span: tracing::Span,
+    log: LogFields,
 }
 
 impl Gateway {
     /// Answers one request: what the listener calls for each request off the wire, and what
-    /// tests and benchmarks call in-process with a body of their own.
-    pub async fn handle<B: RequestBody>(
+    /// tests and benchmarks call in-process with a body of their own. A request answered
+    /// without waiting (a hit, a refusal) is answered when this returns: the future is ready,
+    /// and holds nothing of the request; only the others make (and box) one.
+    pub fn handle<B: RequestBody>(
         &self,
         request: Request<B>,
         conn: ConnInfo,
-    ) -> Response<Body> {
-        let started = Instant::now();
-        let _in_flight = self.metrics.in_flight();
+    ) -> impl Future<Output = Response<Body>> + Send + '_ {
+        let in_flight = self.metrics.in_flight();
         let method = request.method().clone();
-        // Only what the access log needs from the request outlives it, and only when it is on.
-        let uri = access_log::enabled().then(|| request.uri().path_and_query().cloned());
-        let span = request_span(&method, request.headers());
-        let mut log = LogFields::default();
-        let answered = self
-            .serve(request, &conn, &mut log)
-            .instrument(span.clone())
-            .await;
+        let mut received = Received {
+            started: Instant::now(),
+            // Only what the access log needs from the request outlives it, and only when on.
+            uri: access_log::enabled().then(|| request.uri().path_and_query().cloned()),
+            span: request_span(&method, request.headers()),
+            method,
+            log: LogFields::default(),
+        };
+        let admitted = received
+            .span
+            .in_scope(|| self.admit(request, &conn, &mut received.log));
+        match admitted {
+            Ok(Admitted::Onward(onward)) => Either::Right(Box::pin(async move {
+                let _in_flight = in_flight;
+                let span = received.span.clone();
+                let answered = self
+                    .onward(*onward, &conn, &mut received.log)
+                    .instrument(span)
+                    .await;
+                self.finish(answered, received, &conn)
+            })),
+            Ok(Admitted::Answered(response)) => Either::Left(std::future::ready(self.finish(
+                Ok(response),
+                received,
+                &conn,
+            ))),
+            Err(error) => {
+                Either::Left(std::future::ready(self.finish(Err(error), received, &conn)))
+            }
+        }
+    }
+
+    /// The response to a request, counted, logged and recorded on its span.
+    fn finish(
+        &self,
+        answered: Result<Response<Body>, GatewayError>,
+        received: Received,
+        conn: &ConnInfo,
+    ) -> Response<Body> {
+        let Received {
+            started,
+            method,
+            uri,
+            span,
+            log,
+        } = received;
         let response = match answered {
             Ok(response) => response,
             Err(error) => self.refusal(error, &log),

@@ -899,6 +899,7 @@ mod tests {
     fn caller(class: &str) -> Caller {
         Caller {
             id: CallerId::Address([127, 0, 0, 1].into()),
+            credential: None,
             class: class.into(),
             account: quota::Accounts::default().get(&format!("class:{class}")),
         }

@@ -3,8 +3,10 @@
 //! Invariants:
 //! - A [`CacheKey`] cannot be built without a [`Partition`]: every stored answer belongs to one
 //!   caller, or — only for routes the route table declares shared — to everyone.
-//! - The partition is a keyed BLAKE3 hash of the whole `Authorization` value; the credential
-//!   itself is never stored, and without the secret the hash cannot be tested against guesses.
+//! - The partition is a keyed BLAKE3 hash of the whole `Authorization` value
+//!   ([`Credential`], made once per request: the caller's fingerprint is half of it); the
+//!   credential itself is never stored, and without the secret the hash cannot be tested
+//!   against guesses.
 //! - The key also covers the generation of every tag the read observes, so a write (which
 //!   bumps a generation) makes every earlier key unreachable, including keys of fetches still
 //!   in flight: a request that starts after a write can never join or read a pre-write answer.
@@ -16,6 +18,7 @@ use std::borrow::Cow;
 
 use http::{HeaderMap, header};
 
+use crate::caller::Credential;
 use crate::routes::Resolved;
 
 /// Whose answers a key belongs to.
@@ -23,8 +26,8 @@ use crate::routes::Resolved;
 pub enum Partition {
     /// Requests without credentials: all anonymous callers see the same answers.
     Anonymous,
-    /// A caller, by the keyed hash of its `Authorization` value.
-    Caller([u8; 32]),
+    /// A caller, by the keyed hash of its `Authorization` values.
+    Caller(Credential),
     /// Everyone: only for routes whose answer cannot depend on the caller.
     Shared,
 }
@@ -54,13 +57,17 @@ impl Bypass {
 }
 
 impl Partition {
-    /// The partition of a request to a non-shared route, or why it bypasses the cache.
-    pub fn of(headers: &HeaderMap, secret: &[u8; 32]) -> Result<Partition, Bypass> {
+    /// The partition of a request to a non-shared route, or why it bypasses the cache;
+    /// `known`: the hash of the credential `headers` carry, when it was made already.
+    pub fn of(
+        headers: &HeaderMap,
+        secret: &[u8; 32],
+        known: Option<Credential>,
+    ) -> Result<Partition, Bypass> {
         if headers.contains_key(header::COOKIE) {
             return Err(Bypass::Cookie);
         }
-        let mut values = headers.get_all(header::AUTHORIZATION).iter();
-        let Some(first) = values.next() else {
+        let Some(first) = headers.get(header::AUTHORIZATION) else {
             return Ok(Partition::Anonymous);
         };
         let scheme = first
@@ -71,14 +78,8 @@ impl Partition {
         if scheme.eq_ignore_ascii_case(b"jwt") {
             return Err(Bypass::Jwt);
         }
-        let mut hasher = blake3::Hasher::new_keyed(secret);
-        hasher.update(first.as_bytes());
-        // Several Authorization fields are unusual; they all join the partition.
-        for more in values {
-            hasher.update(b"\n");
-            hasher.update(more.as_bytes());
-        }
-        Ok(Partition::Caller(*hasher.finalize().as_bytes()))
+        let credential = known.or_else(|| Credential::of(headers, secret));
+        Ok(credential.map_or(Partition::Anonymous, Partition::Caller))
     }
 }
 
@@ -141,9 +142,9 @@ impl KeyInput {
         match partition {
             Partition::Anonymous => input.push(b'a'),
             Partition::Shared => input.push(b's'),
-            Partition::Caller(hash) => {
+            Partition::Caller(credential) => {
                 input.push(b'c');
-                input.extend_from_slice(&hash);
+                input.extend_from_slice(credential.as_bytes());
             }
         }
         KeyInput(input)
@@ -312,17 +313,17 @@ mod tests {
 
     #[test]
     fn partitions_separate_callers_and_hide_the_credential() {
-        let alice = Partition::of(&auth("Basic YWxpY2U6dA=="), &SECRET).unwrap();
-        let bob = Partition::of(&auth("Basic Ym9iOnQ="), &SECRET).unwrap();
+        let alice = Partition::of(&auth("Basic YWxpY2U6dA=="), &SECRET, None).unwrap();
+        let bob = Partition::of(&auth("Basic Ym9iOnQ="), &SECRET, None).unwrap();
         assert_ne!(alice, bob);
         assert_eq!(
             alice,
-            Partition::of(&auth("Basic YWxpY2U6dA=="), &SECRET).unwrap()
+            Partition::of(&auth("Basic YWxpY2U6dA=="), &SECRET, None).unwrap()
         );
         // Another secret, another hash: the partition cannot be tested offline.
         assert_ne!(
             alice,
-            Partition::of(&auth("Basic YWxpY2U6dA=="), &[8; 32]).unwrap()
+            Partition::of(&auth("Basic YWxpY2U6dA=="), &[8; 32], None).unwrap()
         );
         let path = "/wiki/rest/api/user/current";
         assert_ne!(key(alice, path, None), key(bob, path, None));
@@ -331,7 +332,7 @@ mod tests {
             key(Partition::Anonymous, path, None)
         );
         assert_eq!(
-            Partition::of(&HeaderMap::new(), &SECRET),
+            Partition::of(&HeaderMap::new(), &SECRET, None),
             Ok(Partition::Anonymous)
         );
     }
@@ -339,7 +340,7 @@ mod tests {
     #[test]
     fn jwt_and_cookie_requests_bypass() {
         assert_eq!(
-            Partition::of(&auth("JWT eyJhbGciOi"), &SECRET),
+            Partition::of(&auth("JWT eyJhbGciOi"), &SECRET, None),
             Err(Bypass::Jwt)
         );
         let mut cookie = auth("Basic YWxpY2U6dA==");
@@ -347,7 +348,21 @@ mod tests {
             header::COOKIE,
             HeaderValue::from_static("tenant.session.token=x"),
         );
-        assert_eq!(Partition::of(&cookie, &SECRET), Err(Bypass::Cookie));
+        assert_eq!(Partition::of(&cookie, &SECRET, None), Err(Bypass::Cookie));
+    }
+
+    #[test]
+    fn a_credential_hashed_already_is_the_partition_hashing_makes() {
+        let headers = auth("Basic YWxpY2U6dA==");
+        let known = Credential::of(&headers, &SECRET);
+        assert_eq!(
+            Partition::of(&headers, &SECRET, known),
+            Partition::of(&headers, &SECRET, None)
+        );
+        // Known or not, a JWT and a cookie still keep a request out of the cache.
+        let jwt = auth("JWT eyJhbGciOi");
+        let known = Credential::of(&jwt, &SECRET);
+        assert_eq!(Partition::of(&jwt, &SECRET, known), Err(Bypass::Jwt));
     }
 
     #[test]

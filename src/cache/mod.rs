@@ -37,7 +37,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderMap, Response, StatusCode, header};
-use moka::future::Cache as Moka;
+use moka::sync::Cache as Moka;
 use tokio::time::Instant;
 use tracing::Instrument as _;
 
@@ -51,9 +51,10 @@ pub use key::{Bypass, CacheKey, Partition};
 pub use outcome::{Forward, Outcome, Served, Stored, Tier};
 
 use crate::body::Body;
+use crate::caller::Credential;
 use crate::cluster::{Cluster, Confirmation, Listener};
 use crate::coding::{Accepts, Coding};
-use crate::config::CacheConfig;
+use crate::config::{CacheConfig, RoutePolicy};
 use crate::error::GatewayError;
 use crate::forward::list_tokens;
 use crate::links::Links;
@@ -170,6 +171,13 @@ impl Directive {
     }
 }
 
+/// Where the generation of a read's resource tag is kept.
+enum Resource<'a> {
+    Here(u64),
+    /// In a cluster: in Redis, in this slot.
+    InRedis(&'a Cluster, usize),
+}
+
 /// A GET that the cache may answer.
 #[derive(Debug, Clone, Copy)]
 pub struct Lookup {
@@ -284,46 +292,91 @@ impl Cache {
     }
 
     /// Classifies a GET or HEAD: the key it is answered under, or why it bypasses the cache.
+    /// `credential`: the hash of the credential `headers` carry, when it was made already.
     pub async fn lookup(
         &self,
         resolved: &Resolved<'_>,
         headers: &HeaderMap,
         query: Option<&str>,
+        credential: Option<Credential>,
     ) -> Result<Lookup, Bypass> {
+        let class = self.classify(resolved, headers, credential)?;
+        let resource = match self.resource(resolved) {
+            Resource::Here(generation) => generation,
+            // Writes through any replica bump this counter in Redis; a replica that cannot
+            // read it cannot know about them, and does not cache the route meanwhile.
+            Resource::InRedis(cluster, slot) => Box::pin(cluster.generation(slot))
+                .await
+                .ok_or(Bypass::ClusterDown)?,
+        };
+        Ok(self.lookup_of(resolved, headers, query, class, resource))
+    }
+
+    /// [`Cache::lookup`] on this replica alone, without waiting: `None` when the key needs a
+    /// generation that lives in Redis.
+    pub fn lookup_here(
+        &self,
+        resolved: &Resolved<'_>,
+        headers: &HeaderMap,
+        query: Option<&str>,
+        credential: Option<Credential>,
+    ) -> Option<Result<Lookup, Bypass>> {
+        let Resource::Here(resource) = self.resource(resolved) else {
+            return None;
+        };
+        let class = self.classify(resolved, headers, credential);
+        Some(class.map(|class| self.lookup_of(resolved, headers, query, class, resource)))
+    }
+
+    /// Whose answer a read is and its route's policy, or why it bypasses the cache.
+    fn classify(
+        &self,
+        resolved: &Resolved<'_>,
+        headers: &HeaderMap,
+        credential: Option<Credential>,
+    ) -> Result<(Partition, RoutePolicy), Bypass> {
         let route = resolved.route();
         let policy = *self.routes.load().get(route);
         if !self.config.enabled || policy.ttl.is_zero() {
             return Err(Bypass::Disabled);
         }
-        let shared = route.is_shared();
-        let partition = if shared {
-            Partition::Shared
-        } else {
-            Partition::of(headers, &self.secret)?
+        let partition = match route.is_shared() {
+            true => Partition::Shared,
+            false => Partition::of(headers, &self.secret, credential)?,
         };
-        let resource = match (resolved.resource_tag(), &self.cluster) {
-            (None, _) => 0,
-            (Some(tag), None) => self.generations.get(&tag),
-            // Writes through any replica bump this counter in Redis; a replica that cannot
-            // read it cannot know about them, and does not cache the route meanwhile.
-            // Boxed: a Redis round trip's future is large, and would otherwise make every
-            // request's future (moved several times per request) as large.
-            (Some(tag), Some(cluster)) => Box::pin(cluster.generation(generations::slot(&tag)))
-                .await
-                .ok_or(Bypass::ClusterDown)?,
-        };
+        Ok((partition, policy))
+    }
+
+    /// The generation of the read's resource tag (0 without one).
+    fn resource(&self, resolved: &Resolved<'_>) -> Resource<'_> {
+        match (resolved.resource_tag(), &self.cluster) {
+            (None, _) => Resource::Here(0),
+            (Some(tag), None) => Resource::Here(self.generations.get(&tag)),
+            (Some(tag), Some(cluster)) => Resource::InRedis(cluster, generations::slot(&tag)),
+        }
+    }
+
+    fn lookup_of(
+        &self,
+        resolved: &Resolved<'_>,
+        headers: &HeaderMap,
+        query: Option<&str>,
+        (partition, policy): (Partition, RoutePolicy),
+        resource: u64,
+    ) -> Lookup {
+        let route = resolved.route();
         let generations = [
             self.generations.epoch(),
             self.generations.route(route),
             resource,
         ];
-        Ok(Lookup {
+        Lookup {
             key: CacheKey::new(partition, resolved, query, &generations),
             partition,
             generations,
             route,
             head: resolved.head,
-            shared,
+            shared: route.is_shared(),
             lifetime: Lifetime {
                 ttl: policy.ttl,
                 stale_if_error: policy.stale_if_error,
@@ -331,7 +384,7 @@ impl Cache {
                 stale_on_low_quota: policy.stale_on_low_quota,
             },
             directive: Directive::of(headers),
-        })
+        }
     }
 
     /// Invalidates every cached read that observed one of `tags` (a write's resource tags),
@@ -401,12 +454,12 @@ impl Cache {
 
     /// The one lookup of a read: what this replica's memory holds for it. A request whose own
     /// `Cache-Control` sends it upstream finds nothing.
-    pub async fn find(&self, lookup: &Lookup, request_headers: &HeaderMap) -> Found {
+    pub fn find(&self, lookup: &Lookup, request_headers: &HeaderMap) -> Found {
         let missing = Found::Missing { fallback: None };
         if lookup.directive != Directive::Normal {
             return missing;
         }
-        let Some(entry) = self.store.get(&lookup.key).await else {
+        let Some(entry) = self.store.get(&lookup.key) else {
             return missing;
         };
         if !entry.matches_vary(request_headers) {
@@ -430,7 +483,7 @@ impl Cache {
 
     /// The hit path: answers a fresh entry of this replica's memory. Nothing a miss needs (the
     /// upstream request, copies of the request) is made for it.
-    pub async fn hit(
+    pub fn hit(
         &self,
         lookup: &Lookup,
         entry: Arc<Entry>,
@@ -444,7 +497,6 @@ impl Cache {
             Outcome::Hit(Tier::Memory),
             saved,
         )
-        .await
     }
 
     /// Answers a read from what [`Cache::find`] found: a fresh entry as a hit; an entry in its
@@ -464,19 +516,17 @@ impl Cache {
         Fut: Future<Output = Result<Fetched, GatewayError>> + Send + 'static,
     {
         match found {
-            Found::Fresh(entry) => self.hit(&lookup, entry, request_headers).await,
+            Found::Fresh(entry) => self.hit(&lookup, entry, request_headers),
             Found::Revalidate(entry) => {
                 self.refresh_in_background(lookup, request_headers, fetch);
                 let saved = Some(entry.points);
                 let outcome = Outcome::StaleWhileRevalidate;
                 self.serve(&lookup, entry, request_headers, outcome, saved)
-                    .await
             }
             Found::SpareQuota(entry) => {
                 let saved = Some(entry.points);
                 let outcome = Outcome::StaleOnLowQuota;
                 self.serve(&lookup, entry, request_headers, outcome, saved)
-                    .await
             }
             Found::Missing { fallback } if lookup.directive != Directive::Normal => {
                 let store = lookup.directive == Directive::NoCache;
@@ -634,7 +684,7 @@ impl Cache {
             points,
             keep,
         ));
-        self.store.insert(lookup.key, entry.clone()).await;
+        self.store.insert(lookup.key, entry.clone());
         self.metrics.stored(lookup.route, 1);
         if let Some(cluster) = &self.cluster {
             cluster
@@ -654,7 +704,7 @@ impl Cache {
         lookup: Lookup,
         request_headers: &HeaderMap,
     ) -> Option<(Arc<Entry>, Tier)> {
-        if let Some(entry) = self.store.get(&lookup.key).await
+        if let Some(entry) = self.store.get(&lookup.key)
             && entry.is_fresh(Instant::now())
             && entry.matches_vary(request_headers)
         {
@@ -671,7 +721,7 @@ impl Cache {
             return None;
         }
         let entry = Arc::new(entry);
-        self.store.insert(lookup.key, entry.clone()).await;
+        self.store.insert(lookup.key, entry.clone());
         Some(entry)
     }
 
@@ -708,9 +758,7 @@ impl Cache {
             let refused = matches!(fetched, Fetch::Failed(GatewayError::RateLimited(_)));
             let saved = refused.then_some(entry.points);
             let outcome = Outcome::StaleIfError(status);
-            return self
-                .serve(lookup, entry, request_headers, outcome, saved)
-                .await;
+            return self.serve(lookup, entry, request_headers, outcome, saved);
         }
         let forwarded = |stored| Outcome::Forwarded {
             why,
@@ -722,7 +770,6 @@ impl Cache {
                 let saved = Some(entry.points);
                 let outcome = Outcome::Hit(tier);
                 self.serve(lookup, entry, request_headers, outcome, saved)
-                    .await
             }
             Fetch::Stored(entry) => {
                 let saved = collapsed.then_some(entry.points);
@@ -733,7 +780,6 @@ impl Cache {
                     forwarded(Stored::Yes),
                     saved,
                 )
-                .await
             }
             Fetch::Answer(answer) => {
                 let mut response = answer.to_response(lookup.head, Accepts::of(request_headers));
@@ -758,7 +804,7 @@ impl Cache {
 
     /// Serves `entry` (stored under `lookup`'s key) to a request, marked with `outcome`: in a
     /// representation the request accepts, which the entry gains first if it holds none yet.
-    async fn serve(
+    fn serve(
         &self,
         lookup: &Lookup,
         entry: Arc<Entry>,
@@ -775,9 +821,7 @@ impl Cache {
             Ok(response) => return Ok((response, served)),
             Err(missing) => missing,
         };
-        // Boxed: moka's compute future is large, and the hit path's future would be as large.
-        let add = Box::pin(self.add_representation(lookup.key, &entry, missing));
-        let fuller = add.await?;
+        let fuller = self.add_representation(lookup.key, &entry, missing)?;
         let response = fuller
             .respond(request_headers, lookup.head, status)
             .map_err(|_| {
@@ -788,7 +832,7 @@ impl Cache {
 
     /// `entry` with `coding`'s representation added, stored in its place (weighed anew, with
     /// the retention it had left) unless another answer replaced it meanwhile.
-    async fn add_representation(
+    fn add_representation(
         &self,
         key: CacheKey,
         entry: &Arc<Entry>,
@@ -806,22 +850,18 @@ impl Cache {
         let (read, replacement) = (entry.clone(), fuller.clone());
         self.store
             .entry(key)
-            .and_compute_with(move |current| {
-                let op = match current {
-                    Some(current) if Arc::ptr_eq(current.value(), &read) => {
-                        moka::ops::compute::Op::Put(replacement)
-                    }
-                    _ => moka::ops::compute::Op::Nop,
-                };
-                std::future::ready(op)
-            })
-            .await;
+            .and_compute_with(move |current| match current {
+                Some(current) if Arc::ptr_eq(current.value(), &read) => {
+                    moka::ops::compute::Op::Put(replacement)
+                }
+                _ => moka::ops::compute::Op::Nop,
+            });
         Ok(fuller)
     }
 
     /// Entries, weighted bytes and the budget, after moka has applied pending evictions.
     pub async fn size(&self) -> (u64, u64, u64) {
-        self.store.run_pending_tasks().await;
+        self.store.run_pending_tasks();
         (
             self.store.entry_count(),
             self.store.weighted_size(),
@@ -831,7 +871,7 @@ impl Cache {
 
     /// Counters and sizes for `/admin/cache/stats`, after moka has applied pending evictions.
     pub async fn stats(&self) -> serde_json::Value {
-        self.store.run_pending_tasks().await;
+        self.store.run_pending_tasks();
         let CacheStats {
             hits,
             misses,

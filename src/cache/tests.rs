@@ -50,7 +50,7 @@ fn as_user(user: &str) -> HeaderMap {
 async fn lookup(cache: &Cache, path: &str, headers: &HeaderMap) -> Lookup {
     let resolved = routes::resolve(&Method::GET, path).expect("a routed path");
     cache
-        .lookup(&resolved, headers, None)
+        .lookup(&resolved, headers, None, None)
         .await
         .expect("a cacheable read")
 }
@@ -116,7 +116,7 @@ async fn read(
     upstream: &Upstream,
 ) -> Result<(Outcome, Bytes), GatewayError> {
     let lookup = lookup(cache, path, headers).await;
-    let found = cache.find(&lookup, headers).await;
+    let found = cache.find(&lookup, headers);
     let (response, served) = cache.read(lookup, found, headers, upstream.fetch()).await?;
     let body = http_body_util::BodyExt::collect(response.into_body())
         .await
@@ -159,7 +159,7 @@ async fn a_write_leaves_every_earlier_key_unreachable() {
     assert_ne!(before.key, after.key, "the write moved the key");
     // Not even as a stale-if-error fallback: the entry is under a dead key.
     assert!(matches!(
-        cache.find(&after, &alice).await,
+        cache.find(&after, &alice),
         Found::Missing { fallback: None }
     ));
     // Other resources keep their entries.
@@ -189,7 +189,7 @@ async fn an_answer_fetched_across_a_write_is_stored_under_the_dead_key() {
 
     let after = lookup(&cache, WATCH, &alice).await;
     assert!(matches!(
-        cache.find(&after, &alice).await,
+        cache.find(&after, &alice),
         Found::Missing { fallback: None }
     ));
 }
@@ -204,7 +204,7 @@ async fn an_entry_ages_from_fresh_through_its_stale_windows_to_gone() {
     let at = |ms| async move {
         tokio::time::advance(Duration::from_millis(ms)).await;
         let lookup = lookup(cache, WATCH, alice).await;
-        match cache.find(&lookup, alice).await {
+        match cache.find(&lookup, alice) {
             Found::Fresh(_) => "fresh",
             Found::Revalidate(_) => "revalidate",
             Found::SpareQuota(_) => "spare quota",
@@ -337,7 +337,7 @@ async fn answers_that_name_a_session_are_never_stored() {
     let cache = cache_with(policy(60_000, 0, 0));
     let alice = as_user("alice");
     let lookup = lookup(&cache, WATCH, &alice).await;
-    let found = cache.find(&lookup, &alice).await;
+    let found = cache.find(&lookup, &alice);
     let mut headers = HeaderMap::new();
     headers.insert(header::SET_COOKIE, HeaderValue::from_static("session=1"));
     let fetch = move || {
@@ -359,7 +359,7 @@ async fn answers_that_name_a_session_are_never_stored() {
         }
     ));
     assert!(matches!(
-        cache.find(&lookup, &alice).await,
+        cache.find(&lookup, &alice),
         Found::Missing { fallback: None }
     ));
 }
@@ -493,7 +493,7 @@ async fn a_request_that_looked_before_another_stored_does_not_fetch_again() {
     // It looks, finds nothing, and is slow to go on: meanwhile another request's flight
     // fetches, stores and ends.
     let late = lookup(&cache, WATCH, &alice).await;
-    let found = cache.find(&late, &alice).await;
+    let found = cache.find(&late, &alice);
     assert!(matches!(found, Found::Missing { fallback: None }));
     let (first, _) = read(&cache, WATCH, &alice, &upstream).await.unwrap();
     assert_eq!(first, Outcome::STORED);

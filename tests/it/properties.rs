@@ -117,7 +117,7 @@ proptest! {
             headers.insert(http::header::AUTHORIZATION, HeaderValue::from_str(value).unwrap());
             headers
         };
-        let (Ok(pa), Ok(pb)) = (Partition::of(&headers(&a), &SECRET), Partition::of(&headers(&b), &SECRET)) else {
+        let (Ok(pa), Ok(pb)) = (Partition::of(&headers(&a), &SECRET, None), Partition::of(&headers(&b), &SECRET, None)) else {
             return Ok(());
         };
         if let Ok(resolved) = routes::resolve(&Method::GET, &path) {
