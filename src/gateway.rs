@@ -1,4 +1,6 @@
-//! The request path, as one readable function: admit → route → guard → cache | forward.
+//! The request path, in two readable functions: `admit` (route, guard, look up: everything that
+//! needs no waiting, so a hit is answered by a plain call) and `onward` (the rest: a write, a
+//! miss, a bypass, a lookup that asks Redis), each step below in order.
 //!
 //! ```text
 //! client ─▶ check_head (414, 431)
@@ -15,7 +17,9 @@
 //!   then the answer teaches the holds (upstream 429 / Retry-After)
 //! ```
 //!
-//! Invariants: every request gets exactly one response and one access-log line; errors wikigate
+//! Invariants: every request gets exactly one response and one access-log line (`finish`, for
+//! either path); nothing in `admit` waits, and what it decided (a limit spent, the credential
+//! hashed) is carried onward, never done twice; errors wikigate
 //! makes are answered in Confluence's error shape (`error`); a write's invalidation happens
 //! after upstream answered and before the client sees the answer — in a task of its own, so a
 //! client that hangs up mid-write cannot skip it.
