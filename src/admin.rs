@@ -119,9 +119,7 @@ impl Admin {
                 };
                 json(status, report)
             }
-            (&Method::GET, "/admin/cache/stats") => {
-                json(StatusCode::OK, self.parts.cache.stats().await)
-            }
+            (&Method::GET, "/admin/cache/stats") => json(StatusCode::OK, self.parts.cache.stats()),
             (_, "/admin/cache") => not_allowed("DELETE"),
             (_, "/admin/cache/stats") => not_allowed("GET, HEAD"),
             _ => error_response(StatusCode::NOT_FOUND, "no such admin endpoint"),
@@ -143,7 +141,7 @@ impl Handler for Admin {
         }
         match path {
             "/" => {
-                let status = self.parts.metrics.status(&self.snapshot().await);
+                let status = self.parts.metrics.status(&self.snapshot());
                 let page = status_page::render(&status, self.started.elapsed());
                 body(StatusCode::OK, "text/html; charset=utf-8", page)
             }
@@ -153,10 +151,7 @@ impl Handler for Admin {
                     .get(header::ACCEPT)
                     .and_then(|v| v.to_str().ok())
                     .is_some_and(|v| v.contains("application/openmetrics-text"));
-                let text = self
-                    .parts
-                    .metrics
-                    .encode(&self.snapshot().await, openmetrics);
+                let text = self.parts.metrics.encode(&self.snapshot(), openmetrics);
                 let content_type = if openmetrics {
                     "application/openmetrics-text; version=1.0.0; charset=utf-8"
                 } else {
@@ -187,8 +182,8 @@ impl Handler for Admin {
 }
 
 impl Admin {
-    async fn snapshot(&self) -> Snapshot {
-        let (cache_entries, cache_bytes, cache_max_bytes) = self.parts.cache.size().await;
+    fn snapshot(&self) -> Snapshot {
+        let (cache_entries, cache_bytes, cache_max_bytes) = self.parts.cache.size();
         let (holds, longest_hold) = self.parts.limits.holds();
         Snapshot {
             cache_entries,

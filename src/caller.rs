@@ -303,8 +303,17 @@ impl Callers {
     }
 
     /// The upstream credential a request will carry (after [`Callers::apply_auth_mode`]),
-    /// as upstream holds know it: its fingerprint, or all zeros for anonymous requests.
-    pub fn hold_key(&self, headers: &HeaderMap, peer: IpAddr) -> [u8; 16] {
+    /// as upstream holds know it: its fingerprint, or all zeros for anonymous requests;
+    /// `known`: its hash, when it was made already.
+    pub fn hold_key(
+        &self,
+        headers: &HeaderMap,
+        peer: IpAddr,
+        known: Option<Credential>,
+    ) -> [u8; 16] {
+        if let Some(credential) = known {
+            return credential.fingerprint();
+        }
         self.fingerprint(headers, peer)
             .map_or([0; 16], |(fingerprint, _)| fingerprint)
     }
@@ -405,6 +414,10 @@ mod tests {
         assert_eq!(caller.credential, Some(credential));
         assert_eq!(caller.id, CallerId::Credential(credential.fingerprint()));
         assert_eq!(c.apply_auth_mode(&mut headers, &caller), Some(credential));
+        assert_eq!(
+            c.hold_key(&headers, peer, Some(credential)),
+            c.hold_key(&headers, peer, None)
+        );
         // A JWT's fingerprint is its app's, which must never partition the cache.
         let mut app = HeaderMap::new();
         app.insert(header::AUTHORIZATION, jwt("com.example.app"));

@@ -168,7 +168,7 @@ impl Gateway {
                 .cache
                 .lookup_here(&resolved, &parts.headers, query, credential)
             {
-                None => Next::Lookup(credential),
+                None => Next::Lookup,
                 Some(lookup) => match self.look(lookup, &parts)? {
                     Looked::Hit(response, served) => {
                         log.served = Some(served);
@@ -184,6 +184,7 @@ impl Gateway {
             body,
             callers,
             caller,
+            credential,
             allowance,
             next,
         })))
@@ -201,6 +202,7 @@ impl Gateway {
             body,
             callers,
             caller,
+            credential,
             allowance,
             route,
             next,
@@ -211,7 +213,7 @@ impl Gateway {
             metrics: self.metrics.clone(),
             route,
             method: parts.method.clone(),
-            hold: callers.hold_key(&parts.headers, conn.peer.ip()),
+            hold: callers.hold_key(&parts.headers, conn.peer.ip(), credential),
             caller,
             cookies: self.cookies.clone(),
         };
@@ -221,7 +223,7 @@ impl Gateway {
                 let write = Box::pin(self.write(parts, body, conn, tags, admission));
                 return Ok(with_allowance(write.await?, allowance));
             }
-            Next::Lookup(credential) => {
+            Next::Lookup => {
                 // Resolved again: what was resolved borrowed the request, which moved since.
                 let resolved = routes::resolve(&parts.method, parts.uri.path())?;
                 let query = parts.uri.query();
@@ -649,17 +651,22 @@ struct Onward<B> {
     body: B,
     callers: Arc<Callers>,
     caller: Caller,
+    /// The hash of the credential the request carries, when it was made already.
+    credential: Option<Credential>,
     allowance: Option<limit::Allowance>,
     route: Route,
     next: Next,
 }
 
+#[expect(
+    clippy::large_enum_variant,
+    reason = "it lives in a boxed Onward, which is moved as a pointer"
+)]
 enum Next {
     /// A write, and the tags it invalidates.
     Write(Vec<Tag>),
-    /// A read whose key needs a generation from Redis (in a cluster), with the hash of the
-    /// credential it carries.
-    Lookup(Option<Credential>),
+    /// A read whose key needs a generation from Redis (in a cluster).
+    Lookup,
     /// A read looked up already, which the cache did not answer from memory.
     Looked(Looked),
 }
@@ -849,25 +856,22 @@ impl Gateway {
         let admitted = received
             .span
             .in_scope(|| self.admit(request, &conn, &mut received.log));
-        match admitted {
-            Ok(Admitted::Onward(onward)) => Either::Right(Box::pin(async move {
-                let _in_flight = in_flight;
-                let span = received.span.clone();
-                let answered = self
-                    .onward(*onward, &conn, &mut received.log)
-                    .instrument(span)
-                    .await;
-                self.finish(answered, received, &conn)
-            })),
-            Ok(Admitted::Answered(response)) => Either::Left(std::future::ready(self.finish(
-                Ok(response),
-                received,
-                &conn,
-            ))),
-            Err(error) => {
-                Either::Left(std::future::ready(self.finish(Err(error), received, &conn)))
+        let answered = match admitted {
+            Ok(Admitted::Onward(onward)) => {
+                return Either::Right(Box::pin(async move {
+                    let _in_flight = in_flight;
+                    let span = received.span.clone();
+                    let answered = self
+                        .onward(*onward, &conn, &mut received.log)
+                        .instrument(span)
+                        .await;
+                    self.finish(answered, received, &conn)
+                }));
             }
-        }
+            Ok(Admitted::Answered(response)) => Ok(response),
+            Err(error) => Err(error),
+        };
+        Either::Left(std::future::ready(self.finish(answered, received, &conn)))
     }
 
     /// The response to a request, counted, logged and recorded on its span.

@@ -68,6 +68,9 @@ struct Envelope {
     headers: HeaderMap,
 }
 
+/// What storing a bulk answer made: the envelope entry, and the account entries by id.
+type StoredAnswer = (Arc<Entry>, Vec<(String, Arc<Entry>)>);
+
 impl Cache {
     /// The plan for a read, if it is a bulk lookup the per-account cache answers.
     pub fn bulk_plan(&self, lookup: &Lookup, query: Option<&str>) -> Option<BulkPlan> {
@@ -155,7 +158,7 @@ impl Cache {
         Fut: Future<Output = Result<Fetched, GatewayError>>,
     {
         let now = Instant::now();
-        let (mut envelope, mut accounts) = self.cached_accounts(&plan, now).await;
+        let (mut envelope, mut accounts) = self.cached_accounts(&plan, now);
         let missing: Vec<&str> = plan
             .ids
             .iter()
@@ -169,7 +172,7 @@ impl Cache {
                 Fetched::Buffered(answer) if answer.status == StatusCode::OK => answer,
                 other => return not_stored(other, plan.lookup.head, request_headers),
             };
-            let (new_envelope, new_accounts) = self.store_accounts(&plan, &missing, answer).await?;
+            let (new_envelope, new_accounts) = self.store_accounts(&plan, &missing, answer)?;
             envelope = Some(new_envelope);
             for (slot, id) in accounts.iter_mut().zip(&plan.ids) {
                 if let Some((_, entry)) = new_accounts.iter().find(|(i, _)| i == id) {
@@ -210,7 +213,7 @@ impl Cache {
     }
 
     /// The lookup's envelope and accounts this replica holds fresh, in request order.
-    async fn cached_accounts(
+    fn cached_accounts(
         &self,
         plan: &BulkPlan,
         now: Instant,
@@ -226,12 +229,12 @@ impl Cache {
 
     /// Stores every account of an upstream answer, the accounts it omitted as unknown, and the
     /// envelope; returns the envelope entry and the new account entries.
-    async fn store_accounts(
+    fn store_accounts(
         &self,
         plan: &BulkPlan,
         asked: &[&str],
         answer: Buffered,
-    ) -> Result<(Arc<Entry>, Vec<(String, Arc<Entry>)>), GatewayError> {
+    ) -> Result<StoredAnswer, GatewayError> {
         let Parsed {
             objects,
             keys,

@@ -535,7 +535,6 @@ impl Cache {
                     .await;
                 let forwarded = (Forward::Request, false);
                 self.respond(fetched, &lookup, request_headers, fallback, forwarded)
-                    .await
             }
             Found::Missing { fallback } => {
                 self.fetch_once_for_all(lookup, request_headers, fetch, fallback)
@@ -585,15 +584,13 @@ impl Cache {
                 }
             };
             let (fetched, collapsed) = fetched;
-            return self
-                .respond(
-                    fetched,
-                    &lookup,
-                    request_headers,
-                    fallback,
-                    (why, collapsed),
-                )
-                .await;
+            return self.respond(
+                fetched,
+                &lookup,
+                request_headers,
+                fallback,
+                (why, collapsed),
+            );
         }
     }
 
@@ -745,7 +742,7 @@ impl Cache {
     /// The answer to a read that went upstream (or waited for one that did): a stored entry,
     /// an answer that was not stored, or a failure — for which an expired entry within its
     /// stale-if-error window (`fallback`) is served instead.
-    async fn respond(
+    fn respond(
         &self,
         fetched: Fetch,
         lookup: &Lookup,
@@ -860,7 +857,7 @@ impl Cache {
     }
 
     /// Entries, weighted bytes and the budget, after moka has applied pending evictions.
-    pub async fn size(&self) -> (u64, u64, u64) {
+    pub fn size(&self) -> (u64, u64, u64) {
         self.store.run_pending_tasks();
         (
             self.store.entry_count(),
@@ -870,7 +867,7 @@ impl Cache {
     }
 
     /// Counters and sizes for `/admin/cache/stats`, after moka has applied pending evictions.
-    pub async fn stats(&self) -> serde_json::Value {
+    pub fn stats(&self) -> serde_json::Value {
         self.store.run_pending_tasks();
         let CacheStats {
             hits,
