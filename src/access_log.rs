@@ -251,12 +251,25 @@ fn outcome(line: &mut Vec<u8>, outcome: Option<Outcome>) {
 fn address(line: &mut Vec<u8>, ip: IpAddr) {
     match ip {
         IpAddr::V4(v4) => {
+            // Into a buffer on the stack, then one copy: the address is in every line.
+            let (mut text, mut len) = ([0u8; 15], 0);
             for (n, octet) in v4.octets().into_iter().enumerate() {
                 if n > 0 {
-                    line.push(b'.');
+                    text[len] = b'.';
+                    len += 1;
                 }
-                decimal(line, u64::from(octet));
+                if octet >= 100 {
+                    text[len] = b'0' + octet / 100;
+                    len += 1;
+                }
+                if octet >= 10 {
+                    text[len] = b'0' + octet / 10 % 10;
+                    len += 1;
+                }
+                text[len] = b'0' + octet % 10;
+                len += 1;
             }
+            line.extend_from_slice(&text[..len]);
         }
         IpAddr::V6(v6) => {
             let _ = std::io::Write::write_fmt(line, format_args!("{v6}"));
@@ -354,6 +367,23 @@ mod tests {
                 Operation::ALL[0].id()
             )
         );
+    }
+
+    #[test]
+    fn addresses_are_written_as_std_writes_them() {
+        for ip in [
+            "0.0.0.0",
+            "127.0.0.1",
+            "10.20.3.100",
+            "255.255.255.255",
+            "::1",
+            "2001:db8::8a2e:370:7334",
+        ] {
+            let ip: IpAddr = ip.parse().unwrap();
+            let mut line = Vec::new();
+            address(&mut line, ip);
+            assert_eq!(String::from_utf8(line).unwrap(), ip.to_string());
+        }
     }
 
     #[test]

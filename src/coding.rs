@@ -68,29 +68,33 @@ impl Accepts {
         identity: 1000,
     };
 
-    /// Reads a request's `Accept-Encoding` (RFC 9110 §12.5.3).
+    /// Reads a request's `Accept-Encoding` (RFC 9110 §12.5.3), as bytes: a header value is
+    /// not text, and this runs on every hit.
     pub fn of(headers: &HeaderMap) -> Accepts {
-        if !headers.contains_key(header::ACCEPT_ENCODING) {
+        let mut values = headers.get_all(header::ACCEPT_ENCODING).iter().peekable();
+        if values.peek().is_none() {
             return Accepts::IDENTITY;
         }
         let (mut gzip, mut identity, mut star) = (None, None, None);
-        for item in list_tokens(headers, &header::ACCEPT_ENCODING) {
-            let mut parts = item.split(';');
-            let name = parts.next().unwrap_or_default().trim();
-            let q = parts
-                .filter_map(|p| p.trim().strip_prefix("q=").or(p.trim().strip_prefix("Q=")))
-                .map(quality)
-                .next()
-                .unwrap_or(1000);
-            let slot = if name.eq_ignore_ascii_case("gzip") || name.eq_ignore_ascii_case("x-gzip") {
+        for item in values.flat_map(|value| value.as_bytes().split(|b| *b == b',')) {
+            let mut parts = item.split(|b| *b == b';');
+            let name = parts.next().unwrap_or_default().trim_ascii();
+            let slot = if name.eq_ignore_ascii_case(b"gzip") || name.eq_ignore_ascii_case(b"x-gzip")
+            {
                 &mut gzip
-            } else if name.eq_ignore_ascii_case("identity") {
+            } else if name.eq_ignore_ascii_case(b"identity") {
                 &mut identity
-            } else if name == "*" {
+            } else if name == b"*" {
                 &mut star
             } else {
                 continue;
             };
+            let q = parts
+                .find_map(|p| {
+                    let p = p.trim_ascii();
+                    p.strip_prefix(b"q=").or(p.strip_prefix(b"Q="))
+                })
+                .map_or(1000, quality);
             // Several mentions of one coding: the most generous one counts.
             *slot = Some(slot.map_or(q, |old: u16| old.max(q)));
         }
@@ -128,19 +132,22 @@ impl Accepts {
 }
 
 /// A `q` value (`0`, `0.5`, `1.000`) in thousandths; anything unreadable counts as 0.
-fn quality(text: &str) -> u16 {
-    let (whole, fraction) = text.split_once('.').unwrap_or((text, ""));
-    if fraction.len() > 3 || !fraction.bytes().all(|b| b.is_ascii_digit()) {
+fn quality(text: &[u8]) -> u16 {
+    let (whole, fraction) = match text.iter().position(|b| *b == b'.') {
+        Some(dot) => (&text[..dot], &text[dot + 1..]),
+        None => (text, &[][..]),
+    };
+    if fraction.len() > 3 || !fraction.iter().all(u8::is_ascii_digit) {
         return 0;
     }
     let thousandths = fraction
-        .bytes()
-        .chain(std::iter::repeat(b'0'))
+        .iter()
+        .chain(std::iter::repeat(&b'0'))
         .take(3)
         .fold(0u16, |n, b| n * 10 + u16::from(b - b'0'));
     match whole {
-        "0" => thousandths,
-        "1" if thousandths == 0 => 1000,
+        b"0" => thousandths,
+        b"1" if thousandths == 0 => 1000,
         _ => 0,
     }
 }
@@ -220,6 +227,16 @@ mod tests {
             both(accepts("gzip;q=2")),
             (false, true),
             "q above 1 is invalid"
+        );
+        assert_eq!(both(accepts("gzip ; q=0.5 , identity;q=0")), (true, false));
+        let mut obs_text = HeaderMap::new();
+        obs_text.insert(
+            header::ACCEPT_ENCODING,
+            HeaderValue::from_bytes(b"gzip, \xe9t\xe9").unwrap(),
+        );
+        assert!(
+            Accepts::of(&obs_text).gzip(),
+            "a byte outside ASCII spoils no other item"
         );
         assert_eq!(
             both(accepts("gzip;q=0.1234")),

@@ -892,13 +892,14 @@ impl Gateway {
             Ok(response) => response,
             Err(error) => self.refusal(error, &log),
         };
+        let duration = started.elapsed();
         self.metrics.request(&RequestRecord {
             route: log.operation.map(Operation::route),
             method: method.clone(),
             status: response.status(),
             cache: log.served.map_or(CacheLabel::None, |s| s.outcome.label()),
             saved: log.served.is_some_and(|s| s.saved_points.is_some()),
-            duration: started.elapsed(),
+            duration,
         });
         if let (Some(caller), Some(operation), Some(points)) = (
             &log.caller,
@@ -919,7 +920,7 @@ impl Gateway {
                 operation: log.operation,
                 status: response.status(),
                 cache: log.served.map(|s| s.outcome),
-                duration: started.elapsed(),
+                duration,
             });
         }
         response

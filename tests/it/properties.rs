@@ -80,6 +80,19 @@ proptest! {
         for i in (1..params.len()).rev() { let j = next(i + 1); params.swap(i, j); }
         for i in (1..expand.len()).rev() { let j = next(i + 1); expand.swap(i, j); }
         prop_assert_eq!(before, key(&params, &expand));
+        // The same query sent in normal form (pairs in order, `expand` sorted) takes the key
+        // builder's no-copy path, and must key the same.
+        let mut normal: Vec<(&str, String)> = params.iter().map(|p| {
+            let (n, v) = p.split_once('=').unwrap();
+            (n, v.to_owned())
+        }).collect();
+        expand.sort_unstable();
+        if !expand.is_empty() {
+            normal.push(("expand", expand.join(",")));
+        }
+        normal.sort();
+        let sent: Vec<String> = normal.iter().map(|(n, v)| format!("{n}={v}")).collect();
+        prop_assert_eq!(before, key(&sent, &[]));
     }
 
     #[test]
