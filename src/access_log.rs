@@ -140,7 +140,7 @@ fn pretty(line: &mut Vec<u8>, timestamp: &Timestamp<'_>, entry: &Entry<'_>, colo
     line.extend_from_slice(TARGET.as_bytes());
     line.push(b':');
     line.extend_from_slice(reset);
-    fields(line, entry, &PRETTY_KEYS, b"");
+    fields::<PrettyKeys>(line, entry);
     line.push(b'\n');
 }
 
@@ -150,66 +150,75 @@ fn json(line: &mut Vec<u8>, timestamp: &Timestamp<'_>, entry: &Entry<'_>) {
     line.extend_from_slice(b"{\"timestamp\":\"");
     timestamp.write(line);
     line.extend_from_slice(b"\",\"level\":\"INFO\"");
-    fields(line, entry, &JSON_KEYS, b"\"");
+    fields::<JsonKeys>(line, entry);
     line.extend_from_slice(b",\"target\":\"");
     line.extend_from_slice(TARGET.as_bytes());
     line.extend_from_slice(b"\"}\n");
 }
 
-/// What comes before each field in a pretty line, and in a JSON one.
-const PRETTY_KEYS: [&[u8]; 8] = [
-    b" peer=",
-    b" method=",
-    b" path=",
-    b" caller=",
-    b" operation=",
-    b" status=",
-    b" cache=",
-    b" duration_us=",
-];
-const JSON_KEYS: [&[u8]; 8] = [
-    b",\"peer\":",
-    b",\"method\":",
-    b",\"path\":",
-    b",\"caller\":",
-    b",\"operation\":",
-    b",\"status\":",
-    b",\"cache\":",
-    b",\"duration_us\":",
-];
+/// What comes before each field in one format's line, and what surrounds the values that
+/// never need escaping (`peer`, `method`, `status`: nothing in a pretty line, `"` in JSON).
+/// Constants, so that writing them copies a known number of bytes.
+trait Keys {
+    const PEER: &'static [u8];
+    const METHOD: &'static [u8];
+    const PATH: &'static [u8];
+    const CALLER: &'static [u8];
+    const OPERATION: &'static [u8];
+    const STATUS: &'static [u8];
+    const CACHE: &'static [u8];
+    const DURATION: &'static [u8];
+    const BARE_QUOTE: &'static [u8];
+}
 
-/// The fields, in order, each after its key; `peer` and `method` (which never need escaping)
-/// between `bare_quote`s: nothing in a pretty line, `"` in JSON.
-fn fields(line: &mut Vec<u8>, entry: &Entry<'_>, keys: &[&[u8]; 8], bare_quote: &[u8]) {
-    let [
-        peer,
-        method,
-        path,
-        caller_key,
-        operation,
-        status,
-        cache,
-        duration,
-    ] = keys;
-    line.extend_from_slice(peer);
-    line.extend_from_slice(bare_quote);
+struct PrettyKeys;
+struct JsonKeys;
+
+impl Keys for PrettyKeys {
+    const PEER: &'static [u8] = b" peer=";
+    const METHOD: &'static [u8] = b" method=";
+    const PATH: &'static [u8] = b" path=";
+    const CALLER: &'static [u8] = b" caller=";
+    const OPERATION: &'static [u8] = b" operation=";
+    const STATUS: &'static [u8] = b" status=";
+    const CACHE: &'static [u8] = b" cache=";
+    const DURATION: &'static [u8] = b" duration_us=";
+    const BARE_QUOTE: &'static [u8] = b"";
+}
+
+impl Keys for JsonKeys {
+    const PEER: &'static [u8] = b",\"peer\":";
+    const METHOD: &'static [u8] = b",\"method\":";
+    const PATH: &'static [u8] = b",\"path\":";
+    const CALLER: &'static [u8] = b",\"caller\":";
+    const OPERATION: &'static [u8] = b",\"operation\":";
+    const STATUS: &'static [u8] = b",\"status\":";
+    const CACHE: &'static [u8] = b",\"cache\":";
+    const DURATION: &'static [u8] = b",\"duration_us\":";
+    const BARE_QUOTE: &'static [u8] = b"\"";
+}
+
+/// The fields, in order, each after its key.
+fn fields<K: Keys>(line: &mut Vec<u8>, entry: &Entry<'_>) {
+    line.extend_from_slice(K::PEER);
+    line.extend_from_slice(K::BARE_QUOTE);
     address(line, entry.peer);
-    line.extend_from_slice(bare_quote);
-    line.extend_from_slice(method);
-    line.extend_from_slice(bare_quote);
+    line.extend_from_slice(K::BARE_QUOTE);
+    line.extend_from_slice(K::METHOD);
+    line.extend_from_slice(K::BARE_QUOTE);
     line.extend_from_slice(entry.method.as_str().as_bytes());
-    line.extend_from_slice(bare_quote);
-    line.extend_from_slice(path);
+    line.extend_from_slice(K::BARE_QUOTE);
+    line.extend_from_slice(K::PATH);
     quoted(line, entry.path);
-    line.extend_from_slice(caller_key);
+    line.extend_from_slice(K::CALLER);
     caller(line, entry.caller);
-    line.extend_from_slice(operation);
+    line.extend_from_slice(K::OPERATION);
     quoted(line, entry.operation.map_or("-", Operation::id));
-    line.extend_from_slice(status);
+    line.extend_from_slice(K::STATUS);
     decimal(line, u64::from(entry.status.as_u16()));
-    line.extend_from_slice(cache);
+    line.extend_from_slice(K::CACHE);
     outcome(line, entry.cache);
-    line.extend_from_slice(duration);
+    line.extend_from_slice(K::DURATION);
     decimal(line, entry.duration.as_micros() as u64);
 }
 
@@ -297,16 +306,13 @@ fn quoted(line: &mut Vec<u8>, value: &str) {
     line.push(b'"');
     let bytes = value.as_bytes();
     // Nearly every value is clean: one pass without branches (vectorised) says so.
-    let dirty = bytes
-        .iter()
-        .fold(false, |dirty, &byte| dirty | needs_escape(byte));
-    if !dirty {
+    if !needs_escaping(bytes) {
         line.extend_from_slice(bytes);
     } else {
         for &byte in bytes {
             match byte {
                 b'"' | b'\\' => line.extend_from_slice(&[b'\\', byte]),
-                _ if needs_escape(byte) => line.extend_from_slice(&[
+                _ if ESCAPED[usize::from(byte)] => line.extend_from_slice(&[
                     b'\\',
                     b'u',
                     b'0',
@@ -321,9 +327,39 @@ fn quoted(line: &mut Vec<u8>, value: &str) {
     line.push(b'"');
 }
 
-fn needs_escape(byte: u8) -> bool {
-    (byte < 0x20) | (byte == b'"') | (byte == b'\\') | (byte == 0x7f)
+/// Whether any of `bytes` is one a quoted value escapes, eight at a time (every line has two
+/// such values; nearly always clean).
+fn needs_escaping(bytes: &[u8]) -> bool {
+    const ONES: u64 = u64::from_ne_bytes([1; 8]);
+    const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
+    // High bit set in a byte of the result for a byte of `word` below `n` (n <= 0x80); bits
+    // may be set wrongly only above a byte that is, which "any" does not mind.
+    let below = |word: u64, n: u8| word.wrapping_sub(ONES * u64::from(n)) & !word & HIGH;
+    let equal = |word: u64, value: u8| below(word ^ (ONES * u64::from(value)), 1);
+    let mut words = bytes.chunks_exact(8);
+    for chunk in words.by_ref() {
+        let word = u64::from_ne_bytes(chunk.try_into().expect("eight bytes"));
+        if below(word, 0x20) | equal(word, 0x7f) | equal(word, b'"') | equal(word, b'\\') != 0 {
+            return true;
+        }
+    }
+    words
+        .remainder()
+        .iter()
+        .any(|&byte| ESCAPED[usize::from(byte)])
 }
+
+/// The bytes a quoted value escapes: control characters, DEL, `"` and `\\`.
+const ESCAPED: [bool; 256] = {
+    let mut escaped = [false; 256];
+    let mut byte = 0;
+    while byte < 256 {
+        escaped[byte] =
+            byte < 0x20 || byte == 0x7f || byte == b'"' as usize || byte == b'\\' as usize;
+        byte += 1;
+    }
+    escaped
+};
 
 #[cfg(test)]
 mod tests {
@@ -367,6 +403,28 @@ mod tests {
                 Operation::ALL[0].id()
             )
         );
+    }
+
+    #[test]
+    fn every_byte_that_needs_escaping_is_found_wherever_it_is() {
+        // Clean backgrounds next to the edges of the ranges found.
+        for background in [b'a', 0x20, 0x21, 0x7e, 0x80, 0xff] {
+            for byte in 0..=255u8 {
+                for len in 1..20 {
+                    for at in 0..len {
+                        let mut bytes = vec![background; len];
+                        bytes[at] = byte;
+                        assert_eq!(
+                            needs_escaping(&bytes),
+                            ESCAPED[usize::from(byte)],
+                            "{byte:#x} at {at} of {len} in {background:#x}"
+                        );
+                    }
+                }
+            }
+        }
+        assert!(!needs_escaping(b""));
+        assert!(!needs_escaping("/wiki/rest/api/user/ünïcode".as_bytes()));
     }
 
     #[test]

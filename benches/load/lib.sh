@@ -31,6 +31,8 @@ wait_for() {
         sleep 0.1
     done
     echo "not answering: $1" >&2
+    # What the servers said, to tell which one and why.
+    tail -n 5 "${WORK:-/nonexistent}"/*.log >&2 2>/dev/null || true
     exit 1
 }
 

@@ -96,3 +96,46 @@ fn modules_use_only_lower_tiers() {
     }
     assert!(uses.contains_key("gateway") && uses["gateway"].contains(&"cache".to_owned()));
 }
+
+#[test]
+fn the_architecture_document_draws_these_tiers() {
+    let text =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/ARCHITECTURE.md"))
+            .unwrap();
+    let drawing = text
+        .split("## Layering")
+        .nth(1)
+        .and_then(|section| section.split("```text\n").nth(1))
+        .and_then(|block| block.split("```").next())
+        .expect("a text drawing under \"## Layering\"");
+    let mut drawn: Vec<(usize, Vec<&str>)> = Vec::new();
+    for line in drawing.lines() {
+        // `NN name  name     what they do`: the names end where the description starts.
+        let Some((number, rest)) = line.trim_start().split_once(' ') else {
+            continue;
+        };
+        let Ok(number) = number.parse::<usize>() else {
+            continue; // a description's second line
+        };
+        let names = rest.split("   ").next().unwrap_or_default();
+        drawn.push((number, names.split_whitespace().collect()));
+    }
+    drawn.sort();
+    let expected: Vec<(usize, Vec<&str>)> = TIERS
+        .iter()
+        .enumerate()
+        .map(|(n, tier)| {
+            let mut names = tier.to_vec();
+            names.sort_unstable();
+            (n, names)
+        })
+        .collect();
+    let drawn: Vec<(usize, Vec<&str>)> = drawn
+        .into_iter()
+        .map(|(n, mut names)| {
+            names.sort_unstable();
+            (n, names)
+        })
+        .collect();
+    assert_eq!(drawn, expected, "docs/ARCHITECTURE.md's layering drawing");
+}
