@@ -166,11 +166,11 @@ impl KeyInput {
     /// form), as [`normalized_query`] would give them: the usual case, without the allocations
     /// and the sort that normalising makes. `false` (with part of the query added) otherwise.
     fn query_as_sent(&mut self, query: &str) -> bool {
-        let mut previous: Option<(&str, &str)> = None;
-        let mut expand = false;
         if query.is_empty() {
             return true;
         }
+        let mut previous: Option<(&str, &str)> = None;
+        let mut expand = false;
         for pair in query.split('&') {
             if pair.is_empty() || pair.bytes().any(|b| matches!(b, b'+' | b'%')) {
                 return false;
