@@ -20,8 +20,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
-/// Bytes waiting that make the writer write them at once.
-pub const BATCH: usize = 1024 * 1024;
+/// Bytes waiting that make the writer write them at once: nginx's `buffer=64k`. A write's
+/// time in the kernel is a pause for the requests on the core the writer shares with them;
+/// batches of 1 MiB measured 0.07–0.6 ms more at p99 than these on a pinned core, for the
+/// same throughput.
+pub const BATCH: usize = 64 * 1024;
 /// How long a line may wait for others to be written with it.
 pub const FLUSH_INTERVAL: Duration = Duration::from_millis(100);
 /// Bytes waiting past which lines are dropped (about 20 000 access-log lines).
