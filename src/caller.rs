@@ -252,25 +252,22 @@ impl Callers {
         peer: IpAddr,
     ) -> Option<([u8; 16], Option<Credential>)> {
         let authorization = headers.get(header::AUTHORIZATION)?;
-        // A hasher is 2 KB to set up: made only for the JWT cases, not for every credential.
-        let mut hasher;
-        match connect_app(authorization) {
-            Some(iss) => {
-                hasher = blake3::Hasher::new_keyed(&self.secret);
-                hasher.update(b"app\n").update(iss.as_bytes());
-            }
+        let keyed = |label: &[u8], value: &[u8]| {
+            let mut hasher = blake3::Hasher::new_keyed(&self.secret);
+            hasher.update(label).update(value);
+            let mut fingerprint = [0; 16];
+            fingerprint.copy_from_slice(&hasher.finalize().as_bytes()[..16]);
+            fingerprint
+        };
+        let fingerprint = match connect_app(authorization) {
+            Some(iss) => keyed(b"app\n", iss.as_bytes()),
             // A JWT whose claim cannot be read is keyed by address, not by its (unique) token.
-            None if is_jwt(authorization) => {
-                hasher = blake3::Hasher::new_keyed(&self.secret);
-                hasher.update(b"ip\n").update(peer.to_string().as_bytes());
-            }
+            None if is_jwt(authorization) => keyed(b"ip\n", peer.to_string().as_bytes()),
             None => {
                 let credential = Credential::of(headers, &self.secret)?;
                 return Some((credential.fingerprint(), Some(credential)));
             }
-        }
-        let mut fingerprint = [0; 16];
-        fingerprint.copy_from_slice(&hasher.finalize().as_bytes()[..16]);
+        };
         Some((fingerprint, None))
     }
 

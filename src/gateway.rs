@@ -692,6 +692,7 @@ enum Looked {
     Read(Read),
 }
 
+/// How the cache answers a read it may store.
 enum Read {
     /// From the entry of its key: what the one lookup found.
     Entry(Lookup, Found),

@@ -691,8 +691,6 @@ impl Cache {
         Fetch::Stored(entry)
     }
 
-    /// The cluster's copy of an entry this replica does not hold, if fresh and of this
-    /// request's variant; kept in L1 too.
     /// What a leader finds before it fetches: a fresh entry that another leader stored in
     /// memory after this request looked (its flight had ended by the time this one began), or
     /// one in the cluster's shared tier.
@@ -711,6 +709,8 @@ impl Cache {
         Some((entry, Tier::Cluster))
     }
 
+    /// The cluster's copy of an entry this replica does not hold, if fresh and of this
+    /// request's variant; kept in L1 too.
     async fn look_in_l2(&self, lookup: Lookup, request_headers: &HeaderMap) -> Option<Arc<Entry>> {
         let cluster = self.cluster.as_ref()?;
         let entry = Entry::decode(&cluster.get(lookup.key.as_bytes()).await?)?;
