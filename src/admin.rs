@@ -4,8 +4,10 @@
 //! - `GET /` — the status page (HTML, refreshing itself).
 //! - `GET /metrics` — Prometheus/OpenMetrics text exposition of every `wikigate_*` metric.
 //! - `GET /healthz` — 200 while the process serves at all (liveness).
-//! - `GET /readyz` — 200 while accepting traffic, 503 once draining has begun (readiness), so a
-//!   load balancer stops sending new requests before the gateway stops accepting them.
+//! - `GET /readyz` — 200 while accepting traffic and able to serve it; 503 once draining has
+//!   begun (so a load balancer stops sending new requests before the gateway stops accepting
+//!   them), while the admission path's state cannot be had, or while requests keep failing
+//!   inside wikigate with no upstream call completing (`metrics::NOT_READY_AFTER` in a row).
 //! - `DELETE /admin/cache` — drop every cached answer.
 //! - `DELETE /admin/cache?tag=TAG` — invalidate one tag (`watch:space:KEY`,
 //!   `property:USER:KEY`, `properties:USER`, `route:NAME`, …).
@@ -31,6 +33,9 @@ use crate::parts::Parts;
 use crate::routes::Tag;
 use crate::server::{ConnInfo, Handler};
 use crate::status_page;
+
+/// How long readiness waits for each lock of the admission path.
+const LOCK_PROBE: std::time::Duration = std::time::Duration::from_millis(250);
 
 pub struct Admin {
     draining: watch::Receiver<bool>,
@@ -163,6 +168,19 @@ impl Handler for Admin {
             "/readyz" if *self.draining.borrow() => {
                 text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
             }
+            "/readyz" if !self.parts.limits.responsive(LOCK_PROBE) => body(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "text/plain; charset=utf-8",
+                "not ready: the upstream admission state is stuck (see the log)\n".to_owned(),
+            ),
+            "/readyz" if self.parts.metrics.failing_inside().is_some() => body(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "text/plain; charset=utf-8",
+                format!(
+                    "not ready: the last {} requests failed inside wikigate, none reached upstream since (see the log)\n",
+                    self.parts.metrics.failing_inside().unwrap_or_default()
+                ),
+            ),
             "/readyz" => match &self.parts.cluster {
                 None => text(StatusCode::OK, "ready\n"),
                 Some(cluster) if cluster.is_up() => text(StatusCode::OK, "ready\nredis: up\n"),

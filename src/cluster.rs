@@ -27,7 +27,21 @@
 //! about writes through others); limits fall back to local ones divided by `cluster.replicas`.
 //! A health task pings every 500 ms; when Redis answers again, the replica resubscribes and
 //! adopts the cluster's generations before it serves from L1 again: a purge it missed while
-//! cut off changes its keys then (and its L1 is dropped), and nothing else was missed.
+//! cut off changes its keys then (and its L1 is dropped).
+//!
+//! **The era fences outages.** A slot counter in Redis can go backwards — Redis restarted
+//! empty, or from a snapshot older than the last writes — or miss a write made while it was
+//! unreachable (through a replica that could not `INCR` it, or one restarted since). Keys of
+//! the routes those counters serve therefore also hold the cluster's *era* (`era` in
+//! `{namespace}:gens`), and the reconnect's sync moves it on (`HINCRBY`, published like a
+//! purge) whenever the reconnecting replica had been up before (an outage), missed a write's
+//! `INCR`, or finds Redis is another process than at the last sync (`INFO server`'s `run_id`
+//! against `{namespace}:server`). So after any outage no key from before it is reachable on any
+//! replica (each adopts the era before it reads Redis counters again); a lookup whose era moved
+//! while it read its counter bypasses the cache. Routes no write changes keep their entries.
+//! What no replica can know: a write through a replica cut off from a Redis the others still
+//! reach is invisible to them until that replica reconnects (within about a second of Redis
+//! answering it again).
 //!
 //! Coalescing stays per replica: a miss on two replicas at once makes two upstream calls.
 
@@ -86,16 +100,30 @@ return {value, number}
 
 /// The sync script: raises the shared generations to at least a replica's own (a Redis that
 /// lost them, or a purge made while cut off from it, must not move keys backwards) and tells
-/// every replica about what it raised; then returns them all and the latest purge's number.
-/// KEYS[1] the generations, KEYS[2] the purge counter, KEYS[3] the channel; ARGV field, value…
+/// every replica about what it raised; then, when the replica asks (it was cut off after being
+/// up, or counted a write it could not record) or Redis is not the process it was (another
+/// `run_id`: restarted, perhaps from an old snapshot), moves the era on; returns the
+/// generations and the latest purge's number.
+/// KEYS[1] the generations, KEYS[2] the purge counter, KEYS[3] the channel, KEYS[4] the
+/// `run_id` Redis had at the last sync; ARGV[1] 1 to fence, ARGV[2] the `run_id` now, then
+/// field, value…
 const SYNC: &str = r"
 local number = tonumber(redis.call('GET', KEYS[2]) or '0')
-for i = 1, #ARGV, 2 do
+for i = 3, #ARGV, 2 do
   local current = tonumber(redis.call('HGET', KEYS[1], ARGV[i]) or '0')
   if current < tonumber(ARGV[i + 1]) then
     redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
     redis.call('PUBLISH', KEYS[3], 'gen:' .. number .. ':' .. ARGV[i + 1] .. ':' .. ARGV[i])
   end
+end
+local fence = ARGV[1] == '1'
+if ARGV[2] == '' or redis.call('GET', KEYS[4]) ~= ARGV[2] then
+  fence = true
+  redis.call('SET', KEYS[4], ARGV[2])
+end
+if fence then
+  local era = redis.call('HINCRBY', KEYS[1], 'era', 1)
+  redis.call('PUBLISH', KEYS[3], 'gen:' .. number .. ':' .. era .. ':era')
 end
 return {redis.call('HGETALL', KEYS[1]), number}
 ";
@@ -183,6 +211,10 @@ pub struct Cluster {
     id: String,
     /// The highest purge number this replica has applied.
     applied: AtomicU64,
+    /// Whether Redis was ever up for this replica: a reconnect after that follows an outage.
+    was_up: AtomicBool,
+    /// A write's invalidation did not reach Redis since the last sync.
+    missed_write: AtomicBool,
     gcra: redis::Script,
     purge: redis::Script,
     sync: redis::Script,
@@ -237,6 +269,8 @@ impl Cluster {
             up: AtomicBool::new(false),
             id: replica_id(),
             applied: AtomicU64::new(0),
+            was_up: AtomicBool::new(false),
+            missed_write: AtomicBool::new(false),
             gcra: redis::Script::new(GCRA),
             purge: redis::Script::new(PURGE),
             sync: redis::Script::new(SYNC),
@@ -310,15 +344,20 @@ impl Cluster {
     }
 
     /// Bumps tag slots in Redis (every replica reads them on every lookup of their routes);
-    /// false when Redis was not reached.
+    /// false when Redis was not reached, which the next reconnect fences (a new era).
     pub async fn bump(&self, slots: &[usize]) -> bool {
         let mut pipe = redis::pipe();
         for slot in slots {
             pipe.incr(self.key("g", &slot.to_string()), 1).ignore();
         }
-        self.run(|mut c| async move { pipe.query_async::<()>(&mut c).await })
+        let reached = self
+            .run(|mut c| async move { pipe.query_async::<()>(&mut c).await })
             .await
-            .is_some()
+            .is_some();
+        if !reached {
+            self.missed_write.store(true, Ordering::Release);
+        }
+        reached
     }
 
     /// Raises the shared generation `field` (`epoch`, `route:NAME`) for every replica: the new
@@ -519,12 +558,22 @@ impl Cluster {
         let Ok(Ok(pubsub)) = pubsub.await else {
             return false;
         };
-        // Purges missed while cut off are adopted before serving from L1 again.
-        let Some((generations, purges)) = self.sync(&listener.generations()).await else {
+        // Purges missed while cut off are adopted before serving from L1 again; after an
+        // outage (or a write Redis never counted, or a Redis that is not the one it was), the
+        // era moves on before any key with a Redis counter is computed again.
+        let fence =
+            self.was_up.load(Ordering::Acquire) || self.missed_write.swap(false, Ordering::AcqRel);
+        let run_id = self.run_id().await.unwrap_or_default();
+        let Some((generations, purges)) = self.sync(&listener.generations(), fence, &run_id).await
+        else {
+            if fence {
+                self.missed_write.store(true, Ordering::Release);
+            }
             return false;
         };
         listener.adopt(&generations);
         self.applied.fetch_max(purges, Ordering::AcqRel);
+        self.was_up.store(true, Ordering::Release);
         self.up.store(true, Ordering::Release);
         self.announce().await;
         let this = self.clone();
@@ -550,18 +599,38 @@ impl Cluster {
         true
     }
 
-    /// The cluster's shared generations, raised to at least `local` first, and the number of
-    /// the latest purge.
-    async fn sync(&self, local: &[(String, u64)]) -> Option<(Vec<(String, u64)>, u64)> {
+    /// Which Redis process answers (`INFO server`'s `run_id`); `None` when it does not say
+    /// (the sync then treats it as a new one).
+    async fn run_id(&self) -> Option<String> {
+        let info: String = self
+            .timed(
+                |mut c| async move { redis::cmd("INFO").arg("server").query_async(&mut c).await },
+            )
+            .await?;
+        info.lines()
+            .find_map(|line| line.strip_prefix("run_id:"))
+            .map(|id| id.trim().to_owned())
+    }
+
+    /// The cluster's shared generations, raised to at least `local` first (and the era moved
+    /// on when `fence`, or when Redis's `run_id` changed), and the number of the latest purge.
+    async fn sync(
+        &self,
+        local: &[(String, u64)],
+        fence: bool,
+        run_id: &str,
+    ) -> Option<(Vec<(String, u64)>, u64)> {
         let keys = [
             self.key("gens", "all"),
             self.key("purges", "all"),
             self.key("inv", "all"),
+            self.key("server", "all"),
         ];
         let (fields, purges): (Vec<(String, u64)>, u64) = self
             .timed(|mut c| async move {
                 let mut invocation = self.sync.key(&keys[0]);
-                invocation.key(&keys[1]).key(&keys[2]);
+                invocation.key(&keys[1]).key(&keys[2]).key(&keys[3]);
+                invocation.arg(u8::from(fence)).arg(run_id);
                 for (field, value) in local {
                     invocation.arg(field).arg(value);
                 }

@@ -49,6 +49,7 @@ use crate::config::Config;
 use crate::csrf::CsrfGuard;
 use crate::error::{ErrorSource, GatewayError};
 use crate::forward::{self, ForwardedHost};
+use crate::hints::Hints;
 use crate::limit::{self, HoldKey, Limits};
 use crate::links::Links;
 use crate::metrics::{CacheLabel, Metrics, RequestRecord};
@@ -776,10 +777,8 @@ impl Admission {
             match result {
                 Ok(mut response) => {
                     self.cookies.strip_response(response.headers_mut());
-                    if self
-                        .limits
-                        .observe(&self.hold, response.status(), response.headers())
-                    {
+                    let hints = Hints::read(response.headers());
+                    if self.limits.observe(&self.hold, response.status(), &hints) {
                         self.metrics.hold_started();
                     }
                     return Ok(response);

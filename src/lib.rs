@@ -60,6 +60,7 @@ pub mod error;
 pub mod fake;
 pub mod forward;
 pub mod gateway;
+pub mod hints;
 pub mod lifecycle;
 pub mod limit;
 pub mod links;

@@ -34,8 +34,10 @@
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use governor::clock::{Clock, Reference};
@@ -52,6 +54,7 @@ use crate::caller::{Caller, CallerId};
 use crate::cluster::{Cluster, Decision};
 use crate::config::{ClientConfig, Config, LimitsConfig, PointsBudget, QuotaConfig, Rate};
 use crate::error::{GatewayError, Refusal};
+use crate::hints::Hints;
 use crate::quota::{self, Quota};
 
 type Keyed =
@@ -606,7 +609,7 @@ impl Limits {
 
     /// What `caller` spent this hour on this replica.
     fn spent_here(&self, caller: &Caller, hour: u64) -> u64 {
-        match self.spent.lock().expect("lock").get(&caller.id) {
+        match self.spent.lock().get(&caller.id) {
             Some((counted, spent)) if *counted == hour => *spent,
             _ => 0,
         }
@@ -629,7 +632,7 @@ impl Limits {
             _ => false,
         };
         if budgeted && !counted {
-            let mut spent = self.spent.lock().expect("lock");
+            let mut spent = self.spent.lock();
             let entry = spent.entry(caller.id.clone()).or_insert((hour, 0));
             if entry.0 != hour {
                 *entry = (hour, 0);
@@ -702,7 +705,7 @@ impl Limits {
     }
 
     fn tightened(&self) -> bool {
-        let mut until = self.tightened_until.lock().expect("lock");
+        let mut until = self.tightened_until.lock();
         match *until {
             Some(t) if Instant::now() < t => true,
             Some(_) => {
@@ -714,7 +717,7 @@ impl Limits {
     }
 
     fn check_hold(&self, key: &HoldKey) -> Result<(), GatewayError> {
-        let mut holds = self.holds.lock().expect("lock");
+        let mut holds = self.holds.lock();
         let Some(hold) = holds.get_mut(key) else {
             return Ok(());
         };
@@ -734,34 +737,32 @@ impl Limits {
         }
     }
 
-    /// Learns from an upstream answer: the site's quota headers update its standing; a 429
-    /// (or a 503 with `Retry-After`) starts or extends the hold on `key` (and returns true);
-    /// any other answer ends it. `X-RateLimit-NearLimit` tightens the global budget until
-    /// upstream's reset.
-    pub fn observe(&self, key: &HoldKey, status: StatusCode, headers: &HeaderMap) -> bool {
-        self.quota.site.observe(status, headers);
+    /// Learns from what an upstream answer says of the limits: the site's quota headers update
+    /// its standing; a 429 (or a 503 with `Retry-After`) starts or extends the hold on `key`
+    /// (and returns true); any other answer ends it. `X-RateLimit-NearLimit` tightens the
+    /// global budget until upstream's reset. Every wait is bounded (`hints`, `max_hold`).
+    pub fn observe(&self, key: &HoldKey, status: StatusCode, hints: &Hints) -> bool {
+        self.quota.site.observe(status, hints);
         let rules = self.rules.load();
         let now = Instant::now();
-        if headers
-            .get("x-ratelimit-nearlimit")
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"true"))
-        {
-            let reset = reset_in(headers)
+        if hints.near_limit {
+            let reset = hints
+                .reset_in
                 .unwrap_or(Duration::from_secs(60))
                 .min(rules.max_hold);
-            *self.tightened_until.lock().expect("lock") = Some(now + reset);
+            *self.tightened_until.lock() = Some(now + reset);
         }
         let throttled = status == StatusCode::TOO_MANY_REQUESTS
-            || (status == StatusCode::SERVICE_UNAVAILABLE
-                && headers.contains_key(http::header::RETRY_AFTER));
-        let mut holds = self.holds.lock().expect("lock");
+            || (status == StatusCode::SERVICE_UNAVAILABLE && hints.retry_after.is_some());
+        let mut holds = self.holds.lock();
         if !throttled {
             holds.remove(key);
             return false;
         }
-        let strikes = holds.get(key).map_or(0, |h| h.strikes) + 1;
-        let wait = retry_after(headers)
-            .or_else(|| reset_in(headers))
+        let strikes = holds.get(key).map_or(0, |h| h.strikes).saturating_add(1);
+        let wait = hints
+            .retry_after
+            .or(hints.reset_in)
             .unwrap_or_else(|| backoff(strikes))
             .min(rules.max_hold);
         holds.insert(
@@ -775,10 +776,19 @@ impl Limits {
         true
     }
 
+    /// Whether the state every upstream call goes through can be had: each of its locks is
+    /// taken within `within` (a lock held that long means a stuck admission path).
+    pub fn responsive(&self, within: Duration) -> bool {
+        self.holds.try_lock_for(within).is_some()
+            && self.tightened_until.try_lock_for(within).is_some()
+            && self.spent.try_lock_for(within).is_some()
+            && self.quota.site.responsive(within)
+    }
+
     /// How many credentials are held right now, and the longest remaining hold.
     pub fn holds(&self) -> (usize, Duration) {
         let now = Instant::now();
-        let holds = self.holds.lock().expect("lock");
+        let holds = self.holds.lock();
         let active = holds.values().filter(|h| h.until > now);
         active.fold((0, Duration::ZERO), |(n, longest), h| {
             (n + 1, longest.max(h.until - now))
@@ -788,7 +798,7 @@ impl Limits {
     /// A request admitted for `key` failed before upstream answered: if it was the probe,
     /// another request may probe at once.
     pub fn release_probe(&self, key: &HoldKey) {
-        if let Some(hold) = self.holds.lock().expect("lock").get_mut(key) {
+        if let Some(hold) = self.holds.lock().get_mut(key) {
             hold.probe = None;
         }
     }
@@ -805,13 +815,9 @@ impl Limits {
         let now = Instant::now();
         self.holds
             .lock()
-            .expect("lock")
             .retain(|_, hold| hold.until + PROBE_TIMEOUT > now || hold.probe.is_some());
         let (hour, _) = quota::hour(now);
-        self.spent
-            .lock()
-            .expect("lock")
-            .retain(|_, (counted, _)| *counted == hour);
+        self.spent.lock().retain(|_, (counted, _)| *counted == hour);
     }
 
     /// How many callers have keyed limiter state right now.
@@ -831,25 +837,6 @@ fn ceil_secs(duration: Duration) -> u64 {
     duration.as_secs() + u64::from(duration.subsec_nanos() > 0)
 }
 
-/// `Retry-After` as seconds or an HTTP date.
-fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    let value = headers
-        .get(http::header::RETRY_AFTER)?
-        .to_str()
-        .ok()?
-        .trim();
-    if let Ok(secs) = value.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
-    }
-    let at = httpdate::parse_http_date(value).ok()?;
-    Some(at.duration_since(SystemTime::now()).unwrap_or_default())
-}
-
-/// Atlassian's `X-RateLimit-Reset`: an ISO 8601 timestamp (or, from some proxies, seconds).
-fn reset_in(headers: &HeaderMap) -> Option<Duration> {
-    quota::seconds_until(headers.get("x-ratelimit-reset")?.to_str().ok()?)
-}
-
 /// 1 s, 2 s, 4 s … up to 64 s, each with up to 25 % random jitter on top.
 pub fn backoff(strikes: u32) -> Duration {
     let base = Duration::from_secs(1 << strikes.saturating_sub(1).min(6));
@@ -867,16 +854,6 @@ pub fn jitter() -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn retry_hints_are_read_in_order() {
-        let mut headers = HeaderMap::new();
-        headers.insert("x-ratelimit-reset", HeaderValue::from_static("7"));
-        assert_eq!(retry_after(&headers), None);
-        assert_eq!(reset_in(&headers), Some(Duration::from_secs(7)));
-        headers.insert(http::header::RETRY_AFTER, HeaderValue::from_static("2"));
-        assert_eq!(retry_after(&headers), Some(Duration::from_secs(2)));
-    }
 
     #[test]
     fn backoff_doubles_with_bounded_jitter() {
@@ -946,17 +923,22 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.insert("x-ratelimit-nearlimit", HeaderValue::from_static("true"));
         headers.insert("x-ratelimit-reset", HeaderValue::from_static("60"));
-        tightened.observe(&[0; 16], StatusCode::OK, &headers);
+        tightened.observe(&[0; 16], StatusCode::OK, &Hints::read(&headers));
         assert_eq!(admitted(&tightened, &caller).await, 5);
     }
 
-    #[test]
-    fn a_hold_lets_exactly_one_probe_through_when_it_ends() {
+    #[tokio::test(start_paused = true)]
+    async fn a_hold_lets_exactly_one_probe_through_when_it_ends() {
         let limits = limits(&LimitsConfig::default());
         let key = [1; 16];
         let mut headers = HeaderMap::new();
         headers.insert(http::header::RETRY_AFTER, HeaderValue::from_static("0"));
-        limits.observe(&key, StatusCode::TOO_MANY_REQUESTS, &headers);
+        limits.observe(&key, StatusCode::TOO_MANY_REQUESTS, &Hints::read(&headers));
+        assert!(
+            limits.check_hold(&key).is_err(),
+            "Retry-After: 0 holds a second"
+        );
+        tokio::time::advance(Duration::from_secs(1)).await;
         assert!(limits.check_hold(&key).is_ok(), "the probe");
         let refused = limits.check_hold(&key).unwrap_err();
         assert!(matches!(
@@ -966,11 +948,38 @@ mod tests {
                 ..
             })
         ));
-        limits.observe(&key, StatusCode::OK, &HeaderMap::new());
+        limits.observe(&key, StatusCode::OK, &Hints::default());
         assert!(limits.check_hold(&key).is_ok());
         assert!(
             limits.check_hold(&[2; 16]).is_ok(),
             "other credentials are not held"
         );
+    }
+
+    proptest::proptest! {
+        /// Whatever limit headers upstream sends, with whatever status, the quota, the limits
+        /// and the holds take them in without a panic, and hold for at most an hour.
+        #[test]
+        fn any_limit_headers_are_taken_in_and_bounded(
+            headers in crate::hints::tests::any_limit_headers(),
+            status in proptest::sample::select(vec![200u16, 429, 503]),
+        ) {
+            let hints = Hints::read(&headers);
+            let quota = Arc::new(Quota::new(Some(1000), 0.2));
+            let policy = Policy {
+                limits: &LimitsConfig::default(),
+                quota: &QuotaConfig::default(),
+                clients: &[],
+            };
+            let limits = Limits::new(policy, None, quota.clone());
+            limits.observe(&[7; 16], StatusCode::from_u16(status).unwrap(), &hints);
+            let _ = quota.site.standing();
+            if let Some(exhausted) = quota.site.pressure().exhausted_for {
+                proptest::prop_assert!(exhausted <= crate::hints::MAX_WINDOW);
+            }
+            let (_, longest) = limits.holds();
+            proptest::prop_assert!(longest <= crate::hints::MAX_WAIT);
+            proptest::prop_assert!(limits.responsive(Duration::from_millis(10)));
+        }
     }
 }

@@ -17,7 +17,9 @@
 
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, OnceLock};
+
+use parking_lot::{Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
 /// Bytes waiting that make the writer write them at once: nginx's `buffer=64k`. A write's
@@ -115,22 +117,16 @@ impl LogSink {
             if left.is_zero() {
                 return;
             }
-            pending = self
-                .shared
-                .written
-                .wait_timeout(pending, left)
-                .unwrap_or_else(|poisoned| poisoned.into_inner())
-                .0;
+            self.shared.written.wait_for(&mut pending, left);
         }
     }
 }
 
 impl Shared {
+    /// parking_lot's lock does not poison: a panic while holding it leaves whole lines
+    /// behind, and the writer keeps going.
     fn lock(&self) -> MutexGuard<'_, Pending> {
-        // A panic while holding the lock leaves whole lines behind: keep going.
-        self.pending
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.pending.lock()
     }
 
     /// The writer thread: takes what is waiting, in batches, and writes it out.
@@ -139,17 +135,15 @@ impl Shared {
         loop {
             let mut pending = self.lock();
             while pending.lines.is_empty() && !pending.flush_wanted {
-                pending = self.work.wait(pending).unwrap_or_else(|e| e.into_inner());
+                self.work.wait(&mut pending);
             }
             if pending.lines.len() < BATCH && !pending.flush_wanted {
                 // Let the lines of the next few milliseconds join this batch.
-                pending = self
-                    .work
-                    .wait_timeout_while(pending, FLUSH_INTERVAL, |p| {
-                        p.lines.len() < BATCH && !p.flush_wanted
-                    })
-                    .unwrap_or_else(|e| e.into_inner())
-                    .0;
+                self.work.wait_while_for(
+                    &mut pending,
+                    |p| p.lines.len() < BATCH && !p.flush_wanted,
+                    FLUSH_INTERVAL,
+                );
             }
             std::mem::swap(&mut pending.lines, &mut batch);
             pending.flush_wanted = false;
@@ -224,7 +218,7 @@ mod tests {
         fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
             let _ = self.entered.send(());
             let _ = self.go.recv();
-            self.written.lock().unwrap().extend_from_slice(bytes);
+            self.written.lock().extend_from_slice(bytes);
             Ok(bytes.len())
         }
         fn flush(&mut self) -> std::io::Result<()> {
@@ -273,7 +267,7 @@ mod tests {
         // Unstuck, it writes everything it kept, whole and in order.
         std::thread::spawn(move || while go.send(()).is_ok() {});
         sink.flush();
-        let written = written.lock().unwrap();
+        let written = written.lock();
         let kept = written.split(|b| *b == b'\n').filter(|l| !l.is_empty());
         assert!(kept.clone().all(|l| l == &line[..99]));
         assert_eq!(kept.count(), 1 + fit);
@@ -287,7 +281,7 @@ mod tests {
             sink.write_line(format!("line {n}\n").as_bytes());
         }
         sink.flush();
-        let text = String::from_utf8(written.lock().unwrap().clone()).unwrap();
+        let text = String::from_utf8(written.lock().clone()).unwrap();
         let expected: String = (0..1000).map(|n| format!("line {n}\n")).collect();
         assert_eq!(text, expected);
         assert_eq!(sink.dropped(), 0);

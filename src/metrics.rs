@@ -15,8 +15,10 @@
 //! credential.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+
+use parking_lot::Mutex;
 use std::time::Duration;
 
 use http::{Method, StatusCode};
@@ -458,7 +460,6 @@ impl Collector for Counted {
             .upstream
             .calls
             .lock()
-            .expect("lock")
             .iter()
             .map(|(k, v)| (k.clone(), *v))
             .collect();
@@ -486,7 +487,7 @@ impl Collector for Counted {
             None,
             MetricType::Counter,
         )?;
-        for ((caller, limit), n) in self.refused.0.lock().expect("lock").iter() {
+        for ((caller, limit), n) in self.refused.0.lock().iter() {
             let labels = [("caller", caller.as_str()), ("limit", *limit)];
             ConstCounter::new(*n).encode(refused.encode_family(&labels)?)?;
         }
@@ -667,7 +668,14 @@ pub struct Metrics {
     holds_active: Gauge,
     hold_remaining: Gauge<f64, AtomicU64>,
     redis_up: Gauge,
+    /// Requests in a row that failed inside wikigate since an upstream call last completed:
+    /// what readiness reads (a gateway whose upstream path fails every time is not ready).
+    failing_inside: AtomicU64,
 }
+
+/// Internal failures in a row, with no upstream answer between them, past which the gateway
+/// is not ready.
+pub const NOT_READY_AFTER: u64 = 5;
 
 impl Default for Metrics {
     fn default() -> Self {
@@ -694,6 +702,7 @@ impl Metrics {
             holds_active: Gauge::default(),
             hold_remaining: Gauge::default(),
             redis_up: Gauge::default(),
+            failing_inside: AtomicU64::new(0),
         };
         // Dashboards and alerts see 0 rather than no data before the first eviction.
         for cause in ["expired", "explicit", "replaced", "size"] {
@@ -807,14 +816,16 @@ impl Metrics {
         duration: Duration,
     ) {
         let status = match status {
-            Ok(code) => code.as_u16().to_string(),
+            Ok(code) => {
+                self.failing_inside.store(0, Ordering::Relaxed);
+                code.as_u16().to_string()
+            }
             Err(error) => error.to_owned(),
         };
         *self
             .upstream
             .calls
             .lock()
-            .expect("lock")
             .entry((route, status))
             .or_default() += 1;
         self.upstream.durations[route.index()].observe(duration);
@@ -832,6 +843,9 @@ impl Metrics {
 
     /// An error answer wikigate made itself.
     pub fn error(&self, route: Option<Route>, source: ErrorSource) {
+        if source == ErrorSource::Internal {
+            self.failing_inside.fetch_add(1, Ordering::Relaxed);
+        }
         self.errors
             .get_or_create(&ErrorLabels {
                 route: route.map_or(UNMATCHED, Route::name),
@@ -840,12 +854,18 @@ impl Metrics {
             .inc();
     }
 
+    /// Whether the last [`NOT_READY_AFTER`] or more requests failed inside wikigate with no
+    /// upstream answer since: readiness turns 503 until an upstream call completes again.
+    pub fn failing_inside(&self) -> Option<u64> {
+        let streak = self.failing_inside.load(Ordering::Relaxed);
+        (streak >= NOT_READY_AFTER).then_some(streak)
+    }
+
     pub fn rate_limited(&self, caller: &str, limit: &'static str) {
         *self
             .refused
             .0
             .lock()
-            .expect("lock")
             .entry((caller.to_owned(), limit))
             .or_default() += 1;
     }
@@ -925,13 +945,12 @@ impl Metrics {
             .refused
             .0
             .lock()
-            .expect("lock")
             .iter()
             .map(|((caller, limit), n)| (caller.clone(), *limit, *n))
             .collect();
         limited.sort_by(|a, b| b.2.cmp(&a.2).then_with(|| a.0.cmp(&b.0)));
         limited.truncate(10);
-        let upstream = self.upstream.calls.lock().expect("lock").values().sum();
+        let upstream = self.upstream.calls.lock().values().sum();
         let mut callers: Vec<CallerPoints> = self
             .quota
             .accounts
@@ -1078,6 +1097,22 @@ fn class_index(status: StatusCode) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn internal_failures_in_a_row_make_the_gateway_unready_until_upstream_answers() {
+        let metrics = Metrics::default();
+        for _ in 1..NOT_READY_AFTER {
+            metrics.error(Some(Route::User), ErrorSource::Internal);
+        }
+        metrics.error(None, ErrorSource::Upstream);
+        assert_eq!(metrics.failing_inside(), None, "not yet");
+        metrics.error(Some(Route::User), ErrorSource::Internal);
+        assert_eq!(metrics.failing_inside(), Some(NOT_READY_AFTER));
+        metrics.upstream(Route::User, Ok(StatusCode::OK), Duration::from_millis(3));
+        assert_eq!(metrics.failing_inside(), None, "an upstream call completed");
+        metrics.upstream(Route::User, Err("timeout"), Duration::from_millis(3));
+        assert_eq!(metrics.failing_inside(), None);
+    }
 
     #[test]
     fn quantiles_come_from_the_bucket_bounds() {

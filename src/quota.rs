@@ -21,13 +21,15 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
+
+use parking_lot::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::StatusCode;
-use http::header::{HeaderMap, HeaderName};
 use tokio::time::Instant;
 
+use crate::hints::{Hints, Mode, Reason};
 use crate::routes::{Objects, Route};
 
 const ROUTES: usize = Route::ALL.len();
@@ -218,19 +220,24 @@ impl Site {
 
     /// Replaces the configured quota and reserve (SIGHUP).
     pub fn configure(&self, points_per_hour: Option<u64>, reserve: f64) {
-        let mut state = self.state.lock().expect("lock");
+        let mut state = self.state.lock();
         state.points_per_hour = points_per_hour;
         state.reserve = reserve;
     }
 
+    /// Whether the site's state can be had within `within` (readiness).
+    pub fn responsive(&self, within: Duration) -> bool {
+        self.state.try_lock_for(within).is_some()
+    }
+
     /// Whether `quota.points_per_hour` is set (so wikigate's spending counts it down).
     pub fn configured(&self) -> bool {
-        self.state.lock().expect("lock").points_per_hour.is_some()
+        self.state.lock().points_per_hour.is_some()
     }
 
     /// `quota.reserve`.
     pub fn reserve(&self) -> f64 {
-        self.state.lock().expect("lock").reserve
+        self.state.lock().reserve
     }
 
     /// Whether the quota is under the reserve, or upstream says it is near its limit.
@@ -238,19 +245,16 @@ impl Site {
         self.pressure().under(self.reserve())
     }
 
-    /// Learns from an upstream answer's headers (any status).
-    pub fn observe(&self, status: StatusCode, headers: &HeaderMap) {
+    /// Learns from what an upstream answer (any status) says of the limits.
+    pub fn observe(&self, status: StatusCode, hints: &Hints) {
         let now = Instant::now();
-        let reading = read_policy(headers, now);
-        let quota_refusal = status == StatusCode::TOO_MANY_REQUESTS
-            && headers
-                .get("ratelimit-reason")
-                .and_then(|v| v.to_str().ok())
-                .is_some_and(|reason| reason.contains("quota"));
+        let reading = Reading::of(hints, now);
+        let quota_refusal =
+            status == StatusCode::TOO_MANY_REQUESTS && hints.reason == Some(Reason::Quota);
         if reading.is_none() && !quota_refusal {
             return;
         }
-        let mut state = self.state.lock().expect("lock");
+        let mut state = self.state.lock();
         if let Some(reading) = reading {
             state.push_sample(reading.source, now, reading.remaining);
             state.reading = Some(reading);
@@ -259,7 +263,8 @@ impl Site {
             }
         }
         if quota_refusal {
-            let wait = retry_after_secs(headers)
+            let wait = hints
+                .retry_after
                 .or_else(|| {
                     state
                         .reading
@@ -275,7 +280,7 @@ impl Site {
     pub fn spent(&self, points: u32, total: Option<u64>) {
         let now = Instant::now();
         let (hour, _) = hour(now);
-        let mut state = self.state.lock().expect("lock");
+        let mut state = self.state.lock();
         let before = if state.spent.0 == hour {
             state.spent.1
         } else {
@@ -294,7 +299,7 @@ impl Site {
     /// configured quota, else upstream's shadow policy; `None` when nothing says anything.
     pub fn standing(&self) -> Option<Standing> {
         let now = Instant::now();
-        let state = self.state.lock().expect("lock");
+        let state = self.state.lock();
         let source = state.in_force(now)?;
         let (quota, window, remaining, reset_in, near_limit) = match state.upstream_reading(now) {
             Some(r) if r.source == source => (
@@ -329,7 +334,7 @@ impl Site {
             burn_per_hour: burn_per_second.map(|rate| rate * 3600.0),
             exhaustion_in: burn_per_second
                 .filter(|rate| *rate > 0.0)
-                .map(|rate| Duration::from_secs_f64(remaining as f64 / rate)),
+                .and_then(|rate| Duration::try_from_secs_f64(remaining as f64 / rate).ok()),
         })
     }
 
@@ -337,7 +342,7 @@ impl Site {
     pub fn pressure(&self) -> Pressure {
         let now = Instant::now();
         let exhausted_for = {
-            let state = self.state.lock().expect("lock");
+            let state = self.state.lock();
             state
                 .exhausted_until
                 .filter(|until| *until > now)
@@ -406,116 +411,41 @@ impl SiteState {
     }
 }
 
-/// `Retry-After` (or `Beta-Retry-After`) in whole seconds.
-fn retry_after_secs(headers: &HeaderMap) -> Option<Duration> {
-    ["retry-after", "beta-retry-after"]
-        .into_iter()
-        .find_map(|name| {
-            let value = headers.get(name)?.to_str().ok()?.trim();
-            value.parse::<u64>().ok().map(Duration::from_secs)
-        })
-}
-
-/// Upstream's policy headers: the enforced `RateLimit-Policy` + `RateLimit` pair, else the
-/// `X-RateLimit-*` set, else the shadow (`Beta-`) pair.
-fn read_policy(headers: &HeaderMap, now: Instant) -> Option<Reading> {
-    let near_limit = headers
-        .get("x-ratelimit-nearlimit")
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"true"));
-    let pair = |prefix: &str| {
-        let policy = header_str(headers, &format!("{prefix}ratelimit-policy"))?;
-        let state = header_str(headers, &format!("{prefix}ratelimit"))?;
-        let (name, quota, window) = quota_policy(policy)?;
-        let (remaining, reset) = quota_state(state, &name)?;
-        Some((quota, window, remaining, reset))
-    };
-    let (source, (quota, window, remaining, reset)) = match pair("") {
-        Some(figures) => (Source::Enforced, figures),
-        None => match legacy(headers) {
+impl Reading {
+    /// Upstream's policy as an answer's hints state it: the enforced points policy, else
+    /// the `X-RateLimit-*` set, else the shadow (`Beta-`) policy.
+    fn of(hints: &Hints, now: Instant) -> Option<Reading> {
+        let policy = |mode| {
+            let stated = hints.policies.iter().filter(|p| p.mode == mode);
+            let mut complete = stated.filter_map(|p| Some((p, p.remaining?, p.reset_in?)));
+            let first = complete.clone().next();
+            complete
+                .find(|(p, ..)| p.name == "tenant-app-quota")
+                .or(first)
+                .map(|(p, remaining, reset)| (p.quota, p.window, remaining, reset))
+        };
+        let legacy = || {
+            let bucket = hints.bucket?;
+            let reset = hints.reset_in.unwrap_or_else(|| hour(now).1);
+            Some((bucket.limit, HOUR, bucket.remaining, reset))
+        };
+        let (source, (quota, window, remaining, reset)) = match policy(Mode::Enforced) {
             Some(figures) => (Source::Enforced, figures),
-            None => (Source::Shadow, pair("beta-")?),
-        },
-    };
-    Some(Reading {
-        source,
-        quota,
-        window,
-        remaining,
-        reset_at: now + reset,
-        near_limit: near_limit && source == Source::Enforced,
-    })
-}
-
-fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers
-        .get(HeaderName::from_bytes(name.as_bytes()).ok()?)?
-        .to_str()
-        .ok()
-}
-
-/// `X-RateLimit-Limit`, `-Remaining`, `-Reset` (an RFC 3339 time or seconds): the quota is
-/// assumed to be Atlassian's hour.
-fn legacy(headers: &HeaderMap) -> Option<(u64, Duration, u64, Duration)> {
-    let number = |name| header_str(headers, name)?.trim().parse::<u64>().ok();
-    let quota = number("x-ratelimit-limit")?;
-    let remaining = number("x-ratelimit-remaining")?;
-    let reset = header_str(headers, "x-ratelimit-reset")
-        .and_then(seconds_until)
-        .unwrap_or_else(|| hour(Instant::now()).1);
-    Some((quota, HOUR, remaining, reset))
-}
-
-/// Seconds, or the time until an RFC 3339 UTC timestamp (Atlassian's `X-RateLimit-Reset`).
-pub fn seconds_until(value: &str) -> Option<Duration> {
-    let value = value.trim();
-    if let Ok(secs) = value.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
-    }
-    let at = crate::rfc3339::parse(value)?;
-    Some(at.duration_since(SystemTime::now()).unwrap_or_default())
-}
-
-/// The items of a structured-field list (RFC 9651) with their parameters: `"name";k=v;…`.
-/// Tolerant: an item it cannot read is skipped.
-fn items(value: &str) -> impl Iterator<Item = (String, BTreeMap<String, u64>)> + '_ {
-    value.split(',').filter_map(|item| {
-        let mut parts = item.split(';').map(str::trim);
-        let name = parts.next()?.trim_matches('"').to_owned();
-        let params = parts
-            .filter_map(|param| {
-                let (key, value) = param.split_once('=')?;
-                Some((key.trim().to_owned(), value.trim().parse().ok()?))
-            })
-            .collect();
-        Some((name, params))
-    })
-}
-
-/// The points policy of `RateLimit-Policy`: its name, quota (`q`) and window (`w`, seconds).
-/// Atlassian's is `tenant-app-quota`; otherwise the first policy with both.
-fn quota_policy(value: &str) -> Option<(String, u64, Duration)> {
-    let policies: Vec<_> = items(value)
-        .filter_map(|(name, params)| {
-            let quota = *params.get("q")?;
-            let window = params.get("w").copied().unwrap_or(3600);
-            Some((name, quota, Duration::from_secs(window)))
+            None => match legacy() {
+                Some(figures) => (Source::Enforced, figures),
+                None => (Source::Shadow, policy(Mode::Shadow)?),
+            },
+        };
+        Some(Reading {
+            source,
+            quota,
+            window,
+            remaining,
+            // Bounded by the hints (a reset within its window, a window within a day).
+            reset_at: now + reset,
+            near_limit: hints.near_limit && source == Source::Enforced,
         })
-        .collect();
-    let preferred = policies
-        .iter()
-        .position(|(name, ..)| name == "tenant-app-quota");
-    policies.into_iter().nth(preferred.unwrap_or(0))
-}
-
-/// The remaining points (`r`) and seconds to reset (`t`) `RateLimit` states for `policy`.
-fn quota_state(value: &str, policy: &str) -> Option<(u64, Duration)> {
-    let mut all: Vec<_> = items(value).collect();
-    let index = all.iter().position(|(name, _)| name == policy).unwrap_or(0);
-    if index >= all.len() {
-        return None;
     }
-    let (_, params) = all.swap_remove(index);
-    Some((*params.get("r")?, Duration::from_secs(*params.get("t")?)))
 }
 
 /// One caller's points: spent on upstream calls and saved by answers made without one, by
@@ -623,7 +553,7 @@ pub struct Accounts {
 impl Accounts {
     /// The account of `label`, made on first use.
     pub fn get(&self, label: &str) -> Arc<Account> {
-        let mut accounts = self.by_label.lock().expect("lock");
+        let mut accounts = self.by_label.lock();
         if let Some(account) = accounts.get(label) {
             return account.clone();
         }
@@ -635,12 +565,7 @@ impl Accounts {
 
     /// Every account, in label order.
     pub fn all(&self) -> Vec<Arc<Account>> {
-        self.by_label
-            .lock()
-            .expect("lock")
-            .values()
-            .cloned()
-            .collect()
+        self.by_label.lock().values().cloned().collect()
     }
 }
 
@@ -657,16 +582,17 @@ mod tests {
         ("beta-ratelimit", "\"tenant-app-quota\";r=10;t=2107"),
     ];
 
-    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
-        pairs
+    fn hints(pairs: &[(&'static str, &'static str)]) -> Hints {
+        let headers: http::HeaderMap = pairs
             .iter()
             .map(|(name, value)| {
                 (
-                    HeaderName::from_static(name),
+                    http::HeaderName::from_static(name),
                     HeaderValue::from_static(value),
                 )
             })
-            .collect()
+            .collect();
+        Hints::read(&headers)
     }
 
     #[test]
@@ -706,7 +632,7 @@ mod tests {
     async fn enforced_headers_win_and_shadow_ones_are_reported_only() {
         let site = Site::new(None, 0.2);
         assert_eq!(site.standing(), None);
-        site.observe(StatusCode::OK, &headers(&SHADOW));
+        site.observe(StatusCode::OK, &hints(&SHADOW));
         let shadow = site.standing().unwrap();
         assert_eq!(
             (shadow.source, shadow.quota, shadow.remaining),
@@ -720,7 +646,7 @@ mod tests {
 
         site.observe(
             StatusCode::OK,
-            &headers(&[
+            &hints(&[
                 (
                     "ratelimit-policy",
                     "\"burst\";q=100;w=1, \"tenant-app-quota\";q=1000;w=3600",
@@ -751,7 +677,7 @@ mod tests {
         let site = Site::new(None, 0.2);
         site.observe(
             StatusCode::OK,
-            &headers(&[
+            &hints(&[
                 ("x-ratelimit-limit", "5000"),
                 ("x-ratelimit-remaining", "4000"),
                 ("x-ratelimit-reset", "120"),
@@ -763,7 +689,7 @@ mod tests {
 
         site.observe(
             StatusCode::TOO_MANY_REQUESTS,
-            &headers(&[
+            &hints(&[
                 ("ratelimit-reason", "confluence-quota-tenant-based"),
                 ("retry-after", "30"),
             ]),
@@ -777,7 +703,7 @@ mod tests {
     async fn the_burn_rate_projects_exhaustion() {
         let site = Site::new(None, 0.2);
         let reading = |remaining: &'static str| {
-            headers(&[
+            hints(&[
                 ("ratelimit-policy", "\"tenant-app-quota\";q=10000;w=3600"),
                 ("ratelimit", remaining),
             ])
@@ -799,7 +725,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_configured_quota_counts_down_with_wikigates_spending_and_resets_hourly() {
         let site = Site::new(Some(1000), 0.2);
-        site.observe(StatusCode::OK, &headers(&SHADOW));
+        site.observe(StatusCode::OK, &hints(&SHADOW));
         site.spent(100, None);
         site.spent(50, None);
         let standing = site.standing().unwrap();

@@ -191,6 +191,25 @@ static NOT_STORED: [HeaderName; 19] = [
     HeaderName::from_static("tracestate"),
 ];
 
+/// Upstream's ids of one exchange: what Atlassian's support asks for. Never stored; a miss
+/// passes its own exchange's on.
+static EXCHANGE_IDS: [HeaderName; 3] = [
+    HeaderName::from_static("atl-traceid"),
+    HeaderName::from_static("atl-request-id"),
+    HeaderName::from_static("x-arequestid"),
+];
+
+/// The exchange ids among an upstream answer's headers.
+pub fn exchange_ids(headers: &HeaderMap) -> HeaderMap {
+    let mut ids = HeaderMap::new();
+    for name in &EXCHANGE_IDS {
+        for value in headers.get_all(name) {
+            ids.append(name.clone(), value.clone());
+        }
+    }
+    ids
+}
+
 /// Name prefixes of the quota headers (`RateLimit`, `RateLimit-Policy`, `RateLimit-Reason`,
 /// their `Beta-` shadow forms, `Beta-Retry-After`, `X-RateLimit-*`): what they say is true
 /// of the moment they were sent.

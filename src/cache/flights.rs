@@ -14,14 +14,16 @@
 
 use std::collections::HashMap;
 use std::hash::Hash;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::Duration;
 
 use tokio::sync::watch;
 
 /// Fetches in flight, by key.
 pub struct Flights<K, V> {
-    /// `std::sync::Mutex`: held only to look up, insert or remove, never across an await.
+    /// `parking_lot::Mutex`: held only to look up, insert or remove, never across an await.
     map: Arc<Mutex<HashMap<K, watch::Receiver<Option<V>>>>>,
 }
 
@@ -44,7 +46,7 @@ pub enum Role<K: Hash + Eq, V> {
 impl<K: Hash + Eq + Clone, V: Clone> Flights<K, V> {
     /// Joins the flight for `key`, or starts one.
     pub fn join(&self, key: K) -> Role<K, V> {
-        let mut map = self.map.lock().expect("flights lock");
+        let mut map = self.map.lock();
         if let Some(receiver) = map.get(&key)
             && receiver.has_changed().is_ok()
         {
@@ -77,7 +79,7 @@ impl<K: Hash + Eq, V> Leader<K, V> {
 
 impl<K: Hash + Eq, V> Drop for Leader<K, V> {
     fn drop(&mut self) {
-        let mut map = self.map.lock().expect("flights lock");
+        let mut map = self.map.lock();
         // Remove only our own flight: a newer one may have replaced it after we were abandoned.
         if map
             .get(&self.key)
@@ -146,7 +148,7 @@ mod tests {
             follow(rx, Duration::from_secs(5)).await,
             Err(FollowError::Abandoned)
         );
-        assert!(flights.map.lock().unwrap().is_empty());
+        assert!(flights.map.lock().is_empty());
     }
 
     #[tokio::test]

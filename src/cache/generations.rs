@@ -13,6 +13,10 @@
 //! - An epoch covers every key: a full purge bumps it. In a cluster, the epoch and the route
 //!   counters are copies of the cluster's ([`Generations::raise_epoch`],
 //!   [`Generations::raise_route`]), so every replica computes the same keys.
+//! - An era covers the keys whose resource generation lives in Redis (a cluster's writable
+//!   routes): it is the cluster's too ([`Generations::raise_era`]), and moves on after every
+//!   outage, so that a slot counter Redis lost (a restart, an old snapshot) or could not
+//!   count (a write while it was unreachable) never makes a key from before it reachable.
 
 use std::io::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,6 +32,7 @@ pub struct Generations {
     /// them up must not hash or allocate.
     routes: [AtomicU64; Route::ALL.len()],
     epoch: AtomicU64,
+    era: AtomicU64,
 }
 
 impl Default for Generations {
@@ -36,6 +41,7 @@ impl Default for Generations {
             slots: (0..SLOTS).map(|_| AtomicU64::new(0)).collect(),
             routes: Default::default(),
             epoch: AtomicU64::new(0),
+            era: AtomicU64::new(0),
         }
     }
 }
@@ -61,6 +67,16 @@ impl Generations {
     /// The current epoch, bumped by every full purge.
     pub fn epoch(&self) -> u64 {
         self.epoch.load(Ordering::Acquire)
+    }
+
+    /// The current era of the resource generations that live in Redis.
+    pub fn era(&self) -> u64 {
+        self.era.load(Ordering::Acquire)
+    }
+
+    /// Raises the era to `value` (the cluster's); whether it moved.
+    pub fn raise_era(&self, value: u64) -> bool {
+        self.era.fetch_max(value, Ordering::AcqRel) < value
     }
 
     /// Invalidates every key that observed `tag`.
@@ -142,5 +158,8 @@ mod tests {
         assert_eq!(generations.epoch(), 3);
         assert!(generations.raise_route(Route::MemberOf, 1));
         assert_eq!(generations.route(Route::MemberOf), 1);
+        assert!(generations.raise_era(2));
+        assert!(!generations.raise_era(1), "never backwards");
+        assert_eq!(generations.era(), 2);
     }
 }

@@ -15,7 +15,9 @@
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash, Hasher};
-use std::sync::{Arc, LazyLock, Mutex, Weak};
+use std::sync::{Arc, LazyLock, Weak};
+
+use parking_lot::Mutex;
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 
@@ -49,9 +51,7 @@ pub fn intern(set: Vec<(HeaderName, HeaderValue)>) -> Head {
         map.append(name, value);
     }
     let set = map;
-    let mut table = TABLE
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let mut table = TABLE.lock();
     let slot = table.sets.entry(hash).or_default();
     if let Some(existing) = slot
         .iter()

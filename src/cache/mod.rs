@@ -42,6 +42,7 @@ use tokio::time::Instant;
 use tracing::Instrument as _;
 
 pub use bulk::BulkPlan;
+use entry::exchange_ids;
 pub use entry::{
     Buffered, CACHE_STATUS, Entry, Lifetime, add_vary_accept_encoding, varies_on_everything,
 };
@@ -76,7 +77,9 @@ pub enum Fetched {
 
 /// What a read's fetch came to, for the request that made it.
 enum Fetch {
-    Stored(Arc<Entry>),
+    /// Stored; with upstream's ids of the exchange that fetched it (`Atl-Traceid`, …), which
+    /// the entry never keeps and only the request that made the exchange is given.
+    Stored(Arc<Entry>, HeaderMap),
     /// Found fresh without an upstream call after all: in this replica's memory (another
     /// leader stored it between this request's lookup and its flight), or in the cluster's
     /// shared tier.
@@ -100,7 +103,9 @@ enum Landed {
 impl Fetch {
     fn landed(&self) -> Option<Landed> {
         match self {
-            Fetch::Stored(entry) | Fetch::Shared(entry, _) => Some(Landed::Stored(entry.clone())),
+            Fetch::Stored(entry, _) | Fetch::Shared(entry, _) => {
+                Some(Landed::Stored(entry.clone()))
+            }
             Fetch::Answer(answer) => Some(Landed::Answer(answer.clone())),
             Fetch::Failed(error) => Some(Landed::Failed(error.clone())),
             Fetch::Streamed(_) | Fetch::Undeliverable(_) => None,
@@ -123,7 +128,7 @@ impl Fetch {
 impl From<Landed> for Fetch {
     fn from(landed: Landed) -> Fetch {
         match landed {
-            Landed::Stored(entry) => Fetch::Stored(entry),
+            Landed::Stored(entry) => Fetch::Stored(entry, HeaderMap::new()),
             Landed::Answer(answer) => Fetch::Answer(answer),
             Landed::Failed(error) => Fetch::Failed(error),
         }
@@ -183,7 +188,8 @@ enum Resource<'a> {
 pub struct Lookup {
     key: CacheKey,
     partition: Partition,
-    generations: [u64; 3],
+    /// The epoch, the route's generation, and the resource's: its era and counter.
+    generations: [u64; 4],
     route: Route,
     head: bool,
     shared: bool,
@@ -302,12 +308,21 @@ impl Cache {
     ) -> Result<Lookup, Bypass> {
         let class = self.classify(resolved, headers, credential)?;
         let resource = match self.resource(resolved) {
-            Resource::Here(generation) => generation,
+            Resource::Here(generation) => [0, generation],
             // Writes through any replica bump this counter in Redis; a replica that cannot
-            // read it cannot know about them, and does not cache the route meanwhile.
-            Resource::InRedis(cluster, slot) => Box::pin(cluster.generation(slot))
-                .await
-                .ok_or(Bypass::ClusterDown)?,
+            // read it cannot know about them, and does not cache the route meanwhile. The
+            // counter must be of the era the key names: one read across a reconnect (which
+            // moves the era on) could be a counter Redis has since lost.
+            Resource::InRedis(cluster, slot) => {
+                let era = self.generations.era();
+                let counter = Box::pin(cluster.generation(slot))
+                    .await
+                    .ok_or(Bypass::ClusterDown)?;
+                if self.generations.era() != era {
+                    return Err(Bypass::ClusterDown);
+                }
+                [era, counter]
+            }
         };
         Ok(self.lookup_of(resolved, headers, query, class, resource))
     }
@@ -325,7 +340,7 @@ impl Cache {
             return None;
         };
         let class = self.classify(resolved, headers, credential);
-        Some(class.map(|class| self.lookup_of(resolved, headers, query, class, resource)))
+        Some(class.map(|class| self.lookup_of(resolved, headers, query, class, [0, resource])))
     }
 
     /// Whose answer a read is and its route's policy, or why it bypasses the cache.
@@ -362,12 +377,13 @@ impl Cache {
         headers: &HeaderMap,
         query: Option<&str>,
         (partition, policy): (Partition, RoutePolicy),
-        resource: u64,
+        [era, resource]: [u64; 2],
     ) -> Lookup {
         let route = resolved.route();
         let generations = [
             self.generations.epoch(),
             self.generations.route(route),
+            era,
             resource,
         ];
         Lookup {
@@ -673,6 +689,7 @@ impl Cache {
         }
         let points = quota::cost(lookup.route, false, answer.body());
         let keep = Accepts::of(request_headers).preferred();
+        let exchange = exchange_ids(&answer.headers);
         let entry = Arc::new(Entry::new(
             answer,
             request_headers,
@@ -688,7 +705,7 @@ impl Cache {
                 .set(lookup.key.as_bytes(), entry.encode(), entry.retention())
                 .await;
         }
-        Fetch::Stored(entry)
+        Fetch::Stored(entry, exchange)
     }
 
     /// What a leader finds before it fetches: a fresh entry that another leader stored in
@@ -768,15 +785,19 @@ impl Cache {
                 let outcome = Outcome::Hit(tier);
                 self.serve(lookup, entry, request_headers, outcome, saved)
             }
-            Fetch::Stored(entry) => {
+            Fetch::Stored(entry, exchange) => {
                 let saved = collapsed.then_some(entry.points);
-                self.serve(
+                let (mut response, served) = self.serve(
                     lookup,
                     entry,
                     request_headers,
                     forwarded(Stored::Yes),
                     saved,
-                )
+                )?;
+                if !collapsed {
+                    response.headers_mut().extend(exchange);
+                }
+                Ok((response, served))
             }
             Fetch::Answer(answer) => {
                 let mut response = answer.to_response(lookup.head, Accepts::of(request_headers));
@@ -901,9 +922,13 @@ impl Listener for Cache {
                 self.generations.route(route),
             )
         });
-        std::iter::once(("epoch".to_owned(), self.generations.epoch()))
-            .chain(routes)
-            .collect()
+        [
+            ("epoch".to_owned(), self.generations.epoch()),
+            ("era".to_owned(), self.generations.era()),
+        ]
+        .into_iter()
+        .chain(routes)
+        .collect()
     }
 
     fn adopt(&self, generations: &[(String, u64)]) {
@@ -916,6 +941,10 @@ impl Listener for Cache {
                 // A new epoch leaves nothing reachable: free the memory now.
                 None if field == "epoch" && self.generations.raise_epoch(*value) => {
                     self.store.invalidate_all();
+                }
+                // Entries of an old era are unreachable and age out.
+                None if field == "era" => {
+                    self.generations.raise_era(*value);
                 }
                 None => {}
             }

@@ -370,7 +370,7 @@ async fn bulk(
     cache: &Arc<Cache>,
     query: &str,
     headers: &HeaderMap,
-    asked: &std::sync::Mutex<Vec<String>>,
+    asked: &parking_lot::Mutex<Vec<String>>,
 ) -> (Outcome, serde_json::Value) {
     let path = "/wiki/rest/api/user/bulk";
     let lookup = lookup(cache, path, headers).await;
@@ -387,7 +387,7 @@ async fn bulk(
                     .collect::<Vec<_>>()
             })
             .collect();
-        asked.lock().unwrap().push(ids.join(","));
+        asked.lock().push(ids.join(","));
         let results: Vec<_> = ids
             .iter()
             .filter(|id| *id != "unknown")
@@ -423,7 +423,7 @@ fn ids(answer: &serde_json::Value) -> Vec<&str> {
 #[tokio::test(start_paused = true)]
 async fn a_bulk_lookup_asks_upstream_only_for_the_accounts_not_cached() {
     let cache = cache_with(policy(60_000, 0, 0));
-    let asked = std::sync::Mutex::new(Vec::new());
+    let asked = parking_lot::Mutex::new(Vec::new());
     let alice = as_user("alice");
 
     let (outcome, answer) = bulk(&cache, "accountId=a,b", &alice, &asked).await;
@@ -446,23 +446,23 @@ async fn a_bulk_lookup_asks_upstream_only_for_the_accounts_not_cached() {
     );
     assert_eq!(ids(&answer), ["b"]);
     assert_eq!(answer["size"], 1);
-    assert_eq!(*asked.lock().unwrap(), ["a,b", "c,unknown"]);
+    assert_eq!(*asked.lock(), ["a,b", "c,unknown"]);
 
     // Accounts are cached per partition: bob's lookup asks for itself.
     bulk(&cache, "accountId=a", &as_user("bob"), &asked).await;
-    assert_eq!(asked.lock().unwrap().last().unwrap(), "a");
+    assert_eq!(asked.lock().last().unwrap(), "a");
 }
 
 #[tokio::test(start_paused = true)]
 async fn an_unknown_account_is_asked_again_after_negative_ttl() {
     let cache = cache_with(policy(60_000, 0, 0));
-    let asked = std::sync::Mutex::new(Vec::new());
+    let asked = parking_lot::Mutex::new(Vec::new());
     let alice = as_user("alice");
     bulk(&cache, "accountId=a,unknown", &alice, &asked).await;
     tokio::time::advance(CacheConfig::default().negative_ttl).await;
     let (outcome, _) = bulk(&cache, "accountId=a,unknown", &alice, &asked).await;
     assert_eq!(outcome, Outcome::Partial { fetched: 1, of: 2 });
-    assert_eq!(*asked.lock().unwrap(), ["a,unknown", "unknown"]);
+    assert_eq!(*asked.lock(), ["a,unknown", "unknown"]);
 }
 
 #[tokio::test]

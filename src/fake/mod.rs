@@ -87,11 +87,11 @@ struct Shared {
     points: Option<points::Points>,
     hits: [AtomicU64; 21],
     requests: AtomicU64,
-    faults: std::sync::Mutex<Faults>,
-    /// `std::sync::Mutex`: held only to push or clone, never across an await.
-    recorded: std::sync::Mutex<Vec<Recorded>>,
+    faults: parking_lot::Mutex<Faults>,
+    /// `parking_lot::Mutex`: held only to push or clone, never across an await.
+    recorded: parking_lot::Mutex<Vec<Recorded>>,
     /// Armed holds, each for the next request of its operation.
-    holds: std::sync::Mutex<Vec<(Operation, Armed)>>,
+    holds: parking_lot::Mutex<Vec<(Operation, Armed)>>,
 }
 
 /// A hold armed on the fake side.
@@ -231,24 +231,24 @@ impl FakeConfluence {
 
     /// The requests received, oldest first (at most the last 1024).
     pub fn recorded(&self) -> Vec<Recorded> {
-        self.shared.recorded.lock().expect("lock").clone()
+        self.shared.recorded.lock().clone()
     }
 
     /// The last request received.
     pub fn last(&self) -> Option<Recorded> {
-        self.shared.recorded.lock().expect("lock").last().cloned()
+        self.shared.recorded.lock().last().cloned()
     }
 
     /// Replaces the injected faults.
     pub fn set_faults(&self, faults: Faults) {
-        *self.shared.faults.lock().expect("lock") = faults;
+        *self.shared.faults.lock() = faults;
     }
 
     /// Arms a hold on the next request for `operation`.
     pub fn hold(&self, operation: Operation) -> Hold {
         let (reached_tx, reached) = watch::channel(false);
         let (release, release_rx) = watch::channel(false);
-        self.shared.holds.lock().expect("lock").push((
+        self.shared.holds.lock().push((
             operation,
             Armed {
                 reached: reached_tx,

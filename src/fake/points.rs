@@ -9,7 +9,7 @@
 //!   `RateLimit-Reason: confluence-quota-tenant-based` and `Retry-After` to the window's end;
 //! - shadow: the same policy as `Beta-RateLimit-Policy` / `Beta-RateLimit`, never enforced.
 
-use std::sync::Mutex;
+use parking_lot::Mutex;
 use std::time::Duration;
 
 use http::{HeaderMap, HeaderValue, StatusCode};
@@ -77,7 +77,7 @@ impl Points {
         if self.quota.mode != QuotaMode::Enforced || spent < self.quota.points {
             return None;
         }
-        self.charged.lock().expect("lock").refused += 1;
+        self.charged.lock().refused += 1;
         let mut headers = self.headers(spent, left);
         headers.insert(
             "ratelimit-reason",
@@ -102,7 +102,7 @@ impl Points {
         let points = u64::from(quota::charge(route, write, status, Some(body)));
         let (window, left) = quota::window(Instant::now(), self.quota.window);
         let spent = {
-            let mut charged = self.charged.lock().expect("lock");
+            let mut charged = self.charged.lock();
             if charged.window != window {
                 charged.window = window;
                 charged.spent = 0;
@@ -116,14 +116,14 @@ impl Points {
 
     /// Points charged in every window, and the calls refused for the quota.
     pub(super) fn totals(&self) -> (u64, u64) {
-        let charged = self.charged.lock().expect("lock");
+        let charged = self.charged.lock();
         (charged.total, charged.refused)
     }
 
     /// This window's spending, and the time left in it.
     fn spent_now(&self) -> (u64, Duration) {
         let (window, left) = quota::window(Instant::now(), self.quota.window);
-        let charged = self.charged.lock().expect("lock");
+        let charged = self.charged.lock();
         let spent = if charged.window == window {
             charged.spent
         } else {

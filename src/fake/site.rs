@@ -95,8 +95,8 @@ pub(super) struct Site {
     base: String,
     /// User objects returned by bulk lookups (the quota-relevant unit).
     pub(super) bulk_objects: std::sync::atomic::AtomicU64,
-    /// `std::sync::Mutex`: every handler takes it briefly and never across an await.
-    data: std::sync::Mutex<Data>,
+    /// `parking_lot::Mutex`: every handler takes it briefly and never across an await.
+    data: parking_lot::Mutex<Data>,
 }
 
 impl Site {
@@ -104,7 +104,7 @@ impl Site {
         Site {
             base,
             bulk_objects: Default::default(),
-            data: std::sync::Mutex::new(Data {
+            data: parking_lot::Mutex::new(Data {
                 next_property_id: 1000,
                 ..Data::default()
             }),
@@ -127,7 +127,7 @@ impl Handler for FakeHandler {
             response = edge::dress(response, &request_headers).await;
         }
         // Injected headers go last: they may replace what the edge set.
-        let injected = self.0.faults.lock().expect("lock").response_headers.clone();
+        let injected = self.0.faults.lock().response_headers.clone();
         response.headers_mut().extend(injected);
         if head {
             // The body's length stands in for it (of the representation it would have been).
@@ -153,7 +153,7 @@ impl FakeHandler {
             Err(_) => return error_response(StatusCode::PAYLOAD_TOO_LARGE, "body too large"),
         };
         {
-            let mut recorded = shared.recorded.lock().expect("lock");
+            let mut recorded = shared.recorded.lock();
             if recorded.len() == RECORD_LIMIT {
                 recorded.remove(0);
             }
@@ -179,7 +179,7 @@ impl FakeHandler {
         };
         shared.hits[resolved.operation.index()].fetch_add(1, Ordering::SeqCst);
 
-        let faults = shared.faults.lock().expect("lock").clone();
+        let faults = shared.faults.lock().clone();
         if !faults.delay.is_zero() {
             tokio::time::sleep(faults.delay).await;
         }
@@ -212,7 +212,7 @@ impl FakeHandler {
             );
         }
         let armed = {
-            let mut holds = shared.holds.lock().expect("lock");
+            let mut holds = shared.holds.lock();
             let position = holds.iter().position(|(op, _)| *op == resolved.operation);
             position.map(|i| holds.remove(i).1)
         };
@@ -540,8 +540,8 @@ impl Ctx<'_> {
         Ok(Answer::NoContent)
     }
 
-    fn data(&self) -> std::sync::MutexGuard<'_, Data> {
-        self.site.data.lock().expect("lock")
+    fn data(&self) -> parking_lot::MutexGuard<'_, Data> {
+        self.site.data.lock()
     }
 
     fn json(&self, value: Value) -> Answer {

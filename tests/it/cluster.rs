@@ -26,6 +26,8 @@ struct Pair {
     b: Running,
     ca: TestClient,
     cb: TestClient,
+    /// Replica A's configuration, to start it again.
+    config_a: wikigate::config::Config,
 }
 
 impl Pair {
@@ -35,8 +37,14 @@ impl Pair {
 
     /// Starts with `tweak(config, replica)` for replica 0 (A) and 1 (B).
     async fn start_each(tweak: impl Fn(&mut wikigate::config::RawConfig, usize)) -> Pair {
+        Pair::start_with_redis(Redis::start(), tweak).await
+    }
+
+    async fn start_with_redis(
+        redis: Redis,
+        tweak: impl Fn(&mut wikigate::config::RawConfig, usize),
+    ) -> Pair {
         let fake = FakeConfluence::start().await.unwrap();
-        let redis = Redis::start();
         let replica = |index| {
             let mut config = config_for(&fake.url());
             config.cache.key_secret = Some(Secret::new("replicas-share-this-secret"));
@@ -46,7 +54,8 @@ impl Pair {
             tweak(&mut config, index);
             config.validate().unwrap()
         };
-        let a = lifecycle::start(&replica(0)).await.unwrap();
+        let config_a = replica(0);
+        let a = lifecycle::start(&config_a).await.unwrap();
         let b = lifecycle::start(&replica(1)).await.unwrap();
         let pair = Pair {
             ca: TestClient::new(format!("http://{}", a.addr)),
@@ -55,9 +64,19 @@ impl Pair {
             redis,
             a,
             b,
+            config_a,
         };
         pair.wait_for_redis("redis: up").await;
         pair
+    }
+
+    /// Stops replica A and starts it again (its memory empty), on new ports.
+    async fn restart_a(&mut self) {
+        let fresh = lifecycle::start(&self.config_a).await.unwrap();
+        let old = std::mem::replace(&mut self.a, fresh);
+        old.shutdown();
+        old.wait().await;
+        self.ca = TestClient::new(format!("http://{}", self.a.addr));
     }
 
     async fn wait_for_redis(&self, state: &str) {
@@ -540,4 +559,154 @@ async fn a_points_budget_is_one_budget_across_replicas() {
         assert_eq!(refused.headers["x-wikigate-limit"], "points");
     }
     assert_eq!(p.fake.hits(Operation::GetCurrentUser), 4);
+}
+
+/// How Redis goes away in [`no_read_after_a_write_is_stale_across_an_outage`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outage {
+    /// SIGKILL, then started again empty.
+    RestartedEmpty,
+    /// SIGKILL, then started again from a snapshot taken before the last writes.
+    RestartedFromOldSnapshot,
+    /// Frozen (connections open, nothing answers) for longer than entries are kept.
+    UnreachableLongerThanRetention,
+    /// SIGKILL and started again empty, replica A restarted meanwhile.
+    ReplicaRestartedDuring,
+}
+
+/// Reads alice's watch of space OPS and her property `outage` through both replicas, and
+/// asserts what each must say; returns nothing stale or it fails.
+async fn both_read(p: &Pair, watching: bool, v: u64, when: &str) {
+    let watch = format!("{API}/watch/space/OPS");
+    let item = format!("{API}/{}/property/outage", alice().account_id);
+    for (name, client) in [("A", &p.ca), ("B", &p.cb)] {
+        for _ in 0..2 {
+            let w = client.get(&watch, Some(&basic(alice()))).await;
+            assert_eq!(w.status, 200, "{when}, {name}: {:?}", w.body);
+            assert_eq!(
+                w.json()["watching"],
+                watching,
+                "{when}, through {name}: {}",
+                w.cache_status()
+            );
+            let property = client.get(&item, Some(&basic(alice()))).await;
+            assert_eq!(
+                property.json()["value"]["v"],
+                v,
+                "{when}, through {name}: {}",
+                property.cache_status()
+            );
+        }
+    }
+}
+
+/// A write acknowledged before, during or after an outage of Redis is never followed by a
+/// read of the state before it, through either replica, however Redis went away and came back.
+async fn no_read_after_a_write_is_stale_across(outage: Outage) {
+    let dir = std::env::temp_dir().join(format!(
+        "wikigate-outage-{}-{:?}",
+        std::process::id(),
+        outage
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let redis = match outage {
+        Outage::RestartedFromOldSnapshot => Redis::start_persistent(None, &dir),
+        _ => Redis::start(),
+    };
+    let mut p = Pair::start_with_redis(redis, |c, _| {
+        if outage == Outage::UnreachableLongerThanRetention {
+            c.cache.routes.set_all(wikigate::config::RoutePolicy {
+                ttl: Duration::from_millis(800),
+                stale_if_error: Duration::ZERO,
+                stale_while_revalidate: Duration::ZERO,
+                stale_on_low_quota: Duration::ZERO,
+            });
+        }
+    })
+    .await;
+    let watch = format!("{API}/watch/space/OPS");
+    assert_eq!(write(&p.ca, Method::POST, "outage", 0).await.status, 201);
+    if outage == Outage::RestartedFromOldSnapshot {
+        both_read(&p, false, 0, "before the snapshot").await;
+        p.redis.save();
+    }
+    assert_eq!(write(&p.cb, Method::PUT, "outage", 1).await.status, 204);
+    both_read(&p, false, 1, "before the outage").await;
+
+    match outage {
+        Outage::UnreachableLongerThanRetention => p.redis.pause(),
+        _ => p.redis.stop(),
+    }
+    p.wait_for_redis("redis: down").await;
+    let post =
+        p.ca.request(Method::POST, &watch)
+            .auth(alice())
+            .send()
+            .await;
+    assert_eq!(post.status, 204);
+    assert_eq!(write(&p.cb, Method::PUT, "outage", 2).await.status, 204);
+    both_read(&p, true, 2, "during the outage").await;
+    match outage {
+        Outage::UnreachableLongerThanRetention => {
+            tokio::time::sleep(Duration::from_millis(1200)).await;
+            both_read(&p, true, 2, "later in the outage").await;
+        }
+        Outage::ReplicaRestartedDuring => {
+            p.restart_a().await;
+            both_read(&p, true, 2, "after A restarted, during the outage").await;
+        }
+        _ => {}
+    }
+
+    match outage {
+        Outage::UnreachableLongerThanRetention => p.redis.resume(),
+        Outage::RestartedFromOldSnapshot => {
+            p.redis = Redis::start_persistent(Some(p.redis.port), &dir);
+        }
+        _ => p.redis = Redis::start_on(p.redis.port),
+    }
+    p.wait_for_redis("redis: up").await;
+    both_read(&p, true, 2, "after the outage").await;
+    assert_eq!(write(&p.ca, Method::PUT, "outage", 3).await.status, 204);
+    both_read(&p, true, 3, "after a write through A").await;
+    let delete =
+        p.cb.request(Method::DELETE, &watch)
+            .auth(alice())
+            .send()
+            .await;
+    assert_eq!(delete.status, 204);
+    both_read(&p, false, 3, "after a write through B").await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn no_read_after_a_write_is_stale_when_redis_restarts_empty() {
+    Box::pin(no_read_after_a_write_is_stale_across(
+        Outage::RestartedEmpty,
+    ))
+    .await;
+}
+
+#[tokio::test]
+async fn no_read_after_a_write_is_stale_when_redis_restarts_from_an_old_snapshot() {
+    Box::pin(no_read_after_a_write_is_stale_across(
+        Outage::RestartedFromOldSnapshot,
+    ))
+    .await;
+}
+
+#[tokio::test]
+async fn no_read_after_a_write_is_stale_when_redis_is_unreachable_past_retention() {
+    Box::pin(no_read_after_a_write_is_stale_across(
+        Outage::UnreachableLongerThanRetention,
+    ))
+    .await;
+}
+
+#[tokio::test]
+async fn no_read_after_a_write_is_stale_when_a_replica_restarts_during_the_outage() {
+    Box::pin(no_read_after_a_write_is_stale_across(
+        Outage::ReplicaRestartedDuring,
+    ))
+    .await;
 }

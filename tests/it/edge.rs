@@ -68,6 +68,13 @@ async fn every_read_is_stored_despite_the_edges_cookie_and_no_store() {
             !miss.headers.contains_key("set-cookie"),
             "{target}: the XSRF cookie crossed"
         );
+        // The miss was one exchange with Atlassian: its ids come along (support asks for them).
+        for name in ["atl-traceid", "x-arequestid"] {
+            assert!(
+                miss.headers.contains_key(name),
+                "{target}: a miss lost {name}"
+            );
+        }
         let hit = h.client.get_gzip(&target, alice()).await;
         assert_eq!(hit.cache_status(), "wikigate; hit", "{target}");
         assert_eq!(hit.json(), miss.json(), "{target}");
@@ -85,6 +92,56 @@ async fn every_read_is_stored_despite_the_edges_cookie_and_no_store() {
             "max-age=63072000; includeSubDomains; preload"
         );
     }
+}
+
+#[tokio::test]
+async fn misses_and_writes_carry_the_ids_of_their_own_exchange_with_atlassian() {
+    let h = Harness::start().await;
+    let ids = |answer: &Answer| {
+        ["atl-traceid", "x-arequestid"].map(|name| answer.header(name).to_owned())
+    };
+    let first = h
+        .client
+        .get_gzip(&format!("{API}/watch/space/OPS"), alice())
+        .await;
+    let other = h
+        .client
+        .get_gzip(&format!("{API}/watch/space/ENG"), alice())
+        .await;
+    assert!(
+        ids(&first).iter().all(|id| id.len() >= 24),
+        "{:?}",
+        ids(&first)
+    );
+    assert_ne!(ids(&first), ids(&other), "each miss its own exchange's");
+    let write = h
+        .client
+        .request(Method::POST, &format!("{API}/watch/space/OPS"))
+        .auth(alice())
+        .send()
+        .await;
+    assert_eq!(write.status, 204);
+    assert!(write.headers.contains_key("atl-traceid"));
+    let again = h
+        .client
+        .get_gzip(&format!("{API}/watch/space/OPS"), alice())
+        .await;
+    assert!(
+        again.cache_status().contains("fwd=miss"),
+        "{}",
+        again.cache_status()
+    );
+    assert_ne!(
+        ids(&again),
+        ids(&first),
+        "the write's refetch is a new exchange"
+    );
+    let hit = h
+        .client
+        .get_gzip(&format!("{API}/watch/space/OPS"), alice())
+        .await;
+    assert_eq!(hit.cache_status(), "wikigate; hit");
+    assert!(!hit.headers.contains_key("atl-traceid"));
 }
 
 #[tokio::test]

@@ -4,8 +4,9 @@
 use std::collections::BTreeMap;
 
 /// The tiers, lowest first (docs/ARCHITECTURE.md, "Layering").
-const TIERS: [&[&str]; 13] = [
+const TIERS: [&[&str]; 14] = [
     &["body", "query", "routes", "cookies", "log_sink", "rfc3339"],
+    &["hints"],
     &["config", "error", "quota"],
     &[
         "server", "cluster", "upstream", "caller", "csrf", "links", "metrics",

@@ -501,3 +501,99 @@ async fn reads_are_retried_on_connect_errors_and_writes_never() {
     assert_eq!(fake.hits(Operation::GetCurrentUser), 1);
     assert_eq!(fake.hits(Operation::AddSpaceWatcher), 0);
 }
+
+/// The field's answer (Atlassian has sent exactly this): a quota 429 whose `Retry-After` is
+/// `i64::MAX` seconds, beside `X-RateLimit-Limit: 0`. Nothing may panic: the site is held for
+/// at most an hour, every other request keeps its right answer, and the admin endpoints and
+/// readiness keep answering.
+#[tokio::test]
+async fn an_absurd_retry_after_holds_the_site_for_at_most_an_hour_and_breaks_nothing() {
+    let h = Harness::start().await;
+    let admin = crate::support::TestClient::new(format!("http://{}", h.gateway.admin_addr));
+    let cached = format!("{API}/current");
+    assert_eq!(h.client.get(&cached, Some(&basic(bob()))).await.status, 200);
+
+    let mut headers = http::HeaderMap::new();
+    for (name, value) in [
+        ("retry-after", "9223372036854775807"),
+        ("ratelimit-reason", "confluence-quota-tenant-based"),
+        ("x-ratelimit-limit", "0"),
+        ("x-ratelimit-remaining", "0"),
+    ] {
+        headers.insert(name, HeaderValue::from_static(value));
+    }
+    h.fake.set_faults(Faults {
+        fail_with: Some(StatusCode::TOO_MANY_REQUESTS),
+        response_headers: headers,
+        ..Faults::default()
+    });
+    let refused = h
+        .client
+        .get(
+            &format!("{API}?accountId={}", bob().account_id),
+            Some(&basic(alice())),
+        )
+        .await;
+    refused.assert_error(429);
+    h.fake.set_faults(Faults::default());
+
+    // Another caller, another route: refused by the site's quota, with a bounded wait.
+    let later = h
+        .client
+        .get(
+            &format!("{API}/memberof?accountId={}", bob().account_id),
+            Some(&basic(bob())),
+        )
+        .await;
+    later.assert_error(429);
+    assert_eq!(later.header("x-wikigate-limit"), "site-quota");
+    let wait: u64 = later.header("retry-after").parse().unwrap();
+    assert!((1..=3600).contains(&wait), "Retry-After {wait}");
+    // Hits are still served, and nothing answers 500.
+    assert_eq!(h.client.get(&cached, Some(&basic(bob()))).await.status, 200);
+    for path in ["/metrics", "/", "/readyz", "/healthz"] {
+        let answer = admin.get(path, None).await;
+        assert_eq!(answer.status, 200, "{path}");
+    }
+    let metrics = String::from_utf8(admin.get("/metrics", None).await.body.to_vec()).unwrap();
+    assert!(
+        !metrics.contains("source=\"internal\"} 1"),
+        "no internal fault: {metrics}"
+    );
+    let exhausted = metrics
+        .lines()
+        .find(|l| l.starts_with("wikigate_site_quota_exhausted_seconds "))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap();
+    assert!(exhausted <= 3600.0, "{exhausted}");
+}
+
+/// `Retry-After: 0` on a plain throttle: a hold of a second, not a loop of upstream calls.
+#[tokio::test(start_paused = true)]
+async fn retry_after_zero_holds_for_a_second() {
+    let h = Harness::start().await;
+    let mut headers = http::HeaderMap::new();
+    headers.insert("retry-after", HeaderValue::from_static("0"));
+    h.fake.set_faults(Faults {
+        fail_with: Some(StatusCode::TOO_MANY_REQUESTS),
+        response_headers: headers,
+        ..Faults::default()
+    });
+    let target = format!("{API}/current");
+    h.client
+        .get(&target, Some(&basic(alice())))
+        .await
+        .assert_error(429);
+    let held = h.client.get(&target, Some(&basic(alice()))).await;
+    held.assert_error(429);
+    assert_eq!(held.header("x-wikigate-limit"), "upstream-hold");
+    assert_eq!(held.header("retry-after"), "1");
+    assert_eq!(h.fake.hits(Operation::GetCurrentUser), 1, "held, not sent");
+    h.fake.set_faults(Faults::default());
+    tokio::time::advance(Duration::from_millis(1001)).await;
+    assert_eq!(
+        h.client.get(&target, Some(&basic(alice()))).await.status,
+        200
+    );
+}

@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 pub struct Redis {
     child: Child,
     pub port: u16,
+    /// Where it snapshots to (`save`) and loads from when started again, if it persists.
+    dir: Option<std::path::PathBuf>,
 }
 
 impl Redis {
@@ -21,19 +23,40 @@ impl Redis {
         Redis::start_on(port)
     }
 
-    /// Starts on `port` (again, after [`Redis::stop`]).
+    /// Starts on `port` (again, after [`Redis::stop`]), empty.
     pub fn start_on(port: u16) -> Redis {
+        Redis::launch(port, None)
+    }
+
+    /// Starts on a free port with a snapshot file in `dir`, loaded when it exists: what
+    /// [`Redis::save`] wrote is what a start in the same `dir` begins with.
+    #[allow(dead_code, reason = "not every includer restarts from a snapshot")]
+    pub fn start_persistent(port: Option<u16>, dir: &std::path::Path) -> Redis {
+        let port = port.unwrap_or_else(|| {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|listener| listener.local_addr())
+                .expect("a free loopback port")
+                .port()
+        });
+        Redis::launch(port, Some(dir.to_owned()))
+    }
+
+    fn launch(port: u16, dir: Option<std::path::PathBuf>) -> Redis {
+        let mut args = vec![
+            "--port".to_owned(),
+            port.to_string(),
+            "--bind".to_owned(),
+            "127.0.0.1".to_owned(),
+            "--save".to_owned(),
+            String::new(),
+            "--appendonly".to_owned(),
+            "no".to_owned(),
+        ];
+        if let Some(dir) = &dir {
+            args.extend(["--dir".to_owned(), dir.display().to_string()]);
+        }
         let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
+            .args(&args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -43,16 +66,57 @@ impl Redis {
             assert!(Instant::now() < deadline, "redis-server did not start");
             std::thread::sleep(Duration::from_millis(20));
         }
-        Redis { child, port }
+        Redis { child, port, dir }
+    }
+
+    /// Writes a snapshot now (`SAVE`), which a later start in the same dir loads.
+    #[allow(dead_code, reason = "not every includer restarts from a snapshot")]
+    pub fn save(&self) {
+        assert!(self.dir.is_some(), "only a persistent Redis saves");
+        let saved = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string(), "SAVE"])
+            .output()
+            .expect("redis-cli is installed with redis-server");
+        assert_eq!(String::from_utf8_lossy(&saved.stdout).trim(), "OK");
+    }
+
+    /// Freezes the server (SIGSTOP): connections stay open, nothing answers, data is kept.
+    #[allow(dead_code, reason = "not every includer makes Redis unreachable")]
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Lets a frozen server answer again (SIGCONT).
+    #[allow(dead_code, reason = "not every includer makes Redis unreachable")]
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success());
     }
 
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
+    /// Kills the server (SIGKILL): what it did not snapshot is gone.
     pub fn stop(&mut self) {
+        self.signal_quietly("-CONT");
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+impl Redis {
+    fn signal_quietly(&self, signal: &str) {
+        let _ = Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status();
     }
 }
 
