@@ -35,7 +35,8 @@ fn main() {
         };
         limits.check_request(&caller).unwrap();
         runtime
-            .block_on(limits.admit_upstream(&caller, &fingerprint, &http::Method::GET))
+            .block_on(limits.admit_upstream(&caller, &fingerprint, None, &http::Method::GET, None))
+            .map(drop)
             .unwrap();
     }
     let tracked = limits.tracked_callers();

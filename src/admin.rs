@@ -203,6 +203,7 @@ impl Admin {
     fn snapshot(&self) -> Snapshot {
         let (cache_entries, cache_bytes, cache_max_bytes) = self.parts.cache.size();
         let (holds, longest_hold) = self.parts.limits.holds();
+        let (upstream_in_flight, upstream_queued) = self.parts.gate.load();
         Snapshot {
             cache_entries,
             cache_bytes,
@@ -210,6 +211,9 @@ impl Admin {
             holds,
             longest_hold,
             redis_up: self.parts.cluster.as_ref().map(|c| c.is_up()),
+            bursts: self.parts.limits.bursts(),
+            upstream_in_flight,
+            upstream_queued,
         }
     }
 }

@@ -621,6 +621,22 @@ pub struct UpstreamConfig {
     /// Most idle pooled connections kept to the upstream.
     #[serde(default = "defaults::pool_max_idle")]
     pub pool_max_idle: usize,
+    /// Most requests upstream at once (Envoy's `max_requests`); coalesced misses count once.
+    #[serde(default = "defaults::max_in_flight")]
+    pub max_in_flight: usize,
+    /// Most requests waiting for one of those places; past it, 503 at once.
+    #[serde(default = "defaults::max_queued")]
+    pub max_queued: usize,
+    /// Longest a request waits for a place before 503.
+    #[serde(with = "duration", default = "defaults::max_queue_wait")]
+    pub max_queue_wait: Duration,
+    /// Longest an upstream call waits for its share of a burst bucket's refill (the bucket of
+    /// its endpoint and method, as Atlassian states it) before it is refused with 429.
+    #[serde(with = "duration", default = "defaults::burst_wait")]
+    pub burst_wait: Duration,
+    /// The time in which a burst bucket refills from empty (Atlassian's are per second).
+    #[serde(with = "duration", default = "defaults::burst_window")]
+    pub burst_window: Duration,
 }
 
 mod defaults {
@@ -639,6 +655,21 @@ mod defaults {
     }
     pub fn pool_max_idle() -> usize {
         64
+    }
+    pub fn max_in_flight() -> usize {
+        32
+    }
+    pub fn max_queued() -> usize {
+        256
+    }
+    pub fn max_queue_wait() -> Duration {
+        Duration::from_secs(2)
+    }
+    pub fn burst_wait() -> Duration {
+        Duration::from_secs(2)
+    }
+    pub fn burst_window() -> Duration {
+        Duration::from_secs(1)
     }
     pub fn class() -> String {
         "default".to_owned()
@@ -944,6 +975,7 @@ impl RawConfig {
             ("upstream.connect_timeout", self.upstream.connect_timeout),
             ("upstream.response_timeout", self.upstream.response_timeout),
             ("upstream.request_timeout", self.upstream.request_timeout),
+            ("upstream.burst_window", self.upstream.burst_window),
             ("cache.coalesce_timeout", self.cache.coalesce_timeout),
         ];
         for (key, value) in positive {
@@ -967,6 +999,7 @@ impl RawConfig {
             ("server.max_uri_bytes", self.server.max_uri_bytes),
             ("server.max_headers", self.server.max_headers),
             ("server.max_connections", self.server.max_connections),
+            ("upstream.max_in_flight", self.upstream.max_in_flight),
             (
                 "server.http2_max_concurrent_streams",
                 self.server.http2_max_concurrent_streams as usize,

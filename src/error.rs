@@ -83,6 +83,9 @@ pub enum GatewayError {
     Internal(String),
     #[error("rate limited by {}; retry after {} s", .0.description, retry_after_secs(.0.retry_after))]
     RateLimited(Refusal),
+    /// Refused to protect the upstream from more at once than it is given (503).
+    #[error("refused by {}; retry after {} s", .0.description, retry_after_secs(.0.retry_after))]
+    Overloaded(Refusal),
 }
 
 /// A task of wikigate's own that ended without an answer (it panicked, or was cancelled) is an
@@ -121,6 +124,16 @@ impl GatewayError {
             GatewayError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             GatewayError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             GatewayError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            GatewayError::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// The limit's refusal, when one of wikigate's limits refused (429 or 503): nothing went
+    /// upstream.
+    pub fn refusal(&self) -> Option<&Refusal> {
+        match self {
+            GatewayError::RateLimited(refusal) | GatewayError::Overloaded(refusal) => Some(refusal),
+            _ => None,
         }
     }
 
@@ -163,7 +176,7 @@ impl GatewayError {
                 HeaderValue::from_static("Basic realm=\"wikigate\""),
             );
         }
-        if let GatewayError::RateLimited(refusal) = &self {
+        if let Some(refusal) = self.refusal() {
             headers.insert(
                 header::RETRY_AFTER,
                 HeaderValue::from(retry_after_secs(refusal.retry_after)),

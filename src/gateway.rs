@@ -44,13 +44,14 @@ use crate::coding::{self, Accepts, Coding};
 use crate::cookies::IgnoredCookies;
 use arc_swap::ArcSwap;
 
+use crate::burst::BucketId;
 use crate::caller::{Caller, Callers, Credential};
 use crate::config::Config;
 use crate::csrf::CsrfGuard;
 use crate::error::{ErrorSource, GatewayError};
 use crate::forward::{self, ForwardedHost};
 use crate::hints::Hints;
-use crate::limit::{self, HoldKey, Limits};
+use crate::limit::{self, HoldKey, Limits, WriteKey};
 use crate::links::Links;
 use crate::metrics::{CacheLabel, Metrics, RequestRecord};
 use crate::parts::Parts;
@@ -97,6 +98,7 @@ impl Gateway {
             cluster: _,
             quota: _,
             links,
+            gate,
         } = parts;
         let public_host = config
             .server
@@ -112,7 +114,7 @@ impl Gateway {
             public_host,
             links,
             cookies: Arc::new(IgnoredCookies::new(&config.cache.ignored_cookies)),
-            upstream: Upstream::new(&config.upstream)?,
+            upstream: Upstream::new(&config.upstream, gate)?,
             csrf: CsrfGuard::new(&config.csrf),
             limits: RequestLimits {
                 max_uri_bytes: config.server.max_uri_bytes,
@@ -215,6 +217,7 @@ impl Gateway {
             route,
             method: parts.method.clone(),
             hold: callers.hold_key(&parts.headers, conn.peer.ip(), credential),
+            write: limit::write_key(&parts.method, parts.uri.path()),
             caller,
             cookies: self.cookies.clone(),
         };
@@ -321,7 +324,8 @@ impl Gateway {
                 }
                 let may_have_changed = match &result {
                     Ok(response) => !response.status().is_client_error(),
-                    Err(GatewayError::UpstreamConnect(_) | GatewayError::RateLimited(_)) => false,
+                    Err(error) if error.refusal().is_some() => false,
+                    Err(GatewayError::UpstreamConnect(_)) => false,
                     Err(_) => true,
                 };
                 if may_have_changed {
@@ -721,6 +725,8 @@ struct Admission {
     method: http::Method,
     caller: Caller,
     hold: HoldKey,
+    /// The resource a write changes (for Confluence's per-resource write limits).
+    write: Option<WriteKey>,
     /// Their `Set-Cookie`s leave every answer as it arrives.
     cookies: Arc<IgnoredCookies>,
 }
@@ -740,9 +746,12 @@ impl Admission {
             .spend(self.route, points, Instant::now());
     }
 
-    /// Admits (hold, upstream allowance, global budget), sends, and records upstream's
-    /// back-pressure; the answer comes back without the `Set-Cookie`s of ignored cookies. `idempotent` requests are retried on connect errors only — the request
-    /// never reached upstream — with jittered backoff, within the deadline.
+    /// Admits (hold, quota, budgets, upstream allowances, the burst bucket's pace), takes a
+    /// place upstream, sends, and records what the answer says of the limits; the answer comes
+    /// back without the `Set-Cookie`s of ignored cookies. `idempotent` requests are retried on
+    /// connect errors only — the request never reached upstream — with jittered backoff, within
+    /// the deadline. Whatever refuses or fails the call gives back what the pass held (the
+    /// hold's probe, the bucket's claim) and the place.
     async fn send(
         &self,
         upstream: &Upstream,
@@ -750,9 +759,17 @@ impl Admission {
         deadline: Instant,
         idempotent: bool,
     ) -> Result<Response<Incoming>, GatewayError> {
-        self.limits
-            .admit_upstream(&self.caller, &self.hold, &self.method)
+        let bucket = BucketId::of(self.route, &self.method);
+        let pass = self
+            .limits
+            .admit_upstream(&self.caller, &self.hold, bucket, &self.method, self.write)
             .await?;
+        if let Some(bucket) = pass.bucket() {
+            self.metrics.burst_waited(bucket, pass.waited());
+        }
+        let entered = Instant::now();
+        let place = upstream.enter().await?;
+        self.metrics.queue_waited(entered.elapsed());
         let mut attempt = 0;
         let mut request = Some(request);
         loop {
@@ -764,7 +781,7 @@ impl Admission {
             };
             telemetry::inject(this_try.headers_mut());
             let sent = Instant::now();
-            let result = upstream.send(this_try, deadline).await;
+            let result = upstream.send(&place, this_try, deadline).await;
             let upstream_ms = sent.elapsed().as_secs_f64() * 1e3;
             tracing::Span::current().record("wikigate.upstream_duration_ms", upstream_ms);
             let outcome = match &result {
@@ -778,7 +795,7 @@ impl Admission {
                 Ok(mut response) => {
                     self.cookies.strip_response(response.headers_mut());
                     let hints = Hints::read(response.headers());
-                    if self.limits.observe(&self.hold, response.status(), &hints) {
+                    if pass.answered(response.status(), &hints) {
                         self.metrics.hold_started();
                     }
                     return Ok(response);
@@ -786,7 +803,6 @@ impl Admission {
                 Err(GatewayError::UpstreamConnect(_)) if retry_left => {
                     let pause = Duration::from_millis(25 << attempt).mul_f64(1.0 + limit::jitter());
                     if Instant::now() + pause >= deadline {
-                        self.limits.release_probe(&self.hold);
                         return Err(GatewayError::UpstreamConnect(
                             "no time left to retry".to_owned(),
                         ));
@@ -794,10 +810,7 @@ impl Admission {
                     tokio::time::sleep(pause).await;
                     attempt += 1;
                 }
-                Err(error) => {
-                    self.limits.release_probe(&self.hold);
-                    return Err(error);
-                }
+                Err(error) => return Err(error),
             }
         }
     }
@@ -937,7 +950,7 @@ impl Gateway {
         }
         let route = log.operation.map(Operation::route);
         self.metrics.error(route, error.source());
-        if let GatewayError::RateLimited(refusal) = &error {
+        if let Some(refusal) = error.refusal() {
             let caller = log.caller.as_ref().map_or("unknown", Caller::metric_label);
             self.metrics.rate_limited(caller, refusal.limit);
         }

@@ -47,6 +47,7 @@
 pub mod access_log;
 pub mod admin;
 pub mod body;
+pub mod burst;
 pub mod cache;
 pub mod caller;
 pub mod cli;

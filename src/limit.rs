@@ -50,11 +50,12 @@ use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode};
 use tokio::time::Instant;
 
+use crate::burst::{self, BucketId, Bursts, Pace, Ticket};
 use crate::caller::{Caller, CallerId};
 use crate::cluster::{Cluster, Decision};
 use crate::config::{ClientConfig, Config, LimitsConfig, PointsBudget, QuotaConfig, Rate};
 use crate::error::{GatewayError, Refusal};
-use crate::hints::Hints;
+use crate::hints::{self, Hints, Reason};
 use crate::quota::{self, Quota};
 
 type Keyed =
@@ -107,6 +108,8 @@ pub enum LimitKind {
     Points,
     QuotaReserve,
     SiteQuota,
+    UpstreamBurst,
+    UpstreamWrite,
 }
 
 impl LimitKind {
@@ -120,6 +123,8 @@ impl LimitKind {
             LimitKind::Points => "points",
             LimitKind::QuotaReserve => "quota-reserve",
             LimitKind::SiteQuota => "site-quota",
+            LimitKind::UpstreamBurst => "upstream-burst",
+            LimitKind::UpstreamWrite => "upstream-write",
         }
     }
 
@@ -138,6 +143,12 @@ impl LimitKind {
             }
             LimitKind::SiteQuota => {
                 "Confluence's points quota for this site is spent until its window resets"
+            }
+            LimitKind::UpstreamBurst => {
+                "Confluence's per-second burst limit of this endpoint and method (paced by wikigate)"
+            }
+            LimitKind::UpstreamWrite => {
+                "Confluence's write limit of this resource: writes to it are spaced out"
             }
         }
     }
@@ -289,6 +300,8 @@ pub struct Policy<'a> {
     pub limits: &'a LimitsConfig,
     pub quota: &'a QuotaConfig,
     pub clients: &'a [ClientConfig],
+    /// `upstream.burst_window` and `upstream.burst_wait` (fixed until a restart).
+    pub burst: (Duration, Duration),
 }
 
 impl<'a> Policy<'a> {
@@ -297,8 +310,23 @@ impl<'a> Policy<'a> {
             limits: &config.limits,
             quota: &config.quota,
             clients: &config.callers.clients,
+            burst: (config.upstream.burst_window, config.upstream.burst_wait),
         }
     }
+}
+
+/// A resource a write changes (a hash of its path), for Confluence's per-resource write
+/// limits.
+pub type WriteKey = [u8; 16];
+
+/// The resource a request writes to: its path's, for POST, PUT and DELETE; `None` for reads.
+pub fn write_key(method: &Method, path: &str) -> Option<WriteKey> {
+    if !matches!(*method, Method::POST | Method::PUT | Method::DELETE) {
+        return None;
+    }
+    let mut key = [0; 16];
+    key.copy_from_slice(&blake3::hash(path.as_bytes()).as_bytes()[..16]);
+    Some(key)
 }
 
 /// The credential an upstream hold applies to (a keyed hash; all zeros for anonymous).
@@ -317,6 +345,10 @@ pub struct Limits {
     /// Points each caller with a budget spent this hour, on this replica: (hour, points).
     /// Spending outlives reloads, as the hour it belongs to does.
     spent: Mutex<HashMap<CallerId, (u64, u64)>>,
+    /// Atlassian's burst buckets, per route and method, as upstream states them.
+    bursts: Bursts,
+    /// Resources Confluence refused a write to for its per-resource write limit: until when.
+    write_holds: Mutex<HashMap<WriteKey, Instant>>,
     clock: TokioClock,
 }
 
@@ -352,6 +384,7 @@ impl Limits {
     /// `quota`: the site's standing, which the reserve reads and the spending updates.
     pub fn new(policy: Policy<'_>, cluster: Option<Arc<Cluster>>, quota: Arc<Quota>) -> Limits {
         let replicas = cluster.as_ref().map_or(1, |c| c.replicas());
+        let (window, wait) = policy.burst;
         Limits {
             rules: ArcSwap::from_pointee(Rules::new(policy, replicas)),
             cluster,
@@ -359,6 +392,8 @@ impl Limits {
             holds: Mutex::default(),
             quota,
             spent: Mutex::default(),
+            bursts: Bursts::new(window, wait),
+            write_holds: Mutex::default(),
             clock: TokioClock,
         }
     }
@@ -377,6 +412,7 @@ impl Rules {
             limits: config,
             quota,
             clients,
+            burst: _,
         } = policy;
         let share = |budget: Option<PointsBudget>| {
             budget.map(|b| NonZeroU32::new((b.per_hour.get() / replicas).max(1)).expect("≥ 1"))
@@ -506,18 +542,46 @@ impl Limits {
         }
     }
 
-    /// Admits a request (`method`) to go upstream for `caller` with the upstream credential
-    /// `hold`, by every upstream limit in the module's order.
+    /// Admits a request to go upstream for `caller` with the upstream credential `hold`, by
+    /// every upstream limit in the module's order, then paces it by its burst bucket (`to`:
+    /// its route and method), which may wait up to `upstream.burst_wait`. A write names the
+    /// resource it changes (`write`). The pass is settled by [`Pass::answered`]; dropped
+    /// without an answer, it gives back what it held (the hold's probe, the bucket's claim).
     pub async fn admit_upstream(
         &self,
         caller: &Caller,
         hold: &HoldKey,
+        to: Option<BucketId>,
         method: &Method,
-    ) -> Result<(), GatewayError> {
+        write: Option<WriteKey>,
+    ) -> Result<Pass<'_>, GatewayError> {
         let rules = self.rules.load();
-        self.check_hold(hold)?;
+        let mut pass = Pass {
+            limits: self,
+            hold: *hold,
+            probe: self.check_hold(hold)?,
+            bucket: to,
+            ticket: None,
+            write,
+            waited: Duration::ZERO,
+        };
         self.check_site(&rules, caller)?;
         self.check_points(&rules, caller).await?;
+        if let Some(write) = &write {
+            self.check_write(write)?;
+        }
+        self.check_upstream(&rules, caller, method).await?;
+        pass.waited = self.pace(&mut pass, to).await?;
+        Ok(pass)
+    }
+
+    /// The GCRA limits on upstream calls: in Redis across replicas while it is up, else here.
+    async fn check_upstream(
+        &self,
+        rules: &Rules,
+        caller: &Caller,
+        method: &Method,
+    ) -> Result<(), GatewayError> {
         if let Some(cluster) = self.cluster.as_ref().filter(|c| c.is_up())
             && let Some(decided) = self.admit_in_cluster(cluster, caller, method).await
         {
@@ -548,6 +612,73 @@ impl Limits {
             )?;
         }
         Ok(())
+    }
+
+    /// Paces a call by its burst bucket: across replicas in Redis while it is up (a GCRA of
+    /// the bucket's stated size), else here; waits at most `upstream.burst_wait`, else refuses
+    /// (`upstream-burst`). Returns how long it waited.
+    async fn pace<'a>(
+        &'a self,
+        pass: &mut Pass<'a>,
+        to: Option<BucketId>,
+    ) -> Result<Duration, GatewayError> {
+        let refuse = |wait| LimitKind::UpstreamBurst.refuse(wait, None);
+        let cluster = self.cluster.as_ref().filter(|c| c.is_up());
+        if let (Some(cluster), Some(id)) = (cluster, to)
+            && let Some(limit) = self.bursts.limit(id)
+        {
+            let held = self.bursts.held(id, Instant::now());
+            if held > self.bursts.max_wait() {
+                return Err(refuse(held));
+            }
+            let mut waited = held;
+            tokio::time::sleep(held).await;
+            let burst = u32::try_from(limit).unwrap_or(u32::MAX);
+            let interval = self.bursts.interval(limit);
+            loop {
+                match cluster.gcra(&id.key(), interval, burst).await {
+                    None | Some(Decision::Allowed { .. }) => return Ok(waited),
+                    Some(Decision::Refused { wait }) if waited + wait <= self.bursts.max_wait() => {
+                        tokio::time::sleep(wait).await;
+                        waited += wait;
+                    }
+                    Some(Decision::Refused { wait }) => return Err(refuse(waited + wait)),
+                }
+            }
+        }
+        let (pace, ticket) = self.bursts.take(to, Instant::now());
+        match pace {
+            Pace::Go => {
+                pass.ticket = Some(ticket);
+                Ok(Duration::ZERO)
+            }
+            Pace::After(wait) => {
+                pass.ticket = Some(ticket);
+                tokio::time::sleep(wait).await;
+                Ok(wait)
+            }
+            Pace::Refused(wait) => Err(refuse(wait)),
+        }
+    }
+
+    /// Writes to a resource Confluence refused a write to (its per-resource write limit) wait
+    /// until its `Retry-After`.
+    fn check_write(&self, write: &WriteKey) -> Result<(), GatewayError> {
+        let now = Instant::now();
+        let mut holds = self.write_holds.lock();
+        match holds.get(write) {
+            Some(until) if *until > now => Err(LimitKind::UpstreamWrite.refuse(*until - now, None)),
+            Some(_) => {
+                holds.remove(write);
+                Ok(())
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Every burst bucket upstream has stated, as it stands now.
+    pub fn bursts(&self) -> Vec<burst::Standing> {
+        self.bursts.standings(Instant::now())
     }
 
     /// The site's quota: spent (Confluence refused for it) refuses everyone until the reset;
@@ -716,10 +847,12 @@ impl Limits {
         }
     }
 
-    fn check_hold(&self, key: &HoldKey) -> Result<(), GatewayError> {
+    /// Refuses while `key` is held; when its hold has ended, lets exactly one probe through
+    /// (true: this request is the probe).
+    fn check_hold(&self, key: &HoldKey) -> Result<bool, GatewayError> {
         let mut holds = self.holds.lock();
         let Some(hold) = holds.get_mut(key) else {
-            return Ok(());
+            return Ok(false);
         };
         let now = Instant::now();
         let refuse = |retry_after| LimitKind::UpstreamHold.refuse(retry_after, None);
@@ -732,16 +865,25 @@ impl Limits {
             }
             _ => {
                 hold.probe = Some(now);
-                Ok(())
+                Ok(true)
             }
         }
     }
 
-    /// Learns from what an upstream answer says of the limits: the site's quota headers update
-    /// its standing; a 429 (or a 503 with `Retry-After`) starts or extends the hold on `key`
-    /// (and returns true); any other answer ends it. `X-RateLimit-NearLimit` tightens the
+    /// Learns from what an upstream answer says of the limits, each at its own scope: the
+    /// site's quota headers update its standing (a quota 429 stops every call until the
+    /// reset); the burst bucket of the call's route and method is learned (a burst 429 holds
+    /// that bucket only); a per-resource write 429 holds writes to that resource; a 429 with no
+    /// reason (or a 503 with `Retry-After`) starts or extends the hold on the credential `key`
+    /// (and returns true), any other answer ends it. `X-RateLimit-NearLimit` tightens the
     /// global budget until upstream's reset. Every wait is bounded (`hints`, `max_hold`).
-    pub fn observe(&self, key: &HoldKey, status: StatusCode, hints: &Hints) -> bool {
+    fn observe(
+        &self,
+        key: &HoldKey,
+        write: Option<&WriteKey>,
+        status: StatusCode,
+        hints: &Hints,
+    ) -> bool {
         self.quota.site.observe(status, hints);
         let rules = self.rules.load();
         let now = Instant::now();
@@ -752,8 +894,28 @@ impl Limits {
                 .min(rules.max_hold);
             *self.tightened_until.lock() = Some(now + reset);
         }
-        let throttled = status == StatusCode::TOO_MANY_REQUESTS
-            || (status == StatusCode::SERVICE_UNAVAILABLE && hints.retry_after.is_some());
+        let refused = status == StatusCode::TOO_MANY_REQUESTS;
+        match hints.reason.filter(|_| refused) {
+            // Their own scopes: the site (quota), the bucket (burst, learned by the pass).
+            Some(Reason::Quota | Reason::Burst) => {
+                self.release_probe(key);
+                return false;
+            }
+            Some(Reason::Write) => {
+                if let Some(write) = write {
+                    let wait = hints
+                        .retry_after
+                        .unwrap_or(hints::MIN_WAIT)
+                        .min(rules.max_hold);
+                    self.write_holds.lock().insert(*write, now + wait);
+                }
+                self.release_probe(key);
+                return false;
+            }
+            Some(Reason::Other) | None => {}
+        }
+        let throttled =
+            refused || (status == StatusCode::SERVICE_UNAVAILABLE && hints.retry_after.is_some());
         let mut holds = self.holds.lock();
         if !throttled {
             holds.remove(key);
@@ -795,9 +957,9 @@ impl Limits {
         })
     }
 
-    /// A request admitted for `key` failed before upstream answered: if it was the probe,
-    /// another request may probe at once.
-    pub fn release_probe(&self, key: &HoldKey) {
+    /// The probe of `key`'s hold ended without telling anything of the credential: another
+    /// request may probe at once.
+    fn release_probe(&self, key: &HoldKey) {
         if let Some(hold) = self.holds.lock().get_mut(key) {
             hold.probe = None;
         }
@@ -816,6 +978,7 @@ impl Limits {
         self.holds
             .lock()
             .retain(|_, hold| hold.until + PROBE_TIMEOUT > now || hold.probe.is_some());
+        self.write_holds.lock().retain(|_, until| *until > now);
         let (hour, _) = quota::hour(now);
         self.spent.lock().retain(|_, (counted, _)| *counted == hour);
     }
@@ -830,6 +993,62 @@ impl Limits {
             .flatten()
             .map(|l| l.limiter.len())
             .sum()
+    }
+}
+
+/// Permission for one call to go upstream, given by [`Limits::admit_upstream`]. It is settled
+/// by [`Pass::answered`]; a pass dropped before that (the call failed, or a later step refused
+/// it) gives back the hold's probe it took, so the next request may probe at once, and its
+/// claim on the burst bucket.
+#[must_use]
+pub struct Pass<'a> {
+    limits: &'a Limits,
+    hold: HoldKey,
+    /// Whether this call is the probe after its credential's hold.
+    probe: bool,
+    bucket: Option<BucketId>,
+    ticket: Option<Ticket<'a>>,
+    write: Option<WriteKey>,
+    /// How long the call waited for its burst bucket.
+    waited: Duration,
+}
+
+impl Pass<'_> {
+    /// How long the call waited for its share of its burst bucket.
+    pub fn waited(&self) -> Duration {
+        self.waited
+    }
+
+    /// The call's route and method (its burst bucket).
+    pub fn bucket(&self) -> Option<BucketId> {
+        self.bucket
+    }
+
+    /// Learns from upstream's answer (see [`Limits::observe`]); whether a hold on the
+    /// credential started.
+    pub fn answered(mut self, status: StatusCode, hints: &Hints) -> bool {
+        self.probe = false;
+        let limits = self.limits;
+        if let Some(ticket) = self.ticket.take() {
+            limits
+                .bursts
+                .answered(ticket, self.bucket, status, hints, Instant::now());
+        } else if let Some(id) = self.bucket {
+            // Paced in Redis: still learn the bucket (its size, a burst 429's hold).
+            let ticket = limits.bursts.untracked();
+            limits
+                .bursts
+                .answered(ticket, Some(id), status, hints, Instant::now());
+        }
+        limits.observe(&self.hold, self.write.as_ref(), status, hints)
+    }
+}
+
+impl Drop for Pass<'_> {
+    fn drop(&mut self) {
+        if self.probe {
+            self.limits.release_probe(&self.hold);
+        }
     }
 }
 
@@ -869,6 +1088,7 @@ mod tests {
             limits: config,
             quota: &QuotaConfig::default(),
             clients: &[],
+            burst: (Duration::from_secs(1), Duration::from_secs(2)),
         };
         Limits::new(policy, None, Arc::default())
     }
@@ -913,7 +1133,9 @@ mod tests {
         async fn admitted(limits: &Limits, caller: &Caller) -> usize {
             let mut n = 0;
             for _ in 0..20 {
-                let admitted = limits.admit_upstream(caller, &[0; 16], &Method::GET).await;
+                let admitted = limits
+                    .admit_upstream(caller, &[0; 16], None, &Method::GET, None)
+                    .await;
                 n += usize::from(admitted.is_ok());
             }
             n
@@ -923,7 +1145,7 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.insert("x-ratelimit-nearlimit", HeaderValue::from_static("true"));
         headers.insert("x-ratelimit-reset", HeaderValue::from_static("60"));
-        tightened.observe(&[0; 16], StatusCode::OK, &Hints::read(&headers));
+        tightened.observe(&[0; 16], None, StatusCode::OK, &Hints::read(&headers));
         assert_eq!(admitted(&tightened, &caller).await, 5);
     }
 
@@ -933,7 +1155,12 @@ mod tests {
         let key = [1; 16];
         let mut headers = HeaderMap::new();
         headers.insert(http::header::RETRY_AFTER, HeaderValue::from_static("0"));
-        limits.observe(&key, StatusCode::TOO_MANY_REQUESTS, &Hints::read(&headers));
+        limits.observe(
+            &key,
+            None,
+            StatusCode::TOO_MANY_REQUESTS,
+            &Hints::read(&headers),
+        );
         assert!(
             limits.check_hold(&key).is_err(),
             "Retry-After: 0 holds a second"
@@ -948,11 +1175,135 @@ mod tests {
                 ..
             })
         ));
-        limits.observe(&key, StatusCode::OK, &Hints::default());
+        limits.observe(&key, None, StatusCode::OK, &Hints::default());
         assert!(limits.check_hold(&key).is_ok());
         assert!(
             limits.check_hold(&[2; 16]).is_ok(),
             "other credentials are not held"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_probe_refused_by_a_later_limit_is_given_back_at_once() {
+        let config = LimitsConfig {
+            upstream_global: Some(Rate {
+                rate: NonZeroU32::new(1).unwrap(),
+                per: Duration::from_secs(60),
+                burst: None,
+            }),
+            ..LimitsConfig::default()
+        };
+        let limits = limits(&config);
+        let caller = caller("default");
+        let key = [3; 16];
+        let admit = || limits.admit_upstream(&caller, &key, None, &Method::GET, None);
+        let pass = admit().await.expect("the global budget's one call");
+        let mut headers = HeaderMap::new();
+        headers.insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+        assert!(pass.answered(StatusCode::TOO_MANY_REQUESTS, &Hints::read(&headers)));
+        tokio::time::advance(Duration::from_secs(1)).await;
+        // The hold ended: this request is the probe, but the global budget refuses it.
+        let refused = admit().await.err().expect("the global budget is spent");
+        assert_eq!(refused.refusal().unwrap().limit, "upstream-global");
+        assert_eq!(
+            limits.check_hold(&key).ok(),
+            Some(true),
+            "the probe was given back: the next request probes at once"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn each_429_is_held_at_its_own_scope() {
+        let limits = limits(&LimitsConfig::default());
+        let caller = caller("default");
+        let (key, page) = (
+            [4; 16],
+            write_key(&Method::PUT, "/wiki/rest/api/user/a/property/k"),
+        );
+        let other = write_key(&Method::PUT, "/wiki/rest/api/user/a/property/other");
+        let get_user = BucketId::of(crate::routes::Route::User, &Method::GET);
+        let refusal = |reason: &'static str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(http::header::RETRY_AFTER, HeaderValue::from_static("30"));
+            headers.insert("ratelimit-reason", HeaderValue::from_static(reason));
+            Hints::read(&headers)
+        };
+        let limit_of = |refused: Result<Pass<'_>, GatewayError>| {
+            refused.err().and_then(|e| e.refusal().map(|r| r.limit))
+        };
+        // A burst 429: that route and method only.
+        let pass = limits
+            .admit_upstream(&caller, &key, get_user, &Method::GET, None)
+            .await;
+        assert!(!pass.unwrap().answered(
+            StatusCode::TOO_MANY_REQUESTS,
+            &refusal("confluence-burst-based")
+        ));
+        let again = limits
+            .admit_upstream(&caller, &key, get_user, &Method::GET, None)
+            .await;
+        assert_eq!(limit_of(again), Some("upstream-burst"));
+        let groups = BucketId::of(crate::routes::Route::MemberOf, &Method::GET);
+        assert!(
+            limits
+                .admit_upstream(&caller, &key, groups, &Method::GET, None)
+                .await
+                .is_ok()
+        );
+        // A write-limit 429: writes to that resource only.
+        let pass = limits
+            .admit_upstream(&caller, &key, None, &Method::PUT, page)
+            .await;
+        pass.unwrap().answered(
+            StatusCode::TOO_MANY_REQUESTS,
+            &refusal("confluence-per-content-on-write"),
+        );
+        let again = limits
+            .admit_upstream(&caller, &key, None, &Method::PUT, page)
+            .await;
+        assert_eq!(limit_of(again), Some("upstream-write"));
+        assert!(
+            limits
+                .admit_upstream(&caller, &key, None, &Method::PUT, other)
+                .await
+                .is_ok()
+        );
+        // Neither held the credential, nor the site.
+        assert_eq!(limits.holds().0, 0);
+        assert_eq!(limits.quota.site.pressure().exhausted_for, None);
+        // A quota 429: the site, every caller and route.
+        let pass = limits
+            .admit_upstream(&caller, &key, groups, &Method::GET, None)
+            .await;
+        pass.unwrap().answered(
+            StatusCode::TOO_MANY_REQUESTS,
+            &refusal("confluence-quota-tenant-based"),
+        );
+        let other_caller = limits
+            .admit_upstream(&caller, &[5; 16], None, &Method::GET, None)
+            .await;
+        assert_eq!(limit_of(other_caller), Some("site-quota"));
+        assert_eq!(limits.holds().0, 0, "not a credential hold");
+        tokio::time::advance(Duration::from_secs(30)).await;
+        // A 429 with no reason: the credential, as before.
+        let pass = limits
+            .admit_upstream(&caller, &key, groups, &Method::GET, None)
+            .await;
+        let mut plain = HeaderMap::new();
+        plain.insert(http::header::RETRY_AFTER, HeaderValue::from_static("30"));
+        assert!(
+            pass.unwrap()
+                .answered(StatusCode::TOO_MANY_REQUESTS, &Hints::read(&plain))
+        );
+        let held = limits
+            .admit_upstream(&caller, &key, groups, &Method::GET, None)
+            .await;
+        assert_eq!(limit_of(held), Some("upstream-hold"));
+        assert!(
+            limits
+                .admit_upstream(&caller, &[5; 16], groups, &Method::GET, None)
+                .await
+                .is_ok()
         );
     }
 
@@ -961,7 +1312,7 @@ mod tests {
         /// and the holds take them in without a panic, and hold for at most an hour.
         #[test]
         fn any_limit_headers_are_taken_in_and_bounded(
-            headers in crate::hints::tests::any_limit_headers(),
+            headers in hints::tests::any_limit_headers(),
             status in proptest::sample::select(vec![200u16, 429, 503]),
         ) {
             let hints = Hints::read(&headers);
@@ -970,15 +1321,16 @@ mod tests {
                 limits: &LimitsConfig::default(),
                 quota: &QuotaConfig::default(),
                 clients: &[],
+                burst: (Duration::from_secs(1), Duration::from_secs(2)),
             };
             let limits = Limits::new(policy, None, quota.clone());
-            limits.observe(&[7; 16], StatusCode::from_u16(status).unwrap(), &hints);
+            limits.observe(&[7; 16], Some(&[8; 16]), StatusCode::from_u16(status).unwrap(), &hints);
             let _ = quota.site.standing();
             if let Some(exhausted) = quota.site.pressure().exhausted_for {
-                proptest::prop_assert!(exhausted <= crate::hints::MAX_WINDOW);
+                proptest::prop_assert!(exhausted <= hints::MAX_WINDOW);
             }
             let (_, longest) = limits.holds();
-            proptest::prop_assert!(longest <= crate::hints::MAX_WAIT);
+            proptest::prop_assert!(longest <= hints::MAX_WAIT);
             proptest::prop_assert!(limits.responsive(Duration::from_millis(10)));
         }
     }

@@ -28,8 +28,10 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 
+use crate::burst::{self, BucketId};
 use crate::error::ErrorSource;
 use crate::quota::{Quota, Standing};
 use crate::routes::Route;
@@ -483,7 +485,7 @@ impl Collector for Counted {
         }
         let mut refused = encoder.encode_descriptor(
             "rate_limited",
-            "Requests refused with 429 by wikigate, by caller (client name or quota class) and limit",
+            "Requests refused by wikigate's limits (429; 503 for upstream-concurrency), by caller (client name or quota class) and limit",
             None,
             MetricType::Counter,
         )?;
@@ -647,6 +649,28 @@ struct ErrorLabels {
     source: &'static str,
 }
 
+/// A burst bucket: a route and a method.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BucketLabels {
+    route: &'static str,
+    method: &'static str,
+}
+
+impl BucketLabels {
+    fn of(id: BucketId) -> BucketLabels {
+        BucketLabels {
+            route: id.route.name(),
+            method: id.method(),
+        }
+    }
+}
+
+/// Bounds of the waits for a burst bucket or a place upstream: from a millisecond to the
+/// longest (`burst_wait`, `max_queue_wait` default to 2 s).
+fn wait_histogram() -> Histogram {
+    Histogram::new([0.001, 0.005, 0.025, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0])
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CauseLabels {
     cause: &'static str,
@@ -668,6 +692,12 @@ pub struct Metrics {
     holds_active: Gauge,
     hold_remaining: Gauge<f64, AtomicU64>,
     redis_up: Gauge,
+    burst_waits: Family<BucketLabels, Histogram, fn() -> Histogram>,
+    burst_remaining: Family<BucketLabels, Gauge<f64, AtomicU64>>,
+    burst_limit: Family<BucketLabels, Gauge>,
+    queue_waits: Histogram,
+    upstream_in_flight: Gauge,
+    upstream_queued: Gauge,
     /// Requests in a row that failed inside wikigate since an upstream call last completed:
     /// what readiness reads (a gateway whose upstream path fails every time is not ready).
     failing_inside: AtomicU64,
@@ -702,6 +732,12 @@ impl Metrics {
             holds_active: Gauge::default(),
             hold_remaining: Gauge::default(),
             redis_up: Gauge::default(),
+            burst_waits: Family::new_with_constructor(wait_histogram),
+            burst_remaining: Family::default(),
+            burst_limit: Family::default(),
+            queue_waits: wait_histogram(),
+            upstream_in_flight: Gauge::default(),
+            upstream_queued: Gauge::default(),
             failing_inside: AtomicU64::new(0),
         };
         // Dashboards and alerts see 0 rather than no data before the first eviction.
@@ -756,6 +792,38 @@ impl Metrics {
             "requests_in_flight",
             "Requests being answered right now",
             self.in_flight.clone(),
+        );
+        r.register(
+            "upstream_in_flight",
+            "Requests upstream right now (at most upstream.max_in_flight)",
+            self.upstream_in_flight.clone(),
+        );
+        r.register(
+            "upstream_queued",
+            "Requests waiting for a place upstream (at most upstream.max_queued)",
+            self.upstream_queued.clone(),
+        );
+        r.register_with_unit(
+            "upstream_queue_wait",
+            "Time upstream calls waited for a place upstream",
+            Unit::Seconds,
+            self.queue_waits.clone(),
+        );
+        r.register_with_unit(
+            "upstream_burst_wait",
+            "Time upstream calls waited for their share of Atlassian's burst bucket, by route and method",
+            Unit::Seconds,
+            self.burst_waits.clone(),
+        );
+        r.register(
+            "upstream_burst_remaining",
+            "Tokens left in Atlassian's per-second burst bucket of a route and method, as last stated and refilled since",
+            self.burst_remaining.clone(),
+        );
+        r.register(
+            "upstream_burst_limit",
+            "Size of Atlassian's per-second burst bucket of a route and method (X-RateLimit-Limit)",
+            self.burst_limit.clone(),
         );
         r.register(
             "cache_entries",
@@ -870,6 +938,18 @@ impl Metrics {
             .or_default() += 1;
     }
 
+    /// An upstream call of `bucket` waited this long for its burst bucket (zero: not at all).
+    pub fn burst_waited(&self, bucket: BucketId, waited: Duration) {
+        self.burst_waits
+            .get_or_create(&BucketLabels::of(bucket))
+            .observe(waited.as_secs_f64());
+    }
+
+    /// An upstream call waited this long for a place upstream.
+    pub fn queue_waited(&self, waited: Duration) {
+        self.queue_waits.observe(waited.as_secs_f64());
+    }
+
     pub fn hold_started(&self) {
         self.holds_started.inc();
     }
@@ -889,6 +969,19 @@ impl Metrics {
         self.holds_active.set(snapshot.holds as i64);
         self.hold_remaining.set(snapshot.longest_hold.as_secs_f64());
         self.redis_up.set(snapshot.redis_up.map_or(-1, i64::from));
+        self.upstream_in_flight
+            .set(i64::try_from(snapshot.upstream_in_flight).unwrap_or(i64::MAX));
+        self.upstream_queued
+            .set(i64::try_from(snapshot.upstream_queued).unwrap_or(i64::MAX));
+        for bucket in &snapshot.bursts {
+            let labels = BucketLabels::of(bucket.id);
+            self.burst_remaining
+                .get_or_create(&labels)
+                .set(bucket.remaining);
+            self.burst_limit
+                .get_or_create(&labels)
+                .set(i64::try_from(bucket.limit).unwrap_or(i64::MAX));
+        }
         let mut text = String::new();
         let encoded = if openmetrics {
             prometheus_client::encoding::text::encode(&mut text, &self.registry)
@@ -988,7 +1081,7 @@ impl Metrics {
             site: self.quota.site.standing(),
             low_quota: self.quota.site.low(),
             callers,
-            snapshot: *snapshot,
+            snapshot: snapshot.clone(),
         }
     }
 }
@@ -1027,7 +1120,7 @@ impl Drop for InFlight<'_> {
 }
 
 /// Values read from their owners at scrape time.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Snapshot {
     pub cache_entries: u64,
     pub cache_bytes: u64,
@@ -1036,6 +1129,11 @@ pub struct Snapshot {
     pub longest_hold: Duration,
     /// In multi-replica mode, whether Redis is reachable.
     pub redis_up: Option<bool>,
+    /// Atlassian's burst buckets as they stand.
+    pub bursts: Vec<burst::Standing>,
+    /// Requests upstream, and waiting for a place upstream.
+    pub upstream_in_flight: usize,
+    pub upstream_queued: usize,
 }
 
 /// Everything the status page shows.

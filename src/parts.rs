@@ -1,5 +1,5 @@
 //! The state a gateway is made of, shared by both listeners: the cache, the callers, the
-//! limits, the quota, the metrics, the cluster and the links. The gateway and the admin endpoints take it;
+//! limits, the quota, the metrics, the cluster, the links and the upstream gate. The gateway and the admin endpoints take it;
 //! `lifecycle` builds it, reloads what may be reloaded, and owns nothing else of it.
 //!
 //! Invariant: one `Parts` per running gateway; everything in it is shared (`Arc`), never
@@ -17,6 +17,7 @@ use crate::limit::{Limits, Policy};
 use crate::links::Links;
 use crate::metrics::Metrics;
 use crate::quota::Quota;
+use crate::upstream::Gate;
 
 /// Why the parts could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +42,8 @@ pub struct Parts {
     pub cluster: Option<Arc<Cluster>>,
     /// `_links` rewriting and the redirects that go with it.
     pub links: Arc<Links>,
+    /// The cap on requests upstream at once.
+    pub gate: Arc<Gate>,
 }
 
 impl Parts {
@@ -76,6 +79,7 @@ impl Parts {
             metrics,
             cluster,
             links,
+            gate: Arc::new(Gate::new(&config.upstream)),
         };
         Ok((parts, secret))
     }

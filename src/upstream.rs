@@ -7,9 +7,14 @@
 //!   `response_timeout`, the whole exchange (body included) by `request_timeout`.
 //! - Failures become [`GatewayError`]s with the right status: 504 for timeouts (connect or
 //!   response), 502 for everything else.
+//! - At most `upstream.max_in_flight` requests are upstream at once ([`Gate`], Envoy's circuit
+//!   breaker): up to `max_queued` more wait in order for a place, each at most
+//!   `max_queue_wait`; past either, 503 `upstream-concurrency` at once. A place is held until
+//!   the answer's head has arrived, and given back however the request ends (cancelled too).
 
 use std::error::Error as _;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -23,8 +28,10 @@ use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 use tokio::time::Instant;
 
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
 use crate::config::{UpstreamConfig, UpstreamUrl};
-use crate::error::GatewayError;
+use crate::error::{GatewayError, Refusal};
 
 /// The pooled client for one upstream site.
 #[derive(Clone)]
@@ -33,6 +40,81 @@ pub struct Upstream {
     url: Arc<UpstreamUrl>,
     response_timeout: Duration,
     request_timeout: Duration,
+    gate: Arc<Gate>,
+}
+
+/// The cap on requests upstream at once, with a bounded queue.
+#[derive(Debug)]
+pub struct Gate {
+    places: Arc<Semaphore>,
+    max_in_flight: usize,
+    max_queued: usize,
+    max_wait: Duration,
+    queued: AtomicUsize,
+}
+
+/// A request's place upstream; given back when dropped.
+#[derive(Debug)]
+pub struct Place(#[expect(dead_code, reason = "held for its drop")] OwnedSemaphorePermit);
+
+/// Counts a request in the queue while it waits, however the wait ends.
+struct Queued<'a>(&'a AtomicUsize);
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// How long a request refused by the gate is told to wait.
+const GATE_RETRY: Duration = Duration::from_secs(1);
+
+impl Gate {
+    pub fn new(config: &UpstreamConfig) -> Gate {
+        Gate {
+            places: Arc::new(Semaphore::new(config.max_in_flight)),
+            max_in_flight: config.max_in_flight,
+            max_queued: config.max_queued,
+            max_wait: config.max_queue_wait,
+            queued: AtomicUsize::new(0),
+        }
+    }
+
+    /// A place upstream: at once, or after waiting in the queue; refused (503) when the queue
+    /// is full or the wait ran out.
+    pub async fn enter(&self) -> Result<Place, GatewayError> {
+        if let Ok(permit) = self.places.clone().try_acquire_owned() {
+            return Ok(Place(permit));
+        }
+        if self.queued.fetch_add(1, Ordering::AcqRel) >= self.max_queued {
+            self.queued.fetch_sub(1, Ordering::AcqRel);
+            return Err(self.refuse());
+        }
+        let queued = Queued(&self.queued);
+        let permit = tokio::time::timeout(self.max_wait, self.places.clone().acquire_owned()).await;
+        drop(queued);
+        match permit {
+            Ok(Ok(permit)) => Ok(Place(permit)),
+            _ => Err(self.refuse()),
+        }
+    }
+
+    fn refuse(&self) -> GatewayError {
+        GatewayError::Overloaded(Refusal {
+            limit: "upstream-concurrency",
+            description: "wikigate's cap on requests upstream at once (upstream.max_in_flight)",
+            retry_after: GATE_RETRY,
+            headers: Vec::new(),
+        })
+    }
+
+    /// Requests upstream now, and requests waiting for a place.
+    pub fn load(&self) -> (usize, usize) {
+        (
+            self.max_in_flight - self.places.available_permits(),
+            self.queued.load(Ordering::Acquire),
+        )
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -44,7 +126,8 @@ pub enum UpstreamSetupError {
 }
 
 impl Upstream {
-    pub fn new(config: &UpstreamConfig) -> Result<Upstream, UpstreamSetupError> {
+    /// `gate`: the cap on requests upstream at once, shared with what reports it.
+    pub fn new(config: &UpstreamConfig, gate: Arc<Gate>) -> Result<Upstream, UpstreamSetupError> {
         let mut roots = rustls::RootCertStore {
             roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
         };
@@ -89,6 +172,7 @@ impl Upstream {
             url: Arc::new(config.url.clone()),
             response_timeout: config.response_timeout,
             request_timeout: config.request_timeout,
+            gate,
         })
     }
 
@@ -119,10 +203,16 @@ impl Upstream {
         Instant::now() + self.request_timeout
     }
 
-    /// Sends a request and waits for the response's headers, at most until `response_timeout`
-    /// or `deadline`, whichever is sooner.
+    /// A place upstream, which [`Upstream::send`] needs (see [`Gate::enter`]).
+    pub async fn enter(&self) -> Result<Place, GatewayError> {
+        self.gate.enter().await
+    }
+
+    /// Sends a request, holding a place upstream, and waits for the response's headers, at
+    /// most until `response_timeout` or `deadline`, whichever is sooner.
     pub async fn send(
         &self,
+        _place: &Place,
         request: Request<Full<Bytes>>,
         deadline: Instant,
     ) -> Result<Response<Incoming>, GatewayError> {

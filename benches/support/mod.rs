@@ -61,6 +61,7 @@ pub fn limits(config: &LimitsConfig) -> Limits {
         limits: config,
         quota: &QuotaConfig::default(),
         clients: &[],
+        burst: (Duration::from_secs(1), Duration::from_secs(2)),
     };
     Limits::new(policy, None, Arc::default())
 }

@@ -769,7 +769,7 @@ impl Cache {
     ) -> Result<(Response<Body>, Served), GatewayError> {
         if let (Some(status), Some(entry)) = (fetched.failure(), fallback) {
             // Refused before it left (an upstream hold, a limit): no call was spent.
-            let refused = matches!(fetched, Fetch::Failed(GatewayError::RateLimited(_)));
+            let refused = matches!(&fetched, Fetch::Failed(error) if error.refusal().is_some());
             let saved = refused.then_some(entry.points);
             let outcome = Outcome::StaleIfError(status);
             return self.serve(lookup, entry, request_headers, outcome, saved);

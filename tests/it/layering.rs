@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 const TIERS: [&[&str]; 14] = [
     &["body", "query", "routes", "cookies", "log_sink", "rfc3339"],
     &["hints"],
-    &["config", "error", "quota"],
+    &["config", "error", "quota", "burst"],
     &[
         "server", "cluster", "upstream", "caller", "csrf", "links", "metrics",
     ],
