@@ -73,7 +73,11 @@ fn main() {
         .build()
         .expect("a runtime");
     runtime.block_on(async move {
-        let fake = FakeConfluence::start().await.expect("the fake site");
+        let fake = FakeConfluence::start_with(wikigate::fake::FakeOptions {
+            // What is measured is wikigate; Atlassian's burst buckets would pace its misses.
+            bursts: None,
+            ..Default::default()
+        }).await.expect("the fake site");
         let config = Config::from_toml(&format!(
             "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
              [upstream]\nurl = \"{}\"\n[cache]\nmax_bytes = 268435456\n[log]\nlevel = \"warn\"\n",

@@ -38,7 +38,11 @@ fn main() {
         .build()
         .unwrap();
     runtime.block_on(async move {
-        let fake = FakeConfluence::start().await.unwrap();
+        let fake = FakeConfluence::start_with(wikigate::fake::FakeOptions {
+            // What is measured is wikigate; Atlassian's burst buckets would pace its misses.
+            bursts: None,
+            ..Default::default()
+        }).await.unwrap();
         let config = Config::from_toml(&format!(
             "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[upstream]\nurl = \"{}\"\n",
             fake.url()

@@ -129,6 +129,7 @@ async fn run(path: Path, seconds: u64) -> Figures {
             points: QUOTA,
             window: quota::HOUR,
             mode: QuotaMode::Enforced,
+            quirks: false,
         }),
         ..FakeOptions::default()
     })

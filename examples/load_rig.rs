@@ -45,6 +45,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     ["plain"] => Shape::Plain,
                     _ => Shape::Edge,
                 },
+                // What is measured is wikigate; Atlassian's burst buckets would pace misses.
+                bursts: None,
                 ..FakeOptions::default()
             };
             let fake = FakeConfluence::start_on_with(listen.parse()?, None, options).await?;

@@ -39,6 +39,8 @@ static RETRY_AFTER: HeaderName = http::header::RETRY_AFTER;
 static BETA_RETRY_AFTER: HeaderName = HeaderName::from_static("beta-retry-after");
 static X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
 static X_RATELIMIT_NEARLIMIT: HeaderName = HeaderName::from_static("x-ratelimit-nearlimit");
+static X_BETA_RATELIMIT_NEARLIMIT: HeaderName =
+    HeaderName::from_static("x-beta-ratelimit-nearlimit");
 static X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
 static X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
 static RATELIMIT_REASON: HeaderName = HeaderName::from_static("ratelimit-reason");
@@ -82,16 +84,18 @@ pub enum Mode {
     Shadow,
 }
 
-/// One points policy as `RateLimit-Policy` states it, with what `RateLimit` says of it.
+/// One points policy as an answer states it: what `RateLimit-Policy` says of it, and what
+/// `RateLimit`'s entry of the same name says. Either may be missing: the policy header has
+/// been seen to vanish once `r=0`, and `r` only appears once about 80 % is used.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Policy {
     pub name: String,
     pub mode: Mode,
-    /// Points per window (`q`), and the window (`w`, an hour when unstated).
-    pub quota: u64,
-    pub window: Duration,
-    /// What `RateLimit`'s entry of the same name says: points left (`r`) and time to the
-    /// window's reset (`t`), when it says them.
+    /// Points per window (`q`), and the window (`w`, an hour when unstated), when
+    /// `RateLimit-Policy` states the policy.
+    pub quota: Option<(u64, Duration)>,
+    /// Points left (`r`) and time to the window's reset (`t`, within the window), when
+    /// `RateLimit` says them.
     pub remaining: Option<u64>,
     pub reset_in: Option<Duration>,
 }
@@ -110,8 +114,10 @@ pub struct Hints {
     pub retry_after: Option<Duration>,
     /// `X-RateLimit-Reset`, within [0, [`MAX_WAIT`]].
     pub reset_in: Option<Duration>,
-    /// `X-RateLimit-NearLimit: true`.
+    /// `X-RateLimit-NearLimit: true` (enforced policies), `X-Beta-RateLimit-NearLimit: true`
+    /// (shadow ones).
     pub near_limit: bool,
+    pub shadow_near_limit: bool,
     /// `RateLimit-Reason`.
     pub reason: Option<Reason>,
     /// The enforced policies, then the shadow ones.
@@ -126,8 +132,9 @@ impl Hints {
         let retry_after =
             retry_after(headers, &RETRY_AFTER).or_else(|| retry_after(headers, &BETA_RETRY_AFTER));
         let reset_in = texts(headers, &X_RATELIMIT_RESET).find_map(until);
-        let near_limit = texts(headers, &X_RATELIMIT_NEARLIMIT)
-            .any(|value| value.trim().eq_ignore_ascii_case("true"));
+        let flag = |name| texts(headers, name).any(|v| v.trim().eq_ignore_ascii_case("true"));
+        let near_limit = flag(&X_RATELIMIT_NEARLIMIT);
+        let shadow_near_limit = flag(&X_BETA_RATELIMIT_NEARLIMIT);
         let reason = texts(headers, &RATELIMIT_REASON).next().map(Reason::of);
         let mut policies = policies_in(headers, &RATELIMIT_POLICY, &RATELIMIT, Mode::Enforced);
         policies.extend(policies_in(
@@ -145,6 +152,7 @@ impl Hints {
             retry_after,
             reset_in,
             near_limit,
+            shadow_near_limit,
             reason,
             policies,
             bucket,
@@ -194,41 +202,61 @@ fn until(value: &str) -> Option<Duration> {
     Some(left.min(MAX_WAIT))
 }
 
-/// The policies `policy_header` states, each with its entry in `state_header` (paired by
-/// name; an unnamed state pairs with a lone policy).
+/// The policies `policy_header` and `state_header` name, each with what both say of it
+/// (entries pair by name; an unnamed state pairs with a lone policy).
 fn policies_in(
     headers: &HeaderMap,
     policy_header: &HeaderName,
     state_header: &HeaderName,
     mode: Mode,
 ) -> Vec<Policy> {
-    let states: Vec<Member> = texts(headers, state_header).flat_map(members).collect();
     let stated: Vec<Member> = texts(headers, policy_header).flat_map(members).collect();
-    let lone = stated.len() == 1;
-    stated
-        .into_iter()
-        .filter_map(|member| {
-            let quota = member.param("q")?;
-            let window = Duration::from_secs(member.param("w").unwrap_or(3600))
-                .clamp(Duration::from_secs(1), MAX_WINDOW);
-            let state = states
-                .iter()
-                .find(|s| s.name == member.name)
-                .or_else(|| states.iter().find(|s| lone && s.name.is_empty()));
-            let remaining = state.and_then(|s| s.param("r"));
-            let reset_in = state
-                .and_then(|s| s.param("t"))
-                .map(|t| Duration::from_secs(t.min(window.as_secs())));
-            Some(Policy {
-                name: member.name,
+    let mut states: Vec<Member> = texts(headers, state_header).flat_map(members).collect();
+    if let ([policy], [state]) = (stated.as_slice(), states.as_mut_slice())
+        && state.name.is_empty()
+    {
+        state.name.clone_from(&policy.name);
+    }
+    let mut policies: Vec<Policy> = stated
+        .iter()
+        .filter(|member| !member.name.is_empty())
+        .map(|member| {
+            let quota = member.param("q").map(|q| {
+                let window = Duration::from_secs(member.param("w").unwrap_or(3600))
+                    .clamp(Duration::from_secs(1), MAX_WINDOW);
+                (q, window)
+            });
+            Policy {
+                name: member.name.clone(),
                 mode,
                 quota,
-                window,
-                remaining,
-                reset_in,
-            })
+                remaining: None,
+                reset_in: None,
+            }
         })
-        .collect()
+        .collect();
+    for state in states.into_iter().filter(|s| !s.name.is_empty()) {
+        let index = match policies.iter().position(|p| p.name == state.name) {
+            Some(index) => index,
+            None => {
+                policies.push(Policy {
+                    name: state.name.clone(),
+                    mode,
+                    quota: None,
+                    remaining: None,
+                    reset_in: None,
+                });
+                policies.len() - 1
+            }
+        };
+        let policy = &mut policies[index];
+        let window = policy.quota.map_or(MAX_WINDOW, |(_, w)| w);
+        policy.remaining = policy.remaining.or(state.param("r"));
+        policy.reset_in = policy.reset_in.or(state
+            .param("t")
+            .map(|t| Duration::from_secs(t.min(window.as_secs()))));
+    }
+    policies
 }
 
 /// One member of a structured-field list (RFC 9651): its name (a string or token) and its
@@ -252,8 +280,15 @@ fn members(value: &str) -> Vec<Member> {
         .into_iter()
         .filter_map(|member| {
             let mut parts = split_outside_quotes(member, ';').into_iter().map(str::trim);
-            let name = unquote(parts.next()?);
-            let params = parts
+            let first = parts.next()?;
+            // An entry with no name starts with its first parameter.
+            let (name, first) = match !first.starts_with('"') && first.contains('=') {
+                true => (String::new(), Some(first)),
+                false => (unquote(first), None),
+            };
+            let params = first
+                .into_iter()
+                .chain(parts)
                 .filter_map(|param| {
                     let (key, value) = param.split_once('=')?;
                     let value = value.trim().parse::<u64>().ok()?;
@@ -385,13 +420,21 @@ pub(crate) mod tests {
                 .unwrap()
                 .clone()
         };
+        let hour = Duration::from_secs(3600);
         let global = by("global-app-quota", Mode::Enforced);
         assert_eq!(
             (global.quota, global.remaining, global.reset_in),
-            (65_000, Some(500), Some(Duration::from_secs(600)))
+            (
+                Some((65_000, hour)),
+                Some(500),
+                Some(Duration::from_secs(600))
+            )
         );
         let tenant = by("tenant-app-quota", Mode::Enforced);
-        assert_eq!((tenant.quota, tenant.remaining), (100_100, None));
+        assert_eq!(
+            (tenant.quota, tenant.remaining),
+            (Some((100_100, hour)), None)
+        );
         let shadow = by("tenant-app-quota", Mode::Shadow);
         assert_eq!(
             shadow.reset_in,
@@ -410,8 +453,30 @@ pub(crate) mod tests {
         assert_eq!(hints.policies[0].name, "odd,name;q=1");
         assert_eq!(
             (hints.policies[0].quota, hints.policies[0].remaining),
-            (10, Some(4))
+            (Some((10, Duration::from_secs(60))), Some(4))
         );
+    }
+
+    #[test]
+    fn a_state_without_its_policy_is_still_read() {
+        // The policy header vanished once r=0: the state names the policy on its own.
+        let hints = Hints::read(&headers(&[("ratelimit", "\"tenant-app-quota\";r=0;t=120")]));
+        assert_eq!(
+            hints.policies,
+            [Policy {
+                name: "tenant-app-quota".to_owned(),
+                mode: Mode::Enforced,
+                quota: None,
+                remaining: Some(0),
+                reset_in: Some(Duration::from_secs(120)),
+            }]
+        );
+        // An unnamed state pairs with a lone policy.
+        let hints = Hints::read(&headers(&[
+            ("ratelimit-policy", "\"tenant-app-quota\";q=100;w=60"),
+            ("ratelimit", "r=7;t=9"),
+        ]));
+        assert_eq!(hints.policies[0].remaining, Some(7));
     }
 
     #[test]
@@ -493,10 +558,11 @@ pub(crate) mod tests {
                 prop_assert!(reset <= MAX_WAIT);
             }
             for policy in &hints.policies {
-                prop_assert!(policy.window >= Duration::from_secs(1));
-                prop_assert!(policy.window <= MAX_WINDOW);
+                let window = policy.quota.map_or(MAX_WINDOW, |(_, w)| w);
+                prop_assert!(window >= Duration::from_secs(1));
+                prop_assert!(window <= MAX_WINDOW);
                 if let Some(reset) = policy.reset_in {
-                    prop_assert!(reset <= policy.window);
+                    prop_assert!(reset <= window);
                 }
             }
         }

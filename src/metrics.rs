@@ -584,59 +584,64 @@ impl Points {
             let gauge = encoder.encode_descriptor(name, help, unit, MetricType::Gauge)?;
             ConstGauge::new(value).encode(gauge)?;
         }
-        // Every family is described, with a sample where the standing says something.
-        let standing = site.standing();
-        let labels = [("source", standing.map_or("none", |s| s.source.as_str()))];
-        let figures = [
+        // Every family is described, with a sample per policy where its standing says
+        // something (the binding policy is the one `site_quota_low` reads).
+        let standings = site.standings();
+        type Figure = fn(&Standing) -> Option<f64>;
+        let figures: [(&str, &str, Figure, Option<&Unit>); 7] = [
             (
                 "site_quota",
-                "The site's points quota per window",
-                standing.map(|s| s.quota as f64),
+                "A points policy's quota per window, by source and policy",
+                |s| Some(s.quota as f64),
                 None,
             ),
             (
                 "site_quota_remaining",
-                "Points the site has left in this window",
-                standing.map(|s| s.remaining as f64),
+                "Points a policy has left in this window (absent while upstream does not say: it states them once about 80 % is used)",
+                |s| s.remaining.map(|r| r as f64),
                 None,
             ),
             (
                 "site_quota_window",
-                "The quota's window",
-                standing.map(|s| s.window.as_secs_f64()),
+                "A policy's window",
+                |s| Some(s.window.as_secs_f64()),
                 Some(&Unit::Seconds),
             ),
             (
                 "site_quota_reset",
-                "Time until the quota's window resets",
-                standing.map(|s| s.reset_in.as_secs_f64()),
+                "Time until a policy's window resets (an hourly one at the top of the UTC hour)",
+                |s| Some(s.reset_in.as_secs_f64()),
                 Some(&Unit::Seconds),
             ),
             (
                 "site_quota_burn_points_per_hour",
                 "Points spent per hour at the recent rate (the last 5 minutes of readings)",
-                standing.and_then(|s| s.burn_per_hour),
+                |s| s.burn_per_hour,
                 None,
             ),
             (
                 "site_quota_exhaustion",
-                "When the remaining points run out at the recent rate",
-                standing
-                    .and_then(|s| s.exhaustion_in)
-                    .map(|d| d.as_secs_f64()),
+                "When a policy's remaining points run out at the recent rate",
+                |s| s.exhaustion_in.map(|d| d.as_secs_f64()),
                 Some(&Unit::Seconds),
             ),
             (
                 "site_quota_near_limit",
-                "1 while upstream says X-RateLimit-NearLimit: true",
-                standing.map(|s| f64::from(u8::from(s.near_limit))),
+                "1 while upstream says X-RateLimit-NearLimit: true (X-Beta-RateLimit-NearLimit for shadow policies)",
+                |s| Some(f64::from(u8::from(s.near_limit))),
                 None,
             ),
         ];
-        for (name, help, value, unit) in figures {
+        for (name, help, figure, unit) in figures {
             let mut family = encoder.encode_descriptor(name, help, unit, MetricType::Gauge)?;
-            if let Some(value) = value {
-                ConstGauge::new(value).encode(family.encode_family(&labels)?)?;
+            for standing in &standings {
+                if let Some(value) = figure(standing) {
+                    let labels = [
+                        ("source", standing.source.as_str()),
+                        ("policy", &*standing.policy),
+                    ];
+                    ConstGauge::new(value).encode(family.encode_family(&labels)?)?;
+                }
             }
         }
         Ok(())

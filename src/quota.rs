@@ -120,9 +120,9 @@ pub fn hour(now: Instant) -> (u64, Duration) {
 }
 
 /// Where a policy's figures came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Source {
-    /// Upstream's enforced policy (`RateLimit-Policy`, `X-RateLimit-*`).
+    /// Upstream's enforced policy (`RateLimit-Policy`).
     Enforced,
     /// Upstream's policy in shadow mode (`Beta-RateLimit-Policy`): reported, not enforced.
     Shadow,
@@ -138,16 +138,30 @@ impl Source {
             Source::Configured => "configured",
         }
     }
+
+    fn of(mode: Mode) -> Source {
+        match mode {
+            Mode::Enforced => Source::Enforced,
+            Mode::Shadow => Source::Shadow,
+        }
+    }
 }
 
-/// The site's quota as it stands.
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// The name the configured quota is reported under.
+pub const CONFIGURED_POLICY: &str = "quota.points_per_hour";
+
+/// One policy's quota as it stands.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Standing {
     pub source: Source,
+    /// The policy's name (`tenant-app-quota`, `global-app-quota`, …).
+    pub policy: Arc<str>,
     /// Points per window, and the window.
     pub quota: u64,
     pub window: Duration,
-    pub remaining: u64,
+    /// Points left; `None` while upstream does not say (Atlassian states `r` only once about
+    /// 80 % of the window's points are used).
+    pub remaining: Option<u64>,
     pub reset_in: Duration,
     /// Upstream's `X-RateLimit-NearLimit: true` (under 20 % left).
     pub near_limit: bool,
@@ -157,10 +171,18 @@ pub struct Standing {
     pub exhaustion_in: Option<Duration>,
 }
 
+impl Standing {
+    /// The share of the quota left, when known.
+    pub fn share(&self) -> Option<f64> {
+        let remaining = self.remaining?;
+        (self.quota > 0).then(|| remaining as f64 / self.quota as f64)
+    }
+}
+
 /// What the site's quota means for the next upstream call.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Pressure {
-    /// The enforced (or configured) remaining share of the quota, `None` when unknown.
+    /// The enforced (or configured) remaining share of the binding policy, `None` when unknown.
     pub share: Option<f64>,
     /// Upstream says it is near its limit.
     pub near_limit: bool,
@@ -175,28 +197,67 @@ impl Pressure {
     }
 }
 
-/// One reading of upstream's policy headers.
-#[derive(Debug, Clone, Copy)]
-struct Reading {
-    source: Source,
+/// What is known of one policy upstream stated.
+#[derive(Debug, Clone)]
+struct Known {
+    /// `q` and `w`, as last stated (kept when the policy header vanishes).
     quota: u64,
     window: Duration,
-    remaining: u64,
-    reset_at: Instant,
-    near_limit: bool,
+    /// `r`, and the end of the window it is of.
+    remaining: Option<(u64, Instant)>,
+    /// The end of the window the policy was last stated in: it says nothing after it.
+    until: Instant,
+    /// Recent (instant, remaining), for the burn rate.
+    samples: VecDeque<(Instant, u64)>,
+}
+
+impl Known {
+    fn remaining(&self, now: Instant) -> Option<u64> {
+        self.remaining
+            .filter(|(_, until)| *until > now)
+            .map(|(r, _)| r)
+    }
+
+    fn push_sample(&mut self, now: Instant, remaining: u64) {
+        if self
+            .samples
+            .back()
+            .is_some_and(|(_, last)| remaining > *last)
+        {
+            self.samples.clear(); // a new window
+        }
+        self.samples.push_back((now, remaining));
+        while self
+            .samples
+            .front()
+            .is_some_and(|(at, _)| now.duration_since(*at) > BURN_WINDOW)
+        {
+            self.samples.pop_front();
+        }
+    }
+}
+
+/// Points per second over `samples`, when they span at least a second.
+fn burn_per_second(samples: &VecDeque<(Instant, u64)>) -> Option<f64> {
+    let (first_at, first) = *samples.front()?;
+    let (last_at, last) = *samples.back()?;
+    let span = last_at.duration_since(first_at);
+    (span >= Duration::from_secs(1)).then(|| first.saturating_sub(last) as f64 / span.as_secs_f64())
 }
 
 #[derive(Debug, Default)]
 struct SiteState {
     points_per_hour: Option<u64>,
     reserve: f64,
-    reading: Option<Reading>,
+    /// Every policy upstream stated, by source and name.
+    policies: BTreeMap<(Source, Arc<str>), Known>,
+    /// `X-RateLimit-NearLimit` (and the `Beta-` form) as last stated, until the hour's end.
+    near_limit: [Option<Instant>; 2],
     /// Points spent this hour through this gateway: (hour, points); the cluster's total when
     /// the cluster counts it.
     spent: (u64, u64),
-    /// Recent (instant, remaining) of one source, for the burn rate.
-    samples: VecDeque<(Instant, u64)>,
-    samples_of: Option<Source>,
+    /// Recent (instant, remaining) of the configured quota, for the burn rate.
+    configured_samples: VecDeque<(Instant, u64)>,
     exhausted_until: Option<Instant>,
 }
 
@@ -245,32 +306,64 @@ impl Site {
         self.pressure().under(self.reserve())
     }
 
-    /// Learns from what an upstream answer (any status) says of the limits.
+    /// Learns from what an upstream answer (any status) says of the points quota: only the
+    /// points headers (`RateLimit-Policy`/`RateLimit`, their `Beta-` forms, `NearLimit`) and
+    /// a quota 429. A burst bucket (`X-RateLimit-Limit`/`-Remaining`) is not the quota.
     pub fn observe(&self, status: StatusCode, hints: &Hints) {
-        let now = Instant::now();
-        let reading = Reading::of(hints, now);
         let quota_refusal =
             status == StatusCode::TOO_MANY_REQUESTS && hints.reason == Some(Reason::Quota);
-        if reading.is_none() && !quota_refusal {
+        if hints.policies.is_empty() && !quota_refusal {
             return;
         }
+        let now = Instant::now();
+        let (_, hour_left) = hour(now);
         let mut state = self.state.lock();
-        if let Some(reading) = reading {
-            state.push_sample(reading.source, now, reading.remaining);
-            state.reading = Some(reading);
-            if reading.source == Source::Enforced && reading.remaining == 0 {
-                state.exhausted_until = Some(reading.reset_at);
+        for stated in &hints.policies {
+            let source = Source::of(stated.mode);
+            let key = (source, Arc::<str>::from(stated.name.as_str()));
+            let known = match (state.policies.get_mut(&key), stated.quota) {
+                (Some(known), Some((quota, window))) => {
+                    (known.quota, known.window) = (quota, window);
+                    known
+                }
+                (Some(known), None) => known,
+                (None, Some((quota, window))) => state.policies.entry(key).or_insert(Known {
+                    quota,
+                    window,
+                    remaining: None,
+                    until: now,
+                    samples: VecDeque::new(),
+                }),
+                // Nothing known of its quota: its remainder alone means nothing.
+                (None, None) => continue,
+            };
+            // An hourly window ends at the top of the UTC hour, whatever `t` says.
+            let reset = match known.window == HOUR {
+                true => hour_left,
+                false => stated.reset_in.unwrap_or(known.window).min(known.window),
+            };
+            known.until = now + reset;
+            if let Some(remaining) = stated.remaining {
+                known.remaining = Some((remaining, now + reset));
+                known.push_sample(now, remaining);
+                if source == Source::Enforced && remaining == 0 {
+                    state.exhausted_until = Some(now + reset);
+                }
             }
         }
+        if hints.policies.iter().any(|p| p.mode == Mode::Enforced) {
+            state.near_limit[0] = hints.near_limit.then_some(now + hour_left);
+        }
+        if hints.policies.iter().any(|p| p.mode == Mode::Shadow) {
+            state.near_limit[1] = hints.shadow_near_limit.then_some(now + hour_left);
+        }
         if quota_refusal {
+            let binding = state.binding(now, Source::Enforced);
             let wait = hints
                 .retry_after
-                .or_else(|| {
-                    state
-                        .reading
-                        .map(|r| r.reset_at.saturating_duration_since(now))
-                })
-                .unwrap_or(Duration::from_secs(60));
+                .or_else(|| binding.map(|(_, k)| k.until.saturating_duration_since(now)))
+                .unwrap_or(hour_left)
+                .max(crate::hints::MIN_WAIT);
             state.exhausted_until = Some(now + wait);
         }
     }
@@ -287,55 +380,45 @@ impl Site {
             0
         };
         state.spent = (hour, total.unwrap_or(before + u64::from(points)));
-        if state.in_force(now) == Some(Source::Configured)
-            && let Some(quota) = state.points_per_hour
-        {
+        if let Some(quota) = state.points_per_hour {
             let remaining = quota.saturating_sub(state.spent.1);
-            state.push_sample(Source::Configured, now, remaining);
+            let samples = &mut state.configured_samples;
+            if samples.back().is_some_and(|(_, last)| remaining > *last) {
+                samples.clear();
+            }
+            samples.push_back((now, remaining));
+            while samples
+                .front()
+                .is_some_and(|(at, _)| now.duration_since(*at) > BURN_WINDOW)
+            {
+                samples.pop_front();
+            }
         }
     }
 
-    /// The quota as it stands: upstream's enforced policy while its window lasts, else the
-    /// configured quota, else upstream's shadow policy; `None` when nothing says anything.
+    /// The binding policy: upstream's enforced policy with the smallest share left (while
+    /// upstream states any), else the configured quota, else upstream's shadow policy with the
+    /// smallest share left; `None` when nothing says anything.
     pub fn standing(&self) -> Option<Standing> {
         let now = Instant::now();
         let state = self.state.lock();
-        let source = state.in_force(now)?;
-        let (quota, window, remaining, reset_in, near_limit) = match state.upstream_reading(now) {
-            Some(r) if r.source == source => (
-                r.quota,
-                r.window,
-                r.remaining,
-                r.reset_at - now,
-                r.near_limit,
-            ),
-            _ => {
-                let quota = state.points_per_hour?;
-                let (hour, left) = hour(now);
-                let spent = if state.spent.0 == hour {
-                    state.spent.1
-                } else {
-                    0
-                };
-                let remaining = quota.saturating_sub(spent);
-                (quota, HOUR, remaining, left, false)
-            }
-        };
-        let burn_per_second = state
-            .burn_per_second()
-            .filter(|_| state.samples_of == Some(source));
-        Some(Standing {
-            source,
-            quota,
-            window,
-            remaining,
-            reset_in,
-            near_limit,
-            burn_per_hour: burn_per_second.map(|rate| rate * 3600.0),
-            exhaustion_in: burn_per_second
-                .filter(|rate| *rate > 0.0)
-                .and_then(|rate| Duration::try_from_secs_f64(remaining as f64 / rate).ok()),
-        })
+        [Source::Enforced, Source::Configured, Source::Shadow]
+            .into_iter()
+            .find_map(|source| state.standing_of(source, now))
+    }
+
+    /// Every policy stated this window, and the configured quota: each as it stands.
+    pub fn standings(&self) -> Vec<Standing> {
+        let now = Instant::now();
+        let state = self.state.lock();
+        let mut all: Vec<Standing> = state
+            .policies
+            .iter()
+            .filter(|(_, known)| known.until > now)
+            .map(|((source, name), known)| state.standing_from(*source, name, known, now))
+            .collect();
+        all.extend(state.standing_of(Source::Configured, now));
+        all
     }
 
     /// What the quota means for the next upstream call (shadow policies mean nothing).
@@ -350,8 +433,7 @@ impl Site {
         };
         match self.standing() {
             Some(standing) if standing.source != Source::Shadow => Pressure {
-                share: (standing.quota > 0)
-                    .then(|| standing.remaining as f64 / standing.quota as f64),
+                share: standing.share(),
                 near_limit: standing.near_limit,
                 exhausted_for,
             },
@@ -365,86 +447,92 @@ impl Site {
 }
 
 impl SiteState {
-    /// Upstream's reading, while its window lasts.
-    fn upstream_reading(&self, now: Instant) -> Option<Reading> {
-        self.reading.filter(|r| r.reset_at > now)
+    /// The policy of `source` (enforced or shadow) stated this window with the smallest share
+    /// left (those whose remainder is unknown have more than 20 % left: they bind last).
+    fn binding(&self, now: Instant, source: Source) -> Option<(&Arc<str>, &Known)> {
+        self.policies
+            .iter()
+            .filter(|((s, _), known)| *s == source && known.until > now)
+            .min_by(|(_, a), (_, b)| {
+                let share = |k: &Known| {
+                    k.remaining(now)
+                        .map_or(f64::INFINITY, |r| r as f64 / k.quota.max(1) as f64)
+                };
+                share(a).total_cmp(&share(b))
+            })
+            .map(|((_, name), known)| (name, known))
     }
 
-    /// Whose figures stand: upstream's enforced policy, else the configured quota, else
-    /// upstream's shadow policy.
-    fn in_force(&self, now: Instant) -> Option<Source> {
-        match self.upstream_reading(now) {
-            Some(r) if r.source == Source::Enforced => Some(Source::Enforced),
-            _ if self.points_per_hour.is_some() => Some(Source::Configured),
-            reading => reading.map(|r| r.source),
+    fn standing_of(&self, source: Source, now: Instant) -> Option<Standing> {
+        match source {
+            Source::Configured => {
+                let quota = self.points_per_hour?;
+                let (hour, left) = hour(now);
+                let spent = if self.spent.0 == hour {
+                    self.spent.1
+                } else {
+                    0
+                };
+                let burn = burn_per_second(&self.configured_samples);
+                Some(standing(
+                    (Source::Configured, Arc::from(CONFIGURED_POLICY)),
+                    (quota, HOUR, Some(quota.saturating_sub(spent)), left),
+                    false,
+                    burn,
+                ))
+            }
+            _ => {
+                let (name, known) = self.binding(now, source)?;
+                Some(self.standing_from(source, name, known, now))
+            }
         }
     }
 
-    /// A reading of `source`'s remaining points; a new window (more left than before) or
-    /// another source starts the samples afresh.
-    fn push_sample(&mut self, source: Source, now: Instant, remaining: u64) {
-        let renewed = self
-            .samples
-            .back()
-            .is_some_and(|(_, last)| remaining > *last);
-        if self.samples_of != Some(source) || renewed {
-            self.samples.clear();
-            self.samples_of = Some(source);
-        }
-        self.samples.push_back((now, remaining));
-        while self
-            .samples
-            .front()
-            .is_some_and(|(at, _)| now.duration_since(*at) > BURN_WINDOW)
-        {
-            self.samples.pop_front();
-        }
-    }
-
-    /// Points per second over the recent samples, when they span at least a second.
-    fn burn_per_second(&self) -> Option<f64> {
-        let (first_at, first) = *self.samples.front()?;
-        let (last_at, last) = *self.samples.back()?;
-        let span = last_at.duration_since(first_at);
-        (span >= Duration::from_secs(1))
-            .then(|| first.saturating_sub(last) as f64 / span.as_secs_f64())
+    fn standing_from(
+        &self,
+        source: Source,
+        name: &Arc<str>,
+        known: &Known,
+        now: Instant,
+    ) -> Standing {
+        let near = match source {
+            Source::Shadow => self.near_limit[1],
+            _ => self.near_limit[0],
+        };
+        standing(
+            (source, name.clone()),
+            (
+                known.quota,
+                known.window,
+                known.remaining(now),
+                known.until.saturating_duration_since(now),
+            ),
+            near.is_some_and(|until| until > now),
+            burn_per_second(&known.samples),
+        )
     }
 }
 
-impl Reading {
-    /// Upstream's policy as an answer's hints state it: the enforced points policy, else
-    /// the `X-RateLimit-*` set, else the shadow (`Beta-`) policy.
-    fn of(hints: &Hints, now: Instant) -> Option<Reading> {
-        let policy = |mode| {
-            let stated = hints.policies.iter().filter(|p| p.mode == mode);
-            let mut complete = stated.filter_map(|p| Some((p, p.remaining?, p.reset_in?)));
-            let first = complete.clone().next();
-            complete
-                .find(|(p, ..)| p.name == "tenant-app-quota")
-                .or(first)
-                .map(|(p, remaining, reset)| (p.quota, p.window, remaining, reset))
-        };
-        let legacy = || {
-            let bucket = hints.bucket?;
-            let reset = hints.reset_in.unwrap_or_else(|| hour(now).1);
-            Some((bucket.limit, HOUR, bucket.remaining, reset))
-        };
-        let (source, (quota, window, remaining, reset)) = match policy(Mode::Enforced) {
-            Some(figures) => (Source::Enforced, figures),
-            None => match legacy() {
-                Some(figures) => (Source::Enforced, figures),
-                None => (Source::Shadow, policy(Mode::Shadow)?),
-            },
-        };
-        Some(Reading {
-            source,
-            quota,
-            window,
-            remaining,
-            // Bounded by the hints (a reset within its window, a window within a day).
-            reset_at: now + reset,
-            near_limit: hints.near_limit && source == Source::Enforced,
-        })
+/// A standing from its figures and the burn rate (points per second).
+fn standing(
+    (source, policy): (Source, Arc<str>),
+    (quota, window, remaining, reset_in): (u64, Duration, Option<u64>, Duration),
+    near_limit: bool,
+    burn_per_second: Option<f64>,
+) -> Standing {
+    Standing {
+        source,
+        policy,
+        quota,
+        window,
+        remaining,
+        reset_in,
+        near_limit,
+        burn_per_hour: burn_per_second.map(|rate| rate * 3600.0),
+        exhaustion_in: burn_per_second
+            .filter(|rate| *rate > 0.0)
+            .zip(remaining)
+            .and_then(|(rate, r)| Duration::try_from_secs_f64(r as f64 / rate).ok()),
     }
 }
 
@@ -636,9 +724,13 @@ mod tests {
         let shadow = site.standing().unwrap();
         assert_eq!(
             (shadow.source, shadow.quota, shadow.remaining),
-            (Source::Shadow, 100_100, 10)
+            (Source::Shadow, 100_100, Some(10))
         );
-        assert_eq!(shadow.reset_in, Duration::from_secs(2107));
+        assert_eq!(
+            shadow.reset_in,
+            hour(Instant::now()).1,
+            "an hourly window ends at the top of the UTC hour, whatever t says (2107)"
+        );
         assert!(
             !site.pressure().under(0.2),
             "a shadow policy is not acted on"
@@ -660,33 +752,108 @@ mod tests {
         );
         let enforced = site.standing().unwrap();
         assert_eq!(
-            (enforced.source, enforced.quota, enforced.remaining),
-            (Source::Enforced, 1000, 150)
+            (enforced.source, &*enforced.policy, enforced.remaining),
+            (Source::Enforced, "tenant-app-quota", Some(150)),
+            "the policy with the smallest share left binds"
         );
         let pressure = site.pressure();
         assert_eq!(pressure.share, Some(0.15));
         assert!(pressure.near_limit && pressure.under(0.1));
+        assert_eq!(site.standings().len(), 3, "each policy is reported");
 
-        // The window ends: the reading says nothing about the next one.
-        tokio::time::advance(Duration::from_secs(600)).await;
+        // The hour ends: its readings say nothing about the next one.
+        tokio::time::advance(hour(Instant::now()).1).await;
         assert_eq!(site.standing(), None);
     }
 
     #[tokio::test(start_paused = true)]
-    async fn the_legacy_set_and_a_quota_refusal_are_read() {
+    async fn several_policies_pair_by_name_and_the_lowest_share_binds() {
+        let site = Site::new(None, 0.2);
+        let both = "\"global-app-quota\";q=65000;w=3600, \"tenant-app-quota\";q=100100;w=3600";
+        // Only the global entry says r (r appears once about 80 % is used).
+        site.observe(
+            StatusCode::OK,
+            &hints(&[
+                ("ratelimit-policy", both),
+                ("ratelimit", "\"global-app-quota\";r=500;t=600"),
+            ]),
+        );
+        let binding = site.standing().unwrap();
+        assert_eq!(
+            (&*binding.policy, binding.quota, binding.remaining),
+            ("global-app-quota", 65_000, Some(500)),
+            "never the tenant policy's q with the global entry's r"
+        );
+        let tenant = site
+            .standings()
+            .into_iter()
+            .find(|s| &*s.policy == "tenant-app-quota")
+            .unwrap();
+        assert_eq!((tenant.quota, tenant.remaining), (100_100, None));
+        // Now the tenant policy says r, lower in share: it binds.
+        site.observe(
+            StatusCode::OK,
+            &hints(&[
+                ("ratelimit-policy", both),
+                (
+                    "ratelimit",
+                    "\"tenant-app-quota\";r=1001;t=600, \"global-app-quota\";r=40000;t=600",
+                ),
+            ]),
+        );
+        assert_eq!(&*site.standing().unwrap().policy, "tenant-app-quota");
+        assert!(site.low());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_vanished_policy_header_keeps_the_last_known_quota() {
         let site = Site::new(None, 0.2);
         site.observe(
             StatusCode::OK,
             &hints(&[
-                ("x-ratelimit-limit", "5000"),
-                ("x-ratelimit-remaining", "4000"),
+                ("ratelimit-policy", "\"tenant-app-quota\";q=1000;w=3600"),
+                ("ratelimit", "\"tenant-app-quota\";r=3;t=60"),
+            ]),
+        );
+        site.observe(
+            StatusCode::OK,
+            &hints(&[("ratelimit", "\"tenant-app-quota\";r=0;t=60")]),
+        );
+        let standing = site.standing().unwrap();
+        assert_eq!((standing.quota, standing.remaining), (1000, Some(0)));
+        let exhausted = site.pressure().exhausted_for.unwrap();
+        assert_eq!(
+            exhausted,
+            hour(Instant::now()).1,
+            "until the top of the hour"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_burst_bucket_is_not_the_quota_and_a_quota_refusal_is_read() {
+        let site = Site::new(None, 0.2);
+        site.observe(
+            StatusCode::OK,
+            &hints(&[
+                ("x-ratelimit-limit", "5"),
+                ("x-ratelimit-remaining", "0"),
                 ("x-ratelimit-reset", "120"),
             ]),
         );
-        let standing = site.standing().unwrap();
-        assert_eq!((standing.quota, standing.remaining), (5000, 4000));
-        assert_eq!(standing.reset_in, Duration::from_secs(120));
-
+        assert_eq!(site.standing(), None, "X-RateLimit-* is a burst bucket");
+        assert_eq!(site.pressure().exhausted_for, None);
+        site.observe(
+            StatusCode::TOO_MANY_REQUESTS,
+            &hints(&[
+                ("ratelimit-reason", "confluence-burst-based"),
+                ("retry-after", "2"),
+            ]),
+        );
+        assert_eq!(
+            site.pressure().exhausted_for,
+            None,
+            "a burst 429 is not the site's"
+        );
         site.observe(
             StatusCode::TOO_MANY_REQUESTS,
             &hints(&[
@@ -731,12 +898,12 @@ mod tests {
         let standing = site.standing().unwrap();
         assert_eq!(
             (standing.source, standing.remaining),
-            (Source::Configured, 850),
+            (Source::Configured, Some(850)),
             "a configured quota stands over a shadow policy"
         );
         assert_eq!(site.pressure().share, Some(0.85));
         tokio::time::advance(standing.reset_in).await;
-        assert_eq!(site.standing().unwrap().remaining, 1000, "a new hour");
+        assert_eq!(site.standing().unwrap().remaining, Some(1000), "a new hour");
     }
 
     #[tokio::test(start_paused = true)]

@@ -53,6 +53,7 @@ td:first-child,th:first-child{{text-align:left}} .bar{{background:#e5e5e5;width:
     routes_table(&mut html, status);
     memory_bar(&mut html, snapshot);
     limited_table(&mut html, status);
+    bursts(&mut html, snapshot);
     holds(&mut html, snapshot);
     html
 }
@@ -79,15 +80,21 @@ fn quota_section(html: &mut String, status: &Status) {
             } else {
                 ""
             };
+            let (left, share) = match site.remaining {
+                Some(remaining) => (
+                    remaining.to_string(),
+                    percent(remaining, site.quota),
+                ),
+                // Atlassian states what is left only once about 80 % is used.
+                None => ("over 20 % ".to_owned(), "100%".to_owned()),
+            };
             let _ = write!(
                 html,
-                "<div id=\"site-quota\"><span id=\"quota-remaining\">{}</span> of {} points left ({}, {}) · resets in {} · burning {burn} · {lasts}{low}</div>\n<div class=\"bar\"><span style=\"width:{}\"></span></div>\n",
-                site.remaining,
+                "<div id=\"site-quota\"><span id=\"quota-remaining\">{left}</span> of {} points left ({share}, {}, {}) · resets in {} · burning {burn} · {lasts}{low}</div>\n<div class=\"bar\"><span style=\"width:{share}\"></span></div>\n",
                 site.quota,
-                percent(site.remaining, site.quota),
                 site.source.as_str(),
+                escape(&site.policy),
                 human(site.reset_in),
-                percent(site.remaining, site.quota),
             );
         }
     }
@@ -161,6 +168,31 @@ fn limited_table(html: &mut String, status: &Status) {
 }
 
 /// Whether Confluence holds wikigate off, and the links to the machine-readable endpoints.
+/// Atlassian's per-second burst buckets as wikigate learned them, and the requests upstream.
+fn bursts(html: &mut String, snapshot: &Snapshot) {
+    let _ = write!(
+        html,
+        "<h2>Upstream pace</h2>\n<div id=\"upstream-load\">{} upstream now, {} waiting for a place</div>\n<table id=\"bursts\"><tr><th>burst bucket (per second)</th><th>left</th><th>size</th></tr>\n",
+        snapshot.upstream_in_flight, snapshot.upstream_queued,
+    );
+    for bucket in &snapshot.bursts {
+        let _ = writeln!(
+            html,
+            "<tr><td>{} {}</td><td>{:.0}</td><td>{}</td></tr>",
+            bucket.id.method(),
+            bucket.id.route.name(),
+            bucket.remaining.floor(),
+            bucket.limit,
+        );
+    }
+    if snapshot.bursts.is_empty() {
+        html.push_str(
+            "<tr><td colspan=\"3\" class=\"muted\">Confluence has stated no burst bucket (X-RateLimit-Limit)</td></tr>\n",
+        );
+    }
+    html.push_str("</table>\n");
+}
+
 fn holds(html: &mut String, snapshot: &Snapshot) {
     let hold = if snapshot.holds == 0 {
         "<div id=\"holds\">no upstream hold: Confluence has not asked wikigate to back off</div>"

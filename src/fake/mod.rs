@@ -17,6 +17,7 @@
 //! records what it received, and can be told to answer slowly or with an error status.
 
 mod edge;
+mod limits;
 mod points;
 mod site;
 
@@ -33,6 +34,7 @@ use crate::routes::Operation;
 use crate::server::{self, Http};
 
 pub use edge::Shape;
+pub use limits::{FakeBursts, FakeWriteLimit};
 pub use points::{FakeQuota, QuotaMode};
 pub use site::{DEMO_USERS, DIRECTORY_SIZE, DemoUser, directory_account};
 
@@ -47,6 +49,11 @@ pub struct FakeOptions {
     /// proxy-aware applications do (Atlassian Cloud does not): for tests of what a client
     /// could make such an upstream store.
     pub honour_forwarded_host: bool,
+    /// The per-second burst bucket of each endpoint and method, stated on every answer (350
+    /// a second, as a captured answer says, unless told); `None`: none.
+    pub bursts: Option<FakeBursts>,
+    /// Writes allowed to one resource per period; `None` (the default): unlimited.
+    pub write_limit: Option<FakeWriteLimit>,
 }
 
 impl Default for FakeOptions {
@@ -55,6 +62,8 @@ impl Default for FakeOptions {
             shape: Shape::default(),
             quota: Some(FakeQuota::default()),
             honour_forwarded_host: false,
+            bursts: Some(FakeBursts::default()),
+            write_limit: None,
         }
     }
 }
@@ -85,6 +94,7 @@ struct Shared {
     site: site::Site,
     options: FakeOptions,
     points: Option<points::Points>,
+    limits: limits::Limits,
     hits: [AtomicU64; 21],
     requests: AtomicU64,
     faults: parking_lot::Mutex<Faults>,
@@ -175,6 +185,7 @@ impl FakeConfluence {
             site: site::Site::new(base),
             options,
             points: options.quota.map(points::Points::new),
+            limits: limits::Limits::new(options.bursts, options.write_limit),
             hits: Default::default(),
             requests: AtomicU64::new(0),
             faults: Default::default(),
@@ -222,6 +233,11 @@ impl FakeConfluence {
             .points
             .as_ref()
             .map_or((0, 0), points::Points::totals)
+    }
+
+    /// Calls refused by a burst bucket or a per-resource write limit (429).
+    pub fn limit_refusals(&self) -> u64 {
+        self.shared.limits.refused()
     }
 
     /// How many requests reached the fake at all, routed or not.

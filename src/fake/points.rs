@@ -4,10 +4,15 @@
 //! windows are aligned to multiples of their length on the UTC clock (an hour by default;
 //! a test makes one last seconds). Every answer states the quota:
 //! - enforced: `RateLimit-Policy: "tenant-app-quota";q=…;w=…`, `RateLimit:
-//!   "tenant-app-quota";r=…;t=…`, `X-RateLimit-Limit`, `-Remaining`, `-Reset` (RFC 3339) and,
-//!   under 20 % left, `X-RateLimit-NearLimit: true`; once spent, 429 with
-//!   `RateLimit-Reason: confluence-quota-tenant-based` and `Retry-After` to the window's end;
-//! - shadow: the same policy as `Beta-RateLimit-Policy` / `Beta-RateLimit`, never enforced.
+//!   "tenant-app-quota";r=…;t=…` and, under 20 % left, `X-RateLimit-NearLimit: true`; once
+//!   spent, 429 with `RateLimit-Reason: confluence-quota-tenant-based` and `Retry-After` to the
+//!   window's end (`X-RateLimit-*` belongs to the burst buckets, not to this quota);
+//! - shadow: the same policy as `Beta-RateLimit-Policy` / `Beta-RateLimit` (and
+//!   `X-Beta-RateLimit-NearLimit`), never enforced.
+//!
+//! With `quirks`, it answers as field logs show the edge does: `r` only once 80 % is used, no
+//! policy header once `r=0`, a `t` 17 s short of the window's real end, and (shadow)
+//! `X-Beta-RateLimit-Reset` naming the window's start.
 
 use parking_lot::Mutex;
 use std::time::Duration;
@@ -34,6 +39,8 @@ pub struct FakeQuota {
     pub points: u64,
     pub window: Duration,
     pub mode: QuotaMode,
+    /// The field's quirks (see the module).
+    pub quirks: bool,
 }
 
 impl Default for FakeQuota {
@@ -43,6 +50,7 @@ impl Default for FakeQuota {
             points: 100_100,
             window: quota::HOUR,
             mode: QuotaMode::Shadow,
+            quirks: false,
         }
     }
 }
@@ -137,35 +145,52 @@ impl Points {
             points,
             window,
             mode,
+            quirks,
         } = self.quota;
         let remaining = points.saturating_sub(spent);
-        let reset = ceil_secs(left);
+        let near = remaining * 5 < points;
+        let reset = match quirks {
+            true => ceil_secs(left).saturating_sub(17),
+            false => ceil_secs(left),
+        };
         let policy = format!("\"tenant-app-quota\";q={points};w={}", window.as_secs());
-        let state = format!("\"tenant-app-quota\";r={remaining};t={reset}");
+        let state = match quirks && !near {
+            true => format!("\"tenant-app-quota\";t={reset}"),
+            false => format!("\"tenant-app-quota\";r={remaining};t={reset}"),
+        };
+        let state_policy = !(quirks && remaining == 0);
         let mut headers = HeaderMap::new();
         let mut set = |name: &'static str, value: String| {
             if let Ok(value) = HeaderValue::from_str(&value) {
                 headers.insert(name, value);
             }
         };
-        match mode {
-            QuotaMode::Shadow => {
-                set("beta-ratelimit-policy", policy);
-                set("beta-ratelimit", state);
-            }
-            QuotaMode::Enforced => {
-                set("ratelimit-policy", policy);
-                set("ratelimit", state);
-                set("x-ratelimit-limit", points.to_string());
-                set("x-ratelimit-remaining", remaining.to_string());
-                set(
-                    "x-ratelimit-reset",
-                    crate::rfc3339::millis(std::time::SystemTime::now() + left),
-                );
-                if remaining * 5 < points {
-                    set("x-ratelimit-nearlimit", "true".to_owned());
-                }
-            }
+        let (prefix, near_limit) = match mode {
+            QuotaMode::Shadow => ("beta-", "x-beta-ratelimit-nearlimit"),
+            QuotaMode::Enforced => ("", "x-ratelimit-nearlimit"),
+        };
+        if state_policy {
+            let name = if prefix.is_empty() {
+                "ratelimit-policy"
+            } else {
+                "beta-ratelimit-policy"
+            };
+            set(name, policy);
+        }
+        set(
+            if prefix.is_empty() {
+                "ratelimit"
+            } else {
+                "beta-ratelimit"
+            },
+            state,
+        );
+        if near {
+            set(near_limit, "true".to_owned());
+        }
+        if quirks && mode == QuotaMode::Shadow {
+            let start = std::time::SystemTime::now() + left - window;
+            set("x-beta-ratelimit-reset", crate::rfc3339::millis(start));
         }
         headers
     }

@@ -186,6 +186,20 @@ impl FakeHandler {
         if let Some(status) = faults.fail_with {
             return error_response(status, "injected failure");
         }
+        let operation = resolved.operation;
+        let write = operation.verb().is_write();
+        let stated =
+            match shared
+                .limits
+                .take(operation.route(), &parts.method, parts.uri.path(), write)
+            {
+                Ok(stated) => stated,
+                Err(refused) => {
+                    let mut answer = error_response(StatusCode::TOO_MANY_REQUESTS, refused.message);
+                    answer.headers_mut().extend(refused.headers);
+                    return answer;
+                }
+            };
         if let Some(headers) = shared.points.as_ref().and_then(points::Points::refuse) {
             let mut refused = error_response(
                 StatusCode::TOO_MANY_REQUESTS,
@@ -196,16 +210,16 @@ impl FakeHandler {
         }
 
         let mut response = self.answer(&parts, &body, &resolved);
+        response.headers_mut().extend(stated);
         if let Some(points) = &shared.points {
             let answered = match response.body() {
                 Body::Full(bytes) => bytes.clone().unwrap_or_default(),
                 _ => Bytes::new(),
             };
-            let operation = resolved.operation;
             let status = response.status();
             points.charge(
                 operation.route(),
-                operation.verb().is_write(),
+                write,
                 status,
                 &answered,
                 response.headers_mut(),

@@ -319,7 +319,7 @@ async fn the_status_page_shows_the_traffic_in_a_headless_browser() {
         "<td>tiny</td><td>requests</td><td>1</td>",
         "no upstream hold",
         // The fake's shadow policy, as charged for the same calls the gateway counted.
-        r#"<span id="quota-remaining">100088</span> of 100100 points left (100.0%, shadow)"#,
+        r#"<span id="quota-remaining">100088</span> of 100100 points left (100.0%, shadow, tenant-app-quota)"#,
         r#"<tr><td>class:default</td><td class="spent">9</td><td class="saved">11</td></tr>"#,
         r#"<tr><td>tiny</td><td class="spent">3</td><td class="saved">0</td></tr>"#,
     ] {

@@ -24,6 +24,7 @@ fn enforced(points: u64, window: Duration) -> FakeOptions {
             points,
             window,
             mode: QuotaMode::Enforced,
+            quirks: false,
         }),
         ..FakeOptions::default()
     }
@@ -136,9 +137,12 @@ async fn under_the_reserve_lower_priorities_are_refused_first_and_the_quota_is_n
     };
     refused.assert_error(429);
     assert_eq!(refused.header("x-wikigate-limit"), "quota-reserve");
-    let remaining = metric(&h, r#"wikigate_site_quota_remaining{source="enforced"}"#)
-        .await
-        .unwrap();
+    let remaining = metric(
+        &h,
+        r#"wikigate_site_quota_remaining{source="enforced",policy="tenant-app-quota"}"#,
+    )
+    .await
+    .unwrap();
     assert!((27.0..30.0).contains(&remaining), "{remaining} left");
     assert_eq!(metric(&h, "wikigate_site_quota_low").await, Some(1.0));
 
@@ -252,7 +256,9 @@ async fn the_sites_standing_burn_rate_and_exhaustion_are_exposed() {
     read(0).await;
     tokio::time::sleep(Duration::from_secs(20)).await;
     read(1).await;
-    let series = |name: &str| format!(r#"wikigate_site_quota{name}{{source="enforced"}}"#);
+    let series = |name: &str| {
+        format!(r#"wikigate_site_quota{name}{{source="enforced",policy="tenant-app-quota"}}"#)
+    };
     assert_eq!(metric(&h, &series("")).await, Some(1000.0));
     assert_eq!(metric(&h, &series("_remaining")).await, Some(994.0));
     assert_eq!(metric(&h, &series("_window_seconds")).await, Some(3600.0));
@@ -273,6 +279,7 @@ async fn a_shadow_policy_is_reported_and_never_acted_on() {
             points: 10,
             window: Duration::from_secs(3600),
             mode: QuotaMode::Shadow,
+            quirks: false,
         }),
         ..FakeOptions::default()
     };
@@ -281,7 +288,11 @@ async fn a_shadow_policy_is_reported_and_never_acted_on() {
         assert_eq!(fresh_read(&h, REPORTS, n).await.status, 200, "call {n}");
     }
     assert_eq!(
-        metric(&h, r#"wikigate_site_quota_remaining{source="shadow"}"#).await,
+        metric(
+            &h,
+            r#"wikigate_site_quota_remaining{source="shadow",policy="tenant-app-quota"}"#
+        )
+        .await,
         Some(0.0)
     );
     assert_eq!(metric(&h, "wikigate_site_quota_low").await, Some(0.0));
@@ -305,7 +316,11 @@ async fn a_configured_quota_stands_when_upstream_states_none() {
     }
     assert_eq!(calls, 5, "15 points spent, 5 left");
     assert_eq!(
-        metric(&h, r#"wikigate_site_quota_remaining{source="configured"}"#).await,
+        metric(
+            &h,
+            r#"wikigate_site_quota_remaining{source="configured",policy="quota.points_per_hour"}"#
+        )
+        .await,
         Some(5.0)
     );
     assert_eq!(fresh_read(&h, UI, 100).await.status, 200);

@@ -1,0 +1,166 @@
+//! The fake site's per-second burst buckets and per-resource write limits, as Atlassian's
+//! edge applies and states them.
+//!
+//! - **Burst buckets**: one per endpoint (route) and method, for every caller. Each holds
+//!   `limit` tokens and refills `limit` of them every `per`, steadily. Every answer states its
+//!   bucket: `X-RateLimit-Limit` and `X-RateLimit-Remaining`; a call to a dry bucket is
+//!   refused: 429, `RateLimit-Reason: confluence-burst-based`, `Retry-After` in whole seconds
+//!   (at least 1) and `X-RateLimit-Reset` as Atlassian writes it on 429s
+//!   (`yyyy-MM-ddTHH:mmZ`, the request's time plus `Retry-After`).
+//! - **Write limits**: at most `writes` writes to one resource (path) every `per`; past it,
+//!   429 with `RateLimit-Reason: confluence-per-content-on-write` and `Retry-After`. Nothing
+//!   states them on other answers.
+
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime};
+
+use http::{HeaderMap, HeaderValue};
+use parking_lot::Mutex;
+use tokio::time::Instant;
+
+use crate::routes::Route;
+
+/// A burst bucket's size and refill period.
+#[derive(Debug, Clone, Copy)]
+pub struct FakeBursts {
+    pub limit: u32,
+    pub per: Duration,
+}
+
+impl Default for FakeBursts {
+    /// A captured March 2026 answer: `X-Ratelimit-Limit: 350`.
+    fn default() -> Self {
+        FakeBursts {
+            limit: 350,
+            per: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Writes allowed to one resource per period.
+#[derive(Debug, Clone, Copy)]
+pub struct FakeWriteLimit {
+    pub writes: u32,
+    pub per: Duration,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Tokens {
+    left: f64,
+    at: Instant,
+}
+
+/// Every bucket of the fake site, and what each resource's writes spent.
+#[derive(Debug)]
+pub(super) struct Limits {
+    bursts: Option<FakeBursts>,
+    writes: Option<FakeWriteLimit>,
+    buckets: Mutex<HashMap<(Route, http::Method), Tokens>>,
+    /// Per resource: the window's start and the writes in it.
+    written: Mutex<HashMap<String, (Instant, u32)>>,
+    refused: Mutex<u64>,
+}
+
+/// Why a call was refused, and its answer's headers.
+pub(super) struct Refused {
+    pub message: &'static str,
+    pub headers: HeaderMap,
+}
+
+impl Limits {
+    pub(super) fn new(bursts: Option<FakeBursts>, writes: Option<FakeWriteLimit>) -> Limits {
+        Limits {
+            bursts,
+            writes,
+            buckets: Mutex::default(),
+            written: Mutex::default(),
+            refused: Mutex::new(0),
+        }
+    }
+
+    /// Takes a token of the call's bucket (and, for a write, of its resource's allowance);
+    /// the headers its answer states, or the refusal.
+    pub(super) fn take(
+        &self,
+        route: Route,
+        method: &http::Method,
+        path: &str,
+        write: bool,
+    ) -> Result<HeaderMap, Refused> {
+        let now = Instant::now();
+        let mut stated = HeaderMap::new();
+        if let Some(FakeBursts { limit, per }) = self.bursts {
+            let method = match *method {
+                http::Method::HEAD => http::Method::GET,
+                ref other => other.clone(),
+            };
+            let mut buckets = self.buckets.lock();
+            let tokens = buckets.entry((route, method)).or_insert(Tokens {
+                left: f64::from(limit),
+                at: now,
+            });
+            let rate = f64::from(limit) / per.as_secs_f64();
+            let elapsed = now.saturating_duration_since(tokens.at).as_secs_f64();
+            tokens.left = (tokens.left + elapsed * rate).min(f64::from(limit));
+            tokens.at = now;
+            if tokens.left < 1.0 {
+                let wait = Duration::from_secs_f64((1.0 - tokens.left) / rate);
+                let mut headers = refusal("confluence-burst-based", wait);
+                headers.insert("x-ratelimit-limit", HeaderValue::from(limit));
+                headers.insert("x-ratelimit-remaining", HeaderValue::from(0));
+                *self.refused.lock() += 1;
+                return Err(Refused {
+                    message: "Rate limit exceeded: too many requests to this endpoint, slow down",
+                    headers,
+                });
+            }
+            tokens.left -= 1.0;
+            stated.insert("x-ratelimit-limit", HeaderValue::from(limit));
+            stated.insert(
+                "x-ratelimit-remaining",
+                HeaderValue::from(tokens.left.floor() as u64),
+            );
+        }
+        if let (Some(FakeWriteLimit { writes, per }), true) = (self.writes, write) {
+            let mut written = self.written.lock();
+            let (start, count) = written.entry(path.to_owned()).or_insert((now, 0));
+            if now.saturating_duration_since(*start) >= per {
+                (*start, *count) = (now, 0);
+            }
+            if *count >= writes {
+                let wait = (*start + per).saturating_duration_since(now);
+                *self.refused.lock() += 1;
+                return Err(Refused {
+                    message: "Rate limit exceeded: too many writes to this resource",
+                    headers: refusal("confluence-per-content-on-write", wait),
+                });
+            }
+            *count += 1;
+        }
+        Ok(stated)
+    }
+
+    /// Calls refused by a burst bucket or a write limit.
+    pub(super) fn refused(&self) -> u64 {
+        *self.refused.lock()
+    }
+}
+
+/// A 429's headers: the reason, `Retry-After` (whole seconds, at least 1) and
+/// `X-RateLimit-Reset` as Atlassian writes it on 429s.
+fn refusal(reason: &'static str, wait: Duration) -> HeaderMap {
+    let secs = (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1);
+    let reset = SystemTime::now() + Duration::from_secs(secs);
+    let since_epoch = reset
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    let minute = &crate::rfc3339::second(since_epoch)[..16];
+    let mut headers = HeaderMap::new();
+    headers.insert("ratelimit-reason", HeaderValue::from_static(reason));
+    headers.insert(http::header::RETRY_AFTER, HeaderValue::from(secs));
+    if let Ok(value) = HeaderValue::from_bytes(&[minute, b"Z"].concat()) {
+        headers.insert("x-ratelimit-reset", value);
+    }
+    headers
+}
