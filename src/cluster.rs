@@ -17,7 +17,9 @@
 //!   the number. Replicas announce themselves every 500 ms (`{namespace}:replicas`, expiring
 //!   after 2 s); a purge is answered once every live replica has acknowledged it.
 //! - **Cluster-wide limits.** The per-caller, global and per-method upstream limits run as one
-//!   atomic GCRA Lua script in Redis (`EVALSHA`), with Redis's own clock. Points spent per
+//!   atomic GCRA Lua script in Redis (`EVALSHA`), with Redis's own clock; so does the pacing of
+//!   Atlassian's burst buckets (`b:{route}:{method}`), which every answer that states its
+//!   bucket tightens to what upstream says is left (`LEARN`). Points spent per
 //!   caller and UTC hour are counters (`{namespace}:p:{bucket}:{hour}`, `INCRBY`, expiring an
 //!   hour after theirs), and so is the site's when `quota.points_per_hour` is counted down.
 //!
@@ -81,6 +83,22 @@ pub enum ClusterSetupError {
         source: std::io::Error,
     },
 }
+
+/// A GCRA bucket told what upstream says is left of it: its theoretical arrival time moves to
+/// where `remaining` tokens are left now, never earlier than it is (a stale answer never
+/// frees tokens). KEYS[1] the bucket; ARGV[1] the interval (µs), ARGV[2] the size, ARGV[3]
+/// what is left.
+const LEARN: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local interval = tonumber(ARGV[1])
+local learned = now + (tonumber(ARGV[2]) - tonumber(ARGV[3])) * interval
+local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
+if learned > tat then
+  redis.call('SET', KEYS[1], learned, 'PX', math.ceil((learned - now) / 1000) + 1000)
+end
+return 1
+";
 
 /// What the cluster's GCRA decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -216,6 +234,7 @@ pub struct Cluster {
     /// A write's invalidation did not reach Redis since the last sync.
     missed_write: AtomicBool,
     gcra: redis::Script,
+    learn: redis::Script,
     purge: redis::Script,
     sync: redis::Script,
     heartbeat: redis::Script,
@@ -272,6 +291,7 @@ impl Cluster {
             was_up: AtomicBool::new(false),
             missed_write: AtomicBool::new(false),
             gcra: redis::Script::new(GCRA),
+            learn: redis::Script::new(LEARN),
             purge: redis::Script::new(PURGE),
             sync: redis::Script::new(SYNC),
             heartbeat: redis::Script::new(HEARTBEAT),
@@ -495,6 +515,25 @@ impl Cluster {
                 wait: Duration::from_micros(u64::try_from(wait_us.max(0)).unwrap_or(0)),
             }
         })
+    }
+
+    /// Tells the GCRA `bucket` (`burst` tokens, one per `interval`) that upstream says
+    /// `remaining` are left: it never has more than that from now on.
+    pub async fn learn(&self, bucket: &str, interval: Duration, burst: u64, remaining: u64) {
+        let key = self.key("l", bucket);
+        let interval_us = u64::try_from(interval.as_micros())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        self.run(|mut c| async move {
+            self.learn
+                .key(key)
+                .arg(interval_us)
+                .arg(burst)
+                .arg(remaining.min(burst))
+                .invoke_async::<i64>(&mut c)
+                .await
+        })
+        .await;
     }
 
     /// Points `bucket` spent in the UTC hour `hour`, across every replica.

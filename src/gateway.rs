@@ -795,7 +795,7 @@ impl Admission {
                 Ok(mut response) => {
                     self.cookies.strip_response(response.headers_mut());
                     let hints = Hints::read(response.headers());
-                    if pass.answered(response.status(), &hints) {
+                    if pass.answered(response.status(), &hints).await {
                         self.metrics.hold_started();
                     }
                     return Ok(response);

@@ -1026,19 +1026,26 @@ impl Pass<'_> {
 
     /// Learns from upstream's answer (see [`Limits::observe`]); whether a hold on the
     /// credential started.
-    pub fn answered(mut self, status: StatusCode, hints: &Hints) -> bool {
+    pub async fn answered(mut self, status: StatusCode, hints: &Hints) -> bool {
         self.probe = false;
         let limits = self.limits;
-        if let Some(ticket) = self.ticket.take() {
-            limits
-                .bursts
-                .answered(ticket, self.bucket, status, hints, Instant::now());
-        } else if let Some(id) = self.bucket {
-            // Paced in Redis: still learn the bucket (its size, a burst 429's hold).
-            let ticket = limits.bursts.untracked();
-            limits
-                .bursts
-                .answered(ticket, Some(id), status, hints, Instant::now());
+        // Paced in Redis, the call took no local token; the bucket is learned all the same
+        // (its size, a burst 429's hold), and Redis's copy of it is told what is left.
+        let ticket = self
+            .ticket
+            .take()
+            .unwrap_or_else(|| limits.bursts.untracked());
+        limits
+            .bursts
+            .answered(ticket, self.bucket, status, hints, Instant::now());
+        let cluster = limits.cluster.as_ref().filter(|c| c.is_up());
+        if let (Some(cluster), Some(id), Some(stated)) =
+            (cluster, self.bucket, hints.bucket.filter(|b| b.limit > 0))
+        {
+            let interval = limits.bursts.interval(stated.limit);
+            cluster
+                .learn(&id.key(), interval, stated.limit, stated.remaining)
+                .await;
         }
         limits.observe(&self.hold, self.write.as_ref(), status, hints)
     }
@@ -1200,7 +1207,10 @@ mod tests {
         let pass = admit().await.expect("the global budget's one call");
         let mut headers = HeaderMap::new();
         headers.insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
-        assert!(pass.answered(StatusCode::TOO_MANY_REQUESTS, &Hints::read(&headers)));
+        assert!(
+            pass.answered(StatusCode::TOO_MANY_REQUESTS, &Hints::read(&headers))
+                .await
+        );
         tokio::time::advance(Duration::from_secs(1)).await;
         // The hold ended: this request is the probe, but the global budget refuses it.
         let refused = admit().await.err().expect("the global budget is spent");
@@ -1235,10 +1245,15 @@ mod tests {
         let pass = limits
             .admit_upstream(&caller, &key, get_user, &Method::GET, None)
             .await;
-        assert!(!pass.unwrap().answered(
-            StatusCode::TOO_MANY_REQUESTS,
-            &refusal("confluence-burst-based")
-        ));
+        assert!(
+            !pass
+                .unwrap()
+                .answered(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    &refusal("confluence-burst-based")
+                )
+                .await
+        );
         let again = limits
             .admit_upstream(&caller, &key, get_user, &Method::GET, None)
             .await;
@@ -1254,10 +1269,12 @@ mod tests {
         let pass = limits
             .admit_upstream(&caller, &key, None, &Method::PUT, page)
             .await;
-        pass.unwrap().answered(
-            StatusCode::TOO_MANY_REQUESTS,
-            &refusal("confluence-per-content-on-write"),
-        );
+        pass.unwrap()
+            .answered(
+                StatusCode::TOO_MANY_REQUESTS,
+                &refusal("confluence-per-content-on-write"),
+            )
+            .await;
         let again = limits
             .admit_upstream(&caller, &key, None, &Method::PUT, page)
             .await;
@@ -1275,10 +1292,12 @@ mod tests {
         let pass = limits
             .admit_upstream(&caller, &key, groups, &Method::GET, None)
             .await;
-        pass.unwrap().answered(
-            StatusCode::TOO_MANY_REQUESTS,
-            &refusal("confluence-quota-tenant-based"),
-        );
+        pass.unwrap()
+            .answered(
+                StatusCode::TOO_MANY_REQUESTS,
+                &refusal("confluence-quota-tenant-based"),
+            )
+            .await;
         let other_caller = limits
             .admit_upstream(&caller, &[5; 16], None, &Method::GET, None)
             .await;
@@ -1294,6 +1313,7 @@ mod tests {
         assert!(
             pass.unwrap()
                 .answered(StatusCode::TOO_MANY_REQUESTS, &Hints::read(&plain))
+                .await
         );
         let held = limits
             .admit_upstream(&caller, &key, groups, &Method::GET, None)

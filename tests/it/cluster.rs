@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use http::{Method, StatusCode};
 use serde_json::json;
 use wikigate::config::{Rate, Secret};
-use wikigate::fake::FakeConfluence;
+use wikigate::fake::{FakeBursts, FakeConfluence, FakeOptions};
 use wikigate::lifecycle::{self, Running};
 use wikigate::routes::Operation;
 
@@ -37,14 +37,15 @@ impl Pair {
 
     /// Starts with `tweak(config, replica)` for replica 0 (A) and 1 (B).
     async fn start_each(tweak: impl Fn(&mut wikigate::config::RawConfig, usize)) -> Pair {
-        Pair::start_with_redis(Redis::start(), tweak).await
+        Pair::start_with_redis(Redis::start(), FakeOptions::default(), tweak).await
     }
 
     async fn start_with_redis(
         redis: Redis,
+        options: FakeOptions,
         tweak: impl Fn(&mut wikigate::config::RawConfig, usize),
     ) -> Pair {
-        let fake = FakeConfluence::start().await.unwrap();
+        let fake = FakeConfluence::start_with(options).await.unwrap();
         let replica = |index| {
             let mut config = config_for(&fake.url());
             config.cache.key_secret = Some(Secret::new("replicas-share-this-secret"));
@@ -613,7 +614,7 @@ async fn no_read_after_a_write_is_stale_across(outage: Outage) {
         Outage::RestartedFromOldSnapshot => Redis::start_persistent(None, &dir),
         _ => Redis::start(),
     };
-    let mut p = Pair::start_with_redis(redis, |c, _| {
+    let mut p = Pair::start_with_redis(redis, FakeOptions::default(), |c, _| {
         if outage == Outage::UnreachableLongerThanRetention {
             c.cache.routes.set_all(wikigate::config::RoutePolicy {
                 ttl: Duration::from_millis(800),
@@ -709,4 +710,50 @@ async fn no_read_after_a_write_is_stale_when_a_replica_restarts_during_the_outag
         Outage::ReplicaRestartedDuring,
     ))
     .await;
+}
+
+/// Atlassian's burst bucket of an endpoint is one for the site, however many replicas call
+/// it: the replicas pace their calls together (in Redis), so a burst of API-token reads through
+/// both never collects a 429 that pacing could have avoided.
+#[tokio::test]
+async fn replicas_pace_a_burst_bucket_together() {
+    let options = FakeOptions {
+        quota: None,
+        bursts: Some(FakeBursts {
+            limit: 5,
+            per: Duration::from_secs(1),
+        }),
+        ..FakeOptions::default()
+    };
+    let p = Pair::start_with_redis(Redis::start(), options, |_, _| {}).await;
+    let read = |client: &TestClient, n: usize| {
+        let client = client.clone();
+        async move {
+            client
+                .get(&format!("{API}/current?n={n}"), Some(&basic(alice())))
+                .await
+        }
+    };
+    // Each replica learns the bucket from its first answer.
+    assert_eq!(read(&p.ca, 0).await.status, 200);
+    assert_eq!(read(&p.cb, 1).await.status, 200);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let started = Instant::now();
+    let tasks: Vec<_> = (2..14)
+        .map(|n| {
+            let client = if n % 2 == 0 { &p.ca } else { &p.cb };
+            tokio::spawn(read(client, n))
+        })
+        .collect();
+    for task in tasks {
+        let answer = task.await.unwrap();
+        assert_eq!(answer.status, 200, "{:?}", answer.body);
+    }
+    // Twelve reads of a five-a-second bucket through two replicas: about 1.4 s of pacing.
+    assert!(
+        started.elapsed() >= Duration::from_millis(1100),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(p.fake.limit_refusals(), 0, "no upstream 429");
 }

@@ -25,4 +25,5 @@ mod shutdown;
 mod soak;
 mod spec;
 mod support;
+mod three_limits;
 mod tls;
