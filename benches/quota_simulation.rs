@@ -16,7 +16,15 @@
 //! 30 000 an hour, and `stale_on_low_quota = 1h` on the user route. The run is on tokio's
 //! paused clock over real loopback sockets: an hour takes a few seconds.
 //!
-//! `cargo bench --bench quota_simulation` runs the hour; under `cargo test`, ten minutes of it.
+//! Then a minute of API-token traffic against Atlassian's per-second burst buckets: four
+//! services ask `GET /user/current` (each read a miss) for three times its bucket's rate (10 a
+//! second), while a fifth reads another endpoint once a second. "Direct" sends them straight to
+//! the site; through wikigate, calls are paced by the bucket its answers state. Reported: upstream
+//! 429s (the target through wikigate: 0), 429s the clients saw, the p99 wait wikigate added,
+//! and whether the other endpoint kept answering.
+//!
+//! `cargo bench --bench quota_simulation` runs the hour and the minute; under `cargo test`, ten
+//! minutes of the hour and the minute.
 
 use std::time::Duration;
 
@@ -226,6 +234,152 @@ async fn saved_points(admin: &str, client: &HttpClient) -> u64 {
         .sum::<f64>() as u64
 }
 
+/// What a minute of burst traffic came to.
+#[derive(Debug, Default)]
+struct Burst {
+    asked: u64,
+    ok: u64,
+    /// 429s the services saw: upstream's (direct), or wikigate's past `burst_wait`.
+    refused: u64,
+    upstream_429: u64,
+    /// Every answered call's time from asking to its answer, on the paused clock (what
+    /// pacing added: loopback takes no virtual time).
+    waits: Vec<Duration>,
+    other_ok: u64,
+    other: u64,
+}
+
+/// The bucket of the simulated site's endpoints: 10 calls a second.
+const BUCKET: u32 = 10;
+
+async fn burst_run(through_wikigate: bool, seconds: u64) -> Burst {
+    let fake = FakeConfluence::start_with(FakeOptions {
+        quota: None,
+        bursts: Some(wikigate::fake::FakeBursts {
+            limit: BUCKET,
+            per: Duration::from_secs(1),
+        }),
+        ..FakeOptions::default()
+    })
+    .await
+    .expect("the fake starts");
+    let gateway = match through_wikigate {
+        false => None,
+        true => {
+            let config = config(&fake.url(), false)
+                .validate()
+                .expect("a valid config");
+            Some(wikigate::lifecycle::start(&config).await.expect("starts"))
+        }
+    };
+    let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
+    let origin = gateway
+        .as_ref()
+        .map_or_else(|| fake.url(), |g| format!("http://{}", g.addr));
+    let user = DEMO_USERS[0];
+    let auth = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD
+            .encode(format!("{}:{}", user.email, user.api_token))
+    );
+    let (sender, mut results) = tokio::sync::mpsc::unbounded_channel();
+    // 3× the bucket: 30 a second from four services, spread evenly.
+    let every = Duration::from_secs(1) / (3 * BUCKET);
+    let started = tokio::time::Instant::now();
+    let mut n = 0u64;
+    let ask = |url: String, key: &'static str, other: bool| {
+        let (client, auth, sender) = (client.clone(), auth.clone(), sender.clone());
+        tokio::spawn(async move {
+            let asked = tokio::time::Instant::now();
+            let (status, _) = get(&client, url, key, &auth).await;
+            let _ = sender.send((other, status, asked.elapsed()));
+        });
+    };
+    while started.elapsed() < Duration::from_secs(seconds) {
+        let key = INTERACTIVE[(n % 4) as usize];
+        ask(
+            format!("{origin}/wiki/rest/api/user/current?n={n}"),
+            key,
+            false,
+        );
+        if n.is_multiple_of(u64::from(3 * BUCKET)) {
+            let account = directory_account(0);
+            let url = format!("{origin}/wiki/rest/api/user/memberof?accountId={account}");
+            ask(url, BATCH, true);
+        }
+        n += 1;
+        tokio::time::sleep_until(started + every * u32::try_from(n).unwrap_or(u32::MAX)).await;
+    }
+    drop(sender);
+    let mut burst = Burst::default();
+    while let Some((other, status, took)) = results.recv().await {
+        if other {
+            burst.other += 1;
+            burst.other_ok += u64::from(status == StatusCode::OK);
+            continue;
+        }
+        burst.asked += 1;
+        match status {
+            StatusCode::OK => {
+                burst.ok += 1;
+                burst.waits.push(took);
+            }
+            StatusCode::TOO_MANY_REQUESTS => burst.refused += 1,
+            _ => {}
+        }
+    }
+    burst.upstream_429 = fake.limit_refusals();
+    if let Some(gateway) = gateway {
+        gateway.stop().await;
+    }
+    burst
+}
+
+fn burst_table(direct: &Burst, through: &mut Burst, seconds: u64) {
+    println!();
+    println!(
+        "{seconds} s of API-token traffic at 3× a {BUCKET}/s burst bucket on one endpoint, 1/s on another"
+    );
+    println!("| | direct to the site | through wikigate |");
+    println!("|---|---|---|");
+    through.waits.sort();
+    let p99 = through
+        .waits
+        .get(through.waits.len().saturating_sub(1) * 99 / 100)
+        .copied()
+        .unwrap_or_default();
+    let rows: [(&str, String, String); 5] = [
+        (
+            "upstream 429s",
+            direct.upstream_429.to_string(),
+            through.upstream_429.to_string(),
+        ),
+        (
+            "answered 200",
+            format!("{} of {}", direct.ok, direct.asked),
+            format!("{} of {}", through.ok, through.asked),
+        ),
+        (
+            "429s the services saw",
+            direct.refused.to_string(),
+            through.refused.to_string(),
+        ),
+        (
+            "p99 wait added (answered calls)",
+            "0 ms".to_owned(),
+            format!("{} ms", p99.as_millis()),
+        ),
+        (
+            "the other endpoint answered",
+            format!("{} of {}", direct.other_ok, direct.other),
+            format!("{} of {}", through.other_ok, through.other),
+        ),
+    ];
+    for (name, direct, through) in rows {
+        println!("| {name} | {direct} | {through} |");
+    }
+}
+
 fn main() {
     let full = std::env::args().any(|a| a == "--bench");
     let seconds = if full { 3600 } else { 600 };
@@ -272,6 +426,25 @@ fn main() {
     row("quota left unspent", &|f| {
         QUOTA.saturating_sub(f.spent).to_string()
     });
+    let burst_seconds = 60;
+    let burst_direct = runtime.block_on(burst_run(false, burst_seconds));
+    let mut burst_through = runtime.block_on(burst_run(true, burst_seconds));
+    burst_table(&burst_direct, &mut burst_through, burst_seconds);
+    assert_eq!(
+        burst_through.upstream_429, 0,
+        "paced by its bucket, no call collects a 429"
+    );
+    assert_eq!(
+        burst_through.other_ok, burst_through.other,
+        "the other endpoint kept answering"
+    );
+    assert!(
+        burst_through
+            .waits
+            .iter()
+            .all(|wait| *wait <= Duration::from_millis(2_100)),
+        "no answered call waited past burst_wait"
+    );
     if full {
         assert_eq!(
             on.upstream_429, 0,

@@ -1,10 +1,11 @@
 //! Rate limits, points budgets and upstream back-pressure: spend Atlassian quota fairly, keep
-//! the reserve for those who need it most, and never call past a hold.
+//! the reserve for those who need it most, pace calls by Atlassian's burst buckets, and never
+//! call past a hold.
 //!
 //! On arrival, every request (cache hits included) is checked against its caller's
 //! `requests` GCRA limit (governor). A request about to go upstream (a miss, a write, a
-//! bypass — never a hit) is then admitted by, in this order:
-//! - `upstream-hold` — the credential's hold after an upstream 429 (below);
+//! bypass — never a hit) is then admitted ([`Limits::admit_upstream`]) by, in this order:
+//! - `upstream-hold` — the credential's hold after an upstream 429 with no reason (below);
 //! - `site-quota` — Confluence refused for its points quota (or said none is left): nothing
 //!   goes until the window resets;
 //! - `quota-reserve` — under `quota.reserve` (or while upstream says it is near its limit),
@@ -14,21 +15,30 @@
 //! - `points` — the caller's hourly points budget (per class, each caller its own; or per
 //!   client), windows aligned to the top of the UTC hour; charged after the answer, when its
 //!   cost is known;
+//! - `upstream-write` — a write to a resource Confluence refused a write to for its
+//!   per-resource write limit, until that 429's `Retry-After`;
 //! - `upstream` — per caller GCRA, so a cache hit never spends upstream allowance;
 //! - `upstream-global` — one GCRA budget for all upstream traffic, tightened to half while
 //!   upstream says `X-RateLimit-NearLimit: true`;
-//! - `upstream-method` — per-method GCRA budgets (`quota.methods`) for API-token sites.
+//! - `upstream-method` — per-method GCRA budgets (`quota.methods`), of the operator's own;
+//! - `upstream-burst` — Atlassian's burst bucket of the call's route and method (`burst`):
+//!   the call waits for its token, at most `upstream.burst_wait`, else is refused.
 //!
-//! Upstream holds: an upstream 429 (or 503 with `Retry-After`) holds off that upstream
-//! credential until `Retry-After` (else `X-RateLimit-Reset`, else exponential backoff with
-//! jitter), clamped to `limits.max_hold`. While held, requests for it never go upstream; when
-//! the hold ends, exactly one request probes, and the others stay held until its answer.
+//! What the answer says is learned by [`Pass::answered`], each limit at its own scope: a
+//! quota 429 stops the site (`quota`), a burst 429 that route and method, a write-limit 429
+//! writes to that resource; a 429 with no reason (or a 503 with `Retry-After`) holds off the
+//! upstream credential until `Retry-After` (else `X-RateLimit-Reset`, else exponential backoff
+//! with jitter), clamped to `limits.max_hold`. While held, requests for it never go upstream;
+//! when the hold ends, exactly one request probes, and the others stay held until its answer.
 //!
-//! In multi-replica mode the upstream GCRAs and the points budgets live in Redis; while it is
-//! down each replica enforces its share (`1/cluster.replicas`).
+//! In multi-replica mode the upstream GCRAs, the burst pacing and the points budgets live in
+//! Redis; while it is down each replica enforces its share (`1/cluster.replicas`), and paces
+//! by its own copy of each bucket.
 //!
 //! Invariants: a refusal names the limit that refused (`X-Wikigate-Limit`, and the body), and
-//! carries `Retry-After` in whole seconds rounded up. Keyed state is reclaimed by
+//! carries `Retry-After` in whole seconds rounded up. A [`Pass`] is settled once: by its
+//! answer, or, dropped without one (a later limit refused, the call failed), by giving back
+//! the hold's probe it took and its claim on the burst bucket. Keyed state is reclaimed by
 //! [`Limits::reclaim`] (every 30 s): idle callers cost nothing after their bucket refilled,
 //! and a past hour's spending is forgotten.
 
