@@ -143,7 +143,7 @@ impl Bursts {
             buckets: (0..Route::ALL.len() * METHODS.len())
                 .map(|_| Mutex::new(None))
                 .collect(),
-            window,
+            window: window.max(Duration::from_millis(1)),
             max_wait,
         }
     }
@@ -195,8 +195,12 @@ impl Bursts {
         let pace = if bucket.tokens >= 1.0 && held.is_zero() {
             Pace::Go
         } else {
-            let deficit = 1.0 - bucket.tokens;
-            let wait = held + Duration::from_secs_f64(deficit / bucket.rate(self.window));
+            // Concurrent answers can stamp the bucket a moment after this call's `now`: then
+            // a whole token may be there already, and the deficit is none, never negative.
+            let deficit = (1.0 - bucket.tokens).max(0.0);
+            let refill = Duration::try_from_secs_f64(deficit / bucket.rate(self.window))
+                .unwrap_or(Duration::MAX);
+            let wait = held.saturating_add(refill);
             if wait > self.max_wait {
                 return (Pace::Refused(wait), untracked);
             }
@@ -401,5 +405,46 @@ mod tests {
             "a token's refill after the hold"
         );
         assert_eq!(bursts.take(GET_GROUPS, now).0, Pace::Go);
+    }
+
+    proptest::proptest! {
+        /// Whatever answers arrive, in whatever order and at whatever instants (answers of
+        /// other threads stamp the bucket after a call read the clock), nothing panics and no
+        /// call is told to wait past `burst_wait`.
+        #[test]
+        fn any_sequence_of_answers_and_calls_is_taken_in(
+            steps in proptest::collection::vec(
+                (
+                    crate::hints::tests::any_limit_headers(),
+                    proptest::sample::select(vec![200u16, 429, 503]),
+                    -2_000i64..2_000,
+                    proptest::bool::ANY,
+                ),
+                1..40,
+            )
+        ) {
+            let bursts = Bursts::new(Duration::from_secs(1), Duration::from_secs(2));
+            let base = Instant::now() + Duration::from_secs(10);
+            let mut tickets = Vec::new();
+            for (headers, status, offset_ms, take) in steps {
+                let now = match offset_ms >= 0 {
+                    true => base + Duration::from_millis(offset_ms.unsigned_abs()),
+                    false => base - Duration::from_millis(offset_ms.unsigned_abs()),
+                };
+                if take {
+                    let (pace, ticket) = bursts.take(GET_USER, now);
+                    if let Pace::After(wait) = pace {
+                        proptest::prop_assert!(wait <= Duration::from_secs(2));
+                    }
+                    tickets.push(ticket);
+                } else {
+                    let ticket = tickets.pop().unwrap_or_else(|| bursts.untracked());
+                    let status = StatusCode::from_u16(status).unwrap();
+                    bursts.answered(ticket, GET_USER, status, &Hints::read(&headers), now);
+                }
+                let _ = bursts.standings(now);
+                let _ = bursts.held(GET_USER.unwrap(), now);
+            }
+        }
     }
 }
