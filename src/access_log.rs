@@ -17,6 +17,7 @@
 use std::cell::RefCell;
 use std::net::IpAddr;
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::{Method, StatusCode};
@@ -36,22 +37,31 @@ struct Style {
     colour: bool,
 }
 
-/// Set once the subscriber is installed, if its filter lets the access log through.
+/// Set once the subscriber is installed (the first call decides, as for the subscriber).
 static STYLE: OnceLock<Style> = OnceLock::new();
 
-/// Turns the access log on, in `format`, if the installed subscriber's filter enables INFO
-/// for [`TARGET`] (the first call decides, as for the subscriber; the filter does not change
-/// while the process runs).
+/// Whether the installed subscriber's filter lets the access log through: decided at install
+/// and again whenever a reload changes the filter ([`refresh`]).
+static ON: AtomicBool = AtomicBool::new(false);
+
+/// Installs the access log in `format`, on if the installed subscriber's filter enables INFO
+/// for [`TARGET`].
 pub fn install(format: LogFormat, colour: bool) {
-    if tracing::enabled!(target: "wikigate::access", tracing::Level::INFO) {
-        let json = matches!(format, LogFormat::Json);
-        let _ = STYLE.set(Style { json, colour });
+    let json = matches!(format, LogFormat::Json);
+    if STYLE.set(Style { json, colour }).is_ok() {
+        refresh();
     }
+}
+
+/// Decides again whether the access log is on, after the filter changed (`log.level`).
+pub fn refresh() {
+    let on = tracing::enabled!(target: "wikigate::access", tracing::Level::INFO);
+    ON.store(on && STYLE.get().is_some(), Ordering::Relaxed);
 }
 
 /// Whether a line would be written.
 pub fn enabled() -> bool {
-    STYLE.get().is_some()
+    ON.load(Ordering::Relaxed)
 }
 
 /// What one line says about a finished request.
@@ -81,7 +91,9 @@ thread_local! {
 
 /// Writes `entry`'s line, if the access log is installed.
 pub fn write(entry: &Entry<'_>) {
-    let Some(style) = STYLE.get() else { return };
+    let Some(style) = STYLE.get().filter(|_| enabled()) else {
+        return;
+    };
     SCRATCH.with_borrow_mut(|scratch| {
         scratch.line.clear();
         let now = SystemTime::now()

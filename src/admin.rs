@@ -12,12 +12,17 @@
 //! - `DELETE /admin/cache?tag=TAG` — invalidate one tag (`watch:space:KEY`,
 //!   `property:USER:KEY`, `properties:USER`, `route:NAME`, …).
 //! - `GET /admin/cache/stats` — entries, weighted bytes, hits, misses, stale, coalesced, …
+//! - `GET /admin/config` — the effective configuration as TOML (what is in force after the
+//!   reloads since the start), secrets shown as `<redacted>`; `check-config --against` reads it.
 //!
 //! Invariant: `/admin/*` needs `Authorization: Bearer <admin.token>` (401 otherwise) and does
 //! not exist (404) when no token is configured. The token is kept only as a hash and compared
 //! in constant time. Everything else is 404 in Confluence's error shape.
 
+use std::sync::Arc;
 use std::time::Instant;
+
+use arc_swap::ArcSwap;
 
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
@@ -43,16 +48,25 @@ pub struct Admin {
     started: Instant,
     /// BLAKE3 of the token; `blake3::Hash` compares in constant time.
     token: Option<blake3::Hash>,
+    /// The effective configuration as TOML (a reload replaces it).
+    config: Arc<ArcSwap<String>>,
 }
 
 impl Admin {
     /// `draining` turns true when shutdown begins.
-    pub fn new(draining: watch::Receiver<bool>, parts: Parts, token: Option<&Secret>) -> Admin {
+    /// `config`: the effective configuration as TOML, which reloads replace.
+    pub fn new(
+        draining: watch::Receiver<bool>,
+        parts: Parts,
+        token: Option<&Secret>,
+        config: Arc<ArcSwap<String>>,
+    ) -> Admin {
         Admin {
             draining,
             parts,
             started: Instant::now(),
             token: token.map(|t| blake3::hash(t.expose().as_bytes())),
+            config,
         }
     }
 
@@ -125,6 +139,12 @@ impl Admin {
                 json(status, report)
             }
             (&Method::GET, "/admin/cache/stats") => json(StatusCode::OK, self.parts.cache.stats()),
+            (&Method::GET, "/admin/config") => body(
+                StatusCode::OK,
+                "application/toml; charset=utf-8",
+                String::clone(&self.config.load()),
+            ),
+            (_, "/admin/config") => not_allowed("GET, HEAD"),
             (_, "/admin/cache") => not_allowed("DELETE"),
             (_, "/admin/cache/stats") => not_allowed("GET, HEAD"),
             _ => error_response(StatusCode::NOT_FOUND, "no such admin endpoint"),

@@ -44,6 +44,12 @@ pub enum Command {
     CheckConfig {
         /// The config file (else --config or WIKIGATE_CONFIG).
         file: Option<PathBuf>,
+        /// Instead of the effective configuration, print how this one differs from what a
+        /// running gateway has in force (its admin address, e.g. http://127.0.0.1:9090; the
+        /// admin token from WIKIGATE_ADMIN_TOKEN): each changed key, and whether SIGHUP applies
+        /// it or it needs a restart.
+        #[arg(long, value_name = "ADMIN_URL")]
+        against: Option<String>,
         #[command(flatten)]
         args: ConfigArgs,
     },
@@ -110,7 +116,11 @@ fn non_empty_env(name: &str) -> Option<String> {
 /// Runs a parsed command line to completion.
 pub fn run(cli: Cli) -> ExitCode {
     match cli.command {
-        Command::CheckConfig { file, args } => {
+        Command::CheckConfig {
+            file,
+            against,
+            args,
+        } => {
             let config = match args.load(file.as_deref()) {
                 Ok(config) => config,
                 Err(e) => return config_error(&e),
@@ -120,8 +130,13 @@ pub fn run(cli: Cli) -> ExitCode {
                 eprintln!("wikigate: serve would not start: {e}");
                 return ExitCode::from(2);
             }
-            print!("{}", config.to_toml());
-            ExitCode::SUCCESS
+            match against {
+                None => {
+                    print!("{}", config.to_toml());
+                    ExitCode::SUCCESS
+                }
+                Some(admin) => runtime().block_on(compare(&config, &admin)),
+            }
         }
         Command::Serve(args) => {
             let config = match args.load(None) {
@@ -183,6 +198,65 @@ fn runtime() -> tokio::runtime::Runtime {
         .enable_all()
         .build()
         .expect("the tokio runtime starts")
+}
+
+/// Prints how `config` differs from the effective configuration of the gateway whose admin
+/// listener is at `admin`: each changed key, and whether a reload applies it.
+async fn compare(config: &Config, admin: &str) -> ExitCode {
+    let running = match fetch_config(admin).await {
+        Ok(running) => running,
+        Err(e) => {
+            eprintln!("wikigate: cannot read {admin}/admin/config: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let Ok(new) = toml::Value::try_from(&**config) else {
+        eprintln!("wikigate: the configuration does not serialize");
+        return ExitCode::from(1);
+    };
+    let changed = crate::config::changed_between(&running, &new);
+    if changed.is_empty() {
+        println!("no change against the running gateway (secrets are not compared)");
+    }
+    for key in changed {
+        let effect = match crate::config::reloadable(&key) {
+            true => "applied by SIGHUP",
+            false => "needs a restart",
+        };
+        println!("{key}: {effect}");
+    }
+    ExitCode::SUCCESS
+}
+
+/// `GET {admin}/admin/config`, with the admin token from `WIKIGATE_ADMIN_TOKEN`.
+async fn fetch_config(admin: &str) -> Result<toml::Value, String> {
+    use http_body_util::BodyExt as _;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Empty<bytes::Bytes>>();
+    let mut request = http::Request::get(format!("{}/admin/config", admin.trim_end_matches('/')));
+    if let Some(token) = non_empty_env("WIKIGATE_ADMIN_TOKEN") {
+        request = request.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
+    }
+    let request = request
+        .body(http_body_util::Empty::new())
+        .map_err(|e| e.to_string())?;
+    let answer = tokio::time::timeout(std::time::Duration::from_secs(10), client.request(request))
+        .await
+        .map_err(|_| "no answer within 10 s".to_owned())?
+        .map_err(|e| e.to_string())?;
+    let status = answer.status();
+    let body = answer
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    if !status.is_success() {
+        return Err(format!("{status}: {}", String::from_utf8_lossy(&body)));
+    }
+    let text = String::from_utf8(body.to_vec()).map_err(|e| e.to_string())?;
+    let table: toml::Table = toml::from_str(&text).map_err(|e| e.to_string())?;
+    Ok(toml::Value::Table(table))
 }
 
 async fn serve(

@@ -27,6 +27,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use bytes::{Bytes, BytesMut};
 use futures_util::future::Either;
 use http::{Request, Response, header, request};
@@ -37,16 +38,14 @@ use tracing::Instrument as _;
 
 use crate::access_log;
 use crate::body::Body;
+use crate::burst::BucketId;
 use crate::cache::{
     self, Buffered, BulkPlan, Bypass, Cache, Fetched, Found, Lookup, Outcome, Served,
 };
-use crate::coding::{self, Accepts, Coding};
-use crate::cookies::IgnoredCookies;
-use arc_swap::ArcSwap;
-
-use crate::burst::BucketId;
 use crate::caller::{Caller, Callers, Credential};
+use crate::coding::{self, Accepts, Coding};
 use crate::config::Config;
+use crate::cookies::IgnoredCookies;
 use crate::csrf::CsrfGuard;
 use crate::error::{ErrorSource, GatewayError};
 use crate::forward::{self, ForwardedHost};
@@ -64,7 +63,8 @@ use crate::upstream::{Upstream, UpstreamSetupError};
 /// The gateway: everything a request needs, built once from the config.
 pub struct Gateway {
     upstream: Upstream,
-    csrf: CsrfGuard,
+    /// Replaced whole by a reload (`csrf.allowed_origins`).
+    csrf: Arc<ArcSwap<CsrfGuard>>,
     limits: RequestLimits,
     callers: Arc<ArcSwap<Callers>>,
     rate_limits: Arc<Limits>,
@@ -75,7 +75,7 @@ pub struct Gateway {
     /// Redirects to the site for what links lead to wikigate but it does not serve.
     links: Arc<Links>,
     /// Cookies that carry no identity: they never cross, in either direction.
-    cookies: Arc<IgnoredCookies>,
+    cookies: Arc<ArcSwap<IgnoredCookies>>,
 }
 
 /// Request-size and time limits from `[server]`.
@@ -99,6 +99,8 @@ impl Gateway {
             quota: _,
             links,
             gate,
+            csrf,
+            cookies,
         } = parts;
         let public_host = config
             .server
@@ -113,9 +115,9 @@ impl Gateway {
             metrics,
             public_host,
             links,
-            cookies: Arc::new(IgnoredCookies::new(&config.cache.ignored_cookies)),
+            cookies,
             upstream: Upstream::new(&config.upstream, gate)?,
-            csrf: CsrfGuard::new(&config.csrf),
+            csrf,
             limits: RequestLimits {
                 max_uri_bytes: config.server.max_uri_bytes,
                 max_header_bytes: config.server.max_header_bytes,
@@ -140,7 +142,7 @@ impl Gateway {
         self.limits.check_head(&request)?;
         let (mut parts, body) = request.into_parts();
         forward::strip_hop_by_hop(&mut parts.headers);
-        self.cookies.strip_request(&mut parts.headers);
+        self.cookies.load().strip_request(&mut parts.headers);
         // One snapshot of the callers for the whole request, whatever a reload does meanwhile.
         let callers = self.callers.load_full();
         let caller = callers.identify(&parts.headers, conn.peer.ip())?;
@@ -219,7 +221,7 @@ impl Gateway {
             hold: callers.hold_key(&parts.headers, conn.peer.ip(), credential),
             write: limit::write_key(&parts.method, parts.uri.path()),
             caller,
-            cookies: self.cookies.clone(),
+            cookies: self.cookies.load_full(),
         };
         let looked = match next {
             Next::Write(tags) => {
@@ -308,7 +310,7 @@ impl Gateway {
         tags: Vec<Tag>,
         admission: Admission,
     ) -> Result<Response<Body>, GatewayError> {
-        self.csrf.check_write(&parts.headers)?;
+        self.csrf.load().check_write(&parts.headers)?;
         let request = self
             .upstream_request(parts, body, conn, Exchange::Write)
             .await?;

@@ -1,25 +1,36 @@
-//! Starting and stopping wikigate: bind both listeners, serve, drain on shutdown.
+//! Starting, reloading and stopping wikigate: bind both listeners, serve, apply a new
+//! configuration, drain on shutdown.
 //!
 //! Shutdown order: `/readyz` turns 503 and the gateway listener closes at once; in-flight
 //! requests get up to `server.drain_timeout` to finish; only then does the admin listener stop,
 //! so health checks keep answering (503) for the whole drain.
+//!
+//! Reload ([`Running::reload`]): everything the new configuration needs is built before
+//! anything is replaced, so a reload applies whole or not at all; the keys
+//! `config::reloadable` names are applied, every other changed key is reported as needing a
+//! restart, and the effective configuration (`/admin/config`) follows.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
 
 use crate::admin::Admin;
 use crate::caller::Callers;
 use crate::cluster::Listener;
-use crate::config::Config;
+use crate::config::{self, Config};
+use crate::cookies::IgnoredCookies;
+use crate::csrf::CsrfGuard;
 use crate::gateway::Gateway;
 use crate::limit::{Limits, Policy};
 use crate::parts::{Parts, PartsError};
 use crate::server::{self, Http, TlsError};
+use crate::telemetry;
 use crate::upstream::UpstreamSetupError;
 
 #[derive(Debug, thiserror::Error)]
@@ -45,14 +56,32 @@ pub struct Running {
     pub admin_addr: SocketAddr,
     draining: watch::Sender<bool>,
     done: JoinHandle<()>,
-    reload: Reload,
+    /// Boxed: two configurations, kept out of every future that holds a `Running`.
+    reload: Box<Reload>,
 }
 
-/// What a reload may replace, and the config it started from (for what needs a restart).
+/// What a reload may replace, the config it started from (what needs a restart is compared
+/// with it) and the one in force (what a reload applies is compared with it).
 struct Reload {
     parts: Parts,
     secret: [u8; 32],
     started: Config,
+    running: parking_lot::Mutex<Config>,
+    /// The TLS listener's acceptor, when TLS is on: certificate files are read again.
+    tls: Option<Arc<ArcSwap<TlsAcceptor>>>,
+    /// The effective configuration as TOML, which `/admin/config` shows.
+    effective: Arc<ArcSwap<String>>,
+}
+
+/// What a reload did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Reloaded {
+    /// The keys whose new values are in force.
+    pub applied: Vec<String>,
+    /// The keys whose new values take effect only after a restart.
+    pub restart: Vec<String>,
+    /// `log.level` changed, but `RUST_LOG` stands over it.
+    pub level_overridden: bool,
 }
 
 impl Running {
@@ -66,45 +95,64 @@ impl Running {
         let _ = self.done.await;
     }
 
-    /// Applies a new configuration's callers, client keys, limits and cache TTLs without
-    /// touching a connection. Returns the changed keys that only take effect after a restart
-    /// (listeners, TLS, upstream, cache size and secret, cluster). On error nothing changes.
-    pub fn reload(&self, config: &Config) -> Result<Vec<&'static str>, StartError> {
+    /// Applies what may change while running, without touching a connection: callers,
+    /// client keys and the service-account credential, limits, the quota's settings, the CSRF
+    /// allow-list, per-route cache policies, the keeping of 404s, the ignored cookies, the log
+    /// level, and the TLS certificate and key (read again, also from new paths). Compares the
+    /// whole new configuration with the running one: every other changed key is returned as
+    /// needing a restart. Everything is built before anything is replaced, so on error nothing
+    /// changes.
+    pub fn reload(&self, config: &Config) -> Result<Reloaded, StartError> {
         let Reload {
             parts,
             secret,
             started,
-        } = &self.reload;
+            running,
+            tls,
+            effective,
+        } = &*self.reload;
         let callers =
             Callers::new(config, *secret, &parts.quota.accounts).map_err(PartsError::from)?;
+        let acceptor = match (tls, &config.server.tls) {
+            (Some(_), Some(files)) => {
+                Some(server::tls_acceptor(&files.cert_file, &files.key_file)?)
+            }
+            _ => None,
+        };
+        let mut running = running.lock();
+        let applied: Vec<String> = config
+            .changed_keys(&running)
+            .into_iter()
+            .filter(|key| config::reloadable(key))
+            .collect();
+        let restart: Vec<String> = config
+            .changed_keys(started)
+            .into_iter()
+            .filter(|key| !config::reloadable(key))
+            .collect();
         parts.callers.store(Arc::new(callers));
         parts.limits.reload(Policy::of(config));
         parts
             .quota
             .site
             .configure(config.quota.points_per_hour, config.quota.reserve);
-        parts.cache.reload_policies(config.cache.routes.clone());
-        let restart_only: [(&'static str, bool); 8] = [
-            ("server", differs(&started.server, &config.server)),
-            ("admin.listen", started.admin.listen != config.admin.listen),
-            ("admin.token", started.admin.token != config.admin.token),
-            ("upstream", differs(&started.upstream, &config.upstream)),
-            (
-                "cache.max_bytes",
-                started.cache.max_bytes != config.cache.max_bytes,
-            ),
-            (
-                "cache.key_secret",
-                started.cache.key_secret != config.cache.key_secret,
-            ),
-            ("cluster", differs(&started.cluster, &config.cluster)),
-            ("auth.mode", started.auth.mode != config.auth.mode),
-        ];
-        Ok(restart_only
-            .into_iter()
-            .filter(|(_, changed)| *changed)
-            .map(|(key, _)| key)
-            .collect())
+        parts.cache.reload_policies(&config.cache);
+        parts.csrf.store(Arc::new(CsrfGuard::new(&config.csrf)));
+        parts
+            .cookies
+            .store(Arc::new(IgnoredCookies::new(&config.cache.ignored_cookies)));
+        if let (Some(tls), Some(acceptor)) = (tls, acceptor) {
+            tls.store(Arc::new(acceptor));
+        }
+        let level_overridden = applied.iter().any(|key| key == "log.level")
+            && telemetry::set_level(&config.log.level) == telemetry::LevelChange::Overridden;
+        *running = config.clone();
+        effective.store(Arc::new(started.effective(config)));
+        Ok(Reloaded {
+            applied,
+            restart,
+            level_overridden,
+        })
     }
 
     /// Shuts down and waits.
@@ -140,16 +188,21 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     let admin_addr = local_addr(&admin_listener, config.admin.listen)?;
 
     let (draining, draining_rx) = watch::channel(false);
-    let reload = Reload {
+    let effective = Arc::new(ArcSwap::from_pointee(config.to_toml()));
+    let reload = Box::new(Reload {
         parts: parts.clone(),
         secret,
         started: config.clone(),
-    };
+        running: parking_lot::Mutex::new(config.clone()),
+        tls: http.tls(),
+        effective: effective.clone(),
+    });
     let cluster = parts.cluster.clone();
     let admin = Arc::new(Admin::new(
         draining_rx.clone(),
         parts,
         config.admin.token.as_ref(),
+        effective,
     ));
     let drain = config.server.drain_timeout;
     let done = tokio::spawn(async move {
@@ -177,11 +230,6 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         done,
         reload,
     })
-}
-
-/// Whether two config sections differ (compared as TOML).
-fn differs<T: serde::Serialize>(a: &T, b: &T) -> bool {
-    toml::Value::try_from(a).ok() != toml::Value::try_from(b).ok()
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {

@@ -1,5 +1,6 @@
 //! The state a gateway is made of, shared by both listeners: the cache, the callers, the
-//! limits, the quota, the metrics, the cluster, the links and the upstream gate. The gateway and the admin endpoints take it;
+//! limits, the quota, the metrics, the cluster, the links, the upstream gate, the write guard
+//! and the ignored cookies. The gateway and the admin endpoints take it;
 //! `lifecycle` builds it, reloads what may be reloaded, and owns nothing else of it.
 //!
 //! Invariant: one `Parts` per running gateway; everything in it is shared (`Arc`), never
@@ -13,6 +14,8 @@ use crate::cache::{self, Cache};
 use crate::caller::{AuthSetupError, Callers};
 use crate::cluster::{Cluster, ClusterSetupError};
 use crate::config::Config;
+use crate::cookies::IgnoredCookies;
+use crate::csrf::CsrfGuard;
 use crate::limit::{Limits, Policy};
 use crate::links::Links;
 use crate::metrics::Metrics;
@@ -44,6 +47,10 @@ pub struct Parts {
     pub links: Arc<Links>,
     /// The cap on requests upstream at once.
     pub gate: Arc<Gate>,
+    /// The write guard (`csrf.allowed_origins`); replaced whole by a reload.
+    pub csrf: Arc<ArcSwap<CsrfGuard>>,
+    /// The cookies that never cross (`cache.ignored_cookies`); replaced whole by a reload.
+    pub cookies: Arc<ArcSwap<IgnoredCookies>>,
 }
 
 impl Parts {
@@ -80,6 +87,10 @@ impl Parts {
             cluster,
             links,
             gate: Arc::new(Gate::new(&config.upstream)),
+            csrf: Arc::new(ArcSwap::from_pointee(CsrfGuard::new(&config.csrf))),
+            cookies: Arc::new(ArcSwap::from_pointee(IgnoredCookies::new(
+                &config.cache.ignored_cookies,
+            ))),
         };
         Ok((parts, secret))
     }

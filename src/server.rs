@@ -15,6 +15,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use hyper::body::Incoming;
 use hyper::{Request, Response};
@@ -67,7 +68,9 @@ pub struct Http {
     builder: auto::Builder<TokioExecutor>,
     /// Open connections allowed at once; `None`: unlimited.
     connections: Option<Arc<tokio::sync::Semaphore>>,
-    tls: Option<TlsAcceptor>,
+    /// Replaced whole by a reload (certificate files re-read); connections keep the one they
+    /// were accepted with.
+    tls: Option<Arc<ArcSwap<TlsAcceptor>>>,
     handshake_timeout: Duration,
 }
 
@@ -103,7 +106,10 @@ impl Http {
             .max_pending_accept_reset_streams(Some(50))
             .keep_alive_interval(Some(Duration::from_secs(30)));
         let tls = match &config.tls {
-            Some(tls) => Some(tls_acceptor(&tls.cert_file, &tls.key_file)?),
+            Some(tls) => Some(Arc::new(ArcSwap::from_pointee(tls_acceptor(
+                &tls.cert_file,
+                &tls.key_file,
+            )?))),
             None => None,
         };
         Ok(Http {
@@ -134,8 +140,13 @@ impl Http {
 
     /// The same settings, terminating TLS with `acceptor`.
     pub fn with_tls(mut self, acceptor: TlsAcceptor) -> Http {
-        self.tls = Some(acceptor);
+        self.tls = Some(Arc::new(ArcSwap::from_pointee(acceptor)));
         self
+    }
+
+    /// Where a reload puts a new acceptor (new certificates), when TLS is on.
+    pub fn tls(&self) -> Option<Arc<ArcSwap<TlsAcceptor>>> {
+        self.tls.clone()
     }
 }
 
@@ -256,6 +267,7 @@ async fn serve_connection<H: Handler>(
                 .await
         }
         Some(acceptor) => {
+            let acceptor = acceptor.load_full();
             let handshake = tokio::time::timeout(http.handshake_timeout, acceptor.accept(stream));
             let stream = match handshake.await {
                 Ok(Ok(stream)) => stream,

@@ -37,8 +37,9 @@ impl Signals {
     }
 
     /// Serves until SIGTERM/SIGINT, then drains and returns; a second signal during the drain
-    /// exits at once. SIGHUP reloads with `reload` (callers, client keys, limits, TTLs); a
-    /// configuration that does not load is refused and the running one stays in force.
+    /// exits at once. SIGHUP reloads with `reload` (what [`lifecycle::Running::reload`]
+    /// applies; every other changed key is named in a warning); a configuration that does
+    /// not load is refused and the running one stays in force.
     pub async fn stop(
         mut self,
         running: lifecycle::Running,
@@ -54,11 +55,7 @@ impl Signals {
                         tracing::error!(%error, "SIGHUP: new configuration refused; the running one stays");
                     }
                     Some(Ok(config)) => match running.reload(&config) {
-                        Ok(restart) if restart.is_empty() => tracing::info!("SIGHUP: configuration reloaded"),
-                        Ok(restart) => tracing::warn!(
-                            needs_restart = ?restart,
-                            "SIGHUP: configuration reloaded; these changes take effect only after a restart"
-                        ),
+                        Ok(reloaded) => report(&reloaded),
                         Err(error) => {
                             tracing::error!(%error, "SIGHUP: new configuration refused; the running one stays");
                         }
@@ -78,5 +75,21 @@ impl Signals {
                 ExitCode::from(1)
             }
         }
+    }
+}
+
+/// Says what a reload did: the keys it applied, and — as a warning naming each — the keys that
+/// changed but take effect only after a restart (as nginx and Envoy do).
+fn report(reloaded: &lifecycle::Reloaded) {
+    let applied = reloaded.applied.join(", ");
+    match reloaded.applied.is_empty() {
+        true => tracing::info!("SIGHUP: configuration reloaded; nothing reloadable changed"),
+        false => tracing::info!(applied = %applied, "SIGHUP: configuration reloaded"),
+    }
+    for key in &reloaded.restart {
+        tracing::warn!(key = %key, "SIGHUP: {key} changed; it takes effect only after a restart");
+    }
+    if reloaded.level_overridden {
+        tracing::warn!("SIGHUP: log.level changed, but RUST_LOG is set and stands over it");
     }
 }

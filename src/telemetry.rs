@@ -63,6 +63,7 @@ pub fn init(log: &LogConfig, telemetry: &TelemetryConfig) -> Telemetry {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&log.level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
+    let (filter, level) = tracing_subscriber::reload::Layer::new(filter);
     // Logs go to stderr, so stdout carries only what a command prints for its user.
     let colour = colour(std::io::stderr().is_terminal());
     let sink = log_sink::stderr().clone();
@@ -92,10 +93,44 @@ pub fn init(log: &LogConfig, telemetry: &TelemetryConfig) -> Telemetry {
         .try_init()
         .is_ok();
     if installed {
+        let _ = LEVEL.set(level);
         EXPORTING.store(exporting, std::sync::atomic::Ordering::Relaxed);
         access_log::install(log.format, colour);
     }
     Telemetry { provider }
+}
+
+/// The installed filter, which a reload replaces (`log.level`).
+static LEVEL: std::sync::OnceLock<
+    tracing_subscriber::reload::Handle<EnvFilter, tracing_subscriber::Registry>,
+> = std::sync::OnceLock::new();
+
+/// How a reload's `log.level` was taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LevelChange {
+    /// In force from now on (the access log turned on or off with it).
+    Applied,
+    /// `RUST_LOG` is set, and stands over `log.level`.
+    Overridden,
+    /// No subscriber of wikigate's is installed (an embedding program's is).
+    NotInstalled,
+}
+
+/// Replaces the log filter with `level` (already validated), unless `RUST_LOG` stands over it.
+pub fn set_level(level: &str) -> LevelChange {
+    if std::env::var_os("RUST_LOG").is_some() {
+        return LevelChange::Overridden;
+    }
+    let (Some(handle), Ok(filter)) = (LEVEL.get(), EnvFilter::try_new(level)) else {
+        return LevelChange::NotInstalled;
+    };
+    match handle.reload(filter) {
+        Ok(()) => {
+            access_log::refresh();
+            LevelChange::Applied
+        }
+        Err(_) => LevelChange::NotInstalled,
+    }
 }
 
 /// Whether log lines are coloured: only on a terminal, and not when `NO_COLOR` is set to

@@ -206,6 +206,9 @@ pub struct Cache {
     cluster: Option<Arc<Cluster>>,
     /// Per-route TTLs and stale windows; replaced by a reload.
     routes: arc_swap::ArcSwap<crate::config::RoutePolicies>,
+    /// How long a 404 is kept (`cache.cache_not_found`, `not_found_ttl`); `None`: not at all.
+    /// Replaced by a reload.
+    not_found: arc_swap::ArcSwap<Option<Duration>>,
     /// `_links` rewriting to `server.public_url`.
     links: Arc<Links>,
     secret: [u8; 32],
@@ -272,6 +275,7 @@ impl Cache {
             flights: Flights::default(),
             config: config.clone(),
             routes: arc_swap::ArcSwap::from_pointee(config.routes.clone()),
+            not_found: arc_swap::ArcSwap::from_pointee(not_found(config)),
             links,
             cluster: None,
             secret,
@@ -285,10 +289,11 @@ impl Cache {
         self.config.max_entry_bytes
     }
 
-    /// Replaces the per-route policies (SIGHUP). Entries already stored keep the lifetime they
-    /// were stored with.
-    pub fn reload_policies(&self, routes: crate::config::RoutePolicies) {
-        self.routes.store(Arc::new(routes));
+    /// Replaces the per-route policies and the keeping of 404s (SIGHUP). Entries already stored
+    /// keep the lifetime they were stored with.
+    pub fn reload_policies(&self, config: &CacheConfig) {
+        self.routes.store(Arc::new(config.routes.clone()));
+        self.not_found.store(Arc::new(not_found(config)));
     }
 
     /// Joins a cluster: generations of resource tags and a second cache tier in Redis.
@@ -749,8 +754,8 @@ impl Cache {
         }
         match answer.status {
             StatusCode::OK => Some(lookup.lifetime),
-            StatusCode::NOT_FOUND if self.config.cache_not_found && !lookup.shared => {
-                Some(Lifetime::fresh_for(self.config.not_found_ttl))
+            StatusCode::NOT_FOUND if !lookup.shared => {
+                (**self.not_found.load()).map(Lifetime::fresh_for)
             }
             _ => None,
         }
@@ -950,6 +955,11 @@ impl Listener for Cache {
             }
         }
     }
+}
+
+/// How long a 404 is kept, if at all.
+fn not_found(config: &CacheConfig) -> Option<Duration> {
+    config.cache_not_found.then_some(config.not_found_ttl)
 }
 
 /// The route a shared generation's field (`route:NAME`) names.

@@ -84,11 +84,16 @@ async fn reload_changes_limits_ttls_and_keys_without_dropping_requests() {
         upstream: None,
         points: None,
     }];
-    let restart = h
+    let reloaded = h
         .gateway
         .reload(&config.clone().validate().unwrap())
         .expect("a valid config reloads");
-    assert!(restart.is_empty(), "{restart:?}");
+    assert!(reloaded.restart.is_empty(), "{reloaded:?}");
+    assert!(
+        reloaded.applied.iter().any(|k| k == "callers.clients")
+            && reloaded.applied.iter().any(|k| k.starts_with("limits.")),
+        "{reloaded:?}"
+    );
     h.fake.set_faults(Faults::default());
 
     assert_eq!(
@@ -114,9 +119,113 @@ async fn reload_changes_limits_ttls_and_keys_without_dropping_requests() {
     // What cannot change while listening is reported, not half-applied.
     config.server.max_body_bytes = 1;
     assert_eq!(
-        h.gateway.reload(&config.validate().unwrap()).unwrap(),
-        ["server"]
+        h.gateway
+            .reload(&config.validate().unwrap())
+            .unwrap()
+            .restart,
+        ["server.max_body_bytes"]
     );
+}
+
+/// Each key a reload applies changes what the gateway does at once: the CSRF allow-list (an
+/// origin removed is refused), the keeping of 404s, the ignored cookies.
+#[tokio::test(start_paused = true)]
+async fn every_reloadable_key_changes_behaviour_after_a_reload() {
+    const ORIGIN: &str = "https://app.example";
+    let h = Harness::start_with(|c| {
+        c.csrf.allowed_origins = vec![ORIGIN.to_owned()];
+        c.cache.cache_not_found = false;
+        c.cache.ignored_cookies = vec!["atlassian.xsrf.token".to_owned(), "tracker".to_owned()];
+    })
+    .await;
+    let watch = format!("{API}/watch/space/ENG");
+    let write = || {
+        h.client
+            .request(Method::POST, &watch)
+            .auth(alice())
+            .header("origin", ORIGIN)
+            .send()
+    };
+    let missing = format!("{API}?accountId=712020:00000000-0000-0000-0000-00000000dead");
+    let auth = basic(alice());
+    let read_missing = || h.client.get(&missing, Some(&auth));
+    let with_cookie = || {
+        h.client
+            .request(Method::GET, &format!("{API}/memberof?accountId=x&n=1"))
+            .auth(alice())
+            .header("cookie", "tracker=1; keep=2")
+            .header("cache-control", "no-store")
+            .send()
+    };
+    assert_eq!(write().await.status, 204);
+    assert_eq!(read_missing().await.status, 404);
+    assert!(read_missing().await.cache_status().contains("fwd=miss"));
+    with_cookie().await;
+    assert_eq!(h.fake.last().unwrap().headers["cookie"], "keep=2");
+
+    let mut config = config_for(&h.fake.url());
+    config.csrf.allowed_origins = Vec::new();
+    config.cache.cache_not_found = true;
+    config.cache.ignored_cookies = vec!["atlassian.xsrf.token".to_owned()];
+    let reloaded = h.gateway.reload(&config.validate().unwrap()).unwrap();
+    assert_eq!(
+        reloaded.applied,
+        [
+            "cache.cache_not_found",
+            "cache.ignored_cookies",
+            "csrf.allowed_origins"
+        ]
+    );
+    assert!(reloaded.restart.is_empty(), "{reloaded:?}");
+
+    write().await.assert_error(403);
+    read_missing().await;
+    assert_eq!(
+        read_missing().await.cache_status(),
+        "wikigate; hit",
+        "404s kept"
+    );
+    with_cookie().await;
+    assert_eq!(
+        h.fake.last().unwrap().headers["cookie"],
+        "tracker=1; keep=2"
+    );
+}
+
+/// Every changed key a reload does not apply is named, one by one, as needing a restart.
+#[tokio::test]
+async fn every_key_a_reload_cannot_apply_is_named() {
+    let h = Harness::start().await;
+    let mut config = config_for(&h.fake.url());
+    config.server.max_body_bytes += 1;
+    config.server.header_read_timeout += Duration::from_secs(1);
+    config.admin.listen = free_addr();
+    config.admin.token = Some(wikigate::config::Secret::new("a-new-admin-token-0123"));
+    config.upstream.burst_wait += Duration::from_secs(1);
+    config.upstream.max_in_flight += 1;
+    config.cache.max_bytes += 1;
+    config.cache.enabled = false;
+    config.cache.key_secret = Some(wikigate::config::Secret::new("another-secret-0123456"));
+    config.log.format = wikigate::config::LogFormat::Json;
+    config.cluster.namespace = "elsewhere".to_owned();
+    let reloaded = h.gateway.reload(&config.validate().unwrap()).unwrap();
+    assert_eq!(
+        reloaded.restart,
+        [
+            "admin.listen",
+            "admin.token",
+            "cache.enabled",
+            "cache.key_secret",
+            "cache.max_bytes",
+            "cluster.namespace",
+            "log.format",
+            "server.header_read_timeout",
+            "server.max_body_bytes",
+            "upstream.burst_wait",
+            "upstream.max_in_flight",
+        ]
+    );
+    assert!(reloaded.applied.is_empty(), "{reloaded:?}");
 }
 
 #[tokio::test]
@@ -180,4 +289,130 @@ async fn sighup_reloads_the_file_and_refuses_a_bad_one() {
         logs.contains("new configuration refused") && logs.contains("not_a_key"),
         "{logs}"
     );
+}
+
+/// `log.level` is applied by SIGHUP: at `warn` the access log stops, at `info` it is back.
+#[tokio::test]
+async fn sighup_applies_the_log_level() {
+    const TOKEN: &str = "admin-token-0123456789";
+    let fake = wikigate::fake::FakeConfluence::start().await.unwrap();
+    let (listen, admin) = (free_addr(), free_addr());
+    let file = std::env::temp_dir().join(format!("wikigate-level-{}.toml", std::process::id()));
+    let config = |level: &str| {
+        format!(
+            "[server]\nlisten = \"{listen}\"\n[admin]\nlisten = \"{admin}\"\ntoken = \"{TOKEN}\"\n[upstream]\nurl = \"{}\"\n[log]\nlevel = \"{level}\"\n",
+            fake.url()
+        )
+    };
+    std::fs::write(&file, config("info")).unwrap();
+    let gateway = Process::start(&["serve", "--config", &file.to_string_lossy()], &[]);
+    let client = TestClient::new(format!("http://{listen}"));
+    // The access line names the path (never the query): one route per phase.
+    let get = |route: &'static str| {
+        let client = client.clone();
+        async move {
+            client
+                .request(Method::GET, &format!("{API}/{route}"))
+                .try_send()
+                .await
+        }
+    };
+    eventually(Duration::from_secs(10), "started", || async {
+        get("anonymous").await.is_some()
+    })
+    .await;
+    eventually(Duration::from_secs(5), "the access line", || async {
+        gateway.logged("/user/anonymous")
+    })
+    .await;
+    // What is in force, as the admin endpoint says (at `warn`, the reload's own info line
+    // is not logged).
+    let admin = TestClient::new(format!("http://{admin}"));
+    let level_is = |level: &'static str| {
+        let admin = admin.clone();
+        move || {
+            let admin = admin.clone();
+            async move {
+                let answer = admin
+                    .request(Method::GET, "/admin/config")
+                    .header("authorization", &format!("Bearer {TOKEN}"))
+                    .send()
+                    .await;
+                String::from_utf8_lossy(&answer.body).contains(&format!("level = \"{level}\""))
+            }
+        }
+    };
+
+    std::fs::write(&file, config("warn")).unwrap();
+    gateway.signal("HUP");
+    eventually(Duration::from_secs(5), "the first reload", level_is("warn")).await;
+    get("current").await.unwrap();
+    std::fs::write(&file, config("info")).unwrap();
+    gateway.signal("HUP");
+    eventually(
+        Duration::from_secs(5),
+        "the second reload",
+        level_is("info"),
+    )
+    .await;
+    get("memberof").await.unwrap();
+    eventually(Duration::from_secs(5), "the access log is back", || async {
+        gateway.logged("/user/memberof")
+    })
+    .await;
+    gateway.signal("TERM");
+    let (status, logs) = gateway.exit().await;
+    assert!(status.success(), "{status}: {logs}");
+    assert!(!logs.contains("/user/current"), "logged at warn: {logs}");
+    let _ = std::fs::remove_file(&file);
+}
+
+/// `check-config --against` shows what a new file would change on a running gateway, key by
+/// key, and whether SIGHUP applies each or it needs a restart.
+#[tokio::test]
+async fn check_config_against_a_running_gateway_names_each_change_and_its_effect() {
+    const TOKEN: &str = "admin-token-0123456789";
+    let h = Harness::start_with(|c| {
+        c.admin.token = Some(wikigate::config::Secret::new(TOKEN));
+    })
+    .await;
+    let file = std::env::temp_dir().join(format!("wikigate-against-{}.toml", std::process::id()));
+    std::fs::write(
+        &file,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\nmax_body_bytes = 4096\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+             [upstream]\nurl = \"{}\"\n[csrf]\nallowed_origins = [\"https://app.example\"]\n",
+            h.fake.url()
+        ),
+    )
+    .unwrap();
+    let admin = format!("http://{}", h.gateway.admin_addr);
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_wikigate"))
+        .args(["check-config", &file.to_string_lossy(), "--against", &admin])
+        .env("WIKIGATE_ADMIN_TOKEN", TOKEN)
+        .output()
+        .await
+        .unwrap();
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        printed.contains("csrf.allowed_origins: applied by SIGHUP"),
+        "{printed}"
+    );
+    assert!(
+        printed.contains("server.max_body_bytes: needs a restart"),
+        "{printed}"
+    );
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_wikigate"))
+        .args(["check-config", &file.to_string_lossy(), "--against", &admin])
+        .env_remove("WIKIGATE_ADMIN_TOKEN")
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "without the admin token");
+    let _ = std::fs::remove_file(&file);
 }

@@ -139,3 +139,55 @@ async fn https_upstream_is_trusted_only_through_the_configured_ca() {
     assert_eq!(answer.status, 200);
     assert_eq!(answer.json()["accountId"], alice().account_id);
 }
+
+/// A reload reads the certificate and key again (nginx does): new connections are served with
+/// the new certificate, without a restart.
+#[tokio::test]
+async fn a_reload_serves_new_connections_with_a_rotated_certificate() {
+    let (old, new) = (TestCert::new("old"), TestCert::new("new"));
+    let h = Harness::start_with(|c| c.server.tls = Some(old.tls_config())).await;
+    let url = format!("https://localhost:{}{API}/current", h.gateway.addr.port());
+    async fn get(url: &str, trusted: &TestCert) -> Result<u16, String> {
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(trusted.client_config())
+            .https_only()
+            .enable_http1()
+            .build();
+        let client: Client<_, Empty<Bytes>> =
+            Client::builder(TokioExecutor::new()).build(connector);
+        let request = Request::get(url)
+            .header("authorization", basic(alice()))
+            .body(Empty::new())
+            .unwrap();
+        match client.request(request).await {
+            Ok(response) => Ok(response.status().as_u16()),
+            Err(error) => Err(format!("{error:?}")),
+        }
+    }
+    assert_eq!(get(&url, &old).await, Ok(200));
+    assert!(
+        get(&url, &new).await.is_err(),
+        "not yet the new certificate"
+    );
+
+    let mut config = config_for(&h.fake.url());
+    config.server.listen = h.gateway.addr;
+    config.server.tls = Some(new.tls_config());
+    let reloaded = h.gateway.reload(&config.validate().unwrap()).unwrap();
+    assert!(
+        reloaded
+            .applied
+            .iter()
+            .any(|k| k.starts_with("server.tls.")),
+        "{reloaded:?}"
+    );
+    assert!(
+        !reloaded.restart.iter().any(|k| k.starts_with("server.tls")),
+        "{reloaded:?}"
+    );
+    assert_eq!(get(&url, &new).await, Ok(200));
+    assert!(
+        get(&url, &old).await.is_err(),
+        "the old certificate is gone"
+    );
+}
