@@ -154,6 +154,10 @@ pub enum AuthSetupError {
     CredentialEnv(String),
     #[error("the service-account credential is not a valid header value")]
     CredentialValue,
+    #[error(
+        "the service-account credential must be a whole Authorization value, \"Basic \" + base64 of email:api-token or \"Bearer \" + a token; it starts with neither"
+    )]
+    CredentialScheme,
 }
 
 /// Caller identification and the auth mode, built once from the config.
@@ -364,8 +368,15 @@ fn load_credential(config: &Config) -> Result<HeaderValue, AuthSetupError> {
         }
         (None, None) => return Err(AuthSetupError::CredentialValue),
     };
-    let mut value =
-        HeaderValue::from_str(raw.trim()).map_err(|_| AuthSetupError::CredentialValue)?;
+    let raw = raw.trim();
+    // A raw `email:token` (or a bare token) would be sent as it is and refused upstream on
+    // every call, quietly: only the schemes Confluence takes are accepted.
+    let scheme = raw.split_once(' ').map(|(scheme, _)| scheme);
+    if !scheme.is_some_and(|s| s.eq_ignore_ascii_case("basic") || s.eq_ignore_ascii_case("bearer"))
+    {
+        return Err(AuthSetupError::CredentialScheme);
+    }
+    let mut value = HeaderValue::from_str(raw).map_err(|_| AuthSetupError::CredentialValue)?;
     value.set_sensitive(true);
     Ok(value)
 }

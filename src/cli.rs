@@ -17,11 +17,28 @@ use crate::config::{Config, Overrides};
 use crate::shutdown::Signals;
 use crate::{demo, lifecycle, telemetry};
 
+/// Every environment variable the binary reads besides the flags' own (README lists them too).
+const ENVIRONMENT: &str = "\
+Environment (besides each flag's WIKIGATE_* variable):
+  WIKIGATE_ADMIN_TOKEN            admin.token: the bearer token of /admin/* (also sent by
+                                  check-config --against)
+  WIKIGATE_CACHE_KEY_SECRET       cache.key_secret: the partition hash's key, the same on every
+                                  replica
+  (auth.credential_env)           the variable it names holds the service-account credential:
+                                  \"Basic \" + base64 of email:api-token, or \"Bearer \" + a token
+  (cluster.redis_password_env)    the variable it names holds Redis's password
+  RUST_LOG                        a tracing filter that stands over log.level
+  NO_COLOR                        set to anything: no colour in log lines
+  OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_EXPORTER_OTLP_TRACES_ENDPOINT
+                                  where spans go (OTLP/HTTP) when telemetry.otlp_endpoint is unset
+  OTEL_SERVICE_NAME               the service name on exported spans";
+
 #[derive(Debug, Parser)]
 #[command(
     name = "wikigate",
     version,
-    about = "A caching gateway for the Confluence Cloud user API"
+    about = "A caching gateway for the Confluence Cloud user API",
+    after_help = ENVIRONMENT
 )]
 pub struct Cli {
     #[command(subcommand)]

@@ -77,6 +77,8 @@ return {1, 0, math.floor((tolerance - (new_tat - now)) / interval) + 1}
 pub enum ClusterSetupError {
     #[error("cluster.redis_url: {0}")]
     Url(String),
+    #[error("environment variable {0} (cluster.redis_password_env) is not set")]
+    PasswordEnv(String),
     #[error("cannot read cluster.redis_ca_file {path}: {source}")]
     CaFile {
         path: String,
@@ -248,9 +250,13 @@ impl Cluster {
         let mut info: redis::ConnectionInfo = url
             .into_connection_info()
             .map_err(|e| ClusterSetupError::Url(e.to_string()))?;
-        if let Some(var) = &config.redis_password_env
-            && let Ok(password) = std::env::var(var)
-        {
+        if let Some(var) = &config.redis_password_env {
+            // Unset, Redis would refuse every command (NOAUTH) and the cluster stay down,
+            // quietly: refused here, as an unset auth.credential_env is.
+            let password = std::env::var(var)
+                .ok()
+                .filter(|p| !p.is_empty())
+                .ok_or_else(|| ClusterSetupError::PasswordEnv(var.clone()))?;
             let settings = info.redis_settings().clone().set_password(password);
             info = info.set_redis_settings(settings);
         }

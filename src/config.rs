@@ -987,13 +987,38 @@ pub enum ConfigError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("config file {path} is not valid TOML: {message}")]
-    Syntax { path: PathBuf, message: String },
+    #[error("{}:{line}:{column}: not valid TOML: {message}", path.display())]
+    Syntax {
+        path: PathBuf,
+        /// Where the parser stopped, 1-based, as an editor counts (columns in characters).
+        line: usize,
+        column: usize,
+        message: String,
+    },
     #[error("{key}: {message}")]
     Invalid { key: String, message: String },
 }
 
 impl ConfigError {
+    /// A TOML syntax error in `text` (read from `path`), at the line and column it names.
+    fn syntax(path: &Path, text: &str, error: &toml::de::Error) -> Self {
+        let at = error.span().map_or(0, |span| span.start).min(text.len());
+        let before = text.get(..at).unwrap_or_default();
+        let line = before.matches('\n').count() + 1;
+        let column = before
+            .rsplit_once('\n')
+            .map_or(before, |(_, last)| last)
+            .chars()
+            .count()
+            + 1;
+        ConfigError::Syntax {
+            path: path.to_owned(),
+            line,
+            column,
+            message: error.message().to_owned(),
+        }
+    }
+
     fn invalid(key: &str, message: impl Into<String>) -> Self {
         ConfigError::Invalid {
             key: key.to_owned(),
@@ -1027,10 +1052,7 @@ impl Config {
                         source,
                     })?;
                 text.parse::<toml::Table>()
-                    .map_err(|e| ConfigError::Syntax {
-                        path: path.to_owned(),
-                        message: e.message().to_owned(),
-                    })?
+                    .map_err(|e| ConfigError::syntax(path, &text, &e))?
             }
             None => toml::Table::new(),
         };
@@ -1061,10 +1083,7 @@ impl RawConfig {
     pub fn from_toml(text: &str) -> Result<RawConfig, ConfigError> {
         let table = text
             .parse::<toml::Table>()
-            .map_err(|e| ConfigError::Syntax {
-                path: PathBuf::from("<inline>"),
-                message: e.message().to_owned(),
-            })?;
+            .map_err(|e| ConfigError::syntax(Path::new("<inline>"), text, &e))?;
         RawConfig::from_table(table)
     }
 

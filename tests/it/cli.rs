@@ -65,6 +65,116 @@ fn check_config_exits_2_naming_the_bad_key() {
     }
 }
 
+/// Every environment variable the source reads is in `--help` and in README's tables.
+#[test]
+fn help_and_readme_list_every_environment_variable_the_binary_reads() {
+    let help = Command::new(BIN).arg("--help").output().unwrap();
+    let help = String::from_utf8_lossy(&help.stdout).into_owned()
+        + &String::from_utf8_lossy(
+            &Command::new(BIN)
+                .args(["serve", "--help"])
+                .output()
+                .unwrap()
+                .stdout,
+        );
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let mut found = 0;
+    let mut files = vec![std::path::PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/src"
+    ))];
+    while let Some(path) = files.pop() {
+        if path.is_dir() {
+            files.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+            continue;
+        }
+        if path.components().any(|c| c.as_os_str() == "fake") {
+            continue; // the fake site is the tests' and the demo's, not the binary's setting
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        for quoted in text.split('"').skip(1).step_by(2) {
+            let is_variable = quoted.len() > 3
+                && quoted.chars().all(|c| c.is_ascii_uppercase() || c == '_')
+                && ["WIKIGATE_", "OTEL_", "RUST_LOG", "NO_COLOR"]
+                    .iter()
+                    .any(|p| quoted.starts_with(p));
+            if is_variable && !quoted.starts_with("WIKIGATE_TEST") {
+                found += 1;
+                assert!(help.contains(quoted), "--help does not name {quoted}");
+                assert!(
+                    readme.contains(&format!("`{quoted}`")),
+                    "README does not name {quoted}"
+                );
+            }
+        }
+    }
+    assert!(found >= 8, "{found}");
+}
+
+#[test]
+fn check_config_points_at_the_problem() {
+    let run = |name: &str, text: &str, env: &[(&str, &str)]| {
+        let file = temp_file(name, text);
+        let mut command = Command::new(BIN);
+        command.arg("check-config").arg(&file);
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let out = command.output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+            file,
+        )
+    };
+    // A TOML syntax error: file, line and column.
+    let (code, stderr, file) = run(
+        "syntax.toml",
+        "[upstream]\nurl = \"https://a.example\"\n\n[cache]\nmax_bytes = = 3\n",
+        &[],
+    );
+    assert_eq!(code, Some(2));
+    assert!(
+        stderr.contains(&format!("{}:5:13: not valid TOML", file.display())),
+        "{stderr}"
+    );
+    // The Redis password's variable named but unset: refused, as serve would fail later.
+    let (code, stderr, _) = run(
+        "redis-password.toml",
+        "[upstream]\nurl = \"https://a.example\"\n[cache]\nkey_secret = \"a-shared-key-secret-0123\"\n\
+         [cluster]\nredis_url = \"redis://127.0.0.1:1\"\n\
+         redis_password_env = \"WIKIGATE_TEST_UNSET_REDIS_PASSWORD\"\n",
+        &[],
+    );
+    assert_eq!(code, Some(2));
+    assert!(
+        stderr.contains("WIKIGATE_TEST_UNSET_REDIS_PASSWORD")
+            && stderr.contains("redis_password_env"),
+        "{stderr}"
+    );
+    // A service-account credential without its scheme (a raw email:token).
+    let service_account = "[upstream]\nurl = \"https://a.example\"\n[auth]\nmode = \"service-account\"\n\
+         credential_env = \"WIKIGATE_TEST_CREDENTIAL\"\n[[callers.clients]]\nname = \"x\"\n\
+         key_hash = \"blake3:0000000000000000000000000000000000000000000000000000000000000000\"\n";
+    let (code, stderr, _) = run(
+        "raw-credential.toml",
+        service_account,
+        &[("WIKIGATE_TEST_CREDENTIAL", "me@example.com:api-token-1234")],
+    );
+    assert_eq!(code, Some(2));
+    assert!(stderr.contains("\"Basic \""), "{stderr}");
+    let (code, stderr, _) = run(
+        "basic-credential.toml",
+        service_account,
+        &[(
+            "WIKIGATE_TEST_CREDENTIAL",
+            "Basic bWVAZXhhbXBsZS5jb206dG9rZW4=",
+        )],
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+}
+
 #[tokio::test]
 async fn serve_runs_from_flags_and_env_and_stops_cleanly_on_sigterm() {
     let fake = FakeConfluence::start().await.unwrap();

@@ -391,7 +391,6 @@ impl Process {
         self.logs.lock().unwrap().contains(text)
     }
 
-
     /// Sends `signal` (`TERM`, `HUP`).
     pub fn signal(&self, signal: &str) {
         let status = std::process::Command::new("kill")
