@@ -2,8 +2,10 @@
 # not built in CI; it is kept simple on purpose.
 #
 #   docker build -t wikigate .
-#   docker run -p 8080:8080 -p 9090:9090 wikigate serve --upstream https://SITE.atlassian.net \
-#     --listen 0.0.0.0:8080 --admin-listen 0.0.0.0:9090
+#   docker run -p 8080:8080 -p 9090:9090 -e WIKIGATE_UPSTREAM=https://SITE.atlassian.net wikigate
+#
+# The baked-in config (config/wikigate.toml) names no site: without WIKIGATE_UPSTREAM (or
+# --upstream) the container refuses to start, naming upstream.url.
 
 FROM rust:1-bookworm AS build
 WORKDIR /src

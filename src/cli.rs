@@ -59,8 +59,8 @@ pub enum Command {
     /// `WIKIGATE_*` variables, and the files it names (certificates, CA bundles, credentials)
     /// — without listening; print the effective configuration.
     CheckConfig {
-        /// The config file (else --config or WIKIGATE_CONFIG).
-        file: Option<PathBuf>,
+        /// The config files, merged in order (else --config or WIKIGATE_CONFIG).
+        files: Vec<PathBuf>,
         /// Instead of the effective configuration, print how this one differs from what a
         /// running gateway has in force (its admin address, e.g. http://127.0.0.1:9090; the
         /// admin token from WIKIGATE_ADMIN_TOKEN): each changed key, and whether SIGHUP applies
@@ -84,9 +84,10 @@ pub enum Command {
 /// neither is given. Secrets come from the environment only.
 #[derive(Debug, Args)]
 pub struct ConfigArgs {
-    /// Config file (TOML); see config/wikigate.toml.
-    #[arg(long, env = "WIKIGATE_CONFIG")]
-    config: Option<PathBuf>,
+    /// Config file (TOML); see config/wikigate.toml. Repeat it (or separate paths with commas
+    /// in WIKIGATE_CONFIG) to merge several in order: a later file's keys win, table by table.
+    #[arg(long, env = "WIKIGATE_CONFIG", value_delimiter = ',')]
+    config: Vec<PathBuf>,
     /// server.listen — address the gateway listens on.
     #[arg(long, env = "WIKIGATE_LISTEN")]
     listen: Option<String>,
@@ -103,9 +104,14 @@ pub struct ConfigArgs {
 }
 
 impl ConfigArgs {
-    /// The configuration from `file` (else `--config`) with every override applied.
-    fn load(&self, file: Option<&std::path::Path>) -> Result<Config, crate::config::ConfigError> {
-        Config::load(file.or(self.config.as_deref()), &self.overrides())
+    /// The configuration from `files` (else `--config`) with every override applied.
+    fn load(&self, files: &[PathBuf]) -> Result<Config, crate::config::ConfigError> {
+        let files = if files.is_empty() {
+            &self.config
+        } else {
+            files
+        };
+        Config::load(files, &self.overrides())
     }
 
     fn overrides(&self) -> Overrides {
@@ -134,11 +140,11 @@ fn non_empty_env(name: &str) -> Option<String> {
 pub fn run(cli: Cli) -> ExitCode {
     match cli.command {
         Command::CheckConfig {
-            file,
+            files,
             against,
             args,
         } => {
-            let config = match args.load(file.as_deref()) {
+            let config = match args.load(&files) {
                 Ok(config) => config,
                 Err(e) => return config_error(&e),
             };
@@ -156,12 +162,12 @@ pub fn run(cli: Cli) -> ExitCode {
             }
         }
         Command::Serve(args) => {
-            let config = match args.load(None) {
+            let config = match args.load(&[]) {
                 Ok(config) => config,
                 Err(e) => return config_error(&e),
             };
             // SIGHUP reads the same file with the same flags and environment again.
-            let reload = move || args.load(None);
+            let reload = move || args.load(&[]);
             runtime().block_on(async move {
                 let telemetry = telemetry::init(&config.log, &config.telemetry);
                 let code = serve(config, reload).await;

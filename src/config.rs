@@ -1042,20 +1042,20 @@ impl Overrides {
 }
 
 impl Config {
-    /// Loads the file (if any), applies the overrides, and validates.
-    pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Config, ConfigError> {
-        let mut table = match file {
-            Some(path) => {
-                let text =
-                    std::fs::read_to_string(path).map_err(|source| ConfigError::FileRead {
-                        path: path.to_owned(),
-                        source,
-                    })?;
-                text.parse::<toml::Table>()
-                    .map_err(|e| ConfigError::syntax(path, &text, &e))?
-            }
-            None => toml::Table::new(),
-        };
+    /// Loads the files (none, one, or several merged in order: a later file's keys win, table
+    /// by table; an array is replaced whole), applies the overrides, and validates.
+    pub fn load(files: &[PathBuf], overrides: &Overrides) -> Result<Config, ConfigError> {
+        let mut table = toml::Table::new();
+        for path in files {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::FileRead {
+                path: path.to_owned(),
+                source,
+            })?;
+            let layer = text
+                .parse::<toml::Table>()
+                .map_err(|e| ConfigError::syntax(path, &text, &e))?;
+            merge_tables(&mut table, layer);
+        }
         for (key, value) in &overrides.0 {
             set_path(&mut table, key, toml::Value::String(value.clone()));
         }
@@ -1371,6 +1371,20 @@ impl RawConfig {
     }
 }
 
+/// Merges `layer` into `base`: tables key by key, everything else (arrays too) replaced.
+fn merge_tables(base: &mut toml::Table, layer: toml::Table) {
+    for (key, value) in layer {
+        match (base.get_mut(&key), value) {
+            (Some(toml::Value::Table(below)), toml::Value::Table(above)) => {
+                merge_tables(below, above);
+            }
+            (_, value) => {
+                base.insert(key, value);
+            }
+        }
+    }
+}
+
 fn set_path(table: &mut toml::Table, dotted: &str, value: toml::Value) {
     let mut keys = dotted.split('.').peekable();
     let mut current = table;
@@ -1522,11 +1536,13 @@ mod tests {
         .unwrap();
         let mut overrides = Overrides::default();
         overrides.set("server.listen", Some("127.0.0.1:2"));
-        let config = Config::load(Some(&file), &overrides).unwrap();
+        let config = Config::load(std::slice::from_ref(&file), &overrides).unwrap();
         assert_eq!(config.server.listen.port(), 2);
         let mut bad = Overrides::default();
         bad.set("upstream.url", Some("not a url"));
-        let err = Config::load(Some(&file), &bad).unwrap_err().to_string();
+        let err = Config::load(std::slice::from_ref(&file), &bad)
+            .unwrap_err()
+            .to_string();
         assert!(err.starts_with("upstream.url"), "{err}");
     }
 

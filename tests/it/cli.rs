@@ -18,10 +18,20 @@ fn temp_file(name: &str, text: &str) -> std::path::PathBuf {
 
 #[test]
 fn check_config_accepts_the_documented_default_and_prints_the_effective_config() {
+    let documented = concat!(env!("CARGO_MANIFEST_DIR"), "/config/wikigate.toml");
+    // No site by default: the documented file alone is refused, naming the key.
+    let without = Command::new(BIN)
+        .args(["check-config", documented])
+        .output()
+        .unwrap();
+    assert_eq!(without.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&without.stderr).contains("upstream"));
     let out = Command::new(BIN)
         .args([
             "check-config",
-            concat!(env!("CARGO_MANIFEST_DIR"), "/config/wikigate.toml"),
+            documented,
+            "--upstream",
+            "https://example.atlassian.net",
         ])
         .output()
         .unwrap();
@@ -110,6 +120,49 @@ fn help_and_readme_list_every_environment_variable_the_binary_reads() {
         }
     }
     assert!(found >= 8, "{found}");
+}
+
+/// Several files merge in order, table by table (the Helm chart's own file, then the
+/// operator's): a table opened in both is one table, the later file's keys win.
+#[test]
+fn config_files_merge_in_order() {
+    let base = temp_file(
+        "base.toml",
+        "[server]\nlisten = \"127.0.0.1:5\"\nmax_body_bytes = 100\n[upstream]\nurl = \"https://a.example\"\n\
+         [cache]\nignored_cookies = [\"a\", \"b\"]\n",
+    );
+    let extra = temp_file(
+        "extra.toml",
+        "[server]\nmax_body_bytes = 200\n[cache]\ncache_not_found = false\nignored_cookies = [\"c\"]\n",
+    );
+    let out = Command::new(BIN)
+        .arg("check-config")
+        .arg(&base)
+        .arg(&extra)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let merged =
+        wikigate::config::Config::from_toml(&String::from_utf8_lossy(&out.stdout)).unwrap();
+    assert_eq!(merged.server.listen.to_string(), "127.0.0.1:5");
+    assert_eq!(merged.server.max_body_bytes, 200);
+    assert!(!merged.cache.cache_not_found);
+    assert_eq!(merged.cache.ignored_cookies, ["c"]);
+    let both = format!("{},{}", base.display(), extra.display());
+    let out = Command::new(BIN)
+        .arg("check-config")
+        .env("WIKIGATE_CONFIG", &both)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
