@@ -549,3 +549,89 @@ async fn the_grafana_dashboard_queries_only_metrics_that_exist() {
     }
     assert!(queried >= 20, "{queried}");
 }
+
+/// README's metrics table lists every family `/metrics` exposes, with the labels its samples
+/// carry, and nothing that is not exposed.
+#[tokio::test]
+async fn the_readme_metrics_table_matches_the_exposition() {
+    use std::collections::{BTreeMap, BTreeSet};
+    let h = scripted_traffic().await;
+    let admin = TestClient::new(format!("http://{}", h.gateway.admin_addr));
+    let exposition = String::from_utf8(admin.get("/metrics", None).await.body.to_vec()).unwrap();
+    let mut exposed: BTreeMap<String, (String, BTreeSet<String>)> = BTreeMap::new();
+    for line in exposition.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let mut parts = rest.split(' ');
+            let (name, kind) = (parts.next().unwrap(), parts.next().unwrap());
+            exposed.insert(name.to_owned(), (kind.to_owned(), BTreeSet::new()));
+        } else if !line.starts_with('#') && !line.is_empty() {
+            let name: String = line
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            let family = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| name.strip_suffix(s).filter(|f| exposed.contains_key(*f)))
+                .unwrap_or(&name)
+                .to_owned();
+            let labels = line
+                .split_once('{')
+                .and_then(|(_, rest)| rest.split_once('}'))
+                .map(|(labels, _)| labels)
+                .unwrap_or_default();
+            let entry = exposed.entry(family).or_default();
+            for label in labels.split(',').filter(|l| !l.is_empty()) {
+                let key = label.split('=').next().unwrap().to_owned();
+                if key != "le" {
+                    entry.1.insert(key);
+                }
+            }
+        }
+    }
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let mut documented: BTreeMap<String, (String, BTreeSet<String>)> = BTreeMap::new();
+    for row in readme.lines().filter(|l| l.starts_with("| `wikigate_")) {
+        let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+        let name = cells[1].trim_matches('`').to_owned();
+        let labels = cells[3]
+            .split(',')
+            .map(|l| l.trim().trim_matches('`').to_owned())
+            .filter(|l| !l.is_empty())
+            .collect();
+        documented.insert(name, (cells[2].to_owned(), labels));
+    }
+    let mut wrong = Vec::new();
+    for (name, (kind, labels)) in &exposed {
+        let kind = if kind == "unknown" {
+            "gauge"
+        } else {
+            kind.as_str()
+        };
+        let labels = labels.iter().cloned().collect::<Vec<_>>().join(", ");
+        match documented.get(name) {
+            None => wrong.push(format!("missing: | `{name}` | {kind} | {labels} | … |")),
+            Some((documented_kind, documented_labels)) => {
+                let documented_labels = documented_labels.iter().cloned().collect::<Vec<_>>();
+                if documented_kind != kind
+                    || (!labels.is_empty() && documented_labels.join(", ") != labels)
+                {
+                    wrong.push(format!(
+                        "differs: `{name}`: exposed {kind} [{labels}], README {documented_kind} [{}]",
+                        documented_labels.join(", ")
+                    ));
+                }
+            }
+        }
+    }
+    for name in documented.keys() {
+        if !exposed.contains_key(name) {
+            wrong.push(format!("not exposed: `{name}`"));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "README's metrics table:\n{}",
+        wrong.join("\n")
+    );
+}
