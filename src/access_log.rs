@@ -2,9 +2,12 @@
 //! here into a buffer each thread reuses and handed to the log's writer ([`log_sink`]).
 //!
 //! The line has the shape of the other log lines, in either `log.format`: pretty
-//! (`TIMESTAMP  INFO wikigate::access: peer=… method=… path="…" caller="…" operation="…"
-//! status=… cache="…" duration_us=…`) or JSON (one object: `timestamp`, `level`, the fields,
-//! `target`). It is written without `tracing`'s event machinery, whose per-event formatting
+//! (`TIMESTAMP  INFO wikigate::access: peer=… method=… path="…" request_id="…" [trace_id="…"]
+//! caller="…" operation="…" status=… cache="…" [upstream_status=… upstream_us=…] [bytes=…]
+//! duration_us=…`) or JSON (one object: `timestamp`, `level`, the fields, `target`). The
+//! bracketed fields are there when they say something: a trace id while spans are exported,
+//! the request's own upstream exchange (misses, writes, bypasses), the body's length when it
+//! is known before it is sent. It is written without `tracing`'s event machinery, whose per-event formatting
 //! cost about a third of the hit rate, and without an allocation: the timestamp's date and
 //! time are made once a second per thread. The subscriber's filter decides, once, whether it
 //! is written, so `log.level` and `RUST_LOG` (`wikigate::access=warn`) turn it off as before.
@@ -69,11 +72,47 @@ pub struct Entry<'a> {
     pub peer: IpAddr,
     pub method: &'a Method,
     pub path: &'a str,
+    /// `X-Request-Id` (the client's, or made): ASCII that needs no escaping.
+    pub request_id: &'a str,
+    /// The exported span's trace id, while spans are exported.
+    pub trace_id: Option<&'a [u8; 32]>,
     pub caller: Option<&'a CallerId>,
     pub operation: Option<Operation>,
     pub status: StatusCode,
     pub cache: Option<Outcome>,
+    /// The request's own upstream exchange, if it made one: its status and time.
+    pub upstream: Option<(u16, Duration)>,
+    /// The answer's body length, when known before it is sent (not for streamed answers).
+    pub bytes: Option<u64>,
     pub duration: Duration,
+}
+
+/// What a request's upstream exchange came to, recorded where the exchange happens (perhaps a
+/// task of its own) and read when the line is written. Made only for requests that go
+/// upstream.
+#[derive(Debug, Default)]
+pub struct UpstreamSeen {
+    /// The status of the last answer (0: none yet).
+    status: std::sync::atomic::AtomicU16,
+    micros: std::sync::atomic::AtomicU64,
+}
+
+impl UpstreamSeen {
+    /// Records an answer's status and how long it took.
+    pub fn record(&self, status: StatusCode, took: Duration) {
+        self.status.store(status.as_u16(), Ordering::Relaxed);
+        let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        self.micros.store(micros, Ordering::Relaxed);
+    }
+
+    /// The last answer's status and time, if there was one.
+    pub fn seen(&self) -> Option<(u16, Duration)> {
+        let status = self.status.load(Ordering::Relaxed);
+        (status != 0).then(|| {
+            let micros = self.micros.load(Ordering::Relaxed);
+            (status, Duration::from_micros(micros))
+        })
+    }
 }
 
 /// A thread's reused buffer and its timestamp's date and time for the current second.
@@ -175,10 +214,15 @@ trait Keys {
     const PEER: &'static [u8];
     const METHOD: &'static [u8];
     const PATH: &'static [u8];
+    const REQUEST_ID: &'static [u8];
+    const TRACE_ID: &'static [u8];
     const CALLER: &'static [u8];
     const OPERATION: &'static [u8];
     const STATUS: &'static [u8];
     const CACHE: &'static [u8];
+    const UPSTREAM_STATUS: &'static [u8];
+    const UPSTREAM_US: &'static [u8];
+    const BYTES: &'static [u8];
     const DURATION: &'static [u8];
     const BARE_QUOTE: &'static [u8];
 }
@@ -190,10 +234,15 @@ impl Keys for PrettyKeys {
     const PEER: &'static [u8] = b" peer=";
     const METHOD: &'static [u8] = b" method=";
     const PATH: &'static [u8] = b" path=";
+    const REQUEST_ID: &'static [u8] = b" request_id=";
+    const TRACE_ID: &'static [u8] = b" trace_id=";
     const CALLER: &'static [u8] = b" caller=";
     const OPERATION: &'static [u8] = b" operation=";
     const STATUS: &'static [u8] = b" status=";
     const CACHE: &'static [u8] = b" cache=";
+    const UPSTREAM_STATUS: &'static [u8] = b" upstream_status=";
+    const UPSTREAM_US: &'static [u8] = b" upstream_us=";
+    const BYTES: &'static [u8] = b" bytes=";
     const DURATION: &'static [u8] = b" duration_us=";
     const BARE_QUOTE: &'static [u8] = b"";
 }
@@ -202,10 +251,15 @@ impl Keys for JsonKeys {
     const PEER: &'static [u8] = b",\"peer\":";
     const METHOD: &'static [u8] = b",\"method\":";
     const PATH: &'static [u8] = b",\"path\":";
+    const REQUEST_ID: &'static [u8] = b",\"request_id\":";
+    const TRACE_ID: &'static [u8] = b",\"trace_id\":";
     const CALLER: &'static [u8] = b",\"caller\":";
     const OPERATION: &'static [u8] = b",\"operation\":";
     const STATUS: &'static [u8] = b",\"status\":";
     const CACHE: &'static [u8] = b",\"cache\":";
+    const UPSTREAM_STATUS: &'static [u8] = b",\"upstream_status\":";
+    const UPSTREAM_US: &'static [u8] = b",\"upstream_us\":";
+    const BYTES: &'static [u8] = b",\"bytes\":";
     const DURATION: &'static [u8] = b",\"duration_us\":";
     const BARE_QUOTE: &'static [u8] = b"\"";
 }
@@ -222,6 +276,17 @@ fn fields<K: Keys>(line: &mut Vec<u8>, entry: &Entry<'_>) {
     line.extend_from_slice(K::BARE_QUOTE);
     line.extend_from_slice(K::PATH);
     quoted(line, entry.path);
+    // The id is ASCII that needs no escaping (`request_id`); quoted in both formats.
+    line.extend_from_slice(K::REQUEST_ID);
+    line.push(b'"');
+    line.extend_from_slice(entry.request_id.as_bytes());
+    line.push(b'"');
+    if let Some(trace_id) = entry.trace_id {
+        line.extend_from_slice(K::TRACE_ID);
+        line.push(b'"');
+        line.extend_from_slice(trace_id);
+        line.push(b'"');
+    }
     line.extend_from_slice(K::CALLER);
     caller(line, entry.caller);
     line.extend_from_slice(K::OPERATION);
@@ -230,6 +295,16 @@ fn fields<K: Keys>(line: &mut Vec<u8>, entry: &Entry<'_>) {
     decimal(line, u64::from(entry.status.as_u16()));
     line.extend_from_slice(K::CACHE);
     outcome(line, entry.cache);
+    if let Some((status, took)) = entry.upstream {
+        line.extend_from_slice(K::UPSTREAM_STATUS);
+        decimal(line, u64::from(status));
+        line.extend_from_slice(K::UPSTREAM_US);
+        decimal(line, took.as_micros() as u64);
+    }
+    if let Some(bytes) = entry.bytes {
+        line.extend_from_slice(K::BYTES);
+        decimal(line, bytes);
+    }
     line.extend_from_slice(K::DURATION);
     decimal(line, entry.duration.as_micros() as u64);
 }
@@ -383,10 +458,14 @@ mod tests {
             peer: IpAddr::from([127, 0, 0, 1]),
             method: &Method::GET,
             path,
+            request_id: "0a1b2c3d0000000000000007",
+            trace_id: None,
             caller: Some(caller),
             operation: Some(Operation::ALL[0]),
             status: StatusCode::OK,
             cache: Some(Outcome::Hit(Tier::Memory)),
+            upstream: None,
+            bytes: Some(1220),
             duration: Duration::from_micros(57),
         }
     }
@@ -410,8 +489,9 @@ mod tests {
             String::from_utf8(line).unwrap(),
             format!(
                 "2026-11-30T06:20:34.001234Z  INFO wikigate::access: peer=127.0.0.1 method=GET \
-                 path=\"/wiki/rest/api/user\" caller=\"reporting\" operation=\"{}\" status=200 \
-                 cache=\"wikigate; hit\" duration_us=57\n",
+                 path=\"/wiki/rest/api/user\" request_id=\"0a1b2c3d0000000000000007\" \
+                 caller=\"reporting\" operation=\"{}\" status=200 cache=\"wikigate; hit\" \
+                 bytes=1220 duration_us=57\n",
                 Operation::ALL[0].id()
             )
         );
@@ -463,6 +543,9 @@ mod tests {
         let mut odd = entry(&caller, "/wiki/\"x\"");
         odd.operation = None;
         odd.cache = None;
+        let trace = *b"4bf92f3577b34da6a3ce929d0e0e4736";
+        odd.trace_id = Some(&trace);
+        odd.upstream = Some((429, Duration::from_micros(1500)));
         json(&mut line, &STAMP, &odd);
         assert_eq!(line.iter().filter(|b| **b == b'\n').count(), 1);
         let value: serde_json::Value = serde_json::from_slice(&line).unwrap();
@@ -475,6 +558,16 @@ mod tests {
         assert_eq!(value["cache"], "-");
         assert_eq!(value["status"], 200);
         assert_eq!(value["duration_us"], 57);
+        assert_eq!(value["request_id"], "0a1b2c3d0000000000000007");
+        assert_eq!(value["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(
+            (
+                value["upstream_status"].as_u64(),
+                value["upstream_us"].as_u64()
+            ),
+            (Some(429), Some(1500))
+        );
+        assert_eq!(value["bytes"], 1220);
         let mut line = Vec::new();
         pretty(&mut line, &STAMP, &odd, false);
         assert_eq!(line.iter().filter(|b| **b == b'\n').count(), 1);

@@ -36,7 +36,7 @@ use hyper::body::Incoming;
 use tokio::time::Instant;
 use tracing::Instrument as _;
 
-use crate::access_log;
+use crate::access_log::{self, UpstreamSeen};
 use crate::body::Body;
 use crate::burst::BucketId;
 use crate::cache::{
@@ -55,6 +55,7 @@ use crate::links::Links;
 use crate::metrics::{CacheLabel, Metrics, RequestRecord};
 use crate::parts::Parts;
 use crate::quota;
+use crate::request_id::{RequestId, X_REQUEST_ID};
 use crate::routes::{self, Operation, Route, Tag};
 use crate::server::{ConnInfo, Handler, RequestBody};
 use crate::telemetry;
@@ -213,7 +214,10 @@ impl Gateway {
             next,
         } = onward;
         // Everything a trip upstream needs; made only once the cache cannot answer.
+        let seen = access_log::enabled().then(|| Arc::new(UpstreamSeen::default()));
+        log.upstream.clone_from(&seen);
         let admission = |parts: &request::Parts| Admission {
+            seen: seen.clone(),
             limits: self.rate_limits.clone(),
             metrics: self.metrics.clone(),
             route,
@@ -720,6 +724,8 @@ enum Exchange {
 /// Permission to go upstream for one request, what its answer teaches the limits, and what
 /// it cost.
 struct Admission {
+    /// Where the access line finds the exchange's status and time (while the log is on).
+    seen: Option<Arc<UpstreamSeen>>,
     limits: Arc<Limits>,
     metrics: Arc<Metrics>,
     route: Route,
@@ -793,6 +799,9 @@ impl Admission {
                 Err(_) => Err("protocol_error"),
             };
             self.metrics.upstream(self.route, outcome, sent.elapsed());
+            if let (Some(seen), Ok(status)) = (&self.seen, outcome) {
+                seen.record(status, sent.elapsed());
+            }
             match result {
                 Ok(mut response) => {
                     self.cookies.strip_response(response.headers_mut());
@@ -826,6 +835,9 @@ struct LogFields {
     operation: Option<Operation>,
     /// What the cache did (reads the cache took).
     served: Option<Served>,
+    /// The request's own upstream exchange, recorded by its admission (only for requests
+    /// that may go upstream, and only while the access log is on).
+    upstream: Option<Arc<UpstreamSeen>>,
 }
 
 impl Handler for Gateway {
@@ -846,6 +858,8 @@ struct Received {
     uri: Option<Option<http::uri::PathAndQuery>>,
     span: tracing::Span,
     log: LogFields,
+    /// `X-Request-Id`: returned on the answer, sent upstream, in the access line.
+    id: RequestId,
 }
 
 impl Gateway {
@@ -855,12 +869,20 @@ impl Gateway {
     /// and holds nothing of the request; only the others make (and box) one.
     pub fn handle<B: RequestBody>(
         &self,
-        request: Request<B>,
+        mut request: Request<B>,
         conn: ConnInfo,
     ) -> impl Future<Output = Response<Body>> + Send + '_ {
         let in_flight = self.metrics.in_flight();
         let method = request.method().clone();
+        let id = RequestId::of(request.headers());
+        if id.made() {
+            // Upstream gets it with the request, as the answer and the log line do.
+            request
+                .headers_mut()
+                .insert(&X_REQUEST_ID, id.header_value().clone());
+        }
         let mut received = Received {
+            id,
             started: Instant::now(),
             // Only what the access log needs from the request outlives it, and only when on.
             uri: access_log::enabled().then(|| request.uri().path_and_query().cloned()),
@@ -902,11 +924,15 @@ impl Gateway {
             uri,
             span,
             log,
+            id,
         } = received;
-        let response = match answered {
+        let mut response = match answered {
             Ok(response) => response,
             Err(error) => self.refusal(error, &log),
         };
+        response
+            .headers_mut()
+            .insert(&X_REQUEST_ID, id.header_value().clone());
         let duration = started.elapsed();
         self.metrics.request(&RequestRecord {
             route: log.operation.map(Operation::route),
@@ -927,14 +953,19 @@ impl Gateway {
             record_span(&span, &method, &log, response.status());
         }
         if let Some(uri) = uri {
+            let trace_id = telemetry::trace_id(&span);
             access_log::write(&access_log::Entry {
                 peer: conn.peer.ip(),
                 method: &method,
                 path: uri.as_ref().map_or("/", http::uri::PathAndQuery::path),
+                request_id: id.as_str(),
+                trace_id: trace_id.as_ref(),
                 caller: log.caller.as_ref().map(|caller| &caller.id),
                 operation: log.operation,
                 status: response.status(),
                 cache: log.served.map(|s| s.outcome),
+                upstream: log.upstream.as_ref().and_then(|seen| seen.seen()),
+                bytes: hyper::body::Body::size_hint(response.body()).exact(),
                 duration,
             });
         }

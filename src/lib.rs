@@ -70,6 +70,7 @@ pub mod metrics;
 pub mod parts;
 pub mod query;
 pub mod quota;
+pub mod request_id;
 pub mod rfc3339;
 pub mod routes;
 pub mod server;

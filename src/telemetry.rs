@@ -197,6 +197,26 @@ pub fn extract(span: &tracing::Span, headers: &HeaderMap) {
     let _ = span.set_parent(parent);
 }
 
+/// The trace id of `span`'s exported span, 32 hex digits (for the access line); `None` while
+/// spans are not exported.
+pub fn trace_id(span: &tracing::Span) -> Option<[u8; 32]> {
+    use opentelemetry::trace::{TraceContextExt as _, TraceId};
+    if span.is_disabled() {
+        return None;
+    }
+    let id = span.context().span().span_context().trace_id();
+    if id == TraceId::INVALID {
+        return None;
+    }
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut text = [0u8; 32];
+    for (i, byte) in id.to_bytes().iter().enumerate() {
+        text[2 * i] = HEX[usize::from(byte >> 4)];
+        text[2 * i + 1] = HEX[usize::from(byte & 0xf)];
+    }
+    Some(text)
+}
+
 /// Names the exported span of `span` (once the route is known). tracing-opentelemetry takes
 /// `otel.name` only before the span's context exists; this renames it afterwards too.
 pub fn rename(span: &tracing::Span, name: String) {

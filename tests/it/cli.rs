@@ -265,6 +265,10 @@ async fn serve_runs_from_flags_and_env_and_stops_cleanly_on_sigterm() {
         .get(&format!("{API}/current"), Some(&basic(alice())))
         .await;
     assert_eq!(answer.status, 200);
+    // A request id is made when the client sends none, returned, and sent upstream.
+    let made = answer.header("x-request-id").to_owned();
+    assert_eq!(made.len(), 24, "{made}");
+    assert_eq!(fake.last().unwrap().headers["x-request-id"], made.as_str());
     let keyed = client
         .request(http::Method::GET, &format!("{API}/current"))
         .header("x-wikigate-key", client_key)
@@ -291,7 +295,17 @@ async fn serve_runs_from_flags_and_env_and_stops_cleanly_on_sigterm() {
     assert_eq!(access.len(), 102, "{logs}");
     assert_eq!(access[0]["operation"], "getCurrentUser");
     assert_eq!(access[0]["status"], 200);
+    // The miss's line: its id, upstream's status and time, the bytes sent.
+    assert_eq!(access[0]["request_id"], made.as_str());
+    assert_eq!(access[0]["upstream_status"], 200);
+    assert!(access[0]["upstream_us"].as_u64().is_some_and(|us| us > 0));
+    assert!(access[0]["bytes"].as_u64().is_some_and(|b| b > 100));
     assert_eq!(access[101]["cache"], "wikigate; hit");
+    assert!(
+        access[101].get("upstream_status").is_none(),
+        "a hit made no exchange"
+    );
+    assert_ne!(access[101]["request_id"], access[100]["request_id"]);
     for secret in [alice().api_token, &basic(alice()), bob().bearer, client_key] {
         assert!(!logs.contains(secret), "{secret} reached the logs:\n{logs}");
     }

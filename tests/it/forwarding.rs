@@ -529,3 +529,37 @@ async fn upstream_path_prefix_is_joined_with_the_request_target() {
         format!("/ex/confluence/cloud-1234{API}/current?expand=operations")
     );
 }
+
+/// A client's own `X-Request-Id` is kept: returned on the answer and sent upstream.
+#[tokio::test]
+async fn a_clients_request_id_is_returned_and_sent_upstream() {
+    let h = Harness::start().await;
+    let answer = h
+        .client
+        .request(
+            Method::GET,
+            &format!("{}/current", API),
+        )
+        .auth(alice())
+        .header("x-request-id", "checkout-7f3a")
+        .send()
+        .await;
+    assert_eq!(answer.header("x-request-id"), "checkout-7f3a");
+    assert_eq!(
+        h.fake.last().unwrap().headers["x-request-id"],
+        "checkout-7f3a"
+    );
+    // A hit is its own request: the id it was asked with, never the stored one's.
+    let hit = h
+        .client
+        .request(
+            Method::GET,
+            &format!("{}/current", API),
+        )
+        .auth(alice())
+        .header("x-request-id", "checkout-7f3b")
+        .send()
+        .await;
+    assert_eq!(hit.cache_status(), "wikigate; hit");
+    assert_eq!(hit.header("x-request-id"), "checkout-7f3b");
+}
