@@ -869,18 +869,12 @@ impl Gateway {
     /// and holds nothing of the request; only the others make (and box) one.
     pub fn handle<B: RequestBody>(
         &self,
-        mut request: Request<B>,
+        request: Request<B>,
         conn: ConnInfo,
     ) -> impl Future<Output = Response<Body>> + Send + '_ {
         let in_flight = self.metrics.in_flight();
         let method = request.method().clone();
         let id = RequestId::of(request.headers());
-        if id.made() {
-            // Upstream gets it with the request, as the answer and the log line do.
-            request
-                .headers_mut()
-                .insert(&X_REQUEST_ID, id.header_value().clone());
-        }
         let mut received = Received {
             id,
             started: Instant::now(),
@@ -894,7 +888,13 @@ impl Gateway {
             .span
             .in_scope(|| self.admit(request, &conn, &mut received.log));
         let answered = match admitted {
-            Ok(Admitted::Onward(onward)) => {
+            Ok(Admitted::Onward(mut onward)) => {
+                if received.id.made() {
+                    // Upstream gets it with the request, as the answer and the log line do
+                    // (a hit, answered above, never needs it in the request).
+                    let id = received.id.header_value().clone();
+                    onward.parts.headers.insert(&X_REQUEST_ID, id);
+                }
                 return Either::Right(Box::pin(async move {
                     let _in_flight = in_flight;
                     let span = received.span.clone();

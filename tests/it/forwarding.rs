@@ -536,10 +536,7 @@ async fn a_clients_request_id_is_returned_and_sent_upstream() {
     let h = Harness::start().await;
     let answer = h
         .client
-        .request(
-            Method::GET,
-            &format!("{}/current", API),
-        )
+        .request(Method::GET, &format!("{}/current", API))
         .auth(alice())
         .header("x-request-id", "checkout-7f3a")
         .send()
@@ -552,10 +549,7 @@ async fn a_clients_request_id_is_returned_and_sent_upstream() {
     // A hit is its own request: the id it was asked with, never the stored one's.
     let hit = h
         .client
-        .request(
-            Method::GET,
-            &format!("{}/current", API),
-        )
+        .request(Method::GET, &format!("{}/current", API))
         .auth(alice())
         .header("x-request-id", "checkout-7f3b")
         .send()

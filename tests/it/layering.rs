@@ -5,7 +5,15 @@ use std::collections::BTreeMap;
 
 /// The tiers, lowest first (docs/ARCHITECTURE.md, "Layering").
 const TIERS: [&[&str]; 14] = [
-    &["body", "query", "routes", "cookies", "log_sink", "rfc3339", "request_id"],
+    &[
+        "body",
+        "query",
+        "routes",
+        "cookies",
+        "log_sink",
+        "rfc3339",
+        "request_id",
+    ],
     &["hints"],
     &["config", "error", "quota", "burst"],
     &[

@@ -34,6 +34,16 @@ fn metric(text: &str, series: &str) -> Option<f64> {
         .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
 }
 
+/// A read of another endpoint than [`fresh`]'s (`GET /user/memberof`).
+async fn other_endpoint(h: &Harness) -> Answer {
+    h.client
+        .get(
+            &format!("{API}/memberof?accountId={}", alice().account_id),
+            Some(&basic(alice())),
+        )
+        .await
+}
+
 /// A read of `GET /user/current` that always goes upstream (a distinct query each time).
 async fn fresh(h: &Harness, n: usize) -> Answer {
     h.client
@@ -63,13 +73,7 @@ async fn a_dry_burst_bucket_paces_its_endpoint_only_and_never_reads_as_the_quota
     );
     // Another endpoint was never slowed by it.
     let other = tokio::time::Instant::now();
-    let groups = h
-        .client
-        .get(
-            &format!("{API}/memberof?accountId={}", alice().account_id),
-            Some(&basic(alice())),
-        )
-        .await;
+    let groups = other_endpoint(&h).await;
     assert_eq!(groups.status, 200);
     assert!(other.elapsed() < Duration::from_millis(50));
     let text = metrics(&h).await;
@@ -138,13 +142,7 @@ async fn past_burst_wait_a_call_is_refused_at_once_and_other_endpoints_keep_answ
         assert!((1..=3).contains(&retry), "{retry}");
     }
     assert_eq!(h.fake.limit_refusals(), 0);
-    let groups = h
-        .client
-        .get(
-            &format!("{API}/memberof?accountId={}", alice().account_id),
-            Some(&basic(alice())),
-        )
-        .await;
+    let groups = other_endpoint(&h).await;
     assert_eq!(groups.status, 200, "another endpoint");
 }
 
@@ -176,13 +174,7 @@ async fn a_burst_429_holds_that_endpoint_and_method_only() {
         "held here, not sent"
     );
     // Every other endpoint, and the site, are untouched.
-    let groups = h
-        .client
-        .get(
-            &format!("{API}/memberof?accountId={}", alice().account_id),
-            Some(&basic(alice())),
-        )
-        .await;
+    let groups = other_endpoint(&h).await;
     assert_eq!(groups.status, 200);
     let text = metrics(&h).await;
     assert_eq!(
