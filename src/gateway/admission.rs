@@ -1,0 +1,168 @@
+//! Admission: permission for one call to go upstream, the call itself, and what its answer
+//! teaches the limits and costs the caller.
+//!
+//! Invariants: every trip upstream is admitted by every limit (`Limits::admit_upstream`) and
+//! holds a place upstream (`Upstream::enter`) before it is sent; whatever refuses or fails it
+//! gives back what its pass held; only idempotent requests are retried, on connect errors only.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use tokio::time::Instant;
+
+use crate::access_log::UpstreamSeen;
+use crate::burst::BucketId;
+use crate::caller::Caller;
+use crate::cookies::IgnoredCookies;
+use crate::error::GatewayError;
+use crate::hints::Hints;
+use crate::limit::{self, HoldKey, Limits, WriteKey};
+use crate::metrics::Metrics;
+use crate::quota;
+use crate::routes::Route;
+use crate::telemetry;
+use crate::upstream::Upstream;
+
+/// A copy of a prepared upstream request, for a fetch that may run more than once.
+pub(super) fn copy_request(template: &Request<Full<Bytes>>) -> Request<Full<Bytes>> {
+    let mut request = Request::new(template.body().clone());
+    *request.method_mut() = template.method().clone();
+    *request.uri_mut() = template.uri().clone();
+    *request.version_mut() = template.version();
+    *request.headers_mut() = template.headers().clone();
+    request
+}
+
+/// Permission to go upstream for one request, what its answer teaches the limits, and what
+/// it cost.
+pub(super) struct Admission {
+    /// Where the access line finds the exchange's status and time (while the log is on).
+    pub(super) seen: Option<Arc<UpstreamSeen>>,
+    pub(super) limits: Arc<Limits>,
+    pub(super) metrics: Arc<Metrics>,
+    pub(super) route: Route,
+    /// The client's method (a read the cache fills is sent as GET whatever it was).
+    pub(super) method: http::Method,
+    pub(super) caller: Caller,
+    pub(super) hold: HoldKey,
+    /// The resource a write changes (for Confluence's per-resource write limits).
+    pub(super) write: Option<WriteKey>,
+    /// Their `Set-Cookie`s leave every answer as it arrives.
+    pub(super) cookies: Arc<IgnoredCookies>,
+}
+
+/// Retries of an idempotent request after a connect error.
+const CONNECT_RETRIES: u32 = 2;
+
+impl Admission {
+    /// Charges what an answer with `status` cost (its decoded `body`, when it was read) to the
+    /// caller's budget and account and to the site's standing.
+    pub(super) async fn charge(&self, status: http::StatusCode, body: Option<&[u8]>) {
+        let write = self.method != http::Method::GET && self.method != http::Method::HEAD;
+        let points = quota::charge(self.route, write, status, body);
+        self.limits.charge(&self.caller, points).await;
+        self.caller
+            .account
+            .spend(self.route, points, Instant::now());
+    }
+
+    /// Admits (hold, quota, budgets, upstream allowances, the burst bucket's pace), takes a
+    /// place upstream, sends, and records what the answer says of the limits; the answer comes
+    /// back without the `Set-Cookie`s of ignored cookies. `idempotent` requests are retried on
+    /// connect errors only — the request never reached upstream — with jittered backoff, within
+    /// the deadline. Whatever refuses or fails the call gives back what the pass held (the
+    /// hold's probe, the bucket's claim) and the place.
+    pub(super) async fn send(
+        &self,
+        upstream: &Upstream,
+        request: Request<Full<Bytes>>,
+        deadline: Instant,
+        idempotent: bool,
+    ) -> Result<Response<Incoming>, GatewayError> {
+        let bucket = BucketId::of(self.route, &self.method);
+        let pass = self
+            .limits
+            .admit_upstream(&self.caller, &self.hold, bucket, &self.method, self.write)
+            .await?;
+        if let Some(bucket) = pass.bucket() {
+            self.metrics.burst_waited(bucket, pass.waited());
+        }
+        let entered = Instant::now();
+        let place = upstream.enter().await?;
+        self.metrics.queue_waited(entered.elapsed());
+        let mut attempt = 0;
+        let mut request = Some(request);
+        loop {
+            // Every try but the last sends a copy; the last sends the request itself.
+            let retry_left = idempotent && attempt < CONNECT_RETRIES;
+            let mut this_try = match &request {
+                Some(template) if retry_left => copy_request(template),
+                _ => request.take().expect("the last try returns"),
+            };
+            telemetry::inject(this_try.headers_mut());
+            let sent = Instant::now();
+            let result = upstream.send(&place, this_try, deadline).await;
+            let upstream_ms = sent.elapsed().as_secs_f64() * 1e3;
+            tracing::Span::current().record("wikigate.upstream_duration_ms", upstream_ms);
+            let outcome = match &result {
+                Ok(response) => Ok(response.status()),
+                Err(GatewayError::UpstreamConnect(_)) => Err("connect_error"),
+                Err(GatewayError::UpstreamTimeout(_)) => Err("timeout"),
+                Err(_) => Err("protocol_error"),
+            };
+            self.metrics.upstream(self.route, outcome, sent.elapsed());
+            if let (Some(seen), Ok(status)) = (&self.seen, outcome) {
+                seen.record(status, sent.elapsed());
+            }
+            match result {
+                Ok(mut response) => {
+                    self.cookies.strip_response(response.headers_mut());
+                    let hints = Hints::read(response.headers());
+                    if pass.answered(response.status(), &hints).await {
+                        self.metrics.hold_started();
+                    }
+                    return Ok(response);
+                }
+                Err(GatewayError::UpstreamConnect(_)) if retry_left => {
+                    let pause = Duration::from_millis(25 << attempt).mul_f64(1.0 + limit::jitter());
+                    if Instant::now() + pause >= deadline {
+                        return Err(GatewayError::UpstreamConnect(
+                            "no time left to retry".to_owned(),
+                        ));
+                    }
+                    tokio::time::sleep(pause).await;
+                    attempt += 1;
+                }
+                Err(error) => return Err(error),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_copy_is_the_request_whole() {
+        let mut template = Request::post("https://site.example/wiki/rest/api/user/watch/space/A")
+            .header("authorization", "Basic eA==")
+            .header("x-atlassian-token", "no-check")
+            .body(Full::new(Bytes::from_static(b"{}")))
+            .unwrap();
+        *template.version_mut() = http::Version::HTTP_11;
+        let copy = copy_request(&template);
+        assert_eq!(copy.method(), template.method());
+        assert_eq!(copy.uri(), template.uri());
+        assert_eq!(copy.version(), template.version());
+        assert_eq!(copy.headers(), template.headers());
+        let body =
+            |request: &Request<Full<Bytes>>| hyper::body::Body::size_hint(request.body()).exact();
+        assert_eq!(body(&copy), Some(2));
+        assert_eq!(body(&copy), body(&template));
+    }
+}

@@ -1,0 +1,191 @@
+//! Reading upstream's answers for the cache: whole and decoded when they fit
+//! `max_entry_bytes`, streamed through when they do not.
+//!
+//! Invariants: never more than the limit is held in memory; a gzip answer is never inflated
+//! for a client that does not take gzip (asked again without gzip, or refused); a corrupt gzip
+//! answer is an error, never a shorter body.
+
+use bytes::{Bytes, BytesMut};
+use http::{Request, Response, header};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use tokio::time::Instant;
+
+use super::admission::{Admission, copy_request};
+use crate::body::Body;
+use crate::cache::{self, Buffered, Fetched};
+use crate::coding::{self, Accepts, Coding};
+use crate::error::GatewayError;
+use crate::forward;
+use crate::upstream::Upstream;
+
+/// Fetches for the cache: the answer read whole and decoded when it is at most `limit` bytes
+/// (encoded and decoded), streamed through otherwise without ever holding more than `limit`
+/// bytes of it. `accepts` is what the requesting client accepts: an answer too large to hold
+/// reaches it only in a coding it accepts — for a client that does not take gzip, a gzip
+/// answer too large to decode is asked for once more, without gzip, and streamed as it comes.
+pub(super) async fn fetch(
+    upstream: &Upstream,
+    admission: &Admission,
+    request: Request<Full<Bytes>>,
+    limit: usize,
+    accepts: Accepts,
+) -> Result<Fetched, GatewayError> {
+    let identity = (!accepts.gzip()).then(|| {
+        let mut again = copy_request(&request);
+        again.headers_mut().insert(
+            header::ACCEPT_ENCODING,
+            http::HeaderValue::from_static("identity"),
+        );
+        again
+    });
+    let fetched = fetch_once(upstream, admission, request, limit, accepts).await?;
+    match (fetched, identity) {
+        (Fetched::Undeliverable(_), Some(again)) => {
+            fetch_once(upstream, admission, again, limit, accepts).await
+        }
+        (fetched, _) => Ok(fetched),
+    }
+}
+
+/// One trip of [`fetch`].
+async fn fetch_once(
+    upstream: &Upstream,
+    admission: &Admission,
+    request: Request<Full<Bytes>>,
+    limit: usize,
+    accepts: Accepts,
+) -> Result<Fetched, GatewayError> {
+    let deadline = upstream.deadline();
+    let response = admission.send(upstream, request, deadline, true).await?;
+    let status = response.status();
+    let fetched = read_answer(response, deadline, limit, accepts).await;
+    let body = match &fetched {
+        Ok(Fetched::Buffered(answer)) => Some(answer.body().as_ref()),
+        _ => None,
+    };
+    admission.charge(status, body).await;
+    fetched
+}
+
+/// Upstream's answer to a fetch: read whole and decoded, or streamed through (see [`fetch`]).
+async fn read_answer(
+    response: Response<Incoming>,
+    deadline: Instant,
+    limit: usize,
+    accepts: Accepts,
+) -> Result<Fetched, GatewayError> {
+    let (mut parts, body) = response.into_parts();
+    forward::clean_response_head(&mut parts);
+    let coding = Coding::of_response(&parts.headers).map_err(|coding| {
+        GatewayError::UpstreamProtocol(format!(
+            "the answer came in a content coding wikigate did not ask for: {coding}"
+        ))
+    })?;
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit as u64) {
+        return streamed(
+            parts,
+            Body::upstream(body, deadline),
+            coding,
+            accepts,
+            limit,
+        );
+    }
+    let received = match read_bounded(body, deadline, limit).await? {
+        Bounded::Whole(received) => received,
+        Bounded::TooLarge(body) => return streamed(parts, body, coding, accepts, limit),
+    };
+    parts.headers.remove(header::CONTENT_ENCODING);
+    parts.headers.remove(header::CONTENT_LENGTH);
+    let answer = match coding {
+        Coding::Identity => Buffered::plain(parts.status, parts.headers, received),
+        Coding::Gzip => match coding::gunzip(&received, limit) {
+            Ok(plain) => Buffered::gzipped(parts.status, parts.headers, plain, received),
+            Err(coding::DecodeError::TooLarge { .. }) => {
+                // What arrived fits, what it inflates to does not: the client gets the gzip
+                // as it came, if it takes gzip, and nothing is stored.
+                parts.headers.insert(
+                    header::CONTENT_ENCODING,
+                    http::HeaderValue::from_static("gzip"),
+                );
+                return streamed(parts, Body::full(received), coding, accepts, limit);
+            }
+            Err(error @ coding::DecodeError::Corrupt) => {
+                return Err(GatewayError::UpstreamProtocol(format!(
+                    "the gzip answer cannot be decoded: {error}"
+                )));
+            }
+        },
+    };
+    Ok(Fetched::Buffered(answer))
+}
+
+/// An upstream body read as far as `limit`.
+enum Bounded {
+    /// All of it, at most `limit` bytes.
+    Whole(Bytes),
+    /// More than `limit`: what was read, followed by the rest as it comes.
+    TooLarge(Body),
+}
+
+/// Reads `body` whole if it ends within `limit` bytes, by `deadline`.
+async fn read_bounded(
+    mut body: Incoming,
+    deadline: Instant,
+    limit: usize,
+) -> Result<Bounded, GatewayError> {
+    let mut buffer = BytesMut::new();
+    loop {
+        let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
+            Err(_) => {
+                return Err(GatewayError::UpstreamTimeout(
+                    "the response body did not arrive in time".to_owned(),
+                ));
+            }
+            Ok(None) => return Ok(Bounded::Whole(buffer.freeze())),
+            Ok(Some(Err(e))) => {
+                return Err(GatewayError::UpstreamProtocol(format!(
+                    "response body broke off: {e}"
+                )));
+            }
+            Ok(Some(Ok(frame))) => frame,
+        };
+        let Ok(data) = frame.into_data() else {
+            continue; // trailers carry nothing wikigate keeps
+        };
+        buffer.extend_from_slice(&data);
+        if buffer.len() > limit {
+            let prefix = buffer.freeze();
+            return Ok(Bounded::TooLarge(Body::upstream_after(
+                prefix, body, deadline,
+            )));
+        }
+    }
+}
+
+/// An answer too large to hold, passed through to the client as it came — when the client
+/// accepts its coding; a gzip answer is never inflated for a client that does not take gzip.
+fn streamed(
+    parts: http::response::Parts,
+    body: Body,
+    coding: Coding,
+    accepts: Accepts,
+    limit: usize,
+) -> Result<Fetched, GatewayError> {
+    if coding == Coding::Gzip && !accepts.gzip() {
+        return Ok(Fetched::Undeliverable(GatewayError::UpstreamProtocol(
+            format!(
+                "a gzip answer larger than cache.max_entry_bytes ({limit}) decoded, for a client \
+             that does not accept gzip"
+            ),
+        )));
+    }
+    let mut response = Response::from_parts(parts, body);
+    cache::add_vary_accept_encoding(response.headers_mut());
+    Ok(Fetched::Streamed(response))
+}
