@@ -292,11 +292,10 @@ impl Cache {
     fn store_account(&self, account: Buffered, lifetime: Lifetime, points: u32) -> Arc<Entry> {
         let no_request = HeaderMap::new();
         Arc::new(Entry::new(
-            account,
+            account.priced(points),
             &no_request,
             lifetime,
             false,
-            points,
             Coding::Identity,
         ))
     }
@@ -408,14 +407,7 @@ impl Envelope {
             None => "null".to_owned(),
         };
         let answer = Buffered::plain(StatusCode::OK, self.headers, Bytes::from(body));
-        Entry::new(
-            answer,
-            &HeaderMap::new(),
-            lifetime,
-            false,
-            0,
-            Coding::Identity,
-        )
+        Entry::new(answer, &HeaderMap::new(), lifetime, false, Coding::Identity)
     }
 
     fn from_entry(entry: &Entry) -> Option<Envelope> {

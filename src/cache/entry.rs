@@ -40,6 +40,9 @@ pub struct Buffered {
     body: Bytes,
     /// Upstream's own gzip of `body`, as long as `body` is what upstream sent.
     gzip: Option<Bytes>,
+    /// What the call cost by Atlassian's table, priced once when it was read
+    /// ([`Buffered::priced`]): the points an answer made from it saves.
+    points: u32,
 }
 
 impl Buffered {
@@ -50,6 +53,7 @@ impl Buffered {
             headers,
             body,
             gzip: None,
+            points: 0,
         }
     }
 
@@ -60,11 +64,23 @@ impl Buffered {
             headers,
             body,
             gzip: Some(gzip),
+            points: 0,
         }
     }
 
     pub fn body(&self) -> &Bytes {
         &self.body
+    }
+
+    /// The answer with what its call cost (priced once, where it was read).
+    pub fn priced(mut self, points: u32) -> Buffered {
+        self.points = points;
+        self
+    }
+
+    /// What the call cost by Atlassian's table (0 until priced).
+    pub fn points(&self) -> u32 {
+        self.points
     }
 
     /// Replaces the body (a rewrite); upstream's gzip of the old one goes with it.
@@ -299,7 +315,6 @@ impl Entry {
         request_headers: &HeaderMap,
         lifetime: Lifetime,
         shared: bool,
-        points: u32,
         keep: Coding,
     ) -> Entry {
         let Buffered {
@@ -307,6 +322,7 @@ impl Entry {
             headers,
             body,
             gzip,
+            points,
         } = answer;
         let vary = vary_names(&headers).map(|names| {
             Box::new(Vary {
@@ -882,14 +898,7 @@ mod tests {
             HeaderValue::from_maybe_shared(value).unwrap(),
         );
         let answer = Buffered::plain(StatusCode::OK, headers, read_buffer.slice(8..1208));
-        let entry = Entry::new(
-            answer,
-            &HeaderMap::new(),
-            LIFETIME,
-            false,
-            1,
-            Coding::Identity,
-        );
+        let entry = Entry::new(answer, &HeaderMap::new(), LIFETIME, false, Coding::Identity);
         let body = entry.plain().unwrap();
         assert_eq!(body.len(), 1200);
         assert!(!within(body.as_ptr()));
@@ -905,7 +914,6 @@ mod tests {
             &HeaderMap::new(),
             LIFETIME,
             false,
-            1,
             Coding::Gzip,
         );
         let response = hit(&entry, &request(&[("accept-encoding", "gzip")]));
@@ -943,7 +951,6 @@ mod tests {
             &HeaderMap::new(),
             LIFETIME,
             false,
-            1,
             Coding::Gzip,
         );
         let gzip_client = request(&[("accept-encoding", "gzip, deflate")]);
@@ -976,7 +983,6 @@ mod tests {
             &HeaderMap::new(),
             LIFETIME,
             false,
-            1,
             Coding::Identity,
         );
         assert!(matches!(
@@ -1015,7 +1021,6 @@ mod tests {
             &HeaderMap::new(),
             LIFETIME,
             false,
-            1,
             Coding::Gzip,
         );
         for etag in [Coding::Identity, Coding::Gzip].map(|c| entry.etags.get(c)) {
@@ -1040,11 +1045,11 @@ mod tests {
             edge_answer(
                 b"{\"accountId\":\"712020:a\"}",
                 "Accept-Encoding, Accept-Language",
-            ),
+            )
+            .priced(5),
             &request(&[("accept-language", "de")]),
             LIFETIME,
             false,
-            5,
             Coding::Gzip,
         );
         let copy = Entry::decode(&original.encode()).unwrap();
@@ -1075,7 +1080,6 @@ mod tests {
                 &request(&[("accept-language", "de"), ("accept-encoding", "gzip")]),
                 LIFETIME,
                 false,
-                1,
                 Coding::Gzip,
             )
         };

@@ -60,7 +60,7 @@ use crate::error::GatewayError;
 use crate::forward::list_tokens;
 use crate::links::Links;
 use crate::metrics::{CacheStats, Metrics};
-use crate::quota::{self, Quota};
+use crate::quota::Quota;
 use crate::routes::{Resolved, Route, Tag};
 
 /// What upstream answered a fetch with.
@@ -692,7 +692,6 @@ impl Cache {
         if let Some(rewritten) = self.links.rewrite(answer.body()) {
             answer.set_body(rewritten);
         }
-        let points = quota::cost(lookup.route, false, answer.body());
         let keep = Accepts::of(request_headers).preferred();
         let exchange = exchange_ids(&answer.headers);
         let entry = Arc::new(Entry::new(
@@ -700,7 +699,6 @@ impl Cache {
             request_headers,
             lifetime,
             lookup.shared,
-            points,
             keep,
         ));
         self.store.insert(lookup.key, entry.clone());

@@ -59,11 +59,16 @@ pub(super) struct Admission {
 const CONNECT_RETRIES: u32 = 2;
 
 impl Admission {
-    /// Charges what an answer with `status` cost (its decoded `body`, when it was read) to the
-    /// caller's budget and account and to the site's standing.
-    pub(super) async fn charge(&self, status: http::StatusCode, body: Option<&[u8]>) {
+    /// What an answer with `status` cost by Atlassian's table (its decoded `body`, when it was
+    /// read; else what a call of its kind costs at the least).
+    pub(super) fn price(&self, status: http::StatusCode, body: Option<&[u8]>) -> u32 {
         let write = self.method != http::Method::GET && self.method != http::Method::HEAD;
-        let points = quota::charge(self.route, write, status, body);
+        quota::charge(self.route, write, status, body)
+    }
+
+    /// Charges `points` (see [`Admission::price`]) to the caller's budget and account and to
+    /// the site's standing.
+    pub(super) async fn charge(&self, points: u32) {
         self.limits.charge(&self.caller, points).await;
         self.caller
             .account

@@ -59,12 +59,20 @@ async fn fetch_once(
     let deadline = upstream.deadline();
     let response = admission.send(upstream, request, deadline, true).await?;
     let status = response.status();
-    let fetched = read_answer(response, deadline, limit, accepts).await;
-    let body = match &fetched {
-        Ok(Fetched::Buffered(answer)) => Some(answer.body().as_ref()),
-        _ => None,
+    // The answer is priced once, here: the same figure is charged and, if it is stored,
+    // saved by every answer made from it.
+    let fetched = match read_answer(response, deadline, limit, accepts).await {
+        Ok(Fetched::Buffered(answer)) => {
+            let points = admission.price(status, Some(answer.body()));
+            Ok(Fetched::Buffered(answer.priced(points)))
+        }
+        other => other,
     };
-    admission.charge(status, body).await;
+    let points = match &fetched {
+        Ok(Fetched::Buffered(answer)) => answer.points(),
+        _ => admission.price(status, None),
+    };
+    admission.charge(points).await;
     fetched
 }
 

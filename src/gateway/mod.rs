@@ -325,7 +325,9 @@ impl Gateway {
             async move {
                 let result = admission.send(&upstream, request, deadline, false).await;
                 if let Ok(response) = &result {
-                    admission.charge(response.status(), None).await;
+                    admission
+                        .charge(admission.price(response.status(), None))
+                        .await;
                 }
                 let may_have_changed = match &result {
                     Ok(response) => !response.status().is_client_error(),
@@ -410,7 +412,9 @@ impl Gateway {
         let response = admission
             .send(&self.upstream, request, deadline, true)
             .await?;
-        admission.charge(response.status(), None).await;
+        admission
+            .charge(admission.price(response.status(), None))
+            .await;
         Ok(forward::downstream_response(response, deadline))
     }
 
