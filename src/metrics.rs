@@ -860,11 +860,6 @@ impl Metrics {
         r.register("build_info", "Build information", build);
     }
 
-    /// The quota whose points and standing these metrics expose.
-    pub fn quota(&self) -> &Arc<Quota> {
-        &self.quota
-    }
-
     /// A request began; the guard ends it.
     pub fn in_flight(&self) -> InFlight<'_> {
         self.in_flight.inc();

@@ -71,8 +71,14 @@ impl Parts {
             config.server.public_url.as_deref(),
             &config.upstream.url,
         ));
-        let cache = Cache::new(&config.cache, links.clone(), secret, metrics.clone())
-            .with_cluster(cluster.clone());
+        let cache = Cache::new(
+            &config.cache,
+            links.clone(),
+            secret,
+            metrics.clone(),
+            quota.clone(),
+        )
+        .with_cluster(cluster.clone());
         let callers = Callers::new(config, secret, &quota.accounts)?;
         let parts = Parts {
             cache: Arc::new(cache),

@@ -201,7 +201,9 @@ pub struct Cache {
     store: Moka<CacheKey, Arc<Entry>>,
     generations: Generations,
     flights: Flights<CacheKey, Option<Landed>>,
-    config: CacheConfig,
+    /// What of `[cache]` is fixed until a restart; the reloadable parts are `routes` and
+    /// `not_found`.
+    config: Settings,
     /// Redis, in multi-replica mode.
     cluster: Option<Arc<Cluster>>,
     /// Per-route TTLs and stale windows; replaced by a reload.
@@ -216,6 +218,30 @@ pub struct Cache {
     /// The site's quota: while it is low, expired entries stand in for upstream calls
     /// (`stale_on_low_quota`).
     quota: Arc<Quota>,
+}
+
+/// The settings of `[cache]` a reload does not change.
+#[derive(Debug, Clone, Copy)]
+struct Settings {
+    enabled: bool,
+    max_bytes: u64,
+    max_entry_bytes: usize,
+    coalesce_timeout: Duration,
+    bulk_entities: bool,
+    negative_ttl: Duration,
+}
+
+impl Settings {
+    fn of(config: &CacheConfig) -> Settings {
+        Settings {
+            enabled: config.enabled,
+            max_bytes: config.max_bytes,
+            max_entry_bytes: config.max_entry_bytes,
+            coalesce_timeout: config.coalesce_timeout,
+            bulk_entities: config.bulk_entities,
+            negative_ttl: config.negative_ttl,
+        }
+    }
 }
 
 /// moka keeps each entry for what is left of its retention (TTL plus its longest stale
@@ -246,14 +272,14 @@ impl moka::Expiry<CacheKey, Arc<Entry>> for Retention {
 
 impl Cache {
     /// `secret` keys the partition hash (see [`partition_secret`]); `metrics` counts what the
-    /// cache does and knows the quota it reads.
+    /// cache does; `quota` is the site's standing, which `stale_on_low_quota` reads.
     pub fn new(
         config: &CacheConfig,
         links: Arc<Links>,
         secret: [u8; 32],
         metrics: Arc<Metrics>,
+        quota: Arc<Quota>,
     ) -> Cache {
-        let quota = metrics.quota().clone();
         let evictions = metrics.clone();
         let store = Moka::builder()
             .max_capacity(config.max_bytes)
@@ -273,7 +299,7 @@ impl Cache {
             store,
             generations: Generations::default(),
             flights: Flights::default(),
-            config: config.clone(),
+            config: Settings::of(config),
             routes: arc_swap::ArcSwap::from_pointee(config.routes.clone()),
             not_found: arc_swap::ArcSwap::from_pointee(not_found(config)),
             links,
@@ -408,10 +434,17 @@ impl Cache {
         }
     }
 
-    /// Invalidates every cached read that observed one of `tags` (a write's resource tags),
-    /// for every caller — on every replica, when in a cluster (the tag's counter in Redis,
-    /// which every replica reads when it looks such a read up).
-    pub async fn invalidate(&self, tags: &[Tag]) {
+    /// Invalidates every cached read that a write of `route` changed (one of its resource
+    /// `tags`), for every caller — on every replica, when in a cluster — and counts it.
+    pub async fn invalidate(&self, route: Route, tags: &[Tag]) {
+        self.bump(tags).await;
+        self.metrics.invalidation(route);
+    }
+
+    /// Invalidates every cached read that observed one of `tags` (on every replica, when in a
+    /// cluster: the tag's counter in Redis, which every replica reads when it looks such a read
+    /// up).
+    async fn bump(&self, tags: &[Tag]) {
         for tag in tags {
             self.generations.bump(tag);
         }
@@ -434,7 +467,7 @@ impl Cache {
             Some(Tag::Route(route)) => format!("route:{}", route.name()),
             // A resource tag's counter is read from Redis by every lookup: in force at once.
             Some(tag) => {
-                self.invalidate(std::slice::from_ref(tag)).await;
+                self.bump(std::slice::from_ref(tag)).await;
                 return match &self.cluster {
                     None => Purge::Done,
                     Some(cluster) => match cluster.is_up() {

@@ -23,11 +23,13 @@ fn cache_with(policy: RoutePolicy) -> Arc<Cache> {
     config.routes.set_all(policy);
     let upstream: UpstreamUrl = "http://127.0.0.1:1".parse().expect("a valid URL");
     let links = Arc::new(Links::new(None, &upstream));
+    let quota = Arc::new(crate::quota::Quota::default());
     Arc::new(Cache::new(
         &config,
         links,
         [7; 32],
-        Arc::new(Metrics::default()),
+        Arc::new(Metrics::new(quota.clone())),
+        quota,
     ))
 }
 
@@ -153,7 +155,7 @@ async fn a_write_leaves_every_earlier_key_unreachable() {
     let before = lookup(&cache, WATCH, &alice).await;
 
     let write = routes::resolve(&Method::POST, WATCH).unwrap();
-    cache.invalidate(&write.invalidates()).await;
+    cache.invalidate(write.route(), &write.invalidates()).await;
 
     let after = lookup(&cache, WATCH, &alice).await;
     assert_ne!(before.key, after.key, "the write moved the key");
@@ -165,7 +167,7 @@ async fn a_write_leaves_every_earlier_key_unreachable() {
     // Other resources keep their entries.
     let other = "/wiki/rest/api/user/watch/space/OPS";
     read(&cache, other, &alice, &upstream).await.unwrap();
-    cache.invalidate(&write.invalidates()).await;
+    cache.invalidate(write.route(), &write.invalidates()).await;
     let (outcome, _) = read(&cache, other, &alice, &upstream).await.unwrap();
     assert_eq!(outcome, Outcome::Hit(Tier::Memory));
 }
@@ -184,7 +186,7 @@ async fn an_answer_fetched_across_a_write_is_stored_under_the_dead_key() {
     });
     tokio::time::sleep(Duration::from_millis(50)).await;
     let write = routes::resolve(&Method::POST, WATCH).unwrap();
-    cache.invalidate(&write.invalidates()).await;
+    cache.invalidate(write.route(), &write.invalidates()).await;
     assert_eq!(in_flight.await.unwrap().unwrap().0, Outcome::STORED);
 
     let after = lookup(&cache, WATCH, &alice).await;

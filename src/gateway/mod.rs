@@ -320,7 +320,7 @@ impl Gateway {
         let deadline = self.upstream.deadline();
         let upstream = self.upstream.clone();
         let cache = self.cache.clone();
-        let (metrics, route) = (self.metrics.clone(), admission.route);
+        let route = admission.route;
         let exchange = tokio::spawn(
             async move {
                 let result = admission.send(&upstream, request, deadline, false).await;
@@ -336,8 +336,7 @@ impl Gateway {
                     Err(_) => true,
                 };
                 if may_have_changed {
-                    cache.invalidate(&tags).await;
-                    metrics.invalidation(route);
+                    cache.invalidate(route, &tags).await;
                 }
                 result
             }
