@@ -176,10 +176,6 @@ impl Upstream {
         })
     }
 
-    pub fn url(&self) -> &UpstreamUrl {
-        &self.url
-    }
-
     /// The upstream URI for an incoming request target: the configured prefix joined with the
     /// target, which is kept byte-for-byte (Connect JWT signatures hash it).
     pub fn target(&self, path_and_query: &PathAndQuery) -> Result<Uri, GatewayError> {
