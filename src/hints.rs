@@ -14,7 +14,7 @@
 //! - `X-RateLimit-Limit` + `X-RateLimit-Remaining`: a bucket's size and what is left of it
 //!   ([`Bucket`]).
 //!
-//! Structured fields (RFC 9651) are read by [`members`], tolerantly, rather than by the `sfv`
+//! Structured fields (RFC 9651) are read by `members`, tolerantly, rather than by the `sfv`
 //! crate: `sfv` refuses a whole field for one malformed member, as the RFC says a strict
 //! parser must, and the field logs show Atlassian's headers imperfect (a member without a
 //! name, a missing parameter); reading what can be read keeps the other policies. Quoted

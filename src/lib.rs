@@ -10,11 +10,15 @@
 //! - [`parts`] — the state a gateway is made of, shared by both listeners.
 //! - [`server`] — accept loops, TLS, HTTP/1.1 + HTTP/2, graceful connection shutdown.
 //! - [`shutdown`] — SIGTERM/SIGINT drain and stop, SIGHUP reloads.
-//! - [`gateway`] — the request path as one function (see its module doc).
+//! - [`gateway`] — the request path: `admit` and `onward` (see its module doc), with its parts
+//!   (admission, fetch, record, bounds).
 //! - [`routes`] — the route table: 12 templates, 21 operations, path-parameter validation.
 //! - [`cache`] — per-caller GET caching in moka: keys, tag generations, coalescing, stale.
 //! - [`caller`] — who is calling (client key, credential, address); service-account mode.
-//! - [`limit`] — per-caller and global GCRA limits, upstream holds after 429s.
+//! - [`limit`] — per-caller and global GCRA limits, points budgets, the reserve, and each
+//!   upstream 429 held at its scope.
+//! - [`hints`] — every rate-limit header of an upstream answer, read once and bounded.
+//! - [`burst`] — Atlassian's per-second burst buckets, per route and method, and the pacing.
 //! - [`cluster`] — multi-replica mode: Redis L2, generations, pub/sub, cluster-wide GCRA.
 //! - [`csrf`] — the guard that makes sending `X-Atlassian-Token: no-check` safe.
 //! - [`forward`] — header hygiene between client and upstream, XSRF header injection.
@@ -33,14 +37,19 @@
 //! - [`access_log`] — the access log's line, formatted without allocating.
 //! - [`log_sink`] — the buffered log writer that never blocks a request.
 //! - [`rfc3339`] — UTC timestamps as text, both ways.
+//! - [`request_id`] — `X-Request-Id`: the client's, or one made.
 //! - [`fake`] — a fake Confluence site for the demo and the tests.
 //! - [`demo`] — `wikigate demo`.
 //!
 //! # Request path
 //!
-//! `server` accepts → `gateway` checks limits, resolves the route, guards writes, reads the
-//! body → `forward` cleans the head → `upstream` sends → `forward` cleans the response, which
-//! streams back through `body`. `docs/ARCHITECTURE.md` has the long form.
+//! `server` accepts → `gateway` checks the head and the caller's limit, resolves the route →
+//! a read: `cache` answers a fresh entry at once (the hit path), else joins or leads one fetch
+//! → a write: `csrf` guards it and its body is read → every trip upstream: `limit` admits it
+//! (holds, quota, budgets, the burst bucket's pace), `upstream` gives it a place and sends it,
+//! `forward` cleans both heads, `hints` reads what the answer says of the limits → the answer
+//! streams back through `body`, and a write's tags are invalidated before it does.
+//! `docs/ARCHITECTURE.md` has the long form.
 
 #![forbid(unsafe_code)]
 

@@ -1034,8 +1034,8 @@ impl Pass<'_> {
         self.bucket
     }
 
-    /// Learns from upstream's answer (see [`Limits::observe`]); whether a hold on the
-    /// credential started.
+    /// Learns from upstream's answer, each limit at its scope (as `Limits::observe` says);
+    /// whether a hold on the credential started.
     pub async fn answered(mut self, status: StatusCode, hints: &Hints) -> bool {
         self.probe = false;
         let limits = self.limits;
