@@ -185,41 +185,51 @@ impl Handler for Admin {
                 body(StatusCode::OK, content_type, text)
             }
             "/healthz" => text(StatusCode::OK, "ok\n"),
-            "/readyz" if *self.draining.borrow() => {
-                text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
-            }
-            "/readyz" if !self.parts.limits.responsive(LOCK_PROBE) => body(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "text/plain; charset=utf-8",
-                "not ready: the upstream admission state is stuck (see the log)\n".to_owned(),
-            ),
-            "/readyz" if self.parts.metrics.failing_inside().is_some() => body(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "text/plain; charset=utf-8",
-                format!(
-                    "not ready: the last {} requests failed inside wikigate, none reached upstream since (see the log)\n",
-                    self.parts.metrics.failing_inside().unwrap_or_default()
-                ),
-            ),
-            "/readyz" => match &self.parts.cluster {
-                None => text(StatusCode::OK, "ready\n"),
-                Some(cluster) if cluster.is_up() => text(StatusCode::OK, "ready\nredis: up\n"),
-                // Still ready: the replica serves from L1 and upstream meanwhile.
-                Some(cluster) => body(
-                    StatusCode::OK,
-                    "text/plain; charset=utf-8",
-                    format!(
-                        "ready\nredis: down (serving from L1 and upstream; limits local, 1/{} each)\n",
-                        cluster.replicas()
-                    ),
-                ),
-            },
+            "/readyz" => self.readiness(),
             _ => error_response(StatusCode::NOT_FOUND, "no such admin endpoint"),
         }
     }
 }
 
 impl Admin {
+    /// `/readyz`: 503 while draining, while the admission path is stuck, or while requests
+    /// keep failing inside wikigate; else 200, saying how Redis is.
+    fn readiness(&self) -> Response<Body> {
+        let not_ready = |why: String| {
+            body(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "text/plain; charset=utf-8",
+                why,
+            )
+        };
+        if *self.draining.borrow() {
+            return text(StatusCode::SERVICE_UNAVAILABLE, "draining\n");
+        }
+        if !self.parts.limits.responsive(LOCK_PROBE) {
+            return not_ready(
+                "not ready: the upstream admission state is stuck (see the log)\n".to_owned(),
+            );
+        }
+        if let Some(streak) = self.parts.metrics.failing_inside() {
+            return not_ready(format!(
+                "not ready: the last {streak} requests failed inside wikigate, none reached upstream since (see the log)\n"
+            ));
+        }
+        match &self.parts.cluster {
+            None => text(StatusCode::OK, "ready\n"),
+            Some(cluster) if cluster.is_up() => text(StatusCode::OK, "ready\nredis: up\n"),
+            // Still ready: the replica serves from L1 and upstream meanwhile.
+            Some(cluster) => body(
+                StatusCode::OK,
+                "text/plain; charset=utf-8",
+                format!(
+                    "ready\nredis: down (serving from L1 and upstream; limits local, 1/{} each)\n",
+                    cluster.replicas()
+                ),
+            ),
+        }
+    }
+
     fn snapshot(&self) -> Snapshot {
         let (cache_entries, cache_bytes, cache_max_bytes) = self.parts.cache.size();
         let (holds, longest_hold) = self.parts.limits.holds();

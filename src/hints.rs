@@ -180,7 +180,7 @@ fn retry_after(headers: &HeaderMap, name: &HeaderName) -> Option<Duration> {
         .find_map(|value| {
             let value = value.trim();
             match value.parse::<u64>() {
-                Ok(secs) => Some(Duration::from_secs(secs.min(MAX_WAIT.as_secs()))),
+                Ok(secs) => Some(Duration::from_secs(secs)),
                 Err(_) => {
                     let at = httpdate::parse_http_date(value).ok()?;
                     Some(at.duration_since(SystemTime::now()).unwrap_or_default())
@@ -199,7 +199,7 @@ pub fn wait(stated: Duration) -> Duration {
 fn until(value: &str) -> Option<Duration> {
     let value = value.trim();
     let left = match value.parse::<u64>() {
-        Ok(secs) => Duration::from_secs(secs.min(MAX_WAIT.as_secs())),
+        Ok(secs) => Duration::from_secs(secs),
         Err(_) => {
             let at = crate::rfc3339::parse(value)?;
             at.duration_since(SystemTime::now()).unwrap_or_default()

@@ -207,8 +207,8 @@ struct Known {
     remaining: Option<(u64, Instant)>,
     /// The end of the window the policy was last stated in: it says nothing after it.
     until: Instant,
-    /// Recent (instant, remaining), for the burn rate.
-    samples: VecDeque<(Instant, u64)>,
+    /// Recent readings of `r`, for the burn rate.
+    samples: Samples,
 }
 
 impl Known {
@@ -217,32 +217,36 @@ impl Known {
             .filter(|(_, until)| *until > now)
             .map(|(r, _)| r)
     }
+}
 
-    fn push_sample(&mut self, now: Instant, remaining: u64) {
-        if self
-            .samples
-            .back()
-            .is_some_and(|(_, last)| remaining > *last)
-        {
-            self.samples.clear(); // a new window
+/// Recent (instant, points left) readings of one quota, for its burn rate: the last
+/// [`BURN_WINDOW`] of them, started afresh when more is left than before (a new window).
+#[derive(Debug, Clone, Default)]
+struct Samples(VecDeque<(Instant, u64)>);
+
+impl Samples {
+    fn push(&mut self, now: Instant, remaining: u64) {
+        if self.0.back().is_some_and(|(_, last)| remaining > *last) {
+            self.0.clear();
         }
-        self.samples.push_back((now, remaining));
+        self.0.push_back((now, remaining));
         while self
-            .samples
+            .0
             .front()
             .is_some_and(|(at, _)| now.duration_since(*at) > BURN_WINDOW)
         {
-            self.samples.pop_front();
+            self.0.pop_front();
         }
     }
-}
 
-/// Points per second over `samples`, when they span at least a second.
-fn burn_per_second(samples: &VecDeque<(Instant, u64)>) -> Option<f64> {
-    let (first_at, first) = *samples.front()?;
-    let (last_at, last) = *samples.back()?;
-    let span = last_at.duration_since(first_at);
-    (span >= Duration::from_secs(1)).then(|| first.saturating_sub(last) as f64 / span.as_secs_f64())
+    /// Points per second over the readings, when they span at least a second.
+    fn burn_per_second(&self) -> Option<f64> {
+        let (first_at, first) = *self.0.front()?;
+        let (last_at, last) = *self.0.back()?;
+        let span = last_at.duration_since(first_at);
+        (span >= Duration::from_secs(1))
+            .then(|| first.saturating_sub(last) as f64 / span.as_secs_f64())
+    }
 }
 
 #[derive(Debug, Default)]
@@ -257,7 +261,7 @@ struct SiteState {
     /// the cluster counts it.
     spent: (u64, u64),
     /// Recent (instant, remaining) of the configured quota, for the burn rate.
-    configured_samples: VecDeque<(Instant, u64)>,
+    configured_samples: Samples,
     exhausted_until: Option<Instant>,
 }
 
@@ -332,7 +336,7 @@ impl Site {
                     window,
                     remaining: None,
                     until: now,
-                    samples: VecDeque::new(),
+                    samples: Samples::default(),
                 }),
                 // Nothing known of its quota: its remainder alone means nothing.
                 (None, None) => continue,
@@ -345,7 +349,7 @@ impl Site {
             known.until = now + reset;
             if let Some(remaining) = stated.remaining {
                 known.remaining = Some((remaining, now + reset));
-                known.push_sample(now, remaining);
+                known.samples.push(now, remaining);
                 if source == Source::Enforced && remaining == 0 {
                     state.exhausted_until = Some(now + reset);
                 }
@@ -382,17 +386,7 @@ impl Site {
         state.spent = (hour, total.unwrap_or(before + u64::from(points)));
         if let Some(quota) = state.points_per_hour {
             let remaining = quota.saturating_sub(state.spent.1);
-            let samples = &mut state.configured_samples;
-            if samples.back().is_some_and(|(_, last)| remaining > *last) {
-                samples.clear();
-            }
-            samples.push_back((now, remaining));
-            while samples
-                .front()
-                .is_some_and(|(at, _)| now.duration_since(*at) > BURN_WINDOW)
-            {
-                samples.pop_front();
-            }
+            state.configured_samples.push(now, remaining);
         }
     }
 
@@ -473,7 +467,7 @@ impl SiteState {
                 } else {
                     0
                 };
-                let burn = burn_per_second(&self.configured_samples);
+                let burn = self.configured_samples.burn_per_second();
                 Some(standing(
                     (Source::Configured, Arc::from(CONFIGURED_POLICY)),
                     (quota, HOUR, Some(quota.saturating_sub(spent)), left),
@@ -508,7 +502,7 @@ impl SiteState {
                 known.until.saturating_duration_since(now),
             ),
             near.is_some_and(|until| until > now),
-            burn_per_second(&known.samples),
+            known.samples.burn_per_second(),
         )
     }
 }

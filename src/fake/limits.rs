@@ -149,7 +149,7 @@ impl Limits {
 /// A 429's headers: the reason, `Retry-After` (whole seconds, at least 1) and
 /// `X-RateLimit-Reset` as Atlassian writes it on 429s.
 fn refusal(reason: &'static str, wait: Duration) -> HeaderMap {
-    let secs = (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1);
+    let secs = super::points::ceil_secs(wait).max(1);
     let reset = SystemTime::now() + Duration::from_secs(secs);
     let since_epoch = reset
         .duration_since(SystemTime::UNIX_EPOCH)

@@ -61,16 +61,12 @@ async fn fetch_once(
     let status = response.status();
     // The answer is priced once, here: the same figure is charged and, if it is stored,
     // saved by every answer made from it.
-    let fetched = match read_answer(response, deadline, limit, accepts).await {
+    let (fetched, points) = match read_answer(response, deadline, limit, accepts).await {
         Ok(Fetched::Buffered(answer)) => {
             let points = admission.price(status, Some(answer.body()));
-            Ok(Fetched::Buffered(answer.priced(points)))
+            (Ok(Fetched::Buffered(answer.priced(points))), points)
         }
-        other => other,
-    };
-    let points = match &fetched {
-        Ok(Fetched::Buffered(answer)) => answer.points(),
-        _ => admission.price(status, None),
+        other => (other, admission.price(status, None)),
     };
     admission.charge(points).await;
     fetched
