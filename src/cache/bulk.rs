@@ -32,8 +32,8 @@ use tokio::time::Instant;
 use super::etag::ETags;
 use super::key::normalized_query;
 use super::{
-    Buffered, Cache, CacheKey, Entry, Fetched, Forward, Lifetime, Lookup, Outcome, Served, Stored,
-    Tier,
+    Buffered, Cache, CacheKey, Entry, Fetched, Forward, Lifetime, Lookup, Origin, Outcome, Served,
+    Stored, Tier,
 };
 use crate::body::Body;
 use crate::coding::{self, Accepts, Coding};
@@ -145,18 +145,14 @@ impl Cache {
         )
     }
 
-    /// Answers a bulk lookup from per-account entries; `fetch(query)` asks upstream for the
-    /// accounts not cached (the same path with that query).
-    pub async fn bulk_read<F, Fut>(
+    /// Answers a bulk lookup from per-account entries; `origin` is asked for the accounts not
+    /// cached (the same path, with a query naming only them).
+    pub async fn bulk_read(
         &self,
         plan: BulkPlan,
         request_headers: &HeaderMap,
-        fetch: F,
-    ) -> Result<(Response<Body>, Served), GatewayError>
-    where
-        F: FnOnce(String) -> Fut,
-        Fut: Future<Output = Result<Fetched, GatewayError>>,
-    {
+        origin: &dyn Origin,
+    ) -> Result<(Response<Body>, Served), GatewayError> {
         let now = Instant::now();
         let (mut envelope, mut accounts) = self.cached_accounts(&plan, now);
         let missing: Vec<&str> = plan
@@ -168,7 +164,7 @@ impl Cache {
             .collect();
         let fetched = missing.len();
         if fetched > 0 {
-            let answer = match fetch(upstream_query(&missing, &plan)).await? {
+            let answer = match origin.fetch(Some(upstream_query(&missing, &plan))).await? {
                 Fetched::Buffered(answer) if answer.status == StatusCode::OK => answer,
                 other => return not_stored(other, plan.lookup.head, request_headers),
             };

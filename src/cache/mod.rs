@@ -29,32 +29,32 @@ mod generations;
 mod heads;
 mod key;
 mod outcome;
+mod read;
 #[cfg(test)]
 mod tests;
 
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{HeaderMap, Response, StatusCode, header};
+use http::{HeaderMap, Response, header};
 use moka::sync::Cache as Moka;
 use tokio::time::Instant;
-use tracing::Instrument as _;
 
 pub use bulk::BulkPlan;
-use entry::exchange_ids;
 pub use entry::{
     Buffered, CACHE_STATUS, Entry, Lifetime, add_vary_accept_encoding, varies_on_everything,
 };
-use flights::{Flights, FollowError, Leader, Role, follow};
+use flights::Flights;
 use generations::Generations;
 pub use key::{Bypass, CacheKey, Partition};
 pub use outcome::{Forward, Outcome, Served, Stored, Tier};
+use read::Landed;
+pub use read::{Fetched, Origin};
 
 use crate::body::Body;
 use crate::caller::Credential;
 use crate::cluster::{Cluster, Confirmation, Listener};
-use crate::coding::{Accepts, Coding};
+use crate::coding::Coding;
 use crate::config::{CacheConfig, RoutePolicy};
 use crate::error::GatewayError;
 use crate::forward::list_tokens;
@@ -62,78 +62,6 @@ use crate::links::Links;
 use crate::metrics::{CacheStats, Metrics};
 use crate::quota::Quota;
 use crate::routes::{Resolved, Route, Tag};
-
-/// What upstream answered a fetch with.
-pub enum Fetched {
-    /// Read whole (at most `max_entry_bytes`).
-    Buffered(Buffered),
-    /// Too large to hold: streamed through, never stored.
-    Streamed(Response<Body>),
-    /// An answer this request's client cannot be given (gzip that inflates past
-    /// `max_entry_bytes`, for a client that does not accept gzip); never stored, and requests
-    /// that followed this one fetch for themselves.
-    Undeliverable(GatewayError),
-}
-
-/// What a read's fetch came to, for the request that made it.
-enum Fetch {
-    /// Stored; with upstream's ids of the exchange that fetched it (`Atl-Traceid`, …), which
-    /// the entry never keeps and only the request that made the exchange is given.
-    Stored(Arc<Entry>, HeaderMap),
-    /// Found fresh without an upstream call after all: in this replica's memory (another
-    /// leader stored it between this request's lookup and its flight), or in the cluster's
-    /// shared tier.
-    Shared(Arc<Entry>, Tier),
-    /// A bounded answer that may not be stored (an error status, a `Set-Cookie`).
-    Answer(Arc<Buffered>),
-    Streamed(Response<Body>),
-    Undeliverable(GatewayError),
-    Failed(GatewayError),
-}
-
-/// What a fetch leaves for the requests that waited on it: the same caller's answer (their key
-/// is its key). A streamed or undeliverable answer leaves nothing: they fetch for themselves.
-#[derive(Clone)]
-enum Landed {
-    Stored(Arc<Entry>),
-    Answer(Arc<Buffered>),
-    Failed(GatewayError),
-}
-
-impl Fetch {
-    fn landed(&self) -> Option<Landed> {
-        match self {
-            Fetch::Stored(entry, _) | Fetch::Shared(entry, _) => {
-                Some(Landed::Stored(entry.clone()))
-            }
-            Fetch::Answer(answer) => Some(Landed::Answer(answer.clone())),
-            Fetch::Failed(error) => Some(Landed::Failed(error.clone())),
-            Fetch::Streamed(_) | Fetch::Undeliverable(_) => None,
-        }
-    }
-
-    /// Whether upstream failed (an error status worth falling back on, or no answer); the
-    /// status when there was one.
-    fn failure(&self) -> Option<Option<StatusCode>> {
-        match self {
-            Fetch::Failed(_) => Some(None),
-            Fetch::Answer(answer) if is_upstream_failure(answer.status) => {
-                Some(Some(answer.status))
-            }
-            _ => None,
-        }
-    }
-}
-
-impl From<Landed> for Fetch {
-    fn from(landed: Landed) -> Fetch {
-        match landed {
-            Landed::Stored(entry) => Fetch::Stored(entry, HeaderMap::new()),
-            Landed::Answer(answer) => Fetch::Answer(answer),
-            Landed::Failed(error) => Fetch::Failed(error),
-        }
-    }
-}
 
 /// What the one lookup of a read found in this replica's memory.
 pub enum Found {
@@ -553,309 +481,6 @@ impl Cache {
         )
     }
 
-    /// Answers a read from what [`Cache::find`] found: a fresh entry as a hit; an entry in its
-    /// stale-while-revalidate window at once, refreshing it in the background; one in its
-    /// stale-on-low-quota window, while the quota is low, at once; else by
-    /// fetching with `fetch` (which must ask upstream for the GET, also for HEAD requests) —
-    /// once for every identical request in flight — and storing the answer.
-    pub async fn read<F, Fut>(
-        self: &Arc<Self>,
-        lookup: Lookup,
-        found: Found,
-        request_headers: &HeaderMap,
-        fetch: F,
-    ) -> Result<(Response<Body>, Served), GatewayError>
-    where
-        F: Fn() -> Fut + Clone + Send + Sync + 'static,
-        Fut: Future<Output = Result<Fetched, GatewayError>> + Send + 'static,
-    {
-        match found {
-            Found::Fresh(entry) => self.hit(&lookup, entry, request_headers),
-            Found::Revalidate(entry) => {
-                self.refresh_in_background(lookup, request_headers, fetch);
-                let saved = Some(entry.points);
-                let outcome = Outcome::StaleWhileRevalidate;
-                self.serve(&lookup, entry, request_headers, outcome, saved)
-            }
-            Found::SpareQuota(entry) => {
-                let saved = Some(entry.points);
-                let outcome = Outcome::StaleOnLowQuota;
-                self.serve(&lookup, entry, request_headers, outcome, saved)
-            }
-            Found::Missing { fallback } if lookup.directive != Directive::Normal => {
-                let store = lookup.directive == Directive::NoCache;
-                let fetched = self
-                    .settle(lookup, request_headers, fetch().await, store)
-                    .await;
-                let forwarded = (Forward::Request, false);
-                self.respond(fetched, &lookup, request_headers, fallback, forwarded)
-            }
-            Found::Missing { fallback } => {
-                self.fetch_once_for_all(lookup, request_headers, fetch, fallback)
-                    .await
-            }
-        }
-    }
-
-    /// A miss: leads the fetch for every identical request, or waits for the one that does.
-    async fn fetch_once_for_all<F, Fut>(
-        self: &Arc<Self>,
-        lookup: Lookup,
-        request_headers: &HeaderMap,
-        fetch: F,
-        fallback: Option<Arc<Entry>>,
-    ) -> Result<(Response<Body>, Served), GatewayError>
-    where
-        F: Fn() -> Fut + Clone + Send + Sync + 'static,
-        Fut: Future<Output = Result<Fetched, GatewayError>> + Send + 'static,
-    {
-        let why = match fallback {
-            Some(_) => Forward::Stale,
-            None => Forward::Miss,
-        };
-        loop {
-            let fetched = match self.flights.join(lookup.key) {
-                Role::Leader(leader) => (
-                    self.lead(leader, lookup, request_headers, fetch).await?,
-                    false,
-                ),
-                Role::Follower(receiver) => {
-                    match follow(receiver, self.config.coalesce_timeout).await {
-                        Err(FollowError::Abandoned) => continue,
-                        // A leader refused by its own caller's limits says nothing about this
-                        // request's limits: it fetches (and is admitted or refused) itself.
-                        Ok(Some(Landed::Failed(GatewayError::RateLimited(_))))
-                        | Ok(None)
-                        | Err(FollowError::TimedOut) => {
-                            let fetched = fetch().await;
-                            (
-                                self.settle(lookup, request_headers, fetched, true).await,
-                                false,
-                            )
-                        }
-                        Ok(Some(landed)) => (Fetch::from(landed), true),
-                    }
-                }
-            };
-            let (fetched, collapsed) = fetched;
-            return self.respond(
-                fetched,
-                &lookup,
-                request_headers,
-                fallback,
-                (why, collapsed),
-            );
-        }
-    }
-
-    /// The leader's fetch, in a task of its own: if this request goes away, the answer still
-    /// reaches the cache and the followers. The cluster's shared tier is asked first.
-    async fn lead<F, Fut>(
-        self: &Arc<Self>,
-        leader: Leader<CacheKey, Option<Landed>>,
-        lookup: Lookup,
-        request_headers: &HeaderMap,
-        fetch: F,
-    ) -> Result<Fetch, GatewayError>
-    where
-        F: Fn() -> Fut + Send + 'static,
-        Fut: Future<Output = Result<Fetched, GatewayError>> + Send + 'static,
-    {
-        let this = self.clone();
-        let headers = request_headers.clone();
-        let task = tokio::spawn(
-            async move {
-                let fetched = match this.look_again(lookup, &headers).await {
-                    Some((entry, tier)) => Fetch::Shared(entry, tier),
-                    None => this.settle(lookup, &headers, fetch().await, true).await,
-                };
-                leader.complete(fetched.landed());
-                fetched
-            }
-            .in_current_span(),
-        );
-        Ok(task.await?)
-    }
-
-    /// Stale-while-revalidate: one background refresh per key, deduplicated with any fetch of
-    /// the same key already in flight.
-    fn refresh_in_background<F, Fut>(
-        self: &Arc<Self>,
-        lookup: Lookup,
-        request_headers: &HeaderMap,
-        fetch: F,
-    ) where
-        F: Fn() -> Fut + Send + 'static,
-        Fut: Future<Output = Result<Fetched, GatewayError>> + Send + 'static,
-    {
-        let Role::Leader(leader) = self.flights.join(lookup.key) else {
-            return;
-        };
-        let this = self.clone();
-        let headers = request_headers.clone();
-        tokio::spawn(
-            async move {
-                let fetched = this.settle(lookup, &headers, fetch().await, true).await;
-                leader.complete(fetched.landed());
-            }
-            .in_current_span(),
-        );
-    }
-
-    /// Stores a fetched answer if it may be stored: its links rewritten, in the representation
-    /// the client whose request fetched it prefers.
-    async fn settle(
-        &self,
-        lookup: Lookup,
-        request_headers: &HeaderMap,
-        fetched: Result<Fetched, GatewayError>,
-        store: bool,
-    ) -> Fetch {
-        let answer = match fetched {
-            Err(error) => return Fetch::Failed(error),
-            Ok(Fetched::Streamed(response)) => return Fetch::Streamed(response),
-            Ok(Fetched::Undeliverable(error)) => return Fetch::Undeliverable(error),
-            Ok(Fetched::Buffered(answer)) => answer,
-        };
-        let lifetime = match self.lifetime_for(&answer, &lookup) {
-            Some(lifetime) if store => lifetime,
-            _ => return Fetch::Answer(Arc::new(answer)),
-        };
-        let mut answer = answer;
-        if let Some(rewritten) = self.links.rewrite(answer.body()) {
-            answer.set_body(rewritten);
-        }
-        let keep = Accepts::of(request_headers).preferred();
-        let exchange = exchange_ids(&answer.headers);
-        let entry = Arc::new(Entry::new(
-            answer,
-            request_headers,
-            lifetime,
-            lookup.shared,
-            keep,
-        ));
-        self.store.insert(lookup.key, entry.clone());
-        self.metrics.stored(lookup.route, 1);
-        if let Some(cluster) = &self.cluster {
-            cluster
-                .set(lookup.key.as_bytes(), entry.encode(), entry.retention())
-                .await;
-        }
-        Fetch::Stored(entry, exchange)
-    }
-
-    /// What a leader finds before it fetches: a fresh entry that another leader stored in
-    /// memory after this request looked (its flight had ended by the time this one began), or
-    /// one in the cluster's shared tier.
-    async fn look_again(
-        &self,
-        lookup: Lookup,
-        request_headers: &HeaderMap,
-    ) -> Option<(Arc<Entry>, Tier)> {
-        if let Some(entry) = self.store.get(&lookup.key)
-            && entry.is_fresh(Instant::now())
-            && entry.matches_vary(request_headers)
-        {
-            return Some((entry, Tier::Memory));
-        }
-        let entry = self.look_in_l2(lookup, request_headers).await?;
-        Some((entry, Tier::Cluster))
-    }
-
-    /// The cluster's copy of an entry this replica does not hold, if fresh and of this
-    /// request's variant; kept in L1 too.
-    async fn look_in_l2(&self, lookup: Lookup, request_headers: &HeaderMap) -> Option<Arc<Entry>> {
-        let cluster = self.cluster.as_ref()?;
-        let entry = Entry::decode(&cluster.get(lookup.key.as_bytes()).await?)?;
-        if !entry.is_fresh(Instant::now()) || !entry.matches_vary(request_headers) {
-            return None;
-        }
-        let entry = Arc::new(entry);
-        self.store.insert(lookup.key, entry.clone());
-        Some(entry)
-    }
-
-    /// How long an answer may be stored, or `None` when it may not be.
-    fn lifetime_for(&self, answer: &Buffered, lookup: &Lookup) -> Option<Lifetime> {
-        if answer.headers.contains_key(header::SET_COOKIE)
-            || varies_on_everything(&answer.headers)
-            || answer.body().len() > self.config.max_entry_bytes
-        {
-            return None;
-        }
-        match answer.status {
-            StatusCode::OK => Some(lookup.lifetime),
-            StatusCode::NOT_FOUND if !lookup.shared => {
-                (**self.not_found.load()).map(Lifetime::fresh_for)
-            }
-            _ => None,
-        }
-    }
-
-    /// The answer to a read that went upstream (or waited for one that did): a stored entry,
-    /// an answer that was not stored, or a failure — for which an expired entry within its
-    /// stale-if-error window (`fallback`) is served instead.
-    fn respond(
-        &self,
-        fetched: Fetch,
-        lookup: &Lookup,
-        request_headers: &HeaderMap,
-        fallback: Option<Arc<Entry>>,
-        (why, collapsed): (Forward, bool),
-    ) -> Result<(Response<Body>, Served), GatewayError> {
-        if let (Some(status), Some(entry)) = (fetched.failure(), fallback) {
-            // Refused before it left (an upstream hold, a limit): no call was spent.
-            let refused = matches!(&fetched, Fetch::Failed(error) if error.refusal().is_some());
-            let saved = refused.then_some(entry.points);
-            let outcome = Outcome::StaleIfError(status);
-            return self.serve(lookup, entry, request_headers, outcome, saved);
-        }
-        let forwarded = |stored| Outcome::Forwarded {
-            why,
-            collapsed,
-            stored,
-        };
-        match fetched {
-            Fetch::Shared(entry, tier) => {
-                let saved = Some(entry.points);
-                let outcome = Outcome::Hit(tier);
-                self.serve(lookup, entry, request_headers, outcome, saved)
-            }
-            Fetch::Stored(entry, exchange) => {
-                let saved = collapsed.then_some(entry.points);
-                let (mut response, served) = self.serve(
-                    lookup,
-                    entry,
-                    request_headers,
-                    forwarded(Stored::Yes),
-                    saved,
-                )?;
-                if !collapsed {
-                    response.headers_mut().extend(exchange);
-                }
-                Ok((response, served))
-            }
-            Fetch::Answer(answer) => {
-                let mut response = answer.to_response(lookup.head, Accepts::of(request_headers));
-                let served = Served {
-                    outcome: forwarded(Stored::No),
-                    saved_points: collapsed.then_some(1),
-                };
-                mark(&mut response, &served.outcome);
-                Ok((response, served))
-            }
-            Fetch::Streamed(mut response) => {
-                let served = Served {
-                    outcome: forwarded(Stored::TooLarge),
-                    saved_points: None,
-                };
-                mark(&mut response, &served.outcome);
-                Ok((response, served))
-            }
-            Fetch::Failed(error) | Fetch::Undeliverable(error) => Err(error),
-        }
-    }
-
     /// Serves `entry` (stored under `lookup`'s key) to a request, marked with `outcome`: in a
     /// representation the request accepts, which the entry gains first if it holds none yet.
     fn serve(
@@ -1008,11 +633,6 @@ pub enum Purge {
     Confirmed(Confirmation),
     /// Redis is unreachable: this replica only; the others learn of it when it reconnects.
     ThisReplicaOnly,
-}
-
-/// Upstream answers that make an expired entry worth serving instead (stale-if-error).
-fn is_upstream_failure(status: StatusCode) -> bool {
-    status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS
 }
 
 /// Sets the `Cache-Status` of `outcome` on a response the cache did not build.

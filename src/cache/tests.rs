@@ -1,5 +1,5 @@
-//! The cache core on its own: no sockets, no upstream — a fetch is a closure that counts its
-//! calls, and time is tokio's paused clock. Each test states one of the module's promises.
+//! The cache core on its own: no sockets, no upstream — the origin is a stand-in that counts
+//! its calls, and time is tokio's paused clock. Each test states one of the module's promises.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -8,7 +8,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 
-use super::{Cache, Fetched, Found, Lookup, Outcome, Tier};
+use futures_util::future::BoxFuture;
+
+use super::{Cache, Fetched, Found, Lookup, Origin, Outcome, Tier};
 use crate::cache::{Buffered, Forward, Stored};
 use crate::config::{CacheConfig, RoutePolicy, UpstreamUrl};
 use crate::error::GatewayError;
@@ -57,11 +59,13 @@ async fn lookup(cache: &Cache, path: &str, headers: &HeaderMap) -> Lookup {
         .expect("a cacheable read")
 }
 
-/// A fetch answering 200 with `body` (or `status`), counting how often it was called.
+/// An origin answering 200 with `body` (or `status`, with `headers`), counting how often it
+/// was asked.
 #[derive(Clone)]
 struct Upstream {
     calls: Arc<AtomicUsize>,
     status: StatusCode,
+    headers: HeaderMap,
     body: &'static str,
     delay: Duration,
 }
@@ -71,6 +75,7 @@ impl Upstream {
         Upstream {
             calls: Arc::default(),
             status: StatusCode::OK,
+            headers: HeaderMap::new(),
             body,
             delay: Duration::ZERO,
         }
@@ -87,26 +92,22 @@ impl Upstream {
         self.calls.load(Ordering::SeqCst)
     }
 
-    fn fetch(
-        &self,
-    ) -> impl Fn() -> std::pin::Pin<Box<dyn Future<Output = Result<Fetched, GatewayError>> + Send>>
-    + Clone
-    + Send
-    + Sync
-    + 'static {
-        let this = self.clone();
-        move || {
-            let this = this.clone();
-            Box::pin(async move {
-                this.calls.fetch_add(1, Ordering::SeqCst);
-                tokio::time::sleep(this.delay).await;
-                Ok(Fetched::Buffered(Buffered::plain(
-                    this.status,
-                    HeaderMap::new(),
-                    Bytes::from_static(this.body.as_bytes()),
-                )))
-            })
-        }
+    fn origin(&self) -> Arc<dyn Origin> {
+        Arc::new(self.clone())
+    }
+}
+
+impl Origin for Upstream {
+    fn fetch(&self, _: Option<String>) -> BoxFuture<'_, Result<Fetched, GatewayError>> {
+        Box::pin(async move {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(self.delay).await;
+            Ok(Fetched::Buffered(Buffered::plain(
+                self.status,
+                self.headers.clone(),
+                Bytes::from_static(self.body.as_bytes()),
+            )))
+        })
     }
 }
 
@@ -119,7 +120,9 @@ async fn read(
 ) -> Result<(Outcome, Bytes), GatewayError> {
     let lookup = lookup(cache, path, headers).await;
     let found = cache.find(&lookup, headers);
-    let (response, served) = cache.read(lookup, found, headers, upstream.fetch()).await?;
+    let (response, served) = cache
+        .read(lookup, found, headers, upstream.origin())
+        .await?;
     let body = http_body_util::BodyExt::collect(response.into_body())
         .await
         .expect("a buffered body")
@@ -342,17 +345,14 @@ async fn answers_that_name_a_session_are_never_stored() {
     let found = cache.find(&lookup, &alice);
     let mut headers = HeaderMap::new();
     headers.insert(header::SET_COOKIE, HeaderValue::from_static("session=1"));
-    let fetch = move || {
-        let headers = headers.clone();
-        async move {
-            Ok(Fetched::Buffered(Buffered::plain(
-                StatusCode::OK,
-                headers,
-                Bytes::from_static(b"{}"),
-            )))
-        }
+    let upstream = Upstream {
+        headers,
+        ..Upstream::answering("{}")
     };
-    let (_, served) = cache.read(lookup, found, &alice, fetch).await.unwrap();
+    let (_, served) = cache
+        .read(lookup, found, &alice, upstream.origin())
+        .await
+        .unwrap();
     assert!(matches!(
         served.outcome,
         Outcome::Forwarded {
@@ -364,6 +364,44 @@ async fn answers_that_name_a_session_are_never_stored() {
         cache.find(&lookup, &alice),
         Found::Missing { fallback: None }
     ));
+}
+
+/// An origin that knows every account but `unknown`, and records each query it is asked.
+struct Accounts<'a> {
+    asked: &'a parking_lot::Mutex<Vec<String>>,
+}
+
+impl Origin for Accounts<'_> {
+    fn fetch(&self, query: Option<String>) -> BoxFuture<'_, Result<Fetched, GatewayError>> {
+        let query = query.unwrap_or_default();
+        let asked = self.asked;
+        Box::pin(async move {
+            let ids: Vec<String> = crate::query::pairs(&query)
+                .filter(|(name, _)| name.as_ref() == b"accountId")
+                .flat_map(|(_, value)| {
+                    String::from_utf8_lossy(&value)
+                        .split(',')
+                        .map(str::to_owned)
+                        .collect::<Vec<_>>()
+                })
+                .collect();
+            asked.lock().push(ids.join(","));
+            let results: Vec<_> = ids
+                .iter()
+                .filter(|id| *id != "unknown")
+                .map(|id| serde_json::json!({"accountId": id, "type": "known"}))
+                .collect();
+            let body = serde_json::json!({
+                "results": results, "start": 0, "limit": 200, "size": results.len(),
+                "_links": {"base": "https://site.example/wiki"},
+            });
+            Ok(Fetched::Buffered(Buffered::plain(
+                StatusCode::OK,
+                HeaderMap::new(),
+                Bytes::from(body.to_string()),
+            )))
+        })
+    }
 }
 
 /// A bulk lookup through the per-account cache; `upstream` answers the accounts it is asked
@@ -379,33 +417,8 @@ async fn bulk(
     let plan = cache
         .bulk_plan(&lookup, Some(query))
         .expect("a per-account lookup");
-    let fetch = |query: String| async move {
-        let ids: Vec<String> = crate::query::pairs(&query)
-            .filter(|(name, _)| name.as_ref() == b"accountId")
-            .flat_map(|(_, value)| {
-                String::from_utf8_lossy(&value)
-                    .split(',')
-                    .map(str::to_owned)
-                    .collect::<Vec<_>>()
-            })
-            .collect();
-        asked.lock().push(ids.join(","));
-        let results: Vec<_> = ids
-            .iter()
-            .filter(|id| *id != "unknown")
-            .map(|id| serde_json::json!({"accountId": id, "type": "known"}))
-            .collect();
-        let body = serde_json::json!({
-            "results": results, "start": 0, "limit": 200, "size": results.len(),
-            "_links": {"base": "https://site.example/wiki"},
-        });
-        Ok(Fetched::Buffered(Buffered::plain(
-            StatusCode::OK,
-            HeaderMap::new(),
-            Bytes::from(body.to_string()),
-        )))
-    };
-    let (response, served) = cache.bulk_read(plan, headers, fetch).await.unwrap();
+    let origin = Accounts { asked };
+    let (response, served) = cache.bulk_read(plan, headers, &origin).await.unwrap();
     let body = http_body_util::BodyExt::collect(response.into_body())
         .await
         .unwrap()
@@ -501,7 +514,7 @@ async fn a_request_that_looked_before_another_stored_does_not_fetch_again() {
     assert_eq!(first, Outcome::STORED);
     // Leading a flight of its own, it finds the stored answer first.
     let (response, served) = cache
-        .read(late, found, &alice, upstream.fetch())
+        .read(late, found, &alice, upstream.origin())
         .await
         .unwrap();
     assert_eq!(served.outcome, Outcome::Hit(Tier::Memory));

@@ -6,6 +6,7 @@
 //! answer is an error, never a shorter body.
 
 use bytes::{Bytes, BytesMut};
+use futures_util::future::BoxFuture;
 use http::{Request, Response, header};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -19,12 +20,43 @@ use crate::error::GatewayError;
 use crate::forward;
 use crate::upstream::Upstream;
 
+/// A cached read's way upstream, the cache's [`cache::Origin`]: the prepared GET, copied,
+/// admitted and sent for each fetch the cache asks for.
+pub(super) struct ReadOrigin {
+    pub(super) request: Request<Full<Bytes>>,
+    pub(super) upstream: Upstream,
+    pub(super) admission: Admission,
+    /// `cache.max_entry_bytes`: the largest answer read whole.
+    pub(super) limit: usize,
+    /// What the requesting client accepts.
+    pub(super) accepts: Accepts,
+}
+
+impl cache::Origin for ReadOrigin {
+    fn fetch(&self, query: Option<String>) -> BoxFuture<'_, Result<Fetched, GatewayError>> {
+        Box::pin(async move {
+            let mut request = copy_request(&self.request);
+            if let Some(query) = query {
+                *request.uri_mut() = with_query(self.request.uri(), &query)?;
+            }
+            fetch(
+                &self.upstream,
+                &self.admission,
+                request,
+                self.limit,
+                self.accepts,
+            )
+            .await
+        })
+    }
+}
+
 /// Fetches for the cache: the answer read whole and decoded when it is at most `limit` bytes
 /// (encoded and decoded), streamed through otherwise without ever holding more than `limit`
 /// bytes of it. `accepts` is what the requesting client accepts: an answer too large to hold
 /// reaches it only in a coding it accepts — for a client that does not take gzip, a gzip
 /// answer too large to decode is asked for once more, without gzip, and streamed as it comes.
-pub(super) async fn fetch(
+async fn fetch(
     upstream: &Upstream,
     admission: &Admission,
     request: Request<Full<Bytes>>,
@@ -192,4 +224,17 @@ fn streamed(
     let mut response = Response::from_parts(parts, body);
     cache::add_vary_accept_encoding(response.headers_mut());
     Ok(Fetched::Streamed(response))
+}
+
+/// `uri` with its query replaced.
+fn with_query(uri: &http::Uri, query: &str) -> Result<http::Uri, GatewayError> {
+    let mut parts = uri.clone().into_parts();
+    let path_and_query = format!("{}?{query}", uri.path());
+    parts.path_and_query = Some(
+        path_and_query
+            .parse()
+            .map_err(|e| GatewayError::UpstreamProtocol(format!("bad upstream target: {e}")))?,
+    );
+    http::Uri::from_parts(parts)
+        .map_err(|e| GatewayError::UpstreamProtocol(format!("bad upstream target: {e}")))
 }

@@ -11,16 +11,17 @@
 //!        ├─ write: csrf::check_write (403, 401) ─▶ read_body (413, 408)     bounds
 //!        │         ─▶ upstream (in its own task) ─▶ Cache::invalidate ─▶ response
 //!        ├─ read, cacheable: Cache::find (one lookup) — a fresh entry is the hit path; else
-//!        │         Cache::read: stale while revalidating | join an identical fetch | fetch and
-//!        │         store (fetch: the answer read whole, or streamed)
+//!        │         Cache::read, given a ReadOrigin (fetch): stale while revalidating | join an
+//!        │         identical fetch | ask the origin and store (the answer read whole, or
+//!        │         streamed)
 //!        └─ read, bypass (JWT, cookie, TTL 0): forward as is
 //!   every trip upstream: Admission::send (admission) — every limit, the burst bucket's pace, a
 //!   place upstream; then the answer teaches each limit at its scope
 //!   every request, whichever way it went: record::finish — counted, logged, its span, its id
 //! ```
 //!
-//! The parts: `admission` (permission to go upstream, the call, its cost), `fetch` (reading an
-//! answer for the cache), `record` (the per-request record and its finish), `bounds` (request
+//! The parts: `admission` (permission to go upstream, the call, its cost), `fetch` (the cache's
+//! origin: reading an answer for the cache), `record` (the per-request record and its finish), `bounds` (request
 //! size and time limits).
 //!
 //! Invariants: every request gets exactly one response and one access-log line (`finish`, for
@@ -46,9 +47,9 @@ mod bounds;
 mod fetch;
 mod record;
 
-use admission::{Admission, copy_request};
+use admission::Admission;
 use bounds::RequestLimits;
-use fetch::fetch;
+use fetch::ReadOrigin;
 use record::{LogFields, Received, request_span};
 
 use crate::access_log::{self, UpstreamSeen};
@@ -367,33 +368,25 @@ impl Gateway {
             header::ACCEPT_ENCODING,
             http::HeaderValue::from_static("gzip"),
         );
-        let template = Arc::new(
-            self.upstream_request(parts, body, conn, Exchange::StoredRead)
-                .await?,
-        );
-        let upstream = self.upstream.clone();
-        let limit = self.cache.max_entry_bytes();
-        let (lookup, found) = match read {
-            Read::Entry(lookup, found) => (lookup, found),
-            Read::Bulk(plan) => {
-                // Only the accounts not cached are asked for: the same path, another query.
-                let fetch = |query: String| async move {
-                    let mut request = copy_request(&template);
-                    *request.uri_mut() = with_query(template.uri(), &query)?;
-                    fetch(&self.upstream, &admission, request, limit, accepts).await
-                };
-                return self.cache.bulk_read(plan, &request_headers, fetch).await;
+        let request = self
+            .upstream_request(parts, body, conn, Exchange::StoredRead)
+            .await?;
+        let origin = Arc::new(ReadOrigin {
+            request,
+            upstream: self.upstream.clone(),
+            admission,
+            limit: self.cache.max_entry_bytes(),
+            accepts,
+        });
+        match read {
+            Read::Entry(lookup, found) => {
+                self.cache
+                    .read(lookup, found, &request_headers, origin)
+                    .await
             }
-        };
-        let admission = Arc::new(admission);
-        let fetch = move || {
-            let request = copy_request(&template);
-            let (upstream, admission) = (upstream.clone(), admission.clone());
-            async move { fetch(&upstream, &admission, request, limit, accepts).await }
-        };
-        self.cache
-            .read(lookup, found, &request_headers, fetch)
-            .await
+            // Only the accounts not cached are asked for: the same path, another query.
+            Read::Bulk(plan) => self.cache.bulk_read(plan, &request_headers, &*origin).await,
+        }
     }
 
     /// Forwards a read and streams the answer back, untouched by the cache.
@@ -446,19 +439,6 @@ impl Gateway {
             forwarded_host,
         ))
     }
-}
-
-/// `uri` with its query replaced.
-fn with_query(uri: &http::Uri, query: &str) -> Result<http::Uri, GatewayError> {
-    let mut parts = uri.clone().into_parts();
-    let path_and_query = format!("{}?{query}", uri.path());
-    parts.path_and_query = Some(
-        path_and_query
-            .parse()
-            .map_err(|e| GatewayError::UpstreamProtocol(format!("bad upstream target: {e}")))?,
-    );
-    http::Uri::from_parts(parts)
-        .map_err(|e| GatewayError::UpstreamProtocol(format!("bad upstream target: {e}")))
 }
 
 /// A redirect to where a link that wikigate does not serve really leads (`links`).
