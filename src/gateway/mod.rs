@@ -20,9 +20,9 @@
 //!   every request, whichever way it went: record::finish — counted, logged, its span, its id
 //! ```
 //!
-//! The parts: `admission` (permission to go upstream, the call, its cost), `fetch` (the cache's
-//! origin: reading an answer for the cache), `record` (the per-request record and its finish), `bounds` (request
-//! size and time limits).
+//! The parts: `admission` (permission to go upstream, the call, its cost), `fetch` (the
+//! cache's origin: reading an answer for the cache), `record` (the per-request record and its
+//! finish), `bounds` (request size and time limits).
 //!
 //! Invariants: every request gets exactly one response and one access-log line (`finish`, for
 //! either path); nothing in `admit` waits, and what it decided (a limit spent, the credential
