@@ -215,10 +215,10 @@ impl Cache {
         now: Instant,
     ) -> (Option<Arc<Entry>>, Vec<Option<Arc<Entry>>>) {
         let fresh = |entry: Option<Arc<Entry>>| entry.filter(|e| e.is_fresh(now));
-        let envelope = fresh(self.store.get(&self.account_key(plan, "")));
+        let envelope = fresh(self.memory.get(&self.account_key(plan, "")));
         let mut accounts = Vec::with_capacity(plan.ids.len());
         for id in &plan.ids {
-            accounts.push(fresh(self.store.get(&self.account_key(plan, id))));
+            accounts.push(fresh(self.memory.get(&self.account_key(plan, id))));
         }
         (envelope, accounts)
     }
@@ -272,14 +272,16 @@ impl Cache {
             }
         }
         for (id, entry) in &stored {
-            self.store.insert(self.account_key(plan, id), entry.clone());
+            self.memory
+                .insert(self.account_key(plan, id), entry.clone());
         }
         let envelope = Envelope {
             keys,
             headers: answer.headers,
         };
         let entry = Arc::new(envelope.into_entry(found_lifetime));
-        self.store.insert(self.account_key(plan, ""), entry.clone());
+        self.memory
+            .insert(self.account_key(plan, ""), entry.clone());
         self.metrics.stored(plan.lookup.route, stored.len() as u64);
         Ok((entry, stored))
     }

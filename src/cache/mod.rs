@@ -30,6 +30,7 @@ mod heads;
 mod key;
 mod outcome;
 mod read;
+mod storage;
 #[cfg(test)]
 mod tests;
 
@@ -37,7 +38,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderMap, Response, header};
-use moka::sync::Cache as Moka;
 use tokio::time::Instant;
 
 pub use bulk::BulkPlan;
@@ -50,6 +50,8 @@ pub use key::{Bypass, CacheKey, Partition};
 pub use outcome::{Forward, Outcome, Served, Stored, Tier};
 use read::Landed;
 pub use read::{Fetched, Origin};
+use storage::Memory;
+pub use storage::Shared;
 
 use crate::body::Body;
 use crate::caller::Credential;
@@ -107,8 +109,8 @@ impl Directive {
 /// Where the generation of a read's resource tag is kept.
 enum Resource<'a> {
     Here(u64),
-    /// In a cluster: in Redis, in this slot.
-    InRedis(&'a Cluster, usize),
+    /// In a cluster: in the shared tier, in this slot.
+    Shared(&'a dyn Shared, usize),
 }
 
 /// A GET that the cache may answer.
@@ -126,13 +128,16 @@ pub struct Lookup {
 }
 
 pub struct Cache {
-    store: Moka<CacheKey, Arc<Entry>>,
+    /// This replica's entries (L1).
+    memory: Memory,
     generations: Generations,
     flights: Flights<CacheKey, Option<Landed>>,
     /// What of `[cache]` is fixed until a restart; the reloadable parts are `routes` and
     /// `not_found`.
     config: Settings,
-    /// Redis, in multi-replica mode.
+    /// The tier the replicas share (L2) and the counters of resource tags, in a cluster.
+    shared: Option<Arc<dyn Shared>>,
+    /// The cluster, whose replicas an operator's purge reaches.
     cluster: Option<Arc<Cluster>>,
     /// Per-route TTLs and stale windows; replaced by a reload.
     routes: arc_swap::ArcSwap<crate::config::RoutePolicies>,
@@ -152,7 +157,6 @@ pub struct Cache {
 #[derive(Debug, Clone, Copy)]
 struct Settings {
     enabled: bool,
-    max_bytes: u64,
     max_entry_bytes: usize,
     coalesce_timeout: Duration,
     bulk_entities: bool,
@@ -163,38 +167,11 @@ impl Settings {
     fn of(config: &CacheConfig) -> Settings {
         Settings {
             enabled: config.enabled,
-            max_bytes: config.max_bytes,
             max_entry_bytes: config.max_entry_bytes,
             coalesce_timeout: config.coalesce_timeout,
             bulk_entities: config.bulk_entities,
             negative_ttl: config.negative_ttl,
         }
-    }
-}
-
-/// moka keeps each entry for what is left of its retention (TTL plus its longest stale
-/// window): an entry from L2, or one stored again with another representation, is older than
-/// its insertion.
-struct Retention;
-
-impl moka::Expiry<CacheKey, Arc<Entry>> for Retention {
-    fn expire_after_create(
-        &self,
-        _: &CacheKey,
-        entry: &Arc<Entry>,
-        _: std::time::Instant,
-    ) -> Option<Duration> {
-        Some(entry.remaining_retention(Instant::now()))
-    }
-
-    fn expire_after_update(
-        &self,
-        _: &CacheKey,
-        entry: &Arc<Entry>,
-        _: std::time::Instant,
-        _: Option<Duration>,
-    ) -> Option<Duration> {
-        Some(entry.remaining_retention(Instant::now()))
     }
 }
 
@@ -208,29 +185,15 @@ impl Cache {
         metrics: Arc<Metrics>,
         quota: Arc<Quota>,
     ) -> Cache {
-        let evictions = metrics.clone();
-        let store = Moka::builder()
-            .max_capacity(config.max_bytes)
-            .weigher(|_, entry: &Arc<Entry>| entry.weight())
-            .expire_after(Retention)
-            .eviction_listener(move |_, _, cause| {
-                use moka::notification::RemovalCause;
-                evictions.eviction(match cause {
-                    RemovalCause::Expired => "expired",
-                    RemovalCause::Explicit => "explicit",
-                    RemovalCause::Replaced => "replaced",
-                    RemovalCause::Size => "size",
-                });
-            })
-            .build();
         Cache {
-            store,
+            memory: Memory::new(config.max_bytes, metrics.clone()),
             generations: Generations::default(),
             flights: Flights::default(),
             config: Settings::of(config),
             routes: arc_swap::ArcSwap::from_pointee(config.routes.clone()),
             not_found: arc_swap::ArcSwap::from_pointee(not_found(config)),
             links,
+            shared: None,
             cluster: None,
             secret,
             metrics,
@@ -250,9 +213,19 @@ impl Cache {
         self.not_found.store(Arc::new(not_found(config)));
     }
 
-    /// Joins a cluster: generations of resource tags and a second cache tier in Redis.
+    /// Joins a cluster: generations of resource tags and a second cache tier in Redis, and
+    /// purges that reach every replica.
     pub fn with_cluster(mut self, cluster: Option<Arc<Cluster>>) -> Cache {
+        self.shared = cluster.clone().map(|cluster| cluster as Arc<dyn Shared>);
         self.cluster = cluster;
+        self
+    }
+
+    /// Shares a tier with other caches of this process, as replicas of a cluster do (tests of
+    /// the tier logic without Redis).
+    #[cfg(test)]
+    fn with_shared(mut self, shared: Arc<dyn Shared>) -> Cache {
+        self.shared = Some(shared);
         self
     }
 
@@ -272,11 +245,9 @@ impl Cache {
             // read it cannot know about them, and does not cache the route meanwhile. The
             // counter must be of the era the key names: one read across a reconnect (which
             // moves the era on) could be a counter Redis has since lost.
-            Resource::InRedis(cluster, slot) => {
+            Resource::Shared(shared, slot) => {
                 let era = self.generations.era();
-                let counter = Box::pin(cluster.generation(slot))
-                    .await
-                    .ok_or(Bypass::ClusterDown)?;
+                let counter = shared.generation(slot).await.ok_or(Bypass::ClusterDown)?;
                 if self.generations.era() != era {
                     return Err(Bypass::ClusterDown);
                 }
@@ -323,10 +294,10 @@ impl Cache {
 
     /// The generation of the read's resource tag (0 without one).
     fn resource(&self, resolved: &Resolved<'_>) -> Resource<'_> {
-        match (resolved.resource_tag(), &self.cluster) {
+        match (resolved.resource_tag(), &self.shared) {
             (None, _) => Resource::Here(0),
             (Some(tag), None) => Resource::Here(self.generations.get(&tag)),
-            (Some(tag), Some(cluster)) => Resource::InRedis(cluster, generations::slot(&tag)),
+            (Some(tag), Some(shared)) => Resource::Shared(&**shared, generations::slot(&tag)),
         }
     }
 
@@ -376,9 +347,9 @@ impl Cache {
         for tag in tags {
             self.generations.bump(tag);
         }
-        if let Some(cluster) = &self.cluster {
+        if let Some(shared) = &self.shared {
             let slots: Vec<usize> = tags.iter().map(generations::slot).collect();
-            if !slots.is_empty() && !cluster.bump(&slots).await {
+            if !slots.is_empty() && !shared.bump(&slots).await {
                 tracing::warn!(
                     "a write's invalidation could not reach redis; other replicas learn of it by TTL"
                 );
@@ -429,7 +400,7 @@ impl Cache {
             Some(route) => self.generations.bump(&Tag::Route(route)),
             None => {
                 self.generations.bump_epoch();
-                self.store.invalidate_all();
+                self.memory.clear();
             }
         }
     }
@@ -441,7 +412,7 @@ impl Cache {
         if lookup.directive != Directive::Normal {
             return missing;
         }
-        let Some(entry) = self.store.get(&lookup.key) else {
+        let Some(entry) = self.memory.get(&lookup.key) else {
             return missing;
         };
         if !entry.matches_vary(request_headers) {
@@ -526,31 +497,18 @@ impl Cache {
                     ))
                 })?,
         );
-        let (read, replacement) = (entry.clone(), fuller.clone());
-        self.store
-            .entry(key)
-            .and_compute_with(move |current| match current {
-                Some(current) if Arc::ptr_eq(current.value(), &read) => {
-                    moka::ops::compute::Op::Put(replacement)
-                }
-                _ => moka::ops::compute::Op::Nop,
-            });
+        self.memory.replace(key, entry, fuller.clone());
         Ok(fuller)
     }
 
     /// Entries, weighted bytes and the budget, after moka has applied pending evictions.
     pub fn size(&self) -> (u64, u64, u64) {
-        self.store.run_pending_tasks();
-        (
-            self.store.entry_count(),
-            self.store.weighted_size(),
-            self.config.max_bytes,
-        )
+        self.memory.size()
     }
 
     /// Counters and sizes for `/admin/cache/stats`, after moka has applied pending evictions.
     pub fn stats(&self) -> serde_json::Value {
-        self.store.run_pending_tasks();
+        let (entries, weighted_bytes, max_bytes) = self.memory.size();
         let CacheStats {
             hits,
             misses,
@@ -561,9 +519,9 @@ impl Cache {
             invalidations,
         } = self.metrics.cache_stats();
         serde_json::json!({
-            "entries": self.store.entry_count(),
-            "weighted_bytes": self.store.weighted_size(),
-            "max_bytes": self.config.max_bytes,
+            "entries": entries,
+            "weighted_bytes": weighted_bytes,
+            "max_bytes": max_bytes,
             "hits": hits,
             "misses": misses,
             "stored": stored,
@@ -601,7 +559,7 @@ impl Listener for Cache {
                 }
                 // A new epoch leaves nothing reachable: free the memory now.
                 None if field == "epoch" && self.generations.raise_epoch(*value) => {
-                    self.store.invalidate_all();
+                    self.memory.clear();
                 }
                 // Entries of an old era are unreachable and age out.
                 None if field == "era" => {

@@ -280,11 +280,11 @@ impl Cache {
             lookup.shared,
             keep,
         ));
-        self.store.insert(lookup.key, entry.clone());
+        self.memory.insert(lookup.key, entry.clone());
         self.metrics.stored(lookup.route, 1);
-        if let Some(cluster) = &self.cluster {
-            cluster
-                .set(lookup.key.as_bytes(), entry.encode(), entry.retention())
+        if let Some(shared) = &self.shared {
+            shared
+                .set(&lookup.key, entry.encode(), entry.retention())
                 .await;
         }
         Settled::Stored(entry, exchange)
@@ -298,7 +298,7 @@ impl Cache {
         lookup: Lookup,
         request_headers: &HeaderMap,
     ) -> Option<(Arc<Entry>, Tier)> {
-        if let Some(entry) = self.store.get(&lookup.key)
+        if let Some(entry) = self.memory.get(&lookup.key)
             && entry.is_fresh(Instant::now())
             && entry.matches_vary(request_headers)
         {
@@ -311,13 +311,13 @@ impl Cache {
     /// The cluster's copy of an entry this replica does not hold, if fresh and of this
     /// request's variant; kept in L1 too.
     async fn find_shared(&self, lookup: Lookup, request_headers: &HeaderMap) -> Option<Arc<Entry>> {
-        let cluster = self.cluster.as_ref()?;
-        let entry = Entry::decode(&cluster.get(lookup.key.as_bytes()).await?)?;
+        let shared = self.shared.as_ref()?;
+        let entry = Entry::decode(&shared.get(&lookup.key).await?)?;
         if !entry.is_fresh(Instant::now()) || !entry.matches_vary(request_headers) {
             return None;
         }
         let entry = Arc::new(entry);
-        self.store.insert(lookup.key, entry.clone());
+        self.memory.insert(lookup.key, entry.clone());
         Some(entry)
     }
 

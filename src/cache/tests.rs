@@ -10,6 +10,7 @@ use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 
 use futures_util::future::BoxFuture;
 
+use super::storage::SharedMemory;
 use super::{Cache, Fetched, Found, Lookup, Origin, Outcome, Tier};
 use crate::cache::{Buffered, Forward, Stored};
 use crate::config::{CacheConfig, RoutePolicy, UpstreamUrl};
@@ -520,4 +521,122 @@ async fn a_request_that_looked_before_another_stored_does_not_fetch_again() {
     assert_eq!(served.outcome, Outcome::Hit(Tier::Memory));
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(upstream.calls(), 1);
+}
+
+/// Two replicas of a cluster, sharing a tier in this process instead of Redis.
+fn replicas(policy: RoutePolicy) -> (Arc<Cache>, Arc<Cache>, Arc<SharedMemory>) {
+    let shared = Arc::new(SharedMemory::default());
+    let replica = || {
+        let cache = Arc::into_inner(cache_with(policy)).expect("a cache of its own");
+        Arc::new(cache.with_shared(shared.clone()))
+    };
+    (replica(), replica(), shared)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_replica_finds_in_the_shared_tier_what_another_stored() {
+    let (one, two, _) = replicas(policy(60_000, 0, 0));
+    let upstream = Upstream::answering("{\"watching\":true}");
+    let alice = as_user("alice");
+    assert_eq!(
+        read(&one, WATCH, &alice, &upstream).await.unwrap().0,
+        Outcome::STORED
+    );
+    let (outcome, body) = read(&two, WATCH, &alice, &upstream).await.unwrap();
+    assert_eq!(outcome, Outcome::Hit(Tier::Cluster));
+    assert_eq!(body, "{\"watching\":true}");
+    // Kept in the second replica's memory from then on.
+    let (outcome, _) = read(&two, WATCH, &alice, &upstream).await.unwrap();
+    assert_eq!(outcome, Outcome::Hit(Tier::Memory));
+    assert_eq!(upstream.calls(), 1);
+    // Never across partitions: bob's read on either replica is his own fetch.
+    let bob = as_user("bob");
+    let (outcome, _) = read(&two, WATCH, &bob, &upstream).await.unwrap();
+    assert_eq!(outcome, Outcome::STORED);
+    assert_eq!(upstream.calls(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_write_through_one_replica_is_never_read_stale_on_another() {
+    let (one, two, _) = replicas(policy(60_000, 0, 0));
+    let upstream = Upstream::answering("{\"watching\":false}");
+    let alice = as_user("alice");
+    read(&one, WATCH, &alice, &upstream).await.unwrap();
+    read(&two, WATCH, &alice, &upstream).await.unwrap();
+    assert_eq!(
+        upstream.calls(),
+        1,
+        "the second replica read the shared tier"
+    );
+
+    let write = routes::resolve(&Method::POST, WATCH).unwrap();
+    one.invalidate(write.route(), &write.invalidates()).await;
+    for replica in [&two, &one] {
+        let after = lookup(replica, WATCH, &alice).await;
+        assert!(matches!(
+            replica.find(&after, &alice),
+            Found::Missing { fallback: None }
+        ));
+    }
+    let (outcome, _) = read(&two, WATCH, &alice, &upstream).await.unwrap();
+    assert_eq!(
+        outcome,
+        Outcome::STORED,
+        "the pre-write entry is under a dead key"
+    );
+    assert_eq!(upstream.calls(), 2);
+    let (outcome, _) = read(&one, WATCH, &alice, &upstream).await.unwrap();
+    assert_eq!(outcome, Outcome::Hit(Tier::Cluster));
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_unreachable_shared_tier_sends_reads_of_its_counters_past_the_cache() {
+    let (one, _, shared) = replicas(policy(60_000, 0, 0));
+    shared.unreachable.store(true, Ordering::SeqCst);
+    let resolved = routes::resolve(&Method::GET, WATCH).unwrap();
+    let alice = as_user("alice");
+    assert!(matches!(
+        one.lookup(&resolved, &alice, None, None).await,
+        Err(super::Bypass::ClusterDown)
+    ));
+    shared.unreachable.store(false, Ordering::SeqCst);
+    assert!(one.lookup(&resolved, &alice, None, None).await.is_ok());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_shared_entry_of_another_variant_is_not_taken() {
+    let (one, two, _) = replicas(policy(60_000, 0, 0));
+    let mut vary = HeaderMap::new();
+    vary.insert(header::VARY, HeaderValue::from_static("Accept-Language"));
+    let upstream = Upstream {
+        headers: vary,
+        ..Upstream::answering("{}")
+    };
+    let speaking = |language| {
+        let mut headers = as_user("alice");
+        headers.insert(header::ACCEPT_LANGUAGE, HeaderValue::from_static(language));
+        headers
+    };
+    read(&one, WATCH, &speaking("en"), &upstream).await.unwrap();
+    let (outcome, _) = read(&two, WATCH, &speaking("fr"), &upstream).await.unwrap();
+    assert_eq!(outcome, Outcome::STORED, "a French read fetches its own");
+    assert_eq!(upstream.calls(), 2);
+    let (outcome, _) = read(&one, WATCH, &speaking("fr"), &upstream).await.unwrap();
+    assert_eq!(
+        outcome,
+        Outcome::Hit(Tier::Cluster),
+        "the French entry replaced it"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_shared_entry_expires_with_its_retention() {
+    let (one, two, _) = replicas(policy(1_000, 0, 0));
+    let upstream = Upstream::answering("{}");
+    let alice = as_user("alice");
+    read(&one, WATCH, &alice, &upstream).await.unwrap();
+    tokio::time::advance(Duration::from_millis(1_001)).await;
+    let (outcome, _) = read(&two, WATCH, &alice, &upstream).await.unwrap();
+    assert_eq!(outcome, Outcome::STORED);
+    assert_eq!(upstream.calls(), 2);
 }
