@@ -20,6 +20,13 @@
 //!    `cache.max_bytes`; answers over `max_entry_bytes` are streamed through, never buffered
 //!    whole or stored. Tag generations are a fixed array; the flight map holds only fetches in
 //!    progress.
+//!
+//! The parts: this file (lookups, the one find, the hit path, serving an entry), `read` (the
+//! read past its find; the [`Origin`] seam through which it asks upstream), `invalidation`
+//! (writes, purges, the generations replicas share), `bulk` (bulk lookups account by
+//! account), `storage` (L1 memory; the [`Shared`] seam to the cluster's tier), `entry`,
+//! `key`, `flights`, `generations`, `outcome`, `etag`, `heads`. The layering among them is
+//! drawn in docs/ARCHITECTURE.md and kept by `tests/it/layering.rs`.
 
 mod bulk;
 mod entry;
@@ -27,6 +34,7 @@ mod etag;
 mod flights;
 mod generations;
 mod heads;
+mod invalidation;
 mod key;
 mod outcome;
 mod read;
@@ -46,6 +54,7 @@ pub use entry::{
 };
 use flights::Flights;
 use generations::Generations;
+pub use invalidation::Purge;
 pub use key::{Bypass, CacheKey, Partition};
 pub use outcome::{Forward, Outcome, Served, Stored, Tier};
 use read::Landed;
@@ -55,7 +64,7 @@ pub use storage::Shared;
 
 use crate::body::Body;
 use crate::caller::Credential;
-use crate::cluster::{Cluster, Confirmation, Listener};
+use crate::cluster::Cluster;
 use crate::coding::Coding;
 use crate::config::{CacheConfig, RoutePolicy};
 use crate::error::GatewayError;
@@ -333,78 +342,6 @@ impl Cache {
         }
     }
 
-    /// Invalidates every cached read that a write of `route` changed (one of its resource
-    /// `tags`), for every caller — on every replica, when in a cluster — and counts it.
-    pub async fn invalidate(&self, route: Route, tags: &[Tag]) {
-        self.bump(tags).await;
-        self.metrics.invalidation(route);
-    }
-
-    /// Invalidates every cached read that observed one of `tags` (on every replica, when in a
-    /// cluster: the tag's counter in Redis, which every replica reads when it looks such a read
-    /// up).
-    async fn bump(&self, tags: &[Tag]) {
-        for tag in tags {
-            self.generations.bump(tag);
-        }
-        if let Some(shared) = &self.shared {
-            let slots: Vec<usize> = tags.iter().map(generations::slot).collect();
-            if !slots.is_empty() && !shared.bump(&slots).await {
-                tracing::warn!(
-                    "a write's invalidation could not reach redis; other replicas learn of it by TTL"
-                );
-            }
-        }
-    }
-
-    /// An operator's purge, of everything (`None`) or of one tag, on every replica: answered
-    /// once every live replica applied it (fetches in flight land under dead keys).
-    pub async fn purge(&self, tag: Option<&Tag>) -> Purge {
-        self.metrics.purge();
-        let field = match tag {
-            None => "epoch".to_owned(),
-            Some(Tag::Route(route)) => format!("route:{}", route.name()),
-            // A resource tag's counter is read from Redis by every lookup: in force at once.
-            Some(tag) => {
-                self.bump(std::slice::from_ref(tag)).await;
-                return match &self.cluster {
-                    None => Purge::Done,
-                    Some(cluster) => match cluster.is_up() {
-                        true => Purge::Done,
-                        false => Purge::ThisReplicaOnly,
-                    },
-                };
-            }
-        };
-        let Some(cluster) = &self.cluster else {
-            self.bump_local(&field);
-            return Purge::Done;
-        };
-        let Some((value, number)) = cluster.purge(&field).await else {
-            // Redis unreachable: this replica at least; its next sync tells the others.
-            self.bump_local(&field);
-            return Purge::ThisReplicaOnly;
-        };
-        self.adopt(&[(field, value)]);
-        cluster.applied(number).await;
-        let deadline = Instant::now() + cluster.confirm_within();
-        match cluster.confirm(number, deadline).await {
-            Some(confirmation) => Purge::Confirmed(confirmation),
-            None => Purge::ThisReplicaOnly,
-        }
-    }
-
-    /// Bumps a shared generation on this replica alone (no cluster, or Redis unreachable).
-    fn bump_local(&self, field: &str) {
-        match route_field(field) {
-            Some(route) => self.generations.bump(&Tag::Route(route)),
-            None => {
-                self.generations.bump_epoch();
-                self.memory.clear();
-            }
-        }
-    }
-
     /// The one lookup of a read: what this replica's memory holds for it. A request whose own
     /// `Cache-Control` sends it upstream finds nothing.
     pub fn find(&self, lookup: &Lookup, request_headers: &HeaderMap) -> Found {
@@ -533,64 +470,9 @@ impl Cache {
     }
 }
 
-impl Listener for Cache {
-    fn generations(&self) -> Vec<(String, u64)> {
-        let routes = Route::ALL.into_iter().map(|route| {
-            (
-                format!("route:{}", route.name()),
-                self.generations.route(route),
-            )
-        });
-        [
-            ("epoch".to_owned(), self.generations.epoch()),
-            ("era".to_owned(), self.generations.era()),
-        ]
-        .into_iter()
-        .chain(routes)
-        .collect()
-    }
-
-    fn adopt(&self, generations: &[(String, u64)]) {
-        for (field, value) in generations {
-            match route_field(field) {
-                // A route's dead entries age out, as a write's do.
-                Some(route) => {
-                    self.generations.raise_route(route, *value);
-                }
-                // A new epoch leaves nothing reachable: free the memory now.
-                None if field == "epoch" && self.generations.raise_epoch(*value) => {
-                    self.memory.clear();
-                }
-                // Entries of an old era are unreachable and age out.
-                None if field == "era" => {
-                    self.generations.raise_era(*value);
-                }
-                None => {}
-            }
-        }
-    }
-}
-
 /// How long a 404 is kept, if at all.
 fn not_found(config: &CacheConfig) -> Option<Duration> {
     config.cache_not_found.then_some(config.not_found_ttl)
-}
-
-/// The route a shared generation's field (`route:NAME`) names.
-fn route_field(field: &str) -> Option<Route> {
-    Route::named(field.strip_prefix("route:")?)
-}
-
-/// What an operator's purge reached.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Purge {
-    /// Everywhere the cache lives (this replica; or, for a resource tag, every replica, which
-    /// read its counter from Redis).
-    Done,
-    /// Every live replica applied it — or not all of them in time.
-    Confirmed(Confirmation),
-    /// Redis is unreachable: this replica only; the others learn of it when it reconnects.
-    ThisReplicaOnly,
 }
 
 /// Sets the `Cache-Status` of `outcome` on a response the cache did not build.

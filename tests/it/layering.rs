@@ -1,5 +1,6 @@
 //! The module layering docs/ARCHITECTURE.md states, kept by reading every `crate::` path in
-//! `src/`: a module uses only modules of lower tiers, so there is no cycle to grow.
+//! `src/` (and every `super::` path inside `cache/` and `gateway/`): a module uses only modules
+//! of lower tiers, so there is no cycle to grow.
 
 use std::collections::BTreeMap;
 
@@ -106,20 +107,21 @@ fn modules_use_only_lower_tiers() {
     assert!(uses.contains_key("gateway") && uses["gateway"].contains(&"cache".to_owned()));
 }
 
-#[test]
-fn the_architecture_document_draws_these_tiers() {
+/// The tiers drawn in the first text block after `heading` in docs/ARCHITECTURE.md, each
+/// line `NN name  name     what they do`, sorted.
+fn drawn(heading: &str) -> Vec<(usize, Vec<String>)> {
     let text =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/ARCHITECTURE.md"))
             .unwrap();
     let drawing = text
-        .split("## Layering")
+        .split(heading)
         .nth(1)
         .and_then(|section| section.split("```text\n").nth(1))
         .and_then(|block| block.split("```").next())
-        .expect("a text drawing under \"## Layering\"");
-    let mut drawn: Vec<(usize, Vec<&str>)> = Vec::new();
+        .unwrap_or_else(|| panic!("a text drawing under {heading:?}"));
+    let mut drawn: Vec<(usize, Vec<String>)> = Vec::new();
     for line in drawing.lines() {
-        // `NN name  name     what they do`: the names end where the description starts.
+        // The names end where the description starts.
         let Some((number, rest)) = line.trim_start().split_once(' ') else {
             continue;
         };
@@ -127,24 +129,125 @@ fn the_architecture_document_draws_these_tiers() {
             continue; // a description's second line
         };
         let names = rest.split("   ").next().unwrap_or_default();
-        drawn.push((number, names.split_whitespace().collect()));
+        let mut names: Vec<String> = names.split_whitespace().map(str::to_owned).collect();
+        names.sort_unstable();
+        drawn.push((number, names));
     }
     drawn.sort();
-    let expected: Vec<(usize, Vec<&str>)> = TIERS
+    drawn
+}
+
+fn sorted(tiers: &[&[&str]]) -> Vec<(usize, Vec<String>)> {
+    tiers
         .iter()
         .enumerate()
         .map(|(n, tier)| {
-            let mut names = tier.to_vec();
+            let mut names: Vec<String> = tier.iter().map(|name| (*name).to_owned()).collect();
             names.sort_unstable();
             (n, names)
         })
+        .collect()
+}
+
+#[test]
+fn the_architecture_document_draws_these_tiers() {
+    assert_eq!(
+        drawn("## Layering"),
+        sorted(&TIERS),
+        "docs/ARCHITECTURE.md's layering drawing"
+    );
+    for (directory, tiers) in INSIDE {
+        let heading = format!("### Inside `{directory}/`");
+        assert_eq!(
+            drawn(&heading),
+            sorted(tiers),
+            "the drawing of {directory}/"
+        );
+    }
+}
+
+/// The tiers inside the modules that are directories, lowest first. The top tier of `cache/`
+/// is the `Cache` type itself, in parts (`impl Cache` in each file): they may name each other.
+const INSIDE: [(&str, &[&[&str]]); 2] = [
+    (
+        "cache",
+        &[
+            &["key", "etag", "heads", "generations", "flights"],
+            &["outcome", "entry"],
+            &["storage"],
+            &["mod", "read", "invalidation", "bulk", "tests"],
+        ],
+    ),
+    (
+        "gateway",
+        &[&["bounds", "admission", "record"], &["fetch"], &["mod"]],
+    ),
+];
+
+/// What each file of `src/{directory}/` names of its siblings through `super::` (an item of
+/// `mod.rs` counts as `mod`), outside its inline tests.
+fn inside_uses(directory: &str) -> BTreeMap<String, Vec<String>> {
+    let root = format!("{}/src/{directory}", env!("CARGO_MANIFEST_DIR"));
+    let files: Vec<String> = std::fs::read_dir(&root)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter_map(|name| name.strip_suffix(".rs").map(str::to_owned))
         .collect();
-    let drawn: Vec<(usize, Vec<&str>)> = drawn
-        .into_iter()
-        .map(|(n, mut names)| {
-            names.sort_unstable();
-            (n, names)
-        })
-        .collect();
-    assert_eq!(drawn, expected, "docs/ARCHITECTURE.md's layering drawing");
+    let mut uses = BTreeMap::new();
+    for file in &files {
+        let text = std::fs::read_to_string(format!("{root}/{file}.rs")).unwrap();
+        let text = text.split("#[cfg(test)]\nmod tests {").next().unwrap();
+        let code: String = text
+            .lines()
+            .map(|line| line.split("//").next().unwrap_or_default())
+            .collect::<Vec<_>>()
+            .join("\n");
+        let mut named = Vec::new();
+        for (i, _) in code.match_indices("super::") {
+            let rest = &code[i + "super::".len()..];
+            let items = match rest.strip_prefix('{') {
+                Some(group) => group[..group.find('}').unwrap()].to_owned(),
+                None => rest.to_owned(),
+            };
+            for item in items.split(',') {
+                let name: String = item
+                    .trim()
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                if !name.is_empty() {
+                    let sibling = files.contains(&name) && name != "mod";
+                    named.push(if sibling { name } else { "mod".to_owned() });
+                }
+                if !rest.starts_with('{') {
+                    break;
+                }
+            }
+        }
+        uses.insert(file.clone(), named);
+    }
+    uses
+}
+
+#[test]
+fn the_parts_of_cache_and_gateway_use_only_lower_tiers() {
+    for (directory, tiers) in INSIDE {
+        let tier = |file: &str| tiers.iter().position(|tier| tier.contains(&file));
+        let top = tiers.len() - 1;
+        let uses = inside_uses(directory);
+        for (file, named) in &uses {
+            let own = tier(file).unwrap_or_else(|| panic!("{directory}/{file} is in no tier"));
+            for used in named {
+                let theirs = tier(used).unwrap();
+                assert!(
+                    theirs < own || (own == top && theirs == top),
+                    "{directory}/{file} (tier {own}) uses {used} (tier {theirs})"
+                );
+            }
+        }
+        assert!(
+            uses.values().any(|named| !named.is_empty()),
+            "{directory}/ read"
+        );
+    }
 }
