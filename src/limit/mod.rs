@@ -41,6 +41,15 @@
 //! the hold's probe it took and its claim on the burst bucket. Keyed state is reclaimed by
 //! [`Limits::reclaim`] (every 30 s): idle callers cost nothing after their bucket refilled,
 //! and a past hour's spending is forgotten.
+//!
+//! The parts: this file (the admission, in the order above, and the spending), `gcra` (the
+//! governor limiters, each kind of limit and its refusal, the allowance a caller is told of),
+//! `holds` (what upstream's answers teach: the holds and the tightened budget).
+
+mod gcra;
+mod holds;
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
@@ -50,13 +59,6 @@ use parking_lot::Mutex;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use governor::clock::{Clock, Reference};
-use governor::middleware::{StateInformationMiddleware, StateSnapshot};
-use governor::nanos::Nanos;
-use governor::state::keyed::DashMapStateStore;
-use governor::state::{InMemoryState, NotKeyed};
-use governor::{NotUntil, Quota as GcraQuota, RateLimiter};
-use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode};
 use tokio::time::Instant;
 
@@ -64,228 +66,13 @@ use crate::burst::{self, BucketId, Bursts, Pace, Ticket};
 use crate::caller::{Caller, CallerId};
 use crate::cluster::{Cluster, Decision};
 use crate::config::{ClientConfig, Config, LimitsConfig, PointsBudget, QuotaConfig, Rate};
-use crate::error::{GatewayError, Refusal};
-use crate::hints::{self, Hints, Reason};
+use crate::error::GatewayError;
+use crate::hints::Hints;
 use crate::quota::{self, Quota};
-
-type Keyed =
-    RateLimiter<CallerId, DashMapStateStore<CallerId>, TokioClock, StateInformationMiddleware>;
-type Direct = RateLimiter<NotKeyed, InMemoryState, TokioClock, StateInformationMiddleware>;
-
-/// Governor's clock on tokio's time, as the holds and the cache read it: buckets refill as
-/// tokio's clock moves, so a test that pauses time sees them refill when it advances it.
-#[derive(Debug, Clone, Copy, Default)]
-struct TokioClock;
-
-/// An instant of [`TokioClock`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-struct Tick(Instant);
-
-impl Clock for TokioClock {
-    type Instant = Tick;
-
-    fn now(&self) -> Tick {
-        Tick(Instant::now())
-    }
-}
-
-impl Reference for Tick {
-    fn duration_since(&self, earlier: Tick) -> Nanos {
-        self.0.saturating_duration_since(earlier.0).into()
-    }
-
-    fn saturating_sub(&self, duration: Nanos) -> Tick {
-        Tick(self.0.checked_sub(duration.into()).unwrap_or(self.0))
-    }
-}
-
-impl std::ops::Add<Nanos> for Tick {
-    type Output = Tick;
-
-    fn add(self, duration: Nanos) -> Tick {
-        Tick(self.0 + Duration::from(duration))
-    }
-}
-
-/// Which limit refused a request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LimitKind {
-    Requests,
-    Upstream,
-    UpstreamGlobal,
-    UpstreamHold,
-    UpstreamMethod,
-    Points,
-    QuotaReserve,
-    SiteQuota,
-    UpstreamBurst,
-    UpstreamWrite,
-}
-
-impl LimitKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            LimitKind::Requests => "requests",
-            LimitKind::Upstream => "upstream",
-            LimitKind::UpstreamGlobal => "upstream-global",
-            LimitKind::UpstreamHold => "upstream-hold",
-            LimitKind::UpstreamMethod => "upstream-method",
-            LimitKind::Points => "points",
-            LimitKind::QuotaReserve => "quota-reserve",
-            LimitKind::SiteQuota => "site-quota",
-            LimitKind::UpstreamBurst => "upstream-burst",
-            LimitKind::UpstreamWrite => "upstream-write",
-        }
-    }
-
-    pub fn describe(self) -> &'static str {
-        match self {
-            LimitKind::Requests => "this caller's request rate limit (wikigate)",
-            LimitKind::Upstream => "this caller's upstream allowance (wikigate)",
-            LimitKind::UpstreamGlobal => "the global upstream budget (wikigate)",
-            LimitKind::UpstreamHold => {
-                "an upstream hold: Confluence asked wikigate to back off (Retry-After)"
-            }
-            LimitKind::UpstreamMethod => "the upstream budget of this method (wikigate)",
-            LimitKind::Points => "this caller's hourly Atlassian points budget (wikigate)",
-            LimitKind::QuotaReserve => {
-                "the site's quota is low: what is left is kept for callers of higher priority (wikigate)"
-            }
-            LimitKind::SiteQuota => {
-                "Confluence's points quota for this site is spent until its window resets"
-            }
-            LimitKind::UpstreamBurst => {
-                "Confluence's per-second burst limit of this endpoint and method (paced by wikigate)"
-            }
-            LimitKind::UpstreamWrite => {
-                "Confluence's write limit of this resource: writes to it are spaced out"
-            }
-        }
-    }
-}
-
-/// The state of one limit after a decision, for the `RateLimit` headers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Allowance {
-    pub kind: LimitKind,
-    /// Bucket size (`q`) and the seconds it takes to refill from empty (`w`).
-    quota: u32,
-    window: u64,
-    /// Requests left now (`r`) and seconds until the bucket is full again (`t`).
-    remaining: u32,
-    reset: u64,
-}
-
-static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
-static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
-
-impl Allowance {
-    /// The IETF `RateLimit-Policy` and `RateLimit` headers (structured-field form).
-    pub fn apply(&self, headers: &mut HeaderMap) {
-        for (name, value) in self.headers() {
-            headers.insert(name, value);
-        }
-    }
-
-    fn headers(&self) -> Vec<(HeaderName, HeaderValue)> {
-        let name = self.kind.as_str();
-        let policy = format!("\"{name}\";q={};w={}", self.quota, self.window);
-        let state = format!("\"{name}\";r={};t={}", self.remaining, self.reset);
-        match (
-            HeaderValue::from_str(&policy),
-            HeaderValue::from_str(&state),
-        ) {
-            (Ok(policy), Ok(state)) => {
-                vec![
-                    (RATELIMIT_POLICY.clone(), policy),
-                    (RATELIMIT.clone(), state),
-                ]
-            }
-            _ => Vec::new(),
-        }
-    }
-}
-
-impl LimitKind {
-    /// This limit's refusal: wait `retry_after`, and (for a limit with a bucket) its state.
-    pub fn refuse(self, retry_after: Duration, allowance: Option<Allowance>) -> GatewayError {
-        GatewayError::RateLimited(Refusal {
-            limit: self.as_str(),
-            description: self.describe(),
-            retry_after,
-            headers: allowance.map_or_else(Vec::new, |a| a.headers()),
-        })
-    }
-}
-
-/// One limit: its governor state and the rate it was built from.
-struct Limit<L> {
-    rate: Rate,
-    limiter: L,
-}
-
-impl<L> Limit<L> {
-    fn period(&self) -> Duration {
-        self.rate.per / self.rate.rate.get()
-    }
-
-    fn allowance(&self, kind: LimitKind, remaining: u32) -> Allowance {
-        let quota = self.rate.burst().get();
-        let period = self.period();
-        Allowance {
-            kind,
-            quota,
-            window: ceil_secs(period * quota),
-            remaining,
-            reset: ceil_secs(period * quota.saturating_sub(remaining)),
-        }
-    }
-
-    fn decide(
-        &self,
-        kind: LimitKind,
-        clock: &TokioClock,
-        outcome: Result<StateSnapshot, NotUntil<Tick>>,
-    ) -> Result<Allowance, GatewayError> {
-        match outcome {
-            Ok(snapshot) => Ok(self.allowance(kind, snapshot.remaining_burst_capacity())),
-            Err(not_until) => Err(kind.refuse(
-                not_until.wait_time_from(clock.now()),
-                Some(self.allowance(kind, 0)),
-            )),
-        }
-    }
-}
-
-/// The local GCRA quota for `rate`: this replica's share of it when `replicas` share it.
-fn gcra_quota(rate: &Rate, replicas: u32) -> GcraQuota {
-    let share = |n: u32| NonZeroU32::new((n / replicas).max(1)).expect("at least 1");
-    GcraQuota::with_period(rate.per / share(rate.rate.get()).get())
-        .expect("validated: per > 0")
-        .allow_burst(share(rate.burst().get()))
-}
-
-fn keyed(rate: Option<Rate>, replicas: u32) -> Option<Limit<Keyed>> {
-    rate.map(|rate| Limit {
-        rate,
-        limiter: Keyed::new(
-            gcra_quota(&rate, replicas),
-            DashMapStateStore::default(),
-            TokioClock,
-        ),
-    })
-}
-
-fn direct(rate: Option<Rate>, replicas: u32) -> Option<Limit<Direct>> {
-    rate.map(|rate| Limit {
-        rate,
-        limiter: Direct::new(
-            gcra_quota(&rate, replicas),
-            InMemoryState::default(),
-            TokioClock,
-        ),
-    })
-}
+pub use gcra::Allowance;
+use gcra::{Direct, Keyed, Limit, LimitKind, TokioClock, ceil_secs, direct, keyed};
+use holds::Hold;
+pub use holds::{HoldKey, WriteKey, jitter, write_key};
 
 /// Per-class limits, keyed by caller.
 struct ClassLimits {
@@ -325,23 +112,6 @@ impl<'a> Policy<'a> {
     }
 }
 
-/// A resource a write changes (a hash of its path), for Confluence's per-resource write
-/// limits.
-pub type WriteKey = [u8; 16];
-
-/// The resource a request writes to: its path's, for POST, PUT and DELETE; `None` for reads.
-pub fn write_key(method: &Method, path: &str) -> Option<WriteKey> {
-    if !matches!(*method, Method::POST | Method::PUT | Method::DELETE) {
-        return None;
-    }
-    let mut key = [0; 16];
-    key.copy_from_slice(&blake3::hash(path.as_bytes()).as_bytes()[..16]);
-    Some(key)
-}
-
-/// The credential an upstream hold applies to (a keyed hash; all zeros for anonymous).
-pub type HoldKey = [u8; 16];
-
 pub struct Limits {
     /// Redis, in multi-replica mode: the upstream limits are decided there while it is up.
     cluster: Option<Arc<Cluster>>,
@@ -375,18 +145,6 @@ struct Rules {
     max_hold: Duration,
     replicas: u32,
 }
-
-#[derive(Debug)]
-struct Hold {
-    until: Instant,
-    /// Consecutive holds, for the backoff when upstream gives no hint.
-    strikes: u32,
-    /// When the single probe after the hold was let through.
-    probe: Option<Instant>,
-}
-
-/// How long a probe may take before another request may probe instead.
-const PROBE_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Limits {
     /// `cluster`: enforce the upstream limits and points budgets across replicas in Redis;
@@ -845,109 +603,6 @@ impl Limits {
         Some(Ok(()))
     }
 
-    fn tightened(&self) -> bool {
-        let mut until = self.tightened_until.lock();
-        match *until {
-            Some(t) if Instant::now() < t => true,
-            Some(_) => {
-                *until = None;
-                false
-            }
-            None => false,
-        }
-    }
-
-    /// Refuses while `key` is held; when its hold has ended, lets exactly one probe through
-    /// (true: this request is the probe).
-    fn check_hold(&self, key: &HoldKey) -> Result<bool, GatewayError> {
-        let mut holds = self.holds.lock();
-        let Some(hold) = holds.get_mut(key) else {
-            return Ok(false);
-        };
-        let now = Instant::now();
-        let refuse = |retry_after| LimitKind::UpstreamHold.refuse(retry_after, None);
-        if now < hold.until {
-            return Err(refuse(hold.until - now));
-        }
-        match hold.probe {
-            Some(since) if now.duration_since(since) < PROBE_TIMEOUT => {
-                Err(refuse(Duration::from_secs(1)))
-            }
-            _ => {
-                hold.probe = Some(now);
-                Ok(true)
-            }
-        }
-    }
-
-    /// Learns from what an upstream answer says of the limits, each at its own scope: the
-    /// site's quota headers update its standing (a quota 429 stops every call until the
-    /// reset); the burst bucket of the call's route and method is learned (a burst 429 holds
-    /// that bucket only); a per-resource write 429 holds writes to that resource; a 429 with no
-    /// reason (or a 503 with `Retry-After`) starts or extends the hold on the credential `key`
-    /// (and returns true), any other answer ends it. `X-RateLimit-NearLimit` tightens the
-    /// global budget until upstream's reset. Every wait is bounded (`hints`, `max_hold`).
-    fn observe(
-        &self,
-        key: &HoldKey,
-        write: Option<&WriteKey>,
-        status: StatusCode,
-        hints: &Hints,
-    ) -> bool {
-        self.quota.site.observe(status, hints);
-        let rules = self.rules.load();
-        let now = Instant::now();
-        if hints.near_limit {
-            let reset = hints
-                .reset_in
-                .unwrap_or(Duration::from_secs(60))
-                .min(rules.max_hold);
-            *self.tightened_until.lock() = Some(now + reset);
-        }
-        let refused = status == StatusCode::TOO_MANY_REQUESTS;
-        match hints.reason.filter(|_| refused) {
-            // Their own scopes: the site (quota), the bucket (burst, learned by the pass).
-            Some(Reason::Quota | Reason::Burst) => {
-                self.release_probe(key);
-                return false;
-            }
-            Some(Reason::Write) => {
-                if let Some(write) = write {
-                    let wait = hints
-                        .retry_after
-                        .unwrap_or(hints::MIN_WAIT)
-                        .min(rules.max_hold);
-                    self.write_holds.lock().insert(*write, now + wait);
-                }
-                self.release_probe(key);
-                return false;
-            }
-            Some(Reason::Other) | None => {}
-        }
-        let throttled =
-            refused || (status == StatusCode::SERVICE_UNAVAILABLE && hints.retry_after.is_some());
-        let mut holds = self.holds.lock();
-        if !throttled {
-            holds.remove(key);
-            return false;
-        }
-        let strikes = holds.get(key).map_or(0, |h| h.strikes).saturating_add(1);
-        let wait = hints
-            .retry_after
-            .or(hints.reset_in)
-            .unwrap_or_else(|| backoff(strikes))
-            .min(rules.max_hold);
-        holds.insert(
-            *key,
-            Hold {
-                until: now + wait,
-                strikes,
-                probe: None,
-            },
-        );
-        true
-    }
-
     /// Whether the state every upstream call goes through can be had: each of its locks is
     /// taken within `within` (a lock held that long means a stuck admission path).
     pub fn responsive(&self, within: Duration) -> bool {
@@ -955,24 +610,6 @@ impl Limits {
             && self.tightened_until.try_lock_for(within).is_some()
             && self.spent.try_lock_for(within).is_some()
             && self.quota.site.responsive(within)
-    }
-
-    /// How many credentials are held right now, and the longest remaining hold.
-    pub fn holds(&self) -> (usize, Duration) {
-        let now = Instant::now();
-        let holds = self.holds.lock();
-        let active = holds.values().filter(|h| h.until > now);
-        active.fold((0, Duration::ZERO), |(n, longest), h| {
-            (n + 1, longest.max(h.until - now))
-        })
-    }
-
-    /// The probe of `key`'s hold ended without telling anything of the credential: another
-    /// request may probe at once.
-    fn release_probe(&self, key: &HoldKey) {
-        if let Some(hold) = self.holds.lock().get_mut(key) {
-            hold.probe = None;
-        }
     }
 
     /// Drops state that no longer limits anyone: refilled buckets of idle callers, ended holds.
@@ -985,9 +622,7 @@ impl Limits {
             }
         }
         let now = Instant::now();
-        self.holds
-            .lock()
-            .retain(|_, hold| hold.until + PROBE_TIMEOUT > now || hold.probe.is_some());
+        self.holds.lock().retain(|_, hold| !hold.is_over(now));
         self.write_holds.lock().retain(|_, until| *until > now);
         let (hour, _) = quota::hour(now);
         self.spent.lock().retain(|_, (counted, _)| *counted == hour);
@@ -1065,303 +700,6 @@ impl Drop for Pass<'_> {
     fn drop(&mut self) {
         if self.probe {
             self.limits.release_probe(&self.hold);
-        }
-    }
-}
-
-fn ceil_secs(duration: Duration) -> u64 {
-    duration.as_secs() + u64::from(duration.subsec_nanos() > 0)
-}
-
-/// 1 s, 2 s, 4 s … up to 64 s, each with up to 25 % random jitter on top.
-pub fn backoff(strikes: u32) -> Duration {
-    let base = Duration::from_secs(1 << strikes.saturating_sub(1).min(6));
-    base + base.mul_f64(jitter() * 0.25)
-}
-
-/// A random fraction in [0, 1).
-pub fn jitter() -> f64 {
-    use ring::rand::SecureRandom as _;
-    let mut bytes = [0u8; 4];
-    let _ = ring::rand::SystemRandom::new().fill(&mut bytes);
-    f64::from(u32::from_le_bytes(bytes)) / (f64::from(u32::MAX) + 1.0)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_doubles_with_bounded_jitter() {
-        for strikes in 1..10 {
-            let d = backoff(strikes);
-            let base = 1u64 << (strikes - 1).min(6);
-            assert!(d >= Duration::from_secs(base) && d < Duration::from_secs(base).mul_f64(1.25));
-        }
-    }
-
-    fn limits(config: &LimitsConfig) -> Limits {
-        let policy = Policy {
-            limits: config,
-            quota: &QuotaConfig::default(),
-            clients: &[],
-            burst: (Duration::from_secs(1), Duration::from_secs(2)),
-        };
-        Limits::new(policy, None, Arc::default())
-    }
-
-    fn caller(class: &str) -> Caller {
-        Caller {
-            id: CallerId::Address([127, 0, 0, 1].into()),
-            credential: None,
-            class: class.into(),
-            account: quota::Accounts::default().get(&format!("class:{class}")),
-        }
-    }
-
-    #[test]
-    fn lower_priorities_meet_the_reserve_first() {
-        let mut config = LimitsConfig::default();
-        for (name, priority) in [("batch", 0), ("default", 5), ("interactive", 10)] {
-            let class = crate::config::ClassLimits {
-                priority,
-                ..Default::default()
-            };
-            config.classes.insert(name.to_owned(), class);
-        }
-        let below = reserve_thresholds(&config, 0.3);
-        assert_eq!([below(0), below(5), below(10)], [0.3, 0.15, 0.0]);
-        let mut alone = LimitsConfig::default();
-        alone.classes.get_mut("default").unwrap().priority = 7;
-        assert_eq!(reserve_thresholds(&alone, 0.3)(7), 0.0, "nobody to protect");
-    }
-
-    #[tokio::test]
-    async fn near_limit_halves_the_global_budget_until_the_reset() {
-        let config = LimitsConfig {
-            upstream_global: Some(Rate {
-                rate: NonZeroU32::new(10).unwrap(),
-                per: Duration::from_secs(60),
-                burst: None,
-            }),
-            ..LimitsConfig::default()
-        };
-        let caller = caller("default");
-        async fn admitted(limits: &Limits, caller: &Caller) -> usize {
-            let mut n = 0;
-            for _ in 0..20 {
-                let admitted = limits
-                    .admit_upstream(caller, &[0; 16], None, &Method::GET, None)
-                    .await;
-                n += usize::from(admitted.is_ok());
-            }
-            n
-        }
-        assert_eq!(admitted(&limits(&config), &caller).await, 10);
-        let tightened = limits(&config);
-        let mut headers = HeaderMap::new();
-        headers.insert("x-ratelimit-nearlimit", HeaderValue::from_static("true"));
-        headers.insert("x-ratelimit-reset", HeaderValue::from_static("60"));
-        tightened.observe(&[0; 16], None, StatusCode::OK, &Hints::read(&headers));
-        assert_eq!(admitted(&tightened, &caller).await, 5);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_hold_lets_exactly_one_probe_through_when_it_ends() {
-        let limits = limits(&LimitsConfig::default());
-        let key = [1; 16];
-        let mut headers = HeaderMap::new();
-        headers.insert(http::header::RETRY_AFTER, HeaderValue::from_static("0"));
-        limits.observe(
-            &key,
-            None,
-            StatusCode::TOO_MANY_REQUESTS,
-            &Hints::read(&headers),
-        );
-        assert!(
-            limits.check_hold(&key).is_err(),
-            "Retry-After: 0 holds a second"
-        );
-        tokio::time::advance(Duration::from_secs(1)).await;
-        assert!(limits.check_hold(&key).is_ok(), "the probe");
-        let refused = limits.check_hold(&key).unwrap_err();
-        assert!(matches!(
-            refused,
-            GatewayError::RateLimited(Refusal {
-                limit: "upstream-hold",
-                ..
-            })
-        ));
-        limits.observe(&key, None, StatusCode::OK, &Hints::default());
-        assert!(limits.check_hold(&key).is_ok());
-        assert!(
-            limits.check_hold(&[2; 16]).is_ok(),
-            "other credentials are not held"
-        );
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_probe_refused_by_a_later_limit_is_given_back_at_once() {
-        let config = LimitsConfig {
-            upstream_global: Some(Rate {
-                rate: NonZeroU32::new(1).unwrap(),
-                per: Duration::from_secs(60),
-                burst: None,
-            }),
-            ..LimitsConfig::default()
-        };
-        let limits = limits(&config);
-        let caller = caller("default");
-        let key = [3; 16];
-        let admit = || limits.admit_upstream(&caller, &key, None, &Method::GET, None);
-        let pass = admit().await.expect("the global budget's one call");
-        let mut headers = HeaderMap::new();
-        headers.insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
-        assert!(
-            pass.answered(StatusCode::TOO_MANY_REQUESTS, &Hints::read(&headers))
-                .await
-        );
-        tokio::time::advance(Duration::from_secs(1)).await;
-        // The hold ended: this request is the probe, but the global budget refuses it.
-        let refused = admit().await.err().expect("the global budget is spent");
-        assert_eq!(refused.refusal().unwrap().limit, "upstream-global");
-        assert_eq!(
-            limits.check_hold(&key).ok(),
-            Some(true),
-            "the probe was given back: the next request probes at once"
-        );
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn each_429_is_held_at_its_own_scope() {
-        let limits = limits(&LimitsConfig::default());
-        let caller = caller("default");
-        let (key, page) = (
-            [4; 16],
-            write_key(&Method::PUT, "/wiki/rest/api/user/a/property/k"),
-        );
-        let other = write_key(&Method::PUT, "/wiki/rest/api/user/a/property/other");
-        let get_user = BucketId::of(crate::routes::Route::User, &Method::GET);
-        let refusal = |reason: &'static str| {
-            let mut headers = HeaderMap::new();
-            headers.insert(http::header::RETRY_AFTER, HeaderValue::from_static("30"));
-            headers.insert("ratelimit-reason", HeaderValue::from_static(reason));
-            Hints::read(&headers)
-        };
-        let limit_of = |refused: Result<Pass<'_>, GatewayError>| {
-            refused.err().and_then(|e| e.refusal().map(|r| r.limit))
-        };
-        // A burst 429: that route and method only.
-        let pass = limits
-            .admit_upstream(&caller, &key, get_user, &Method::GET, None)
-            .await;
-        assert!(
-            !pass
-                .unwrap()
-                .answered(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    &refusal("confluence-burst-based")
-                )
-                .await
-        );
-        let again = limits
-            .admit_upstream(&caller, &key, get_user, &Method::GET, None)
-            .await;
-        assert_eq!(limit_of(again), Some("upstream-burst"));
-        let groups = BucketId::of(crate::routes::Route::MemberOf, &Method::GET);
-        assert!(
-            limits
-                .admit_upstream(&caller, &key, groups, &Method::GET, None)
-                .await
-                .is_ok()
-        );
-        // A write-limit 429: writes to that resource only.
-        let pass = limits
-            .admit_upstream(&caller, &key, None, &Method::PUT, page)
-            .await;
-        pass.unwrap()
-            .answered(
-                StatusCode::TOO_MANY_REQUESTS,
-                &refusal("confluence-per-content-on-write"),
-            )
-            .await;
-        let again = limits
-            .admit_upstream(&caller, &key, None, &Method::PUT, page)
-            .await;
-        assert_eq!(limit_of(again), Some("upstream-write"));
-        assert!(
-            limits
-                .admit_upstream(&caller, &key, None, &Method::PUT, other)
-                .await
-                .is_ok()
-        );
-        // Neither held the credential, nor the site.
-        assert_eq!(limits.holds().0, 0);
-        assert_eq!(limits.quota.site.pressure().exhausted_for, None);
-        // A quota 429: the site, every caller and route.
-        let pass = limits
-            .admit_upstream(&caller, &key, groups, &Method::GET, None)
-            .await;
-        pass.unwrap()
-            .answered(
-                StatusCode::TOO_MANY_REQUESTS,
-                &refusal("confluence-quota-tenant-based"),
-            )
-            .await;
-        let other_caller = limits
-            .admit_upstream(&caller, &[5; 16], None, &Method::GET, None)
-            .await;
-        assert_eq!(limit_of(other_caller), Some("site-quota"));
-        assert_eq!(limits.holds().0, 0, "not a credential hold");
-        tokio::time::advance(Duration::from_secs(30)).await;
-        // A 429 with no reason: the credential, as before.
-        let pass = limits
-            .admit_upstream(&caller, &key, groups, &Method::GET, None)
-            .await;
-        let mut plain = HeaderMap::new();
-        plain.insert(http::header::RETRY_AFTER, HeaderValue::from_static("30"));
-        assert!(
-            pass.unwrap()
-                .answered(StatusCode::TOO_MANY_REQUESTS, &Hints::read(&plain))
-                .await
-        );
-        let held = limits
-            .admit_upstream(&caller, &key, groups, &Method::GET, None)
-            .await;
-        assert_eq!(limit_of(held), Some("upstream-hold"));
-        assert!(
-            limits
-                .admit_upstream(&caller, &[5; 16], groups, &Method::GET, None)
-                .await
-                .is_ok()
-        );
-    }
-
-    proptest::proptest! {
-        /// Whatever limit headers upstream sends, with whatever status, the quota, the limits
-        /// and the holds take them in without a panic, and hold for at most an hour.
-        #[test]
-        fn any_limit_headers_are_taken_in_and_bounded(
-            headers in hints::tests::any_limit_headers(),
-            status in proptest::sample::select(vec![200u16, 429, 503]),
-        ) {
-            let hints = Hints::read(&headers);
-            let quota = Arc::new(Quota::new(Some(1000), 0.2));
-            let policy = Policy {
-                limits: &LimitsConfig::default(),
-                quota: &QuotaConfig::default(),
-                clients: &[],
-                burst: (Duration::from_secs(1), Duration::from_secs(2)),
-            };
-            let limits = Limits::new(policy, None, quota.clone());
-            limits.observe(&[7; 16], Some(&[8; 16]), StatusCode::from_u16(status).unwrap(), &hints);
-            let _ = quota.site.standing();
-            if let Some(exhausted) = quota.site.pressure().exhausted_for {
-                proptest::prop_assert!(exhausted <= hints::MAX_WINDOW);
-            }
-            let (_, longest) = limits.holds();
-            proptest::prop_assert!(longest <= hints::MAX_WAIT);
-            proptest::prop_assert!(limits.responsive(Duration::from_millis(10)));
         }
     }
 }
