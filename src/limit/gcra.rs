@@ -6,7 +6,6 @@
 //! tokio's clock, so paused-time tests drive them.
 
 use std::num::NonZeroU32;
-
 use std::time::Duration;
 
 use governor::clock::{Clock, Reference};
