@@ -15,7 +15,12 @@
 //!
 //! Tests steer it through [`FakeConfluence`]: it counts the requests it served per operation,
 //! records what it received, and can be told to answer slowly or with an error status.
+//!
+//! The parts: `site` (the handler), `answers` (the 21 operations), `data` (users and what
+//! writes change), `edge` (the edge's shape), `points` and `limits` (Atlassian's limits).
 
+mod answers;
+mod data;
 mod edge;
 mod limits;
 mod points;
@@ -33,10 +38,10 @@ use tokio_rustls::TlsAcceptor;
 use crate::routes::Operation;
 use crate::server::{self, Http};
 
+pub use data::{DEMO_USERS, DIRECTORY_SIZE, DemoUser, directory_account};
 pub use edge::Shape;
 pub use limits::{FakeBursts, FakeWriteLimit};
 pub use points::{FakeQuota, QuotaMode};
-pub use site::{DEMO_USERS, DIRECTORY_SIZE, DemoUser, directory_account};
 
 /// How a fake site answers.
 #[derive(Debug, Clone, Copy)]
@@ -91,7 +96,7 @@ pub struct Faults {
 
 /// Shared by the fake's handler and its [`FakeConfluence`] handle.
 struct Shared {
-    site: site::Site,
+    site: data::Site,
     options: FakeOptions,
     points: Option<points::Points>,
     limits: limits::Limits,
@@ -182,7 +187,7 @@ impl FakeConfluence {
         };
         let base = format!("{scheme}://{host}:{}/wiki", addr.port());
         let shared = Arc::new(Shared {
-            site: site::Site::new(base),
+            site: data::Site::new(base),
             options,
             points: options.quota.map(points::Points::new),
             limits: limits::Limits::new(options.bursts, options.write_limit),
