@@ -58,20 +58,7 @@ use crate::config::ClusterConfig;
 
 /// The atomic GCRA: KEYS[1] the bucket; ARGV[1] the emission interval (µs), ARGV[2] the burst.
 /// Returns {allowed (1|0), wait µs when refused, remaining when allowed}.
-const GCRA: &str = r"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local interval = tonumber(ARGV[1])
-local tolerance = interval * (tonumber(ARGV[2]) - 1)
-local tat = tonumber(redis.call('GET', KEYS[1]) or now)
-if tat < now then tat = now end
-if now < tat - tolerance then
-  return {0, tat - tolerance - now, 0}
-end
-local new_tat = tat + interval
-redis.call('SET', KEYS[1], new_tat, 'PX', math.ceil((new_tat - now + tolerance) / 1000) + 1000)
-return {1, 0, math.floor((tolerance - (new_tat - now)) / interval) + 1}
-";
+const GCRA: &str = include_str!("cluster/gcra.lua");
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterSetupError {
@@ -90,17 +77,7 @@ pub enum ClusterSetupError {
 /// where `remaining` tokens are left now, never earlier than it is (a stale answer never
 /// frees tokens). KEYS[1] the bucket; ARGV[1] the interval (µs), ARGV[2] the size, ARGV[3]
 /// what is left.
-const LEARN: &str = r"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local interval = tonumber(ARGV[1])
-local learned = now + (tonumber(ARGV[2]) - tonumber(ARGV[3])) * interval
-local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
-if learned > tat then
-  redis.call('SET', KEYS[1], learned, 'PX', math.ceil((learned - now) / 1000) + 1000)
-end
-return 1
-";
+const LEARN: &str = include_str!("cluster/learn.lua");
 
 /// What the cluster's GCRA decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,12 +88,7 @@ pub enum Decision {
 
 /// The purge script: raises one shared generation, numbers the purge, and tells every replica.
 /// KEYS[1] the generations, KEYS[2] the purge counter, KEYS[3] the channel; ARGV[1] the field.
-const PURGE: &str = r"
-local value = redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
-local number = redis.call('INCR', KEYS[2])
-redis.call('PUBLISH', KEYS[3], 'gen:' .. number .. ':' .. value .. ':' .. ARGV[1])
-return {value, number}
-";
+const PURGE: &str = include_str!("cluster/purge.lua");
 
 /// The sync script: raises the shared generations to at least a replica's own (a Redis that
 /// lost them, or a purge made while cut off from it, must not move keys backwards) and tells
@@ -127,58 +99,15 @@ return {value, number}
 /// KEYS[1] the generations, KEYS[2] the purge counter, KEYS[3] the channel, KEYS[4] the
 /// `run_id` Redis had at the last sync; ARGV[1] 1 to fence, ARGV[2] the `run_id` now, then
 /// field, value…
-const SYNC: &str = r"
-local number = tonumber(redis.call('GET', KEYS[2]) or '0')
-for i = 3, #ARGV, 2 do
-  local current = tonumber(redis.call('HGET', KEYS[1], ARGV[i]) or '0')
-  if current < tonumber(ARGV[i + 1]) then
-    redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
-    redis.call('PUBLISH', KEYS[3], 'gen:' .. number .. ':' .. ARGV[i + 1] .. ':' .. ARGV[i])
-  end
-end
-local fence = ARGV[1] == '1'
-if ARGV[2] == '' or redis.call('GET', KEYS[4]) ~= ARGV[2] then
-  fence = true
-  redis.call('SET', KEYS[4], ARGV[2])
-end
-if fence then
-  local era = redis.call('HINCRBY', KEYS[1], 'era', 1)
-  redis.call('PUBLISH', KEYS[3], 'gen:' .. number .. ':' .. era .. ':era')
-end
-return {redis.call('HGETALL', KEYS[1]), number}
-";
+const SYNC: &str = include_str!("cluster/sync.lua");
 
 /// The heartbeat: this replica is alive for ARGV[3] ms more and has applied purges up to
 /// ARGV[2]. KEYS[1] the live replicas (a sorted set by expiry), KEYS[2] what each applied.
-const HEARTBEAT: &str = r"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[1])
-if tonumber(ARGV[2]) > tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '0') then
-  redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
-end
-return 1
-";
+const HEARTBEAT: &str = include_str!("cluster/heartbeat.lua");
 
 /// How many live replicas there are and how many have applied purge ARGV[1]; expired
 /// replicas are forgotten first. KEYS as for the heartbeat.
-const CONFIRM: &str = r"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local gone = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)
-if #gone > 0 then
-  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-  redis.call('HDEL', KEYS[2], unpack(gone))
-end
-local live = redis.call('ZRANGE', KEYS[1], 0, -1)
-local applied = 0
-for _, id in ipairs(live) do
-  if tonumber(redis.call('HGET', KEYS[2], id) or '0') >= tonumber(ARGV[1]) then
-    applied = applied + 1
-  end
-end
-return {#live, applied}
-";
+const CONFIRM: &str = include_str!("cluster/confirm.lua");
 
 /// How often a replica announces itself, and how long an announcement lasts.
 const HEARTBEAT_EVERY: Duration = Duration::from_millis(500);
