@@ -77,7 +77,7 @@ async fn replay(lists: &[Vec<usize>], per_account: bool) -> Outcome {
     .unwrap();
     config.cache.bulk_entities = per_account;
     let config = config.validate().unwrap();
-    let gateway = wikigate::lifecycle::start(&config).await.unwrap();
+    let gateway = wikigate::start(&config).await.unwrap();
     let user = DEMO_USERS[0];
     let auth = format!(
         "Basic {}",

@@ -57,9 +57,7 @@ async fn get(client: &HttpClient, url: String, gzip: bool) -> usize {
         .expect("a body")
         .to_bytes();
     match coded {
-        true => wikigate::coding::gunzip(&body, 1 << 20)
-            .expect("gzip")
-            .len(),
+        true => wikigate::gunzip(&body, 1 << 20).expect("gzip").len(),
         false => body.len(),
     }
 }
@@ -84,7 +82,7 @@ fn main() {
             fake.url()
         ))
         .expect("a config");
-        let gateway = wikigate::lifecycle::start(&config).await.expect("the gateway");
+        let gateway = wikigate::start(&config).await.expect("the gateway");
         let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
         let base = format!("http://{}/wiki/rest/api/user", gateway.addr);
         let url = move |n: usize, tag: &str| {

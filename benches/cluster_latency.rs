@@ -64,8 +64,8 @@ fn main() {
             config.cluster.replicas = 2;
             config.validate().unwrap()
         };
-        let a = wikigate::lifecycle::start(&replica()).await.unwrap();
-        let b = wikigate::lifecycle::start(&replica()).await.unwrap();
+        let a = wikigate::start(&replica()).await.unwrap();
+        let b = wikigate::start(&replica()).await.unwrap();
         tokio::time::sleep(Duration::from_millis(1200)).await; // both connect to Redis
         let user = DEMO_USERS[0];
         let auth = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", user.email, user.api_token)));

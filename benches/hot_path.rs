@@ -25,14 +25,14 @@ use http_body_util::{BodyExt, Empty};
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use support::{ALICE, default_class_limits, limits};
-use wikigate::cache::{CacheKey, Partition};
-use wikigate::caller::Callers;
+use wikigate::Callers;
+use wikigate::Gateway;
+use wikigate::Parts;
 use wikigate::config::Config;
 use wikigate::fake::FakeConfluence;
-use wikigate::gateway::Gateway;
-use wikigate::parts::Parts;
 use wikigate::routes::resolve;
 use wikigate::server::{ConnInfo, Handler};
+use wikigate::{CacheKey, Partition};
 
 const CURRENT: &str = "/wiki/rest/api/user/current";
 const QUERY: &str = "expand=operations,personalSpace";
@@ -78,7 +78,7 @@ fn limiter(c: &mut Criterion) {
     let limits = limits(&default_class_limits(1_000_000_000, false));
     let gateway_config =
         Config::from_toml("[upstream]\nurl = \"http://127.0.0.1:1\"\n").expect("a config");
-    let accounts = wikigate::quota::Accounts::default();
+    let accounts = wikigate::Accounts::default();
     let callers = Callers::new(&gateway_config, [7; 32], &accounts).expect("callers");
     let caller = callers
         .identify(&authorization(), "127.0.0.1".parse().expect("an address"))
@@ -121,8 +121,8 @@ impl Handler for Bare {
         &self,
         _request: Request<hyper::body::Incoming>,
         _conn: ConnInfo,
-    ) -> http::Response<wikigate::body::Body> {
-        let mut response = http::Response::new(wikigate::body::Body::full(self.0.clone()));
+    ) -> http::Response<wikigate::Body> {
+        let mut response = http::Response::new(wikigate::Body::full(self.0.clone()));
         response.headers_mut().insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),

@@ -48,7 +48,7 @@ fn main() {
             fake.url()
         ))
         .unwrap();
-        let gateway = wikigate::lifecycle::start(&config).await.unwrap();
+        let gateway = wikigate::start(&config).await.unwrap();
         let user = DEMO_USERS[0];
         let auth = format!(
             "Basic {}",

@@ -10,14 +10,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use support::{default_class_limits, limits, resident_bytes};
-use wikigate::caller::{Caller, CallerId};
+use wikigate::{Caller, CallerId};
 
 fn main() {
     let full = std::env::args().any(|a| a == "--bench");
     let callers: u32 = if full { 100_000 } else { 1_000 };
     let limits = limits(&default_class_limits(1000, true));
     let class: Arc<str> = Arc::from("default");
-    let account = wikigate::quota::Accounts::default().get("class:default");
+    let account = wikigate::Accounts::default().get("class:default");
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -39,7 +39,6 @@ use wikigate::config::{KeyHash, RawConfig};
 use wikigate::fake::{
     DEMO_USERS, FakeConfluence, FakeOptions, FakeQuota, QuotaMode, directory_account,
 };
-use wikigate::quota;
 
 type HttpClient = Client<HttpConnector, Full<Bytes>>;
 
@@ -132,13 +131,13 @@ enum Path {
 }
 
 async fn run(path: Path, seconds: u64) -> Figures {
+    let hourly = FakeQuota {
+        points: QUOTA,
+        mode: QuotaMode::Enforced,
+        ..FakeQuota::default()
+    };
     let fake = FakeConfluence::start_with(FakeOptions {
-        quota: Some(FakeQuota {
-            points: QUOTA,
-            window: quota::HOUR,
-            mode: QuotaMode::Enforced,
-            quirks: false,
-        }),
+        quota: Some(hourly),
         ..FakeOptions::default()
     })
     .await
@@ -149,7 +148,7 @@ async fn run(path: Path, seconds: u64) -> Figures {
             let config = config(&fake.url(), path == Path::On)
                 .validate()
                 .expect("a valid config");
-            let started = wikigate::lifecycle::start(&config).await;
+            let started = wikigate::start(&config).await;
             Some(started.expect("the gateway starts"))
         }
     };
@@ -167,8 +166,7 @@ async fn run(path: Path, seconds: u64) -> Figures {
     };
     let (services, jobs) = (basic(0), basic(1));
     // The hour starts at the top of a UTC hour, as Atlassian's quota window does.
-    let (_, left) = quota::hour(tokio::time::Instant::now());
-    tokio::time::sleep(left).await;
+    tokio::time::sleep(hourly.until_next_window()).await;
 
     let mut figures = Figures::default();
     let mut random = Lcg(42);
@@ -269,7 +267,7 @@ async fn burst_run(through_wikigate: bool, seconds: u64) -> Burst {
             let config = config(&fake.url(), false)
                 .validate()
                 .expect("a valid config");
-            Some(wikigate::lifecycle::start(&config).await.expect("starts"))
+            Some(wikigate::start(&config).await.expect("starts"))
         }
     };
     let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();

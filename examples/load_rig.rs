@@ -35,7 +35,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             runtime.block_on(respond_with(listen.parse()?, None, move || body.clone()))
         }
         ["bare", listen, body_file, "gzip"] => {
-            let body = wikigate::coding::gzip(&std::fs::read(body_file)?);
+            let body = wikigate::gzip(&std::fs::read(body_file)?);
             let coding = Some("gzip");
             runtime.block_on(respond_with(listen.parse()?, coding, move || body.clone()))
         }

@@ -31,7 +31,7 @@ use crate::config::LogFormat;
 use crate::routes::Operation;
 
 /// The access log's `tracing` target.
-pub const TARGET: &str = "wikigate::access";
+pub(crate) const TARGET: &str = "wikigate::access";
 
 /// How lines look; set once, by [`install`].
 #[derive(Debug, Clone, Copy)]
@@ -49,7 +49,7 @@ static ON: AtomicBool = AtomicBool::new(false);
 
 /// Installs the access log in `format`, on if the installed subscriber's filter enables INFO
 /// for [`TARGET`].
-pub fn install(format: LogFormat, colour: bool) {
+pub(crate) fn install(format: LogFormat, colour: bool) {
     let json = matches!(format, LogFormat::Json);
     if STYLE.set(Style { json, colour }).is_ok() {
         refresh();
@@ -57,18 +57,18 @@ pub fn install(format: LogFormat, colour: bool) {
 }
 
 /// Decides again whether the access log is on, after the filter changed (`log.level`).
-pub fn refresh() {
+pub(crate) fn refresh() {
     let on = tracing::enabled!(target: "wikigate::access", tracing::Level::INFO);
     ON.store(on && STYLE.get().is_some(), Ordering::Relaxed);
 }
 
 /// Whether a line would be written.
-pub fn enabled() -> bool {
+pub(crate) fn enabled() -> bool {
     ON.load(Ordering::Relaxed)
 }
 
 /// What one line says about a finished request.
-pub struct Entry<'a> {
+pub(crate) struct Entry<'a> {
     pub peer: IpAddr,
     pub method: &'a Method,
     pub path: &'a str,
@@ -91,7 +91,7 @@ pub struct Entry<'a> {
 /// task of its own) and read when the line is written. Made only for requests that go
 /// upstream.
 #[derive(Debug, Default)]
-pub struct UpstreamSeen {
+pub(crate) struct UpstreamSeen {
     /// The status of the last answer (0: none yet).
     status: std::sync::atomic::AtomicU16,
     micros: std::sync::atomic::AtomicU64,
@@ -99,14 +99,14 @@ pub struct UpstreamSeen {
 
 impl UpstreamSeen {
     /// Records an answer's status and how long it took.
-    pub fn record(&self, status: StatusCode, took: Duration) {
+    pub(crate) fn record(&self, status: StatusCode, took: Duration) {
         self.status.store(status.as_u16(), Ordering::Relaxed);
         let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
         self.micros.store(micros, Ordering::Relaxed);
     }
 
     /// The last answer's status and time, if there was one.
-    pub fn seen(&self) -> Option<(u16, Duration)> {
+    pub(crate) fn seen(&self) -> Option<(u16, Duration)> {
         let status = self.status.load(Ordering::Relaxed);
         (status != 0).then(|| {
             let micros = self.micros.load(Ordering::Relaxed);
@@ -129,7 +129,7 @@ thread_local! {
 }
 
 /// Writes `entry`'s line, if the access log is installed.
-pub fn write(entry: &Entry<'_>) {
+pub(crate) fn write(entry: &Entry<'_>) {
     let Some(style) = STYLE.get().filter(|_| enabled()) else {
         return;
     };

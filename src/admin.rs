@@ -42,7 +42,7 @@ use crate::status_page;
 /// How long readiness waits for each lock of the admission path.
 const LOCK_PROBE: std::time::Duration = std::time::Duration::from_millis(250);
 
-pub struct Admin {
+pub(crate) struct Admin {
     draining: watch::Receiver<bool>,
     parts: Parts,
     started: Instant,
@@ -55,7 +55,7 @@ pub struct Admin {
 impl Admin {
     /// `draining` turns true when shutdown begins.
     /// `config`: the effective configuration as TOML, which reloads replace.
-    pub fn new(
+    pub(crate) fn new(
         draining: watch::Receiver<bool>,
         parts: Parts,
         token: Option<&Secret>,

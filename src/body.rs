@@ -16,7 +16,7 @@ use hyper::body::{Frame, Incoming, SizeHint};
 use tokio::time::{Instant, Sleep};
 
 /// The error a [`Body`] can end with.
-pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
+pub(crate) type BodyError = Box<dyn std::error::Error + Send + Sync>;
 
 #[derive(Debug)]
 pub enum Body {
@@ -61,7 +61,7 @@ pub struct UpstreamBody {
 /// The upstream body did not finish before the request's deadline.
 #[derive(Debug, thiserror::Error)]
 #[error("upstream body did not finish within the request deadline")]
-pub struct BodyDeadline;
+pub(crate) struct BodyDeadline;
 
 impl hyper::body::Body for Body {
     type Data = Bytes;

@@ -94,7 +94,7 @@ impl Bucket {
 
 /// What a bucket says of the next call.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Pace {
+pub(crate) enum Pace {
     /// Go now.
     Go,
     /// Go after this wait (the token is reserved).
@@ -113,7 +113,7 @@ pub struct Standing {
 }
 
 /// Every bucket upstream has stated.
-pub struct Bursts {
+pub(crate) struct Bursts {
     buckets: Box<[Mutex<Option<Bucket>>]>,
     window: Duration,
     max_wait: Duration,
@@ -122,7 +122,7 @@ pub struct Bursts {
 /// A call's claim on its bucket, settled by [`Bursts::answered`] or, when the call ends
 /// without an answer, on drop.
 #[must_use]
-pub struct Ticket<'a> {
+pub(crate) struct Ticket<'a> {
     bursts: &'a Bursts,
     id: Option<BucketId>,
 }
@@ -138,7 +138,7 @@ impl Drop for Ticket<'_> {
 impl Bursts {
     /// `window`: a bucket's time to refill from empty; `max_wait`: the longest a call waits
     /// for a token.
-    pub fn new(window: Duration, max_wait: Duration) -> Bursts {
+    pub(crate) fn new(window: Duration, max_wait: Duration) -> Bursts {
         Bursts {
             buckets: (0..Route::ALL.len() * METHODS.len())
                 .map(|_| Mutex::new(None))
@@ -149,22 +149,22 @@ impl Bursts {
     }
 
     /// The longest a call waits for a token.
-    pub fn max_wait(&self) -> Duration {
+    pub(crate) fn max_wait(&self) -> Duration {
         self.max_wait
     }
 
     /// The bucket's size, once upstream stated it.
-    pub fn limit(&self, id: BucketId) -> Option<u64> {
+    pub(crate) fn limit(&self, id: BucketId) -> Option<u64> {
         self.buckets[id.index()].lock().map(|b| b.limit)
     }
 
     /// The time a bucket of `limit` takes to refill one token.
-    pub fn interval(&self, limit: u64) -> Duration {
+    pub(crate) fn interval(&self, limit: u64) -> Duration {
         self.window.div_f64(limit.max(1) as f64)
     }
 
     /// A claim on no bucket (a call paced elsewhere, or by no bucket).
-    pub fn untracked(&self) -> Ticket<'_> {
+    pub(crate) fn untracked(&self) -> Ticket<'_> {
         Ticket {
             bursts: self,
             id: None,
@@ -172,7 +172,7 @@ impl Bursts {
     }
 
     /// How long `id`'s bucket is still held after a burst 429 (zero when it is not).
-    pub fn held(&self, id: BucketId, now: Instant) -> Duration {
+    pub(crate) fn held(&self, id: BucketId, now: Instant) -> Duration {
         self.buckets[id.index()]
             .lock()
             .map_or(Duration::ZERO, |b| b.at.saturating_duration_since(now))
@@ -180,7 +180,7 @@ impl Bursts {
 
     /// Takes a token of `id`'s bucket for a call at `now`: go, go after a wait, or refused.
     /// The ticket is settled by the call's answer (or its drop); a refused call has none.
-    pub fn take(&self, id: Option<BucketId>, now: Instant) -> (Pace, Ticket<'_>) {
+    pub(crate) fn take(&self, id: Option<BucketId>, now: Instant) -> (Pace, Ticket<'_>) {
         let untracked = self.untracked();
         let Some(id) = id else {
             return (Pace::Go, untracked);
@@ -219,7 +219,7 @@ impl Bursts {
 
     /// Learns from an answer to the call `ticket` was taken for: the bucket upstream states
     /// (for this route and method), and a burst 429's `Retry-After`.
-    pub fn answered(
+    pub(crate) fn answered(
         &self,
         mut ticket: Ticket<'_>,
         id: Option<BucketId>,
@@ -268,7 +268,7 @@ impl Bursts {
     }
 
     /// Every bucket upstream has stated, as it stands at `now`.
-    pub fn standings(&self, now: Instant) -> Vec<Standing> {
+    pub(crate) fn standings(&self, now: Instant) -> Vec<Standing> {
         let mut standings = Vec::new();
         for route in Route::ALL {
             for method in &METHODS {

@@ -143,21 +143,22 @@ struct Client {
     account: Arc<Account>,
 }
 
+/// Why the service-account credential cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum AuthSetupError {
     #[error("cannot read auth.credential_file {path}: {source}")]
-    CredentialFile {
+    File {
         path: String,
         source: std::io::Error,
     },
     #[error("environment variable {0} (auth.credential_env) is not set")]
-    CredentialEnv(String),
+    EnvUnset(String),
     #[error("the service-account credential is not a valid header value")]
-    CredentialValue,
+    NotAHeaderValue,
     #[error(
         "the service-account credential must be a whole Authorization value, \"Basic \" + base64 of email:api-token or \"Bearer \" + a token; it starts with neither"
     )]
-    CredentialScheme,
+    NoScheme,
 }
 
 /// Caller identification and the auth mode, built once from the config.
@@ -358,15 +359,15 @@ fn connect_app(authorization: &HeaderValue) -> Option<String> {
 fn load_credential(config: &Config) -> Result<HeaderValue, AuthSetupError> {
     let raw = match (&config.auth.credential_file, &config.auth.credential_env) {
         (Some(path), _) => {
-            std::fs::read_to_string(path).map_err(|source| AuthSetupError::CredentialFile {
+            std::fs::read_to_string(path).map_err(|source| AuthSetupError::File {
                 path: path.display().to_string(),
                 source,
             })?
         }
         (None, Some(var)) => {
-            std::env::var(var).map_err(|_| AuthSetupError::CredentialEnv(var.clone()))?
+            std::env::var(var).map_err(|_| AuthSetupError::EnvUnset(var.clone()))?
         }
-        (None, None) => return Err(AuthSetupError::CredentialValue),
+        (None, None) => return Err(AuthSetupError::NotAHeaderValue),
     };
     let raw = raw.trim();
     // A raw `email:token` (or a bare token) would be sent as it is and refused upstream on
@@ -374,9 +375,9 @@ fn load_credential(config: &Config) -> Result<HeaderValue, AuthSetupError> {
     let scheme = raw.split_once(' ').map(|(scheme, _)| scheme);
     if !scheme.is_some_and(|s| s.eq_ignore_ascii_case("basic") || s.eq_ignore_ascii_case("bearer"))
     {
-        return Err(AuthSetupError::CredentialScheme);
+        return Err(AuthSetupError::NoScheme);
     }
-    let mut value = HeaderValue::from_str(raw).map_err(|_| AuthSetupError::CredentialValue)?;
+    let mut value = HeaderValue::from_str(raw).map_err(|_| AuthSetupError::NotAHeaderValue)?;
     value.set_sensitive(true);
     Ok(value)
 }

@@ -116,7 +116,7 @@ const HEARTBEAT_LASTS: Duration = Duration::from_secs(2);
 /// A purge on the invalidation channel: purge `number` set shared generation `field`
 /// (`epoch` or `route:NAME`) to `value`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Purged {
+pub(crate) struct Purged {
     pub number: u64,
     pub value: u64,
     pub field: String,

@@ -12,7 +12,7 @@ use crate::{lifecycle, telemetry};
 
 /// One request of the demo's walkthrough.
 #[derive(Debug, Clone)]
-pub struct Example {
+pub(crate) struct Example {
     pub title: &'static str,
     pub method: &'static str,
     /// Path and query below the gateway's origin.
@@ -26,7 +26,7 @@ pub struct Example {
 
 impl Example {
     /// The example as a shell command against `origin` (`http://127.0.0.1:8080`).
-    pub fn curl(&self, origin: &str) -> String {
+    pub(crate) fn curl(&self, origin: &str) -> String {
         let mut cmd = String::from("curl -fsS");
         if self.compressed {
             cmd.push_str(" --compressed");
@@ -48,7 +48,7 @@ impl Example {
 }
 
 /// The walkthrough, in an order in which every request succeeds.
-pub fn examples() -> Vec<Example> {
+pub(crate) fn examples() -> Vec<Example> {
     let [alice, bob, _] = DEMO_USERS;
     let basic = |u: &crate::fake::DemoUser| format!("{}:{}", u.email, u.api_token);
     let api = "/wiki/rest/api/user";
@@ -158,7 +158,7 @@ pub fn examples() -> Vec<Example> {
 }
 
 /// Runs the demo until SIGINT/SIGTERM.
-pub async fn run(mut listen: SocketAddr) -> ExitCode {
+pub(crate) async fn run(mut listen: SocketAddr) -> ExitCode {
     let telemetry = telemetry::init(&LogConfig::default(), &TelemetryConfig::default());
     let signals = Signals::install();
     let fake = match FakeConfluence::start().await {

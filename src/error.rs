@@ -13,7 +13,7 @@ use crate::body::Body;
 use crate::routes::RouteError;
 
 /// Which of wikigate's limits refused a request.
-pub static X_WIKIGATE_LIMIT: HeaderName = HeaderName::from_static("x-wikigate-limit");
+pub(crate) static X_WIKIGATE_LIMIT: HeaderName = HeaderName::from_static("x-wikigate-limit");
 
 /// A refusal by one of wikigate's limits, described by the limit that made it (`limit`), so
 /// that rendering it needs nothing of the limits.
@@ -197,7 +197,7 @@ impl GatewayError {
 }
 
 /// Confluence's error body for a status and message.
-pub fn error_body(status: StatusCode, message: &str) -> Bytes {
+pub(crate) fn error_body(status: StatusCode, message: &str) -> Bytes {
     let body = serde_json::json!({
         "statusCode": status.as_u16(),
         "message": message,
@@ -213,7 +213,7 @@ pub fn error_body(status: StatusCode, message: &str) -> Bytes {
 }
 
 /// A full response carrying Confluence's error body.
-pub fn error_response(status: StatusCode, message: &str) -> Response<Body> {
+pub(crate) fn error_response(status: StatusCode, message: &str) -> Response<Body> {
     let mut response = Response::new(Body::full(error_body(status, message)));
     *response.status_mut() = status;
     response.headers_mut().insert(

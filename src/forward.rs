@@ -26,7 +26,7 @@ use crate::body::Body;
 use crate::server::ConnInfo;
 
 /// The header Confluence checks for XSRF.
-pub static X_ATLASSIAN_TOKEN: HeaderName = HeaderName::from_static("x-atlassian-token");
+pub(crate) static X_ATLASSIAN_TOKEN: HeaderName = HeaderName::from_static("x-atlassian-token");
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
@@ -34,7 +34,10 @@ static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
 /// The trimmed, non-empty elements of a comma-separated list header, over all its fields.
-pub fn list_tokens<'a>(headers: &'a HeaderMap, name: &HeaderName) -> impl Iterator<Item = &'a str> {
+pub(crate) fn list_tokens<'a>(
+    headers: &'a HeaderMap,
+    name: &HeaderName,
+) -> impl Iterator<Item = &'a str> {
     headers
         .get_all(name)
         .iter()
@@ -45,7 +48,7 @@ pub fn list_tokens<'a>(headers: &'a HeaderMap, name: &HeaderName) -> impl Iterat
 }
 
 /// Removes hop-by-hop headers, including those named by `Connection`.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // One pass over the few names a request has, instead of a lookup per hop-by-hop name.
     if !headers.keys().any(|name| HOP_BY_HOP.contains(&name)) {
         return;
@@ -91,7 +94,7 @@ static REINTERPRETING: [HeaderName; 10] = [
 
 /// Which `X-Forwarded-Host` upstream gets.
 #[derive(Debug, Clone, Copy)]
-pub enum ForwardedHost<'a> {
+pub(crate) enum ForwardedHost<'a> {
     /// The `Host` the client addressed (writes and uncached reads).
     Client,
     /// A fixed value, or none (reads whose answers may be stored and shared).
@@ -101,7 +104,7 @@ pub enum ForwardedHost<'a> {
 /// Builds the upstream request from the client's request head and its (already read) body.
 /// The head has been through [`strip_hop_by_hop`] already: the gateway does that first, so the
 /// CSRF guard judges the same headers that are forwarded.
-pub fn upstream_request(
+pub(crate) fn upstream_request(
     mut parts: request::Parts,
     body: Bytes,
     uri: http::Uri,
@@ -159,14 +162,17 @@ pub fn upstream_request(
 
 /// Turns the upstream response into the client's: hop-by-hop headers removed, `Via` added,
 /// the body streamed until `deadline`.
-pub fn downstream_response(response: Response<Incoming>, deadline: Instant) -> Response<Body> {
+pub(crate) fn downstream_response(
+    response: Response<Incoming>,
+    deadline: Instant,
+) -> Response<Body> {
     let (mut parts, body) = response.into_parts();
     clean_response_head(&mut parts);
     Response::from_parts(parts, Body::upstream(body, deadline))
 }
 
 /// The response-direction hygiene: hop-by-hop headers removed, `Via` added.
-pub fn clean_response_head(parts: &mut response::Parts) {
+pub(crate) fn clean_response_head(parts: &mut response::Parts) {
     strip_hop_by_hop(&mut parts.headers);
     append(&mut parts.headers, &header::VIA, via(parts.version));
     parts.version = Version::HTTP_11;
@@ -174,13 +180,13 @@ pub fn clean_response_head(parts: &mut response::Parts) {
 
 /// Conditional request headers are answered by wikigate from its own validators; upstream is
 /// always asked for the full answer, so that what comes back can be stored.
-pub fn strip_conditionals(headers: &mut HeaderMap) {
+pub(crate) fn strip_conditionals(headers: &mut HeaderMap) {
     headers.remove(header::IF_NONE_MATCH);
     headers.remove(header::IF_MODIFIED_SINCE);
 }
 
 /// The `Via` entries wikigate adds, by the protocol version of the hop.
-pub const VIA: [&str; 3] = ["1.0 wikigate", "1.1 wikigate", "2 wikigate"];
+pub(crate) const VIA: [&str; 3] = ["1.0 wikigate", "1.1 wikigate", "2 wikigate"];
 
 fn via(version: Version) -> &'static str {
     match version {

@@ -33,13 +33,13 @@ use http::header::{HeaderMap, HeaderName};
 
 /// The longest wait or reset upstream is believed about: Atlassian's quota window, after
 /// which every one of its limits has started afresh.
-pub const MAX_WAIT: Duration = Duration::from_secs(3600);
+pub(crate) const MAX_WAIT: Duration = Duration::from_secs(3600);
 
 /// The shortest wait a refusal makes (`Retry-After: 0`, a date in the past).
-pub const MIN_WAIT: Duration = Duration::from_secs(1);
+pub(crate) const MIN_WAIT: Duration = Duration::from_secs(1);
 
 /// The longest window a points policy is believed to state (`w`).
-pub const MAX_WINDOW: Duration = Duration::from_secs(86_400);
+pub(crate) const MAX_WINDOW: Duration = Duration::from_secs(86_400);
 
 static RETRY_AFTER: HeaderName = http::header::RETRY_AFTER;
 static BETA_RETRY_AFTER: HeaderName = HeaderName::from_static("beta-retry-after");
@@ -191,7 +191,7 @@ fn retry_after(headers: &HeaderMap, name: &HeaderName) -> Option<Duration> {
 }
 
 /// A wait upstream stated, within [[`MIN_WAIT`], [`MAX_WAIT`]].
-pub fn wait(stated: Duration) -> Duration {
+pub(crate) fn wait(stated: Duration) -> Duration {
     stated.clamp(MIN_WAIT, MAX_WAIT)
 }
 

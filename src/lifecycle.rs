@@ -165,7 +165,7 @@ impl Running {
 /// Builds everything [`start`] builds before it binds a listener — callers (a service-account
 /// credential read), the upstream client (a CA bundle), the cluster (its URL and CA), TLS (the
 /// certificate and key parsed) — and drops it: `check-config` refuses what `serve` would.
-pub fn check(config: &Config) -> Result<(), StartError> {
+pub(crate) fn check(config: &Config) -> Result<(), StartError> {
     let (parts, _) = Parts::build(config)?;
     Gateway::new(config, parts)?;
     Http::from_config(&config.server)?;

@@ -11,10 +11,10 @@
 use std::borrow::Cow;
 
 /// A decoded `name=value` pair, borrowing from the query where nothing needed decoding.
-pub type Pair<'a> = (Cow<'a, [u8]>, Cow<'a, [u8]>);
+pub(crate) type Pair<'a> = (Cow<'a, [u8]>, Cow<'a, [u8]>);
 
 /// The query's `name=value` pairs in order, decoded; empty pairs skipped.
-pub fn pairs(query: &str) -> impl Iterator<Item = Pair<'_>> {
+pub(crate) fn pairs(query: &str) -> impl Iterator<Item = Pair<'_>> {
     query.split('&').filter(|p| !p.is_empty()).map(|pair| {
         let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
         (decode(name), decode(value))
@@ -22,7 +22,7 @@ pub fn pairs(query: &str) -> impl Iterator<Item = Pair<'_>> {
 }
 
 /// One query component, decoded.
-pub fn decode(component: &str) -> Cow<'_, [u8]> {
+pub(crate) fn decode(component: &str) -> Cow<'_, [u8]> {
     let bytes = component.as_bytes();
     if !bytes.iter().any(|b| matches!(b, b'+' | b'%')) {
         return Cow::Borrowed(bytes);

@@ -35,10 +35,10 @@ use crate::routes::{Objects, Route};
 const ROUTES: usize = Route::ALL.len();
 
 /// Atlassian's quota window and wikigate's budgets' window.
-pub const HOUR: Duration = Duration::from_secs(3600);
+pub(crate) const HOUR: Duration = Duration::from_secs(3600);
 
 /// The points an answer of `route` with `objects` objects costs.
-pub fn cost_of(route: Route, objects: u32) -> u32 {
+pub(crate) fn cost_of(route: Route, objects: u32) -> u32 {
     let each = match route.spec().objects {
         Objects::User | Objects::UsersOrGroups => 2,
         Objects::Record | Objects::Records => 1,
@@ -49,7 +49,7 @@ pub fn cost_of(route: Route, objects: u32) -> u32 {
 
 /// The points a call of `route` cost: a write 1; a read by the objects its (decoded) answer
 /// holds.
-pub fn cost(route: Route, write: bool, body: &[u8]) -> u32 {
+pub(crate) fn cost(route: Route, write: bool, body: &[u8]) -> u32 {
     if write {
         return 1;
     }
@@ -69,7 +69,7 @@ pub fn cost(route: Route, write: bool, body: &[u8]) -> u32 {
 
 /// What a call whose answer was streamed, not read, is charged: as if it held one object
 /// where the route answers one, none where it answers a list (the least it can have cost).
-pub fn estimate(route: Route, write: bool) -> u32 {
+pub(crate) fn estimate(route: Route, write: bool) -> u32 {
     match (write, route.spec().objects) {
         (true, _) => 1,
         (false, Objects::User | Objects::Record) => cost_of(route, 1),
@@ -80,7 +80,7 @@ pub fn estimate(route: Route, write: bool) -> u32 {
 /// What an upstream answer of `route` with `status` is charged: nothing for a refusal (429);
 /// 1 for a write or an error; else its cost, from its decoded `body` when it was read, or
 /// [`estimate`]d when it was streamed through.
-pub fn charge(route: Route, write: bool, status: StatusCode, body: Option<&[u8]>) -> u32 {
+pub(crate) fn charge(route: Route, write: bool, status: StatusCode, body: Option<&[u8]>) -> u32 {
     match (status, body) {
         (StatusCode::TOO_MANY_REQUESTS, _) => 0,
         _ if write || !status.is_success() => 1,
@@ -106,7 +106,7 @@ fn unix_now(now: Instant) -> Duration {
 
 /// A window of `length` aligned to the Unix epoch (so an hour starts at the top of a UTC
 /// hour): its number, and the time left in it at `now`.
-pub fn window(now: Instant, length: Duration) -> (u64, Duration) {
+pub(crate) fn window(now: Instant, length: Duration) -> (u64, Duration) {
     let unix = unix_now(now).as_nanos();
     let length_ns = length.as_nanos().max(1);
     let index = (unix / length_ns) as u64;
@@ -115,7 +115,7 @@ pub fn window(now: Instant, length: Duration) -> (u64, Duration) {
 }
 
 /// The UTC hour `now` falls in, and the time left in it.
-pub fn hour(now: Instant) -> (u64, Duration) {
+pub(crate) fn hour(now: Instant) -> (u64, Duration) {
     window(now, HOUR)
 }
 
@@ -148,7 +148,7 @@ impl Source {
 }
 
 /// The name the configured quota is reported under.
-pub const CONFIGURED_POLICY: &str = "quota.points_per_hour";
+pub(crate) const CONFIGURED_POLICY: &str = "quota.points_per_hour";
 
 /// One policy's quota as it stands.
 #[derive(Debug, Clone, PartialEq)]

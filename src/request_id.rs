@@ -13,14 +13,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 
-pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub(crate) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// The longest id taken from a client.
 const MAX_LEN: usize = 64;
 
 /// One request's id.
 #[derive(Debug, Clone)]
-pub struct RequestId {
+pub(crate) struct RequestId {
     value: HeaderValue,
     /// Made by wikigate (the client sent none it could use).
     made: bool,
@@ -28,7 +28,7 @@ pub struct RequestId {
 
 impl RequestId {
     /// The client's usable `X-Request-Id`, else a new one.
-    pub fn of(headers: &HeaderMap) -> RequestId {
+    pub(crate) fn of(headers: &HeaderMap) -> RequestId {
         match headers.get(&X_REQUEST_ID).filter(|v| usable(v.as_bytes())) {
             Some(value) => RequestId {
                 value: value.clone(),
@@ -58,16 +58,16 @@ impl RequestId {
     }
 
     /// Whether wikigate made the id (so the request does not carry it yet).
-    pub fn made(&self) -> bool {
+    pub(crate) fn made(&self) -> bool {
         self.made
     }
 
-    pub fn header_value(&self) -> &HeaderValue {
+    pub(crate) fn header_value(&self) -> &HeaderValue {
         &self.value
     }
 
     /// The id as text (always ASCII without quotes or backslashes).
-    pub fn as_str(&self) -> &str {
+    pub(crate) fn as_str(&self) -> &str {
         self.value.to_str().unwrap_or("-")
     }
 }

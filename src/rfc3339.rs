@@ -6,7 +6,7 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// The calendar second of `secs` after the epoch, UTC: `YYYY-MM-DDTHH:MM:SS`, 19 bytes.
-pub fn second(secs: u64) -> [u8; 19] {
+pub(crate) fn second(secs: u64) -> [u8; 19] {
     let (days, rest) = ((secs / 86_400) as i64, secs % 86_400);
     // Howard Hinnant's civil-from-days.
     let z = days + 719_468;
@@ -35,7 +35,7 @@ pub fn second(secs: u64) -> [u8; 19] {
 }
 
 /// `at` with milliseconds (`2026-11-30T13:00:00.000Z`), as Atlassian writes times.
-pub fn millis(at: SystemTime) -> String {
+pub(crate) fn millis(at: SystemTime) -> String {
     let since_epoch = at.duration_since(UNIX_EPOCH).unwrap_or_default();
     let second = second(since_epoch.as_secs());
     format!(
@@ -46,7 +46,7 @@ pub fn millis(at: SystemTime) -> String {
 }
 
 /// A UTC RFC 3339 timestamp (`2024-05-01T12:00:00Z`, `2024-05-01T12:00Z`, fractions allowed).
-pub fn parse(value: &str) -> Option<SystemTime> {
+pub(crate) fn parse(value: &str) -> Option<SystemTime> {
     let datetime: toml::value::Datetime = value.parse().ok()?;
     let (date, time) = (datetime.date?, datetime.time?);
     if !matches!(datetime.offset, Some(toml::value::Offset::Z)) {

@@ -48,7 +48,7 @@ pub trait Handler: Send + Sync + 'static {
 }
 
 /// A request body the gateway can read: hyper's [`Incoming`] off the wire, or any
-/// [`http_body::Body`] of bytes handed to it in-process (tests, benchmarks).
+/// [`hyper::body::Body`] of bytes handed to it in-process (tests, benchmarks).
 pub trait RequestBody:
     hyper::body::Body<Data = Bytes, Error: Into<BoxError>> + Send + 'static
 {

@@ -13,14 +13,14 @@ use crate::lifecycle;
 
 /// SIGTERM, SIGINT and SIGHUP handlers, installed before anything starts listening so that a signal
 /// that arrives early is a graceful stop, never the default (abrupt) one.
-pub struct Signals {
+pub(crate) struct Signals {
     terminate: Signal,
     interrupt: Signal,
     hangup: Signal,
 }
 
 impl Signals {
-    pub fn install() -> Signals {
+    pub(crate) fn install() -> Signals {
         let install = |kind| signal(kind).expect("signal handlers install");
         Signals {
             terminate: install(SignalKind::terminate()),
@@ -40,7 +40,7 @@ impl Signals {
     /// exits at once. SIGHUP reloads with `reload` (what [`lifecycle::Running::reload`]
     /// applies; every other changed key is named in a warning); a configuration that does
     /// not load is refused and the running one stays in force.
-    pub async fn stop(
+    pub(crate) async fn stop(
         mut self,
         running: lifecycle::Running,
         reload: Option<&dyn Fn() -> Result<Config, ConfigError>>,

@@ -10,7 +10,7 @@ use std::time::Duration;
 use crate::metrics::{Snapshot, Status};
 
 /// The page for `status`, `uptime` after start.
-pub fn render(status: &Status, uptime: Duration) -> String {
+pub(crate) fn render(status: &Status, uptime: Duration) -> String {
     let hits: u64 = status.routes.iter().map(|r| r.hits).sum();
     let misses: u64 = status.routes.iter().map(|r| r.misses).sum();
     let snapshot = &status.snapshot;

@@ -36,14 +36,14 @@ use crate::config::{LogConfig, LogFormat, TelemetryConfig};
 use crate::{access_log, log_sink};
 
 /// Keeps the span exporter alive; [`Telemetry::shutdown`] flushes what is still queued.
-pub struct Telemetry {
+pub(crate) struct Telemetry {
     provider: Option<SdkTracerProvider>,
 }
 
 impl Telemetry {
     /// Exports the spans still queued, stops the exporter and writes out the log lines still
     /// buffered.
-    pub async fn shutdown(self) {
+    pub(crate) async fn shutdown(self) {
         // Both wait on threads of their own: from a blocking thread, not a worker.
         let provider = self.provider;
         let _ = tokio::task::spawn_blocking(move || {
@@ -59,7 +59,7 @@ impl Telemetry {
 /// Installs the global subscriber (a second call, as in tests, leaves the first in place).
 /// `RUST_LOG`, when set, overrides `log.level`. Call it inside the tokio runtime: the OTLP
 /// exporter runs on it.
-pub fn init(log: &LogConfig, telemetry: &TelemetryConfig) -> Telemetry {
+pub(crate) fn init(log: &LogConfig, telemetry: &TelemetryConfig) -> Telemetry {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&log.level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
@@ -107,7 +107,7 @@ static LEVEL: std::sync::OnceLock<
 
 /// How a reload's `log.level` was taken.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LevelChange {
+pub(crate) enum LevelChange {
     /// In force from now on (the access log turned on or off with it).
     Applied,
     /// `RUST_LOG` is set, and stands over `log.level`.
@@ -117,7 +117,7 @@ pub enum LevelChange {
 }
 
 /// Replaces the log filter with `level` (already validated), unless `RUST_LOG` stands over it.
-pub fn set_level(level: &str) -> LevelChange {
+pub(crate) fn set_level(level: &str) -> LevelChange {
     if std::env::var_os("RUST_LOG").is_some() {
         return LevelChange::Overridden;
     }
@@ -145,7 +145,7 @@ static EXPORTING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool:
 /// Whether spans go anywhere but log lines: the request span is made only then, since the
 /// access-log line already carries every field it would (and a span costs a formatted copy
 /// of its fields per request in the log layer).
-pub fn exporting() -> bool {
+pub(crate) fn exporting() -> bool {
     EXPORTING.load(std::sync::atomic::Ordering::Relaxed)
 }
 
@@ -190,7 +190,7 @@ fn otlp_provider(config: &TelemetryConfig) -> Option<SdkTracerProvider> {
 }
 
 /// Makes a client's W3C `traceparent` the parent of `span`.
-pub fn extract(span: &tracing::Span, headers: &HeaderMap) {
+pub(crate) fn extract(span: &tracing::Span, headers: &HeaderMap) {
     let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
         propagator.extract(&opentelemetry_http::HeaderExtractor(headers))
     });
@@ -199,7 +199,7 @@ pub fn extract(span: &tracing::Span, headers: &HeaderMap) {
 
 /// The trace id of `span`'s exported span, 32 hex digits (for the access line); `None` while
 /// spans are not exported.
-pub fn trace_id(span: &tracing::Span) -> Option<[u8; 32]> {
+pub(crate) fn trace_id(span: &tracing::Span) -> Option<[u8; 32]> {
     use opentelemetry::trace::{TraceContextExt as _, TraceId};
     if span.is_disabled() {
         return None;
@@ -219,13 +219,13 @@ pub fn trace_id(span: &tracing::Span) -> Option<[u8; 32]> {
 
 /// Names the exported span of `span` (once the route is known). tracing-opentelemetry takes
 /// `otel.name` only before the span's context exists; this renames it afterwards too.
-pub fn rename(span: &tracing::Span, name: String) {
+pub(crate) fn rename(span: &tracing::Span, name: String) {
     use opentelemetry::trace::TraceContextExt as _;
     span.context().span().update_name(name);
 }
 
 /// Writes the current span's context into an upstream request's `traceparent`.
-pub fn inject(headers: &mut HeaderMap) {
+pub(crate) fn inject(headers: &mut HeaderMap) {
     let context = tracing::Span::current().context();
     opentelemetry::global::get_text_map_propagator(|propagator| {
         propagator.inject_context(&context, &mut opentelemetry_http::HeaderInjector(headers));

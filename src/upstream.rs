@@ -35,7 +35,7 @@ use crate::error::{GatewayError, Refusal};
 
 /// The pooled client for one upstream site.
 #[derive(Clone)]
-pub struct Upstream {
+pub(crate) struct Upstream {
     client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
     url: Arc<UpstreamUrl>,
     response_timeout: Duration,
@@ -127,7 +127,10 @@ pub enum UpstreamSetupError {
 
 impl Upstream {
     /// `gate`: the cap on requests upstream at once, shared with what reports it.
-    pub fn new(config: &UpstreamConfig, gate: Arc<Gate>) -> Result<Upstream, UpstreamSetupError> {
+    pub(crate) fn new(
+        config: &UpstreamConfig,
+        gate: Arc<Gate>,
+    ) -> Result<Upstream, UpstreamSetupError> {
         let mut roots = rustls::RootCertStore {
             roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
         };
@@ -178,7 +181,7 @@ impl Upstream {
 
     /// The upstream URI for an incoming request target: the configured prefix joined with the
     /// target, which is kept byte-for-byte (Connect JWT signatures hash it).
-    pub fn target(&self, path_and_query: &PathAndQuery) -> Result<Uri, GatewayError> {
+    pub(crate) fn target(&self, path_and_query: &PathAndQuery) -> Result<Uri, GatewayError> {
         let path_and_query = if self.url.prefix().is_empty() {
             path_and_query.clone()
         } else {
@@ -195,18 +198,18 @@ impl Upstream {
     }
 
     /// The deadline for an exchange starting now.
-    pub fn deadline(&self) -> Instant {
+    pub(crate) fn deadline(&self) -> Instant {
         Instant::now() + self.request_timeout
     }
 
     /// A place upstream, which [`Upstream::send`] needs (see [`Gate::enter`]).
-    pub async fn enter(&self) -> Result<Place, GatewayError> {
+    pub(crate) async fn enter(&self) -> Result<Place, GatewayError> {
         self.gate.enter().await
     }
 
     /// Sends a request, holding a place upstream, and waits for the response's headers, at
     /// most until `response_timeout` or `deadline`, whichever is sooner.
-    pub async fn send(
+    pub(crate) async fn send(
         &self,
         _place: &Place,
         request: Request<Full<Bytes>>,

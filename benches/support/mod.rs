@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use wikigate::config::{ClassLimits, LimitsConfig, QuotaConfig, Rate};
-use wikigate::limit::{Limits, Policy};
+use wikigate::{Limits, Policy};
 
 /// `Authorization` of the fake site's first demo user, alice@example.com:alice-api-token.
 pub const ALICE: &str = "Basic YWxpY2VAZXhhbXBsZS5jb206YWxpY2UtYXBpLXRva2Vu";

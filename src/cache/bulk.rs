@@ -45,7 +45,7 @@ use crate::routes::Route;
 const EXPANDABLE: [&str; 3] = ["operations", "personalSpace", "isExternalCollaborator"];
 
 /// The most accounts upstream considers in one lookup.
-pub const MAX_IDS: usize = 200;
+pub(super) const MAX_IDS: usize = 200;
 
 /// A bulk lookup the per-account cache can answer.
 #[derive(Debug, Clone)]

@@ -38,9 +38,9 @@ use super::heads::{self, Head};
 use crate::body::Body;
 use crate::coding::{self, Accepts, Coding};
 use crate::forward;
-pub use buffered::Buffered;
+pub(crate) use buffered::Buffered;
 use vary::{Vary, fingerprint, vary_names, vary_value};
-pub use vary::{add_vary_accept_encoding, varies_on_everything};
+pub(crate) use vary::{add_vary_accept_encoding, varies_on_everything};
 
 /// The representations of one stored body: those its clients have asked for so far.
 /// The representations an entry holds: one, as stored, or both once a client needed the
@@ -140,7 +140,7 @@ static EXCHANGE_IDS: [HeaderName; 3] = [
 ];
 
 /// The exchange ids among an upstream answer's headers.
-pub fn exchange_ids(headers: &HeaderMap) -> HeaderMap {
+pub(super) fn exchange_ids(headers: &HeaderMap) -> HeaderMap {
     let mut ids = HeaderMap::new();
     for name in &EXCHANGE_IDS {
         for value in headers.get_all(name) {
@@ -521,7 +521,7 @@ fn set_representation(headers: &mut HeaderMap, coding: Coding, head_length: Opti
 }
 
 /// RFC 9211's header.
-pub static CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
+pub(crate) static CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
 
 /// Values almost every stored answer has, kept as statics: no allocation per entry, and
 /// nothing to count references of when a hit clones them.

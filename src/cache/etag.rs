@@ -15,7 +15,7 @@ use crate::forward::list_tokens;
 /// bits of its BLAKE3 digest in hex. A validator tells the versions of one resource apart, for
 /// which 64 bits are ample; an entry keeps the 8 bytes and writes the text when it answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ETags {
+pub(super) struct ETags {
     digest: [u8; 8],
 }
 
@@ -23,14 +23,14 @@ pub struct ETags {
 const LONGEST: usize = 23;
 
 impl ETags {
-    pub fn of(body: &[u8]) -> ETags {
+    pub(super) fn of(body: &[u8]) -> ETags {
         let mut digest = [0; 8];
         digest.copy_from_slice(&blake3::hash(body).as_bytes()[..8]);
         ETags { digest }
     }
 
     /// The validator of `coding`'s representation.
-    pub fn get(&self, coding: Coding) -> HeaderValue {
+    pub(super) fn get(&self, coding: Coding) -> HeaderValue {
         let (text, len) = self.text(coding);
         HeaderValue::from_bytes(&text[..len]).expect("hex is a header value")
     }
@@ -54,7 +54,7 @@ impl ETags {
     /// Whether the request's `If-None-Match` names either validator (or is `*`): both stand
     /// for the same content, so a client holding either may keep it. Weak comparison, as RFC
     /// 9110 §13.1.2 prescribes for `If-None-Match`.
-    pub fn matched_by(&self, request_headers: &HeaderMap) -> bool {
+    pub(super) fn matched_by(&self, request_headers: &HeaderMap) -> bool {
         // Most requests carry no validator: one lookup, then nothing to compare.
         if !request_headers.contains_key(header::IF_NONE_MATCH) {
             return false;
@@ -66,12 +66,12 @@ impl ETags {
     }
 
     /// The digest, as the cluster's L2 format writes it.
-    pub fn digest(&self) -> [u8; 8] {
+    pub(super) fn digest(&self) -> [u8; 8] {
         self.digest
     }
 
     /// Read back from [`ETags::digest`]'s bytes; `None` unless there are 8.
-    pub fn from_digest(bytes: &[u8]) -> Option<ETags> {
+    pub(super) fn from_digest(bytes: &[u8]) -> Option<ETags> {
         Some(ETags {
             digest: bytes.try_into().ok()?,
         })

@@ -22,7 +22,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 /// Fetches in flight, by key.
-pub struct Flights<K, V> {
+pub(super) struct Flights<K, V> {
     /// `parking_lot::Mutex`: held only to look up, insert or remove, never across an await.
     map: Arc<Mutex<HashMap<K, watch::Receiver<Option<V>>>>>,
 }
@@ -36,7 +36,7 @@ impl<K, V> Default for Flights<K, V> {
 }
 
 /// What a request does for a key.
-pub enum Role<K: Hash + Eq, V> {
+pub(super) enum Role<K: Hash + Eq, V> {
     /// Fetch, then hand the outcome to [`Leader::complete`].
     Leader(Leader<K, V>),
     /// Wait for the leader's outcome with [`follow`].
@@ -45,7 +45,7 @@ pub enum Role<K: Hash + Eq, V> {
 
 impl<K: Hash + Eq + Clone, V: Clone> Flights<K, V> {
     /// Joins the flight for `key`, or starts one.
-    pub fn join(&self, key: K) -> Role<K, V> {
+    pub(super) fn join(&self, key: K) -> Role<K, V> {
         let mut map = self.map.lock();
         if let Some(receiver) = map.get(&key)
             && receiver.has_changed().is_ok()
@@ -63,7 +63,7 @@ impl<K: Hash + Eq + Clone, V: Clone> Flights<K, V> {
 }
 
 /// The request that fetches for everyone waiting on the same key.
-pub struct Leader<K: Hash + Eq, V> {
+pub(super) struct Leader<K: Hash + Eq, V> {
     key: K,
     sender: watch::Sender<Option<V>>,
     map: Arc<Mutex<HashMap<K, watch::Receiver<Option<V>>>>>,
@@ -71,7 +71,7 @@ pub struct Leader<K: Hash + Eq, V> {
 
 impl<K: Hash + Eq, V> Leader<K, V> {
     /// Hands the outcome to every follower and ends the flight.
-    pub fn complete(self, outcome: V) {
+    pub(super) fn complete(self, outcome: V) {
         self.sender.send_replace(Some(outcome));
         // Drop removes the flight.
     }
@@ -92,7 +92,7 @@ impl<K: Hash + Eq, V> Drop for Leader<K, V> {
 
 /// Why a follower has no outcome to use.
 #[derive(Debug, PartialEq, Eq)]
-pub enum FollowError {
+pub(super) enum FollowError {
     /// The leader went away without an outcome: join again.
     Abandoned,
     /// The leader took longer than the coalescing timeout: fetch alone.
@@ -100,7 +100,7 @@ pub enum FollowError {
 }
 
 /// Waits for the leader's outcome, at most `timeout`.
-pub async fn follow<V: Clone>(
+pub(super) async fn follow<V: Clone>(
     mut receiver: watch::Receiver<Option<V>>,
     timeout: Duration,
 ) -> Result<V, FollowError> {

@@ -26,7 +26,7 @@ use crate::routes::{Route, Tag};
 /// 65 536 counters, 512 KiB.
 const SLOTS: usize = 1 << 16;
 
-pub struct Generations {
+pub(super) struct Generations {
     slots: Box<[AtomicU64]>,
     /// `route:{name}` tags have counters of their own: every read observes one, so looking
     /// them up must not hash or allocate.
@@ -48,12 +48,12 @@ impl Default for Generations {
 
 impl Generations {
     /// The current generation of `tag`.
-    pub fn get(&self, tag: &Tag) -> u64 {
+    pub(super) fn get(&self, tag: &Tag) -> u64 {
         self.counter(tag).load(Ordering::Acquire)
     }
 
     /// The current generation of the `route:{name}` tag.
-    pub fn route(&self, route: Route) -> u64 {
+    pub(super) fn route(&self, route: Route) -> u64 {
         self.routes[route as usize].load(Ordering::Acquire)
     }
 
@@ -65,43 +65,43 @@ impl Generations {
     }
 
     /// The current epoch, bumped by every full purge.
-    pub fn epoch(&self) -> u64 {
+    pub(super) fn epoch(&self) -> u64 {
         self.epoch.load(Ordering::Acquire)
     }
 
     /// The current era of the resource generations that live in Redis.
-    pub fn era(&self) -> u64 {
+    pub(super) fn era(&self) -> u64 {
         self.era.load(Ordering::Acquire)
     }
 
     /// Raises the era to `value` (the cluster's); whether it moved.
-    pub fn raise_era(&self, value: u64) -> bool {
+    pub(super) fn raise_era(&self, value: u64) -> bool {
         self.era.fetch_max(value, Ordering::AcqRel) < value
     }
 
     /// Invalidates every key that observed `tag`.
-    pub fn bump(&self, tag: &Tag) {
+    pub(super) fn bump(&self, tag: &Tag) {
         self.counter(tag).fetch_add(1, Ordering::AcqRel);
     }
 
     /// Invalidates every key.
-    pub fn bump_epoch(&self) {
+    pub(super) fn bump_epoch(&self) {
         self.epoch.fetch_add(1, Ordering::AcqRel);
     }
 
     /// Raises the epoch to `value` (the cluster's); whether it moved.
-    pub fn raise_epoch(&self, value: u64) -> bool {
+    pub(super) fn raise_epoch(&self, value: u64) -> bool {
         self.epoch.fetch_max(value, Ordering::AcqRel) < value
     }
 
     /// Raises `route`'s counter to `value` (the cluster's); whether it moved.
-    pub fn raise_route(&self, route: Route, value: u64) -> bool {
+    pub(super) fn raise_route(&self, route: Route, value: u64) -> bool {
         self.routes[route as usize].fetch_max(value, Ordering::AcqRel) < value
     }
 }
 
 /// The counter slot of a resource tag (shared with the cluster's counters in Redis).
-pub fn slot(tag: &Tag) -> usize {
+pub(super) fn slot(tag: &Tag) -> usize {
     // The tag's text, written straight into the hasher: no string is made for a lookup.
     let mut hasher = blake3::Hasher::new();
     write!(hasher, "{tag}").expect("hashing never fails");

@@ -22,7 +22,7 @@ use parking_lot::Mutex;
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 /// A stored, shared header set.
-pub type Head = Arc<HeaderMap>;
+pub(super) type Head = Arc<HeaderMap>;
 
 /// The process's table of stored header sets.
 static TABLE: LazyLock<Mutex<Table>> = LazyLock::new(Mutex::default);
@@ -35,7 +35,7 @@ struct Table {
 }
 
 /// The shared set equal to `set`, interning it if there is none.
-pub fn intern(set: Vec<(HeaderName, HeaderValue)>) -> Head {
+pub(super) fn intern(set: Vec<(HeaderName, HeaderValue)>) -> Head {
     let hash = {
         let mut hasher = SEED.build_hasher();
         for (name, value) in &set {

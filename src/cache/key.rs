@@ -205,7 +205,7 @@ impl KeyInput {
 
 /// The query's pairs, decoded to bytes (`query`: a `+` is a space) and sorted; all `expand`
 /// values merged into one sorted, de-duplicated, comma-joined value. Empty pairs are dropped.
-pub fn normalized_query(query: Option<&str>) -> Vec<crate::query::Pair<'_>> {
+pub(super) fn normalized_query(query: Option<&str>) -> Vec<crate::query::Pair<'_>> {
     let mut pairs = Vec::new();
     let mut expand: Vec<Cow<'_, [u8]>> = Vec::new();
     // The one `expand` value, when it was sent as it is (the usual case): kept borrowed if it

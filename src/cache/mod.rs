@@ -48,19 +48,18 @@ use std::time::Duration;
 use http::{HeaderMap, Response, header};
 use tokio::time::Instant;
 
-pub use bulk::BulkPlan;
-pub use entry::{
-    Buffered, CACHE_STATUS, Entry, Lifetime, add_vary_accept_encoding, varies_on_everything,
-};
+pub(crate) use bulk::BulkPlan;
+pub(crate) use entry::{Buffered, CACHE_STATUS, Entry, Lifetime, add_vary_accept_encoding};
 use flights::Flights;
 use generations::Generations;
-pub use invalidation::Purge;
-pub use key::{Bypass, CacheKey, Partition};
-pub use outcome::{Forward, Outcome, Served, Stored, Tier};
+pub(crate) use invalidation::Purge;
+pub(crate) use key::Bypass;
+pub use key::{CacheKey, Partition};
+pub(crate) use outcome::{Forward, Outcome, Served, Stored, Tier};
 use read::Landed;
-pub use read::{Fetched, Origin};
+pub(crate) use read::{Fetched, Origin};
 use storage::Memory;
-pub use storage::Shared;
+pub(crate) use storage::Shared;
 
 use crate::body::Body;
 use crate::caller::Credential;
@@ -476,7 +475,7 @@ fn not_found(config: &CacheConfig) -> Option<Duration> {
 }
 
 /// Sets the `Cache-Status` of `outcome` on a response the cache did not build.
-pub fn mark(response: &mut Response<Body>, outcome: &Outcome) {
+pub(crate) fn mark(response: &mut Response<Body>, outcome: &Outcome) {
     response
         .headers_mut()
         .insert(CACHE_STATUS.clone(), outcome.cache_status());
@@ -484,7 +483,7 @@ pub fn mark(response: &mut Response<Body>, outcome: &Outcome) {
 
 /// The key of the credential hash that partitions the cache (and identifies callers):
 /// derived from `cache.key_secret`, or random for this process.
-pub fn partition_secret(config: &CacheConfig) -> [u8; 32] {
+pub(crate) fn partition_secret(config: &CacheConfig) -> [u8; 32] {
     match &config.key_secret {
         Some(secret) => {
             blake3::derive_key("wikigate cache partition v1", secret.expose().as_bytes())

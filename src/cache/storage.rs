@@ -26,7 +26,7 @@ use crate::metrics::Metrics;
 
 /// The tier a cluster's replicas share: entries (encoded, [`Entry::encode`]) and the counters
 /// of resource-tag slots, which every write through any replica bumps.
-pub trait Shared: Send + Sync {
+pub(crate) trait Shared: Send + Sync {
     /// The entry stored under `key`, if any (and reachable).
     fn get<'a>(&'a self, key: &'a CacheKey) -> BoxFuture<'a, Option<Vec<u8>>>;
     /// Stores an entry under `key` for `ttl`.

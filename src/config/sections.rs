@@ -393,40 +393,40 @@ pub struct UpstreamConfig {
 
 mod defaults {
     use std::time::Duration;
-    pub fn connect_timeout() -> Duration {
+    pub(super) fn connect_timeout() -> Duration {
         Duration::from_secs(5)
     }
-    pub fn response_timeout() -> Duration {
+    pub(super) fn response_timeout() -> Duration {
         Duration::from_secs(30)
     }
-    pub fn request_timeout() -> Duration {
+    pub(super) fn request_timeout() -> Duration {
         Duration::from_secs(60)
     }
-    pub fn pool_idle_timeout() -> Duration {
+    pub(super) fn pool_idle_timeout() -> Duration {
         Duration::from_secs(90)
     }
-    pub fn pool_max_idle() -> usize {
+    pub(super) fn pool_max_idle() -> usize {
         64
     }
-    pub fn max_in_flight() -> usize {
+    pub(super) fn max_in_flight() -> usize {
         32
     }
-    pub fn max_queued() -> usize {
+    pub(super) fn max_queued() -> usize {
         256
     }
-    pub fn max_queue_wait() -> Duration {
+    pub(super) fn max_queue_wait() -> Duration {
         Duration::from_secs(2)
     }
-    pub fn burst_wait() -> Duration {
+    pub(super) fn burst_wait() -> Duration {
         Duration::from_secs(2)
     }
-    pub fn burst_window() -> Duration {
+    pub(super) fn burst_window() -> Duration {
         Duration::from_secs(1)
     }
-    pub fn class() -> String {
+    pub(super) fn class() -> String {
         "default".to_owned()
     }
-    pub fn per() -> Duration {
+    pub(super) fn per() -> Duration {
         Duration::from_secs(1)
     }
 }

@@ -54,7 +54,7 @@ fn uuid_like() -> String {
 }
 
 /// Dresses an answer as the edge does, gzip-encoding its body when `request` allows gzip.
-pub async fn dress(response: Response<Body>, request: &HeaderMap) -> Response<Body> {
+pub(super) async fn dress(response: Response<Body>, request: &HeaderMap) -> Response<Body> {
     let (mut parts, body) = response.into_parts();
     let body = body
         .collect()

@@ -55,6 +55,15 @@ impl Default for FakeQuota {
     }
 }
 
+impl FakeQuota {
+    /// How long until this quota's window next starts (the top of the UTC hour, for an hourly
+    /// one), by the clock the fake's and the gateway's windows both read: a simulation that
+    /// sleeps this long starts on a fresh window.
+    pub fn until_next_window(&self) -> Duration {
+        quota::window(Instant::now(), self.window).1
+    }
+}
+
 /// What the fake has charged.
 #[derive(Debug, Default)]
 struct Charged {

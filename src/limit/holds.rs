@@ -17,10 +17,10 @@ use crate::hints::{self, Hints, Reason};
 
 /// A resource a write changes (a hash of its path), for Confluence's per-resource write
 /// limits.
-pub type WriteKey = [u8; 16];
+pub(crate) type WriteKey = [u8; 16];
 
 /// The resource a request writes to: its path's, for POST, PUT and DELETE; `None` for reads.
-pub fn write_key(method: &Method, path: &str) -> Option<WriteKey> {
+pub(crate) fn write_key(method: &Method, path: &str) -> Option<WriteKey> {
     if !matches!(*method, Method::POST | Method::PUT | Method::DELETE) {
         return None;
     }
@@ -30,7 +30,7 @@ pub fn write_key(method: &Method, path: &str) -> Option<WriteKey> {
 }
 
 /// The credential an upstream hold applies to (a keyed hash; all zeros for anonymous).
-pub type HoldKey = [u8; 16];
+pub(crate) type HoldKey = [u8; 16];
 
 #[derive(Debug)]
 pub(super) struct Hold {
@@ -175,13 +175,13 @@ impl Limits {
 }
 
 /// 1 s, 2 s, 4 s … up to 64 s, each with up to 25 % random jitter on top.
-pub fn backoff(strikes: u32) -> Duration {
+pub(super) fn backoff(strikes: u32) -> Duration {
     let base = Duration::from_secs(1 << strikes.saturating_sub(1).min(6));
     base + base.mul_f64(jitter() * 0.25)
 }
 
 /// A random fraction in [0, 1).
-pub fn jitter() -> f64 {
+pub(crate) fn jitter() -> f64 {
     use ring::rand::SecureRandom as _;
     let mut bytes = [0u8; 4];
     let _ = ring::rand::SystemRandom::new().fill(&mut bytes);

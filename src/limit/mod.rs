@@ -69,10 +69,10 @@ use crate::config::{ClientConfig, Config, LimitsConfig, PointsBudget, QuotaConfi
 use crate::error::GatewayError;
 use crate::hints::Hints;
 use crate::quota::{self, Quota};
-pub use gcra::Allowance;
+pub(crate) use gcra::Allowance;
 use gcra::{Direct, Keyed, Limit, LimitKind, TokioClock, ceil_secs, direct, keyed};
 use holds::Hold;
-pub use holds::{HoldKey, WriteKey, jitter, write_key};
+pub(crate) use holds::{HoldKey, WriteKey, jitter, write_key};
 
 /// Per-class limits, keyed by caller.
 struct ClassLimits {
@@ -313,7 +313,7 @@ impl Limits {
     /// Admits a request to go upstream for `caller` with the upstream credential `hold`, by
     /// every upstream limit in the module's order, then paces it by its burst bucket (`to`:
     /// its route and method), which may wait up to `upstream.burst_wait`. A write names the
-    /// resource it changes (`write`). The pass is settled by [`Pass::answered`]; dropped
+    /// resource it changes (`write`). The pass is settled by `Pass::answered`; dropped
     /// without an answer, it gives back what it held (the hold's probe, the bucket's claim).
     pub async fn admit_upstream(
         &self,

@@ -41,8 +41,8 @@ use crate::error::ErrorSource;
 use crate::quota::Quota;
 use crate::routes::Route;
 use collect::{Counted, LogDropped, Points, Refused, Upstream};
-pub use status::{CacheStats, CallerPoints, RouteStatus, Snapshot, Status};
-pub use tally::{CacheLabel, RequestRecord};
+pub(crate) use status::{CacheStats, Snapshot, Status};
+pub(crate) use tally::{CacheLabel, RequestRecord};
 use tally::{Tally, UNMATCHED};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -107,7 +107,7 @@ pub struct Metrics {
 
 /// Internal failures in a row, with no upstream answer between them, past which the gateway
 /// is not ready.
-pub const NOT_READY_AFTER: u64 = 5;
+pub(crate) const NOT_READY_AFTER: u64 = 5;
 
 impl Default for Metrics {
     fn default() -> Self {

@@ -829,7 +829,7 @@ async fn answers_that_may_not_be_stored_pass_through() {
         .await;
     assert_eq!(gzip.headers["content-encoding"], "gzip");
     assert!(gzip.cache_status().contains("too-large"));
-    let decoded = wikigate::coding::gunzip(&gzip.body, 1 << 20).unwrap();
+    let decoded = wikigate::gunzip(&gzip.body, 1 << 20).unwrap();
     let decoded: serde_json::Value = serde_json::from_slice(&decoded).unwrap();
     assert_eq!(decoded["size"], 2);
     assert_eq!(h.fake.hits(Operation::GetBulkUserLookup), 5);

@@ -6,9 +6,9 @@ use std::time::{Duration, Instant};
 
 use http::{Method, StatusCode};
 use serde_json::json;
+use wikigate::Running;
 use wikigate::config::{Rate, Secret};
 use wikigate::fake::{FakeBursts, FakeConfluence, FakeOptions};
-use wikigate::lifecycle::{self, Running};
 use wikigate::routes::Operation;
 
 #[path = "../shared/redis.rs"]
@@ -56,8 +56,8 @@ impl Pair {
             config.validate().unwrap()
         };
         let config_a = replica(0);
-        let a = lifecycle::start(&config_a).await.unwrap();
-        let b = lifecycle::start(&replica(1)).await.unwrap();
+        let a = wikigate::start(&config_a).await.unwrap();
+        let b = wikigate::start(&replica(1)).await.unwrap();
         let pair = Pair {
             ca: TestClient::new(format!("http://{}", a.addr)),
             cb: TestClient::new(format!("http://{}", b.addr)),
@@ -73,7 +73,7 @@ impl Pair {
 
     /// Stops replica A and starts it again (its memory empty), on new ports.
     async fn restart_a(&mut self) {
-        let fresh = lifecycle::start(&self.config_a).await.unwrap();
+        let fresh = wikigate::start(&self.config_a).await.unwrap();
         let old = std::mem::replace(&mut self.a, fresh);
         old.shutdown();
         old.wait().await;

@@ -145,9 +145,7 @@ async fn upstream_unreachable_is_502_json() {
         .local_addr()
         .unwrap();
     let config = config_for(&format!("http://{closed}"));
-    let gateway = wikigate::lifecycle::start(&config.validate().unwrap())
-        .await
-        .unwrap();
+    let gateway = wikigate::start(&config.validate().unwrap()).await.unwrap();
     let client = TestClient::new(format!("http://{}", gateway.addr));
     let answer = client
         .get(&format!("{API}/current"), Some(&basic(alice())))

@@ -123,7 +123,7 @@ async fn serve(mut stream: TcpStream, behaviour: Misbehaviour, requests: Arc<Ato
                 let _ = stream.write_all(b"0\r\n\r\n").await;
             }
             Misbehaviour::CorruptGzip => {
-                let gzip = wikigate::coding::gzip(ANSWER.repeat(20).as_bytes());
+                let gzip = wikigate::gzip(ANSWER.repeat(20).as_bytes());
                 let cut = &gzip[..gzip.len() / 2];
                 let head = format!(
                     "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-encoding: gzip\r\ncontent-length: {}\r\n\r\n",
@@ -134,7 +134,7 @@ async fn serve(mut stream: TcpStream, behaviour: Misbehaviour, requests: Arc<Ato
             }
             Misbehaviour::GzipBomb if head.contains("accept-encoding: gzip") => {
                 static BOMB: std::sync::OnceLock<bytes::Bytes> = std::sync::OnceLock::new();
-                let bomb = BOMB.get_or_init(|| wikigate::coding::gzip(&vec![0u8; 16 << 20]));
+                let bomb = BOMB.get_or_init(|| wikigate::gzip(&vec![0u8; 16 << 20]));
                 let head = format!(
                     "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-encoding: gzip\r\ncontent-length: {}\r\n\r\n",
                     bomb.len()
@@ -154,13 +154,11 @@ async fn serve(mut stream: TcpStream, behaviour: Misbehaviour, requests: Arc<Ato
 async fn gateway_for(
     behaviour: Misbehaviour,
     tweak: impl FnOnce(&mut wikigate::config::RawConfig),
-) -> (wikigate::lifecycle::Running, TestClient, Arc<AtomicU64>) {
+) -> (wikigate::Running, TestClient, Arc<AtomicU64>) {
     let (url, requests) = upstream(behaviour).await;
     let mut config = config_for(&url);
     tweak(&mut config);
-    let gateway = wikigate::lifecycle::start(&config.validate().unwrap())
-        .await
-        .unwrap();
+    let gateway = wikigate::start(&config.validate().unwrap()).await.unwrap();
     let client = TestClient::new(format!("http://{}", gateway.addr));
     (gateway, client, requests)
 }

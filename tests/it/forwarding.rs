@@ -514,9 +514,7 @@ async fn http2_prior_knowledge_is_served() {
 async fn upstream_path_prefix_is_joined_with_the_request_target() {
     let fake = wikigate::fake::FakeConfluence::start().await.unwrap();
     let config = crate::support::config_for(&format!("{}/ex/confluence/cloud-1234/", fake.url()));
-    let gateway = wikigate::lifecycle::start(&config.validate().unwrap())
-        .await
-        .unwrap();
+    let gateway = wikigate::start(&config.validate().unwrap()).await.unwrap();
     let client = TestClient::new(format!("http://{}", gateway.addr));
     client
         .get(

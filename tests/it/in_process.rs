@@ -12,10 +12,10 @@ use bytes::Bytes;
 use http::{Method, Request, header};
 use http_body_util::BodyExt;
 use hyper::body::Frame;
+use wikigate::Gateway;
+use wikigate::Parts;
 use wikigate::config::RawConfig;
 use wikigate::fake::FakeConfluence;
-use wikigate::gateway::Gateway;
-use wikigate::parts::Parts;
 use wikigate::routes::Operation;
 use wikigate::server::ConnInfo;
 

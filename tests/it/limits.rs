@@ -472,9 +472,7 @@ async fn reads_are_retried_on_connect_errors_and_writes_never() {
         .local_addr()
         .unwrap();
     let config = crate::support::config_for(&format!("http://{addr}"));
-    let gateway = wikigate::lifecycle::start(&config.validate().unwrap())
-        .await
-        .unwrap();
+    let gateway = wikigate::start(&config.validate().unwrap()).await.unwrap();
     let client = crate::support::TestClient::new(format!("http://{}", gateway.addr));
 
     let write = client

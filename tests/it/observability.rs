@@ -345,7 +345,7 @@ impl wikigate::server::Handler for Receiver {
         &self,
         request: http::Request<hyper::body::Incoming>,
         _conn: wikigate::server::ConnInfo,
-    ) -> http::Response<wikigate::body::Body> {
+    ) -> http::Response<wikigate::Body> {
         use http_body_util::BodyExt as _;
         let path = request.uri().path().to_owned();
         let body = request
@@ -357,7 +357,7 @@ impl wikigate::server::Handler for Receiver {
         if path == "/v1/traces" {
             self.0.lock().unwrap().push(body);
         }
-        let mut response = http::Response::new(wikigate::body::Body::empty());
+        let mut response = http::Response::new(wikigate::Body::empty());
         response.headers_mut().insert(
             "content-type",
             http::HeaderValue::from_static("application/x-protobuf"),

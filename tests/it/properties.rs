@@ -5,9 +5,9 @@
 
 use http::{HeaderMap, HeaderValue, Method};
 use proptest::prelude::*;
-use wikigate::cache::{CacheKey, Partition};
 use wikigate::config::Config;
 use wikigate::routes;
+use wikigate::{CacheKey, Partition};
 
 const SECRET: [u8; 32] = [9; 32];
 

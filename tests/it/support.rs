@@ -9,9 +9,9 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::{Client, connect::HttpConnector};
 use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
+use wikigate::Running;
 use wikigate::config::RawConfig;
 use wikigate::fake::{DEMO_USERS, DemoUser, FakeConfluence, FakeOptions};
-use wikigate::lifecycle::{self, Running};
 
 pub const API: &str = "/wiki/rest/api/user";
 
@@ -85,7 +85,7 @@ impl Harness {
         let mut config = config_for(&fake.url());
         tweak(&mut config);
         let config = config.validate().expect("tweaked config is valid");
-        let gateway = lifecycle::start(&config).await.expect("gateway starts");
+        let gateway = wikigate::start(&config).await.expect("gateway starts");
         let client = TestClient::new(format!("http://{}", gateway.addr));
         Harness {
             fake,
@@ -121,7 +121,7 @@ impl Answer {
     pub fn decoded(&self) -> Bytes {
         match self.headers.get("content-encoding") {
             Some(coding) if coding == "gzip" => {
-                wikigate::coding::gunzip(&self.body, 64 << 20).expect("valid gzip")
+                wikigate::gunzip(&self.body, 64 << 20).expect("valid gzip")
             }
             Some(other) => panic!("unexpected content coding {other:?}"),
             None => self.body.clone(),

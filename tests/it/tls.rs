@@ -112,7 +112,7 @@ async fn https_upstream_is_trusted_only_through_the_configured_ca() {
     assert!(fake.url().starts_with("https://localhost:"));
 
     // Without the CA: the self-signed certificate is refused, 502.
-    let untrusted = wikigate::lifecycle::start(&config_for(&fake.url()).validate().unwrap())
+    let untrusted = wikigate::start(&config_for(&fake.url()).validate().unwrap())
         .await
         .unwrap();
     let client = TestClient::new(format!("http://{}", untrusted.addr));
@@ -129,9 +129,7 @@ async fn https_upstream_is_trusted_only_through_the_configured_ca() {
     // With the CA configured: served.
     let mut config = config_for(&fake.url());
     config.upstream.ca_file = Some(cert.dir.join("cert.pem"));
-    let trusted = wikigate::lifecycle::start(&config.validate().unwrap())
-        .await
-        .unwrap();
+    let trusted = wikigate::start(&config.validate().unwrap()).await.unwrap();
     let client = TestClient::new(format!("http://{}", trusted.addr));
     let answer = client
         .get(&format!("{API}/current"), Some(&basic(alice())))

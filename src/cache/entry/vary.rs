@@ -13,7 +13,7 @@ pub(super) struct Vary {
 }
 
 /// Adds `Accept-Encoding` to a response's `Vary` unless it names it already.
-pub fn add_vary_accept_encoding(headers: &mut HeaderMap) {
+pub(crate) fn add_vary_accept_encoding(headers: &mut HeaderMap) {
     let names_it = list_tokens(headers, &header::VARY)
         .any(|n| n.eq_ignore_ascii_case("accept-encoding") || n == "*");
     if !names_it {
@@ -53,7 +53,7 @@ pub(super) fn vary_names(headers: &HeaderMap) -> Option<Vec<HeaderName>> {
 }
 
 /// Whether upstream's answer says `Vary: *` (never stored).
-pub fn varies_on_everything(headers: &HeaderMap) -> bool {
+pub(crate) fn varies_on_everything(headers: &HeaderMap) -> bool {
     list_tokens(headers, &header::VARY).any(|n| n == "*")
 }
 
