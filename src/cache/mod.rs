@@ -262,7 +262,7 @@ impl Cache {
                 [era, counter]
             }
         };
-        Ok(self.lookup_of(resolved, headers, query, class, resource))
+        Ok(self.new_lookup(resolved, headers, query, class, resource))
     }
 
     /// [`Cache::lookup`] on this replica alone, without waiting: `None` when the key needs a
@@ -278,7 +278,7 @@ impl Cache {
             return None;
         };
         let class = self.classify(resolved, headers, credential);
-        Some(class.map(|class| self.lookup_of(resolved, headers, query, class, [0, resource])))
+        Some(class.map(|class| self.new_lookup(resolved, headers, query, class, [0, resource])))
     }
 
     /// Whose answer a read is and its route's policy, or why it bypasses the cache.
@@ -309,7 +309,7 @@ impl Cache {
         }
     }
 
-    fn lookup_of(
+    fn new_lookup(
         &self,
         resolved: &Resolved<'_>,
         headers: &HeaderMap,

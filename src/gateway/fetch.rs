@@ -33,78 +33,56 @@ pub(super) struct ReadOrigin {
 }
 
 impl cache::Origin for ReadOrigin {
+    /// The answer read whole and decoded when it is at most `limit` bytes (encoded and
+    /// decoded), streamed through otherwise without ever holding more than `limit` bytes of it.
+    /// An answer too large to hold reaches the client only in a coding it accepts: for a client
+    /// that does not take gzip, a gzip answer too large to decode is asked for once more,
+    /// without gzip, and streamed as it comes.
     fn fetch(&self, query: Option<String>) -> BoxFuture<'_, Result<Fetched, GatewayError>> {
         Box::pin(async move {
             let mut request = copy_request(&self.request);
             if let Some(query) = query {
                 *request.uri_mut() = with_query(self.request.uri(), &query)?;
             }
-            fetch(
-                &self.upstream,
-                &self.admission,
-                request,
-                self.limit,
-                self.accepts,
-            )
-            .await
+            let identity = (!self.accepts.gzip()).then(|| {
+                let mut again = copy_request(&request);
+                again.headers_mut().insert(
+                    header::ACCEPT_ENCODING,
+                    http::HeaderValue::from_static("identity"),
+                );
+                again
+            });
+            match (self.trip(request).await?, identity) {
+                (Fetched::Undeliverable(_), Some(again)) => self.trip(again).await,
+                (fetched, _) => Ok(fetched),
+            }
         })
     }
 }
 
-/// Fetches for the cache: the answer read whole and decoded when it is at most `limit` bytes
-/// (encoded and decoded), streamed through otherwise without ever holding more than `limit`
-/// bytes of it. `accepts` is what the requesting client accepts: an answer too large to hold
-/// reaches it only in a coding it accepts — for a client that does not take gzip, a gzip
-/// answer too large to decode is asked for once more, without gzip, and streamed as it comes.
-async fn fetch(
-    upstream: &Upstream,
-    admission: &Admission,
-    request: Request<Full<Bytes>>,
-    limit: usize,
-    accepts: Accepts,
-) -> Result<Fetched, GatewayError> {
-    let identity = (!accepts.gzip()).then(|| {
-        let mut again = copy_request(&request);
-        again.headers_mut().insert(
-            header::ACCEPT_ENCODING,
-            http::HeaderValue::from_static("identity"),
-        );
-        again
-    });
-    let fetched = fetch_once(upstream, admission, request, limit, accepts).await?;
-    match (fetched, identity) {
-        (Fetched::Undeliverable(_), Some(again)) => {
-            fetch_once(upstream, admission, again, limit, accepts).await
-        }
-        (fetched, _) => Ok(fetched),
+impl ReadOrigin {
+    /// One trip upstream: admitted, sent, the answer read and priced — once, here: the same
+    /// figure is charged and, if it is stored, saved by every answer made from it.
+    async fn trip(&self, request: Request<Full<Bytes>>) -> Result<Fetched, GatewayError> {
+        let (upstream, admission) = (&self.upstream, &self.admission);
+        let deadline = upstream.deadline();
+        let response = admission.send(upstream, request, deadline, true).await?;
+        let status = response.status();
+        let read = read_answer(response, deadline, self.limit, self.accepts).await;
+        let (fetched, points) = match read {
+            Ok(Fetched::Buffered(answer)) => {
+                let points = admission.price(status, Some(answer.body()));
+                (Ok(Fetched::Buffered(answer.priced(points))), points)
+            }
+            other => (other, admission.price(status, None)),
+        };
+        admission.charge(points).await;
+        fetched
     }
 }
 
-/// One trip of [`fetch`].
-async fn fetch_once(
-    upstream: &Upstream,
-    admission: &Admission,
-    request: Request<Full<Bytes>>,
-    limit: usize,
-    accepts: Accepts,
-) -> Result<Fetched, GatewayError> {
-    let deadline = upstream.deadline();
-    let response = admission.send(upstream, request, deadline, true).await?;
-    let status = response.status();
-    // The answer is priced once, here: the same figure is charged and, if it is stored,
-    // saved by every answer made from it.
-    let (fetched, points) = match read_answer(response, deadline, limit, accepts).await {
-        Ok(Fetched::Buffered(answer)) => {
-            let points = admission.price(status, Some(answer.body()));
-            (Ok(Fetched::Buffered(answer.priced(points))), points)
-        }
-        other => (other, admission.price(status, None)),
-    };
-    admission.charge(points).await;
-    fetched
-}
-
-/// Upstream's answer to a fetch: read whole and decoded, or streamed through (see [`fetch`]).
+/// Upstream's answer to a trip: read whole and decoded, or streamed through (see
+/// [`ReadOrigin`]'s `fetch`).
 async fn read_answer(
     response: Response<Incoming>,
     deadline: Instant,

@@ -175,12 +175,12 @@ impl Gateway {
                 .lookup_here(&resolved, &parts.headers, query, credential)
             {
                 None => Next::Lookup,
-                Some(lookup) => match self.look(lookup, &parts)? {
-                    Looked::Hit(response, served) => {
+                Some(lookup) => match self.find(lookup, &parts)? {
+                    Finding::Hit(response, served) => {
                         log.served = Some(served);
                         return Ok(Admitted::Answered(with_allowance(response, allowance)));
                     }
-                    looked => Next::Looked(looked),
+                    finding => Next::Found(finding),
                 },
             }
         };
@@ -227,7 +227,7 @@ impl Gateway {
             caller,
             cookies: self.cookies.load_full(),
         };
-        let looked = match next {
+        let finding = match next {
             Next::Write(tags) => {
                 let admission = admission(&parts);
                 let write = Box::pin(self.write(parts, body, conn, tags, admission));
@@ -241,18 +241,18 @@ impl Gateway {
                     .cache
                     .lookup(&resolved, &parts.headers, query, credential)
                     .await;
-                self.look(lookup, &parts)?
+                self.find(lookup, &parts)?
             }
-            Next::Looked(looked) => looked,
+            Next::Found(finding) => finding,
         };
-        let (response, served) = match looked {
-            Looked::Hit(response, served) => (response, served),
-            Looked::Bypass(why) => {
+        let (response, served) = match finding {
+            Finding::Hit(response, served) => (response, served),
+            Finding::Bypass(why) => {
                 let admission = admission(&parts);
                 let bypass = Box::pin(self.bypass(parts, body, conn, why, admission));
                 bypass.await?
             }
-            Looked::Read(read) => {
+            Finding::Read(read) => {
                 let admission = admission(&parts);
                 let read = Box::pin(self.cached_read(parts, body, conn, read, admission));
                 read.await?
@@ -262,28 +262,28 @@ impl Gateway {
         Ok(with_allowance(response, allowance))
     }
 
-    /// A read's one lookup: a fresh entry answered at once (the hit path: nothing is prepared
+    /// A read's one find in memory: a fresh entry answered at once (the hit path: nothing is prepared
     /// for upstream, nothing of the request is taken), else what the rest of the read needs.
-    fn look(
+    fn find(
         &self,
         lookup: Result<Lookup, Bypass>,
         parts: &request::Parts,
-    ) -> Result<Looked, GatewayError> {
+    ) -> Result<Finding, GatewayError> {
         let lookup = match lookup {
             Ok(lookup) => lookup,
-            Err(bypass) => return Ok(Looked::Bypass(bypass)),
+            Err(bypass) => return Ok(Finding::Bypass(bypass)),
         };
         let read = match self.cache.bulk_plan(&lookup, parts.uri.query()) {
             Some(plan) => Read::Bulk(plan),
             None => match self.cache.find(&lookup, &parts.headers) {
                 Found::Fresh(entry) => {
                     let (response, served) = self.cache.hit(&lookup, entry, &parts.headers)?;
-                    return Ok(Looked::Hit(response, served));
+                    return Ok(Finding::Hit(response, served));
                 }
                 found => Read::Entry(lookup, found),
             },
         };
-        Ok(Looked::Read(read))
+        Ok(Finding::Read(read))
     }
 
     /// A read the cache may not answer (JWT, cookie, caching off): forwarded and streamed back.
@@ -479,8 +479,8 @@ enum Next {
     Write(Vec<Tag>),
     /// A read whose key needs a generation from Redis (in a cluster).
     Lookup,
-    /// A read looked up already, which the cache did not answer from memory.
-    Looked(Looked),
+    /// A read found in memory already, which the cache did not answer from there.
+    Found(Finding),
 }
 
 /// The `RateLimit` headers of the caller's request limit, when it has one.
@@ -494,8 +494,8 @@ fn with_allowance(
     response
 }
 
-/// What a read's lookup came to.
-enum Looked {
+/// What a read's find in memory came to.
+enum Finding {
     /// Answered from this replica's memory.
     Hit(Response<Body>, Served),
     /// Not for the cache: forwarded as it is.
