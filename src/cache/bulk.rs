@@ -552,6 +552,6 @@ fn respond(
         HeaderValue::from_str(&format!("private, max-age={}", fresh_for.as_secs())).expect("ascii"),
     );
     headers.insert(header::ETAG, etags.get(coding));
-    headers.insert(super::CACHE_STATUS.clone(), outcome.cache_status());
+    headers.insert(super::outcome::CACHE_STATUS.clone(), outcome.cache_status());
     response
 }

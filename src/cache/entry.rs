@@ -35,6 +35,7 @@ use tokio::time::Instant;
 
 use super::etag::ETags;
 use super::heads::{self, Head};
+use super::outcome::CACHE_STATUS;
 use crate::body::Body;
 use crate::coding::{self, Accepts, Coding};
 use crate::forward;
@@ -519,9 +520,6 @@ fn set_representation(headers: &mut HeaderMap, coding: Coding, head_length: Opti
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
     }
 }
-
-/// RFC 9211's header.
-pub(crate) static CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
 
 /// Values almost every stored answer has, kept as statics: no allocation per entry, and
 /// nothing to count references of when a hit clones them.

@@ -49,13 +49,13 @@ use http::{HeaderMap, Response, header};
 use tokio::time::Instant;
 
 pub(crate) use bulk::BulkPlan;
-pub(crate) use entry::{Buffered, CACHE_STATUS, Entry, Lifetime, add_vary_accept_encoding};
+pub(crate) use entry::{Buffered, Entry, Lifetime, add_vary_accept_encoding};
 use flights::Flights;
 use generations::Generations;
 pub(crate) use invalidation::Purge;
 pub(crate) use key::Bypass;
 pub use key::{CacheKey, Partition};
-pub(crate) use outcome::{Forward, Outcome, Served, Stored, Tier};
+pub(crate) use outcome::{Forward, Outcome, Served, Stored, Tier, mark};
 use read::Landed;
 pub(crate) use read::{Fetched, Origin};
 use storage::Memory;
@@ -472,13 +472,6 @@ impl Cache {
 /// How long a 404 is kept, if at all.
 fn not_found(config: &CacheConfig) -> Option<Duration> {
     config.cache_not_found.then_some(config.not_found_ttl)
-}
-
-/// Sets the `Cache-Status` of `outcome` on a response the cache did not build.
-pub(crate) fn mark(response: &mut Response<Body>, outcome: &Outcome) {
-    response
-        .headers_mut()
-        .insert(CACHE_STATUS.clone(), outcome.cache_status());
 }
 
 /// The key of the credential hash that partitions the cache (and identifies callers):

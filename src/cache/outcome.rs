@@ -5,10 +5,14 @@
 //! Invariant: every answer to a cacheable read carries the `Cache-Status` of its outcome, and
 //! its metric label and log field say the same thing.
 
-use http::{HeaderValue, StatusCode};
+use http::{HeaderName, HeaderValue, Response, StatusCode};
 
 use super::key::Bypass;
+use crate::body::Body;
 use crate::metrics::CacheLabel;
+
+/// RFC 9211's header, whose values [`Outcome::cache_status`] makes.
+pub(crate) static CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
 
 /// What the cache did for one request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -255,4 +259,11 @@ mod tests {
             assert_eq!(outcome.label(), label, "{text}");
         }
     }
+}
+
+/// Sets the `Cache-Status` of `outcome` on a response the cache did not build.
+pub(crate) fn mark(response: &mut Response<Body>, outcome: &Outcome) {
+    response
+        .headers_mut()
+        .insert(CACHE_STATUS.clone(), outcome.cache_status());
 }

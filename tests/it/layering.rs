@@ -173,7 +173,8 @@ const INSIDE: [(&str, &[&[&str]]); 2] = [
         "cache",
         &[
             &["key", "etag", "heads", "generations", "flights"],
-            &["outcome", "entry"],
+            &["outcome"],
+            &["entry"],
             &["storage"],
             &["mod", "read", "invalidation", "bulk", "tests"],
         ],
