@@ -177,6 +177,13 @@ pub struct Served {
     pub saved_points: Option<u32>,
 }
 
+/// Sets the `Cache-Status` of `outcome` on a response the cache did not build.
+pub(crate) fn mark(response: &mut Response<Body>, outcome: &Outcome) {
+    response
+        .headers_mut()
+        .insert(CACHE_STATUS.clone(), outcome.cache_status());
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -259,11 +266,4 @@ mod tests {
             assert_eq!(outcome.label(), label, "{text}");
         }
     }
-}
-
-/// Sets the `Cache-Status` of `outcome` on a response the cache did not build.
-pub(crate) fn mark(response: &mut Response<Body>, outcome: &Outcome) {
-    response
-        .headers_mut()
-        .insert(CACHE_STATUS.clone(), outcome.cache_status());
 }
