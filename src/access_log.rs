@@ -405,8 +405,8 @@ fn quoted(line: &mut Vec<u8>, value: &str) {
     line.push(b'"');
 }
 
-/// Whether any of `bytes` is one a quoted value escapes (a table lookup a byte: the eight-at-a-
-/// time version this replaced saved about 1 % of a hit, too little to keep its complexity).
+/// Whether any of `bytes` is one a quoted value escapes: a table lookup a byte (why not eight
+/// at a time: benches/README.md, "Decisions measured").
 fn needs_escaping(bytes: &[u8]) -> bool {
     bytes.iter().any(|&byte| ESCAPED[usize::from(byte)])
 }

@@ -21,11 +21,9 @@
 //! module does in one place is batching in memory (no per-line allocation: the access log's
 //! line is copied from a reused buffer), writing a batch with one system call at 64 KiB or
 //! 100 ms, counting what it drops (`non_blocking` counts too, but cannot report it as a
-//! metric without a guard per call site), and a bounded `flush` for shutdown. Measured when it
-//! was written (1d113a9): the access line through `tracing`'s event formatting and an
-//! unbuffered write cost about a third of the hit rate; through this sink, 6.5 % of a hit's
-//! instructions (README, Performance). Adopting `non_blocking` would put back an allocation
-//! and a channel send per line on the hit path.
+//! metric without a guard per call site), and a bounded `flush` for shutdown. Adopting
+//! `non_blocking` would put back an allocation and a channel send per line on the hit path;
+//! what the sink saves is measured in benches/README.md ("Decisions measured").
 
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -35,9 +33,9 @@ use parking_lot::{Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
 /// Bytes waiting that make the writer write them at once: nginx's `buffer=64k`. A write's
-/// time in the kernel is a pause for the requests on the core the writer shares with them;
-/// batches of 1 MiB measured 0.07–0.6 ms more at p99 than these on a pinned core, for the
-/// same throughput.
+/// time in the kernel is a pause for the requests on the core the writer shares with them,
+/// and larger batches showed in the hits' tail latency (benches/README.md, "Decisions
+/// measured").
 pub(crate) const BATCH: usize = 64 * 1024;
 /// How long a line may wait for others to be written with it.
 pub(crate) const FLUSH_INTERVAL: Duration = Duration::from_millis(100);

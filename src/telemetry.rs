@@ -12,8 +12,8 @@
 //!
 //! The per-request span exists only while spans are exported ([`exporting`]): without OTLP,
 //! the access-log line carries every field the span would, and a span would cost the log layer
-//! a formatted copy of its fields on every request (measured: with the span, hits at
-//! `log.level = "info"` ran at less than half the rate they run at with the log off).
+//! a formatted copy of its fields on every request (what it cost a hit: benches/README.md,
+//! "Decisions measured").
 //! Warnings logged while a request is handled then carry no request fields of their own.
 //!
 //! Invariant: nothing wikigate logs or exports carries a credential. Request headers are never
