@@ -57,36 +57,43 @@ fn uses() -> BTreeMap<String, Vec<String>> {
             continue;
         }
         let text = std::fs::read_to_string(&path).unwrap();
-        let code: String = text
-            .lines()
-            .map(|line| line.split("//").next().unwrap_or_default())
-            .collect::<Vec<_>>()
-            .join("\n");
-        let mut named = Vec::new();
-        for (i, _) in code.match_indices("crate::") {
-            let rest = &code[i + "crate::".len()..];
-            let items = match rest.strip_prefix('{') {
-                Some(group) => group[..group.find('}').unwrap()].to_owned(),
-                None => rest.to_owned(),
-            };
-            for item in items.split(',') {
-                let name: String = item
-                    .trim()
-                    .chars()
-                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-                    .collect();
-                if !name.is_empty() && name != module {
-                    named.push(name);
-                }
-                if rest.starts_with('{') {
-                    continue;
-                }
-                break;
-            }
-        }
+        let mut named = named_after(&text, "crate::");
+        named.retain(|name| *name != module);
         uses.entry(module).or_default().extend(named);
     }
     uses
+}
+
+/// The first name of every path that starts with `prefix` (`crate::`, `super::`) in `text`,
+/// comments left out; each name of a `prefix{a, b::c}` group.
+fn named_after(text: &str, prefix: &str) -> Vec<String> {
+    let code: String = text
+        .lines()
+        .map(|line| line.split("//").next().unwrap_or_default())
+        .collect::<Vec<_>>()
+        .join("\n");
+    let mut named = Vec::new();
+    for (i, _) in code.match_indices(prefix) {
+        let rest = &code[i + prefix.len()..];
+        let items = match rest.strip_prefix('{') {
+            Some(group) => &group[..group.find('}').unwrap()],
+            None => rest,
+        };
+        for item in items.split(',') {
+            let name: String = item
+                .trim()
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            if !name.is_empty() {
+                named.push(name);
+            }
+            if !rest.starts_with('{') {
+                break;
+            }
+        }
+    }
+    named
 }
 
 #[test]
@@ -198,33 +205,13 @@ fn inside_uses(directory: &str) -> BTreeMap<String, Vec<String>> {
     for file in &files {
         let text = std::fs::read_to_string(format!("{root}/{file}.rs")).unwrap();
         let text = text.split("#[cfg(test)]\nmod tests {").next().unwrap();
-        let code: String = text
-            .lines()
-            .map(|line| line.split("//").next().unwrap_or_default())
-            .collect::<Vec<_>>()
-            .join("\n");
-        let mut named = Vec::new();
-        for (i, _) in code.match_indices("super::") {
-            let rest = &code[i + "super::".len()..];
-            let items = match rest.strip_prefix('{') {
-                Some(group) => group[..group.find('}').unwrap()].to_owned(),
-                None => rest.to_owned(),
-            };
-            for item in items.split(',') {
-                let name: String = item
-                    .trim()
-                    .chars()
-                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-                    .collect();
-                if !name.is_empty() {
-                    let sibling = files.contains(&name) && name != "mod";
-                    named.push(if sibling { name } else { "mod".to_owned() });
-                }
-                if !rest.starts_with('{') {
-                    break;
-                }
-            }
-        }
+        let named = named_after(text, "super::")
+            .into_iter()
+            .map(|name| match files.contains(&name) && name != "mod" {
+                true => name,
+                false => "mod".to_owned(), // an item of mod.rs
+            })
+            .collect();
         uses.insert(file.clone(), named);
     }
     uses
