@@ -253,10 +253,7 @@ const BUCKET: u32 = 10;
 async fn burst_run(through_wikigate: bool, seconds: u64) -> Burst {
     let fake = FakeConfluence::start_with(FakeOptions {
         quota: None,
-        bursts: Some(wikigate::fake::FakeBursts {
-            limit: BUCKET,
-            per: Duration::from_secs(1),
-        }),
+        bursts: Some(wikigate::fake::FakeBursts::new(BUCKET, BUCKET)),
         ..FakeOptions::default()
     })
     .await

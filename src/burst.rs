@@ -8,16 +8,35 @@
 //! endpoint and method should slow down for a moment.
 //!
 //! A bucket is learned from answers: its size, and what is left as of an answer, less the calls
-//! still in flight (upstream had not counted them yet). Between answers it refills steadily,
-//! from empty to full in `upstream.burst_window`. An upstream call takes a token: at once while
-//! the bucket has one; else it waits for its share of the refill, when that comes within
-//! `upstream.burst_wait`; else it is refused (`upstream-burst`, 429, `Retry-After`). A burst
-//! 429 (`RateLimit-Reason: …-burst-based`) empties the bucket until its `Retry-After`.
+//! still in flight (upstream had not counted them yet). Between answers it refills steadily at
+//! its [`Refill`] rate — which is not its size: `X-RateLimit-Limit` is "the max number of
+//! requests (tokens) you can have", and Atlassian does not publish how fast they come back.
+//! The rate is, in this order:
+//! - **stated**, where the edge says it (`X-RateLimit-FillRate` per
+//!   `X-RateLimit-Interval-Seconds`, as Atlassian's Data Center edge does), taken as a steady
+//!   refill;
+//! - **learned** from successive answers: what is left rose by `remaining₂ − remaining₁`
+//!   while the `n` answers between them each spent a token, so the bucket refilled
+//!   `remaining₂ − remaining₁ + n` in that time. The answers are counted here, or across every
+//!   replica in Redis while the cluster is up (each replica's own count would miss the others'
+//!   calls). A span must last [`LEARN_SPAN`] and see [`LEARN_TOKENS`] refilled, counted a
+//!   token short (upstream states whole tokens), so that what it shows is a refill upstream
+//!   certainly gave (a bucket that filled up during it gave less than it could). The rate is
+//!   the fastest such refill, never above it; a burst 429 lowers it by [`BACK_OFF`], and it
+//!   stays under that for [`CEILING_FOR`];
+//! - **assumed** until then: the bucket's size per `upstream.burst_window` (10 s by default,
+//!   Atlassian's stated burst period), slower than any bucket seen.
+//!
+//! An upstream call takes a token: at once while the bucket has one; else it waits for its
+//! share of the refill, when that comes within `upstream.burst_wait`; else it is refused
+//! (`upstream-burst`, 429, `Retry-After`). A burst 429 (`RateLimit-Reason: …-burst-based`)
+//! empties the bucket until its `Retry-After`.
 //!
 //! Invariants: a bucket upstream never stated does not pace; a bucket paces only its own
 //! route and method; a waiting call has reserved its token (so waits queue up in order, and
 //! nobody waits past `burst_wait`); every token taken is settled once, by the answer that
-//! reports on the bucket or by the [`Ticket`] being dropped.
+//! reports on the bucket or by the [`Ticket`] being dropped; the rate is positive and finite
+//! and never above the fastest refill upstream stated or was seen to give.
 
 use std::time::Duration;
 
@@ -25,7 +44,7 @@ use http::{Method, StatusCode};
 use parking_lot::Mutex;
 use tokio::time::Instant;
 
-use crate::hints::{Hints, Reason};
+use crate::hints::{Bucket as Stated, Hints, Reason};
 use crate::routes::Route;
 
 /// Methods that have buckets of their own: GET (HEAD is a GET upstream), POST, PUT, DELETE.
@@ -66,6 +85,79 @@ impl BucketId {
     }
 }
 
+/// How long successive answers must span before they teach a refill rate.
+pub(crate) const LEARN_SPAN: Duration = Duration::from_secs(1);
+
+/// How many tokens a span must see refilled before it teaches a rate: the rounding of the
+/// stated figures (a token) is then a few percent of it.
+pub(crate) const LEARN_TOKENS: f64 = 16.0;
+
+/// What a burst 429 leaves of a learned or assumed rate.
+pub(crate) const BACK_OFF: f64 = 0.8;
+
+/// How long, after a burst 429, a learned rate stays under what that 429 lowered it to.
+pub(crate) const CEILING_FOR: Duration = Duration::from_secs(3600);
+
+/// The slowest and fastest rates believed (tokens a second).
+const RATES: (f64, f64) = (1e-3, 1e6);
+
+/// How fast a bucket refills (tokens a second), and how that is known.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Refill {
+    /// `X-RateLimit-FillRate` per `X-RateLimit-Interval-Seconds`.
+    Stated(f64),
+    /// The fastest refill seen between answers (lowered by burst 429s).
+    Learned(f64),
+    /// Neither yet: the bucket's size per `upstream.burst_window`.
+    Assumed(f64),
+}
+
+impl Refill {
+    /// Tokens a second.
+    pub fn per_second(&self) -> f64 {
+        match *self {
+            Refill::Stated(rate) | Refill::Learned(rate) | Refill::Assumed(rate) => rate,
+        }
+    }
+
+    /// How the rate is known, for the status page.
+    pub fn source(&self) -> &'static str {
+        match self {
+            Refill::Stated(_) => "stated",
+            Refill::Learned(_) => "learned",
+            Refill::Assumed(_) => "assumed",
+        }
+    }
+}
+
+/// An answer's place among the answers that stated its bucket and spent a token: counted by
+/// this replica, or by every replica together in Redis. Places of the two counts never mix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Seq {
+    Here(u64),
+    Cluster(u64),
+}
+
+impl Seq {
+    /// Answers between `self` and a later place of the same count.
+    fn since(self, earlier: Seq) -> Option<u64> {
+        match (earlier, self) {
+            (Seq::Here(a), Seq::Here(b)) | (Seq::Cluster(a), Seq::Cluster(b)) if b > a => {
+                Some(b - a)
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Where a span of learning starts: an answer's instant, what it said was left, its place.
+#[derive(Debug, Clone, Copy)]
+struct Anchor {
+    at: Instant,
+    remaining: u64,
+    seq: Seq,
+}
+
 /// A bucket as last learned.
 #[derive(Debug, Clone, Copy)]
 struct Bucket {
@@ -75,20 +167,92 @@ struct Bucket {
     at: Instant,
     /// Calls admitted that upstream has not answered yet.
     in_flight: u64,
+    refill: Refill,
+    anchor: Option<Anchor>,
+    /// Answers that stated this bucket and spent a token, counted here.
+    answers: u64,
+    /// After a burst 429: the rate learning may not pass, and until when.
+    ceiling: Option<(f64, Instant)>,
 }
 
 impl Bucket {
-    /// Tokens refilled per second.
-    fn rate(&self, window: Duration) -> f64 {
-        self.limit as f64 / window.as_secs_f64()
+    fn new(limit: u64, window: Duration, now: Instant) -> Bucket {
+        let assumed = (limit.max(1) as f64 / window.as_secs_f64()).clamp(RATES.0, RATES.1);
+        Bucket {
+            limit,
+            tokens: 0.0,
+            at: now,
+            in_flight: 0,
+            refill: Refill::Assumed(assumed),
+            anchor: None,
+            answers: 0,
+            ceiling: None,
+        }
     }
 
-    fn refill(&mut self, now: Instant, window: Duration) {
+    fn rate(&self) -> f64 {
+        self.refill.per_second()
+    }
+
+    fn top_up(&mut self, now: Instant) {
         let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
         if now > self.at {
-            self.tokens = (self.tokens + elapsed * self.rate(window)).min(self.limit as f64);
+            self.tokens = (self.tokens + elapsed * self.rate()).min(self.limit as f64);
             self.at = now;
         }
+    }
+
+    /// Learns the refill from an answer that spent a token and stated the bucket (its place
+    /// `seq` in the cluster's count, else counted here).
+    fn learn(&mut self, stated: Stated, cluster_seq: Option<u64>, now: Instant) {
+        self.answers += 1;
+        let seq = cluster_seq.map_or(Seq::Here(self.answers), Seq::Cluster);
+        if let Some(fill) = stated.fill {
+            self.refill = Refill::Stated(fill.per_second().clamp(RATES.0, RATES.1));
+            return;
+        }
+        let here = Anchor {
+            at: now,
+            remaining: stated.remaining.min(stated.limit),
+            seq,
+        };
+        let Some(anchor) = self.anchor else {
+            self.anchor = Some(here);
+            return;
+        };
+        let Some(spent) = seq.since(anchor.seq) else {
+            self.anchor = Some(here);
+            return;
+        };
+        let span = now.saturating_duration_since(anchor.at);
+        // Upstream states whole tokens: one less is a refill it certainly gave. A bucket that
+        // filled up during the span refilled less than it could: still a refill it gave.
+        let refilled = here.remaining as f64 - anchor.remaining as f64 + spent as f64 - 1.0;
+        if span < LEARN_SPAN || refilled < LEARN_TOKENS {
+            return;
+        }
+        self.anchor = Some(here);
+        let ceiling = self
+            .ceiling
+            .filter(|(_, until)| *until > now)
+            .map_or(RATES.1, |(rate, _)| rate);
+        let seen = (refilled / span.as_secs_f64()).clamp(RATES.0, ceiling);
+        self.refill = match self.refill {
+            Refill::Learned(rate) => Refill::Learned(rate.max(seen)),
+            Refill::Assumed(rate) if seen > rate => Refill::Learned(seen),
+            other => other,
+        };
+    }
+
+    /// A burst 429: the rate was too fast (unless upstream stated it).
+    fn back_off(&mut self, now: Instant) {
+        if let Refill::Stated(_) = self.refill {
+            return;
+        }
+        let lowered = (self.rate() * BACK_OFF).max(RATES.0);
+        self.refill = Refill::Learned(lowered);
+        self.ceiling = Some((lowered, now + CEILING_FOR));
+        self.anchor = None;
     }
 }
 
@@ -110,6 +274,7 @@ pub struct Standing {
     pub limit: u64,
     /// Tokens left now (0 when reserved ahead).
     pub remaining: f64,
+    pub refill: Refill,
 }
 
 /// Every bucket upstream has stated.
@@ -136,8 +301,8 @@ impl Drop for Ticket<'_> {
 }
 
 impl Bursts {
-    /// `window`: a bucket's time to refill from empty; `max_wait`: the longest a call waits
-    /// for a token.
+    /// `window`: the time a bucket is assumed to take to refill from empty until its rate is
+    /// stated or learned; `max_wait`: the longest a call waits for a token.
     pub(crate) fn new(window: Duration, max_wait: Duration) -> Bursts {
         Bursts {
             buckets: (0..Route::ALL.len() * METHODS.len())
@@ -153,14 +318,25 @@ impl Bursts {
         self.max_wait
     }
 
-    /// The bucket's size, once upstream stated it.
-    pub(crate) fn limit(&self, id: BucketId) -> Option<u64> {
-        self.buckets[id.index()].lock().map(|b| b.limit)
+    /// The bucket's size and the time it takes to refill one token, once upstream stated it.
+    pub(crate) fn pacing(&self, id: BucketId) -> Option<(u64, Duration)> {
+        self.buckets[id.index()]
+            .lock()
+            .map(|b| (b.limit, Duration::from_secs_f64(1.0 / b.rate())))
     }
 
-    /// The time a bucket of `limit` takes to refill one token.
-    pub(crate) fn interval(&self, limit: u64) -> Duration {
-        self.window.div_f64(limit.max(1) as f64)
+    /// The time `id`'s bucket takes to refill one token, as `stated` (an answer's figures)
+    /// leaves it: at the rate the answer states, else the bucket's, else the one assumed for
+    /// a bucket of its size.
+    pub(crate) fn interval(&self, id: BucketId, stated: &Stated) -> Duration {
+        let rate = match stated.fill {
+            Some(fill) => fill.per_second().clamp(RATES.0, RATES.1),
+            None => self.buckets[id.index()].lock().map_or_else(
+                || Bucket::new(stated.limit, self.window, Instant::now()).rate(),
+                |b| b.rate(),
+            ),
+        };
+        Duration::from_secs_f64(1.0 / rate)
     }
 
     /// A claim on no bucket (a call paced elsewhere, or by no bucket).
@@ -189,7 +365,7 @@ impl Bursts {
         let Some(bucket) = slot.as_mut() else {
             return (Pace::Go, untracked);
         };
-        bucket.refill(now, self.window);
+        bucket.top_up(now);
         // Until `at` (a 429's Retry-After) nothing refills; then a token takes 1/rate.
         let held = bucket.at.saturating_duration_since(now);
         let pace = if bucket.tokens >= 1.0 && held.is_zero() {
@@ -198,8 +374,8 @@ impl Bursts {
             // Concurrent answers can stamp the bucket a moment after this call's `now`: then
             // a whole token may be there already, and the deficit is none, never negative.
             let deficit = (1.0 - bucket.tokens).max(0.0);
-            let refill = Duration::try_from_secs_f64(deficit / bucket.rate(self.window))
-                .unwrap_or(Duration::MAX);
+            let refill =
+                Duration::try_from_secs_f64(deficit / bucket.rate()).unwrap_or(Duration::MAX);
             let wait = held.saturating_add(refill);
             if wait > self.max_wait {
                 return (Pace::Refused(wait), untracked);
@@ -218,13 +394,15 @@ impl Bursts {
     }
 
     /// Learns from an answer to the call `ticket` was taken for: the bucket upstream states
-    /// (for this route and method), and a burst 429's `Retry-After`.
+    /// (for this route and method) and its refill, and a burst 429's `Retry-After`.
+    /// `cluster_seq`: the answer's place in the cluster's count of this bucket's answers.
     pub(crate) fn answered(
         &self,
         mut ticket: Ticket<'_>,
         id: Option<BucketId>,
         status: StatusCode,
         hints: &Hints,
+        cluster_seq: Option<u64>,
         now: Instant,
     ) {
         let settled = ticket.id.take();
@@ -241,22 +419,22 @@ impl Bursts {
         }
         let in_flight = slot.map_or(0, |b| b.in_flight);
         if let Some(stated) = hints.bucket.filter(|b| b.limit > 0) {
-            *slot = Some(Bucket {
-                limit: stated.limit,
-                tokens: stated.remaining.min(stated.limit) as f64 - in_flight as f64,
-                at: now,
-                in_flight,
-            });
+            let bucket = slot.get_or_insert_with(|| Bucket::new(stated.limit, self.window, now));
+            bucket.limit = stated.limit;
+            bucket.tokens = stated.remaining.min(stated.limit) as f64 - in_flight as f64;
+            bucket.at = now;
+            if !burst_refusal {
+                bucket.learn(stated, cluster_seq, now);
+            }
         }
         if burst_refusal {
-            let limit = slot.map_or(1, |b| b.limit);
-            let wait = hints.retry_after.unwrap_or(self.interval(limit));
-            *slot = Some(Bucket {
-                limit,
-                tokens: -(in_flight as f64),
-                at: now + wait,
-                in_flight,
-            });
+            let bucket = slot.get_or_insert_with(|| Bucket::new(1, self.window, now));
+            let wait = hints
+                .retry_after
+                .unwrap_or_else(|| Duration::from_secs_f64(1.0 / bucket.rate()));
+            bucket.tokens = -(in_flight as f64);
+            bucket.at = now + wait;
+            bucket.back_off(now);
         }
     }
 
@@ -276,12 +454,13 @@ impl Bursts {
                     continue;
                 };
                 if let Some(mut bucket) = *self.buckets[id.index()].lock() {
-                    bucket.refill(now, self.window);
+                    bucket.top_up(now);
                     let held = bucket.at > now;
                     standings.push(Standing {
                         id,
                         limit: bucket.limit,
                         remaining: if held { 0.0 } else { bucket.tokens.max(0.0) },
+                        refill: bucket.refill,
                     });
                 }
             }
@@ -293,11 +472,14 @@ impl Bursts {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hints::Bucket as Stated;
 
     fn stated(limit: u64, remaining: u64) -> Hints {
         Hints {
-            bucket: Some(Stated { limit, remaining }),
+            bucket: Some(Stated {
+                limit,
+                remaining,
+                fill: None,
+            }),
             ..Hints::default()
         }
     }
@@ -326,7 +508,7 @@ mod tests {
         let now = Instant::now();
         let (_, ticket) = bursts.take(GET_USER, now);
         // Five tokens a second; the answer says none is left.
-        bursts.answered(ticket, GET_USER, StatusCode::OK, &stated(5, 0), now);
+        bursts.answered(ticket, GET_USER, StatusCode::OK, &stated(5, 0), None, now);
         let mut waits = Vec::new();
         let mut tickets = Vec::new();
         loop {
@@ -357,12 +539,19 @@ mod tests {
         let bursts = Bursts::new(Duration::from_secs(1), Duration::from_secs(2));
         let now = Instant::now();
         let (_, first) = bursts.take(GET_USER, now);
-        bursts.answered(first, GET_USER, StatusCode::OK, &stated(4, 3), now);
+        bursts.answered(first, GET_USER, StatusCode::OK, &stated(4, 3), None, now);
         let (a, in_flight) = bursts.take(GET_USER, now);
         let (b, _second) = bursts.take(GET_USER, now);
         assert_eq!((a, b), (Pace::Go, Pace::Go));
         // Upstream counted the first of the two: 2 left as it says, one still in flight.
-        bursts.answered(in_flight, GET_USER, StatusCode::OK, &stated(4, 2), now);
+        bursts.answered(
+            in_flight,
+            GET_USER,
+            StatusCode::OK,
+            &stated(4, 2),
+            None,
+            now,
+        );
         let standing = bursts.standings(now)[0];
         assert_eq!((standing.limit, standing.remaining), (4, 1.0));
         tokio::time::advance(Duration::from_secs(1)).await;
@@ -378,7 +567,7 @@ mod tests {
         let bursts = Bursts::new(Duration::from_secs(1), Duration::from_secs(2));
         let now = Instant::now();
         let (_, ticket) = bursts.take(GET_USER, now);
-        bursts.answered(ticket, GET_USER, StatusCode::OK, &stated(10, 9), now);
+        bursts.answered(ticket, GET_USER, StatusCode::OK, &stated(10, 9), None, now);
         let (_, dropped) = bursts.take(GET_USER, now);
         drop(dropped);
         let (_, refused) = bursts.take(GET_USER, now);
@@ -392,6 +581,7 @@ mod tests {
             GET_USER,
             StatusCode::TOO_MANY_REQUESTS,
             &hints,
+            None,
             now,
         );
         match bursts.take(GET_USER, now).0 {
@@ -401,10 +591,226 @@ mod tests {
         tokio::time::advance(Duration::from_secs(5)).await;
         assert_eq!(
             bursts.take(GET_USER, Instant::now()).0,
-            Pace::After(Duration::from_millis(100)),
-            "a token's refill after the hold"
+            Pace::After(Duration::from_millis(125)),
+            "a token's refill after the hold, at the rate the 429 lowered (10 → 8 a second)"
         );
         assert_eq!(bursts.take(GET_GROUPS, now).0, Pace::Go);
+    }
+
+    /// An upstream token bucket of `size` that refills `rate` a second, answering after
+    /// `latency`, and callers at `demand` × its rate for `seconds`: every call goes through
+    /// `Bursts` as the gateway's do. Returns the burst 429s upstream sent after the first second,
+    /// the calls answered, the calls made, and the rate the bucket was paced by at the end.
+    fn simulate(
+        size: u64,
+        rate: f64,
+        state_refill: bool,
+        demand: f64,
+        seconds: u64,
+        latency: Duration,
+    ) -> (u64, u64, u64, Refill) {
+        use std::cmp::Reverse;
+        use std::collections::BinaryHeap;
+        /// What happens at an instant: a caller arrives, a paced call is sent, an answer
+        /// arrives (with what upstream said: remaining, or refused).
+        #[derive(PartialEq, Eq, PartialOrd, Ord)]
+        enum Event {
+            Arrive,
+            Send(usize),
+            Answer(usize, Option<u64>),
+        }
+        let bursts = Bursts::new(Duration::from_secs(10), Duration::from_secs(2));
+        let start = Instant::now();
+        let mut events = BinaryHeap::new();
+        let calls = (demand * rate * seconds as f64) as u64;
+        for i in 0..calls {
+            let at = Duration::from_secs_f64(i as f64 / (demand * rate));
+            events.push(Reverse((at, Event::Arrive)));
+        }
+        let (mut upstream, mut upstream_at) = (size as f64, Duration::ZERO);
+        let mut tickets = Vec::new();
+        let (mut late_refusals, mut answered) = (0, 0);
+        while let Some(Reverse((at, event))) = events.pop() {
+            let now = start + at;
+            match event {
+                Event::Arrive => match bursts.take(GET_USER, now) {
+                    (Pace::Refused(_), _) => {}
+                    (Pace::Go, ticket) => {
+                        tickets.push(Some(ticket));
+                        events.push(Reverse((at, Event::Send(tickets.len() - 1))));
+                    }
+                    (Pace::After(wait), ticket) => {
+                        tickets.push(Some(ticket));
+                        events.push(Reverse((at + wait, Event::Send(tickets.len() - 1))));
+                    }
+                },
+                Event::Send(call) => {
+                    upstream =
+                        (upstream + (at - upstream_at).as_secs_f64() * rate).min(size as f64);
+                    upstream_at = at;
+                    let said = if upstream >= 1.0 {
+                        upstream -= 1.0;
+                        Some(upstream.floor() as u64)
+                    } else {
+                        None
+                    };
+                    events.push(Reverse((at + latency, Event::Answer(call, said))));
+                }
+                Event::Answer(call, said) => {
+                    let ticket = tickets[call].take().unwrap();
+                    let mut hints = Hints {
+                        bucket: Some(Stated {
+                            limit: size,
+                            remaining: said.unwrap_or(0),
+                            fill: state_refill.then_some(crate::hints::Fill {
+                                tokens: rate as u64,
+                                every: Duration::from_secs(1),
+                            }),
+                        }),
+                        ..Hints::default()
+                    };
+                    let status = match said {
+                        Some(_) => {
+                            answered += 1;
+                            StatusCode::OK
+                        }
+                        None => {
+                            if at > Duration::from_secs(1) {
+                                late_refusals += 1;
+                            }
+                            hints.reason = Some(Reason::Burst);
+                            hints.retry_after = Some(Duration::from_secs(1));
+                            StatusCode::TOO_MANY_REQUESTS
+                        }
+                    };
+                    bursts.answered(ticket, GET_USER, status, &hints, None, now);
+                }
+            }
+        }
+        let refill = bursts.standings(start)[0].refill;
+        (late_refusals, answered, calls, refill)
+    }
+
+    #[test]
+    fn a_bucket_s_refill_is_learned_not_taken_from_its_size() {
+        // The field's buckets, and others whose size and rate differ widely, at three times
+        // their rate: after the first second upstream refuses nothing, and the pace learned
+        // is the bucket's rate (never above it) — whatever the ratio of size to rate.
+        // The least each answers, of what the bucket allows (its size, then its rate: a third
+        // of the demand). A bucket smaller than a second of its refill is full whenever the
+        // pace is under its rate, which hides how much faster it could go: it is learned more
+        // slowly, never past its rate.
+        let cases = [
+            (10, 2.0, 0, 0.9),
+            (10, 5.0, 100, 0.9),
+            (350, 100.0, 0, 0.9),
+            (350, 100.0, 100, 0.9),
+            (5, 20.0, 30, 0.4),
+        ];
+        for (size, rate, latency_ms, share) in cases {
+            let latency = Duration::from_millis(latency_ms);
+            let (refused, answered, calls, refill) = simulate(size, rate, false, 3.0, 30, latency);
+            let case = format!(
+                "{size} tokens, {rate}/s, {latency_ms} ms: {refused} refused, {answered} of {calls}, {refill:?}"
+            );
+            assert_eq!(refused, 0, "{case}");
+            assert!(matches!(refill, Refill::Learned(_)), "{case}");
+            assert!(refill.per_second() <= rate, "{case}");
+            assert!(refill.per_second() >= rate * 0.8, "{case}");
+            let allowed = size as f64 + rate * 30.0;
+            assert!(answered as f64 >= share * allowed, "{case}");
+        }
+    }
+
+    #[test]
+    fn a_stated_refill_is_taken_as_stated() {
+        let (refused, answered, _, refill) =
+            simulate(10, 2.0, true, 3.0, 20, Duration::from_millis(50));
+        assert_eq!(refill, Refill::Stated(2.0));
+        assert_eq!(refused, 0);
+        assert!(answered >= 45, "{answered}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn learning_never_passes_the_ceiling_a_burst_429_set_and_spans_never_mix_counts() {
+        let bursts = Bursts::new(Duration::from_secs(10), Duration::from_secs(2));
+        let now = Instant::now();
+        let (_, ticket) = bursts.take(GET_USER, now);
+        bursts.answered(
+            ticket,
+            GET_USER,
+            StatusCode::OK,
+            &stated(100, 50),
+            None,
+            now,
+        );
+        assert_eq!(bursts.standings(now)[0].refill, Refill::Assumed(10.0));
+        let refused = Hints {
+            reason: Some(Reason::Burst),
+            ..stated(100, 0)
+        };
+        let (_, ticket) = bursts.take(GET_USER, now);
+        bursts.answered(
+            ticket,
+            GET_USER,
+            StatusCode::TOO_MANY_REQUESTS,
+            &refused,
+            None,
+            now,
+        );
+        assert_eq!(bursts.standings(now)[0].refill, Refill::Learned(8.0));
+        // A span then shows 40 a second: learning keeps under the 429's ceiling.
+        let later = now + Duration::from_secs(2);
+        let (_, t) = bursts.take(GET_USER, later);
+        bursts.answered(
+            t,
+            GET_USER,
+            StatusCode::OK,
+            &stated(100, 10),
+            Some(7),
+            later,
+        );
+        let later = later + Duration::from_secs(1);
+        let (_, t) = bursts.take(GET_USER, later);
+        bursts.answered(
+            t,
+            GET_USER,
+            StatusCode::OK,
+            &stated(100, 40),
+            Some(17),
+            later,
+        );
+        assert_eq!(bursts.standings(later)[0].refill, Refill::Learned(8.0));
+        // A place in this replica's own count never pairs with one in the cluster's.
+        let (_, t) = bursts.take(GET_USER, later + Duration::from_secs(2));
+        bursts.answered(
+            t,
+            GET_USER,
+            StatusCode::OK,
+            &stated(100, 99),
+            None,
+            later + Duration::from_secs(2),
+        );
+        assert_eq!(bursts.standings(later)[0].refill, Refill::Learned(8.0));
+        // Past the ceiling's hour, a span teaches again.
+        let hour = later + CEILING_FOR;
+        for (offset, remaining, seq) in [(0, 10, 100), (1, 40, 110)] {
+            let at = hour + Duration::from_secs(offset);
+            let (_, t) = bursts.take(GET_USER, at);
+            bursts.answered(
+                t,
+                GET_USER,
+                StatusCode::OK,
+                &stated(100, remaining),
+                Some(seq),
+                at,
+            );
+        }
+        assert_eq!(
+            bursts.standings(hour)[0].refill,
+            Refill::Learned(39.0),
+            "30 more left and 10 answers in a second, less a token for the rounding"
+        );
     }
 
     proptest::proptest! {
@@ -440,7 +846,7 @@ mod tests {
                 } else {
                     let ticket = tickets.pop().unwrap_or_else(|| bursts.untracked());
                     let status = StatusCode::from_u16(status).unwrap();
-                    bursts.answered(ticket, GET_USER, status, &Hints::read(&headers), now);
+                    bursts.answered(ticket, GET_USER, status, &Hints::read(&headers), None, now);
                 }
                 let _ = bursts.standings(now);
                 let _ = bursts.held(GET_USER.unwrap(), now);

@@ -17,9 +17,13 @@
 //!   the number. Replicas announce themselves every 500 ms (`{namespace}:replicas`, expiring
 //!   after 2 s); a purge is answered once every live replica has acknowledged it.
 //! - **Cluster-wide limits.** The per-caller, global and per-method upstream limits run as one
-//!   atomic GCRA Lua script in Redis (`EVALSHA`), with Redis's own clock; so does the pacing of
-//!   Atlassian's burst buckets (`b:{route}:{method}`), which every answer that states its
-//!   bucket tightens to what upstream says is left (`LEARN`). Points spent per
+//!   atomic GCRA Lua script in Redis (`EVALSHA`), with Redis's own clock; the pacing of
+//!   Atlassian's burst buckets is a token bucket of their own (`{namespace}:k:b:{route}:{method}`,
+//!   `BUCKET`: what is owed does not depend on the refill rate, which replicas learn as they
+//!   go), which every answer that states its bucket tightens to what upstream says is left
+//!   (`LEARN`), and which counts the bucket's
+//!   answers for every replica's learning of its refill (`{namespace}:n:b:{route}:{method}`).
+//!   Points spent per
 //!   caller and UTC hour are counters (`{namespace}:p:{bucket}:{hour}`, `INCRBY`, expiring an
 //!   hour after theirs), and so is the site's when `quota.points_per_hour` is counted down.
 //!
@@ -73,10 +77,19 @@ pub enum ClusterSetupError {
     },
 }
 
-/// A GCRA bucket told what upstream says is left of it: its theoretical arrival time moves to
-/// where `remaining` tokens are left now, never earlier than it is (a stale answer never
-/// frees tokens). KEYS[1] the bucket; ARGV[1] the interval (µs), ARGV[2] the size, ARGV[3]
-/// what is left.
+/// One of Atlassian's burst buckets, paced across replicas: the tokens owed (taken beyond
+/// the bucket's size, and refilling at one per interval) as of an instant, a hash of `owed` and
+/// `at`. Unlike a GCRA's arrival time, what is owed does not depend on the interval, which
+/// changes as a replica learns the bucket's rate. KEYS[1] the bucket; ARGV[1] the interval
+/// (µs), ARGV[2] the size. Returns {allowed (1|0), wait µs when refused, tokens left when
+/// allowed}.
+const BUCKET: &str = include_str!("cluster/bucket.lua");
+
+/// A burst bucket told what upstream says is left of it: it owes at least `size − remaining`
+/// tokens now, never less than it did (a stale answer never frees tokens); an answer that spent a token is counted, and its place in the count
+/// returned (0 when not counted), which is how every replica learns the bucket's refill from
+/// all replicas' calls. KEYS[1] the bucket, KEYS[2] its count of answers; ARGV[1] the
+/// interval (µs), ARGV[2] the size, ARGV[3] what is left, ARGV[4] `1` to count the answer.
 const LEARN: &str = include_str!("cluster/learn.lua");
 
 /// What the cluster's GCRA decided.
@@ -165,6 +178,7 @@ pub struct Cluster {
     /// A write's invalidation did not reach Redis since the last sync.
     missed_write: AtomicBool,
     gcra: redis::Script,
+    bucket: redis::Script,
     learn: redis::Script,
     purge: redis::Script,
     sync: redis::Script,
@@ -226,6 +240,7 @@ impl Cluster {
             was_up: AtomicBool::new(false),
             missed_write: AtomicBool::new(false),
             gcra: redis::Script::new(GCRA),
+            bucket: redis::Script::new(BUCKET),
             learn: redis::Script::new(LEARN),
             purge: redis::Script::new(PURGE),
             sync: redis::Script::new(SYNC),
@@ -427,13 +442,30 @@ impl Cluster {
 
     /// One GCRA decision for `bucket` (`rate` per `per`, `burst`), across every replica.
     pub async fn gcra(&self, bucket: &str, interval: Duration, burst: u32) -> Option<Decision> {
-        let key = self.key("l", bucket);
+        self.decide(&self.gcra, self.key("l", bucket), interval, burst)
+            .await
+    }
+
+    /// Takes a token of the burst bucket `bucket` (`size` tokens, one back per `interval`),
+    /// across every replica.
+    pub async fn pace(&self, bucket: &str, interval: Duration, size: u32) -> Option<Decision> {
+        self.decide(&self.bucket, self.key("k", bucket), interval, size)
+            .await
+    }
+
+    async fn decide(
+        &self,
+        script: &redis::Script,
+        key: String,
+        interval: Duration,
+        burst: u32,
+    ) -> Option<Decision> {
         let interval_us = u64::try_from(interval.as_micros())
             .unwrap_or(u64::MAX)
             .max(1);
         let (allowed, wait_us, remaining): (i64, i64, i64) = self
             .run(|mut c| async move {
-                self.gcra
+                script
                     .key(key)
                     .arg(interval_us)
                     .arg(burst)
@@ -452,23 +484,37 @@ impl Cluster {
         })
     }
 
-    /// Tells the GCRA `bucket` (`burst` tokens, one per `interval`) that upstream says
-    /// `remaining` are left: it never has more than that from now on.
-    pub async fn learn(&self, bucket: &str, interval: Duration, burst: u64, remaining: u64) {
-        let key = self.key("l", bucket);
+    /// Tells the burst bucket `bucket` (`burst` tokens, one back per `interval`) that upstream says
+    /// `remaining` are left: it never has more than that from now on. An answer that `spent`
+    /// a token is counted across replicas: its place in the count (`None` when not counted
+    /// or Redis did not answer).
+    pub async fn learn(
+        &self,
+        bucket: &str,
+        interval: Duration,
+        burst: u64,
+        remaining: u64,
+        spent: bool,
+    ) -> Option<u64> {
+        let key = self.key("k", bucket);
+        let count = self.key("n", bucket);
         let interval_us = u64::try_from(interval.as_micros())
             .unwrap_or(u64::MAX)
             .max(1);
-        self.run(|mut c| async move {
-            self.learn
-                .key(key)
-                .arg(interval_us)
-                .arg(burst)
-                .arg(remaining.min(burst))
-                .invoke_async::<i64>(&mut c)
-                .await
-        })
-        .await;
+        let seq = self
+            .run(|mut c| async move {
+                self.learn
+                    .key(key)
+                    .key(count)
+                    .arg(interval_us)
+                    .arg(burst)
+                    .arg(remaining.min(burst))
+                    .arg(u8::from(spent))
+                    .invoke_async::<u64>(&mut c)
+                    .await
+            })
+            .await?;
+        (seq > 0).then_some(seq)
     }
 
     /// Points `bucket` spent in the UTC hour `hour`, across every replica.

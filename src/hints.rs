@@ -12,7 +12,9 @@
 //! - `RateLimit-Policy` + `RateLimit` (enforced) and their `Beta-` forms (shadow): the points
 //!   policies, each a structured-field list whose entries pair by name ([`Policy`]);
 //! - `X-RateLimit-Limit` + `X-RateLimit-Remaining`: a bucket's size and what is left of it
-//!   ([`Bucket`]).
+//!   ([`Bucket`]); `X-RateLimit-FillRate` per `X-RateLimit-Interval-Seconds`, where the edge
+//!   states them (Atlassian's Data Center edge does, its Cloud edge does not), its refill
+//!   ([`Fill`]).
 //!
 //! Structured fields (RFC 9651) are read by `members`, tolerantly, rather than by the `sfv`
 //! crate: `sfv` refuses a whole field for one malformed member, as the RFC says a strict
@@ -49,6 +51,8 @@ static X_BETA_RATELIMIT_NEARLIMIT: HeaderName =
     HeaderName::from_static("x-beta-ratelimit-nearlimit");
 static X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
 static X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
+static X_RATELIMIT_FILLRATE: HeaderName = HeaderName::from_static("x-ratelimit-fillrate");
+static X_RATELIMIT_INTERVAL: HeaderName = HeaderName::from_static("x-ratelimit-interval-seconds");
 static RATELIMIT_REASON: HeaderName = HeaderName::from_static("ratelimit-reason");
 static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
 static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
@@ -106,11 +110,28 @@ pub struct Policy {
     pub reset_in: Option<Duration>,
 }
 
-/// A bucket as `X-RateLimit-Limit` and `X-RateLimit-Remaining` state it.
+/// A bucket as `X-RateLimit-Limit` and `X-RateLimit-Remaining` state it, with its refill
+/// where the edge states that too.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Bucket {
     pub limit: u64,
     pub remaining: u64,
+    pub fill: Option<Fill>,
+}
+
+/// A bucket's refill as `X-RateLimit-FillRate` (`tokens`, at least 1) per
+/// `X-RateLimit-Interval-Seconds` (`every`, within [1 s, [`MAX_WAIT`]]) state it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fill {
+    pub tokens: u64,
+    pub every: Duration,
+}
+
+impl Fill {
+    /// Tokens a second.
+    pub fn per_second(&self) -> f64 {
+        self.tokens as f64 / self.every.as_secs_f64()
+    }
 }
 
 /// Everything one upstream answer says about Atlassian's limits.
@@ -150,8 +171,19 @@ impl Hints {
             Mode::Shadow,
         ));
         let number = |name| texts(headers, name).find_map(|v| v.trim().parse::<u64>().ok());
+        let fill = match (number(&X_RATELIMIT_FILLRATE), number(&X_RATELIMIT_INTERVAL)) {
+            (Some(tokens), Some(secs)) if tokens > 0 && secs > 0 => Some(Fill {
+                tokens: tokens.min(u64::from(u32::MAX)),
+                every: Duration::from_secs(secs).min(MAX_WAIT),
+            }),
+            _ => None,
+        };
         let bucket = match (number(&X_RATELIMIT_LIMIT), number(&X_RATELIMIT_REMAINING)) {
-            (Some(limit), Some(remaining)) => Some(Bucket { limit, remaining }),
+            (Some(limit), Some(remaining)) => Some(Bucket {
+                limit,
+                remaining,
+                fill,
+            }),
             _ => None,
         };
         Hints {
@@ -496,11 +528,33 @@ pub(crate) mod tests {
             bucket,
             Some(Bucket {
                 limit: 350,
-                remaining: 349
+                remaining: 349,
+                fill: None,
             })
         );
         let half = Hints::read(&headers(&[("x-ratelimit-limit", "350")]));
         assert_eq!(half.bucket, None);
+    }
+
+    #[test]
+    fn a_stated_refill_is_read_and_bounded() {
+        let read = |fill: &str, every: &str| {
+            Hints::read(&headers(&[
+                ("x-ratelimit-limit", "10"),
+                ("x-ratelimit-remaining", "3"),
+                ("x-ratelimit-fillrate", fill),
+                ("x-ratelimit-interval-seconds", every),
+            ]))
+            .bucket
+            .and_then(|b| b.fill)
+        };
+        let fill = read("5", "2").unwrap();
+        assert_eq!(fill.per_second(), 2.5);
+        assert_eq!(read("0", "1"), None, "no refill is no statement");
+        assert_eq!(read("5", "0"), None);
+        assert_eq!(read("5", "x"), None);
+        let long = read("1", "18446744073709551615").unwrap();
+        assert_eq!(long.every, MAX_WAIT);
     }
 
     /// Values upstream could send for any limit header: numbers of every size and sign,
@@ -526,13 +580,15 @@ pub(crate) mod tests {
         ]
     }
 
-    const NAMES: [&str; 11] = [
+    const NAMES: [&str; 13] = [
         "retry-after",
         "beta-retry-after",
         "x-ratelimit-reset",
         "x-ratelimit-nearlimit",
         "x-ratelimit-limit",
         "x-ratelimit-remaining",
+        "x-ratelimit-fillrate",
+        "x-ratelimit-interval-seconds",
         "ratelimit-reason",
         "ratelimit-policy",
         "ratelimit",
@@ -570,6 +626,10 @@ pub(crate) mod tests {
                 if let Some(reset) = policy.reset_in {
                     prop_assert!(reset <= window);
                 }
+            }
+            if let Some(fill) = hints.bucket.and_then(|b| b.fill) {
+                prop_assert!(fill.per_second() > 0.0 && fill.per_second().is_finite());
+                prop_assert!(fill.every >= Duration::from_secs(1) && fill.every <= MAX_WAIT);
             }
         }
     }

@@ -110,7 +110,7 @@ fn quota_section(html: &mut String, status: &Status) {
     }
     if status.callers.is_empty() {
         html.push_str(
-            "<tr><td colspan=\"3\" class=\"muted\">no points spent or saved this hour</td></tr>\n",
+            "<tr><td colspan=\"4\" class=\"muted\">no points spent or saved this hour</td></tr>\n",
         );
     }
     html.push_str("</table>\n");
@@ -162,7 +162,7 @@ fn limited_table(html: &mut String, status: &Status) {
         );
     }
     if status.limited.is_empty() {
-        html.push_str("<tr><td colspan=\"3\" class=\"muted\">nobody has been limited</td></tr>\n");
+        html.push_str("<tr><td colspan=\"4\" class=\"muted\">nobody has been limited</td></tr>\n");
     }
     html.push_str("</table>\n");
 }
@@ -172,22 +172,24 @@ fn limited_table(html: &mut String, status: &Status) {
 fn bursts(html: &mut String, snapshot: &Snapshot) {
     let _ = write!(
         html,
-        "<h2>Upstream pace</h2>\n<div id=\"upstream-load\">{} upstream now, {} waiting for a place</div>\n<table id=\"bursts\"><tr><th>burst bucket (per second)</th><th>left</th><th>size</th></tr>\n",
+        "<h2>Upstream pace</h2>\n<div id=\"upstream-load\">{} upstream now, {} waiting for a place</div>\n<table id=\"bursts\"><tr><th>burst bucket</th><th>left</th><th>size</th><th>refill a second</th></tr>\n",
         snapshot.upstream_in_flight, snapshot.upstream_queued,
     );
     for bucket in &snapshot.bursts {
         let _ = writeln!(
             html,
-            "<tr><td>{} {}</td><td>{:.0}</td><td>{}</td></tr>",
+            "<tr><td>{} {}</td><td>{:.0}</td><td>{}</td><td>{:.2} ({})</td></tr>",
             bucket.id.method(),
             bucket.id.route.name(),
             bucket.remaining.floor(),
             bucket.limit,
+            bucket.refill.per_second(),
+            bucket.refill.source(),
         );
     }
     if snapshot.bursts.is_empty() {
         html.push_str(
-            "<tr><td colspan=\"3\" class=\"muted\">Confluence has stated no burst bucket (X-RateLimit-Limit)</td></tr>\n",
+            "<tr><td colspan=\"4\" class=\"muted\">Confluence has stated no burst bucket (X-RateLimit-Limit)</td></tr>\n",
         );
     }
     html.push_str("</table>\n");

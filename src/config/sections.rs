@@ -386,7 +386,9 @@ pub struct UpstreamConfig {
     /// its endpoint and method, as Atlassian states it) before it is refused with 429.
     #[serde(with = "duration", default = "defaults::burst_wait")]
     pub burst_wait: Duration,
-    /// The time in which a burst bucket refills from empty (Atlassian's are per second).
+    /// The time a burst bucket is assumed to take to refill from empty until its rate is
+    /// stated (`X-RateLimit-FillRate`) or learned from answers: 10 s, Atlassian's documented
+    /// burst period, slower than any bucket seen (a bucket's size is not its rate).
     #[serde(with = "duration", default = "defaults::burst_window")]
     pub burst_window: Duration,
 }
@@ -421,7 +423,7 @@ mod defaults {
         Duration::from_secs(2)
     }
     pub(super) fn burst_window() -> Duration {
-        Duration::from_secs(1)
+        Duration::from_secs(10)
     }
     pub(super) fn class() -> String {
         "default".to_owned()

@@ -2,8 +2,11 @@
 //! edge applies and states them.
 //!
 //! - **Burst buckets**: one per endpoint (route) and method, for every caller. Each holds
-//!   `limit` tokens and refills `limit` of them every `per`, steadily. Every answer states its
-//!   bucket: `X-RateLimit-Limit` and `X-RateLimit-Remaining`; a call to a dry bucket is
+//!   `limit` tokens and refills `refill` of them every `per`, steadily: a bucket's size is not
+//!   its rate. Every answer states its bucket: `X-RateLimit-Limit` and
+//!   `X-RateLimit-Remaining`, and, when `state_refill` (as Atlassian's Data Center edge does;
+//!   its Cloud edge does not), `X-RateLimit-FillRate` per `X-RateLimit-Interval-Seconds`
+//!   (whole seconds); a call to a dry bucket is
 //!   refused: 429, `RateLimit-Reason: confluence-burst-based`, `Retry-After` in whole seconds
 //!   (at least 1) and `X-RateLimit-Reset` as Atlassian writes it on 429s
 //!   (`yyyy-MM-ddTHH:mmZ`, the request's time plus `Retry-After`).
@@ -20,20 +23,33 @@ use tokio::time::Instant;
 
 use crate::routes::Route;
 
-/// A burst bucket's size and refill period.
+/// A burst bucket's size, and its refill: `refill` tokens every `per`.
 #[derive(Debug, Clone, Copy)]
 pub struct FakeBursts {
     pub limit: u32,
+    pub refill: u32,
     pub per: Duration,
+    /// State the refill (`X-RateLimit-FillRate`, `X-RateLimit-Interval-Seconds`).
+    pub state_refill: bool,
+}
+
+impl FakeBursts {
+    /// A bucket of `limit` tokens that refills `rate` a second, unstated (as the Cloud edge).
+    pub fn new(limit: u32, rate: u32) -> FakeBursts {
+        FakeBursts {
+            limit,
+            refill: rate,
+            per: Duration::from_secs(1),
+            state_refill: false,
+        }
+    }
 }
 
 impl Default for FakeBursts {
-    /// A captured March 2026 answer: `X-Ratelimit-Limit: 350`.
+    /// A captured March 2026 answer's size (`X-Ratelimit-Limit: 350`); the refill, which the
+    /// Cloud edge does not state, a third of it a second.
     fn default() -> Self {
-        FakeBursts {
-            limit: 350,
-            per: Duration::from_secs(1),
-        }
+        FakeBursts::new(350, 100)
     }
 }
 
@@ -89,7 +105,10 @@ impl Limits {
     ) -> Result<HeaderMap, Refused> {
         let now = Instant::now();
         let mut stated = HeaderMap::new();
-        if let Some(FakeBursts { limit, per }) = self.bursts {
+        if let Some(bursts) = self.bursts {
+            let FakeBursts {
+                limit, refill, per, ..
+            } = bursts;
             let method = match *method {
                 http::Method::HEAD => http::Method::GET,
                 ref other => other.clone(),
@@ -99,7 +118,7 @@ impl Limits {
                 left: f64::from(limit),
                 at: now,
             });
-            let rate = f64::from(limit) / per.as_secs_f64();
+            let rate = f64::from(refill.max(1)) / per.as_secs_f64();
             let elapsed = now.saturating_duration_since(tokens.at).as_secs_f64();
             tokens.left = (tokens.left + elapsed * rate).min(f64::from(limit));
             tokens.at = now;
@@ -120,6 +139,13 @@ impl Limits {
                 "x-ratelimit-remaining",
                 HeaderValue::from(tokens.left.floor() as u64),
             );
+            if bursts.state_refill {
+                stated.insert("x-ratelimit-fillrate", HeaderValue::from(refill));
+                stated.insert(
+                    "x-ratelimit-interval-seconds",
+                    HeaderValue::from(per.as_secs().max(1)),
+                );
+            }
         }
         if let (Some(FakeWriteLimit { writes, per }), true) = (self.writes, write) {
             let mut written = self.written.lock();

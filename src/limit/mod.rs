@@ -393,7 +393,7 @@ impl Limits {
         let refuse = |wait| LimitKind::UpstreamBurst.refuse(wait, None);
         let cluster = self.cluster.as_ref().filter(|c| c.is_up());
         if let (Some(cluster), Some(id)) = (cluster, to)
-            && let Some(limit) = self.bursts.limit(id)
+            && let Some((limit, interval)) = self.bursts.pacing(id)
         {
             let held = self.bursts.held(id, Instant::now());
             if held > self.bursts.max_wait() {
@@ -402,9 +402,8 @@ impl Limits {
             let mut waited = held;
             tokio::time::sleep(held).await;
             let burst = u32::try_from(limit).unwrap_or(u32::MAX);
-            let interval = self.bursts.interval(limit);
             loop {
-                match cluster.gcra(&id.key(), interval, burst).await {
+                match cluster.pace(&id.key(), interval, burst).await {
                     None | Some(Decision::Allowed { .. }) => return Ok(waited),
                     Some(Decision::Refused { wait }) if waited + wait <= self.bursts.max_wait() => {
                         tokio::time::sleep(wait).await;
@@ -674,24 +673,33 @@ impl Pass<'_> {
     pub async fn answered(mut self, status: StatusCode, hints: &Hints) -> bool {
         self.probe = false;
         let limits = self.limits;
-        // Paced in Redis, the call took no local token; the bucket is learned all the same
-        // (its size, a burst 429's hold), and Redis's copy of it is told what is left.
+        // Redis's copy of the bucket is told what is left, and counts the answer among every
+        // replica's (how the refill is learned from all their calls). Paced in Redis, the call
+        // took no local token; the bucket is learned here all the same (its size, its refill,
+        // a burst 429's hold).
+        let cluster = limits.cluster.as_ref().filter(|c| c.is_up());
+        let mut cluster_seq = None;
+        if let (Some(cluster), Some(id), Some(stated)) =
+            (cluster, self.bucket, hints.bucket.filter(|b| b.limit > 0))
+        {
+            let interval = limits.bursts.interval(id, &stated);
+            let spent = status != StatusCode::TOO_MANY_REQUESTS;
+            cluster_seq = cluster
+                .learn(&id.key(), interval, stated.limit, stated.remaining, spent)
+                .await;
+        }
         let ticket = self
             .ticket
             .take()
             .unwrap_or_else(|| limits.bursts.untracked());
-        limits
-            .bursts
-            .answered(ticket, self.bucket, status, hints, Instant::now());
-        let cluster = limits.cluster.as_ref().filter(|c| c.is_up());
-        if let (Some(cluster), Some(id), Some(stated)) =
-            (cluster, self.bucket, hints.bucket.filter(|b| b.limit > 0))
-        {
-            let interval = limits.bursts.interval(stated.limit);
-            cluster
-                .learn(&id.key(), interval, stated.limit, stated.remaining)
-                .await;
-        }
+        limits.bursts.answered(
+            ticket,
+            self.bucket,
+            status,
+            hints,
+            cluster_seq,
+            Instant::now(),
+        );
         limits.observe(&self.hold, self.write.as_ref(), status, hints)
     }
 }

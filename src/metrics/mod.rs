@@ -97,6 +97,7 @@ pub struct Metrics {
     burst_waits: Family<BucketLabels, Histogram, fn() -> Histogram>,
     burst_remaining: Family<BucketLabels, Gauge<f64, AtomicU64>>,
     burst_limit: Family<BucketLabels, Gauge>,
+    burst_refill: Family<BucketLabels, Gauge<f64, AtomicU64>>,
     queue_waits: Histogram,
     upstream_in_flight: Gauge,
     upstream_queued: Gauge,
@@ -137,6 +138,7 @@ impl Metrics {
             burst_waits: Family::new_with_constructor(wait_histogram),
             burst_remaining: Family::default(),
             burst_limit: Family::default(),
+            burst_refill: Family::default(),
             queue_waits: wait_histogram(),
             upstream_in_flight: Gauge::default(),
             upstream_queued: Gauge::default(),
@@ -226,6 +228,11 @@ impl Metrics {
             "upstream_burst_limit",
             "Size of Atlassian's per-second burst bucket of a route and method (X-RateLimit-Limit)",
             self.burst_limit.clone(),
+        );
+        r.register(
+            "upstream_burst_refill_rate",
+            "Tokens a second Atlassian's burst bucket of a route and method refills by: stated (X-RateLimit-FillRate), learned from its answers, or assumed until then",
+            self.burst_refill.clone(),
         );
         r.register(
             "cache_entries",
@@ -378,6 +385,9 @@ impl Metrics {
             self.burst_limit
                 .get_or_create(&labels)
                 .set(i64::try_from(bucket.limit).unwrap_or(i64::MAX));
+            self.burst_refill
+                .get_or_create(&labels)
+                .set(bucket.refill.per_second());
         }
         let mut text = String::new();
         let encoded = if openmetrics {

@@ -720,8 +720,8 @@ async fn replicas_pace_a_burst_bucket_together() {
     let options = FakeOptions {
         quota: None,
         bursts: Some(FakeBursts {
-            limit: 5,
-            per: Duration::from_secs(1),
+            state_refill: true,
+            ..FakeBursts::new(5, 5)
         }),
         ..FakeOptions::default()
     };
@@ -756,4 +756,35 @@ async fn replicas_pace_a_burst_bucket_together() {
         started.elapsed()
     );
     assert_eq!(p.fake.limit_refusals(), 0, "no upstream 429");
+}
+
+/// Two replicas learn an unstated refill from every replica's calls (their answers counted in
+/// Redis): at three times the rate of buckets whose size and rate differ, upstream refuses
+/// nothing after the first second.
+#[tokio::test]
+async fn replicas_learn_a_bucket_s_refill_together_and_collect_no_upstream_429() {
+    for (size, rate, seconds) in [(10, 2, 8), (350, 100, 4)] {
+        let options = FakeOptions {
+            quota: None,
+            bursts: Some(FakeBursts::new(size, rate)),
+            ..FakeOptions::default()
+        };
+        let p = Pair::start_with_redis(Redis::start(), options, |_, _| {}).await;
+        let answered =
+            crate::three_limits::drive(&[&p.ca, &p.cb], 3.0 * f64::from(rate), seconds).await;
+        let mut learned = Vec::new();
+        for admin in [p.a.admin_addr, p.b.admin_addr] {
+            let admin = TestClient::new(format!("http://{admin}"));
+            let text = String::from_utf8(admin.get("/metrics", None).await.body.to_vec()).unwrap();
+            let series = r#"wikigate_upstream_burst_refill_rate{route="current",method="GET"} "#;
+            learned.push(
+                text.lines()
+                    .find_map(|l| l.strip_prefix(series)?.parse::<f64>().ok()),
+            );
+        }
+        let case = format!("{size} tokens, {rate}/s: {answered} answered, learned {learned:?}");
+        assert_eq!(p.fake.limit_refusals(), 0, "{case}");
+        let allowed = f64::from(size) + f64::from(rate) * seconds as f64;
+        assert!(answered as f64 >= 0.6 * allowed, "{case}");
+    }
 }

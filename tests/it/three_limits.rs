@@ -12,13 +12,14 @@ use wikigate::routes::Operation;
 
 use crate::support::{API, Answer, Harness, TestClient, alice, basic, put_property};
 
-/// An API-token site (no points headers) whose burst buckets hold `limit` a second.
+/// An API-token site (no points headers) whose burst buckets hold `limit` and refill `limit`
+/// a second, stating their refill (`X-RateLimit-FillRate`).
 fn api_token_site(limit: u32) -> FakeOptions {
     FakeOptions {
         quota: None,
         bursts: Some(FakeBursts {
-            limit,
-            per: Duration::from_secs(1),
+            state_refill: true,
+            ..FakeBursts::new(limit, limit)
         }),
         ..FakeOptions::default()
     }
@@ -105,6 +106,62 @@ async fn a_dry_burst_bucket_paces_its_endpoint_only_and_never_reads_as_the_quota
         r#"wikigate_upstream_burst_wait_seconds_count{route="current",method="GET"}"#,
     );
     assert_eq!(waited, Some(12.0));
+}
+
+/// Distinct reads of `GET /user/current` through `clients` in turn at `per_second` for
+/// `seconds`, each sent at its instant whatever the others are doing; how many were answered
+/// 200.
+pub(crate) async fn drive(clients: &[&TestClient], per_second: f64, seconds: u64) -> usize {
+    let start = tokio::time::Instant::now();
+    let calls = (per_second * seconds as f64) as usize;
+    let tasks: Vec<_> = (0..calls)
+        .map(|n| {
+            let client = clients[n % clients.len()].clone();
+            let at = start + Duration::from_secs_f64(n as f64 / per_second);
+            tokio::spawn(async move {
+                tokio::time::sleep_until(at).await;
+                let path = format!("{API}/current?drive={n}");
+                client.get(&path, Some(&basic(alice()))).await.status
+            })
+        })
+        .collect();
+    let mut answered = 0;
+    for task in tasks {
+        if task.await.unwrap() == StatusCode::OK {
+            answered += 1;
+        }
+    }
+    answered
+}
+
+/// A bucket's size is not its rate, and the Cloud edge does not state the rate: at three
+/// times the rate of buckets whose size and rate differ, upstream refuses nothing, and the
+/// rate wikigate learned (on `/metrics`) is at most the bucket's.
+#[tokio::test(start_paused = true)]
+async fn an_unstated_refill_is_learned_and_three_times_its_rate_collects_no_upstream_429() {
+    for (size, rate, seconds) in [(10, 2, 20), (350, 100, 6)] {
+        let site = FakeOptions {
+            quota: None,
+            bursts: Some(FakeBursts::new(size, rate)),
+            ..FakeOptions::default()
+        };
+        let h = Harness::start_on(site, |_| {}).await;
+        let answered = drive(&[&h.client], 3.0 * f64::from(rate), seconds).await;
+        let case = format!("{size} tokens, {rate}/s: {answered} answered");
+        assert_eq!(h.fake.limit_refusals(), 0, "{case}");
+        let allowed = f64::from(size) + f64::from(rate) * seconds as f64;
+        assert!(answered as f64 >= 0.75 * allowed, "{case}");
+        let text = metrics(&h).await;
+        let learned = metric(
+            &text,
+            r#"wikigate_upstream_burst_refill_rate{route="current",method="GET"}"#,
+        )
+        .unwrap();
+        assert!(
+            learned <= f64::from(rate) && learned >= 0.8 * f64::from(rate),
+            "{case}: learned {learned}"
+        );
+    }
 }
 
 #[tokio::test(start_paused = true)]
