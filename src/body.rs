@@ -3,9 +3,12 @@
 //! A closed enum instead of a boxed trait object, so that answering from memory costs no
 //! allocation beyond the `Bytes` handle itself.
 //!
-//! Invariant: a streamed upstream body never outlives the request's deadline; when the deadline
+//! Invariants: a streamed upstream body never outlives the request's deadline; when the deadline
 //! passes mid-body the stream ends with an error, which makes hyper abort the response (the
-//! client sees a truncated message, never a silently shortened "complete" one).
+//! client sees a truncated message, never a silently shortened "complete" one). An upstream
+//! body ([`Held`]) keeps what its exchange holds (its place upstream) until the body has ended,
+//! broken off or been dropped — never only until its head arrived, as Envoy counts a request
+//! active until its stream ends.
 
 use std::future::Future as _;
 use std::pin::Pin;
@@ -37,12 +40,12 @@ impl Body {
     }
 
     /// Streams `inner` until `deadline`.
-    pub fn upstream(inner: Incoming, deadline: Instant) -> Self {
+    pub(crate) fn upstream(inner: Held, deadline: Instant) -> Self {
         Body::upstream_after(Bytes::new(), inner, deadline)
     }
 
     /// Sends `prefix` (already read from `inner`), then streams the rest of `inner`.
-    pub fn upstream_after(prefix: Bytes, inner: Incoming, deadline: Instant) -> Self {
+    pub(crate) fn upstream_after(prefix: Bytes, inner: Held, deadline: Instant) -> Self {
         Body::Upstream(UpstreamBody {
             prefix: (!prefix.is_empty()).then_some(prefix),
             inner,
@@ -54,8 +57,57 @@ impl Body {
 #[derive(Debug)]
 pub struct UpstreamBody {
     prefix: Option<Bytes>,
-    inner: Incoming,
+    inner: Held,
     deadline: Pin<Box<Sleep>>,
+}
+
+/// An upstream body, and what its exchange holds until the body ends, breaks off or is
+/// dropped (the request's place upstream).
+pub(crate) struct Held {
+    inner: Incoming,
+    until_end: Option<Box<dyn Send + Sync>>,
+}
+
+impl std::fmt::Debug for Held {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Held")
+            .field("holding", &self.until_end.is_some())
+            .finish()
+    }
+}
+
+impl Held {
+    pub(crate) fn new(inner: Incoming, until_end: impl Send + Sync + 'static) -> Held {
+        Held {
+            inner,
+            until_end: Some(Box::new(until_end)),
+        }
+    }
+}
+
+impl hyper::body::Body for Held {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        let frame = Pin::new(&mut this.inner).poll_frame(cx);
+        if let Poll::Ready(None | Some(Err(_))) = frame {
+            this.until_end = None;
+        }
+        frame
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// The upstream body did not finish before the request's deadline.

@@ -19,10 +19,9 @@ use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, Version, request, response};
 use http_body_util::Full;
-use hyper::body::Incoming;
 use tokio::time::Instant;
 
-use crate::body::Body;
+use crate::body::{Body, Held};
 use crate::server::ConnInfo;
 
 /// The header Confluence checks for XSRF.
@@ -162,10 +161,7 @@ pub(crate) fn upstream_request(
 
 /// Turns the upstream response into the client's: hop-by-hop headers removed, `Via` added,
 /// the body streamed until `deadline`.
-pub(crate) fn downstream_response(
-    response: Response<Incoming>,
-    deadline: Instant,
-) -> Response<Body> {
+pub(crate) fn downstream_response(response: Response<Held>, deadline: Instant) -> Response<Body> {
     let (mut parts, body) = response.into_parts();
     clean_response_head(&mut parts);
     Response::from_parts(parts, Body::upstream(body, deadline))

@@ -11,10 +11,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::Full;
-use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use crate::access_log::UpstreamSeen;
+use crate::body::Held;
 use crate::burst::BucketId;
 use crate::caller::Caller;
 use crate::cookies::IgnoredCookies;
@@ -80,14 +80,15 @@ impl Admission {
     /// back without the `Set-Cookie`s of ignored cookies. `idempotent` requests are retried on
     /// connect errors only — the request never reached upstream — with jittered backoff, within
     /// the deadline. Whatever refuses or fails the call gives back what the pass held (the
-    /// hold's probe, the bucket's claim) and the place.
+    /// hold's probe, the bucket's claim) and the place; an answer keeps the place until its
+    /// body has been read or dropped.
     pub(super) async fn send(
         &self,
         upstream: &Upstream,
         request: Request<Full<Bytes>>,
         deadline: Instant,
         idempotent: bool,
-    ) -> Result<Response<Incoming>, GatewayError> {
+    ) -> Result<Response<Held>, GatewayError> {
         let bucket = BucketId::of(self.route, &self.method);
         let pass = self
             .limits
@@ -130,7 +131,7 @@ impl Admission {
                     if pass.answered(response.status(), &hints).await {
                         self.metrics.hold_started();
                     }
-                    return Ok(response);
+                    return Ok(response.map(|body| Held::new(body, place)));
                 }
                 Err(GatewayError::UpstreamConnect(_)) if retry_left => {
                     let pause = Duration::from_millis(25 << attempt).mul_f64(1.0 + limit::jitter());

@@ -9,11 +9,10 @@ use bytes::{Bytes, BytesMut};
 use futures_util::future::BoxFuture;
 use http::{Request, Response, header};
 use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use super::admission::{Admission, copy_request};
-use crate::body::Body;
+use crate::body::{Body, Held};
 use crate::cache::{self, Buffered, Fetched};
 use crate::coding::{self, Accepts, Coding};
 use crate::error::GatewayError;
@@ -84,7 +83,7 @@ impl ReadOrigin {
 /// Upstream's answer to a trip: read whole and decoded, or streamed through (see
 /// [`ReadOrigin`]'s `fetch`).
 async fn read_answer(
-    response: Response<Incoming>,
+    response: Response<Held>,
     deadline: Instant,
     limit: usize,
     accepts: Accepts,
@@ -149,7 +148,7 @@ enum Bounded {
 
 /// Reads `body` whole if it ends within `limit` bytes, by `deadline`.
 async fn read_bounded(
-    mut body: Incoming,
+    mut body: Held,
     deadline: Instant,
     limit: usize,
 ) -> Result<Bounded, GatewayError> {

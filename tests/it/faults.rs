@@ -21,6 +21,9 @@ enum Misbehaviour {
     CloseAfterEach,
     /// A valid 5 MB chunked answer.
     Huge,
+    /// A valid answer whose body comes 200 ms after its head; counted in [`DRIBBLING`] from
+    /// the request's head until the body's last byte.
+    Dribble,
     /// `Content-Encoding: gzip` over a gzip stream cut short.
     CorruptGzip,
     /// To requests that accept gzip, 16 KB of gzip that inflate to 16 MB; to the others, a
@@ -29,6 +32,9 @@ enum Misbehaviour {
 }
 
 const ANSWER: &str = r#"{"type":"known","accountId":"x","displayName":"X"}"#;
+
+/// Exchanges [`Misbehaviour::Dribble`] has under way now, and the most it ever had at once.
+static DRIBBLING: (AtomicU64, AtomicU64) = (AtomicU64::new(0), AtomicU64::new(0));
 
 /// Starts the upstream; returns its URL and a count of requests it read.
 async fn upstream(behaviour: Misbehaviour) -> (String, Arc<AtomicU64>) {
@@ -102,6 +108,17 @@ async fn serve(mut stream: TcpStream, behaviour: Misbehaviour, requests: Arc<Ato
                     if stream.write_all(&[byte]).await.is_err() {
                         return;
                     }
+                }
+            }
+            Misbehaviour::Dribble => {
+                let now = DRIBBLING.0.fetch_add(1, Ordering::SeqCst) + 1;
+                DRIBBLING.1.fetch_max(now, Ordering::SeqCst);
+                let _ = stream.write_all(ok(ANSWER.len()).as_bytes()).await;
+                let _ = stream.flush().await;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                DRIBBLING.0.fetch_sub(1, Ordering::SeqCst);
+                if stream.write_all(ANSWER.as_bytes()).await.is_err() {
+                    return;
                 }
             }
             Misbehaviour::CloseAfterEach => {
@@ -306,4 +323,41 @@ async fn a_gzip_bomb_never_inflates_past_max_entry_bytes() {
     assert!(!answer.headers.contains_key("content-encoding"));
     assert_eq!(answer.json()["accountId"], "x");
     assert_eq!(requests.load(Ordering::SeqCst), 4);
+}
+
+/// `upstream.max_in_flight` counts an exchange until its body has arrived (read whole for the
+/// cache, or streamed through to the client), not until its head: with slow bodies upstream
+/// never has more requests at once than the cap allows.
+#[tokio::test]
+async fn the_concurrency_cap_holds_a_place_until_the_body_has_arrived() {
+    // Small answers are read whole; with max_entry_bytes under the answer's size they are
+    // streamed through to the client, who holds the place until it has read the body.
+    for max_entry_bytes in [64 * 1024, 16] {
+        let (_gateway, client, requests) = gateway_for(Misbehaviour::Dribble, |c| {
+            c.upstream.max_in_flight = 4;
+            c.cache.max_entry_bytes = max_entry_bytes;
+        })
+        .await;
+        DRIBBLING.1.store(0, Ordering::SeqCst);
+        let tasks: Vec<_> = (0..12)
+            .map(|n| {
+                let client = client.clone();
+                tokio::spawn(async move {
+                    let path = format!("{API}/current?n={n}");
+                    client.get(&path, Some(&basic(alice()))).await
+                })
+            })
+            .collect();
+        for task in tasks {
+            let answer = task.await.unwrap();
+            assert_eq!(answer.status, 200, "{:?}", answer.body);
+            assert_eq!(answer.decoded(), ANSWER.as_bytes());
+        }
+        assert_eq!(requests.load(Ordering::SeqCst), 12);
+        let peak = DRIBBLING.1.load(Ordering::SeqCst);
+        assert!(
+            (1..=4).contains(&peak),
+            "{peak} at once upstream (max_entry_bytes {max_entry_bytes})"
+        );
+    }
 }
