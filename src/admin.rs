@@ -31,6 +31,7 @@ use tokio::sync::watch;
 
 use crate::body::Body;
 use crate::cache::Purge;
+use crate::cluster::Health;
 use crate::config::Secret;
 use crate::error::error_response;
 use crate::metrics::Snapshot;
@@ -215,16 +216,21 @@ impl Admin {
                 "not ready: the last {streak} requests failed inside wikigate, none reached upstream since (see the log)\n"
             ));
         }
-        match &self.parts.cluster {
+        match self
+            .parts
+            .cluster
+            .as_ref()
+            .map(|c| (c.health(), c.replicas()))
+        {
             None => text(StatusCode::OK, "ready\n"),
-            Some(cluster) if cluster.is_up() => text(StatusCode::OK, "ready\nredis: up\n"),
+            Some((Health::Up, _)) => text(StatusCode::OK, "ready\nredis: up\n"),
             // Still ready: the replica serves from L1 and upstream meanwhile.
-            Some(cluster) => body(
+            Some((Health::Down { reason, for_ }, replicas)) => body(
                 StatusCode::OK,
                 "text/plain; charset=utf-8",
                 format!(
-                    "ready\nredis: down (serving from L1 and upstream; limits local, 1/{} each)\n",
-                    cluster.replicas()
+                    "ready\nredis: down for {}s: {reason} (serving from L1 and upstream; limits local, 1/{replicas} each)\n",
+                    for_.as_secs()
                 ),
             ),
         }
@@ -240,7 +246,7 @@ impl Admin {
             cache_max_bytes,
             holds,
             longest_hold,
-            redis_up: self.parts.cluster.as_ref().map(|c| c.is_up()),
+            redis: self.parts.cluster.as_ref().map(|c| c.health()),
             bursts: self.parts.limits.bursts(),
             upstream_in_flight,
             upstream_queued,

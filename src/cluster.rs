@@ -54,6 +54,7 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
+use tokio::time::Instant;
 
 use redis::AsyncCommands as _;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -162,6 +163,55 @@ pub trait Listener: Send + Sync + 'static {
     fn adopt(&self, generations: &[(String, u64)]);
 }
 
+/// How often, at most, a Redis that stays unreachable is logged again.
+const TROUBLE_LOG_EVERY: Duration = Duration::from_secs(60);
+
+/// Why Redis is not answering, since when, and when that was last logged (`None`: not yet,
+/// as before the first attempt).
+struct Trouble {
+    reason: String,
+    since: Instant,
+    logged: Option<Instant>,
+}
+
+/// What a replica knows of Redis, for `/readyz` and the status page.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Health {
+    Up,
+    /// Not answering: the last failure's reason (refused, AUTH, TLS, timeout, …), and for how
+    /// long.
+    Down {
+        reason: String,
+        for_: Duration,
+    },
+}
+
+/// A Redis failure in a few words an operator can act on, with what Redis or the system said
+/// (never a credential: errors do not carry the password).
+fn describe(error: &redis::RedisError) -> String {
+    let text = error.to_string();
+    let lower = text.to_ascii_lowercase();
+    let kind = if error.kind() == redis::ErrorKind::AuthenticationFailed
+        || lower.contains("noauth")
+        || lower.contains("wrongpass")
+        || lower.contains("invalid password")
+    {
+        "AUTH refused"
+    } else if error.is_connection_refusal() {
+        "connection refused"
+    } else if error.is_timeout() {
+        "timed out"
+    } else if lower.contains("tls") || lower.contains("certificate") || lower.contains("handshake")
+    {
+        "TLS failed"
+    } else if lower.contains("lookup") || lower.contains("resolve") || lower.contains("dns") {
+        "host not found"
+    } else {
+        "failed"
+    };
+    format!("{kind}: {text}")
+}
+
 pub struct Cluster {
     client: redis::Client,
     conn: ConnectionManager,
@@ -177,6 +227,8 @@ pub struct Cluster {
     was_up: AtomicBool,
     /// A write's invalidation did not reach Redis since the last sync.
     missed_write: AtomicBool,
+    /// Why Redis is not answering, while it is not (`None` while it is up).
+    trouble: parking_lot::Mutex<Option<Trouble>>,
     gcra: redis::Script,
     bucket: redis::Script,
     learn: redis::Script,
@@ -239,6 +291,11 @@ impl Cluster {
             applied: AtomicU64::new(0),
             was_up: AtomicBool::new(false),
             missed_write: AtomicBool::new(false),
+            trouble: parking_lot::Mutex::new(Some(Trouble {
+                reason: "not reached yet".to_owned(),
+                since: Instant::now(),
+                logged: None,
+            })),
             gcra: redis::Script::new(GCRA),
             bucket: redis::Script::new(BUCKET),
             learn: redis::Script::new(LEARN),
@@ -282,22 +339,59 @@ impl Cluster {
         match tokio::time::timeout(self.op_timeout, operation(self.conn.clone())).await {
             Ok(Ok(value)) => Some(value),
             Ok(Err(error)) => {
-                self.mark_down(&error.to_string());
+                self.mark_down(describe(&error));
                 None
             }
             Err(_) => {
-                self.mark_down("operation timed out");
+                self.mark_down(self.timed_out());
                 None
             }
         }
     }
 
-    fn mark_down(&self, why: &str) {
-        if self.up.swap(false, Ordering::AcqRel) {
-            tracing::warn!(
-                why,
+    fn timed_out(&self) -> String {
+        format!(
+            "timed out: no answer within cluster.op_timeout ({:?})",
+            self.op_timeout
+        )
+    }
+
+    /// Redis failed: the cluster is down. The first failure of an outage (or of the first
+    /// attempt) is logged with its reason; while it lasts, at most once a
+    /// [`TROUBLE_LOG_EVERY`].
+    fn mark_down(&self, reason: String) {
+        self.up.store(false, Ordering::Release);
+        let now = Instant::now();
+        let mut trouble = self.trouble.lock();
+        let trouble = trouble.get_or_insert_with(|| Trouble {
+            reason: String::new(),
+            since: now,
+            logged: None,
+        });
+        trouble.reason = reason;
+        match trouble.logged {
+            None => tracing::warn!(
+                reason = %trouble.reason,
                 "redis unreachable: serving from L1 and upstream, limits local"
-            );
+            ),
+            Some(at) if now.duration_since(at) >= TROUBLE_LOG_EVERY => tracing::warn!(
+                reason = %trouble.reason,
+                down_for_s = now.duration_since(trouble.since).as_secs(),
+                "redis still unreachable: serving from L1 and upstream, limits local"
+            ),
+            Some(_) => return,
+        }
+        trouble.logged = Some(now);
+    }
+
+    /// What this replica knows of Redis now.
+    pub fn health(&self) -> Health {
+        match (self.is_up(), &*self.trouble.lock()) {
+            (true, _) | (false, None) => Health::Up,
+            (false, Some(trouble)) => Health::Down {
+                reason: trouble.reason.clone(),
+                for_: trouble.since.elapsed(),
+            },
         }
     }
 
@@ -377,11 +471,7 @@ impl Cluster {
 
     /// Waits until every live replica has applied purge `number` (a replica that stopped
     /// announcing itself leaves the live set within 2 s), at most until `deadline`.
-    pub async fn confirm(
-        &self,
-        number: u64,
-        deadline: tokio::time::Instant,
-    ) -> Option<Confirmation> {
+    pub async fn confirm(&self, number: u64, deadline: Instant) -> Option<Confirmation> {
         let keys = [self.key("replicas", "all"), self.key("applied", "all")];
         let keys = &keys;
         loop {
@@ -396,7 +486,7 @@ impl Cluster {
                 })
                 .await?;
             let confirmation = Confirmation { replicas, applied };
-            if applied >= replicas || tokio::time::Instant::now() >= deadline {
+            if applied >= replicas || Instant::now() >= deadline {
                 return Some(confirmation);
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -567,16 +657,32 @@ impl Cluster {
             self.op_timeout,
             ping_command.query_async::<String>(&mut conn),
         );
-        if !matches!(ping.await, Ok(Ok(_))) {
-            return false;
+        match ping.await {
+            Ok(Ok(_)) => {}
+            Ok(Err(error)) => {
+                self.mark_down(describe(&error));
+                return false;
+            }
+            Err(_) => {
+                self.mark_down(self.timed_out());
+                return false;
+            }
         }
         let pubsub = tokio::time::timeout(self.op_timeout * 5, async {
             let mut pubsub = self.client.get_async_pubsub().await?;
             pubsub.subscribe(self.key("inv", "all")).await?;
             redis::RedisResult::Ok(pubsub)
         });
-        let Ok(Ok(pubsub)) = pubsub.await else {
-            return false;
+        let pubsub = match pubsub.await {
+            Ok(Ok(pubsub)) => pubsub,
+            Ok(Err(error)) => {
+                self.mark_down(format!("subscribing: {}", describe(&error)));
+                return false;
+            }
+            Err(_) => {
+                self.mark_down(format!("subscribing: {}", self.timed_out()));
+                return false;
+            }
         };
         // Purges missed while cut off are adopted before serving from L1 again; after an
         // outage (or a write Redis never counted, or a Redis that is not the one it was), the
@@ -594,6 +700,7 @@ impl Cluster {
         listener.adopt(&generations);
         self.applied.fetch_max(purges, Ordering::AcqRel);
         self.was_up.store(true, Ordering::Release);
+        *self.trouble.lock() = None;
         self.up.store(true, Ordering::Release);
         self.announce().await;
         let this = self.clone();
@@ -614,7 +721,7 @@ impl Cluster {
                     this.applied(purged.number).await;
                 }
             }
-            this.mark_down("subscription lost");
+            this.mark_down("subscription lost".to_owned());
         });
         true
     }

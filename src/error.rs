@@ -41,6 +41,12 @@ pub enum ErrorSource {
 
 impl ErrorSource {
     /// The label of the `source` in metrics.
+    pub(crate) const ALL: [ErrorSource; 3] = [
+        ErrorSource::Downstream,
+        ErrorSource::Upstream,
+        ErrorSource::Internal,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             ErrorSource::Downstream => "downstream",

@@ -16,11 +16,11 @@ use crate::cluster::{Cluster, ClusterSetupError};
 use crate::config::Config;
 use crate::cookies::IgnoredCookies;
 use crate::csrf::CsrfGuard;
-use crate::limit::{Limits, Policy};
+use crate::limit::{LimitKind, Limits, Policy};
 use crate::links::Links;
 use crate::metrics::Metrics;
 use crate::quota::Quota;
-use crate::upstream::Gate;
+use crate::upstream::{self, Gate};
 
 /// Why the parts could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +62,14 @@ impl Parts {
             config.quota.reserve,
         ));
         let metrics = Arc::new(Metrics::new(quota.clone()));
+        let limits: Vec<&'static str> = LimitKind::ALL
+            .iter()
+            .map(|kind| kind.as_str())
+            .chain([upstream::CONCURRENCY_LIMIT])
+            .collect();
+        let callers = config.callers.clients.iter().map(|c| c.name.as_str());
+        let classes = config.limits.classes.keys().map(String::as_str);
+        metrics.expect_refusals(callers.chain(classes).chain(["unknown"]), &limits);
         let secret = cache::partition_secret(&config.cache);
         let cluster = match config.cluster.redis_url {
             Some(_) => Some(Cluster::new(&config.cluster)?),

@@ -7,6 +7,7 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
+use crate::cluster::Health;
 use crate::metrics::{Snapshot, Status};
 
 /// The page for `status`, `uptime` after start.
@@ -54,8 +55,28 @@ td:first-child,th:first-child{{text-align:left}} .bar{{background:#e5e5e5;width:
     memory_bar(&mut html, snapshot);
     limited_table(&mut html, status);
     bursts(&mut html, snapshot);
+    redis(&mut html, snapshot);
     holds(&mut html, snapshot);
     html
+}
+
+/// Whether the replicas share state through Redis, and why not when they cannot.
+fn redis(html: &mut String, snapshot: &Snapshot) {
+    let line = match &snapshot.redis {
+        None => {
+            "<div id=\"redis\" class=\"muted\">single replica: no Redis configured</div>".to_owned()
+        }
+        Some(Health::Up) => {
+            "<div id=\"redis\">Redis up: cache generations, purges and limits shared</div>"
+                .to_owned()
+        }
+        Some(Health::Down { reason, for_ }) => format!(
+            "<div id=\"redis\" class=\"held\">Redis down for {}: {} — serving from L1 and upstream, limits local</div>",
+            human(*for_),
+            escape(reason)
+        ),
+    };
+    let _ = write!(html, "<h2>Cluster</h2>\n{line}\n");
 }
 
 /// The site's points quota as it stands, and who spent and saved points this hour.

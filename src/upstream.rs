@@ -66,6 +66,9 @@ impl Drop for Queued<'_> {
     }
 }
 
+/// The name of the gate's refusals (`X-Wikigate-Limit`, the `limit` label).
+pub(crate) const CONCURRENCY_LIMIT: &str = "upstream-concurrency";
+
 /// How long a request refused by the gate is told to wait.
 const GATE_RETRY: Duration = Duration::from_secs(1);
 
@@ -101,7 +104,7 @@ impl Gate {
 
     fn refuse(&self) -> GatewayError {
         GatewayError::Overloaded(Refusal {
-            limit: "upstream-concurrency",
+            limit: CONCURRENCY_LIMIT,
             description: "wikigate's cap on requests upstream at once (upstream.max_in_flight)",
             retry_after: GATE_RETRY,
             headers: Vec::new(),

@@ -78,6 +78,19 @@ pub enum LimitKind {
 }
 
 impl LimitKind {
+    pub(crate) const ALL: [LimitKind; 10] = [
+        LimitKind::Requests,
+        LimitKind::Upstream,
+        LimitKind::UpstreamGlobal,
+        LimitKind::UpstreamHold,
+        LimitKind::UpstreamMethod,
+        LimitKind::Points,
+        LimitKind::QuotaReserve,
+        LimitKind::SiteQuota,
+        LimitKind::UpstreamBurst,
+        LimitKind::UpstreamWrite,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             LimitKind::Requests => "requests",

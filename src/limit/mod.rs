@@ -69,8 +69,8 @@ use crate::config::{ClientConfig, Config, LimitsConfig, PointsBudget, QuotaConfi
 use crate::error::GatewayError;
 use crate::hints::Hints;
 use crate::quota::{self, Quota};
-pub(crate) use gcra::Allowance;
-use gcra::{Direct, Keyed, Limit, LimitKind, TokioClock, ceil_secs, direct, keyed};
+pub(crate) use gcra::{Allowance, LimitKind};
+use gcra::{Direct, Keyed, Limit, TokioClock, ceil_secs, direct, keyed};
 use holds::Hold;
 pub(crate) use holds::{HoldKey, WriteKey, jitter, write_key};
 

@@ -144,9 +144,18 @@ impl Metrics {
             upstream_queued: Gauge::default(),
             failing_inside: AtomicU64::new(0),
         };
-        // Dashboards and alerts see 0 rather than no data before the first eviction.
+        // Dashboards and alerts see 0 rather than no data before the first event, for every
+        // label value known now (Prometheus' instrumentation advice).
         for cause in ["expired", "explicit", "replaced", "size"] {
             drop(metrics.evictions.get_or_create(&CauseLabels { cause }));
+        }
+        for route in Route::ALL.iter().map(|r| r.name()).chain([UNMATCHED]) {
+            for source in ErrorSource::ALL {
+                drop(metrics.errors.get_or_create(&ErrorLabels {
+                    route,
+                    source: source.as_str(),
+                }));
+            }
         }
         metrics.register();
         metrics
@@ -333,6 +342,21 @@ impl Metrics {
         (streak >= NOT_READY_AFTER).then_some(streak)
     }
 
+    /// Counts refusals from 0 for every caller label and limit known from the configuration,
+    /// so that `rate_limited_total` has its series before the first refusal.
+    pub fn expect_refusals<'a>(
+        &self,
+        callers: impl IntoIterator<Item = &'a str>,
+        limits: &[&'static str],
+    ) {
+        let mut refused = self.refused.0.lock();
+        for caller in callers {
+            for limit in limits {
+                refused.entry((caller.to_owned(), *limit)).or_default();
+            }
+        }
+    }
+
     pub fn rate_limited(&self, caller: &str, limit: &'static str) {
         *self
             .refused
@@ -372,7 +396,11 @@ impl Metrics {
         self.cache_max_bytes.set(snapshot.cache_max_bytes as i64);
         self.holds_active.set(snapshot.holds as i64);
         self.hold_remaining.set(snapshot.longest_hold.as_secs_f64());
-        self.redis_up.set(snapshot.redis_up.map_or(-1, i64::from));
+        let redis_up = snapshot
+            .redis
+            .as_ref()
+            .map(|health| *health == crate::cluster::Health::Up);
+        self.redis_up.set(redis_up.map_or(-1, i64::from));
         self.upstream_in_flight
             .set(i64::try_from(snapshot.upstream_in_flight).unwrap_or(i64::MAX));
         self.upstream_queued

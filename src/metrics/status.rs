@@ -128,8 +128,8 @@ pub struct Snapshot {
     pub cache_max_bytes: u64,
     pub holds: usize,
     pub longest_hold: Duration,
-    /// In multi-replica mode, whether Redis is reachable.
-    pub redis_up: Option<bool>,
+    /// In multi-replica mode, whether Redis is reachable, and why not.
+    pub redis: Option<crate::cluster::Health>,
     /// Atlassian's burst buckets as they stand.
     pub bursts: Vec<burst::Standing>,
     /// Requests upstream, and waiting for a place upstream.

@@ -788,3 +788,92 @@ async fn replicas_learn_a_bucket_s_refill_together_and_collect_no_upstream_429()
         assert!(answered as f64 >= 0.6 * allowed, "{case}");
     }
 }
+
+/// A Redis that is never reached says so, with its reason: in `/readyz`'s body (still 200: the
+/// replica serves from L1 and upstream), on the status page and as `cluster_redis_up 0`.
+#[tokio::test]
+async fn a_redis_never_reached_says_why_in_readyz_and_on_the_status_page() {
+    let fake = FakeConfluence::start().await.unwrap();
+    let guarded = Redis::start_with_password("the-right-one");
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let closed_url = format!("redis://127.0.0.1:{}", closed.local_addr().unwrap().port());
+    drop(closed);
+    let wrong_password = format!("redis://:not-the-password@127.0.0.1:{}", guarded.port);
+    for (url, reason) in [
+        (closed_url, "connection refused"),
+        (wrong_password, "AUTH refused"),
+    ] {
+        let mut config = config_for(&fake.url());
+        config.cache.key_secret = Some(Secret::new("replicas-share-this-secret"));
+        config.cluster.redis_url = Some(url.clone());
+        config.cluster.op_timeout = Duration::from_millis(250);
+        let gateway = wikigate::start(&config.validate().unwrap()).await.unwrap();
+        let admin = TestClient::new(format!("http://{}", gateway.admin_addr));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let readyz = loop {
+            let answer = admin.get("/readyz", None).await;
+            assert_eq!(answer.status, 200, "still ready");
+            let text = String::from_utf8_lossy(&answer.body).into_owned();
+            if text.contains(reason) {
+                break text;
+            }
+            assert!(Instant::now() < deadline, "{url}: {text}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert!(readyz.contains("redis: down for"), "{url}: {readyz}");
+        assert!(!readyz.contains("not-the-password"), "{readyz}");
+        let page = String::from_utf8_lossy(&admin.get("/", None).await.body).into_owned();
+        assert!(
+            page.contains("Redis down for") && page.contains(reason),
+            "{url}: {page}"
+        );
+        let metrics = String::from_utf8_lossy(&admin.get("/metrics", None).await.body).into_owned();
+        assert!(metrics.contains("wikigate_cluster_redis_up 0"), "{metrics}");
+        gateway.shutdown();
+        gateway.wait().await;
+    }
+}
+
+/// `serve` logs the first failed connection with its reason, then nothing more for a minute
+/// while the outage lasts (the health check tries every 500 ms).
+#[tokio::test]
+async fn serve_logs_a_redis_that_is_never_reached_once_with_its_reason() {
+    let fake = FakeConfluence::start().await.unwrap();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let admin = crate::support::free_addr();
+    let dir = std::env::temp_dir().join(format!("wikigate-redis-log-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("cluster.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"{admin}\"\n[upstream]\nurl = \"{}\"\n\
+             [cache]\nkey_secret = \"replicas-share-this-secret\"\n\
+             [cluster]\nredis_url = \"redis://127.0.0.1:{port}\"\nop_timeout = \"250ms\"\n",
+            fake.url()
+        ),
+    )
+    .unwrap();
+    let gateway = crate::support::Process::start(
+        &["serve", "--config", &file.to_string_lossy()],
+        &[("WIKIGATE_LOG_FORMAT", "json")],
+    );
+    let admin = TestClient::new(format!("http://{admin}"));
+    eventually(Duration::from_secs(10), "ready", || {
+        crate::support::ready(&admin)
+    })
+    .await;
+    // Five health checks' worth of failures.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    gateway.signal("TERM");
+    let (_, logs) = gateway.exit().await;
+    let unreachable: Vec<&str> = logs
+        .lines()
+        .filter(|line| line.contains("redis unreachable") || line.contains("still unreachable"))
+        .collect();
+    assert_eq!(unreachable.len(), 1, "{logs}");
+    assert!(unreachable[0].contains("connection refused"), "{logs}");
+    assert!(unreachable[0].contains("WARN"), "{logs}");
+}

@@ -635,3 +635,148 @@ async fn the_readme_metrics_table_matches_the_exposition() {
         wrong.join("\n")
     );
 }
+
+/// A real Prometheus scraping `targets` (job name, admin address) every second, stopped when
+/// dropped.
+struct Prometheus {
+    child: std::process::Child,
+    client: TestClient,
+    _dir: std::path::PathBuf,
+}
+
+impl Prometheus {
+    fn start(targets: &[(&str, std::net::SocketAddr)]) -> Prometheus {
+        let dir = std::env::temp_dir().join(format!(
+            "wikigate-prometheus-{}-{}",
+            std::process::id(),
+            targets[0].1.port()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut config = "global:\n  scrape_interval: 1s\nscrape_configs:\n".to_owned();
+        for (job, addr) in targets {
+            config.push_str(&format!(
+                "  - job_name: {job}\n    static_configs:\n      - targets: ['{addr}']\n"
+            ));
+        }
+        std::fs::write(dir.join("prometheus.yml"), config).unwrap();
+        let listen = free_addr();
+        let child = Command::new("prometheus")
+            .arg(format!(
+                "--config.file={}",
+                dir.join("prometheus.yml").display()
+            ))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
+            .arg(format!("--web.listen-address={listen}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("prometheus is installed (scripts/test installs Debian's prometheus)");
+        Prometheus {
+            child,
+            client: TestClient::new(format!("http://{listen}")),
+            _dir: dir,
+        }
+    }
+
+    /// The values of an instant query (`None`: Prometheus refused it, with its reason).
+    async fn query(&self, expr: &str) -> Result<Vec<f64>, String> {
+        let encoded =
+            percent_encoding::utf8_percent_encode(expr, percent_encoding::NON_ALPHANUMERIC);
+        let answer = self
+            .client
+            .request(Method::GET, &format!("/api/v1/query?query={encoded}"))
+            .try_send()
+            .await
+            .ok_or("Prometheus did not answer")?;
+        let body: serde_json::Value =
+            serde_json::from_slice(&answer.body).map_err(|e| e.to_string())?;
+        if body["status"] != "success" {
+            return Err(body.to_string());
+        }
+        let result = &body["data"]["result"];
+        let values = match body["data"]["resultType"].as_str() {
+            Some("vector") => result
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|sample| sample["value"][1].as_str().unwrap().parse().unwrap())
+                .collect(),
+            Some("scalar") => vec![result[1].as_str().unwrap().parse().unwrap()],
+            other => return Err(format!("result type {other:?}")),
+        };
+        Ok(values)
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self._dir);
+    }
+}
+
+/// Every panel of the dashboard shows a number — 0 when nothing happened — on a gateway that
+/// has served nothing and on one that has served known traffic, as a real Prometheus scraping
+/// both evaluates the panels' queries.
+#[tokio::test]
+async fn every_dashboard_panel_shows_a_number_on_a_quiet_gateway_and_a_busy_one() {
+    let quiet = Harness::start().await;
+    let busy = scripted_traffic().await;
+    // Counters whose label values the configuration knows start at 0, before any event.
+    let admin = TestClient::new(format!("http://{}", quiet.gateway.admin_addr));
+    let exposition = String::from_utf8(admin.get("/metrics", None).await.body.to_vec()).unwrap();
+    for series in [
+        r#"wikigate_errors_total{route="user",source="upstream"} 0"#,
+        r#"wikigate_errors_total{route="unmatched",source="downstream"} 0"#,
+        r#"wikigate_rate_limited_total{caller="default",limit="upstream-burst"} 0"#,
+        r#"wikigate_rate_limited_total{caller="unknown",limit="upstream-concurrency"} 0"#,
+    ] {
+        assert!(exposition.contains(series), "{series} in:\n{exposition}");
+    }
+    let prometheus = Prometheus::start(&[
+        ("quiet", quiet.gateway.admin_addr),
+        ("busy", busy.gateway.admin_addr),
+    ]);
+    // Enough scrapes of both for rate() and increase() to have two samples.
+    eventually(Duration::from_secs(30), "scraped", || async {
+        prometheus
+            .query("count_over_time(up{job=~\"quiet|busy\"}[1m])")
+            .await
+            .is_ok_and(|counts| counts.len() == 2 && counts.iter().all(|n| *n >= 3.0))
+    })
+    .await;
+    let dashboard: serde_json::Value =
+        serde_json::from_str(include_str!("../../dashboards/wikigate.json")).unwrap();
+    let mut blank = Vec::new();
+    for job in ["quiet", "busy"] {
+        for panel in dashboard["panels"].as_array().unwrap() {
+            // A figure that does not exist until upstream states it (a points quota, a burst
+            // bucket) is not 0: such a panel says so in words instead (Grafana's `noValue`).
+            let says_why = panel["fieldConfig"]["defaults"]["noValue"].is_string();
+            for target in panel["targets"].as_array().unwrap() {
+                let expr = target["expr"]
+                    .as_str()
+                    .unwrap()
+                    .replace("$job", job)
+                    .replace("$__rate_interval", "1m");
+                match prometheus.query(&expr).await {
+                    Ok(values) if values.iter().all(|v| v.is_finite()) && !values.is_empty() => {}
+                    Ok(values) if values.is_empty() && says_why => {}
+                    other => blank.push(format!(
+                        "{job}: {:?} {expr}: {other:?}",
+                        panel["title"].as_str().unwrap()
+                    )),
+                }
+            }
+        }
+    }
+    assert!(
+        blank.is_empty(),
+        "panels without a number:\n{}",
+        blank.join("\n")
+    );
+}

@@ -25,7 +25,17 @@ impl Redis {
 
     /// Starts on `port` (again, after [`Redis::stop`]), empty.
     pub fn start_on(port: u16) -> Redis {
-        Redis::launch(port, None)
+        Redis::launch(port, None, &[])
+    }
+
+    /// Starts on a free port, refusing every command until `AUTH password`.
+    #[allow(dead_code, reason = "not every includer needs a password")]
+    pub fn start_with_password(password: &str) -> Redis {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .expect("a free loopback port")
+            .port();
+        Redis::launch(port, None, &["--requirepass", password])
     }
 
     /// Starts on a free port with a snapshot file in `dir`, loaded when it exists: what
@@ -38,10 +48,10 @@ impl Redis {
                 .expect("a free loopback port")
                 .port()
         });
-        Redis::launch(port, Some(dir.to_owned()))
+        Redis::launch(port, Some(dir.to_owned()), &[])
     }
 
-    fn launch(port: u16, dir: Option<std::path::PathBuf>) -> Redis {
+    fn launch(port: u16, dir: Option<std::path::PathBuf>, extra: &[&str]) -> Redis {
         let mut args = vec![
             "--port".to_owned(),
             port.to_string(),
@@ -55,6 +65,7 @@ impl Redis {
         if let Some(dir) = &dir {
             args.extend(["--dir".to_owned(), dir.display().to_string()]);
         }
+        args.extend(extra.iter().map(|arg| (*arg).to_owned()));
         let child = Command::new("redis-server")
             .args(&args)
             .stdout(Stdio::null())
