@@ -159,6 +159,14 @@ pub enum AuthSetupError {
         "the service-account credential must be a whole Authorization value, \"Basic \" + base64 of email:api-token or \"Bearer \" + a token; it starts with neither"
     )]
     NoScheme,
+    #[error(
+        "the service-account credential is \"Basic \" + something that is not base64: it must be \"Basic \" + base64 of email:api-token (e.g. `printf %s me@example.com:TOKEN | base64 -w0`)"
+    )]
+    BasicNotBase64,
+    #[error(
+        "the service-account credential's Basic value decodes to no email:api-token pair (no colon): it must be \"Basic \" + base64 of email:api-token"
+    )]
+    BasicNoColon,
 }
 
 /// Caller identification and the auth mode, built once from the config.
@@ -376,6 +384,17 @@ fn load_credential(config: &Config) -> Result<HeaderValue, AuthSetupError> {
     if !scheme.is_some_and(|s| s.eq_ignore_ascii_case("basic") || s.eq_ignore_ascii_case("bearer"))
     {
         return Err(AuthSetupError::NoScheme);
+    }
+    if let Some((scheme, rest)) = raw.split_once(' ')
+        && scheme.eq_ignore_ascii_case("basic")
+    {
+        use base64::Engine as _;
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(rest.trim())
+            .map_err(|_| AuthSetupError::BasicNotBase64)?;
+        if !decoded.contains(&b':') {
+            return Err(AuthSetupError::BasicNoColon);
+        }
     }
     let mut value = HeaderValue::from_str(raw).map_err(|_| AuthSetupError::NotAHeaderValue)?;
     value.set_sensitive(true);

@@ -148,6 +148,9 @@ pub fn run(cli: Cli) -> ExitCode {
                 Ok(config) => config,
                 Err(e) => return config_error(&e),
             };
+            for warning in config.warnings() {
+                eprintln!("wikigate: warning: {warning}");
+            }
             // What `serve` builds before it listens: certificates, CA bundles, credentials.
             if let Err(e) = runtime().block_on(async { lifecycle::check(&config) }) {
                 eprintln!("wikigate: serve would not start: {e}");
@@ -287,6 +290,9 @@ async fn serve(
     reload: impl Fn() -> Result<Config, crate::config::ConfigError>,
 ) -> ExitCode {
     let signals = Signals::install();
+    for warning in config.warnings() {
+        tracing::warn!("{warning}");
+    }
     let running = match lifecycle::start(&config).await {
         Ok(running) => running,
         Err(e) => {

@@ -173,6 +173,26 @@ impl Config {
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(&self.0).expect("config serializes to TOML")
     }
+
+    /// What is accepted but probably not meant, each naming its key: `check-config` prints
+    /// these to standard error, `serve` logs them at start.
+    pub fn warnings(&self) -> Vec<String> {
+        let url = &self.0.upstream.url;
+        let mut warnings = Vec::new();
+        if url.took_off_wiki() {
+            warnings.push(format!(
+                "upstream.url: the /wiki it ended in was taken off (the site is {url}; wikigate \
+                 forwards /wiki/rest/api/… below it)"
+            ));
+        }
+        if url.in_clear() {
+            warnings.push(format!(
+                "upstream.url: {url} is plain http to a host that is not loopback: callers' \
+                 credentials would cross the network in clear (use https://)"
+            ));
+        }
+        warnings
+    }
 }
 
 impl RawConfig {

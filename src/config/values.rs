@@ -185,12 +185,19 @@ impl<'de> Deserialize<'de> for Secret {
 }
 
 /// A parsed upstream base URL: scheme, authority and an optional path prefix without a
-/// trailing slash. Incoming paths are appended to the prefix unchanged.
+/// trailing slash. Incoming paths (`/wiki/rest/api/user/…`) are appended to the prefix
+/// unchanged, so a prefix that ends in `/wiki` — Confluence's own "base URL", which operators
+/// paste — is taken off (else every call would go to `/wiki/wiki/…`), and [`Config::warnings`]
+/// says so.
+///
+/// [`Config::warnings`]: super::Config::warnings
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpstreamUrl {
     scheme: http::uri::Scheme,
     authority: http::uri::Authority,
     prefix: String,
+    /// The `/wiki` the URL ended in was taken off.
+    took_off_wiki: bool,
 }
 
 impl UpstreamUrl {
@@ -205,6 +212,27 @@ impl UpstreamUrl {
     /// The path prefix, empty or starting with `/` and without a trailing slash.
     pub fn prefix(&self) -> &str {
         &self.prefix
+    }
+
+    /// Whether the URL as written ended in `/wiki`, which was taken off.
+    pub fn took_off_wiki(&self) -> bool {
+        self.took_off_wiki
+    }
+
+    /// Whether callers' credentials would cross a network in clear: `http://` to a host that
+    /// is not this machine's loopback.
+    pub fn in_clear(&self) -> bool {
+        if self.scheme != http::uri::Scheme::HTTP {
+            return false;
+        }
+        let host = self.authority.host();
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let loopback = host.eq_ignore_ascii_case("localhost")
+            || host.to_ascii_lowercase().ends_with(".localhost")
+            || host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback());
+        !loopback
     }
 }
 
@@ -227,10 +255,16 @@ impl std::str::FromStr for UpstreamUrl {
             return Err("must not carry a query".to_owned());
         }
         let path = path_and_query.as_ref().map_or("", |p| p.path());
+        let prefix = path.trim_end_matches('/');
+        let (prefix, took_off_wiki) = match prefix.strip_suffix("/wiki") {
+            Some(site) => (site, true),
+            None => (prefix, false),
+        };
         Ok(UpstreamUrl {
             scheme,
             authority,
-            prefix: path.trim_end_matches('/').to_owned(),
+            prefix: prefix.trim_end_matches('/').to_owned(),
+            took_off_wiki,
         })
     }
 }

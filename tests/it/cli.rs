@@ -226,6 +226,72 @@ fn check_config_points_at_the_problem() {
         )],
     );
     assert_eq!(code, Some(0), "{stderr}");
+    // "Basic " + email:token not encoded, and base64 of something with no colon: both would
+    // be 401 on every upstream call.
+    for (value, says) in [
+        ("Basic me@example.com:api-token-1234", "not base64"),
+        ("Basic bm8tY29sb24taGVyZQ==", "no colon"),
+    ] {
+        let (code, stderr, _) = run(
+            "bad-basic.toml",
+            service_account,
+            &[("WIKIGATE_TEST_CREDENTIAL", value)],
+        );
+        assert_eq!(code, Some(2), "{value}: {stderr}");
+        assert!(
+            stderr.contains(says) && stderr.contains("base64 of email:api-token"),
+            "{value}: {stderr}"
+        );
+        assert!(
+            !stderr.contains("api-token-1234"),
+            "the value was printed: {stderr}"
+        );
+    }
+    // Confluence's own base URL, ending in /wiki: accepted without it, saying so.
+    let run_out = |name: &str, text: &str| {
+        let file = temp_file(name, text);
+        let out = Command::new(BIN)
+            .arg("check-config")
+            .arg(&file)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, stdout, stderr) = run_out(
+        "wiki-suffix.toml",
+        "[upstream]\nurl = \"https://site.atlassian.net/wiki/\"\n",
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stdout.contains("url = \"https://site.atlassian.net\""),
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains("warning: upstream.url") && stderr.contains("/wiki"),
+        "{stderr}"
+    );
+    // Plain http to a host that is not loopback: accepted, with a warning naming the key.
+    let (code, _, stderr) = run_out(
+        "in-clear.toml",
+        "[upstream]\nurl = \"http://confluence.internal.example\"\n",
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stderr.contains("warning: upstream.url") && stderr.contains("in clear"),
+        "{stderr}"
+    );
+    let (_, _, stderr) = run_out(
+        "loopback.toml",
+        "[upstream]\nurl = \"http://127.0.0.1:8081\"\n",
+    );
+    assert!(
+        !stderr.contains("warning"),
+        "loopback is not a network: {stderr}"
+    );
 }
 
 #[tokio::test]

@@ -555,3 +555,18 @@ async fn a_clients_request_id_is_returned_and_sent_upstream() {
     assert_eq!(hit.cache_status(), "wikigate; hit");
     assert_eq!(hit.header("x-request-id"), "checkout-7f3b");
 }
+
+/// `upstream.url` as Confluence states its base URL (ending in `/wiki`) reaches the same API,
+/// not `/wiki/wiki/…`.
+#[tokio::test]
+async fn an_upstream_url_ending_in_wiki_reaches_the_api() {
+    let fake = wikigate::fake::FakeConfluence::start().await.unwrap();
+    let config = crate::support::config_for(&format!("{}/wiki", fake.url()));
+    let gateway = wikigate::start(&config.validate().unwrap()).await.unwrap();
+    let client = TestClient::new(format!("http://{}", gateway.addr));
+    let answer = client
+        .get(&format!("{API}/current"), Some(&basic(alice())))
+        .await;
+    assert_eq!(answer.status, 200, "{:?}", answer.body);
+    assert_eq!(fake.last().unwrap().target, "/wiki/rest/api/user/current");
+}
