@@ -40,3 +40,15 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- define "wikigate.cacheMaxBytes" -}}
 {{- div (mul (include "wikigate.memoryBytes" . | int64) (int .Values.cache.memoryPercent)) 100 -}}
 {{- end -}}
+
+{{/* Releases that would render and then crashloop fail here instead, naming the value. */}}
+{{- define "wikigate.validate" -}}
+{{- if not .Values.secrets.existingSecret -}}
+{{- if and (eq .Values.authMode "service-account") (not .Values.secrets.upstreamCredential) -}}
+{{- fail "secrets.upstreamCredential is required with authMode=service-account: the Authorization value sent upstream (\"Basic \" + base64 of email:api-token), or secrets.existingSecret with a key upstream-credential" -}}
+{{- end -}}
+{{- if and .Values.redis.enabled (not .Values.secrets.cacheKeySecret) -}}
+{{- fail "secrets.cacheKeySecret is required with redis.enabled: replicas sharing a cache need the same key secret (at least 16 characters), or secrets.existingSecret with a key cache-key-secret" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
