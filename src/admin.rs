@@ -13,7 +13,10 @@
 //!   `property:USER:KEY`, `properties:USER`, `route:NAME`, …).
 //! - `GET /admin/cache/stats` — entries, weighted bytes, hits, misses, stale, coalesced, …
 //! - `GET /admin/config` — the effective configuration as TOML (what is in force after the
-//!   reloads since the start), secrets shown as `<redacted>`; `check-config --against` reads it.
+//!   reloads since the start), secrets shown as `<redacted>`; with `?digests`, each secret as a
+//!   BLAKE3 digest keyed with this process's random key (`X-Wikigate-Digest-Key`), and the
+//!   service-account credential's digest in `X-Wikigate-Credential-Digest`: what
+//!   `check-config --against` compares, never a value.
 //!
 //! Invariant: `/admin/*` needs `Authorization: Bearer <admin.token>` (401 otherwise) and does
 //! not exist (404) when no token is configured. The token is kept only as a hash and compared
@@ -32,7 +35,7 @@ use tokio::sync::watch;
 use crate::body::Body;
 use crate::cache::Purge;
 use crate::cluster::Health;
-use crate::config::Secret;
+use crate::config::Config;
 use crate::error::error_response;
 use crate::metrics::Snapshot;
 use crate::parts::Parts;
@@ -51,24 +54,73 @@ pub(crate) struct Admin {
     token: Option<blake3::Hash>,
     /// The effective configuration as TOML (a reload replaces it).
     config: Arc<ArcSwap<String>>,
+    /// The key of the secrets' digests, random for this process, and the digests of the
+    /// secrets in force (they need a restart to change).
+    digest_key: [u8; 32],
+    digests: Vec<(&'static str, String)>,
 }
 
 impl Admin {
-    /// `draining` turns true when shutdown begins.
-    /// `config`: the effective configuration as TOML, which reloads replace.
+    /// `draining` turns true when shutdown begins; `started_with`: the configuration the
+    /// gateway started with (its admin token and secrets); `config`: the effective
+    /// configuration as TOML, which reloads replace.
     pub(crate) fn new(
         draining: watch::Receiver<bool>,
         parts: Parts,
-        token: Option<&Secret>,
+        started_with: &Config,
         config: Arc<ArcSwap<String>>,
     ) -> Admin {
+        use ring::rand::SecureRandom as _;
+        let mut digest_key = [0u8; 32];
+        ring::rand::SystemRandom::new()
+            .fill(&mut digest_key)
+            .expect("the operating system provides randomness");
         Admin {
             draining,
             parts,
             started: Instant::now(),
-            token: token.map(|t| blake3::hash(t.expose().as_bytes())),
+            token: started_with
+                .admin
+                .token
+                .as_ref()
+                .map(|t| blake3::hash(t.expose().as_bytes())),
             config,
+            digests: started_with.secret_digests(&digest_key),
+            digest_key,
         }
+    }
+
+    /// `/admin/config?digests`: the effective configuration with each secret's keyed digest,
+    /// the key and the credential's digest in headers.
+    fn config_with_digests(&self) -> Response<Body> {
+        let text = self.config.load();
+        let Ok(table) = text.parse::<toml::Table>() else {
+            return error_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the configuration does not parse",
+            );
+        };
+        let mut value = toml::Value::Table(table);
+        crate::config::with_digests(&mut value, &self.digests);
+        let mut response = body(
+            StatusCode::OK,
+            "application/toml; charset=utf-8",
+            toml::to_string_pretty(&value).unwrap_or_default(),
+        );
+        let headers = response.headers_mut();
+        let hex = blake3::Hash::from_bytes(self.digest_key).to_hex();
+        if let Ok(key) = HeaderValue::from_str(hex.as_str()) {
+            headers.insert("x-wikigate-digest-key", key);
+        }
+        let credential = self
+            .parts
+            .callers
+            .load()
+            .credential_digest(&self.digest_key);
+        if let Some(digest) = credential.and_then(|d| HeaderValue::from_str(&d).ok()) {
+            headers.insert("x-wikigate-credential-digest", digest);
+        }
+        response
     }
 
     /// The refusal for a request to `/admin/*`, or `None` when it may proceed.
@@ -140,6 +192,14 @@ impl Admin {
                 json(status, report)
             }
             (&Method::GET, "/admin/cache/stats") => json(StatusCode::OK, self.parts.cache.stats()),
+            (&Method::GET, "/admin/config")
+                if request
+                    .uri()
+                    .query()
+                    .is_some_and(|q| q.split('&').any(|p| p == "digests")) =>
+            {
+                self.config_with_digests()
+            }
             (&Method::GET, "/admin/config") => body(
                 StatusCode::OK,
                 "application/toml; charset=utf-8",

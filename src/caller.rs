@@ -224,6 +224,14 @@ impl Callers {
         })
     }
 
+    /// The service-account credential in force, as a digest keyed with `key` (`None` in
+    /// passthrough mode): what `/admin/config?digests` shows of it.
+    pub(crate) fn credential_digest(&self, key: &[u8; 32]) -> Option<String> {
+        self.service_credential
+            .as_ref()
+            .map(|value| crate::config::digest(key, value.as_bytes()))
+    }
+
     /// Identifies the caller of a request that arrived from `peer`.
     pub fn identify(&self, headers: &HeaderMap, peer: IpAddr) -> Result<Caller, GatewayError> {
         if let Some(key) = headers.get(&self.key_header) {
@@ -362,6 +370,17 @@ fn connect_app(authorization: &HeaderValue) -> Option<String> {
         .as_str()
         .filter(|iss| !iss.is_empty())
         .map(str::to_owned)
+}
+
+/// The service-account credential as `check-config --against` compares it: its digest keyed
+/// with `key` (`None` in passthrough mode, or when it cannot be read).
+pub(crate) fn credential_digest(config: &Config, key: &[u8; 32]) -> Option<String> {
+    match config.auth.mode {
+        AuthMode::Passthrough => None,
+        AuthMode::ServiceAccount => load_credential(config)
+            .ok()
+            .map(|value| crate::config::digest(key, value.as_bytes())),
+    }
 }
 
 fn load_credential(config: &Config) -> Result<HeaderValue, AuthSetupError> {

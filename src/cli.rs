@@ -5,7 +5,8 @@
 //! starts with.
 //!
 //! Exit codes: 0 on a clean stop, 1 when the gateway could not start (a port in use, an
-//! unreadable certificate), 2 when the configuration is invalid.
+//! unreadable certificate), 2 when the configuration is invalid; `check-config --against`: 3
+//! when a changed key needs a restart.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -13,7 +14,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{Config, Overrides};
+use crate::config::{Config, Overrides, Secret};
 use crate::shutdown::Signals;
 use crate::{demo, lifecycle, telemetry};
 
@@ -63,8 +64,10 @@ pub enum Command {
         files: Vec<PathBuf>,
         /// Instead of the effective configuration, print how this one differs from what a
         /// running gateway has in force (its admin address, e.g. http://127.0.0.1:9090; the
-        /// admin token from WIKIGATE_ADMIN_TOKEN): each changed key, and whether SIGHUP applies
-        /// it or it needs a restart.
+        /// admin token from WIKIGATE_ADMIN_TOKEN, else the file's admin.token): each changed
+        /// key, secrets and the service-account credential included (compared by keyed digest,
+        /// never shown), and whether SIGHUP applies it or it needs a restart. Exits 3 when a
+        /// key needs a restart.
         #[arg(long, value_name = "ADMIN_URL")]
         against: Option<String>,
         #[command(flatten)]
@@ -226,41 +229,97 @@ fn runtime() -> tokio::runtime::Runtime {
         .expect("the tokio runtime starts")
 }
 
+/// Exit code of `check-config --against` when a changed key needs a restart (SIGHUP would not
+/// apply it): a deploy step can stop there.
+const NEEDS_RESTART: u8 = 3;
+
 /// Prints how `config` differs from the effective configuration of the gateway whose admin
-/// listener is at `admin`: each changed key, and whether a reload applies it.
+/// listener is at `admin`: each changed key, secrets included (compared by keyed digest), and
+/// whether a reload applies it. Exits [`NEEDS_RESTART`] when a key needs a restart.
 async fn compare(config: &Config, admin: &str) -> ExitCode {
-    let running = match fetch_config(admin).await {
+    // `config` took admin.token from WIKIGATE_ADMIN_TOKEN when it is set, else from the file.
+    let token = config.admin.token.as_ref().map(Secret::expose);
+    let running = match fetch_config(admin, token).await {
         Ok(running) => running,
-        Err(e) => {
+        Err(Fetch::Refused) if token.is_some() => {
+            println!(
+                "admin.token: needs a restart (the running gateway does not take this configuration's token)"
+            );
+            return ExitCode::from(NEEDS_RESTART);
+        }
+        Err(Fetch::Refused) => {
+            eprintln!(
+                "wikigate: {admin}/admin/config needs the admin token (WIKIGATE_ADMIN_TOKEN or admin.token)"
+            );
+            return ExitCode::from(1);
+        }
+        Err(Fetch::Failed(e)) => {
             eprintln!("wikigate: cannot read {admin}/admin/config: {e}");
             return ExitCode::from(1);
         }
     };
-    let Ok(new) = toml::Value::try_from(&**config) else {
+    let Ok(mut new) = toml::Value::try_from(&**config) else {
         eprintln!("wikigate: the configuration does not serialize");
         return ExitCode::from(1);
     };
-    let changed = crate::config::changed_between(&running, &new);
-    if changed.is_empty() {
-        println!("no change against the running gateway (secrets are not compared)");
+    let Some(key) = running.digest_key else {
+        eprintln!("wikigate: {admin} does not state its secrets' digests (an older wikigate?)");
+        return ExitCode::from(1);
+    };
+    crate::config::with_digests(&mut new, &config.secret_digests(&key));
+    let mut changed = crate::config::changed_between(&running.config, &new);
+    if running.credential != crate::caller::credential_digest(config, &key) {
+        changed.push("auth.credential".to_owned());
     }
+    if changed.is_empty() {
+        println!("no change against the running gateway");
+    }
+    let mut restart = false;
     for key in changed {
         let effect = match crate::config::reloadable(&key) {
             true => "applied by SIGHUP",
-            false => "needs a restart",
+            false => {
+                restart = true;
+                "needs a restart"
+            }
         };
         println!("{key}: {effect}");
     }
-    ExitCode::SUCCESS
+    match restart {
+        true => ExitCode::from(NEEDS_RESTART),
+        false => ExitCode::SUCCESS,
+    }
 }
 
-/// `GET {admin}/admin/config`, with the admin token from `WIKIGATE_ADMIN_TOKEN`.
-async fn fetch_config(admin: &str) -> Result<toml::Value, String> {
+/// What a running gateway has in force: its configuration with secrets as keyed digests, the
+/// digests' key, and the service-account credential's digest.
+struct Running {
+    config: toml::Value,
+    digest_key: Option<[u8; 32]>,
+    credential: Option<String>,
+}
+
+/// Why the running configuration could not be read.
+enum Fetch {
+    /// 401: no token, or not the running gateway's.
+    Refused,
+    Failed(String),
+}
+
+impl From<String> for Fetch {
+    fn from(error: String) -> Fetch {
+        Fetch::Failed(error)
+    }
+}
+
+/// `GET {admin}/admin/config?digests`, with the admin `token`.
+async fn fetch_config(admin: &str, token: Option<&str>) -> Result<Running, Fetch> {
     use http_body_util::BodyExt as _;
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build_http::<http_body_util::Empty<bytes::Bytes>>();
-    let mut request = http::Request::get(format!("{}/admin/config", admin.trim_end_matches('/')));
-    if let Some(token) = non_empty_env("WIKIGATE_ADMIN_TOKEN") {
+    let url = format!("{}/admin/config?digests", admin.trim_end_matches('/'));
+    let mut request = http::Request::get(url);
+    if let Some(token) = token {
         request = request.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
     }
     let request = request
@@ -271,18 +330,39 @@ async fn fetch_config(admin: &str) -> Result<toml::Value, String> {
         .map_err(|_| "no answer within 10 s".to_owned())?
         .map_err(|e| e.to_string())?;
     let status = answer.status();
+    let header = |name: &str| {
+        answer
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let digest_key = header("x-wikigate-digest-key")
+        .and_then(|hex| blake3::Hash::from_hex(hex).ok())
+        .map(|hash| *hash.as_bytes());
+    let credential = header("x-wikigate-credential-digest");
     let body = answer
         .into_body()
         .collect()
         .await
         .map_err(|e| e.to_string())?
         .to_bytes();
+    if status == http::StatusCode::UNAUTHORIZED {
+        return Err(Fetch::Refused);
+    }
     if !status.is_success() {
-        return Err(format!("{status}: {}", String::from_utf8_lossy(&body)));
+        return Err(Fetch::Failed(format!(
+            "{status}: {}",
+            String::from_utf8_lossy(&body)
+        )));
     }
     let text = String::from_utf8(body.to_vec()).map_err(|e| e.to_string())?;
     let table: toml::Table = toml::from_str(&text).map_err(|e| e.to_string())?;
-    Ok(toml::Value::Table(table))
+    Ok(Running {
+        config: toml::Value::Table(table),
+        digest_key,
+        credential,
+    })
 }
 
 async fn serve(

@@ -198,12 +198,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         effective: effective.clone(),
     });
     let cluster = parts.cluster.clone();
-    let admin = Arc::new(Admin::new(
-        draining_rx.clone(),
-        parts,
-        config.admin.token.as_ref(),
-        effective,
-    ));
+    let admin = Arc::new(Admin::new(draining_rx.clone(), parts, config, effective));
     let drain = config.server.drain_timeout;
     let done = tokio::spawn(async move {
         let (admin_stop, admin_stop_rx) = watch::channel(false);

@@ -67,9 +67,12 @@ impl Parts {
             .map(|kind| kind.as_str())
             .chain([upstream::CONCURRENCY_LIMIT])
             .collect();
+        // The labels `Caller::metric_label` gives: a client's name, else the default class's
+        // account, else (not identified) "unknown".
+        let default_class = format!("class:{}", config.limits.default_class);
         let callers = config.callers.clients.iter().map(|c| c.name.as_str());
-        let classes = config.limits.classes.keys().map(String::as_str);
-        metrics.expect_refusals(callers.chain(classes).chain(["unknown"]), &limits);
+        let others = [default_class.as_str(), "unknown"];
+        metrics.expect_refusals(callers.chain(others), &limits);
         let secret = cache::partition_secret(&config.cache);
         let cluster = match config.cluster.redis_url {
             Some(_) => Some(Cluster::new(&config.cluster)?),

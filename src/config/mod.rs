@@ -26,12 +26,13 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-pub use reload::{changed_between, reloadable};
+pub use reload::{changed_between, reloadable, with_digests};
 pub use sections::{
     AdminConfig, AuthConfig, AuthMode, CacheConfig, CallersConfig, ClassLimits, ClientConfig,
     ClusterConfig, CsrfConfig, LimitsConfig, LogConfig, LogFormat, MethodBudgets, PointsBudget,
     QuotaConfig, Rate, ServerConfig, TelemetryConfig, TlsConfig, UpstreamConfig,
 };
+pub(crate) use values::digest;
 pub use values::{KeyHash, RoutePolicies, RoutePolicy, Secret, UpstreamUrl, duration};
 
 /// A validated configuration: what the gateway runs with. Read it as a [`RawConfig`] (it

@@ -89,6 +89,28 @@ impl Config {
     }
 }
 
+impl Config {
+    /// Each secret of the configuration that is set, by key, as a digest keyed with `key`
+    /// (for `check-config --against`, which compares secrets without seeing them).
+    pub fn secret_digests(&self, key: &[u8; 32]) -> Vec<(&'static str, String)> {
+        [
+            ("admin.token", &self.admin.token),
+            ("cache.key_secret", &self.cache.key_secret),
+        ]
+        .into_iter()
+        .filter_map(|(name, secret)| Some((name, secret.as_ref()?.digest(key))))
+        .collect()
+    }
+}
+
+/// Writes each of `digests` (a dotted key and a secret's digest) into a configuration as TOML,
+/// in place of its `<redacted>`.
+pub fn with_digests(value: &mut toml::Value, digests: &[(&str, String)]) {
+    for (key, digest) in digests {
+        replace_path(value, key, Some(toml::Value::String(digest.clone())));
+    }
+}
+
 fn lookup_path<'a>(value: &'a toml::Value, path: &str) -> Option<&'a toml::Value> {
     path.split('.').try_fold(value, |value, key| value.get(key))
 }

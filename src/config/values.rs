@@ -158,6 +158,17 @@ impl Secret {
     pub fn expose(&self) -> &str {
         &self.0
     }
+
+    /// The secret as `check-config --against` compares it: a BLAKE3 hash keyed with `key`,
+    /// never the value.
+    pub fn digest(&self, key: &[u8; 32]) -> String {
+        digest(key, self.0.as_bytes())
+    }
+}
+
+/// A secret's keyed digest as `/admin/config?digests` shows it: `<blake3:HEX>`.
+pub(crate) fn digest(key: &[u8; 32], secret: &[u8]) -> String {
+    format!("<blake3:{}>", blake3::keyed_hash(key, secret).to_hex())
 }
 
 impl std::fmt::Debug for Secret {

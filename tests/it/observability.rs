@@ -732,7 +732,7 @@ async fn every_dashboard_panel_shows_a_number_on_a_quiet_gateway_and_a_busy_one(
     for series in [
         r#"wikigate_errors_total{route="user",source="upstream"} 0"#,
         r#"wikigate_errors_total{route="unmatched",source="downstream"} 0"#,
-        r#"wikigate_rate_limited_total{caller="default",limit="upstream-burst"} 0"#,
+        r#"wikigate_rate_limited_total{caller="class:default",limit="upstream-burst"} 0"#,
         r#"wikigate_rate_limited_total{caller="unknown",limit="upstream-concurrency"} 0"#,
     ] {
         assert!(exposition.contains(series), "{series} in:\n{exposition}");

@@ -368,37 +368,84 @@ async fn sighup_applies_the_log_level() {
 }
 
 /// `check-config --against` shows what a new file would change on a running gateway, key by
-/// key, and whether SIGHUP applies each or it needs a restart.
+/// key — secrets and the service-account credential too, compared by keyed digest and never
+/// shown — and whether SIGHUP applies each; it exits 3 when a key needs a restart, and reads
+/// the admin token from the file when the environment has none.
 #[tokio::test]
 async fn check_config_against_a_running_gateway_names_each_change_and_its_effect() {
     const TOKEN: &str = "admin-token-0123456789";
+    const SECRET: &str = "cache-key-secret-0123456789";
+    let dir = std::env::temp_dir().join(format!("wikigate-against-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let credential = |name: &str, value: &str| {
+        let path = dir.join(name);
+        std::fs::write(&path, value).unwrap();
+        path
+    };
+    let started_with = credential("started.cred", "Basic bWVAZXhhbXBsZS5jb206b2xkLXRva2Vu");
+    let rotated = credential("rotated.cred", "Basic bWVAZXhhbXBsZS5jb206bmV3LXRva2Vu");
+    let key_hash = wikigate::config::KeyHash::of("a-client-key-0123456789");
     let h = Harness::start_with(|c| {
         c.admin.token = Some(wikigate::config::Secret::new(TOKEN));
+        c.cache.key_secret = Some(wikigate::config::Secret::new(SECRET));
+        c.auth.mode = wikigate::config::AuthMode::ServiceAccount;
+        c.auth.credential_file = Some(started_with.clone());
+        c.callers.clients = vec![wikigate::config::ClientConfig {
+            name: "app".to_owned(),
+            class: "default".to_owned(),
+            key_hash,
+            requests: None,
+            upstream: None,
+            points: None,
+        }];
     })
     .await;
-    let file = std::env::temp_dir().join(format!("wikigate-against-{}.toml", std::process::id()));
-    std::fs::write(
-        &file,
-        format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\nmax_body_bytes = 4096\n[admin]\nlisten = \"127.0.0.1:0\"\n\
-             [upstream]\nurl = \"{}\"\n[csrf]\nallowed_origins = [\"https://app.example\"]\n",
-            h.fake.url()
-        ),
-    )
-    .unwrap();
     let admin = format!("http://{}", h.gateway.admin_addr);
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_wikigate"))
-        .args(["check-config", &file.to_string_lossy(), "--against", &admin])
-        .env("WIKIGATE_ADMIN_TOKEN", TOKEN)
-        .output()
-        .await
+    let file = dir.join("new.toml");
+    let write = |token: &str, credential: &std::path::Path, extra: &str| {
+        std::fs::write(
+            &file,
+            format!(
+                "[server]\nlisten = \"127.0.0.1:0\"\n{extra}[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"{token}\"\n\
+                 [upstream]\nurl = \"{}\"\n[cache]\nkey_secret = \"{SECRET}\"\n\
+                 [auth]\nmode = \"service-account\"\ncredential_file = \"{}\"\n\
+                 [[callers.clients]]\nname = \"app\"\nkey_hash = \"{key_hash}\"\n",
+                h.fake.url(),
+                credential.display()
+            ),
+        )
         .unwrap();
-    let printed = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    };
+    let check = |env_token: Option<&str>| {
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_wikigate"));
+        command
+            .args(["check-config", &file.to_string_lossy(), "--against", &admin])
+            .env_remove("WIKIGATE_ADMIN_TOKEN");
+        if let Some(token) = env_token {
+            command.env("WIKIGATE_ADMIN_TOKEN", token);
+        }
+        async move {
+            let out = command.output().await.unwrap();
+            (
+                out.status.code(),
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            )
+        }
+    };
+    // The same file: nothing changed, secrets included.
+    write(TOKEN, &started_with, "");
+    let (code, printed, stderr) = check(None).await;
+    assert_eq!(code, Some(0), "{printed}{stderr}");
+    assert!(printed.contains("no change"), "{printed}");
+    // A reloadable change and one that needs a restart: exit 3, the token read from the file.
+    write(
+        TOKEN,
+        &started_with,
+        "max_body_bytes = 4096\n[csrf]\nallowed_origins = [\"https://app.example\"]\n",
     );
+    let (code, printed, stderr) = check(None).await;
+    assert_eq!(code, Some(3), "{printed}{stderr}");
     assert!(
         printed.contains("csrf.allowed_origins: applied by SIGHUP"),
         "{printed}"
@@ -407,12 +454,43 @@ async fn check_config_against_a_running_gateway_names_each_change_and_its_effect
         printed.contains("server.max_body_bytes: needs a restart"),
         "{printed}"
     );
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_wikigate"))
-        .args(["check-config", &file.to_string_lossy(), "--against", &admin])
-        .env_remove("WIKIGATE_ADMIN_TOKEN")
-        .output()
-        .await
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1), "without the admin token");
-    let _ = std::fs::remove_file(&file);
+    // A rotated credential: SIGHUP applies it; the values are never printed.
+    write(TOKEN, &rotated, "");
+    let (code, printed, stderr) = check(None).await;
+    assert_eq!(code, Some(0), "{printed}{stderr}");
+    assert!(
+        printed.contains("auth.credential: applied by SIGHUP"),
+        "{printed}"
+    );
+    assert!(
+        printed.contains("auth.credential_file: applied by SIGHUP"),
+        "{printed}"
+    );
+    // The environment's token is the configuration's (as for serve): with the running one
+    // there, a file's other token changes nothing.
+    write("a-new-admin-token-0123456789", &started_with, "");
+    let (code, printed, stderr) = check(Some(TOKEN)).await;
+    assert_eq!(code, Some(0), "{printed}{stderr}");
+    // The file's new token alone: the running gateway refuses it, so it needs a restart.
+    let (code, printed, stderr) = check(None).await;
+    assert_eq!(code, Some(3), "{printed}{stderr}");
+    assert!(
+        printed.contains("admin.token: needs a restart"),
+        "{printed}"
+    );
+    for secret in [TOKEN, SECRET, "a-new-admin-token", "bWVAZXhhbXBsZS5jb20"] {
+        assert!(!printed.contains(secret), "{secret} was printed: {printed}");
+    }
+    // No token at all: the admin endpoint cannot be read.
+    std::fs::write(
+        &file,
+        std::fs::read_to_string(&file)
+            .unwrap()
+            .replace("token = \"a-new-admin-token-0123456789\"\n", ""),
+    )
+    .unwrap();
+    let (code, _, stderr) = check(None).await;
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("needs the admin token"), "{stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
 }
