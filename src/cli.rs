@@ -88,7 +88,8 @@ pub enum Command {
 #[derive(Debug, Args)]
 pub struct ConfigArgs {
     /// Config file (TOML); see config/wikigate.toml. Repeat it (or separate paths with commas
-    /// in WIKIGATE_CONFIG) to merge several in order: a later file's keys win, table by table.
+    /// in WIKIGATE_CONFIG) to merge several in order: a later file's keys win, table by table;
+    /// [[callers.clients]] merge by name; any other array is replaced whole.
     #[arg(long, env = "WIKIGATE_CONFIG", value_delimiter = ',')]
     config: Vec<PathBuf>,
     /// server.listen — address the gateway listens on.

@@ -82,6 +82,9 @@ pub struct Reloaded {
     pub restart: Vec<String>,
     /// `log.level` changed, but `RUST_LOG` stands over it.
     pub level_overridden: bool,
+    /// What was read again from outside the configuration, changed or not: the TLS
+    /// certificate and key, the service-account credential.
+    pub reread: Vec<&'static str>,
 }
 
 impl Running {
@@ -141,8 +144,13 @@ impl Running {
         parts
             .cookies
             .store(Arc::new(IgnoredCookies::new(&config.cache.ignored_cookies)));
+        let mut reread = Vec::new();
         if let (Some(tls), Some(acceptor)) = (tls, acceptor) {
             tls.store(Arc::new(acceptor));
+            reread.push("the TLS certificate and key (new handshakes use them)");
+        }
+        if config.auth.mode == config::AuthMode::ServiceAccount {
+            reread.push("the service-account credential");
         }
         let level_overridden = applied.iter().any(|key| key == "log.level")
             && telemetry::set_level(&config.log.level) == telemetry::LevelChange::Overridden;
@@ -152,6 +160,7 @@ impl Running {
             applied,
             restart,
             level_overridden,
+            reread,
         })
     }
 

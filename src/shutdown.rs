@@ -82,9 +82,20 @@ impl Signals {
 /// changed but take effect only after a restart (as nginx and Envoy do).
 fn report(reloaded: &lifecycle::Reloaded) {
     let applied = reloaded.applied.join(", ");
-    match reloaded.applied.is_empty() {
-        true => tracing::info!("SIGHUP: configuration reloaded; nothing reloadable changed"),
-        false => tracing::info!(applied = %applied, "SIGHUP: configuration reloaded"),
+    let reread = reloaded.reread.join(", ");
+    match (reloaded.applied.is_empty(), reloaded.reread.is_empty()) {
+        (true, true) => {
+            tracing::info!("SIGHUP: configuration reloaded; nothing reloadable changed")
+        }
+        (true, false) => tracing::info!(
+            read_again = %reread,
+            "SIGHUP: configuration reloaded; no key changed; read again: {reread}"
+        ),
+        (false, _) => tracing::info!(
+            applied = %applied,
+            read_again = %reread,
+            "SIGHUP: configuration reloaded"
+        ),
     }
     for key in &reloaded.restart {
         tracing::warn!(key = %key, "SIGHUP: {key} changed; it takes effect only after a restart");

@@ -141,7 +141,8 @@ impl Overrides {
 
 impl Config {
     /// Loads the files (none, one, or several merged in order: a later file's keys win, table
-    /// by table; an array is replaced whole), applies the overrides, and validates.
+    /// by table; `[[callers.clients]]` merge by name; any other array is replaced whole),
+    /// applies the overrides, and validates.
     pub fn load(files: &[PathBuf], overrides: &Overrides) -> Result<Config, ConfigError> {
         let mut table = toml::Table::new();
         for path in files {
@@ -489,12 +490,36 @@ impl RawConfig {
     }
 }
 
-/// Merges `layer` into `base`: tables key by key, everything else (arrays too) replaced.
+/// Merges `layer` into `base`: tables key by key; `[[callers.clients]]` by `name` (a client
+/// of the same name replaced whole, new ones added after); everything else, other arrays
+/// too, replaced.
 fn merge_tables(base: &mut toml::Table, layer: toml::Table) {
+    merge_at("", base, layer);
+}
+
+fn merge_at(path: &str, base: &mut toml::Table, layer: toml::Table) {
     for (key, value) in layer {
+        let here = match path {
+            "" => key.clone(),
+            _ => format!("{path}.{key}"),
+        };
         match (base.get_mut(&key), value) {
             (Some(toml::Value::Table(below)), toml::Value::Table(above)) => {
-                merge_tables(below, above);
+                merge_at(&here, below, above);
+            }
+            (Some(toml::Value::Array(below)), toml::Value::Array(above))
+                if here == "callers.clients" =>
+            {
+                for client in above {
+                    let name = client.get("name").cloned();
+                    match below
+                        .iter_mut()
+                        .find(|c| name.is_some() && c.get("name") == name.as_ref())
+                    {
+                        Some(same) => *same = client,
+                        None => below.push(client),
+                    }
+                }
             }
             (_, value) => {
                 base.insert(key, value);

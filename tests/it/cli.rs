@@ -4,6 +4,7 @@
 use std::process::Command;
 use std::time::Duration;
 
+use wikigate::config::KeyHash;
 use wikigate::fake::FakeConfluence;
 
 use crate::support::{API, Process, TestClient, alice, basic, bob, eventually, free_addr, ready};
@@ -128,12 +129,25 @@ fn help_and_readme_list_every_environment_variable_the_binary_reads() {
 fn config_files_merge_in_order() {
     let base = temp_file(
         "base.toml",
-        "[server]\nlisten = \"127.0.0.1:5\"\nmax_body_bytes = 100\n[upstream]\nurl = \"https://a.example\"\n\
-         [cache]\nignored_cookies = [\"a\", \"b\"]\n",
+        &format!(
+            "[server]\nlisten = \"127.0.0.1:5\"\nmax_body_bytes = 100\n[upstream]\nurl = \"https://a.example\"\n\
+             [cache]\nignored_cookies = [\"a\", \"b\"]\n\
+             [[callers.clients]]\nname = \"reports\"\nkey_hash = \"{}\"\n\
+             [[callers.clients]]\nname = \"search\"\nkey_hash = \"{}\"\n",
+            KeyHash::of("reports-key-0123456789"),
+            KeyHash::of("search-key-0123456789"),
+        ),
     );
     let extra = temp_file(
         "extra.toml",
-        "[server]\nmax_body_bytes = 200\n[cache]\ncache_not_found = false\nignored_cookies = [\"c\"]\n",
+        &format!(
+            "[server]\nmax_body_bytes = 200\n[cache]\ncache_not_found = false\nignored_cookies = [\"c\"]\n\
+             [[callers.clients]]\nname = \"search\"\nclass = \"batch\"\nkey_hash = \"{}\"\n\
+             [[callers.clients]]\nname = \"wiki-bot\"\nkey_hash = \"{}\"\n\
+             [limits.classes.default]\n[limits.classes.batch]\npriority = 0\n",
+            KeyHash::of("search-key-rotated-0123"),
+            KeyHash::of("wiki-bot-key-0123456789"),
+        ),
     );
     let out = Command::new(BIN)
         .arg("check-config")
@@ -151,7 +165,30 @@ fn config_files_merge_in_order() {
     assert_eq!(merged.server.listen.to_string(), "127.0.0.1:5");
     assert_eq!(merged.server.max_body_bytes, 200);
     assert!(!merged.cache.cache_not_found);
-    assert_eq!(merged.cache.ignored_cookies, ["c"]);
+    assert_eq!(
+        merged.cache.ignored_cookies,
+        ["c"],
+        "an array is replaced whole"
+    );
+    // Clients merge by name: kept, replaced whole, added.
+    let clients: Vec<(&str, &str, wikigate::config::KeyHash)> = merged
+        .callers
+        .clients
+        .iter()
+        .map(|c| (c.name.as_str(), c.class.as_str(), c.key_hash))
+        .collect();
+    assert_eq!(
+        clients,
+        [
+            ("reports", "default", KeyHash::of("reports-key-0123456789")),
+            ("search", "batch", KeyHash::of("search-key-rotated-0123")),
+            (
+                "wiki-bot",
+                "default",
+                KeyHash::of("wiki-bot-key-0123456789")
+            ),
+        ]
+    );
     let both = format!("{},{}", base.display(), extra.display());
     let out = Command::new(BIN)
         .arg("check-config")

@@ -171,7 +171,10 @@ async fn a_reload_serves_new_connections_with_a_rotated_certificate() {
     let mut config = config_for(&h.fake.url());
     config.server.listen = h.gateway.addr;
     config.server.tls = Some(new.tls_config());
-    let reloaded = h.gateway.reload(&config.validate().unwrap()).unwrap();
+    let reloaded = h
+        .gateway
+        .reload(&config.clone().validate().unwrap())
+        .unwrap();
     assert!(
         reloaded
             .applied
@@ -188,4 +191,21 @@ async fn a_reload_serves_new_connections_with_a_rotated_certificate() {
         get(&url, &old).await.is_err(),
         "the old certificate is gone"
     );
+
+    // Rotated in place (cert-manager renews the files at the same paths): no key changed, and
+    // the reload says what it read again rather than "nothing reloadable changed".
+    let third = TestCert::new("third");
+    for file in ["cert.pem", "key.pem"] {
+        std::fs::copy(third.dir.join(file), new.dir.join(file)).unwrap();
+    }
+    let reloaded = h.gateway.reload(&config.validate().unwrap()).unwrap();
+    assert!(reloaded.applied.is_empty(), "{reloaded:?}");
+    assert!(
+        reloaded
+            .reread
+            .iter()
+            .any(|r| r.contains("TLS certificate")),
+        "{reloaded:?}"
+    );
+    assert_eq!(get(&url, &third).await, Ok(200));
 }
