@@ -64,7 +64,7 @@ pub(super) fn finish(
     } = received;
     let mut response = match answered {
         Ok(response) => response,
-        Err(error) => refusal(metrics, error, &log),
+        Err(error) => refusal(metrics, error, &log, &id),
     };
     response
         .headers_mut()
@@ -109,11 +109,18 @@ pub(super) fn finish(
 }
 
 /// The answer to a request wikigate refused or could not serve, logged and counted.
-fn refusal(metrics: &Metrics, error: GatewayError, log: &LogFields) -> Response<Body> {
+/// Its log line carries the request id, as the access line and the answer do.
+fn refusal(
+    metrics: &Metrics,
+    error: GatewayError,
+    log: &LogFields,
+    id: &RequestId,
+) -> Response<Body> {
+    let request_id = id.as_str();
     match error.source() {
-        ErrorSource::Upstream => tracing::warn!(%error, "upstream failure"),
-        ErrorSource::Downstream => tracing::debug!(%error, "request refused"),
-        ErrorSource::Internal => tracing::error!(%error, "internal fault"),
+        ErrorSource::Upstream => tracing::warn!(%error, request_id, "upstream failure"),
+        ErrorSource::Downstream => tracing::debug!(%error, request_id, "request refused"),
+        ErrorSource::Internal => tracing::error!(%error, request_id, "internal fault"),
     }
     let route = log.operation.map(Operation::route);
     metrics.error(route, error.source());
