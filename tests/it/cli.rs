@@ -171,7 +171,7 @@ fn config_files_merge_in_order() {
         "an array is replaced whole"
     );
     // Clients merge by name: kept, replaced whole, added.
-    let clients: Vec<(&str, &str, wikigate::config::KeyHash)> = merged
+    let clients: Vec<(&str, &str, KeyHash)> = merged
         .callers
         .clients
         .iter()
@@ -343,7 +343,7 @@ async fn serve_runs_from_flags_and_env_and_stops_cleanly_on_sigterm() {
             "[server]\nlisten = \"127.0.0.1:1\"\n[upstream]\nurl = \"{}\"\n\
              [[callers.clients]]\nname = \"reporting\"\nkey_hash = \"{}\"\n",
             fake.url(),
-            wikigate::config::KeyHash::of(client_key)
+            KeyHash::of(client_key)
         ),
     );
     let (listen_flag, admin_env) = (listen.to_string(), admin.to_string());

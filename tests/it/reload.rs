@@ -384,13 +384,13 @@ async fn check_config_against_a_running_gateway_names_each_change_and_its_effect
     };
     let started_with = credential("started.cred", "Basic bWVAZXhhbXBsZS5jb206b2xkLXRva2Vu");
     let rotated = credential("rotated.cred", "Basic bWVAZXhhbXBsZS5jb206bmV3LXRva2Vu");
-    let key_hash = wikigate::config::KeyHash::of("a-client-key-0123456789");
+    let key_hash = KeyHash::of("a-client-key-0123456789");
     let h = Harness::start_with(|c| {
         c.admin.token = Some(wikigate::config::Secret::new(TOKEN));
         c.cache.key_secret = Some(wikigate::config::Secret::new(SECRET));
         c.auth.mode = wikigate::config::AuthMode::ServiceAccount;
         c.auth.credential_file = Some(started_with.clone());
-        c.callers.clients = vec![wikigate::config::ClientConfig {
+        c.callers.clients = vec![ClientConfig {
             name: "app".to_owned(),
             class: "default".to_owned(),
             key_hash,
