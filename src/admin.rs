@@ -310,6 +310,13 @@ impl Admin {
             bursts: self.parts.limits.bursts(),
             upstream_in_flight,
             upstream_queued,
+            shapes: self
+                .parts
+                .cache
+                .shapes()
+                .into_iter()
+                .map(|(route, expand, agreement)| (route.name(), expand, agreement.as_str()))
+                .collect(),
         }
     }
 }

@@ -20,7 +20,7 @@
 //! their own (an account read in a new hour reads zero for it).
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use parking_lot::Mutex;
@@ -541,6 +541,9 @@ pub struct Account {
     hour: AtomicU64,
     spent_hour: AtomicU64,
     saved_hour: AtomicU64,
+    /// Upstream's answers to this caller have carried a points policy (an OAuth, Forge or
+    /// Connect app): it spends points.
+    points: AtomicBool,
 }
 
 impl Account {
@@ -552,12 +555,23 @@ impl Account {
             hour: AtomicU64::new(0),
             spent_hour: AtomicU64::new(0),
             saved_hour: AtomicU64::new(0),
+            points: AtomicBool::new(false),
         }
     }
 
     /// The caller's name in metrics and on the status page.
     pub fn label(&self) -> &str {
         &self.label
+    }
+
+    /// An answer to this caller carried a points policy.
+    pub fn stated_points(&self) {
+        self.points.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether answers to this caller carry a points policy: its calls spend points.
+    pub fn states_points(&self) -> bool {
+        self.points.load(Ordering::Relaxed)
     }
 
     /// Points an upstream call of `route` cost, at `now`.

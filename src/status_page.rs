@@ -52,6 +52,7 @@ td:first-child,th:first-child{{text-align:left}} .bar{{background:#e5e5e5;width:
     );
     quota_section(&mut html, status);
     routes_table(&mut html, status);
+    accounts(&mut html, status);
     memory_bar(&mut html, snapshot);
     limited_table(&mut html, status);
     bursts(&mut html, snapshot);
@@ -156,6 +157,35 @@ fn routes_table(html: &mut String, status: &Status) {
     }
     if status.routes.is_empty() {
         html.push_str("<tr><td colspan=\"8\" class=\"muted\">no requests yet</td></tr>\n");
+    }
+    html.push_str("</table>\n");
+}
+
+/// Single account lookups answered by merging and by reuse, and whether this site's single and
+/// bulk answers agree (without which neither happens).
+fn accounts(html: &mut String, status: &Status) {
+    html.push_str("<h2>Account lookups</h2>\n<table id=\"accounts\"><tr><th>route</th><th>merged</th><th>bulk calls</th><th>reused</th><th>points saved</th></tr>\n");
+    for route in &status.accounts {
+        let _ = writeln!(
+            html,
+            "<tr id=\"accounts-{name}\"><td>{name}</td><td class=\"merged\">{}</td><td class=\"calls\">{}</td><td class=\"reused\">{}</td><td class=\"points\">{}</td></tr>",
+            route.merged,
+            route.calls,
+            route.reused,
+            route.points_saved,
+            name = route.route,
+        );
+    }
+    html.push_str("</table>\n<table id=\"shapes\"><tr><th>route</th><th>expand</th><th>single and bulk answers</th></tr>\n");
+    for (route, expand, state) in &status.snapshot.shapes {
+        let _ = writeln!(
+            html,
+            "<tr><td>{route}</td><td>{}</td><td class=\"{state}\">{state}</td></tr>",
+            escape(if expand.is_empty() { "(none)" } else { expand }),
+        );
+    }
+    if status.snapshot.shapes.is_empty() {
+        html.push_str("<tr><td colspan=\"3\" class=\"muted\">not compared yet: no single lookup has missed</td></tr>\n");
     }
     html.push_str("</table>\n");
 }

@@ -26,14 +26,16 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
+use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
 use serde_json::{Map, Value};
 use tokio::time::Instant;
 
 use super::etag::ETags;
 use super::key::normalized_query;
+use super::shapes::Family;
 use super::{
-    Buffered, Cache, CacheKey, Entry, Fetched, Forward, Lifetime, Lookup, Origin, Outcome, Served,
-    Stored, Tier,
+    Buffered, Cache, CacheKey, Entry, Fetched, Forward, Lifetime, Lookup, Origin, Outcome,
+    Partition, Served, Stored, Tier,
 };
 use crate::body::Body;
 use crate::coding::{self, Accepts, Coding};
@@ -42,7 +44,7 @@ use crate::quota;
 use crate::routes::Route;
 
 /// The `expand` values the spec documents for `/user/bulk`.
-const EXPANDABLE: [&str; 3] = ["operations", "personalSpace", "isExternalCollaborator"];
+pub(super) const EXPANDABLE: [&str; 3] = ["operations", "personalSpace", "isExternalCollaborator"];
 
 /// The most accounts upstream considers in one lookup.
 pub(super) const MAX_IDS: usize = 200;
@@ -51,21 +53,34 @@ pub(super) const MAX_IDS: usize = 200;
 #[derive(Debug, Clone)]
 pub struct BulkPlan {
     lookup: Lookup,
+    /// Where its accounts' objects are kept.
+    scope: Scope,
     /// Requested accounts, first occurrences only, at most [`MAX_IDS`].
     ids: Vec<String>,
-    /// The `expand` set, sorted and comma-joined (part of every account's key).
-    expand: String,
     /// `/user/bulk`'s `limit` (default 200); `None` for `/user/email/bulk`.
     limit: Option<usize>,
     /// The request's own query, for the envelope's `_links.self`.
     query: String,
 }
 
+/// Where a partition's account objects of one route family and `expand` set are kept: what
+/// bulk lookups, single lookups and merged calls of those accounts share. Its generations are
+/// both routes' (a purge of either drops the objects), never a resource's.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct Scope {
+    pub(super) partition: Partition,
+    pub(super) family: Family,
+    /// The `expand` set, sorted and comma-joined (part of every account's key).
+    pub(super) expand: String,
+    /// The epoch, the single route's generation and the bulk route's.
+    generations: [u64; 3],
+}
+
 /// The per-partition envelope: upstream's answer without its `results` (for `/user/bulk`;
 /// `/user/email/bulk` answers a bare array), and the headers upstream sent this caller.
-struct Envelope {
+pub(super) struct Envelope {
     keys: Option<Map<String, Value>>,
-    headers: HeaderMap,
+    pub(super) headers: HeaderMap,
 }
 
 /// What storing a bulk answer made: the envelope entry, and the account entries by id.
@@ -82,6 +97,7 @@ impl Cache {
         if !self.config.bulk_entities || lookup.directive != super::Directive::Normal {
             return None;
         }
+        let family = Family::of(lookup.route)?;
         let mut ids: Vec<String> = Vec::new();
         let (mut expand, mut limit) = (String::new(), None);
         // In request order (account order matters), except `expand`, which is a set. Only
@@ -127,22 +143,52 @@ impl Cache {
         ids.truncate(MAX_IDS);
         Some(BulkPlan {
             lookup: *lookup,
+            scope: self.scope(lookup.partition, family, expand),
             ids,
-            expand,
             limit: bulk.then(|| limit.unwrap_or(MAX_IDS)),
             query: query.unwrap_or_default().to_owned(),
         })
     }
 
-    fn account_key(&self, plan: &BulkPlan, id: &str) -> CacheKey {
-        let lookup = &plan.lookup;
+    /// Where `partition`'s account objects of `family` and `expand` are kept now.
+    pub(super) fn scope(&self, partition: Partition, family: Family, expand: String) -> Scope {
+        Scope {
+            partition,
+            family,
+            expand,
+            generations: [
+                self.generations.epoch(),
+                self.generations.route(family.single()),
+                self.generations.route(family.bulk()),
+            ],
+        }
+    }
+
+    /// The key of an account's object in `scope` (`id` empty: the envelope).
+    pub(super) fn account_key(&self, scope: &Scope, id: &str) -> CacheKey {
         CacheKey::account(
-            lookup.partition,
-            lookup.route,
-            &plan.expand,
+            scope.partition,
+            scope.family.bulk(),
+            &scope.expand,
             id,
-            &lookup.generations,
+            &scope.generations,
         )
+    }
+
+    /// An account's object and the envelope it came with, when both are held fresh.
+    pub(super) fn fresh_account(
+        &self,
+        scope: &Scope,
+        id: &str,
+    ) -> Option<(Arc<Entry>, Arc<Entry>)> {
+        let now = Instant::now();
+        let fresh = |key| {
+            self.memory
+                .get(&key)
+                .filter(|e: &Arc<Entry>| e.is_fresh(now))
+        };
+        let envelope = fresh(self.account_key(scope, ""))?;
+        Some((fresh(self.account_key(scope, id))?, envelope))
     }
 
     /// Answers a bulk lookup from per-account entries; `origin` is asked for the accounts not
@@ -164,11 +210,13 @@ impl Cache {
             .collect();
         let fetched = missing.len();
         if fetched > 0 {
-            let answer = match origin.fetch(Some(upstream_query(&missing, &plan))).await? {
+            let query = upstream_query(&missing, &plan.scope.expand);
+            let answer = match origin.fetch(Some(query)).await? {
                 Fetched::Buffered(answer) if answer.status == StatusCode::OK => answer,
                 other => return not_stored(other, plan.lookup.head, request_headers),
             };
-            let (new_envelope, new_accounts) = self.store_accounts(&plan, &missing, answer)?;
+            let (new_envelope, new_accounts) =
+                self.store_accounts(&plan.scope, &missing, answer)?;
             envelope = Some(new_envelope);
             for (slot, id) in accounts.iter_mut().zip(&plan.ids) {
                 if let Some((_, entry)) = new_accounts.iter().find(|(i, _)| i == id) {
@@ -215,19 +263,19 @@ impl Cache {
         now: Instant,
     ) -> (Option<Arc<Entry>>, Vec<Option<Arc<Entry>>>) {
         let fresh = |entry: Option<Arc<Entry>>| entry.filter(|e| e.is_fresh(now));
-        let envelope = fresh(self.memory.get(&self.account_key(plan, "")));
+        let envelope = fresh(self.memory.get(&self.account_key(&plan.scope, "")));
         let mut accounts = Vec::with_capacity(plan.ids.len());
         for id in &plan.ids {
-            accounts.push(fresh(self.memory.get(&self.account_key(plan, id))));
+            accounts.push(fresh(self.memory.get(&self.account_key(&plan.scope, id))));
         }
         (envelope, accounts)
     }
 
-    /// Stores every account of an upstream answer, the accounts it omitted as unknown, and the
-    /// envelope; returns the envelope entry and the new account entries.
-    fn store_accounts(
+    /// Stores every account of an upstream bulk answer in `scope`, the accounts it omitted as
+    /// unknown, and the envelope; returns the envelope entry and the new account entries.
+    pub(super) fn store_accounts(
         &self,
-        plan: &BulkPlan,
+        scope: &Scope,
         asked: &[&str],
         answer: Buffered,
     ) -> Result<StoredAnswer, GatewayError> {
@@ -235,8 +283,9 @@ impl Cache {
             objects,
             keys,
             site_base,
-        } = self.parse_bulk(plan, &answer)?;
-        let policy = *self.routes.load().get(plan.lookup.route);
+        } = self.parse_bulk(scope, &answer)?;
+        let route = scope.family.bulk();
+        let policy = *self.routes.load().get(route);
         let found_lifetime = Lifetime::fresh_for(policy.ttl);
         let mut stored = Vec::with_capacity(asked.len());
         for mut object in objects {
@@ -257,7 +306,7 @@ impl Cache {
                 json_headers(),
                 Bytes::from(object.to_string()),
             );
-            let points = quota::cost_of(plan.lookup.route, 1);
+            let points = quota::cost_of(route, 1);
             stored.push((id, self.store_account(account, found_lifetime, points)));
         }
         let negative_lifetime = Lifetime::fresh_for(self.config.negative_ttl);
@@ -273,7 +322,7 @@ impl Cache {
         }
         for (id, entry) in &stored {
             self.memory
-                .insert(self.account_key(plan, id), entry.clone());
+                .insert(self.account_key(scope, id), entry.clone());
         }
         let envelope = Envelope {
             keys,
@@ -281,8 +330,8 @@ impl Cache {
         };
         let entry = Arc::new(envelope.into_entry(found_lifetime));
         self.memory
-            .insert(self.account_key(plan, ""), entry.clone());
-        self.metrics.stored(plan.lookup.route, stored.len() as u64);
+            .insert(self.account_key(scope, ""), entry.clone());
+        self.metrics.stored(route, stored.len() as u64);
         Ok((entry, stored))
     }
 
@@ -299,18 +348,20 @@ impl Cache {
     }
 
     /// A bulk answer, read.
-    fn parse_bulk(&self, plan: &BulkPlan, answer: &Buffered) -> Result<Parsed, GatewayError> {
+    fn parse_bulk(&self, scope: &Scope, answer: &Buffered) -> Result<Parsed, GatewayError> {
         let invalid = || {
             GatewayError::UpstreamProtocol("the bulk answer is not the documented JSON".to_owned())
         };
         let value: Value = serde_json::from_slice(answer.body()).map_err(|_| invalid())?;
-        let (objects, mut keys) = match (plan.limit, value) {
+        let (objects, mut keys) = match (scope.family, value) {
             // Taken out of its place, which stays in upstream's key order.
-            (Some(_), Value::Object(mut keys)) => match keys.get_mut("results").map(Value::take) {
-                Some(Value::Array(objects)) => (objects, Some(keys)),
-                _ => return Err(invalid()),
-            },
-            (None, Value::Array(objects)) => (objects, None),
+            (Family::User, Value::Object(mut keys)) => {
+                match keys.get_mut("results").map(Value::take) {
+                    Some(Value::Array(objects)) => (objects, Some(keys)),
+                    _ => return Err(invalid()),
+                }
+            }
+            (Family::Email, Value::Array(objects)) => (objects, None),
             _ => return Err(invalid()),
         };
         let site_base = keys
@@ -408,7 +459,15 @@ impl Envelope {
         Entry::new(answer, &HeaderMap::new(), lifetime, false, Coding::Identity)
     }
 
-    fn from_entry(entry: &Entry) -> Option<Envelope> {
+    /// The envelope's `_links` (`null` when it has none, as `/user/email/bulk`'s).
+    pub(super) fn links(&self) -> &Value {
+        self.keys
+            .as_ref()
+            .and_then(|keys| keys.get("_links"))
+            .unwrap_or(&Value::Null)
+    }
+
+    pub(super) fn from_entry(entry: &Entry) -> Option<Envelope> {
         let keys = match serde_json::from_slice(entry.plain()?).ok()? {
             Value::Object(keys) => Some(keys),
             _ => None,
@@ -420,20 +479,26 @@ impl Envelope {
     }
 }
 
+/// What is escaped in a query value wikigate writes.
+const QUERY_VALUE: &AsciiSet = &CONTROLS
+    .add(b' ')
+    .add(b'"')
+    .add(b'#')
+    .add(b'%')
+    .add(b'&')
+    .add(b'+')
+    .add(b',')
+    .add(b'<')
+    .add(b'=')
+    .add(b'>');
+
+/// The length of account `id` in a query wikigate writes.
+pub(super) fn encoded_len(id: &str) -> usize {
+    utf8_percent_encode(id, QUERY_VALUE).map(str::len).sum()
+}
+
 /// The query asking upstream for `ids` (at most 200, no `limit`: nothing is cut off).
-fn upstream_query(ids: &[&str], plan: &BulkPlan) -> String {
-    use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
-    const QUERY_VALUE: &AsciiSet = &CONTROLS
-        .add(b' ')
-        .add(b'"')
-        .add(b'#')
-        .add(b'%')
-        .add(b'&')
-        .add(b'+')
-        .add(b',')
-        .add(b'<')
-        .add(b'=')
-        .add(b'>');
+pub(super) fn upstream_query(ids: &[&str], expand: &str) -> String {
     // Commas separate the set's values.
     const EXPAND_VALUE: &AsciiSet = &QUERY_VALUE.remove(b',');
     let encoded: Vec<String> = ids
@@ -441,10 +506,10 @@ fn upstream_query(ids: &[&str], plan: &BulkPlan) -> String {
         .map(|id| utf8_percent_encode(id, QUERY_VALUE).to_string())
         .collect();
     let mut query = format!("accountId={}", encoded.join(","));
-    if !plan.expand.is_empty() {
+    if !expand.is_empty() {
         // Documented values only (see `bulk_plan`), but encoded all the same.
         query.push_str("&expand=");
-        query.push_str(&utf8_percent_encode(&plan.expand, EXPAND_VALUE).to_string());
+        query.push_str(&utf8_percent_encode(expand, EXPAND_VALUE).to_string());
     }
     query
 }

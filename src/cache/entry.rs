@@ -399,6 +399,11 @@ impl Entry {
         !self.is_fresh(now) && self.age(now) < self.lifetime().ttl + window
     }
 
+    /// Whether upstream's `Vary` names request headers besides `Accept-Encoding`.
+    pub fn varies(&self) -> bool {
+        self.vary.is_some()
+    }
+
     /// Whether this entry answers a request with these headers (upstream's `Vary`).
     pub fn matches_vary(&self, request_headers: &HeaderMap) -> bool {
         self.vary

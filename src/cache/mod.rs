@@ -36,8 +36,11 @@ mod generations;
 mod heads;
 mod invalidation;
 mod key;
+mod merge;
 mod outcome;
 mod read;
+mod shapes;
+mod single;
 mod storage;
 #[cfg(test)]
 mod tests;
@@ -49,15 +52,21 @@ use http::{HeaderMap, Response, header};
 use tokio::time::Instant;
 
 pub(crate) use bulk::BulkPlan;
+use bulk::Scope;
 pub(crate) use entry::{Buffered, Entry, Lifetime, add_vary_accept_encoding};
 use flights::Flights;
 use generations::Generations;
 pub(crate) use invalidation::Purge;
 pub(crate) use key::Bypass;
 pub use key::{CacheKey, Partition};
+use merge::Batches;
 pub(crate) use outcome::{Forward, Outcome, Served, Stored, Tier, mark};
 use read::Landed;
 pub(crate) use read::{Fetched, Origin};
+pub(crate) use shapes::Agreement;
+use shapes::Shapes;
+use single::Merged;
+pub(crate) use single::SinglePlan;
 use storage::Memory;
 pub(crate) use storage::Shared;
 
@@ -126,8 +135,6 @@ enum Resource<'a> {
 pub struct Lookup {
     key: CacheKey,
     partition: Partition,
-    /// The epoch, the route's generation, and the resource's: its era and counter.
-    generations: [u64; 4],
     route: Route,
     head: bool,
     shared: bool,
@@ -140,6 +147,10 @@ pub struct Cache {
     memory: Memory,
     generations: Generations,
     flights: Flights<CacheKey, Option<Landed>>,
+    /// Single account lookups being merged into bulk calls, by scope.
+    merges: Batches<Scope, Merged>,
+    /// Whether this site's single and bulk answers of one account agree.
+    shapes: Shapes,
     /// What of `[cache]` is fixed until a restart; the reloadable parts are `routes` and
     /// `not_found`.
     config: Settings,
@@ -169,16 +180,39 @@ struct Settings {
     coalesce_timeout: Duration,
     bulk_entities: bool,
     negative_ttl: Duration,
+    merge: MergeRoutes,
+}
+
+/// The single-lookup routes answered from per-account objects (`cache.merge.routes`).
+#[derive(Debug, Clone, Copy)]
+struct MergeRoutes {
+    user: bool,
+    email: bool,
+}
+
+impl MergeRoutes {
+    fn of(&self, route: Route) -> bool {
+        match route {
+            Route::User => self.user,
+            Route::Email => self.email,
+            _ => false,
+        }
+    }
 }
 
 impl Settings {
     fn of(config: &CacheConfig) -> Settings {
+        let named = |name: &str| config.merge.routes.iter().any(|r| r == name);
         Settings {
             enabled: config.enabled,
             max_entry_bytes: config.max_entry_bytes,
             coalesce_timeout: config.coalesce_timeout,
             bulk_entities: config.bulk_entities,
             negative_ttl: config.negative_ttl,
+            merge: MergeRoutes {
+                user: named("user"),
+                email: named("email"),
+            },
         }
     }
 }
@@ -197,6 +231,8 @@ impl Cache {
             memory: Memory::new(config.max_bytes, metrics.clone()),
             generations: Generations::default(),
             flights: Flights::default(),
+            merges: Batches::new(config.merge.max_ids, config.merge.max_query_bytes),
+            shapes: Shapes::new(config.merge.recheck, metrics.clone()),
             config: Settings::of(config),
             routes: arc_swap::ArcSwap::from_pointee(config.routes.clone()),
             not_found: arc_swap::ArcSwap::from_pointee(not_found(config)),
@@ -327,7 +363,6 @@ impl Cache {
         Lookup {
             key: CacheKey::new(partition, resolved, query, &generations),
             partition,
-            generations,
             route,
             head: resolved.head,
             shared: route.is_shared(),
@@ -435,6 +470,12 @@ impl Cache {
         );
         self.memory.replace(key, entry, fuller.clone());
         Ok(fuller)
+    }
+
+    /// Every route family and `expand` set whose single and bulk answers were compared, for
+    /// the status page: `(single route, expand, agreement)`.
+    pub(crate) fn shapes(&self) -> Vec<(Route, String, Agreement)> {
+        self.shapes.all()
     }
 
     /// Entries, weighted bytes and the budget, after moka has applied pending evictions.

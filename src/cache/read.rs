@@ -31,8 +31,25 @@ use crate::error::GatewayError;
 /// background refresh — and stores or passes on what it answers.
 pub trait Origin: Send + Sync {
     /// Upstream's answer to the read's GET; with `query` in place of the request's own query
-    /// when given (a bulk lookup asks only for the accounts it has not cached).
+    /// when given (a bulk lookup asks only for the accounts it has not cached). Charged to
+    /// the read's caller.
     fn fetch(&self, query: Option<String>) -> BoxFuture<'_, Result<Fetched, GatewayError>>;
+
+    /// Upstream's answer to a GET of `route` (another route of the read's family: the bulk
+    /// route of a single lookup) for this read's caller, with the query `query` makes once the
+    /// call has been admitted upstream — a merged call's batch closes then. `merge`: the call
+    /// answers merged lookups, and waits the merge window first where one applies. A read
+    /// whole answer is priced, not charged: the cache shares its points among the lookups it
+    /// served ([`Origin::charge`]); any other outcome is charged here.
+    fn fetch_for<'a>(
+        &'a self,
+        route: crate::routes::Route,
+        merge: bool,
+        query: Box<dyn FnOnce() -> String + Send + 'a>,
+    ) -> BoxFuture<'a, Result<Fetched, GatewayError>>;
+
+    /// Charges the read's caller `points` of a call made by [`Origin::fetch_for`].
+    fn charge(&self, points: u32) -> BoxFuture<'_, ()>;
 }
 
 /// What upstream answered a fetch with.
@@ -49,7 +66,7 @@ pub enum Fetched {
 
 /// What the cache made of a read's fetch (stored it, found it after all, passed it on), for
 /// the request that made it.
-enum Settled {
+pub(super) enum Settled {
     /// Stored; with upstream's ids of the exchange that fetched it (`Atl-Traceid`, …), which
     /// the entry never keeps and only the request that made the exchange is given.
     Stored(Arc<Entry>, HeaderMap),
@@ -250,7 +267,7 @@ impl Cache {
 
     /// Stores a fetched answer if it may be stored: its links rewritten, in the representation
     /// the client whose request fetched it prefers.
-    async fn settle(
+    pub(super) async fn settle(
         &self,
         lookup: Lookup,
         request_headers: &HeaderMap,
@@ -310,7 +327,11 @@ impl Cache {
 
     /// The cluster's copy of an entry this replica does not hold, if fresh and of this
     /// request's variant; kept in L1 too.
-    async fn find_shared(&self, lookup: Lookup, request_headers: &HeaderMap) -> Option<Arc<Entry>> {
+    pub(super) async fn find_shared(
+        &self,
+        lookup: Lookup,
+        request_headers: &HeaderMap,
+    ) -> Option<Arc<Entry>> {
         let shared = self.shared.as_ref()?;
         let entry = Entry::decode(&shared.get(&lookup.key).await?)?;
         if !entry.is_fresh(Instant::now()) || !entry.matches_vary(request_headers) {
@@ -341,7 +362,7 @@ impl Cache {
     /// The answer to a read that went upstream (or waited for one that did): a stored entry,
     /// an answer that was not stored, or a failure — for which an expired entry within its
     /// stale-if-error window (`fallback`) is served instead.
-    fn respond(
+    pub(super) fn respond(
         &self,
         settled: Settled,
         lookup: &Lookup,

@@ -17,7 +17,7 @@ use crate::config::{CacheConfig, RoutePolicy, UpstreamUrl};
 use crate::error::GatewayError;
 use crate::links::Links;
 use crate::metrics::Metrics;
-use crate::routes;
+use crate::routes::{self, Route};
 
 const WATCH: &str = "/wiki/rest/api/user/watch/space/ENG";
 
@@ -109,6 +109,19 @@ impl Origin for Upstream {
                 Bytes::from_static(self.body.as_bytes()),
             )))
         })
+    }
+
+    fn fetch_for<'a>(
+        &'a self,
+        _: Route,
+        _: bool,
+        query: Box<dyn FnOnce() -> String + Send + 'a>,
+    ) -> BoxFuture<'a, Result<Fetched, GatewayError>> {
+        self.fetch(Some(query()))
+    }
+
+    fn charge(&self, _: u32) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
     }
 }
 
@@ -402,6 +415,19 @@ impl Origin for Accounts<'_> {
                 Bytes::from(body.to_string()),
             )))
         })
+    }
+
+    fn fetch_for<'a>(
+        &'a self,
+        _: Route,
+        _: bool,
+        query: Box<dyn FnOnce() -> String + Send + 'a>,
+    ) -> BoxFuture<'a, Result<Fetched, GatewayError>> {
+        self.fetch(Some(query()))
+    }
+
+    fn charge(&self, _: u32) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
     }
 }
 

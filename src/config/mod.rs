@@ -23,14 +23,15 @@ mod tests;
 mod values;
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 pub use reload::{changed_between, reloadable, with_digests};
 pub use sections::{
     AdminConfig, AuthConfig, AuthMode, CacheConfig, CallersConfig, ClassLimits, ClientConfig,
-    ClusterConfig, CsrfConfig, LimitsConfig, LogConfig, LogFormat, MethodBudgets, PointsBudget,
-    QuotaConfig, Rate, ServerConfig, TelemetryConfig, TlsConfig, UpstreamConfig,
+    ClusterConfig, CsrfConfig, LimitsConfig, LogConfig, LogFormat, MergeConfig, MethodBudgets,
+    PointsBudget, QuotaConfig, Rate, ServerConfig, TelemetryConfig, TlsConfig, UpstreamConfig,
 };
 pub(crate) use values::digest;
 pub use values::{KeyHash, RoutePolicies, RoutePolicy, Secret, UpstreamUrl, duration};
@@ -293,6 +294,39 @@ impl RawConfig {
             return Err(ConfigError::invalid(
                 "cache.max_entry_bytes",
                 "must not exceed cache.max_bytes",
+            ));
+        }
+        let merge = &self.cache.merge;
+        for (i, name) in merge.routes.iter().enumerate() {
+            if !["user", "email"].contains(&name.as_str()) {
+                return Err(ConfigError::invalid(
+                    &format!("cache.merge.routes[{i}]"),
+                    format!("`{name}` is not a route with bulk lookups: user or email"),
+                ));
+            }
+        }
+        if !(1..=200).contains(&merge.max_ids) {
+            return Err(ConfigError::invalid(
+                "cache.merge.max_ids",
+                "must be between 1 and 200",
+            ));
+        }
+        if merge.max_query_bytes < 256 {
+            return Err(ConfigError::invalid(
+                "cache.merge.max_query_bytes",
+                "must be at least 256",
+            ));
+        }
+        if merge.window > Duration::from_millis(100) {
+            return Err(ConfigError::invalid(
+                "cache.merge.window",
+                "must be at most 100ms: every merged lookup of a points caller waits it",
+            ));
+        }
+        if merge.recheck < Duration::from_secs(60) {
+            return Err(ConfigError::invalid(
+                "cache.merge.recheck",
+                "must be at least 1m",
             ));
         }
         for (i, name) in self.cache.ignored_cookies.iter().enumerate() {

@@ -178,6 +178,44 @@ pub struct CacheConfig {
     /// cache nor keep an answer from being stored (`cookies`).
     pub ignored_cookies: Vec<String>,
     pub routes: RoutePolicies,
+    pub merge: MergeConfig,
+}
+
+/// Single account lookups answered from per-account objects and merged into bulk calls
+/// (README, "Account lookups").
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MergeConfig {
+    /// The single-lookup routes this applies to: `user` (`/user?accountId=`, with
+    /// `/user/bulk`) and `email` (`/user/email?accountId=`, with `/user/email/bulk`). Leave a
+    /// route out to answer its lookups one call each, from their own entries only.
+    pub routes: Vec<String>,
+    /// How long a lookup of a caller whose answers carry a points policy (OAuth, Forge and
+    /// Connect apps) waits for others to share its bulk call. API-token callers never wait:
+    /// their lookups merge only while a call would wait anyway (a burst token, a place
+    /// upstream).
+    #[serde(with = "duration")]
+    pub window: Duration,
+    /// The most accounts in one merged call (Atlassian's limit is 200).
+    pub max_ids: usize,
+    /// The longest `accountId` list in one merged call, in bytes (Atlassian has answered 400 to
+    /// a request line of 200 long account ids).
+    pub max_query_bytes: usize,
+    /// How often a site's single and bulk answers are compared again.
+    #[serde(with = "duration")]
+    pub recheck: Duration,
+}
+
+impl Default for MergeConfig {
+    fn default() -> Self {
+        MergeConfig {
+            routes: vec!["user".to_owned(), "email".to_owned()],
+            window: Duration::from_millis(2),
+            max_ids: 200,
+            max_query_bytes: 4096,
+            recheck: Duration::from_secs(24 * 3600),
+        }
+    }
 }
 
 impl Default for CacheConfig {
@@ -194,6 +232,7 @@ impl Default for CacheConfig {
             negative_ttl: Duration::from_secs(30),
             ignored_cookies: vec!["atlassian.xsrf.token".to_owned()],
             routes: RoutePolicies::default(),
+            merge: MergeConfig::default(),
         }
     }
 }

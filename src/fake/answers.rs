@@ -8,7 +8,7 @@ use http::{HeaderValue, Response, StatusCode, header};
 use serde_json::{Value, json};
 
 use super::data::{Data, DemoUser, Property, Site, WatchKind, find_user};
-use super::edge::Shape;
+use super::edge::{BulkObjects, Shape};
 use crate::body::Body;
 use crate::routes::{self, Operation};
 
@@ -119,6 +119,7 @@ pub(super) struct Ctx<'a> {
     pub(super) xsrf_ok: bool,
     pub(super) body: &'a Bytes,
     pub(super) shape: Shape,
+    pub(super) bulk_objects: BulkObjects,
 }
 
 impl Ctx<'_> {
@@ -307,11 +308,13 @@ impl Ctx<'_> {
             "displayName": user.display_name,
             "timeZone": "Europe/Berlin",
             "isExternalCollaborator": user.api_token.is_empty(),
-            "externalCollaborator": user.api_token.is_empty(),
-            "isGuest": false,
             "_expandable": { "operations": "", "personalSpace": "" },
             "_links": self.links(&format!("/rest/api/user?accountId={}", user.account_id)),
         });
+        if self.bulk_objects == BulkObjects::Differ {
+            value["externalCollaborator"] = json!(user.api_token.is_empty());
+            value["isGuest"] = json!(false);
+        }
         if self.expands("operations") {
             value["operations"] = json!([
                 { "operation": "use", "targetType": "application" },
@@ -395,6 +398,8 @@ impl Ctx<'_> {
             .filter_map(|id| find_user(id))
             .take(limit as usize)
             .map(|user| {
+                // The spec's `BulkUserLookup`: the single answer less the site's links (which
+                // the envelope states once) and what only single answers carry.
                 let mut value = self.user_json(user, caller);
                 let object = value.as_object_mut().expect("object");
                 object.remove("externalCollaborator");

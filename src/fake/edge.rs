@@ -22,6 +22,18 @@ pub enum Shape {
     Plain,
 }
 
+/// How a bulk lookup's objects compare with the single answers of the same accounts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum BulkObjects {
+    /// The spec's `BulkUserLookup`: a single answer is the bulk object with the envelope's
+    /// `_links.base` and `_links.context` added (the default).
+    #[default]
+    Agree,
+    /// Single answers also carry the deprecated `externalCollaborator` and an `isGuest` that
+    /// bulk objects do not: the two cannot stand in for each other.
+    Differ,
+}
+
 /// Numbers the per-request ids; with the process's start time it makes them unique.
 static SEQUENCE: AtomicU64 = AtomicU64::new(0);
 

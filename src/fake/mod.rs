@@ -39,7 +39,7 @@ use crate::routes::Operation;
 use crate::server::{self, Http};
 
 pub use data::{DEMO_USERS, DIRECTORY_SIZE, DemoUser, directory_account};
-pub use edge::Shape;
+pub use edge::{BulkObjects, Shape};
 pub use limits::{FakeBursts, FakeWriteLimit};
 pub use points::{FakeQuota, QuotaMode};
 
@@ -59,6 +59,8 @@ pub struct FakeOptions {
     pub bursts: Option<FakeBursts>,
     /// Writes allowed to one resource per period; `None` (the default): unlimited.
     pub write_limit: Option<FakeWriteLimit>,
+    /// How its bulk lookups' objects compare with its single answers of the same accounts.
+    pub bulk_objects: BulkObjects,
 }
 
 impl Default for FakeOptions {
@@ -69,6 +71,7 @@ impl Default for FakeOptions {
             honour_forwarded_host: false,
             bursts: Some(FakeBursts::default()),
             write_limit: None,
+            bulk_objects: BulkObjects::default(),
         }
     }
 }

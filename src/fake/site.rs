@@ -182,6 +182,7 @@ impl FakeHandler {
                 .is_some_and(|v| v == "no-check"),
             body,
             shape: self.0.options.shape,
+            bulk_objects: self.0.options.bulk_objects,
         };
         let mut response = match ctx.answer() {
             Ok(answer) => answer.into_response(),

@@ -55,6 +55,24 @@ pub(super) struct Admission {
     pub(super) cookies: Arc<IgnoredCookies>,
 }
 
+impl Admission {
+    /// The same caller's permission for a call to `route` instead (another route of a read's
+    /// family: a merged lookup's bulk call), with its own burst bucket and price.
+    pub(super) fn for_route(&self, route: Route) -> Admission {
+        Admission {
+            seen: self.seen.clone(),
+            limits: self.limits.clone(),
+            metrics: self.metrics.clone(),
+            route,
+            method: self.method.clone(),
+            caller: self.caller.clone(),
+            hold: self.hold,
+            write: self.write,
+            cookies: self.cookies.clone(),
+        }
+    }
+}
+
 /// Retries of an idempotent request after a connect error.
 const CONNECT_RETRIES: u32 = 2;
 
@@ -89,6 +107,19 @@ impl Admission {
         deadline: Instant,
         idempotent: bool,
     ) -> Result<Response<Held>, GatewayError> {
+        self.send_made(upstream, || Ok(request), deadline, idempotent)
+            .await
+    }
+
+    /// [`Admission::send`], the request made only once the call has been admitted and holds
+    /// its place upstream (a merged lookup's batch closes then).
+    pub(super) async fn send_made(
+        &self,
+        upstream: &Upstream,
+        make: impl FnOnce() -> Result<Request<Full<Bytes>>, GatewayError>,
+        deadline: Instant,
+        idempotent: bool,
+    ) -> Result<Response<Held>, GatewayError> {
         let bucket = BucketId::of(self.route, &self.method);
         let pass = self
             .limits
@@ -100,6 +131,7 @@ impl Admission {
         let entered = Instant::now();
         let place = upstream.enter().await?;
         self.metrics.queue_waited(entered.elapsed());
+        let request = make()?;
         let mut attempt = 0;
         let mut request = Some(request);
         loop {
@@ -128,6 +160,9 @@ impl Admission {
                 Ok(mut response) => {
                     self.cookies.strip_response(response.headers_mut());
                     let hints = Hints::read(response.headers());
+                    if !hints.policies.is_empty() {
+                        self.caller.account.stated_points();
+                    }
                     if pass.answered(response.status(), &hints).await {
                         self.metrics.hold_started();
                     }

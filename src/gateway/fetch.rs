@@ -5,6 +5,8 @@
 //! for a client that does not take gzip (asked again without gzip, or refused); a corrupt gzip
 //! answer is an error, never a shorter body.
 
+use std::time::Duration;
+
 use bytes::{Bytes, BytesMut};
 use futures_util::future::BoxFuture;
 use http::{Request, Response, header};
@@ -17,6 +19,7 @@ use crate::cache::{self, Buffered, Fetched};
 use crate::coding::{self, Accepts, Coding};
 use crate::error::GatewayError;
 use crate::forward;
+use crate::routes::Route;
 use crate::upstream::Upstream;
 
 /// A cached read's way upstream, the cache's [`cache::Origin`]: the prepared GET, copied,
@@ -29,6 +32,8 @@ pub(super) struct ReadOrigin {
     pub(super) limit: usize,
     /// What the requesting client accepts.
     pub(super) accepts: Accepts,
+    /// How long a merged call waits for more lookups to share it (zero: not at all).
+    pub(super) merge_window: Duration,
 }
 
 impl cache::Origin for ReadOrigin {
@@ -56,6 +61,53 @@ impl cache::Origin for ReadOrigin {
                 (fetched, _) => Ok(fetched),
             }
         })
+    }
+
+    fn fetch_for<'a>(
+        &'a self,
+        route: Route,
+        merge: bool,
+        query: Box<dyn FnOnce() -> String + Send + 'a>,
+    ) -> BoxFuture<'a, Result<Fetched, GatewayError>> {
+        Box::pin(async move {
+            if merge && !self.merge_window.is_zero() {
+                tokio::time::sleep(self.merge_window).await;
+            }
+            let admission = self.admission.for_route(route);
+            let template = &self.request;
+            // The same upstream base, the other route's path.
+            let path = template.uri().path();
+            let base = path
+                .strip_suffix(self.admission.route.template())
+                .ok_or_else(|| {
+                    GatewayError::Internal(format!("{path} is not the path of its route"))
+                })?;
+            let target = format!("{base}{}", route.template());
+            let make = || {
+                let mut request = copy_request(template);
+                *request.uri_mut() = with_target(template.uri(), &target, &query())?;
+                Ok(request)
+            };
+            let deadline = self.upstream.deadline();
+            let response = admission
+                .send_made(&self.upstream, make, deadline, true)
+                .await?;
+            let status = response.status();
+            match read_answer(response, deadline, self.limit, self.accepts).await {
+                Ok(Fetched::Buffered(answer)) => {
+                    let points = admission.price(status, Some(answer.body()));
+                    Ok(Fetched::Buffered(answer.priced(points)))
+                }
+                other => {
+                    admission.charge(admission.price(status, None)).await;
+                    other
+                }
+            }
+        })
+    }
+
+    fn charge(&self, points: u32) -> BoxFuture<'_, ()> {
+        Box::pin(self.admission.charge(points))
     }
 }
 
@@ -205,8 +257,13 @@ fn streamed(
 
 /// `uri` with its query replaced.
 fn with_query(uri: &http::Uri, query: &str) -> Result<http::Uri, GatewayError> {
+    with_target(uri, uri.path(), query)
+}
+
+/// `uri` with its path and query replaced.
+fn with_target(uri: &http::Uri, path: &str, query: &str) -> Result<http::Uri, GatewayError> {
     let mut parts = uri.clone().into_parts();
-    let path_and_query = format!("{}?{query}", uri.path());
+    let path_and_query = format!("{path}?{query}");
     parts.path_and_query = Some(
         path_and_query
             .parse()

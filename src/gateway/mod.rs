@@ -54,7 +54,7 @@ use record::{LogFields, Received, request_span};
 
 use crate::access_log::{self, UpstreamSeen};
 use crate::body::Body;
-use crate::cache::{self, BulkPlan, Bypass, Cache, Found, Lookup, Outcome, Served};
+use crate::cache::{self, BulkPlan, Bypass, Cache, Found, Lookup, Outcome, Served, SinglePlan};
 use crate::caller::{Caller, Callers, Credential};
 use crate::coding::Accepts;
 use crate::config::Config;
@@ -87,6 +87,8 @@ pub struct Gateway {
     links: Arc<Links>,
     /// Cookies that carry no identity: they never cross, in either direction.
     cookies: Arc<ArcSwap<IgnoredCookies>>,
+    /// `cache.merge.window`: how long a points caller's merged lookup waits for others.
+    merge_window: std::time::Duration,
 }
 
 impl Gateway {
@@ -117,6 +119,7 @@ impl Gateway {
             public_host,
             links,
             cookies,
+            merge_window: config.cache.merge.window,
             upstream: Upstream::new(&config.upstream, gate)?,
             csrf,
             limits: RequestLimits {
@@ -280,7 +283,10 @@ impl Gateway {
                     let (response, served) = self.cache.hit(&lookup, entry, &parts.headers)?;
                     return Ok(Finding::Hit(response, served));
                 }
-                found => Read::Entry(lookup, found),
+                found => match self.cache.single_plan(&lookup, parts.uri.query()) {
+                    Some(plan) => Read::Single(lookup, found, plan),
+                    None => Read::Entry(lookup, found),
+                },
             },
         };
         Ok(Finding::Read(read))
@@ -371,12 +377,18 @@ impl Gateway {
         let request = self
             .upstream_request(parts, body, conn, Exchange::StoredRead)
             .await?;
+        // Only callers whose answers carry a points policy wait for others to merge with.
+        let merge_window = match admission.caller.account.states_points() {
+            true => self.merge_window,
+            false => std::time::Duration::ZERO,
+        };
         let origin = Arc::new(ReadOrigin {
             request,
             upstream: self.upstream.clone(),
             admission,
             limit: self.cache.max_entry_bytes(),
             accepts,
+            merge_window,
         });
         match read {
             Read::Entry(lookup, found) => {
@@ -386,6 +398,11 @@ impl Gateway {
             }
             // Only the accounts not cached are asked for: the same path, another query.
             Read::Bulk(plan) => self.cache.bulk_read(plan, &request_headers, &*origin).await,
+            Read::Single(lookup, found, plan) => {
+                self.cache
+                    .single_read(lookup, found, plan, &request_headers, origin)
+                    .await
+            }
         }
     }
 
@@ -510,6 +527,8 @@ enum Read {
     Entry(Lookup, Found),
     /// A bulk lookup, account by account.
     Bulk(BulkPlan),
+    /// A single account lookup, from its own entry or its account's object, or merged.
+    Single(Lookup, Found, SinglePlan),
 }
 
 /// What an upstream request is for, which decides how its head is prepared.

@@ -73,6 +73,26 @@ fn wait_histogram() -> Histogram {
     Histogram::new([0.001, 0.005, 0.025, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0])
 }
 
+/// Account lookups answered from per-account objects: `how` is `merged` (a single lookup that
+/// shared a bulk call) or `reused` (one answered from objects another lookup stored).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AccountLabels {
+    route: &'static str,
+    how: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    route: &'static str,
+}
+
+/// Whether a site's single and bulk answers of one account agree, per route family.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ShapeLabels {
+    route: &'static str,
+    state: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CauseLabels {
     cause: &'static str,
@@ -99,12 +119,22 @@ pub struct Metrics {
     burst_limit: Family<BucketLabels, Gauge>,
     burst_refill: Family<BucketLabels, Gauge<f64, AtomicU64>>,
     queue_waits: Histogram,
+    account_lookups: Family<AccountLabels, Counter>,
+    account_points_saved: Family<AccountLabels, Counter>,
+    merge_calls: Family<RouteLabels, Counter>,
+    account_shapes: Family<ShapeLabels, Gauge>,
     upstream_in_flight: Gauge,
     upstream_queued: Gauge,
     /// Requests in a row that failed inside wikigate since an upstream call last completed:
     /// what readiness reads (a gateway whose upstream path fails every time is not ready).
     failing_inside: AtomicU64,
 }
+
+/// How account lookups are answered without a call of their own (`wikigate_account_lookups`).
+pub(crate) const ACCOUNT_HOWS: [&str; 2] = ["merged", "reused"];
+
+/// The states of a site's single and bulk answers' agreement (`wikigate_account_shapes`).
+pub(crate) const SHAPE_STATES: [&str; 3] = ["unknown", "agree", "disagree"];
 
 /// Internal failures in a row, with no upstream answer between them, past which the gateway
 /// is not ready.
@@ -140,6 +170,10 @@ impl Metrics {
             burst_limit: Family::default(),
             burst_refill: Family::default(),
             queue_waits: wait_histogram(),
+            account_lookups: Family::default(),
+            account_points_saved: Family::default(),
+            merge_calls: Family::default(),
+            account_shapes: Family::default(),
             upstream_in_flight: Gauge::default(),
             upstream_queued: Gauge::default(),
             failing_inside: AtomicU64::new(0),
@@ -154,6 +188,25 @@ impl Metrics {
                 drop(metrics.errors.get_or_create(&ErrorLabels {
                     route,
                     source: source.as_str(),
+                }));
+            }
+        }
+        for route in [Route::User, Route::Email] {
+            for how in ACCOUNT_HOWS {
+                let labels = AccountLabels {
+                    route: route.name(),
+                    how,
+                };
+                drop(metrics.account_lookups.get_or_create(&labels));
+                drop(metrics.account_points_saved.get_or_create(&labels));
+            }
+            drop(metrics.merge_calls.get_or_create(&RouteLabels {
+                route: route.name(),
+            }));
+            for state in SHAPE_STATES {
+                drop(metrics.account_shapes.get_or_create(&ShapeLabels {
+                    route: route.name(),
+                    state,
                 }));
             }
         }
@@ -242,6 +295,26 @@ impl Metrics {
             "upstream_burst_refill_rate",
             "Tokens a second Atlassian's burst bucket of a route and method refills by: stated (X-RateLimit-FillRate), learned from its answers, or assumed until then",
             self.burst_refill.clone(),
+        );
+        r.register(
+            "account_lookups",
+            "Single account lookups answered from per-account objects, by route and how: merged (shared one bulk call with others) or reused (from objects another lookup stored, with no call)",
+            self.account_lookups.clone(),
+        );
+        r.register(
+            "account_points_saved",
+            "Atlassian points account lookups saved by merging and by reuse, beyond what one call per lookup would have spent, by route and how",
+            self.account_points_saved.clone(),
+        );
+        r.register(
+            "account_merge_calls",
+            "Bulk calls upstream that answered merged single account lookups, by route of the lookups",
+            self.merge_calls.clone(),
+        );
+        r.register(
+            "account_shapes",
+            "expand sets whose single and bulk answers of one account were seen to agree, to disagree, or not checked yet, by route (no answer of one route is built from the other's objects unless they agree)",
+            self.account_shapes.clone(),
         );
         r.register(
             "cache_entries",
@@ -371,6 +444,69 @@ impl Metrics {
         self.burst_waits
             .get_or_create(&BucketLabels::of(bucket))
             .observe(waited.as_secs_f64());
+    }
+
+    /// `n` single account lookups of `route` answered `how` ([`ACCOUNT_HOWS`]), saving
+    /// `points` beyond what one call each would have spent.
+    pub fn account_lookups(&self, route: Route, how: &'static str, n: u64, points: u64) {
+        let labels = AccountLabels {
+            route: route.name(),
+            how,
+        };
+        self.account_lookups.get_or_create(&labels).inc_by(n);
+        self.account_points_saved
+            .get_or_create(&labels)
+            .inc_by(points);
+    }
+
+    /// A bulk call upstream answered merged lookups of `route`.
+    pub fn merge_call(&self, route: Route) {
+        self.merge_calls
+            .get_or_create(&RouteLabels {
+                route: route.name(),
+            })
+            .inc();
+    }
+
+    /// How many `expand` sets of `route`'s family are in each [`SHAPE_STATES`] state.
+    pub fn account_shapes(&self, route: Route, counts: [i64; 3]) {
+        for (state, count) in SHAPE_STATES.into_iter().zip(counts) {
+            self.account_shapes
+                .get_or_create(&ShapeLabels {
+                    route: route.name(),
+                    state,
+                })
+                .set(count);
+        }
+    }
+
+    /// Account lookups answered by merging and by reuse, and the points both saved, of
+    /// `route`: `(merged, reused, points saved)`.
+    pub fn account_totals(&self, route: Route) -> (u64, u64, u64) {
+        let get = |family: &Family<AccountLabels, Counter>, how| {
+            family
+                .get_or_create(&AccountLabels {
+                    route: route.name(),
+                    how,
+                })
+                .get()
+        };
+        let points =
+            get(&self.account_points_saved, "merged") + get(&self.account_points_saved, "reused");
+        (
+            get(&self.account_lookups, "merged"),
+            get(&self.account_lookups, "reused"),
+            points,
+        )
+    }
+
+    /// Bulk calls made for merged lookups of `route`.
+    pub fn merge_calls_of(&self, route: Route) -> u64 {
+        self.merge_calls
+            .get_or_create(&RouteLabels {
+                route: route.name(),
+            })
+            .get()
     }
 
     /// An upstream call waited this long for a place upstream.

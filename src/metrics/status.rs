@@ -92,7 +92,21 @@ impl Metrics {
             .iter()
             .flat_map(|account| Route::ALL.map(|route| account.by_route(route).1))
             .sum();
+        let accounts = [Route::User, Route::Email]
+            .into_iter()
+            .map(|route| {
+                let (merged, reused, points_saved) = self.account_totals(route);
+                AccountStatus {
+                    route: route.name(),
+                    merged,
+                    reused,
+                    calls: self.merge_calls_of(route),
+                    points_saved,
+                }
+            })
+            .collect();
         Status {
+            accounts,
             requests: (0..ROUTES).map(|r| t.requests_of(r, &ALL_LABELS)).sum(),
             saved: t.saved.iter().map(load).sum(),
             points_saved,
@@ -135,6 +149,9 @@ pub struct Snapshot {
     /// Requests upstream, and waiting for a place upstream.
     pub upstream_in_flight: usize,
     pub upstream_queued: usize,
+    /// Whether single and bulk answers of one account agree: `(single route, expand set,
+    /// state)` for every one compared.
+    pub shapes: Vec<(&'static str, String, &'static str)>,
 }
 
 /// Everything the status page shows.
@@ -152,7 +169,19 @@ pub struct Status {
     pub low_quota: bool,
     /// Who spent and saved points this hour, the biggest spender first.
     pub callers: Vec<CallerPoints>,
+    /// Single account lookups answered without a call of their own, by route.
+    pub accounts: Vec<AccountStatus>,
     pub snapshot: Snapshot,
+}
+
+/// A single-lookup route's lookups answered by merging and by reuse.
+pub struct AccountStatus {
+    pub route: &'static str,
+    pub merged: u64,
+    pub reused: u64,
+    /// Bulk calls made for merged lookups.
+    pub calls: u64,
+    pub points_saved: u64,
 }
 
 /// One caller's points this hour.

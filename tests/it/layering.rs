@@ -177,11 +177,19 @@ const INSIDE: [(&str, &[&[&str]]); 2] = [
     (
         "cache",
         &[
-            &["key", "etag", "heads", "generations", "flights"],
+            &[
+                "key",
+                "etag",
+                "heads",
+                "generations",
+                "flights",
+                "merge",
+                "shapes",
+            ],
             &["outcome"],
             &["entry"],
             &["storage"],
-            &["mod", "read", "invalidation", "bulk", "tests"],
+            &["mod", "read", "invalidation", "bulk", "single", "tests"],
         ],
     ),
     (
