@@ -175,17 +175,19 @@ impl Cache {
         )
     }
 
-    /// An account's object and the envelope it came with, when both are held fresh.
+    /// An account's object and the envelope it came with, when both are held fresh and are at
+    /// most `max_age` old (the asking route's own TTL).
     pub(super) fn fresh_account(
         &self,
         scope: &Scope,
         id: &str,
+        max_age: Duration,
     ) -> Option<(Arc<Entry>, Arc<Entry>)> {
         let now = Instant::now();
         let fresh = |key| {
             self.memory
                 .get(&key)
-                .filter(|e: &Arc<Entry>| e.is_fresh(now))
+                .filter(|e: &Arc<Entry>| e.is_fresh(now) && e.age(now) < max_age)
         };
         let envelope = fresh(self.account_key(scope, ""))?;
         Some((fresh(self.account_key(scope, id))?, envelope))

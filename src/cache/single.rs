@@ -141,7 +141,8 @@ impl Cache {
             let outcome = Outcome::Hit(Tier::Cluster);
             return self.serve(&lookup, entry, request_headers, outcome, saved);
         }
-        if let Some((account, envelope)) = self.fresh_account(&plan.scope, &plan.id) {
+        let max_age = lookup.lifetime.ttl;
+        if let Some((account, envelope)) = self.fresh_account(&plan.scope, &plan.id, max_age) {
             let made = (account.status == StatusCode::OK)
                 .then(|| self.materialize(&lookup, &account, &envelope, request_headers))
                 .flatten();
@@ -296,12 +297,11 @@ impl Cache {
         }
         let envelope = Envelope::from_entry(envelope)?;
         let body = family.single_from_bulk(account.plain()?, envelope.links())?;
-        let left = account
-            .lifetime()
-            .ttl
-            .saturating_sub(account.age(Instant::now()));
+        // Fresh no longer than the object, nor than the lookup's own route allows.
+        let age = account.age(Instant::now());
+        let ttl = account.lifetime().ttl.min(lookup.lifetime.ttl);
         let lifetime = Lifetime {
-            ttl: left.min(lookup.lifetime.ttl),
+            ttl: ttl.saturating_sub(age),
             ..lookup.lifetime
         };
         let answer = Buffered::plain(StatusCode::OK, envelope.headers, body).priced(account.points);

@@ -4,6 +4,7 @@
 //! windows, holds, limiter refills, drains) run on tokio's paused clock; real sleeps remain
 //! only where another process (the binary, Redis) must be waited for.
 
+mod accounts;
 mod bulk;
 mod cache;
 mod cli;
