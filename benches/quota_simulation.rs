@@ -23,8 +23,14 @@
 //! 429s (the target through wikigate: 0), 429s the clients saw, the p99 wait wikigate added,
 //! and whether the other endpoint kept answering.
 //!
-//! `cargo bench --bench quota_simulation` runs the hour and the minute; under `cargo test`, ten
-//! minutes of the hour and the minute.
+//! Then account lookups, direct, through wikigate as a perfect URL cache (`cache.merge.routes =
+//! []`) and through wikigate at its defaults (single lookups answered from per-account objects
+//! and merged into bulk calls): a minute of four services looking up distinct accounts one at a
+//! time at three times a burst bucket's rate (API tokens), and a minute of an OAuth app's page
+//! renders, 20–50 accounts a page looked up at once, under the points quota.
+//!
+//! `cargo bench --bench quota_simulation` runs the hour and the minutes; under `cargo test`, ten
+//! minutes of the hour, the burst minute, and 20 s of each account run.
 
 use std::time::Duration;
 
@@ -375,6 +381,269 @@ fn burst_table(direct: &Burst, through: &mut Burst, seconds: u64) {
     }
 }
 
+/// How account lookups reach the site.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lookups {
+    Direct,
+    /// wikigate with `cache.merge.routes = []`: a perfect URL cache, one call per miss.
+    UrlCache,
+    /// wikigate at its defaults: lookups answered from per-account objects, merged.
+    Merged,
+}
+
+impl Lookups {
+    const ALL: [Lookups; 3] = [Lookups::Direct, Lookups::UrlCache, Lookups::Merged];
+
+    fn name(self) -> &'static str {
+        match self {
+            Lookups::Direct => "direct to the site",
+            Lookups::UrlCache => "wikigate, merging off (a URL cache)",
+            Lookups::Merged => "wikigate, merging on (the default)",
+        }
+    }
+}
+
+/// The fake and, unless direct, wikigate in front of it; the base URL to ask.
+async fn lookup_site(
+    path: Lookups,
+    options: FakeOptions,
+) -> (FakeConfluence, Option<wikigate::Running>, String) {
+    let fake = FakeConfluence::start_with(options)
+        .await
+        .expect("the fake starts");
+    let gateway = match path {
+        Lookups::Direct => None,
+        Lookups::UrlCache | Lookups::Merged => {
+            let mut config = config(&fake.url(), false);
+            if path == Lookups::UrlCache {
+                config.cache.merge.routes.clear();
+            }
+            let config = config.validate().expect("a valid config");
+            Some(wikigate::start(&config).await.expect("starts"))
+        }
+    };
+    let origin = gateway
+        .as_ref()
+        .map_or_else(|| fake.url(), |g| format!("http://{}", g.addr));
+    (fake, gateway, origin)
+}
+
+fn basic_auth(n: usize) -> String {
+    let user = DEMO_USERS[n];
+    let pair = format!("{}:{}", user.email, user.api_token);
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(pair)
+    )
+}
+
+/// Four services of one credential (a service account) look up distinct accounts one at a
+/// time, at three times the rate of the site's burst bucket (10 tokens, 10 a second, per
+/// endpoint), with no points quota (API tokens): each lookup a miss.
+async fn distinct_lookups(path: Lookups, seconds: u64) -> Burst {
+    let (fake, gateway, origin) = lookup_site(
+        path,
+        FakeOptions {
+            quota: None,
+            bursts: Some(wikigate::fake::FakeBursts::new(BUCKET, BUCKET)),
+            ..FakeOptions::default()
+        },
+    )
+    .await;
+    let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
+    let auth = basic_auth(0);
+    let (sender, mut results) = tokio::sync::mpsc::unbounded_channel();
+    let every = Duration::from_secs(1) / (3 * BUCKET);
+    let started = tokio::time::Instant::now();
+    let mut n = 0u64;
+    while started.elapsed() < Duration::from_secs(seconds) {
+        let key = INTERACTIVE[(n % 4) as usize];
+        let account = directory_account(n as usize % wikigate::fake::DIRECTORY_SIZE);
+        let url = format!("{origin}/wiki/rest/api/user?accountId={account}");
+        let (client, auth, sender) = (client.clone(), auth.clone(), sender.clone());
+        tokio::spawn(async move {
+            let asked = tokio::time::Instant::now();
+            let (status, _) = get(&client, url, key, &auth).await;
+            let _ = sender.send((status, asked.elapsed()));
+        });
+        n += 1;
+        tokio::time::sleep_until(started + every * u32::try_from(n).unwrap_or(u32::MAX)).await;
+    }
+    drop(sender);
+    let mut burst = Burst::default();
+    while let Some((status, took)) = results.recv().await {
+        burst.asked += 1;
+        match status {
+            StatusCode::OK => {
+                burst.ok += 1;
+                burst.waits.push(took);
+            }
+            StatusCode::TOO_MANY_REQUESTS => burst.refused += 1,
+            _ => {}
+        }
+    }
+    burst.upstream_429 = fake.limit_refusals();
+    burst.other = fake.requests();
+    if let Some(gateway) = gateway {
+        gateway.stop().await;
+    }
+    burst
+}
+
+/// What page renders of an OAuth app (its answers carry a points policy) came to.
+#[derive(Debug, Default)]
+struct Renders {
+    lookups: u64,
+    ok: u64,
+    /// Points the site charged.
+    spent: u64,
+    calls: u64,
+    /// Every lookup's time from asking to its answer, on the paused clock.
+    took: Vec<Duration>,
+}
+
+/// Every 250 ms a page renders, naming 20 to 50 accounts drawn from 2 000 (a few hot, most
+/// not), all looked up at once, one lookup each.
+async fn page_renders(path: Lookups, seconds: u64) -> Renders {
+    let (fake, gateway, origin) = lookup_site(path, FakeOptions::default()).await;
+    let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
+    let auth = basic_auth(0);
+    let mut random = Lcg(7);
+    let (sender, mut results) = tokio::sync::mpsc::unbounded_channel();
+    let started = tokio::time::Instant::now();
+    let mut page = 0u32;
+    while started.elapsed() < Duration::from_secs(seconds) {
+        let names = 20 + (random.next() * 31.0) as usize;
+        for _ in 0..names {
+            // A third of the names from 50 hot accounts, the rest from 2 000.
+            let account = match random.next() < 0.33 {
+                true => (random.next() * 50.0) as usize,
+                false => (random.next() * 2_000.0) as usize,
+            };
+            let url = format!(
+                "{origin}/wiki/rest/api/user?accountId={}",
+                directory_account(account)
+            );
+            let (client, auth, sender) = (client.clone(), auth.clone(), sender.clone());
+            tokio::spawn(async move {
+                let asked = tokio::time::Instant::now();
+                let (status, _) = get(&client, url, INTERACTIVE[0], &auth).await;
+                let _ = sender.send((status, asked.elapsed()));
+            });
+        }
+        page += 1;
+        tokio::time::sleep_until(started + Duration::from_millis(250) * page).await;
+    }
+    drop(sender);
+    let mut renders = Renders::default();
+    while let Some((status, took)) = results.recv().await {
+        renders.lookups += 1;
+        renders.ok += u64::from(status == StatusCode::OK);
+        renders.took.push(took);
+    }
+    renders.took.sort();
+    renders.spent = fake.quota_totals().0;
+    renders.calls = fake.requests();
+    if let Some(gateway) = gateway {
+        gateway.stop().await;
+    }
+    renders
+}
+
+fn percentile(sorted: &[Duration], p: usize) -> Duration {
+    sorted
+        .get(sorted.len().saturating_sub(1) * p / 100)
+        .copied()
+        .unwrap_or_default()
+}
+
+/// Account lookups: distinct ones under a burst bucket, and page renders under the points
+/// quota, direct, through a URL cache, and merged. Returns (distinct, renders) through the
+/// default gateway, and the renders' one-by-one and URL-cache spend, for the checks.
+fn account_lookups(
+    runtime: &tokio::runtime::Runtime,
+    seconds: u64,
+) -> (Burst, Renders, Renders, Renders) {
+    let mut distinct: Vec<Burst> = Lookups::ALL
+        .iter()
+        .map(|path| runtime.block_on(distinct_lookups(*path, seconds)))
+        .collect();
+    println!();
+    println!(
+        "{seconds} s of distinct single account lookups (API tokens) at 3× a {BUCKET}/s burst bucket"
+    );
+    println!(
+        "| | {} | {} | {} |",
+        Lookups::ALL[0].name(),
+        Lookups::ALL[1].name(),
+        Lookups::ALL[2].name()
+    );
+    println!("|---|---|---|---|");
+    for burst in &mut distinct {
+        burst.waits.sort();
+    }
+    let row = |name: &str, cell: &dyn Fn(&Burst) -> String| {
+        let cells: Vec<String> = distinct.iter().map(cell).collect();
+        println!("| {name} | {} |", cells.join(" | "));
+    };
+    row("answered 200", &|b| {
+        format!(
+            "{} of {} ({:.1} %)",
+            b.ok,
+            b.asked,
+            100.0 * b.ok as f64 / b.asked.max(1) as f64
+        )
+    });
+    row("upstream calls", &|b| b.other.to_string());
+    row("upstream 429s", &|b| b.upstream_429.to_string());
+    row("429s the services saw", &|b| b.refused.to_string());
+    row("p99 wait (answered)", &|b| {
+        format!("{} ms", percentile(&b.waits, 99).as_millis())
+    });
+
+    let renders: Vec<Renders> = Lookups::ALL
+        .iter()
+        .map(|path| runtime.block_on(page_renders(*path, seconds)))
+        .collect();
+    println!();
+    println!("{seconds} s of page renders (an OAuth app: 20–50 accounts a page, 4 pages a second)");
+    println!(
+        "| | {} | {} | {} |",
+        Lookups::ALL[0].name(),
+        Lookups::ALL[1].name(),
+        Lookups::ALL[2].name()
+    );
+    println!("|---|---|---|---|");
+    let row = |name: &str, cell: &dyn Fn(&Renders) -> String| {
+        let cells: Vec<String> = renders.iter().map(cell).collect();
+        println!("| {name} | {} |", cells.join(" | "));
+    };
+    row("lookups answered 200", &|r| {
+        format!("{} of {}", r.ok, r.lookups)
+    });
+    row("upstream calls", &|r| r.calls.to_string());
+    row("points spent", &|r| r.spent.to_string());
+    row("points ÷ one call per lookup", &|r| {
+        format!("{:.2}", r.spent as f64 / (3 * r.lookups.max(1)) as f64)
+    });
+    row("median time to answer", &|r| {
+        format!("{:.1} ms", percentile(&r.took, 50).as_secs_f64() * 1e3)
+    });
+    row("p99 time to answer", &|r| {
+        format!("{:.1} ms", percentile(&r.took, 99).as_secs_f64() * 1e3)
+    });
+    let mut distinct = distinct.into_iter();
+    let mut renders = renders.into_iter();
+    let (_, _, merged) = (distinct.next(), distinct.next(), distinct.next());
+    let (direct, url_cache, merged_renders) = (renders.next(), renders.next(), renders.next());
+    (
+        merged.expect("three runs"),
+        direct.expect("three runs"),
+        url_cache.expect("three runs"),
+        merged_renders.expect("three runs"),
+    )
+}
+
 fn main() {
     let full = std::env::args().any(|a| a == "--bench");
     let seconds = if full { 3600 } else { 600 };
@@ -439,6 +708,34 @@ fn main() {
             .iter()
             .all(|wait| *wait <= Duration::from_millis(2_100)),
         "no answered call waited past burst_wait"
+    );
+    let lookup_seconds = if full { 60 } else { 20 };
+    let (distinct, direct_renders, url_cache, merged) = account_lookups(&runtime, lookup_seconds);
+    assert_eq!(
+        distinct.upstream_429, 0,
+        "merged lookups collect no upstream 429"
+    );
+    assert!(
+        distinct.ok * 100 >= distinct.asked * 99,
+        "at least 99 % of distinct lookups answered: {} of {}",
+        distinct.ok,
+        distinct.asked
+    );
+    assert!(
+        percentile(&distinct.waits, 99) <= Duration::from_millis(2_100),
+        "p99 added wait within burst_wait"
+    );
+    assert!(
+        merged.spent * 100 <= direct_renders.lookups * 3 * 70,
+        "points ≤ 0.70 × one call per lookup"
+    );
+    assert!(
+        merged.spent < url_cache.spent,
+        "below a perfect URL cache's spend"
+    );
+    assert!(
+        percentile(&merged.took, 50) <= Duration::from_millis(5),
+        "median added latency ≤ 5 ms"
     );
     if full {
         assert_eq!(

@@ -105,6 +105,20 @@ impl<K: Hash + Eq + Clone, V> Batches<K, V> {
     }
 }
 
+/// Closes a batch when dropped: a leader that fails, or panics, before its call was sent never
+/// leaves its batch open to lookups that would wait for it in vain.
+pub(super) struct Closing<'a, K: Hash + Eq + Clone, V> {
+    pub(super) batches: &'a Batches<K, V>,
+    pub(super) scope: &'a K,
+    pub(super) batch: &'a Arc<Batch<V>>,
+}
+
+impl<K: Hash + Eq + Clone, V> Drop for Closing<'_, K, V> {
+    fn drop(&mut self) {
+        self.batches.close(self.scope, self.batch);
+    }
+}
+
 impl<V> Batch<V> {
     /// Answers every waiter with `each(its account)`; an answer whose waiter went away is
     /// given to `lost`. How many waited.
@@ -184,8 +198,17 @@ mod tests {
         let Joined::Member(member) = batches.join(&1, "b", 2) else {
             panic!()
         };
+        // The leader's task ends without answering (its guard closes the batch).
+        drop(Closing {
+            batches: &batches,
+            scope: &1,
+            batch: &batch,
+        });
         drop(batch);
-        batches.open.lock().clear();
         assert!(member.await.is_err(), "a closed channel, never a hang");
+        assert!(
+            matches!(batches.join(&1, "b", 2), Joined::Leader(..)),
+            "and the next lookup opens a new batch"
+        );
     }
 }

@@ -30,7 +30,7 @@ use tracing::Instrument as _;
 
 use super::bulk::{self, Envelope, Scope};
 use super::key::normalized_query;
-use super::merge::{Batch, Joined};
+use super::merge::{Batch, Closing, Joined};
 use super::read::Settled;
 use super::shapes::{Agreement, Family};
 use super::{
@@ -237,6 +237,11 @@ impl Cache {
         let this = self.clone();
         tokio::spawn(
             async move {
+                let _closing = Closing {
+                    batches: &this.merges,
+                    scope: &scope,
+                    batch: &batch,
+                };
                 let route = scope.family.bulk();
                 let (closing, closed_scope, closed_batch) =
                     (this.clone(), scope.clone(), batch.clone());
