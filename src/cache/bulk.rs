@@ -32,6 +32,7 @@ use tokio::time::Instant;
 
 use super::etag::ETags;
 use super::key::normalized_query;
+use super::read::is_upstream_failure;
 use super::shapes::Family;
 use super::{
     Buffered, Cache, CacheKey, Entry, Fetched, Forward, Lifetime, Lookup, Origin, Outcome,
@@ -202,7 +203,7 @@ impl Cache {
         origin: &dyn Origin,
     ) -> Result<(Response<Body>, Served), GatewayError> {
         let now = Instant::now();
-        let (mut envelope, mut accounts) = self.cached_accounts(&plan, now);
+        let (mut envelope, mut accounts) = self.cached_accounts(&plan, |e| e.is_fresh(now));
         let missing: Vec<&str> = plan
             .ids
             .iter()
@@ -213,9 +214,23 @@ impl Cache {
         let fetched = missing.len();
         if fetched > 0 {
             let query = upstream_query(&missing, &plan.scope.expand);
-            let answer = match origin.fetch(Some(query)).await? {
-                Fetched::Buffered(answer) if answer.status == StatusCode::OK => answer,
-                other => return not_stored(other, plan.lookup.head, request_headers),
+            let answer = match origin.fetch(Some(query)).await {
+                Ok(Fetched::Buffered(answer)) if answer.status == StatusCode::OK => answer,
+                other => {
+                    let failed = match &other {
+                        Err(_) => Some(None),
+                        Ok(Fetched::Buffered(answer)) if is_upstream_failure(answer.status) => {
+                            Some(Some(answer.status))
+                        }
+                        _ => None,
+                    };
+                    if let Some(status) = failed
+                        && let Some(stale) = self.stale_bulk(&plan, request_headers, status, now)
+                    {
+                        return stale;
+                    }
+                    return not_stored(other?, plan.lookup.head, request_headers);
+                }
             };
             let (new_envelope, new_accounts) =
                 self.store_accounts(&plan.scope, &missing, answer)?;
@@ -226,6 +241,48 @@ impl Cache {
                 }
             }
         }
+        let route = plan.lookup.route;
+        let of = plan.ids.len();
+        self.assembled(&plan, envelope, &accounts, request_headers, now, |found| {
+            served(route, fetched, of, found)
+        })
+    }
+
+    /// A bulk lookup upstream failed to answer (with `status`, or none), answered from the
+    /// accounts and envelope within their stale-if-error window, if every one is.
+    fn stale_bulk(
+        &self,
+        plan: &BulkPlan,
+        request_headers: &HeaderMap,
+        status: Option<StatusCode>,
+        now: Instant,
+    ) -> Option<Result<(Response<Body>, Served), GatewayError>> {
+        let servable = |e: &Arc<Entry>| e.is_fresh(now) || e.may_serve_on_error(now);
+        let (envelope, accounts) = self.cached_accounts(plan, servable);
+        if envelope.is_none() || accounts.iter().any(Option::is_none) {
+            return None;
+        }
+        Some(
+            self.assembled(plan, envelope, &accounts, request_headers, now, |_| {
+                Served {
+                    outcome: Outcome::StaleIfError(status),
+                    saved_points: None,
+                }
+            }),
+        )
+    }
+
+    /// The answer upstream would give, assembled from `accounts` (in request order) and the
+    /// envelope; `served` says how, given how many accounts it lists.
+    fn assembled(
+        &self,
+        plan: &BulkPlan,
+        envelope: Option<Arc<Entry>>,
+        accounts: &[Option<Arc<Entry>>],
+        request_headers: &HeaderMap,
+        now: Instant,
+        served: impl FnOnce(usize) -> Served,
+    ) -> Result<(Response<Body>, Served), GatewayError> {
         let envelope = envelope
             .as_deref()
             .and_then(Envelope::from_entry)
@@ -239,15 +296,19 @@ impl Cache {
             .filter_map(|e| e.plain())
             .take(plan.limit.unwrap_or(usize::MAX))
             .collect();
-        let body = assemble(&plan, &envelope, &found);
+        let body = assemble(plan, &envelope, &found);
         let fresh_for = accounts
             .iter()
             .flatten()
             .map(|e| e.lifetime().ttl.saturating_sub(e.age(now)))
             .min()
             .unwrap_or_default();
-        let served = served(plan.lookup.route, fetched, plan.ids.len(), found.len());
-        let response = respond(
+        let served = served(found.len());
+        // A stale answer says how old it is: as old as its oldest part.
+        let age = matches!(served.outcome, Outcome::StaleIfError(_))
+            .then(|| accounts.iter().flatten().map(|e| e.age(now)).max())
+            .flatten();
+        let mut response = respond(
             body,
             &envelope,
             request_headers,
@@ -255,21 +316,28 @@ impl Cache {
             fresh_for,
             &served.outcome,
         );
+        if let Some(age) = age {
+            response
+                .headers_mut()
+                .insert(header::AGE, HeaderValue::from(age.as_secs()));
+        }
         Ok((response, served))
     }
 
-    /// The lookup's envelope and accounts this replica holds fresh, in request order.
+    /// The lookup's envelope and accounts this replica holds that `usable` takes, in request
+    /// order.
     fn cached_accounts(
         &self,
         plan: &BulkPlan,
-        now: Instant,
+        usable: impl Fn(&Arc<Entry>) -> bool,
     ) -> (Option<Arc<Entry>>, Vec<Option<Arc<Entry>>>) {
-        let fresh = |entry: Option<Arc<Entry>>| entry.filter(|e| e.is_fresh(now));
-        let envelope = fresh(self.memory.get(&self.account_key(&plan.scope, "")));
-        let mut accounts = Vec::with_capacity(plan.ids.len());
-        for id in &plan.ids {
-            accounts.push(fresh(self.memory.get(&self.account_key(&plan.scope, id))));
-        }
+        let get = |id: &str| {
+            self.memory
+                .get(&self.account_key(&plan.scope, id))
+                .filter(&usable)
+        };
+        let envelope = get("");
+        let accounts = plan.ids.iter().map(|id| get(id)).collect();
         (envelope, accounts)
     }
 
@@ -288,7 +356,13 @@ impl Cache {
         } = self.parse_bulk(scope, &answer)?;
         let route = scope.family.bulk();
         let policy = *self.routes.load().get(route);
-        let found_lifetime = Lifetime::fresh_for(policy.ttl);
+        // Kept, past their TTL, for the route's stale-if-error window (a bulk lookup upstream
+        // fails to answer is assembled from them).
+        let kept = |ttl| Lifetime {
+            stale_if_error: policy.stale_if_error,
+            ..Lifetime::fresh_for(ttl)
+        };
+        let found_lifetime = kept(policy.ttl);
         let mut stored = Vec::with_capacity(asked.len());
         for mut object in objects {
             let Some(id) = object
@@ -311,7 +385,7 @@ impl Cache {
             let points = quota::cost_of(route, 1);
             stored.push((id, self.store_account(account, found_lifetime, points)));
         }
-        let negative_lifetime = Lifetime::fresh_for(self.config.negative_ttl);
+        let negative_lifetime = kept(self.config.negative_ttl);
         for id in asked {
             if !stored.iter().any(|(i, _)| i == id) {
                 let unknown =

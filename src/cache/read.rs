@@ -425,6 +425,6 @@ impl Cache {
 }
 
 /// Upstream answers that make an expired entry worth serving instead (stale-if-error).
-fn is_upstream_failure(status: StatusCode) -> bool {
+pub(super) fn is_upstream_failure(status: StatusCode) -> bool {
     status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS
 }

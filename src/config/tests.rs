@@ -169,3 +169,27 @@ fn durations_that_overflow_are_refused_naming_the_key() {
         assert!(err.contains("too long"), "{err}");
     }
 }
+
+#[test]
+fn every_read_route_serves_an_hour_stale_through_an_outage_unless_told() {
+    let defaults = RoutePolicies::default();
+    for route in crate::routes::Route::ALL {
+        assert_eq!(defaults.get(route).stale_if_error, STALE_IF_ERROR_DEFAULT);
+    }
+    // A route written with its ttl only keeps the default window; "0s" turns it off.
+    let written: RoutePolicies =
+        toml::from_str("user = { ttl = \"1m\" }\nbulk = { ttl = \"1m\", stale_if_error = \"0s\" }")
+            .unwrap();
+    assert_eq!(
+        written.get(crate::routes::Route::User).stale_if_error,
+        STALE_IF_ERROR_DEFAULT
+    );
+    assert!(
+        written
+            .get(crate::routes::Route::Bulk)
+            .stale_if_error
+            .is_zero()
+    );
+}
+
+const STALE_IF_ERROR_DEFAULT: Duration = Duration::from_secs(3600);

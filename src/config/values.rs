@@ -15,8 +15,9 @@ pub struct RoutePolicy {
     /// How long an answer is fresh; `0s` disables caching for the route.
     #[serde(with = "duration")]
     pub ttl: Duration,
-    /// After `ttl`, how long the expired answer may still be served when upstream fails.
-    #[serde(with = "duration", default)]
+    /// After `ttl`, how long the expired answer may still be served when upstream fails
+    /// (connect error, timeout, 5xx, 429): an hour unless told ([`STALE_IF_ERROR`]).
+    #[serde(with = "duration", default = "stale_if_error")]
     pub stale_if_error: Duration,
     /// After `ttl`, how long the expired answer is served at once while one background
     /// request refreshes it.
@@ -28,11 +29,22 @@ pub struct RoutePolicy {
     pub stale_on_low_quota: Duration,
 }
 
+/// How long past its TTL an answer is served when upstream fails, unless a route says: what
+/// operators turn on first in Varnish (grace) and nginx (`proxy_cache_use_stale`), so that a
+/// site outage is served from a warm cache. Bounded: an hour-old user, membership or watch is
+/// still the caller's own answer (entries never cross partitions), and an entry a write
+/// invalidated is never served stale.
+const STALE_IF_ERROR: Duration = Duration::from_secs(3600);
+
+fn stale_if_error() -> Duration {
+    STALE_IF_ERROR
+}
+
 impl RoutePolicy {
     const fn ttl(secs: u64) -> RoutePolicy {
         RoutePolicy {
             ttl: Duration::from_secs(secs),
-            stale_if_error: Duration::ZERO,
+            stale_if_error: STALE_IF_ERROR,
             stale_while_revalidate: Duration::ZERO,
             stale_on_low_quota: Duration::ZERO,
         }

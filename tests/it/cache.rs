@@ -1098,3 +1098,59 @@ async fn a_route_with_ttl_zero_is_not_cached() {
     }
     assert_eq!(h.fake.hits(Operation::GetCurrentUser), 2);
 }
+
+/// At the default stale window, a site outage is served from a warm cache, and each answer
+/// says it is stale. The TTLs are short here (the routes name only a `ttl`, as operators
+/// write them); the stale window is the default's.
+#[tokio::test]
+async fn a_site_outage_is_served_from_a_warm_cache_at_the_default_stale_window() {
+    let h = Harness::start_with(|c| {
+        let routes: wikigate::config::RoutePolicies = toml::from_str(
+            r#"
+            user = { ttl = "1s" }
+            memberof = { ttl = "1s" }
+            current = { ttl = "1s" }
+            watch_space = { ttl = "1s" }
+            bulk = { ttl = "1s" }
+            "#,
+        )
+        .unwrap();
+        c.cache.routes = routes;
+    })
+    .await;
+    let auth = basic(alice());
+    let targets = [
+        format!("{API}?accountId={}", bob().account_id),
+        format!("{API}/memberof?accountId={}", bob().account_id),
+        format!("{API}/current"),
+        format!("{API}/watch/space/ENG"),
+        format!(
+            "{API}/bulk?accountId={},{}",
+            alice().account_id,
+            bob().account_id
+        ),
+    ];
+    let mut first = Vec::new();
+    for target in &targets {
+        let answer = h.client.get(target, Some(&auth)).await;
+        assert_eq!(answer.status, 200, "{target}");
+        first.push(answer.json());
+    }
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    h.fake.set_faults(Faults {
+        fail_with: Some(StatusCode::SERVICE_UNAVAILABLE),
+        ..Faults::default()
+    });
+    for (target, first) in targets.iter().zip(&first) {
+        let stale = h.client.get(target, Some(&auth)).await;
+        assert_eq!(stale.status, 200, "{target}");
+        assert_eq!(&stale.json(), first, "{target}");
+        assert_eq!(
+            stale.cache_status(),
+            "wikigate; fwd=stale; fwd-status=503; detail=stale-if-error",
+            "{target}"
+        );
+        let age: u64 = stale.header("age").parse().unwrap();
+        assert!(age >= 2, "{target}: Age {age}");
+    }
+}

@@ -233,7 +233,14 @@ async fn metrics_hold_exactly_the_expected_values_and_pass_promtool() {
         ("wikigate_cache_entries", 5.0),
         ("wikigate_requests_in_flight", 0.0),
         ("wikigate_upstream_holds", 0.0),
-        (r#"wikigate_build_info{version="0.1.0"}"#, 1.0),
+        (
+            concat!(
+                r#"wikigate_build_info{version=""#,
+                env!("CARGO_PKG_VERSION"),
+                r#""}"#
+            ),
+            1.0,
+        ),
     ];
     for (series, value) in expect {
         assert_eq!(samples.get(series), Some(&value), "{series} in\n{text}");
