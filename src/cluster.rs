@@ -49,6 +49,13 @@
 //! reach is invisible to them until that replica reconnects (within about a second of Redis
 //! answering it again).
 //!
+//! **Versions side by side.** The keys of a namespace follow one layout, numbered
+//! ([`LAYOUT`], in `{namespace}:layout`, written by the first replica to reach Redis): a
+//! replica that finds another number treats the cluster as down (it serves alone, says why on
+//! `/readyz`) rather than misread another version's keys. Cached entries carry their own
+//! format number in their first bytes (`cache::entry::l2`): one of another format is a miss.
+//! CHANGELOG.md says, per release, whether either changed.
+//!
 //! Coalescing stays per replica: a miss on two replicas at once makes two upstream calls.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -63,6 +70,10 @@ use crate::config::ClusterConfig;
 
 /// The atomic GCRA: KEYS[1] the bucket; ARGV[1] the emission interval (µs), ARGV[2] the burst.
 /// Returns {allowed (1|0), wait µs when refused, remaining when allowed}.
+/// The layout of this version's keys in Redis: raised whenever a key's meaning changes, so
+/// that replicas of two versions never misread each other's (see the module doc).
+const LAYOUT: u32 = 1;
+
 const GCRA: &str = include_str!("cluster/gcra.lua");
 
 #[derive(Debug, thiserror::Error)]
@@ -668,6 +679,17 @@ impl Cluster {
                 return false;
             }
         }
+        match self.layout().await {
+            Some(theirs) if theirs == LAYOUT => {}
+            Some(theirs) => {
+                self.mark_down(format!(
+                    "Redis holds layout {theirs} of another wikigate version (this one is {LAYOUT}): \
+                     give each version its own cluster.namespace"
+                ));
+                return false;
+            }
+            None => return false,
+        }
         let pubsub = tokio::time::timeout(self.op_timeout * 5, async {
             let mut pubsub = self.client.get_async_pubsub().await?;
             pubsub.subscribe(self.key("inv", "all")).await?;
@@ -724,6 +746,17 @@ impl Cluster {
             this.mark_down("subscription lost".to_owned());
         });
         true
+    }
+
+    /// The layout of the namespace's keys in Redis: this version's, written by the first
+    /// replica to reach it, or another version's; `None` when Redis does not answer.
+    async fn layout(&self) -> Option<u32> {
+        let key = self.key("layout", "all");
+        self.timed(|mut c| async move {
+            let _: bool = c.set_nx(&key, LAYOUT).await?;
+            c.get::<_, u32>(&key).await
+        })
+        .await
     }
 
     /// Which Redis process answers (`INFO server`'s `run_id`); `None` when it does not say

@@ -877,3 +877,82 @@ async fn serve_logs_a_redis_that_is_never_reached_once_with_its_reason() {
     assert!(unreachable[0].contains("connection refused"), "{logs}");
     assert!(unreachable[0].contains("WARN"), "{logs}");
 }
+
+/// During a rolling upgrade, replicas of two versions share Redis: an entry of another L2
+/// format (its first bytes name the format) is a miss for this version — never a parse error
+/// or a wrong answer — and is replaced by this version's own.
+#[tokio::test]
+async fn a_shared_entry_of_another_format_is_a_miss_and_is_replaced() {
+    let p = Pair::start(|_| {}).await;
+    let target = format!("{API}/memberof?accountId={}", bob().account_id);
+    let first = p.ca.get(&target, Some(&basic(alice()))).await;
+    assert!(first.cache_status().contains("stored"));
+    let keys = p.redis.cli(&["--scan", "--pattern", "*:e:*"]);
+    let keys: Vec<&str> = keys.lines().filter(|k| !k.is_empty()).collect();
+    assert!(!keys.is_empty(), "the entry reached Redis");
+    for key in &keys {
+        // What a later (or earlier) version would have written there.
+        p.redis.cli(&["SETRANGE", key, "0", "WGE9"]);
+    }
+    let other = p.cb.get(&target, Some(&basic(alice()))).await;
+    assert_eq!(other.status, 200);
+    assert_eq!(other.cache_status(), "wikigate; fwd=miss; stored");
+    assert_eq!(other.json(), first.json());
+    // Replaced by this version's own format.
+    for key in &keys {
+        let format = p.redis.cli(&["GETRANGE", key, "0", "3"]);
+        assert!(
+            format.starts_with("WGE") && !format.starts_with("WGE9"),
+            "{format}"
+        );
+    }
+}
+
+/// A replica that finds another version's key layout in its namespace serves alone and says
+/// why, rather than misread the other version's keys; one of its own layout joins as ever.
+#[tokio::test]
+async fn a_namespace_of_another_key_layout_is_not_joined_and_says_why() {
+    let fake = FakeConfluence::start().await.unwrap();
+    let redis = Redis::start();
+    // What a version with another layout would have written first.
+    assert_eq!(
+        redis.cli(&["SET", "wikigate:layout:all", "99"]).trim(),
+        "OK"
+    );
+    let mut config = config_for(&fake.url());
+    config.cache.key_secret = Some(Secret::new("replicas-share-this-secret"));
+    config.cluster.redis_url = Some(redis.url());
+    config.cluster.op_timeout = Duration::from_millis(250);
+    let gateway = wikigate::start(&config.clone().validate().unwrap())
+        .await
+        .unwrap();
+    let admin = TestClient::new(format!("http://{}", gateway.admin_addr));
+    let says = || async {
+        let text = String::from_utf8_lossy(&admin.get("/readyz", None).await.body).into_owned();
+        text.contains("layout 99") && text.contains("cluster.namespace")
+    };
+    eventually(Duration::from_secs(5), "the layout named", says).await;
+    // It still answers, alone.
+    let client = TestClient::new(format!("http://{}", gateway.addr));
+    let target = format!("{API}?accountId={}", bob().account_id);
+    assert_eq!(client.get(&target, Some(&basic(alice()))).await.status, 200);
+    assert!(
+        redis
+            .cli(&["--scan", "--pattern", "wikigate:e:*"])
+            .trim()
+            .is_empty()
+    );
+    gateway.shutdown();
+    gateway.wait().await;
+    // Its own namespace: joined, and the layout written.
+    config.cluster.namespace = "wikigate-next".to_owned();
+    let gateway = wikigate::start(&config.validate().unwrap()).await.unwrap();
+    let admin = TestClient::new(format!("http://{}", gateway.admin_addr));
+    let up = || async {
+        String::from_utf8_lossy(&admin.get("/readyz", None).await.body).contains("redis: up")
+    };
+    eventually(Duration::from_secs(5), "redis: up", up).await;
+    assert_eq!(redis.cli(&["GET", "wikigate-next:layout:all"]).trim(), "1");
+    gateway.shutdown();
+    gateway.wait().await;
+}

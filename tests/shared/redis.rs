@@ -111,6 +111,17 @@ impl Redis {
         assert!(status.success());
     }
 
+    /// Runs `redis-cli` against this server; its standard output.
+    #[allow(dead_code, reason = "not every includer reads or writes keys itself")]
+    pub fn cli(&self, args: &[&str]) -> String {
+        let output = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .expect("redis-cli is installed with redis-server");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
     }
