@@ -441,6 +441,34 @@ impl Resolved<'_> {
         self.params.iter().map(|(n, v)| (*n, v.as_ref()))
     }
 
+    /// The account a read of this route is about, as it names it: the `userId` of a
+    /// property's path, or the one `accountId` of the query of a user, membership, email or
+    /// watch lookup (`None`: it names none, or several). What an account's purge reaches.
+    pub fn account<'q>(&'q self, query: Option<&'q str>) -> Option<Cow<'q, str>> {
+        match self.route() {
+            Route::Properties | Route::Property => self.param("userId").map(Cow::Borrowed),
+            Route::User
+            | Route::MemberOf
+            | Route::Email
+            | Route::WatchContent
+            | Route::WatchLabel
+            | Route::WatchSpace => {
+                let mut named = crate::query::pairs(query?)
+                    .filter(|(name, _)| name.as_ref() == b"accountId")
+                    .map(|(_, value)| value);
+                let id = named.next()?;
+                if named.next().is_some() || id.contains(&b',') || id.is_empty() {
+                    return None;
+                }
+                match id {
+                    Cow::Borrowed(bytes) => std::str::from_utf8(bytes).ok().map(Cow::Borrowed),
+                    Cow::Owned(bytes) => String::from_utf8(bytes).ok().map(Cow::Owned),
+                }
+            }
+            _ => None,
+        }
+    }
+
     /// The tag of the resource a read of this route observes, which writes invalidate.
     /// Reads of routes no write in the API can change have none.
     pub fn resource_tag(&self) -> Option<Tag> {
@@ -508,6 +536,10 @@ pub enum Tag {
     Property { user: String, key: String },
     /// Every page of one user's property listing.
     Properties { user: String },
+    /// Everything cached about one account: its user object (single and bulk lookups), its
+    /// memberships, email, watches asked by account id, and properties — an operator's purge
+    /// only (a renamed or deleted user, an erasure request); no write bumps it.
+    Account { id: String },
 }
 
 impl std::fmt::Display for Tag {
@@ -517,6 +549,7 @@ impl std::fmt::Display for Tag {
             Tag::Watch { kind, id } => write!(f, "watch:{}:{id}", kind.as_str()),
             Tag::Property { user, key } => write!(f, "property:{user}:{key}"),
             Tag::Properties { user } => write!(f, "properties:{user}"),
+            Tag::Account { id } => write!(f, "account:{id}"),
         }
     }
 }
@@ -524,7 +557,7 @@ impl std::fmt::Display for Tag {
 /// A tag an operator wrote that names nothing wikigate caches.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "unknown tag `{0}`: route:NAME, watch:content|label|space:ID, property:USER:KEY or properties:USER"
+    "unknown tag `{0}`: route:NAME, watch:content|label|space:ID, property:USER:KEY, properties:USER or account:ID"
 )]
 pub struct UnknownTag(String);
 
@@ -559,6 +592,9 @@ impl std::str::FromStr for Tag {
             }
             "properties" => Ok(Tag::Properties {
                 user: non_empty(rest)?,
+            }),
+            "account" => Ok(Tag::Account {
+                id: non_empty(rest)?,
             }),
             _ => Err(unknown()),
         }

@@ -165,14 +165,20 @@ impl Cache {
         }
     }
 
-    /// The key of an account's object in `scope` (`id` empty: the envelope).
+    /// The key of an account's object in `scope` (`id` empty: the envelope), which the
+    /// account's purge reaches.
     pub(super) fn account_key(&self, scope: &Scope, id: &str) -> CacheKey {
+        let [epoch, single, bulk] = scope.generations;
+        let account = match id {
+            "" => 0,
+            id => self.generations.account(id),
+        };
         CacheKey::account(
             scope.partition,
             scope.family.bulk(),
             &scope.expand,
             id,
-            &scope.generations,
+            &[epoch, single, bulk, account],
         )
     }
 

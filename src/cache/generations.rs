@@ -26,11 +26,18 @@ use crate::routes::{Route, Tag};
 /// 65 536 counters, 512 KiB.
 const SLOTS: usize = 1 << 16;
 
+/// Counters of accounts (`account:ID`, an operator's purge): 4 096, 32 KiB. Two accounts sharing
+/// one means purging one drops the other's entries too (a spurious miss, 1 in 4 096).
+const ACCOUNT_SLOTS: usize = 1 << 12;
+
 pub(super) struct Generations {
     slots: Box<[AtomicU64]>,
     /// `route:{name}` tags have counters of their own: every read observes one, so looking
     /// them up must not hash or allocate.
     routes: [AtomicU64; Route::ALL.len()],
+    /// Like the routes', a cluster's are copies of the cluster's: read on every lookup that
+    /// names an account, without waiting for Redis.
+    accounts: Box<[AtomicU64]>,
     epoch: AtomicU64,
     era: AtomicU64,
 }
@@ -40,6 +47,7 @@ impl Default for Generations {
         Generations {
             slots: (0..SLOTS).map(|_| AtomicU64::new(0)).collect(),
             routes: Default::default(),
+            accounts: (0..ACCOUNT_SLOTS).map(|_| AtomicU64::new(0)).collect(),
             epoch: AtomicU64::new(0),
             era: AtomicU64::new(0),
         }
@@ -60,8 +68,38 @@ impl Generations {
     fn counter(&self, tag: &Tag) -> &AtomicU64 {
         match tag {
             Tag::Route(route) => &self.routes[route.index()],
+            Tag::Account { id } => &self.accounts[account_slot(id)],
             _ => &self.slots[slot(tag)],
         }
+    }
+
+    /// The current generation of account `id`'s counter.
+    pub(super) fn account(&self, id: &str) -> u64 {
+        self.accounts[account_slot(id)].load(Ordering::Acquire)
+    }
+
+    /// Raises account counter `slot` to `value` (the cluster's); whether it moved.
+    pub(super) fn raise_account(&self, slot: usize, value: u64) -> bool {
+        self.accounts
+            .get(slot)
+            .is_some_and(|counter| counter.fetch_max(value, Ordering::AcqRel) < value)
+    }
+
+    /// Bumps account counter `slot` (a purge on this replica alone).
+    pub(super) fn bump_account(&self, slot: usize) {
+        if let Some(counter) = self.accounts.get(slot) {
+            counter.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
+    /// The account counters that moved, as `(slot, value)`: what a cluster's sync raises.
+    pub(super) fn accounts_moved(&self) -> Vec<(usize, u64)> {
+        self.accounts
+            .iter()
+            .enumerate()
+            .map(|(slot, counter)| (slot, counter.load(Ordering::Acquire)))
+            .filter(|(_, value)| *value > 0)
+            .collect()
     }
 
     /// The current epoch, bumped by every full purge.
@@ -110,6 +148,15 @@ pub(super) fn slot(tag: &Tag) -> usize {
     (u64::from_le_bytes(bytes) as usize) % SLOTS
 }
 
+/// The counter of account `id`: FNV-1a of its text (the same on every replica and version;
+/// cheap enough for every lookup that names an account).
+pub(super) fn account_slot(id: &str) -> usize {
+    let hash = id.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+    });
+    (hash as usize) % ACCOUNT_SLOTS
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -124,6 +171,27 @@ mod tests {
         let hash = blake3::hash(b"property:712020:a11ce000:k");
         let expected = u64::from_le_bytes(hash.as_bytes()[..8].try_into().unwrap());
         assert_eq!(slot(&tag), expected as usize % SLOTS);
+    }
+
+    #[test]
+    fn an_account_slot_is_fnv1a_of_its_id_and_its_purge_reaches_it_only() {
+        // Replicas of other versions adopt the same slots: the slot must stay this.
+        assert_eq!(
+            account_slot(""),
+            0xcbf2_9ce4_8422_2325_u64 as usize % ACCOUNT_SLOTS
+        );
+        let generations = Generations::default();
+        let (x, y) = ("712020:a11ce000", "712020:b0b00000");
+        assert_ne!(account_slot(x), account_slot(y));
+        generations.bump(&Tag::Account { id: x.to_owned() });
+        assert_eq!((generations.account(x), generations.account(y)), (1, 0));
+        assert_eq!(generations.accounts_moved(), [(account_slot(x), 1)]);
+        assert!(generations.raise_account(account_slot(y), 3));
+        assert!(
+            !generations.raise_account(account_slot(y), 2),
+            "never backwards"
+        );
+        assert!(!generations.raise_account(ACCOUNT_SLOTS, 9), "no such slot");
     }
 
     #[test]

@@ -45,6 +45,7 @@ impl Cache {
         let field = match tag {
             None => "epoch".to_owned(),
             Some(Tag::Route(route)) => format!("route:{}", route.name()),
+            Some(Tag::Account { id }) => format!("account:{}", generations::account_slot(id)),
             // A resource tag's counter is read from Redis by every lookup: in force at once.
             Some(tag) => {
                 self.bump(std::slice::from_ref(tag)).await;
@@ -77,9 +78,10 @@ impl Cache {
 
     /// Bumps a shared generation on this replica alone (no cluster, or Redis unreachable).
     fn bump_local(&self, field: &str) {
-        match route_field(field) {
-            Some(route) => self.generations.bump(&Tag::Route(route)),
-            None => {
+        match (route_field(field), account_field(field)) {
+            (Some(route), _) => self.generations.bump(&Tag::Route(route)),
+            (None, Some(slot)) => self.generations.bump_account(slot),
+            (None, None) => {
                 self.generations.bump_epoch();
                 self.memory.clear();
             }
@@ -95,12 +97,18 @@ impl Listener for Cache {
                 self.generations.route(route),
             )
         });
+        let accounts = self
+            .generations
+            .accounts_moved()
+            .into_iter()
+            .map(|(slot, value)| (format!("account:{slot}"), value));
         [
             ("epoch".to_owned(), self.generations.epoch()),
             ("era".to_owned(), self.generations.era()),
         ]
         .into_iter()
         .chain(routes)
+        .chain(accounts)
         .collect()
     }
 
@@ -119,7 +127,12 @@ impl Listener for Cache {
                 None if field == "era" => {
                     self.generations.raise_era(*value);
                 }
-                None => {}
+                // So are a purged account's.
+                None => {
+                    if let Some(slot) = account_field(field) {
+                        self.generations.raise_account(slot, *value);
+                    }
+                }
             }
         }
     }
@@ -128,6 +141,11 @@ impl Listener for Cache {
 /// The route a shared generation's field (`route:NAME`) names.
 fn route_field(field: &str) -> Option<Route> {
     Route::named(field.strip_prefix("route:")?)
+}
+
+/// The account counter a shared generation's field (`account:SLOT`) names.
+fn account_field(field: &str) -> Option<usize> {
+    field.strip_prefix("account:")?.parse().ok()
 }
 
 /// What an operator's purge reached.

@@ -354,11 +354,16 @@ impl Cache {
         [era, resource]: [u64; 2],
     ) -> Lookup {
         let route = resolved.route();
+        // An account's purge reaches every read that names it.
+        let account = resolved
+            .account(query)
+            .map_or(0, |id| self.generations.account(&id));
         let generations = [
             self.generations.epoch(),
             self.generations.route(route),
             era,
             resource,
+            account,
         ];
         Lookup {
             key: CacheKey::new(partition, resolved, query, &generations),

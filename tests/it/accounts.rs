@@ -373,3 +373,79 @@ async fn email_lookups_share_per_account_records_too() {
         "only the tests' direct requests"
     );
 }
+
+/// `DELETE /admin/cache?tag=account:ID` drops every entry about that account — its single
+/// lookups, its objects in bulk lookups, its memberships, email and properties — and nothing
+/// about another account.
+#[tokio::test]
+async fn purging_an_account_drops_everything_about_it_and_nothing_else() {
+    const TOKEN: &str = "admin-token-0123456789";
+    let h = Harness::start_with(|c| {
+        c.admin.token = Some(wikigate::config::Secret::new(TOKEN));
+    })
+    .await;
+    let auth = basic(alice());
+    let (x, y) = (alice().account_id, directory_account(42));
+    crate::support::put_property(
+        &h.client,
+        alice(),
+        x,
+        "colour",
+        http::Method::POST,
+        serde_json::json!({ "v": 1 }),
+    )
+    .await;
+    let about = |id: &str| {
+        vec![
+            single(id),
+            format!("{API}/memberof?accountId={id}"),
+            format!("{API}/email?accountId={id}"),
+        ]
+    };
+    let mut x_targets = about(x);
+    x_targets.push(format!("{API}/{x}/property"));
+    x_targets.push(format!("{API}/{x}/property/colour"));
+    let y_targets = about(&y);
+    let both = bulk(&[x.to_owned(), y.clone()]);
+    for target in x_targets.iter().chain(&y_targets).chain([&both]) {
+        assert_eq!(
+            h.client.get(target, Some(&auth)).await.status,
+            200,
+            "{target}"
+        );
+        let again = h.client.get(target, Some(&auth)).await;
+        assert_eq!(again.cache_status(), "wikigate; hit", "{target}");
+    }
+    let admin = TestClient::new(format!("http://{}", h.gateway.admin_addr));
+    let purged = admin
+        .request(
+            http::Method::DELETE,
+            &format!("/admin/cache?tag=account:{x}"),
+        )
+        .header("authorization", &format!("Bearer {TOKEN}"))
+        .send()
+        .await;
+    assert_eq!(purged.status, 200, "{:?}", purged.body);
+    for target in &x_targets {
+        let after = h.client.get(target, Some(&auth)).await;
+        assert_eq!(after.status, 200);
+        assert!(
+            after.cache_status().contains("fwd="),
+            "{target}: {}",
+            after.cache_status()
+        );
+    }
+    for target in &y_targets {
+        let after = h.client.get(target, Some(&auth)).await;
+        assert_eq!(after.cache_status(), "wikigate; hit", "{target}");
+    }
+    // The single lookup of the purged account found no object of it (it asked upstream, in a
+    // bulk call, above), and brought it back: the bulk lookup is answered from that and the
+    // other account's, kept.
+    let after = h.client.get(&both, Some(&auth)).await;
+    assert_eq!(after.cache_status(), "wikigate; hit");
+    assert_eq!(
+        after.json()["results"],
+        direct(&h, &both, &auth).await.json()["results"]
+    );
+}

@@ -434,6 +434,7 @@ async fn a_purge_through_either_replica_is_in_force_on_both_when_answered_and_l2
             Some(format!("properties:{a}")),
             format!("{API}/{a}/property"),
         ),
+        (Some(format!("account:{a}")), memberof.clone()),
     ];
     for round in 0..3 {
         for (i, (tag, target)) in cases.iter().enumerate() {
