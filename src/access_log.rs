@@ -38,6 +38,8 @@ pub(crate) const TARGET: &str = "wikigate::access";
 struct Style {
     json: bool,
     colour: bool,
+    /// `log.redact_paths`: the route's template instead of the path.
+    redact: bool,
 }
 
 /// Set once the subscriber is installed (the first call decides, as for the subscriber).
@@ -49,9 +51,16 @@ static ON: AtomicBool = AtomicBool::new(false);
 
 /// Installs the access log in `format`, on if the installed subscriber's filter enables INFO
 /// for [`TARGET`].
-pub(crate) fn install(format: LogFormat, colour: bool) {
+pub(crate) fn install(format: LogFormat, colour: bool, redact: bool) {
     let json = matches!(format, LogFormat::Json);
-    if STYLE.set(Style { json, colour }).is_ok() {
+    if STYLE
+        .set(Style {
+            json,
+            colour,
+            redact,
+        })
+        .is_ok()
+    {
         refresh();
     }
 }
@@ -71,7 +80,11 @@ pub(crate) fn enabled() -> bool {
 pub(crate) struct Entry<'a> {
     pub peer: IpAddr,
     pub method: &'a Method,
+    /// The path as requested; the line holds the route's template instead under
+    /// `log.redact_paths` (`-` when no route matched).
     pub path: &'a str,
+    /// The client's `User-Agent`, as sent (at most [`USER_AGENT_MAX`] bytes are logged).
+    pub user_agent: Option<&'a [u8]>,
     /// `X-Request-Id` (the client's, or made): ASCII that needs no escaping.
     pub request_id: &'a str,
     /// The exported span's trace id, while spans are exported.
@@ -147,6 +160,18 @@ pub(crate) fn write(entry: &Entry<'_>) {
             micros: now.subsec_micros(),
         };
         let line = &mut scratch.line;
+        let redacted;
+        let entry = match style.redact {
+            false => entry,
+            true => {
+                let template = entry.operation.map_or("-", |o| o.route().template());
+                redacted = Entry {
+                    path: template,
+                    ..*entry
+                };
+                &redacted
+            }
+        };
         if style.json {
             json(line, &timestamp, entry);
         } else {
@@ -217,6 +242,7 @@ trait Keys {
     const REQUEST_ID: &'static [u8];
     const TRACE_ID: &'static [u8];
     const CALLER: &'static [u8];
+    const USER_AGENT: &'static [u8];
     const OPERATION: &'static [u8];
     const STATUS: &'static [u8];
     const CACHE: &'static [u8];
@@ -237,6 +263,7 @@ impl Keys for PrettyKeys {
     const REQUEST_ID: &'static [u8] = b" request_id=";
     const TRACE_ID: &'static [u8] = b" trace_id=";
     const CALLER: &'static [u8] = b" caller=";
+    const USER_AGENT: &'static [u8] = b" user_agent=";
     const OPERATION: &'static [u8] = b" operation=";
     const STATUS: &'static [u8] = b" status=";
     const CACHE: &'static [u8] = b" cache=";
@@ -254,6 +281,7 @@ impl Keys for JsonKeys {
     const REQUEST_ID: &'static [u8] = b",\"request_id\":";
     const TRACE_ID: &'static [u8] = b",\"trace_id\":";
     const CALLER: &'static [u8] = b",\"caller\":";
+    const USER_AGENT: &'static [u8] = b",\"user_agent\":";
     const OPERATION: &'static [u8] = b",\"operation\":";
     const STATUS: &'static [u8] = b",\"status\":";
     const CACHE: &'static [u8] = b",\"cache\":";
@@ -289,6 +317,8 @@ fn fields<K: Keys>(line: &mut Vec<u8>, entry: &Entry<'_>) {
     }
     line.extend_from_slice(K::CALLER);
     caller(line, entry.caller);
+    line.extend_from_slice(K::USER_AGENT);
+    user_agent(line, entry.user_agent);
     line.extend_from_slice(K::OPERATION);
     quoted(line, entry.operation.map_or("-", Operation::id));
     line.extend_from_slice(K::STATUS);
@@ -328,6 +358,20 @@ fn caller(line: &mut Vec<u8>, caller: Option<&CallerId>) {
             line.push(b'"');
         }
     }
+}
+
+/// The most of a `User-Agent` a line holds: clients' are 20–150 bytes; the rest of a longer
+/// one says nothing an operator needs, and would let a client make lines of any length.
+pub(crate) const USER_AGENT_MAX: usize = 256;
+
+/// The client's `User-Agent`, quoted and escaped, cut at [`USER_AGENT_MAX`] bytes; `-` when it
+/// sent none. Bytes that are not UTF-8 (HTTP allows them) become U+FFFD.
+fn user_agent(line: &mut Vec<u8>, value: Option<&[u8]>) {
+    let Some(value) = value else {
+        return quoted(line, "-");
+    };
+    let value = &value[..value.len().min(USER_AGENT_MAX)];
+    quoted(line, &String::from_utf8_lossy(value));
 }
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
@@ -433,6 +477,7 @@ mod tests {
             peer: IpAddr::from([127, 0, 0, 1]),
             method: &Method::GET,
             path,
+            user_agent: Some(b"python-requests/2.32.3"),
             request_id: "0a1b2c3d0000000000000007",
             trace_id: None,
             caller: Some(caller),
@@ -465,7 +510,8 @@ mod tests {
             format!(
                 "2026-11-30T06:20:34.001234Z  INFO wikigate::access: peer=127.0.0.1 method=GET \
                  path=\"/wiki/rest/api/user\" request_id=\"0a1b2c3d0000000000000007\" \
-                 caller=\"reporting\" operation=\"{}\" status=200 cache=\"wikigate; hit\" \
+                 caller=\"reporting\" user_agent=\"python-requests/2.32.3\" operation=\"{}\" \
+                 status=200 cache=\"wikigate; hit\" \
                  bytes=1220 duration_us=57\n",
                 Operation::ALL[0].id()
             )
@@ -543,6 +589,22 @@ mod tests {
             (Some(429), Some(1500))
         );
         assert_eq!(value["bytes"], 1220);
+        assert_eq!(value["user_agent"], "python-requests/2.32.3");
+        // A client's User-Agent, however odd or long, is one bounded, escaped JSON string.
+        let mut agent = b"evil\" \n\xff\x01".to_vec();
+        agent.resize(10_000, b'x');
+        odd.user_agent = Some(&agent);
+        let mut line = Vec::new();
+        json(&mut line, &STAMP, &odd);
+        let value: serde_json::Value = serde_json::from_slice(&line).unwrap();
+        let logged = value["user_agent"].as_str().unwrap();
+        assert!(logged.starts_with("evil\" \n\u{fffd}\u{1}"), "{logged}");
+        assert!(logged.len() <= USER_AGENT_MAX + 2);
+        odd.user_agent = None;
+        let mut line = Vec::new();
+        json(&mut line, &STAMP, &odd);
+        let value: serde_json::Value = serde_json::from_slice(&line).unwrap();
+        assert_eq!(value["user_agent"], "-");
         let mut line = Vec::new();
         pretty(&mut line, &STAMP, &odd, false);
         assert_eq!(line.iter().filter(|b| **b == b'\n').count(), 1);

@@ -487,6 +487,10 @@ pub struct LogConfig {
     pub format: LogFormat,
     /// A `tracing` filter (`info`, `wikigate=debug,hyper=info`); `RUST_LOG` overrides it.
     pub level: String,
+    /// Access lines log the route's template (`/wiki/rest/api/user/{userId}/property/{key}`)
+    /// instead of the path, so that no account id or property key is logged (a path no route
+    /// matches is logged as `-`).
+    pub redact_paths: bool,
 }
 
 impl Default for LogConfig {
@@ -494,6 +498,7 @@ impl Default for LogConfig {
         LogConfig {
             format: LogFormat::Pretty,
             level: "info".to_owned(),
+            redact_paths: false,
         }
     }
 }

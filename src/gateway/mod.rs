@@ -569,6 +569,9 @@ impl Gateway {
             started: Instant::now(),
             // Only what the access log needs from the request outlives it, and only when on.
             uri: access_log::enabled().then(|| request.uri().path_and_query().cloned()),
+            user_agent: access_log::enabled()
+                .then(|| request.headers().get(header::USER_AGENT).cloned())
+                .flatten(),
             span: request_span(&method, request.headers()),
             method,
             log: LogFields::default(),

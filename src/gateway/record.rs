@@ -41,6 +41,8 @@ pub(super) struct Received {
     pub(super) method: http::Method,
     /// Only when the access log is on.
     pub(super) uri: Option<Option<http::uri::PathAndQuery>>,
+    /// The client's `User-Agent`, only when the access log is on.
+    pub(super) user_agent: Option<http::HeaderValue>,
     pub(super) span: tracing::Span,
     pub(super) log: LogFields,
     /// `X-Request-Id`: returned on the answer, sent upstream, in the access line.
@@ -58,6 +60,7 @@ pub(super) fn finish(
         started,
         method,
         uri,
+        user_agent,
         span,
         log,
         id,
@@ -94,6 +97,7 @@ pub(super) fn finish(
             peer: conn.peer.ip(),
             method: &method,
             path: uri.as_ref().map_or("/", http::uri::PathAndQuery::path),
+            user_agent: user_agent.as_ref().map(http::HeaderValue::as_bytes),
             request_id: id.as_str(),
             trace_id: trace_id.as_ref(),
             caller: log.caller.as_ref().map(|caller| &caller.id),
@@ -184,6 +188,7 @@ mod tests {
             started: Instant::now(),
             method: http::Method::GET,
             uri: None,
+            user_agent: None,
             span: tracing::Span::none(),
             log: LogFields::default(),
             id,

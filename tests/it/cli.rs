@@ -341,6 +341,7 @@ async fn serve_runs_from_flags_and_env_and_stops_cleanly_on_sigterm() {
         "serve.toml",
         &format!(
             "[server]\nlisten = \"127.0.0.1:1\"\n[upstream]\nurl = \"{}\"\n\
+             [log]\nredact_paths = true\n\
              [[callers.clients]]\nname = \"reporting\"\nkey_hash = \"{}\"\n",
             fake.url(),
             KeyHash::of(client_key)
@@ -376,6 +377,7 @@ async fn serve_runs_from_flags_and_env_and_stops_cleanly_on_sigterm() {
         .request(http::Method::GET, &format!("{API}/current"))
         .header("x-wikigate-key", client_key)
         .header("authorization", &format!("Bearer {}", bob().bearer))
+        .header("user-agent", "confluence.js/1.7.4 \"quoted\"")
         .send()
         .await;
     assert_eq!(keyed.status, 200);
@@ -385,6 +387,14 @@ async fn serve_runs_from_flags_and_env_and_stops_cleanly_on_sigterm() {
             .await;
         assert_eq!(hit.status, 200);
     }
+    // With log.redact_paths, a path naming an account is logged as its route's template.
+    let property = client
+        .get(
+            &format!("{API}/{}/property", alice().account_id),
+            Some(&basic(alice())),
+        )
+        .await;
+    assert_eq!(property.status, 200);
 
     // The log is buffered; what it holds is written out on the way down, every line whole.
     gateway.signal("TERM");
@@ -395,7 +405,7 @@ async fn serve_runs_from_flags_and_env_and_stops_cleanly_on_sigterm() {
         .filter(|line| line.contains("wikigate::access"))
         .map(|line| serde_json::from_str(line).expect("JSON log line"))
         .collect();
-    assert_eq!(access.len(), 102, "{logs}");
+    assert_eq!(access.len(), 103, "{logs}");
     assert_eq!(access[0]["operation"], "getCurrentUser");
     assert_eq!(access[0]["status"], 200);
     // The miss's line: its id, upstream's status and time, the bytes sent.
@@ -409,6 +419,13 @@ async fn serve_runs_from_flags_and_env_and_stops_cleanly_on_sigterm() {
         "a hit made no exchange"
     );
     assert_ne!(access[101]["request_id"], access[100]["request_id"]);
+    // Each line names the client's User-Agent (escaped), or `-`.
+    assert_eq!(access[1]["user_agent"], "confluence.js/1.7.4 \"quoted\"");
+    assert_eq!(access[102]["path"], "/wiki/rest/api/user/{userId}/property");
+    assert!(
+        !logs.contains(alice().account_id),
+        "an account id was logged:\n{logs}"
+    );
     for secret in [alice().api_token, &basic(alice()), bob().bearer, client_key] {
         assert!(!logs.contains(secret), "{secret} reached the logs:\n{logs}");
     }
