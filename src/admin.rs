@@ -256,25 +256,12 @@ impl Admin {
     /// `/readyz`: 503 while draining, while the admission path is stuck, or while requests
     /// keep failing inside wikigate; else 200, saying how Redis is.
     fn readiness(&self) -> Response<Body> {
-        let not_ready = |why: String| {
-            body(
+        if let Some(why) = self.not_ready() {
+            return body(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "text/plain; charset=utf-8",
                 why,
-            )
-        };
-        if *self.draining.borrow() {
-            return text(StatusCode::SERVICE_UNAVAILABLE, "draining\n");
-        }
-        if !self.parts.limits.responsive(LOCK_PROBE) {
-            return not_ready(
-                "not ready: the upstream admission state is stuck (see the log)\n".to_owned(),
             );
-        }
-        if let Some(streak) = self.parts.metrics.failing_inside() {
-            return not_ready(format!(
-                "not ready: the last {streak} requests failed inside wikigate, none reached upstream since (see the log)\n"
-            ));
         }
         match self
             .parts
@@ -296,6 +283,22 @@ impl Admin {
         }
     }
 
+    /// Why the gateway is not ready, or `None` when it is (`/readyz`, `wikigate_ready`).
+    fn not_ready(&self) -> Option<String> {
+        if *self.draining.borrow() {
+            return Some("draining\n".to_owned());
+        }
+        if !self.parts.limits.responsive(LOCK_PROBE) {
+            return Some(
+                "not ready: the upstream admission state is stuck (see the log)\n".to_owned(),
+            );
+        }
+        let streak = self.parts.metrics.failing_inside()?;
+        Some(format!(
+            "not ready: the last {streak} requests failed inside wikigate, none reached upstream since (see the log)\n"
+        ))
+    }
+
     fn snapshot(&self) -> Snapshot {
         let (cache_entries, cache_bytes, cache_max_bytes) = self.parts.cache.size();
         let (holds, longest_hold) = self.parts.limits.holds();
@@ -310,6 +313,7 @@ impl Admin {
             bursts: self.parts.limits.bursts(),
             upstream_in_flight,
             upstream_queued,
+            ready: self.not_ready().is_none(),
             shapes: self
                 .parts
                 .cache

@@ -114,6 +114,7 @@ pub struct Metrics {
     holds_active: Gauge,
     hold_remaining: Gauge<f64, AtomicU64>,
     redis_up: Gauge,
+    ready: Gauge,
     burst_waits: Family<BucketLabels, Histogram, fn() -> Histogram>,
     burst_remaining: Family<BucketLabels, Gauge<f64, AtomicU64>>,
     burst_limit: Family<BucketLabels, Gauge>,
@@ -165,6 +166,7 @@ impl Metrics {
             holds_active: Gauge::default(),
             hold_remaining: Gauge::default(),
             redis_up: Gauge::default(),
+            ready: Gauge::default(),
             burst_waits: Family::new_with_constructor(wait_histogram),
             burst_remaining: Family::default(),
             burst_limit: Family::default(),
@@ -253,6 +255,11 @@ impl Metrics {
             "cluster_redis_up",
             "Multi-replica mode: 1 while Redis is reachable, 0 while not, -1 without a cluster",
             self.redis_up.clone(),
+        );
+        r.register(
+            "ready",
+            "1 while /readyz answers 200 (taking traffic and able to serve it), 0 while not",
+            self.ready.clone(),
         );
         r.register(
             "requests_in_flight",
@@ -537,6 +544,7 @@ impl Metrics {
             .as_ref()
             .map(|health| *health == crate::cluster::Health::Up);
         self.redis_up.set(redis_up.map_or(-1, i64::from));
+        self.ready.set(i64::from(snapshot.ready));
         self.upstream_in_flight
             .set(i64::try_from(snapshot.upstream_in_flight).unwrap_or(i64::MAX));
         self.upstream_queued

@@ -149,6 +149,8 @@ pub struct Snapshot {
     /// Requests upstream, and waiting for a place upstream.
     pub upstream_in_flight: usize,
     pub upstream_queued: usize,
+    /// Whether `/readyz` would answer 200.
+    pub ready: bool,
     /// Whether single and bulk answers of one account agree: `(single route, expand set,
     /// state)` for every one compared.
     pub shapes: Vec<(&'static str, String, &'static str)>,

@@ -520,6 +520,53 @@ fn the_helm_chart_ships_the_same_dashboard() {
     );
 }
 
+/// The alerting rules pass `promtool check rules`, their unit tests pass `promtool test
+/// rules`, the chart ships them as they are, and every metric they read is one wikigate
+/// exposes (README's table is kept equal to the exposition by another test).
+#[test]
+fn the_alert_rules_pass_promtool_and_read_only_metrics_that_exist() {
+    assert_eq!(
+        include_str!("../../helm/wikigate/files/wikigate-alerts.yaml"),
+        include_str!("../../dashboards/wikigate-alerts.yaml"),
+        "copy dashboards/wikigate-alerts.yaml to helm/wikigate/files/"
+    );
+    let dashboards = concat!(env!("CARGO_MANIFEST_DIR"), "/dashboards");
+    for args in [
+        ["check", "rules", "wikigate-alerts.yaml"],
+        ["test", "rules", "wikigate-alerts.test.yaml"],
+    ] {
+        let out = Command::new("promtool")
+            .args(args)
+            .current_dir(dashboards)
+            .output()
+            .expect("promtool is installed (scripts/test installs Debian's prometheus)");
+        assert!(
+            out.status.success(),
+            "promtool {args:?}:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let rules = include_str!("../../dashboards/wikigate-alerts.yaml");
+    let readme = include_str!("../../README.md");
+    let mut read = 0;
+    for (at, _) in rules.match_indices("wikigate_") {
+        let name: String = rules[at..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        if name.ends_with('_') || rules[..at].ends_with('#') {
+            continue;
+        }
+        assert!(
+            readme.contains(&format!("| `{name}` |")),
+            "the rules read {name}, which wikigate does not expose"
+        );
+        read += 1;
+    }
+    assert!(read >= 6, "{read} metric names read");
+}
+
 #[tokio::test]
 async fn the_grafana_dashboard_queries_only_metrics_that_exist() {
     let h = scripted_traffic().await;
