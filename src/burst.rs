@@ -445,6 +445,16 @@ impl Bursts {
         }
     }
 
+    /// Whether bucket `id` holds at least `share` of its size at `now` (a bucket upstream never
+    /// stated: yes).
+    pub(crate) fn spare(&self, id: BucketId, share: f64, now: Instant) -> bool {
+        let Some(mut bucket) = *self.buckets[id.index()].lock() else {
+            return true;
+        };
+        bucket.top_up(now);
+        bucket.at <= now && bucket.tokens >= share * bucket.limit as f64
+    }
+
     /// Every bucket upstream has stated, as it stands at `now`.
     pub(crate) fn standings(&self, now: Instant) -> Vec<Standing> {
         let mut standings = Vec::new();

@@ -83,6 +83,11 @@ impl Gate {
         }
     }
 
+    /// A place upstream now, if one is free (a call nobody waits for never queues).
+    pub fn try_enter(&self) -> Option<Place> {
+        self.places.clone().try_acquire_owned().ok().map(Place)
+    }
+
     /// A place upstream: at once, or after waiting in the queue; refused (503) when the queue
     /// is full or the wait ran out.
     pub async fn enter(&self) -> Result<Place, GatewayError> {
@@ -208,6 +213,11 @@ impl Upstream {
     /// A place upstream, which [`Upstream::send`] needs (see [`Gate::enter`]).
     pub(crate) async fn enter(&self) -> Result<Place, GatewayError> {
         self.gate.enter().await
+    }
+
+    /// A place upstream now, if one is free.
+    pub(crate) fn try_enter(&self) -> Option<Place> {
+        self.gate.try_enter()
     }
 
     /// Sends a request, holding a place upstream, and waits for the response's headers, at

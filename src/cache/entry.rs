@@ -25,6 +25,7 @@ mod tests;
 mod vary;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
@@ -99,6 +100,46 @@ pub struct Entry {
     /// `Age` and `Cache-Control` for the latest second of age an answer was made in: every
     /// hit within the same second shares them instead of formatting its own.
     age_headers: ArcSwapOption<AgeHeaders>,
+    /// Refresh-ahead: whether a read claimed its refresh, and what refreshes of its key found.
+    pub(super) refresh: Refresh,
+}
+
+/// An entry's refresh-ahead state.
+#[derive(Debug, Default)]
+pub(crate) struct Refresh {
+    /// A read claimed this entry's refresh: one per entry.
+    claimed: AtomicBool,
+    /// What refreshes of this key found so far, carried from entry to entry.
+    pub(super) history: History,
+    /// When the entry this refresh replaced would have expired: the first hit after it is a
+    /// read the refresh saved from a miss.
+    replaced_until: Option<Instant>,
+    saved: AtomicBool,
+}
+
+/// Refreshes of one key and how many found its answer changed: Cho and Garcia-Molina's `n` and
+/// `X` ("Estimating frequency of change", 2003), from which the key's rate of change is
+/// estimated (`cache::refresh`). Halved together past 32, so that old evidence fades.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct History {
+    pub(crate) refreshes: u8,
+    pub(crate) changed: u8,
+}
+
+impl History {
+    /// With one more refresh, which found the answer `changed`.
+    pub(crate) fn after(self, changed: bool) -> History {
+        let (mut refreshes, mut changed_count) =
+            (self.refreshes + 1, self.changed + u8::from(changed));
+        if refreshes > 32 {
+            refreshes /= 2;
+            changed_count /= 2;
+        }
+        History {
+            refreshes,
+            changed: changed_count,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -288,6 +329,7 @@ impl Entry {
             vary,
             points,
             age_headers: ArcSwapOption::empty(),
+            refresh: Refresh::default(),
         }
     }
 
@@ -331,6 +373,12 @@ impl Entry {
             vary: self.vary.clone(),
             points: self.points,
             age_headers: ArcSwapOption::empty(),
+            refresh: Refresh {
+                claimed: AtomicBool::new(self.refresh.claimed.load(Ordering::Relaxed)),
+                history: self.refresh.history,
+                replaced_until: self.refresh.replaced_until,
+                saved: AtomicBool::new(self.refresh.saved.load(Ordering::Relaxed)),
+            },
         })
     }
 
@@ -376,6 +424,41 @@ impl Entry {
 
     pub fn is_fresh(&self, now: Instant) -> bool {
         self.age(now) < self.lifetime().ttl
+    }
+
+    /// Whether a read at `now` should refresh this fresh entry ahead of its expiry: past
+    /// `after` of its TTL plus up to a tenth more, and no read claimed it before. The first
+    /// read to see it due claims it. The tenth is the entry's own, drawn from where it lives
+    /// in memory: different on every replica (which then do not refresh in step), and nothing
+    /// to compute on the hit path.
+    pub fn claim_refresh(&self, now: Instant, after: f64) -> bool {
+        let jitter = ((self as *const Entry as usize) >> 6) % 100;
+        let share = after + jitter as f64 / 1000.0;
+        self.age(now) >= self.lifetime().ttl.mul_f64(share)
+            && !self.refresh.claimed.load(Ordering::Relaxed)
+            && !self.refresh.claimed.swap(true, Ordering::AcqRel)
+    }
+
+    /// Whether `body` (decoded) is this entry's body.
+    pub fn same_body(&self, body: &[u8]) -> bool {
+        self.etags == ETags::of(body)
+    }
+
+    /// This entry as the refresh of `replaced` stored it: the key's history with this refresh
+    /// (`changed` or not), and when `replaced` would have expired.
+    pub fn refreshed_from(mut self, replaced: &Entry, changed: bool) -> Entry {
+        self.refresh.history = replaced.refresh.history.after(changed);
+        self.refresh.replaced_until = Some(replaced.stored_at + replaced.lifetime().ttl);
+        self
+    }
+
+    /// Whether a hit now is one a refresh saved from a miss (counted once per entry; the
+    /// clock is read only for refreshed entries).
+    pub fn saved_by_refresh(&self) -> bool {
+        self.refresh
+            .replaced_until
+            .is_some_and(|until| Instant::now() >= until)
+            && !self.refresh.saved.swap(true, Ordering::Relaxed)
     }
 
     /// Expired, but within the stale-while-revalidate window.

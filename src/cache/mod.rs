@@ -39,6 +39,7 @@ mod key;
 mod merge;
 mod outcome;
 mod read;
+mod refresh;
 mod shapes;
 mod single;
 mod storage;
@@ -86,6 +87,9 @@ use crate::routes::{Resolved, Route, Tag};
 pub enum Found {
     /// A fresh entry: the hit path answers it.
     Fresh(Arc<Entry>),
+    /// A fresh entry late in its life that this read claimed the refresh of: answered as a hit,
+    /// refreshed in the background (`refresh`).
+    RefreshAhead(Arc<Entry>),
     /// Expired, within stale-while-revalidate: answered at once, refreshed in the background.
     Revalidate(Arc<Entry>),
     /// Expired, within stale-on-low-quota while the site's quota is low: answered at once,
@@ -181,6 +185,21 @@ struct Settings {
     bulk_entities: bool,
     negative_ttl: Duration,
     merge: MergeRoutes,
+    refresh: RefreshSettings,
+}
+
+/// `[cache.refresh]`, as the cache reads it.
+#[derive(Debug, Clone, Copy)]
+struct RefreshSettings {
+    routes: [bool; Route::ALL.len()],
+    after: f64,
+    max_stretch: f64,
+}
+
+impl RefreshSettings {
+    fn of(&self, route: Route) -> bool {
+        self.routes[route.index()]
+    }
 }
 
 /// The single-lookup routes answered from per-account objects (`cache.merge.routes`).
@@ -212,6 +231,17 @@ impl Settings {
             merge: MergeRoutes {
                 user: named("user"),
                 email: named("email"),
+            },
+            refresh: RefreshSettings {
+                routes: Route::ALL.map(|route| {
+                    config
+                        .refresh
+                        .routes
+                        .iter()
+                        .any(|name| name == route.name())
+                }),
+                after: config.refresh.after,
+                max_stretch: config.refresh.max_stretch,
             },
         }
     }
@@ -396,7 +426,11 @@ impl Cache {
         }
         let now = Instant::now();
         if entry.is_fresh(now) {
-            Found::Fresh(entry)
+            let refresh = &self.config.refresh;
+            match refresh.of(lookup.route) && entry.claim_refresh(now, refresh.after) {
+                true => Found::RefreshAhead(entry),
+                false => Found::Fresh(entry),
+            }
         } else if entry.may_serve_on_low_quota(now) && self.quota.site.low() {
             Found::SpareQuota(entry)
         } else if entry.may_revalidate_in_background(now) {
@@ -419,6 +453,9 @@ impl Cache {
         request_headers: &HeaderMap,
     ) -> Result<(Response<Body>, Served), GatewayError> {
         let saved = Some(entry.points);
+        if entry.saved_by_refresh() {
+            self.metrics.refresh_saved(lookup.route);
+        }
         self.serve(
             lookup,
             entry,

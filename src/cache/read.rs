@@ -50,6 +50,11 @@ pub trait Origin: Send + Sync {
 
     /// Charges the read's caller `points` of a call made by [`Origin::fetch_for`].
     fn charge(&self, points: u32) -> BoxFuture<'_, ()>;
+
+    /// The read's GET again, as a refresh: a call of the lowest priority, made only if it
+    /// need not wait (a burst token while the bucket is well above empty, a free place
+    /// upstream, every limit passed at once); `None` when it was not made. Charged.
+    fn refresh(&self) -> BoxFuture<'_, Result<Option<Fetched>, GatewayError>>;
 }
 
 /// What upstream answered a fetch with.
@@ -91,7 +96,7 @@ pub(super) enum Landed {
 }
 
 impl Settled {
-    fn landed(&self) -> Option<Landed> {
+    pub(super) fn landed(&self) -> Option<Landed> {
         match self {
             Settled::Stored(entry, _) | Settled::Shared(entry, _) => {
                 Some(Landed::Stored(entry.clone()))
@@ -140,6 +145,10 @@ impl Cache {
     ) -> Result<(Response<Body>, Served), GatewayError> {
         match found {
             Found::Fresh(entry) => self.hit(&lookup, entry, request_headers),
+            Found::RefreshAhead(entry) => {
+                self.refresh_ahead(lookup, entry.clone(), request_headers, origin);
+                self.hit(&lookup, entry, request_headers)
+            }
             Found::Revalidate(entry) => {
                 self.refresh_in_background(lookup, request_headers, origin);
                 let saved = Some(entry.points);
@@ -284,19 +293,34 @@ impl Cache {
             Some(lifetime) if store => lifetime,
             _ => return Settled::Answer(Arc::new(answer)),
         };
+        self.store(lookup, request_headers, answer, lifetime, |entry| entry)
+            .await
+    }
+
+    /// Stores `answer` under `lookup`'s key for `lifetime` (in memory, and in the cluster's
+    /// tier), its links rewritten, in the representation the client whose request fetched it
+    /// prefers; `made` finishes the entry (a refresh's carries its key's history).
+    pub(super) async fn store(
+        &self,
+        lookup: Lookup,
+        request_headers: &HeaderMap,
+        answer: Buffered,
+        lifetime: Lifetime,
+        made: impl FnOnce(Entry) -> Entry,
+    ) -> Settled {
         let mut answer = answer;
         if let Some(rewritten) = self.links.rewrite(answer.body()) {
             answer.set_body(rewritten);
         }
         let keep = Accepts::of(request_headers).preferred();
         let exchange = exchange_ids(&answer.headers);
-        let entry = Arc::new(Entry::new(
+        let entry = Arc::new(made(Entry::new(
             answer,
             request_headers,
             lifetime,
             lookup.shared,
             keep,
-        ));
+        )));
         self.memory.insert(lookup.key, entry.clone());
         self.metrics.stored(lookup.route, 1);
         if let Some(shared) = &self.shared {
@@ -343,7 +367,7 @@ impl Cache {
     }
 
     /// How long an answer may be stored, or `None` when it may not be.
-    fn lifetime_for(&self, answer: &Buffered, lookup: &Lookup) -> Option<Lifetime> {
+    pub(super) fn lifetime_for(&self, answer: &Buffered, lookup: &Lookup) -> Option<Lifetime> {
         if answer.headers.contains_key(header::SET_COOKIE)
             || varies_on_everything(&answer.headers)
             || answer.body().len() > self.config.max_entry_bytes

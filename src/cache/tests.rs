@@ -123,6 +123,10 @@ impl Origin for Upstream {
     fn charge(&self, _: u32) -> BoxFuture<'_, ()> {
         Box::pin(async {})
     }
+
+    fn refresh(&self) -> BoxFuture<'_, Result<Option<Fetched>, GatewayError>> {
+        Box::pin(async { self.fetch(None).await.map(Some) })
+    }
 }
 
 /// One read through the cache: the one lookup, then what it found.
@@ -225,13 +229,20 @@ async fn an_entry_ages_from_fresh_through_its_stale_windows_to_gone() {
         let lookup = lookup(cache, WATCH, alice).await;
         match cache.find(&lookup, alice) {
             Found::Fresh(_) => "fresh",
+            Found::RefreshAhead(_) => "fresh, refresh ahead",
             Found::Revalidate(_) => "revalidate",
             Found::SpareQuota(_) => "spare quota",
             Found::Missing { fallback: Some(_) } => "fallback",
             Found::Missing { fallback: None } => "missing",
         }
     };
-    assert_eq!(at(999).await, "fresh");
+    assert_eq!(at(500).await, "fresh");
+    assert_eq!(
+        at(499).await,
+        "fresh, refresh ahead",
+        "read late in its life, it is refreshed ahead"
+    );
+    assert_eq!(at(0).await, "fresh", "once: the first read claimed it");
     assert_eq!(at(1).await, "revalidate", "at the TTL");
     assert_eq!(at(1_999).await, "revalidate");
     assert_eq!(at(1).await, "fallback", "past stale-while-revalidate");
@@ -428,6 +439,10 @@ impl Origin for Accounts<'_> {
 
     fn charge(&self, _: u32) -> BoxFuture<'_, ()> {
         Box::pin(async {})
+    }
+
+    fn refresh(&self) -> BoxFuture<'_, Result<Option<Fetched>, GatewayError>> {
+        Box::pin(async { self.fetch(None).await.map(Some) })
     }
 }
 

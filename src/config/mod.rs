@@ -31,7 +31,8 @@ pub use reload::{changed_between, reloadable, with_digests};
 pub use sections::{
     AdminConfig, AuthConfig, AuthMode, CacheConfig, CallersConfig, ClassLimits, ClientConfig,
     ClusterConfig, CsrfConfig, LimitsConfig, LogConfig, LogFormat, MergeConfig, MethodBudgets,
-    PointsBudget, QuotaConfig, Rate, ServerConfig, TelemetryConfig, TlsConfig, UpstreamConfig,
+    PointsBudget, QuotaConfig, Rate, RefreshConfig, ServerConfig, TelemetryConfig, TlsConfig,
+    UpstreamConfig,
 };
 pub(crate) use values::digest;
 pub use values::{KeyHash, RoutePolicies, RoutePolicy, Secret, UpstreamUrl, duration};
@@ -327,6 +328,33 @@ impl RawConfig {
             return Err(ConfigError::invalid(
                 "cache.merge.recheck",
                 "must be at least 1m",
+            ));
+        }
+        let refresh = &self.cache.refresh;
+        for (i, name) in refresh.routes.iter().enumerate() {
+            if crate::routes::Route::named(name).is_none() {
+                return Err(ConfigError::invalid(
+                    &format!("cache.refresh.routes[{i}]"),
+                    format!("`{name}` is not a route name of [cache.routes]"),
+                ));
+            }
+        }
+        if !(0.1..1.0).contains(&refresh.after) {
+            return Err(ConfigError::invalid(
+                "cache.refresh.after",
+                "must be a share of the TTL, at least 0.1 and less than 1",
+            ));
+        }
+        if !(0.0..=1.0).contains(&refresh.burst_share) {
+            return Err(ConfigError::invalid(
+                "cache.refresh.burst_share",
+                "must be between 0 and 1",
+            ));
+        }
+        if !(1.0..=100.0).contains(&refresh.max_stretch) {
+            return Err(ConfigError::invalid(
+                "cache.refresh.max_stretch",
+                "must be between 1 (never stretched) and 100",
             ));
         }
         for (i, name) in self.cache.ignored_cookies.iter().enumerate() {

@@ -179,6 +179,40 @@ pub struct CacheConfig {
     pub ignored_cookies: Vec<String>,
     pub routes: RoutePolicies,
     pub merge: MergeConfig,
+    pub refresh: RefreshConfig,
+}
+
+/// Refresh-ahead: entries read late in their life are fetched again in the background, within
+/// the upstream budget (README, "Refresh-ahead").
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RefreshConfig {
+    /// The routes whose entries are refreshed ahead (route names of `[cache.routes]`); `[]`
+    /// turns it off.
+    pub routes: Vec<String>,
+    /// A read past this share of an entry's TTL (plus up to a tenth more, at random, so that
+    /// replicas do not refresh in step) refreshes it.
+    pub after: f64,
+    /// A refresh takes a burst token only while its bucket holds at least this share of its
+    /// size (it never waits for one), and a place upstream only when one is free.
+    pub burst_share: f64,
+    /// An entry that keeps coming back unchanged is kept fresh up to this many times its
+    /// route's TTL; one that keeps changing, down to half of it.
+    pub max_stretch: f64,
+}
+
+impl Default for RefreshConfig {
+    fn default() -> Self {
+        RefreshConfig {
+            routes: crate::routes::Route::ALL
+                .iter()
+                .map(|route| route.name().to_owned())
+                .collect(),
+            after: 0.8,
+            burst_share: 0.5,
+            max_stretch: 2.0,
+        }
+    }
 }
 
 /// Single account lookups answered from per-account objects and merged into bulk calls
@@ -233,6 +267,7 @@ impl Default for CacheConfig {
             ignored_cookies: vec!["atlassian.xsrf.token".to_owned()],
             routes: RoutePolicies::default(),
             merge: MergeConfig::default(),
+            refresh: RefreshConfig::default(),
         }
     }
 }

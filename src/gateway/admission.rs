@@ -120,17 +120,68 @@ impl Admission {
         deadline: Instant,
         idempotent: bool,
     ) -> Result<Response<Held>, GatewayError> {
+        self.exchange(upstream, make, deadline, idempotent, None)
+            .await?
+            .ok_or_else(|| {
+                GatewayError::Internal("a call a client waits for was put off".to_owned())
+            })
+    }
+
+    /// A call nobody waits for (a refresh ahead of expiry), of the lowest priority: made only
+    /// if it need not wait — its burst bucket holding at least `burst_share` of its size (so it
+    /// never takes the tokens clients are about to need), every limit passed at once, a place
+    /// upstream free now. `None` when it was not made.
+    pub(super) async fn send_background(
+        &self,
+        upstream: &Upstream,
+        request: Request<Full<Bytes>>,
+        deadline: Instant,
+        burst_share: f64,
+    ) -> Result<Option<Response<Held>>, GatewayError> {
+        self.exchange(upstream, || Ok(request), deadline, true, Some(burst_share))
+            .await
+    }
+
+    /// [`Admission::send_made`], or, with `background`'s burst share,
+    /// [`Admission::send_background`].
+    async fn exchange(
+        &self,
+        upstream: &Upstream,
+        make: impl FnOnce() -> Result<Request<Full<Bytes>>, GatewayError>,
+        deadline: Instant,
+        idempotent: bool,
+        background: Option<f64>,
+    ) -> Result<Option<Response<Held>>, GatewayError> {
         let bucket = BucketId::of(self.route, &self.method);
-        let pass = self
+        if let Some(share) = background
+            && !self.limits.spare_burst(bucket, share)
+        {
+            return Ok(None);
+        }
+        let admitted = self
             .limits
             .admit_upstream(&self.caller, &self.hold, bucket, &self.method, self.write)
-            .await?;
+            .await;
+        let pass = match admitted {
+            Ok(pass) => pass,
+            Err(error) if background.is_some() && error.refusal().is_some() => return Ok(None),
+            Err(error) => return Err(error),
+        };
         if let Some(bucket) = pass.bucket() {
             self.metrics.burst_waited(bucket, pass.waited());
         }
-        let entered = Instant::now();
-        let place = upstream.enter().await?;
-        self.metrics.queue_waited(entered.elapsed());
+        let place = match background {
+            None => {
+                let entered = Instant::now();
+                let place = upstream.enter().await?;
+                self.metrics.queue_waited(entered.elapsed());
+                place
+            }
+            Some(_) => match upstream.try_enter() {
+                Some(place) => place,
+                None => return Ok(None),
+            },
+        };
         let request = make()?;
         let mut attempt = 0;
         let mut request = Some(request);
@@ -166,7 +217,7 @@ impl Admission {
                     if pass.answered(response.status(), &hints).await {
                         self.metrics.hold_started();
                     }
-                    return Ok(response.map(|body| Held::new(body, place)));
+                    return Ok(Some(response.map(|body| Held::new(body, place))));
                 }
                 Err(GatewayError::UpstreamConnect(_)) if retry_left => {
                     let pause = Duration::from_millis(25 << attempt).mul_f64(1.0 + limit::jitter());

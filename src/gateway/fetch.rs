@@ -34,6 +34,8 @@ pub(super) struct ReadOrigin {
     pub(super) accepts: Accepts,
     /// How long a merged call waits for more lookups to share it (zero: not at all).
     pub(super) merge_window: Duration,
+    /// `cache.refresh.burst_share`: a refresh takes a burst token only above it.
+    pub(super) refresh_burst_share: f64,
 }
 
 impl cache::Origin for ReadOrigin {
@@ -108,6 +110,31 @@ impl cache::Origin for ReadOrigin {
 
     fn charge(&self, points: u32) -> BoxFuture<'_, ()> {
         Box::pin(self.admission.charge(points))
+    }
+
+    fn refresh(&self) -> BoxFuture<'_, Result<Option<Fetched>, GatewayError>> {
+        Box::pin(async move {
+            let (upstream, admission) = (&self.upstream, &self.admission);
+            let deadline = upstream.deadline();
+            let request = copy_request(&self.request);
+            let sent = admission
+                .send_background(upstream, request, deadline, self.refresh_burst_share)
+                .await?;
+            let Some(response) = sent else {
+                return Ok(None);
+            };
+            let status = response.status();
+            let read = read_answer(response, deadline, self.limit, self.accepts).await;
+            let (fetched, points) = match read {
+                Ok(Fetched::Buffered(answer)) => {
+                    let points = admission.price(status, Some(answer.body()));
+                    (Ok(Fetched::Buffered(answer.priced(points))), points)
+                }
+                other => (other, admission.price(status, None)),
+            };
+            admission.charge(points).await;
+            fetched.map(Some)
+        })
     }
 }
 

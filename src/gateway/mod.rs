@@ -89,6 +89,8 @@ pub struct Gateway {
     cookies: Arc<ArcSwap<IgnoredCookies>>,
     /// `cache.merge.window`: how long a points caller's merged lookup waits for others.
     merge_window: std::time::Duration,
+    /// `cache.refresh.burst_share`.
+    refresh_burst_share: f64,
 }
 
 impl Gateway {
@@ -120,6 +122,7 @@ impl Gateway {
             links,
             cookies,
             merge_window: config.cache.merge.window,
+            refresh_burst_share: config.cache.refresh.burst_share,
             upstream: Upstream::new(&config.upstream, gate)?,
             csrf,
             limits: RequestLimits {
@@ -389,6 +392,7 @@ impl Gateway {
             limit: self.cache.max_entry_bytes(),
             accepts,
             merge_window,
+            refresh_burst_share: self.refresh_burst_share,
         });
         match read {
             Read::Entry(lookup, found) => {

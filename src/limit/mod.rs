@@ -443,6 +443,11 @@ impl Limits {
         }
     }
 
+    /// Whether `bucket` holds at least `share` of its size now (no bucket: yes).
+    pub fn spare_burst(&self, bucket: Option<BucketId>, share: f64) -> bool {
+        bucket.is_none_or(|id| self.bursts.spare(id, share, Instant::now()))
+    }
+
     /// Every burst bucket upstream has stated, as it stands now.
     pub fn bursts(&self) -> Vec<burst::Standing> {
         self.bursts.standings(Instant::now())

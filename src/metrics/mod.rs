@@ -82,6 +82,12 @@ struct AccountLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RefreshLabels {
+    route: &'static str,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RouteLabels {
     route: &'static str,
 }
@@ -124,6 +130,9 @@ pub struct Metrics {
     account_points_saved: Family<AccountLabels, Counter>,
     merge_calls: Family<RouteLabels, Counter>,
     account_shapes: Family<ShapeLabels, Gauge>,
+    refreshes: Family<RefreshLabels, Counter>,
+    refresh_points: Family<RouteLabels, Counter>,
+    refresh_saved: Family<RouteLabels, Counter>,
     upstream_in_flight: Gauge,
     upstream_queued: Gauge,
     /// Requests in a row that failed inside wikigate since an upstream call last completed:
@@ -133,6 +142,10 @@ pub struct Metrics {
 
 /// How account lookups are answered without a call of their own (`wikigate_account_lookups`).
 pub(crate) const ACCOUNT_HOWS: [&str; 2] = ["merged", "reused"];
+
+/// What a refresh ahead of expiry came to (`wikigate_refreshes_total`'s `result`).
+pub(crate) const REFRESH_RESULTS: [&str; 4] =
+    ["changed", "unchanged", "failed", "skipped_for_budget"];
 
 /// The states of a site's single and bulk answers' agreement (`wikigate_account_shapes`).
 pub(crate) const SHAPE_STATES: [&str; 3] = ["unknown", "agree", "disagree"];
@@ -176,6 +189,9 @@ impl Metrics {
             account_points_saved: Family::default(),
             merge_calls: Family::default(),
             account_shapes: Family::default(),
+            refreshes: Family::default(),
+            refresh_points: Family::default(),
+            refresh_saved: Family::default(),
             upstream_in_flight: Gauge::default(),
             upstream_queued: Gauge::default(),
             failing_inside: AtomicU64::new(0),
@@ -192,6 +208,19 @@ impl Metrics {
                     source: source.as_str(),
                 }));
             }
+        }
+        for route in Route::ALL {
+            for result in REFRESH_RESULTS {
+                drop(metrics.refreshes.get_or_create(&RefreshLabels {
+                    route: route.name(),
+                    result,
+                }));
+            }
+            let labels = RouteLabels {
+                route: route.name(),
+            };
+            drop(metrics.refresh_points.get_or_create(&labels));
+            drop(metrics.refresh_saved.get_or_create(&labels));
         }
         for route in [Route::User, Route::Email] {
             for how in ACCOUNT_HOWS {
@@ -322,6 +351,21 @@ impl Metrics {
             "account_shapes",
             "expand sets whose single and bulk answers of one account were seen to agree, to disagree, or not checked yet, by route (no answer of one route is built from the other's objects unless they agree)",
             self.account_shapes.clone(),
+        );
+        r.register(
+            "refreshes",
+            "Refreshes ahead of expiry, by route and result: changed, unchanged, failed, skipped_for_budget (not made: the quota low, the burst bucket near empty, no place upstream free)",
+            self.refreshes.clone(),
+        );
+        r.register(
+            "refresh_points",
+            "Atlassian points refreshes ahead of expiry spent, by route",
+            self.refresh_points.clone(),
+        );
+        r.register(
+            "refresh_saved_reads",
+            "Reads a refresh ahead of expiry saved from a miss (the first hit after the replaced entry would have expired), by route",
+            self.refresh_saved.clone(),
         );
         r.register(
             "cache_entries",
@@ -504,6 +548,51 @@ impl Metrics {
             get(&self.account_lookups, "merged"),
             get(&self.account_lookups, "reused"),
             points,
+        )
+    }
+
+    /// A refresh ahead of expiry of `route` came to `result` (one of [`REFRESH_RESULTS`]),
+    /// spending `points`.
+    pub fn refreshed(&self, route: Route, result: impl Into<&'static str>, points: u32) {
+        let route = route.name();
+        self.refreshes
+            .get_or_create(&RefreshLabels {
+                route,
+                result: result.into(),
+            })
+            .inc();
+        self.refresh_points
+            .get_or_create(&RouteLabels { route })
+            .inc_by(u64::from(points));
+    }
+
+    /// A read of `route` that a refresh saved from a miss.
+    pub fn refresh_saved(&self, route: Route) {
+        self.refresh_saved
+            .get_or_create(&RouteLabels {
+                route: route.name(),
+            })
+            .inc();
+    }
+
+    /// Refreshes of `route` by result (as [`REFRESH_RESULTS`]), their points, and the reads
+    /// they saved from a miss: the status page's figures.
+    pub fn refresh_totals(&self, route: Route) -> ([u64; 4], u64, u64) {
+        let labels = RouteLabels {
+            route: route.name(),
+        };
+        let results = REFRESH_RESULTS.map(|result| {
+            self.refreshes
+                .get_or_create(&RefreshLabels {
+                    route: route.name(),
+                    result,
+                })
+                .get()
+        });
+        (
+            results,
+            self.refresh_points.get_or_create(&labels).get(),
+            self.refresh_saved.get_or_create(&labels).get(),
         )
     }
 

@@ -188,7 +188,15 @@ const INSIDE: [(&str, &[&[&str]]); 2] = [
             &["outcome"],
             &["entry"],
             &["storage"],
-            &["mod", "read", "invalidation", "bulk", "single", "tests"],
+            &[
+                "mod",
+                "read",
+                "invalidation",
+                "bulk",
+                "single",
+                "refresh",
+                "tests",
+            ],
         ],
     ),
     (

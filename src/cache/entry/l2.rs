@@ -129,6 +129,7 @@ impl Entry {
             vary,
             points,
             age_headers: ArcSwapOption::empty(),
+            refresh: super::Refresh::default(),
         })
     }
 }
