@@ -21,6 +21,7 @@ mod limits;
 mod observability;
 mod properties;
 mod quota;
+mod refresh;
 mod reload;
 mod shutdown;
 mod soak;
