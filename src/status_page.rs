@@ -53,6 +53,7 @@ td:first-child,th:first-child{{text-align:left}} .bar{{background:#e5e5e5;width:
     quota_section(&mut html, status);
     routes_table(&mut html, status);
     accounts(&mut html, status);
+    refreshes(&mut html, status);
     memory_bar(&mut html, snapshot);
     limited_table(&mut html, status);
     bursts(&mut html, snapshot);
@@ -186,6 +187,25 @@ fn accounts(html: &mut String, status: &Status) {
     }
     if status.snapshot.shapes.is_empty() {
         html.push_str("<tr><td colspan=\"3\" class=\"muted\">not compared yet: no single lookup has missed</td></tr>\n");
+    }
+    html.push_str("</table>\n");
+}
+
+/// Refreshes ahead of expiry: what they found, spent and saved.
+fn refreshes(html: &mut String, status: &Status) {
+    html.push_str("<h2>Refresh-ahead</h2>\n<table id=\"refreshes\"><tr><th>route</th><th>changed</th><th>unchanged</th><th>failed</th><th>skipped for budget</th><th>points</th><th>reads saved from a miss</th></tr>\n");
+    for r in &status.refreshes {
+        let [changed, unchanged, failed, skipped] = r.results;
+        let _ = writeln!(
+            html,
+            "<tr id=\"refresh-{name}\"><td>{name}</td><td>{changed}</td><td>{unchanged}</td><td>{failed}</td><td class=\"skipped\">{skipped}</td><td class=\"points\">{}</td><td class=\"saved\">{}</td></tr>",
+            r.points,
+            r.saved,
+            name = r.route,
+        );
+    }
+    if status.refreshes.is_empty() {
+        html.push_str("<tr><td colspan=\"7\" class=\"muted\">no entry refreshed ahead of expiry yet</td></tr>\n");
     }
     html.push_str("</table>\n");
 }

@@ -105,8 +105,22 @@ impl Metrics {
                 }
             })
             .collect();
+        let refreshes = Route::ALL
+            .into_iter()
+            .map(|route| {
+                let (results, points, saved) = self.refresh_totals(route);
+                RefreshStatus {
+                    route: route.name(),
+                    results,
+                    points,
+                    saved,
+                }
+            })
+            .filter(|r| r.results.iter().sum::<u64>() > 0)
+            .collect();
         Status {
             accounts,
+            refreshes,
             requests: (0..ROUTES).map(|r| t.requests_of(r, &ALL_LABELS)).sum(),
             saved: t.saved.iter().map(load).sum(),
             points_saved,
@@ -173,7 +187,19 @@ pub struct Status {
     pub callers: Vec<CallerPoints>,
     /// Single account lookups answered without a call of their own, by route.
     pub accounts: Vec<AccountStatus>,
+    /// Refreshes ahead of expiry, by route (only routes that had any).
+    pub refreshes: Vec<RefreshStatus>,
     pub snapshot: Snapshot,
+}
+
+/// A route's refreshes ahead of expiry.
+pub struct RefreshStatus {
+    pub route: &'static str,
+    /// By result, as `REFRESH_RESULTS`: changed, unchanged, failed, skipped for budget.
+    pub results: [u64; 4],
+    pub points: u64,
+    /// Reads they saved from a miss.
+    pub saved: u64,
 }
 
 /// A single-lookup route's lookups answered by merging and by reuse.

@@ -88,6 +88,9 @@ async fn a_hot_entry_never_expires_into_a_wait() {
     assert!(saved >= 1.0, "{saved} reads saved from a miss");
     let points = metric(&h, r#"wikigate_refresh_points_total{route="memberof"}"#).await;
     assert!(points > 0.0, "refreshes are charged");
+    let admin = TestClient::new(format!("http://{}", h.gateway.admin_addr));
+    let page = String::from_utf8_lossy(&admin.get("/", None).await.body).into_owned();
+    assert!(page.contains("<tr id=\"refresh-memberof\">"), "{page}");
     // Fewer calls than without it: unchanged answers were kept fresh for longer.
     assert!(
         h.fake.hits(Operation::GetGroupMembershipsForUser)
