@@ -439,6 +439,20 @@ impl Entry {
             && !self.refresh.claimed.swap(true, Ordering::AcqRel)
     }
 
+    /// Whether this expired entry's refresh ahead of expiry was claimed moments ago — within a
+    /// tenth of its TTL past it — and may still land: it is served meanwhile, as
+    /// stale-while-revalidate would, rather than making a read wait for the refresh.
+    pub fn refreshing(&self, now: Instant) -> bool {
+        let ttl = self.lifetime().ttl;
+        self.refresh.claimed.load(Ordering::Relaxed) && self.age(now) < ttl + ttl / 10
+    }
+
+    /// Whether `other` holds the same content (the same decoded body, whatever coding each
+    /// holds it in).
+    pub fn same_content(&self, other: &Entry) -> bool {
+        self.etags == other.etags
+    }
+
     /// Whether `body` (decoded) is this entry's body.
     pub fn same_body(&self, body: &[u8]) -> bool {
         self.etags == ETags::of(body)

@@ -63,7 +63,7 @@ pub use key::{CacheKey, Partition};
 use merge::Batches;
 pub(crate) use outcome::{Forward, Outcome, Served, Stored, Tier, mark};
 use read::Landed;
-pub(crate) use read::{Fetched, Origin};
+pub(crate) use read::{Call, Fetched, Origin};
 pub(crate) use shapes::Agreement;
 use shapes::Shapes;
 use single::Merged;
@@ -92,6 +92,9 @@ pub enum Found {
     RefreshAhead(Arc<Entry>),
     /// Expired, within stale-while-revalidate: answered at once, refreshed in the background.
     Revalidate(Arc<Entry>),
+    /// Expired moments ago while its refresh ahead of expiry is under way: answered at once
+    /// rather than waiting for that refresh to land.
+    Refreshing(Arc<Entry>),
     /// Expired, within stale-on-low-quota while the site's quota is low: answered at once,
     /// nothing spent.
     SpareQuota(Arc<Entry>),
@@ -153,6 +156,8 @@ pub struct Cache {
     flights: Flights<CacheKey, Option<Landed>>,
     /// Single account lookups being merged into bulk calls, by scope.
     merges: Batches<Scope, Merged>,
+    /// Single account lookups being refreshed ahead of expiry in one bulk call, by scope.
+    refreshes: Batches<Scope, Merged>,
     /// Whether this site's single and bulk answers of one account agree.
     shapes: Shapes,
     /// What of `[cache]` is fixed until a restart; the reloadable parts are `routes` and
@@ -262,6 +267,7 @@ impl Cache {
             generations: Generations::default(),
             flights: Flights::default(),
             merges: Batches::new(config.merge.max_ids, config.merge.max_query_bytes),
+            refreshes: Batches::new(config.merge.max_ids, config.merge.max_query_bytes),
             shapes: Shapes::new(config.merge.recheck, metrics.clone()),
             config: Settings::of(config),
             routes: arc_swap::ArcSwap::from_pointee(config.routes.clone()),
@@ -431,6 +437,8 @@ impl Cache {
                 true => Found::RefreshAhead(entry),
                 false => Found::Fresh(entry),
             }
+        } else if entry.refreshing(now) {
+            Found::Refreshing(entry)
         } else if entry.may_serve_on_low_quota(now) && self.quota.site.low() {
             Found::SpareQuota(entry)
         } else if entry.may_revalidate_in_background(now) {

@@ -37,16 +37,16 @@ pub trait Origin: Send + Sync {
 
     /// Upstream's answer to a GET of `route` (another route of the read's family: the bulk
     /// route of a single lookup) for this read's caller, with the query `query` makes once the
-    /// call has been admitted upstream — a merged call's batch closes then. `merge`: the call
-    /// answers merged lookups, and waits the merge window first where one applies. A read
-    /// whole answer is priced, not charged: the cache shares its points among the lookups it
-    /// served ([`Origin::charge`]); any other outcome is charged here.
+    /// call has been admitted upstream — a merged call's batch closes then. `call` says what it
+    /// is for, and so how long it may wait; `None` when a [`Call::Refresh`] was not made. A
+    /// read whole answer is priced, not charged: the cache shares its points among the lookups
+    /// it served ([`Origin::charge`]); any other outcome is charged here.
     fn fetch_for<'a>(
         &'a self,
         route: crate::routes::Route,
-        merge: bool,
+        call: Call,
         query: Box<dyn FnOnce() -> String + Send + 'a>,
-    ) -> BoxFuture<'a, Result<Fetched, GatewayError>>;
+    ) -> BoxFuture<'a, Result<Option<Fetched>, GatewayError>>;
 
     /// Charges the read's caller `points` of a call made by [`Origin::fetch_for`].
     fn charge(&self, points: u32) -> BoxFuture<'_, ()>;
@@ -55,6 +55,19 @@ pub trait Origin: Send + Sync {
     /// need not wait (a burst token while the bucket is well above empty, a free place
     /// upstream, every limit passed at once); `None` when it was not made. Charged.
     fn refresh(&self) -> BoxFuture<'_, Result<Option<Fetched>, GatewayError>>;
+}
+
+/// What a call of another route of a read's family is for ([`Origin::fetch_for`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Call {
+    /// Merged single lookups, which clients wait for: after the merge window where one applies
+    /// (callers that spend points), it waits its turn.
+    Merged,
+    /// The shape comparison's bulk lookup: it waits its turn.
+    Compare,
+    /// Single lookups refreshed ahead of expiry, packed: the lowest priority, made only if it
+    /// need not wait (as [`Origin::refresh`]).
+    Refresh,
 }
 
 /// What upstream answered a fetch with.
@@ -151,6 +164,11 @@ impl Cache {
             }
             Found::Revalidate(entry) => {
                 self.refresh_in_background(lookup, request_headers, origin);
+                let saved = Some(entry.points);
+                let outcome = Outcome::StaleWhileRevalidate;
+                self.serve(&lookup, entry, request_headers, outcome, saved)
+            }
+            Found::Refreshing(entry) => {
                 let saved = Some(entry.points);
                 let outcome = Outcome::StaleWhileRevalidate;
                 self.serve(&lookup, entry, request_headers, outcome, saved)

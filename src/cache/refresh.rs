@@ -6,6 +6,10 @@
 //! answered from it as any hit; the refresh runs in a task of its own, as the one flight of the
 //! key. Entries nobody reads late in their life are left to expire.
 //!
+//! A read that finds the entry expired moments ago (within a tenth of its TTL) while its
+//! refresh is under way is answered from it too, as stale-while-revalidate would, rather than
+//! waiting for the refresh to land.
+//!
 //! A refresh is an upstream call of the lowest priority: never while the site's quota is low
 //! (under `quota.reserve`, or Atlassian says it is near its limit), and otherwise only if it
 //! need not wait — a burst token while the bucket holds at least `cache.refresh.burst_share`

@@ -23,6 +23,7 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::{HeaderMap, Response, StatusCode};
 use tokio::time::Instant;
@@ -30,8 +31,9 @@ use tracing::Instrument as _;
 
 use super::bulk::{self, Envelope, Scope};
 use super::key::normalized_query;
-use super::merge::{Batch, Closing, Joined};
-use super::read::Settled;
+use super::merge::{Batch, Batches, Closing, Joined};
+use super::read::{Call, Settled};
+use super::refresh::Refreshed;
 use super::shapes::{Agreement, Family};
 use super::{
     Buffered, Cache, Directive, Entry, Fetched, Forward, Found, Lifetime, Lookup, Origin, Outcome,
@@ -41,6 +43,9 @@ use crate::body::Body;
 use crate::coding::Coding;
 use crate::error::GatewayError;
 use crate::quota;
+
+/// How long a batch of refreshes gathers the scope's other lookups due for one before its call.
+const REFRESH_GATHER: Duration = Duration::from_millis(20);
 
 /// A single lookup the per-account objects may answer.
 #[derive(Debug, Clone)]
@@ -119,12 +124,20 @@ impl Cache {
         request_headers: &HeaderMap,
         origin: Arc<dyn Origin>,
     ) -> Result<(Response<Body>, Served), GatewayError> {
+        let (family, expand) = (plan.scope.family, plan.scope.expand.as_str());
         let fallback = match found {
             Found::Missing { fallback } => fallback,
+            // Refreshed in one bulk call with the scope's other due lookups, where it may be.
+            Found::RefreshAhead(entry)
+                if self.shapes.agreement(family, expand) == Agreement::Agree
+                    && !self.quota.site.low() =>
+            {
+                self.refresh_packed(lookup, plan, entry.clone(), request_headers, origin);
+                return self.hit(&lookup, entry, request_headers);
+            }
             found => return self.read(lookup, found, request_headers, origin).await,
         };
         let alone = |fallback| Found::Missing { fallback };
-        let (family, expand) = (plan.scope.family, plan.scope.expand.as_str());
         if self.shapes.claim_check(family, expand) {
             return self
                 .read_and_compare(lookup, fallback, plan, request_headers, origin)
@@ -215,7 +228,7 @@ impl Cache {
         let receiver = match self.merges.join(&plan.scope, &plan.id, bytes) {
             Joined::Member(receiver) => receiver,
             Joined::Leader(batch, receiver) => {
-                self.lead_merged(plan.scope.clone(), batch, origin);
+                self.lead_merged(plan.scope.clone(), batch, origin, Call::Merged);
                 receiver
             }
         };
@@ -226,47 +239,65 @@ impl Cache {
         }
     }
 
+    /// The batches of `call`: merged lookups', or refreshes'.
+    fn batches(&self, call: Call) -> &Batches<Scope, Merged> {
+        match call {
+            Call::Refresh => &self.refreshes,
+            Call::Merged | Call::Compare => &self.merges,
+        }
+    }
+
     /// The leader's bulk call for its batch: admitted first, then the batch closed and sent;
-    /// its objects stored; each waiter answered with its own account.
+    /// its objects stored; each waiter answered with its own account. A batch of refreshes
+    /// gathers for [`REFRESH_GATHER`] first (nobody waits for it), and its call is the lowest
+    /// priority ([`Call::Refresh`]).
     fn lead_merged(
         self: &Arc<Self>,
         scope: Scope,
         batch: Arc<Batch<Merged>>,
         origin: Arc<dyn Origin>,
+        call: Call,
     ) {
         let this = self.clone();
         tokio::spawn(
             async move {
                 let _closing = Closing {
-                    batches: &this.merges,
+                    batches: this.batches(call),
                     scope: &scope,
                     batch: &batch,
                 };
+                if call == Call::Refresh {
+                    tokio::time::sleep(REFRESH_GATHER).await;
+                }
                 let route = scope.family.bulk();
                 let (closing, closed_scope, closed_batch) =
                     (this.clone(), scope.clone(), batch.clone());
                 let query = Box::new(move || {
-                    let ids = closing.merges.close(&closed_scope, &closed_batch);
+                    let ids = closing.batches(call).close(&closed_scope, &closed_batch);
                     let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
                     bulk::upstream_query(&ids, &closed_scope.expand)
                 });
-                let fetched = origin.fetch_for(route, true, query).await;
+                let fetched = origin.fetch_for(route, call, query).await;
                 // Closed whatever happened (a refused call never closed it).
-                let ids = this.merges.close(&scope, &batch);
+                let ids = this.batches(call).close(&scope, &batch);
                 let found = match fetched {
-                    Ok(Fetched::Buffered(answer)) if answer.status == StatusCode::OK => {
+                    // A refresh not made: each keeps its entry to its expiry.
+                    Ok(None) => Err(Merged::Alone),
+                    Ok(Some(Fetched::Buffered(answer))) if answer.status == StatusCode::OK => {
                         this.metrics.merge_call(scope.family.single());
                         let asked: Vec<&str> = ids.iter().map(String::as_str).collect();
                         this.store_accounts(&scope, &asked, answer)
                             .map(|(envelope, accounts)| (envelope, accounts.into_iter().collect()))
                             .map_err(Merged::Failed)
                     }
-                    Ok(Fetched::Buffered(answer)) => {
+                    Ok(Some(Fetched::Buffered(answer))) => {
                         this.metrics.merge_call(scope.family.single());
                         origin.charge(answer.points()).await;
                         Err(Merged::Answer(Arc::new(answer)))
                     }
-                    Ok(Fetched::Streamed(_) | Fetched::Undeliverable(_)) => Err(Merged::Alone),
+                    Ok(Some(Fetched::Streamed(_) | Fetched::Undeliverable(_))) => {
+                        Err(Merged::Alone)
+                    }
                     Err(GatewayError::RateLimited(_)) => Err(Merged::Alone),
                     Err(error) => Err(Merged::Failed(error)),
                 };
@@ -281,6 +312,63 @@ impl Cache {
                 };
                 // Shares of lookups that went away are the leader's caller's to pay.
                 origin.charge(undelivered).await;
+            }
+            .in_current_span(),
+        );
+    }
+
+    /// Refreshes a single lookup's `entry` ahead of expiry in a bulk call shared with the
+    /// scope's other lookups due for one (a batch of refreshes), in the background.
+    fn refresh_packed(
+        self: &Arc<Self>,
+        lookup: Lookup,
+        plan: SinglePlan,
+        entry: Arc<Entry>,
+        request_headers: &HeaderMap,
+        origin: Arc<dyn Origin>,
+    ) {
+        let bytes = bulk::encoded_len(&plan.id) + 1;
+        let receiver = match self.refreshes.join(&plan.scope, &plan.id, bytes) {
+            Joined::Member(receiver) => receiver,
+            Joined::Leader(batch, receiver) => {
+                self.lead_merged(plan.scope.clone(), batch, origin.clone(), Call::Refresh);
+                receiver
+            }
+        };
+        let this = self.clone();
+        let headers = request_headers.clone();
+        tokio::spawn(
+            async move {
+                let wait = this.config.coalesce_timeout;
+                let merged = match tokio::time::timeout(wait, receiver).await {
+                    Ok(Ok(merged)) => merged,
+                    Ok(Err(_)) | Err(_) => Merged::Alone,
+                };
+                let route = lookup.route;
+                let (result, points) = match merged {
+                    Merged::Found {
+                        account,
+                        envelope,
+                        share,
+                    } => {
+                        origin.charge(share).await;
+                        match this.materialize(&lookup, &account, &envelope, &headers) {
+                            Some(made) if made.same_content(&entry) => {
+                                (Refreshed::Unchanged, share)
+                            }
+                            Some(_) => (Refreshed::Changed, share),
+                            None => (Refreshed::Failed, share),
+                        }
+                    }
+                    // Gone from the bulk answer: the entry keeps its own expiry.
+                    Merged::Omitted { share } => {
+                        origin.charge(share).await;
+                        (Refreshed::Failed, share)
+                    }
+                    Merged::Alone => (Refreshed::Skipped, 0),
+                    Merged::Answer(_) | Merged::Failed(_) => (Refreshed::Failed, 0),
+                };
+                this.metrics.refreshed(route, result, points);
             }
             .in_current_span(),
         );
@@ -376,9 +464,9 @@ impl Cache {
         let SinglePlan { scope, id } = plan;
         let query = bulk::upstream_query(&[id.as_str()], &scope.expand);
         let fetched = origin
-            .fetch_for(scope.family.bulk(), false, Box::new(move || query))
+            .fetch_for(scope.family.bulk(), Call::Compare, Box::new(move || query))
             .await;
-        let Ok(Fetched::Buffered(answer)) = fetched else {
+        let Ok(Some(Fetched::Buffered(answer))) = fetched else {
             return None;
         };
         origin.charge(answer.points()).await;

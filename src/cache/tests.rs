@@ -11,7 +11,7 @@ use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use futures_util::future::BoxFuture;
 
 use super::storage::SharedMemory;
-use super::{Cache, Fetched, Found, Lookup, Origin, Outcome, Tier};
+use super::{Cache, Call, Fetched, Found, Lookup, Origin, Outcome, Tier};
 use crate::cache::{Buffered, Forward, Stored};
 use crate::config::{CacheConfig, RoutePolicy, UpstreamUrl};
 use crate::error::GatewayError;
@@ -114,10 +114,10 @@ impl Origin for Upstream {
     fn fetch_for<'a>(
         &'a self,
         _: Route,
-        _: bool,
+        _: Call,
         query: Box<dyn FnOnce() -> String + Send + 'a>,
-    ) -> BoxFuture<'a, Result<Fetched, GatewayError>> {
-        self.fetch(Some(query()))
+    ) -> BoxFuture<'a, Result<Option<Fetched>, GatewayError>> {
+        Box::pin(async move { self.fetch(Some(query())).await.map(Some) })
     }
 
     fn charge(&self, _: u32) -> BoxFuture<'_, ()> {
@@ -230,6 +230,7 @@ async fn an_entry_ages_from_fresh_through_its_stale_windows_to_gone() {
         match cache.find(&lookup, alice) {
             Found::Fresh(_) => "fresh",
             Found::RefreshAhead(_) => "fresh, refresh ahead",
+            Found::Refreshing(_) => "refreshing",
             Found::Revalidate(_) => "revalidate",
             Found::SpareQuota(_) => "spare quota",
             Found::Missing { fallback: Some(_) } => "fallback",
@@ -243,8 +244,13 @@ async fn an_entry_ages_from_fresh_through_its_stale_windows_to_gone() {
         "read late in its life, it is refreshed ahead"
     );
     assert_eq!(at(0).await, "fresh", "once: the first read claimed it");
-    assert_eq!(at(1).await, "revalidate", "at the TTL");
-    assert_eq!(at(1_999).await, "revalidate");
+    assert_eq!(
+        at(1).await,
+        "refreshing",
+        "at the TTL, its refresh under way: served, not waited for"
+    );
+    assert_eq!(at(100).await, "revalidate", "a tenth of the TTL later");
+    assert_eq!(at(1_899).await, "revalidate");
     assert_eq!(at(1).await, "fallback", "past stale-while-revalidate");
     assert_eq!(at(999).await, "fallback");
     assert_eq!(at(1).await, "missing", "past stale-if-error");
@@ -431,10 +437,10 @@ impl Origin for Accounts<'_> {
     fn fetch_for<'a>(
         &'a self,
         _: Route,
-        _: bool,
+        _: Call,
         query: Box<dyn FnOnce() -> String + Send + 'a>,
-    ) -> BoxFuture<'a, Result<Fetched, GatewayError>> {
-        self.fetch(Some(query()))
+    ) -> BoxFuture<'a, Result<Option<Fetched>, GatewayError>> {
+        Box::pin(async move { self.fetch(Some(query())).await.map(Some) })
     }
 
     fn charge(&self, _: u32) -> BoxFuture<'_, ()> {

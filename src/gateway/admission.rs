@@ -134,11 +134,11 @@ impl Admission {
     pub(super) async fn send_background(
         &self,
         upstream: &Upstream,
-        request: Request<Full<Bytes>>,
+        make: impl FnOnce() -> Result<Request<Full<Bytes>>, GatewayError>,
         deadline: Instant,
         burst_share: f64,
     ) -> Result<Option<Response<Held>>, GatewayError> {
-        self.exchange(upstream, || Ok(request), deadline, true, Some(burst_share))
+        self.exchange(upstream, make, deadline, true, Some(burst_share))
             .await
     }
 

@@ -15,7 +15,7 @@ use tokio::time::Instant;
 
 use super::admission::{Admission, copy_request};
 use crate::body::{Body, Held};
-use crate::cache::{self, Buffered, Fetched};
+use crate::cache::{self, Buffered, Call, Fetched};
 use crate::coding::{self, Accepts, Coding};
 use crate::error::GatewayError;
 use crate::forward;
@@ -68,11 +68,11 @@ impl cache::Origin for ReadOrigin {
     fn fetch_for<'a>(
         &'a self,
         route: Route,
-        merge: bool,
+        call: Call,
         query: Box<dyn FnOnce() -> String + Send + 'a>,
-    ) -> BoxFuture<'a, Result<Fetched, GatewayError>> {
+    ) -> BoxFuture<'a, Result<Option<Fetched>, GatewayError>> {
         Box::pin(async move {
-            if merge && !self.merge_window.is_zero() {
+            if call == Call::Merged && !self.merge_window.is_zero() {
                 tokio::time::sleep(self.merge_window).await;
             }
             let admission = self.admission.for_route(route);
@@ -91,18 +91,31 @@ impl cache::Origin for ReadOrigin {
                 Ok(request)
             };
             let deadline = self.upstream.deadline();
-            let response = admission
-                .send_made(&self.upstream, make, deadline, true)
-                .await?;
+            let sent = match call {
+                Call::Refresh => {
+                    let share = self.refresh_burst_share;
+                    admission
+                        .send_background(&self.upstream, make, deadline, share)
+                        .await?
+                }
+                Call::Merged | Call::Compare => Some(
+                    admission
+                        .send_made(&self.upstream, make, deadline, true)
+                        .await?,
+                ),
+            };
+            let Some(response) = sent else {
+                return Ok(None);
+            };
             let status = response.status();
             match read_answer(response, deadline, self.limit, self.accepts).await {
                 Ok(Fetched::Buffered(answer)) => {
                     let points = admission.price(status, Some(answer.body()));
-                    Ok(Fetched::Buffered(answer.priced(points)))
+                    Ok(Some(Fetched::Buffered(answer.priced(points))))
                 }
                 other => {
                     admission.charge(admission.price(status, None)).await;
-                    other
+                    other.map(Some)
                 }
             }
         })
@@ -118,7 +131,7 @@ impl cache::Origin for ReadOrigin {
             let deadline = upstream.deadline();
             let request = copy_request(&self.request);
             let sent = admission
-                .send_background(upstream, request, deadline, self.refresh_burst_share)
+                .send_background(upstream, || Ok(request), deadline, self.refresh_burst_share)
                 .await?;
             let Some(response) = sent else {
                 return Ok(None);

@@ -449,3 +449,50 @@ async fn purging_an_account_drops_everything_about_it_and_nothing_else() {
         direct(&h, &both, &auth).await.json()["results"]
     );
 }
+
+/// Single lookups refreshed ahead of expiry go out together: one bulk call for every hot
+/// account of a scope due at once, within the refresh budget.
+#[tokio::test]
+async fn refreshes_of_single_lookups_are_packed_into_bulk_calls() {
+    let h = Harness::start_with(|c| {
+        c.cache.routes = toml::from_str("user = { ttl = \"1s\" }").unwrap();
+        c.cache.refresh.after = 0.5;
+    })
+    .await;
+    let auth = basic(alice());
+    agree(&h, &auth).await;
+    let accounts = ids(500..510);
+    let read_all = || {
+        accounts
+            .iter()
+            .map(|id| {
+                let (client, target, auth) = (h.client.clone(), single(id), auth.clone());
+                tokio::spawn(async move { client.get(&target, Some(&auth)).await })
+            })
+            .collect::<Vec<_>>()
+    };
+    for task in read_all() {
+        assert_eq!(task.await.unwrap().status, 200);
+    }
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let before = calls(&h);
+    // Late in their life, all ten are read at once: hits, each claiming its refresh.
+    for task in read_all() {
+        assert_eq!(task.await.unwrap().cache_status(), "wikigate; hit");
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let after = calls(&h);
+    assert_eq!(after.0, before.0, "no single call");
+    assert_eq!(after.1, before.1 + 1, "one bulk call refreshed the ten");
+    // Past their first expiry, still hits: the refresh landed.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for task in read_all() {
+        assert_eq!(task.await.unwrap().cache_status(), "wikigate; hit");
+    }
+    let admin = TestClient::new(format!("http://{}", h.gateway.admin_addr));
+    let metrics = String::from_utf8_lossy(&admin.get("/metrics", None).await.body).into_owned();
+    assert!(
+        metrics.contains(r#"wikigate_refreshes_total{route="user",result="unchanged"} 10"#),
+        "{metrics}"
+    );
+}
