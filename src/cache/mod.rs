@@ -390,19 +390,24 @@ impl Cache {
         [era, resource]: [u64; 2],
     ) -> Lookup {
         let route = resolved.route();
-        // An account's purge reaches every read that names it.
+        // An account's purge reaches every read that names it; reads that name none hash one
+        // generation less (which keeps most keys' input within one BLAKE3 block).
         let account = resolved
             .account(query)
-            .map_or(0, |id| self.generations.account(&id));
+            .map(|id| self.generations.account(&id));
         let generations = [
             self.generations.epoch(),
             self.generations.route(route),
             era,
             resource,
-            account,
+            account.unwrap_or(0),
         ];
+        let observed = match account {
+            Some(_) => &generations[..],
+            None => &generations[..4],
+        };
         Lookup {
-            key: CacheKey::new(partition, resolved, query, &generations),
+            key: CacheKey::new(partition, resolved, query, observed),
             partition,
             route,
             head: resolved.head,
