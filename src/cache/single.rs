@@ -232,6 +232,11 @@ impl Cache {
                 receiver
             }
         };
+        self.answer_of(receiver).await
+    }
+
+    /// What a batch's leader answered this lookup, waited for at most `cache.coalesce_timeout`.
+    async fn answer_of(&self, receiver: tokio::sync::oneshot::Receiver<Merged>) -> Merged {
         match tokio::time::timeout(self.config.coalesce_timeout, receiver).await {
             Ok(Ok(merged)) => merged,
             // The leader went away without an answer, or took too long.
@@ -339,13 +344,8 @@ impl Cache {
         let headers = request_headers.clone();
         tokio::spawn(
             async move {
-                let wait = this.config.coalesce_timeout;
-                let merged = match tokio::time::timeout(wait, receiver).await {
-                    Ok(Ok(merged)) => merged,
-                    Ok(Err(_)) | Err(_) => Merged::Alone,
-                };
                 let route = lookup.route;
-                let (result, points) = match merged {
+                let (result, points) = match this.answer_of(receiver).await {
                     Merged::Found {
                         account,
                         envelope,

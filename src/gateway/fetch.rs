@@ -133,31 +133,34 @@ impl cache::Origin for ReadOrigin {
             let sent = admission
                 .send_background(upstream, || Ok(request), deadline, self.refresh_burst_share)
                 .await?;
-            let Some(response) = sent else {
-                return Ok(None);
-            };
-            let status = response.status();
-            let read = read_answer(response, deadline, self.limit, self.accepts).await;
-            let (fetched, points) = match read {
-                Ok(Fetched::Buffered(answer)) => {
-                    let points = admission.price(status, Some(answer.body()));
-                    (Ok(Fetched::Buffered(answer.priced(points))), points)
-                }
-                other => (other, admission.price(status, None)),
-            };
-            admission.charge(points).await;
-            fetched.map(Some)
+            match sent {
+                Some(response) => self.read_charged(response, deadline).await.map(Some),
+                None => Ok(None),
+            }
         })
     }
 }
 
 impl ReadOrigin {
-    /// One trip upstream: admitted, sent, the answer read and priced — once, here: the same
-    /// figure is charged and, if it is stored, saved by every answer made from it.
+    /// One trip upstream: admitted, sent, the answer read and priced (see
+    /// [`ReadOrigin::read_charged`]).
     async fn trip(&self, request: Request<Full<Bytes>>) -> Result<Fetched, GatewayError> {
-        let (upstream, admission) = (&self.upstream, &self.admission);
-        let deadline = upstream.deadline();
-        let response = admission.send(upstream, request, deadline, true).await?;
+        let deadline = self.upstream.deadline();
+        let response = self
+            .admission
+            .send(&self.upstream, request, deadline, true)
+            .await?;
+        self.read_charged(response, deadline).await
+    }
+
+    /// An answer read and priced — once, here: the same figure is charged and, if it is
+    /// stored, saved by every answer made from it.
+    async fn read_charged(
+        &self,
+        response: Response<Held>,
+        deadline: Instant,
+    ) -> Result<Fetched, GatewayError> {
+        let admission = &self.admission;
         let status = response.status();
         let read = read_answer(response, deadline, self.limit, self.accepts).await;
         let (fetched, points) = match read {
