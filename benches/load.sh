@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The load benchmark: wikigate's cache-hit path against the ceiling (a bare hyper server answering
-# the same body) and against nginx proxy_cache, with wrk, on loopback; for a client that asks for
+# the same body), against nginx proxy_cache and against HAProxy's cache, with wrk, on loopback; for a client that asks for
 # gzip (as every HTTP library does; the upstream answers like Atlassian's edge) and for one that
 # does not.
 #
@@ -15,7 +15,7 @@
 # CONNECTIONS (64), MODES ("shared pinned"), KEEP=1 keeps the work directory.
 #
 # Every run is bounded (wrk -d, curl -m, timeouts on start-up) and everything started is stopped
-# on exit. Installs wrk and nginx from Debian when they are missing.
+# on exit. Installs wrk, nginx and HAProxy from Debian when they are missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,8 +27,9 @@ EXPIRY_TTL=2
 # TARGET (the current user with the expansions a profile shows: a 1.2 KB answer), AUTH.
 source benches/load/lib.sh
 
-install_missing wrk:wrk nginx:nginx-light curl:curl taskset:util-linux
+install_missing wrk:wrk nginx:nginx-light haproxy:haproxy curl:curl taskset:util-linux
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+HAPROXY=$(command -v haproxy || echo /usr/sbin/haproxy)
 
 cargo build --release --quiet --bin wikigate --example load_rig
 BIN=target/release/wikigate
@@ -57,6 +58,7 @@ start_servers() {
     UPSTREAM_PORT=$(free_port) CONTROL_PORT=$(free_port) BARE_PORT=$(free_port) BARE_GZIP_PORT=$(free_port)
     GATE_PORT=$(free_port) ADMIN_PORT=$(free_port) CACHE_PORT=$(free_port) PASS_PORT=$(free_port)
     JSON_PORT=$(free_port) JSON_ADMIN_PORT=$(free_port) QUIET_PORT=$(free_port) QUIET_ADMIN_PORT=$(free_port)
+    HAPROXY_PORT=$(free_port)
 
     "${run[@]}" "$RIG" fake "127.0.0.1:$UPSTREAM_PORT" "127.0.0.1:$CONTROL_PORT" $SHAPE >"$WORK/fake.log" 2>&1 &
     PIDS+=($!)
@@ -88,7 +90,15 @@ start_servers() {
     "${run[@]}" "$NGINX" -p "$WORK" -c "$WORK/nginx.conf" -g 'daemon off;' >"$WORK/nginx.log" 2>&1 &
     PIDS+=($!)
 
-    for port in $BARE_PORT $BARE_GZIP_PORT $GATE_PORT $JSON_PORT $QUIET_PORT $CACHE_PORT $PASS_PORT; do
+    local seconds=3600
+    [ "$ttl" = 1h ] || seconds=${ttl%s}
+    sed -e "s|@THREADS@|$workers|" -e "s|@HAPROXY_PORT@|$HAPROXY_PORT|" \
+        -e "s|@UPSTREAM_PORT@|$UPSTREAM_PORT|" -e "s|@TTL_SECONDS@|$seconds|g" \
+        benches/load/haproxy.cfg.in >"$WORK/haproxy.cfg"
+    "${run[@]}" "$HAPROXY" -db -f "$WORK/haproxy.cfg" >"$WORK/haproxy.log" 2>&1 &
+    PIDS+=($!)
+
+    for port in $BARE_PORT $BARE_GZIP_PORT $GATE_PORT $JSON_PORT $QUIET_PORT $CACHE_PORT $PASS_PORT $HAPROXY_PORT; do
         wait_for "http://127.0.0.1:$port/"
     done
 }
@@ -145,7 +155,7 @@ print_table() {
 }
 
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(uname -r)"
-echo "wikigate $(git rev-parse --short HEAD 2>/dev/null || echo '?'), $("$NGINX" -v 2>&1), $(wrk -v 2>&1 | head -1)"
+echo "wikigate $(git rev-parse --short HEAD 2>/dev/null || echo '?'), $("$NGINX" -v 2>&1), $("$HAPROXY" -v 2>&1 | head -1 | cut -d' ' -f1-3), $(wrk -v 2>&1 | head -1)"
 
 GZIP=(-H "Accept-Encoding: gzip, deflate")
 for mode in $MODES; do
@@ -159,12 +169,14 @@ for mode in $MODES; do
     measure "$pin" "wikigate hit, JSON access log" "$JSON_PORT" "${GZIP[@]}"
     measure "$pin" "wikigate hit, log off" "$QUIET_PORT" "${GZIP[@]}"
     measure "$pin" "nginx proxy_cache hit (log)" "$CACHE_PORT" "${GZIP[@]}"
+    measure "$pin" "HAProxy cache hit (no log)" "$HAPROXY_PORT" "${GZIP[@]}"
     print_table "gzip client, $where"
     measure "$pin" "bare hyper, plain body (ceiling)" "$BARE_PORT"
     measure "$pin" "wikigate hit, defaults (log on)" "$GATE_PORT"
     measure "$pin" "wikigate hit, JSON access log" "$JSON_PORT"
     measure "$pin" "wikigate hit, log off" "$QUIET_PORT"
     measure "$pin" "nginx proxy_cache hit (log)" "$CACHE_PORT"
+    measure "$pin" "HAProxy cache hit (no log)" "$HAPROXY_PORT"
     measure "$pin" "wikigate miss (no-store), defaults" "$GATE_PORT" -H "Cache-Control: no-store"
     measure "$pin" "nginx pass-through" "$PASS_PORT"
     print_table "plain client, $where"
@@ -179,7 +191,7 @@ echo "## expiry under load — TTL ${EXPIRY_TTL}s, wrk -c$CONNECTIONS for ${DURA
 echo
 echo "| system | upstream requests | expiries (at most) | per expiry |"
 echo "|---|---|---|---|"
-for entry in "wikigate:$GATE_PORT" "nginx proxy_cache (lock on):$CACHE_PORT"; do
+for entry in "wikigate:$GATE_PORT" "nginx proxy_cache (lock on):$CACHE_PORT" "HAProxy cache:$HAPROXY_PORT"; do
     name=${entry%:*} port=${entry##*:}
     curl -s -o /dev/null -m 2 -H "Authorization: $AUTH" "http://127.0.0.1:$port$TARGET"
     before=$(upstream_count)
