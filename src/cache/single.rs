@@ -428,6 +428,7 @@ impl Cache {
             .read(lookup, found, request_headers, origin.clone())
             .await;
         let this = self.clone();
+        let (family, expand) = (plan.scope.family, plan.scope.expand.clone());
         let compared = tokio::spawn(
             async move {
                 let verdict = this.compare(&lookup, &plan, &*origin).await;
@@ -436,8 +437,11 @@ impl Cache {
             }
             .in_current_span(),
         );
-        // A comparison that failed inside decides nothing; the read's answer stands.
-        let _ = compared.await;
+        // A comparison that failed inside (a panic) decides nothing, and frees the claim for
+        // a later one; the read's answer stands.
+        if compared.await.is_err() {
+            self.shapes.record(family, &expand, None);
+        }
         read
     }
 
