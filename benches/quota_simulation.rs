@@ -46,6 +46,8 @@ use wikigate::fake::{
     DEMO_USERS, FakeConfluence, FakeOptions, FakeQuota, QuotaMode, directory_account,
 };
 
+mod support;
+
 type HttpClient = Client<HttpConnector, Full<Bytes>>;
 
 const QUOTA: u64 = 36_000;
@@ -213,29 +215,11 @@ async fn run(path: Path, seconds: u64) -> Figures {
     figures.spent = spent;
     figures.upstream_429 = upstream_429;
     if let Some(gateway) = gateway {
-        figures.saved = saved_points(&gateway.admin_addr.to_string(), &client).await;
+        let admin = gateway.admin_addr.to_string();
+        figures.saved = support::metric_sum(&admin, "wikigate_quota_points_saved_total{").await;
         gateway.stop().await;
     }
     figures
-}
-
-/// The sum of `wikigate_quota_points_saved_total` over every caller and route.
-async fn saved_points(admin: &str, client: &HttpClient) -> u64 {
-    let request = Request::get(format!("http://{admin}/metrics"))
-        .body(Full::new(Bytes::new()))
-        .expect("a request");
-    let response = client.request(request).await.expect("an answer");
-    let text = response
-        .into_body()
-        .collect()
-        .await
-        .expect("a body")
-        .to_bytes();
-    String::from_utf8_lossy(&text)
-        .lines()
-        .filter(|line| line.starts_with("wikigate_quota_points_saved_total{"))
-        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum::<f64>() as u64
 }
 
 /// What a minute of burst traffic came to.
@@ -428,15 +412,6 @@ async fn lookup_site(
     (fake, gateway, origin)
 }
 
-fn basic_auth(n: usize) -> String {
-    let user = DEMO_USERS[n];
-    let pair = format!("{}:{}", user.email, user.api_token);
-    format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode(pair)
-    )
-}
-
 /// Four services of one credential (a service account) look up distinct accounts one at a
 /// time, at three times the rate of the site's burst bucket (10 tokens, 10 a second, per
 /// endpoint), with no points quota (API tokens): each lookup a miss.
@@ -451,7 +426,7 @@ async fn distinct_lookups(path: Lookups, seconds: u64) -> Burst {
     )
     .await;
     let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
-    let auth = basic_auth(0);
+    let auth = support::ALICE.to_owned();
     let (sender, mut results) = tokio::sync::mpsc::unbounded_channel();
     let every = Duration::from_secs(1) / (3 * BUCKET);
     let started = tokio::time::Instant::now();
@@ -507,7 +482,7 @@ struct Renders {
 async fn page_renders(path: Lookups, seconds: u64) -> Renders {
     let (fake, gateway, origin) = lookup_site(path, FakeOptions::default()).await;
     let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
-    let auth = basic_auth(0);
+    let auth = support::ALICE.to_owned();
     let mut random = Lcg(7);
     let (sender, mut results) = tokio::sync::mpsc::unbounded_channel();
     let started = tokio::time::Instant::now();

@@ -13,7 +13,6 @@
 
 use std::time::Duration;
 
-use base64::Engine as _;
 use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full};
@@ -21,7 +20,9 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use wikigate::config::RawConfig;
-use wikigate::fake::{DEMO_USERS, FakeConfluence, FakeOptions, Faults, directory_account};
+use wikigate::fake::{FakeConfluence, FakeOptions, Faults, directory_account};
+
+mod support;
 
 type HttpClient = Client<HttpConnector, Full<Bytes>>;
 
@@ -120,24 +121,6 @@ fn config(upstream: &str, run: Run) -> RawConfig {
     RawConfig::from_toml(&toml).expect("a valid config")
 }
 
-async fn metric(client: &HttpClient, admin: &str, prefix: &str) -> u64 {
-    let request = Request::get(format!("http://{admin}/metrics"))
-        .body(Full::new(Bytes::new()))
-        .expect("a request");
-    let response = client.request(request).await.expect("an answer");
-    let text = response
-        .into_body()
-        .collect()
-        .await
-        .expect("a body")
-        .to_bytes();
-    String::from_utf8_lossy(&text)
-        .lines()
-        .filter(|line| line.starts_with(prefix))
-        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum::<f64>() as u64
-}
-
 async fn run(run: Run, seconds: u64) -> Figures {
     let fake = FakeConfluence::start_with(FakeOptions::default())
         .await
@@ -149,12 +132,7 @@ async fn run(run: Run, seconds: u64) -> Figures {
     let config = config(&fake.url(), run).validate().expect("valid");
     let gateway = wikigate::start(&config).await.expect("starts");
     let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
-    let user = DEMO_USERS[0];
-    let auth = format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD
-            .encode(format!("{}:{}", user.email, user.api_token))
-    );
+    let auth = support::ALICE;
     let origin = format!("http://{}", gateway.addr);
     let (sender, mut results) = tokio::sync::mpsc::unbounded_channel();
     let mut zipf = Zipf::new(ACCOUNTS, 1.1);
@@ -168,7 +146,7 @@ async fn run(run: Run, seconds: u64) -> Figures {
             directory_account(rank)
         );
         let after_warm_up = started.elapsed() >= Duration::from_secs(60);
-        let (client, auth, sender) = (client.clone(), auth.clone(), sender.clone());
+        let (client, sender) = (client.clone(), sender.clone());
         tokio::spawn(async move {
             let asked = tokio::time::Instant::now();
             let request = Request::get(url)
@@ -209,8 +187,8 @@ async fn run(run: Run, seconds: u64) -> Figures {
     let figures = Figures {
         reads,
         spent: fake.quota_totals().0,
-        refresh_points: metric(&client, &admin, "wikigate_refresh_points_total{").await,
-        refreshes: metric(&client, &admin, "wikigate_refreshes_total{").await,
+        refresh_points: support::metric_sum(&admin, "wikigate_refresh_points_total{").await,
+        refreshes: support::metric_sum(&admin, "wikigate_refreshes_total{").await,
     };
     gateway.stop().await;
     figures

@@ -106,3 +106,27 @@ pub fn percentile(samples: &mut [f64], q: f64) -> f64 {
     samples.sort_by(f64::total_cmp);
     samples[((samples.len() as f64 * q) as usize).min(samples.len() - 1)]
 }
+
+/// The sum of the samples of every `/metrics` line of the admin listener at `admin` that starts
+/// with `prefix` (a family and the opening of its labels: `wikigate_refreshes_total{`).
+pub async fn metric_sum(admin: &str, prefix: &str) -> u64 {
+    use http_body_util::BodyExt as _;
+    let client: hyper_util::client::legacy::Client<_, http_body_util::Full<bytes::Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build_http();
+    let request = http::Request::get(format!("http://{admin}/metrics"))
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .expect("a request");
+    let response = client.request(request).await.expect("an answer");
+    let text = response
+        .into_body()
+        .collect()
+        .await
+        .expect("a body")
+        .to_bytes();
+    String::from_utf8_lossy(&text)
+        .lines()
+        .filter(|line| line.starts_with(prefix))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}

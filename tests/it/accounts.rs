@@ -52,6 +52,22 @@ async fn agree(h: &Harness, auth: &str) {
     );
 }
 
+/// Single lookups of `accounts`, all at once, by the caller of `auth`: their answers in order.
+async fn look_up_at_once(h: &Harness, accounts: &[String], auth: &str) -> Vec<Answer> {
+    let tasks: Vec<_> = accounts
+        .iter()
+        .map(|id| {
+            let (client, target, auth) = (h.client.clone(), single(id), auth.to_owned());
+            tokio::spawn(async move { client.get(&target, Some(&auth)).await })
+        })
+        .collect();
+    let mut answers = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        answers.push(task.await.unwrap());
+    }
+    answers
+}
+
 /// Upstream's own answer to the same request, straight from the site.
 async fn direct(h: &Harness, target: &str, auth: &str) -> Answer {
     TestClient::new(h.fake.url()).get(target, Some(auth)).await
@@ -158,15 +174,11 @@ async fn concurrent_single_misses_share_bulk_calls_and_each_gets_its_own_account
     });
     let before = calls(&h);
     let accounts = ids(200..225);
-    let tasks: Vec<_> = accounts
+    for (answer, id) in look_up_at_once(&h, &accounts, &auth)
+        .await
         .iter()
-        .map(|id| {
-            let (client, target, auth) = (h.client.clone(), single(id), auth.clone());
-            tokio::spawn(async move { client.get(&target, Some(&auth)).await })
-        })
-        .collect();
-    for (task, id) in tasks.into_iter().zip(&accounts) {
-        let answer = task.await.unwrap();
+        .zip(&accounts)
+    {
         assert_eq!(answer.status, 200);
         assert_eq!(answer.json()["accountId"], id.as_str(), "its own account");
         assert_eq!(answer.viewer(), alice().account_id);
@@ -303,15 +315,8 @@ async fn merged_calls_cost_one_call_and_two_points_an_account_shared_among_their
     let (spent_before, _) = h.fake.quota_totals();
     let bulks_before = calls(&h).1;
     let accounts = ids(300..330);
-    let tasks: Vec<_> = accounts
-        .iter()
-        .map(|id| {
-            let (client, target, auth) = (h.client.clone(), single(id), auth.clone());
-            tokio::spawn(async move { client.get(&target, Some(&auth)).await })
-        })
-        .collect();
-    for task in tasks {
-        assert_eq!(task.await.unwrap().status, 200);
+    for answer in look_up_at_once(&h, &accounts, &auth).await {
+        assert_eq!(answer.status, 200);
     }
     let made = calls(&h).1 - bulks_before;
     let (spent, _) = h.fake.quota_totals();
@@ -462,23 +467,14 @@ async fn refreshes_of_single_lookups_are_packed_into_bulk_calls() {
     let auth = basic(alice());
     agree(&h, &auth).await;
     let accounts = ids(500..510);
-    let read_all = || {
-        accounts
-            .iter()
-            .map(|id| {
-                let (client, target, auth) = (h.client.clone(), single(id), auth.clone());
-                tokio::spawn(async move { client.get(&target, Some(&auth)).await })
-            })
-            .collect::<Vec<_>>()
-    };
-    for task in read_all() {
-        assert_eq!(task.await.unwrap().status, 200);
+    for answer in look_up_at_once(&h, &accounts, &auth).await {
+        assert_eq!(answer.status, 200);
     }
     tokio::time::sleep(Duration::from_millis(700)).await;
     let before = calls(&h);
     // Late in their life, all ten are read at once: hits, each claiming its refresh.
-    for task in read_all() {
-        assert_eq!(task.await.unwrap().cache_status(), "wikigate; hit");
+    for answer in look_up_at_once(&h, &accounts, &auth).await {
+        assert_eq!(answer.cache_status(), "wikigate; hit");
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
     let after = calls(&h);
@@ -486,8 +482,8 @@ async fn refreshes_of_single_lookups_are_packed_into_bulk_calls() {
     assert_eq!(after.1, before.1 + 1, "one bulk call refreshed the ten");
     // Past their first expiry, still hits: the refresh landed.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    for task in read_all() {
-        assert_eq!(task.await.unwrap().cache_status(), "wikigate; hit");
+    for answer in look_up_at_once(&h, &accounts, &auth).await {
+        assert_eq!(answer.cache_status(), "wikigate; hit");
     }
     let admin = TestClient::new(format!("http://{}", h.gateway.admin_addr));
     let metrics = String::from_utf8_lossy(&admin.get("/metrics", None).await.body).into_owned();
