@@ -11,12 +11,27 @@ use crate::support::{API, Harness, TestClient, alice, basic, put_property};
 
 /// Short TTLs, as operators write them (the stale windows at their defaults).
 fn short_ttls(c: &mut wikigate::config::RawConfig) {
-    c.cache.routes = toml::from_str(
+    ttls(c, "1s");
+}
+
+/// TTLs of 2 s refreshed from half of them on, for tests that read late in an entry's life
+/// ([`LATE`]): the refresh point (1–1.2 s, with the entry's own jitter) and the expiry each
+/// 300 ms or more away, room for a slow machine's timers.
+fn two_second_ttls(c: &mut wikigate::config::RawConfig) {
+    ttls(c, "2s");
+    c.cache.refresh.after = 0.5;
+}
+
+/// A read late in an entry of [`two_second_ttls`]'s life: past its refresh point, before expiry.
+const LATE: Duration = Duration::from_millis(1500);
+
+fn ttls(c: &mut wikigate::config::RawConfig, ttl: &str) {
+    c.cache.routes = toml::from_str(&format!(
         r#"
-        memberof = { ttl = "1s" }
-        property = { ttl = "1s" }
-        "#,
-    )
+        memberof = {{ ttl = "{ttl}" }}
+        property = {{ ttl = "{ttl}" }}
+        "#
+    ))
     .unwrap();
 }
 
@@ -91,19 +106,23 @@ async fn a_hot_entry_never_expires_into_a_wait() {
     let admin = TestClient::new(format!("http://{}", h.gateway.admin_addr));
     let page = String::from_utf8_lossy(&admin.get("/", None).await.body).into_owned();
     assert!(page.contains("<tr id=\"refresh-memberof\">"), "{page}");
-    // Fewer calls than without it: unchanged answers were kept fresh for longer.
-    assert!(
-        h.fake.hits(Operation::GetGroupMembershipsForUser)
-            <= off.fake.hits(Operation::GetGroupMembershipsForUser),
-        "{} calls with refresh-ahead, {} without",
+    // No dearer than without it, give or take the first refresh: it comes at half the TTL, and
+    // unchanged answers stretch the learned TTL (to 2×) so that later refreshes come once per
+    // configured TTL, as the misses did. (What refresh-ahead saves is measured in
+    // benches/refresh_ahead.rs; here the two runs' timing differs by the misses' waits.)
+    let (with, without) = (
         h.fake.hits(Operation::GetGroupMembershipsForUser),
-        off.fake.hits(Operation::GetGroupMembershipsForUser)
+        off.fake.hits(Operation::GetGroupMembershipsForUser),
+    );
+    assert!(
+        with <= without + 1,
+        "{with} calls with refresh-ahead, {without} without"
     );
 }
 
 #[tokio::test]
 async fn a_refresh_that_lands_after_a_write_never_brings_back_what_it_changed() {
-    let h = Harness::start_with(short_ttls).await;
+    let h = Harness::start_with(two_second_ttls).await;
     let (a, auth) = (alice().account_id, basic(alice()));
     let target = format!("{API}/{a}/property/colour");
     put_property(
@@ -121,10 +140,12 @@ async fn a_refresh_that_lands_after_a_write_never_brings_back_what_it_changed() 
     );
     // Late in the entry's life a read claims its refresh, whose answer (v1) upstream holds...
     let mut held = h.fake.hold(Operation::GetUserProperty);
-    tokio::time::sleep(Duration::from_millis(950)).await;
+    tokio::time::sleep(LATE).await;
     let hit = h.client.get(&target, Some(&auth)).await;
     assert_eq!(hit.cache_status(), "wikigate; hit");
-    held.reached().await;
+    tokio::time::timeout(Duration::from_secs(5), held.reached())
+        .await
+        .expect("the late read claimed a refresh");
     // ...while a write changes the property.
     let written = put_property(
         &h.client,
@@ -146,7 +167,7 @@ async fn a_refresh_that_lands_after_a_write_never_brings_back_what_it_changed() 
 
 #[tokio::test]
 async fn a_failed_refresh_keeps_the_entry_to_its_own_expiry_and_stale_window() {
-    let h = Harness::start_with(short_ttls).await;
+    let h = Harness::start_with(two_second_ttls).await;
     let target = format!("{API}/memberof?accountId={}", alice().account_id);
     let auth = basic(alice());
     let first = h.client.get(&target, Some(&auth)).await;
@@ -154,12 +175,12 @@ async fn a_failed_refresh_keeps_the_entry_to_its_own_expiry_and_stale_window() {
         fail_with: Some(http::StatusCode::SERVICE_UNAVAILABLE),
         ..Faults::default()
     });
-    tokio::time::sleep(Duration::from_millis(950)).await;
+    tokio::time::sleep(LATE).await;
     assert_eq!(
         h.client.get(&target, Some(&auth)).await.cache_status(),
         "wikigate; hit"
     );
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
     let stale = h.client.get(&target, Some(&auth)).await;
     assert_eq!(stale.status, 200);
     assert!(
@@ -180,7 +201,7 @@ async fn a_failed_refresh_keeps_the_entry_to_its_own_expiry_and_stale_window() {
 async fn no_refresh_spends_points_while_the_quota_is_low() {
     // A site whose configured quota is spent below its reserve after a few calls.
     let h = Harness::start_with(|c| {
-        short_ttls(c);
+        two_second_ttls(c);
         c.quota.points_per_hour = Some(20);
         c.quota.reserve = 0.9;
     })
@@ -189,7 +210,7 @@ async fn no_refresh_spends_points_while_the_quota_is_low() {
     let auth = basic(alice());
     assert_eq!(h.client.get(&target, Some(&auth)).await.status, 200);
     let calls = h.fake.hits(Operation::GetGroupMembershipsForUser);
-    tokio::time::sleep(Duration::from_millis(950)).await;
+    tokio::time::sleep(LATE).await;
     assert_eq!(
         h.client.get(&target, Some(&auth)).await.cache_status(),
         "wikigate; hit"
