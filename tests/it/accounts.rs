@@ -460,7 +460,7 @@ async fn purging_an_account_drops_everything_about_it_and_nothing_else() {
 #[tokio::test]
 async fn refreshes_of_single_lookups_are_packed_into_bulk_calls() {
     let h = Harness::start_with(|c| {
-        c.cache.routes = toml::from_str("user = { ttl = \"1s\" }").unwrap();
+        c.cache.routes = toml::from_str("user = { ttl = \"2s\" }").unwrap();
         c.cache.refresh.after = 0.5;
     })
     .await;
@@ -470,7 +470,8 @@ async fn refreshes_of_single_lookups_are_packed_into_bulk_calls() {
     for answer in look_up_at_once(&h, &accounts, &auth).await {
         assert_eq!(answer.status, 200);
     }
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    // Refresh points at 1–1.2 s, the expiry at 2 s: 300 ms of room either side.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     let before = calls(&h);
     // Late in their life, all ten are read at once: hits, each claiming its refresh.
     for answer in look_up_at_once(&h, &accounts, &auth).await {
@@ -481,7 +482,7 @@ async fn refreshes_of_single_lookups_are_packed_into_bulk_calls() {
     assert_eq!(after.0, before.0, "no single call");
     assert_eq!(after.1, before.1 + 1, "one bulk call refreshed the ten");
     // Past their first expiry, still hits: the refresh landed.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
     for answer in look_up_at_once(&h, &accounts, &auth).await {
         assert_eq!(answer.cache_status(), "wikigate; hit");
     }
