@@ -32,7 +32,7 @@ use wikigate::config::Config;
 use wikigate::fake::FakeConfluence;
 use wikigate::routes::resolve;
 use wikigate::server::{ConnInfo, Handler};
-use wikigate::{CacheKey, Partition};
+use wikigate::{CacheKey, KeySecret, Partition};
 
 const CURRENT: &str = "/wiki/rest/api/user/current";
 const QUERY: &str = "expand=operations,personalSpace";
@@ -65,12 +65,29 @@ fn cache_key(c: &mut Criterion) {
         b.iter(|| Partition::of(black_box(&headers), &secret, None))
     });
     let partition = Partition::of(&headers, &secret, None).expect("a partition");
+    let key_secret = KeySecret::derive(&secret);
     c.bench_function("cache_key/key", |b| {
-        b.iter(|| CacheKey::new(partition, &resolved, black_box(Some(QUERY)), &[1, 2, 3]))
+        b.iter(|| {
+            CacheKey::new(
+                &key_secret,
+                partition,
+                &resolved,
+                black_box(Some(QUERY)),
+                &[1, 2, 3],
+            )
+        })
     });
     c.bench_function("cache_key/key, expand out of order", |b| {
         let query = "expand=personalSpace,operations";
-        b.iter(|| CacheKey::new(partition, &resolved, black_box(Some(query)), &[1, 2, 3]))
+        b.iter(|| {
+            CacheKey::new(
+                &key_secret,
+                partition,
+                &resolved,
+                black_box(Some(query)),
+                &[1, 2, 3],
+            )
+        })
     });
 }
 

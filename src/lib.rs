@@ -99,7 +99,7 @@ mod upstream;
 // configuration, the route table, the HTTP server, the fake site), and these, for embedding a
 // gateway and measuring its parts (tests, benches). Everything else is private to the crate.
 pub use body::Body;
-pub use cache::{CacheKey, Partition};
+pub use cache::{CacheKey, KeySecret, Partition};
 pub use caller::{Caller, CallerId, Callers};
 pub use coding::{gunzip, gzip};
 pub use gateway::Gateway;

@@ -174,6 +174,7 @@ impl Cache {
             id => self.generations.account(id),
         };
         CacheKey::account(
+            &self.key_secret,
             scope.partition,
             scope.family.bulk(),
             &scope.expand,

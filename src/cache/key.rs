@@ -83,16 +83,78 @@ impl Partition {
     }
 }
 
-/// A cache key: the first 128 bits of BLAKE3 over the partition, route, parameters, normalised
-/// query and tag generations. Fixed-size, so hashing and comparing it is cheap; 16 bytes,
-/// since the cache holds each key twice per entry, and finding two inputs with one key takes
-/// 2^64 tries even by design (and cannot target another caller's key: the partition in each
-/// input is a keyed hash).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// A cache key: XXH3-128 over the partition, route, parameters, normalised query and tag
+/// generations, under a secret of its own ([`KeySecret`]). Fixed-size, so comparing it is
+/// cheap; 16 bytes, since the cache holds each key twice per entry.
+///
+/// XXH3 is not a cryptographic hash, and need not be here: nothing secret is hashed (the
+/// partition in the input is already a keyed BLAKE3 hash of the credential), and what it must
+/// resist — a caller choosing a URL whose key is another one's — takes the key's secret, which
+/// never leaves the process: without it no key can be computed, let alone two made to meet;
+/// by chance, two of 2^32 keys meet once in 2^64. It is a tenth of BLAKE3's cost per key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CacheKey([u8; 16]);
+
+impl std::hash::Hash for CacheKey {
+    /// Its first 8 bytes: a key is uniformly distributed already (see [`KeyHashing`]).
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        let mut first = [0; 8];
+        first.copy_from_slice(&self.0[..8]);
+        state.write_u64(u64::from_le_bytes(first));
+    }
+}
+
+/// Hashing for maps of [`CacheKey`]s: the key's own first 8 bytes, since it is a keyed hash
+/// already (a second, SipHash over it, cost every lookup ~400 instructions and added nothing).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct KeyHashing;
+
+impl std::hash::BuildHasher for KeyHashing {
+    type Hasher = KeyHasher;
+
+    fn build_hasher(&self) -> KeyHasher {
+        KeyHasher(0)
+    }
+}
+
+/// See [`KeyHashing`]; anything but a [`CacheKey`] is folded in, FNV-1a style.
+#[derive(Debug)]
+pub(crate) struct KeyHasher(u64);
+
+impl std::hash::Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for byte in bytes {
+            self.0 = (self.0 ^ u64::from(*byte)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 ^= n;
+    }
+}
+
+/// The secret [`CacheKey`]s are hashed under, derived from the partition secret (so replicas
+/// sharing `cache.key_secret` make the same keys, and Redis entries are found by each).
+pub struct KeySecret(Box<[u8; 192]>);
+
+impl KeySecret {
+    pub fn derive(partition_secret: &[u8; 32]) -> KeySecret {
+        let mut secret = Box::new([0; 192]);
+        blake3::Hasher::new_derive_key("wikigate cache key v1")
+            .update(partition_secret)
+            .finalize_xof()
+            .fill(&mut secret[..]);
+        KeySecret(secret)
+    }
+}
 
 impl CacheKey {
     pub fn new(
+        secret: &KeySecret,
         partition: Partition,
         resolved: &Resolved<'_>,
         query: Option<&str>,
@@ -112,11 +174,12 @@ impl CacheKey {
                 input.field(&value);
             }
         }
-        input.finish(generations)
+        input.finish(secret, generations)
     }
 
     /// The key of one account's object in a bulk lookup (`id` empty: the lookup's envelope).
-    pub fn account(
+    pub(crate) fn account(
+        secret: &KeySecret,
         partition: Partition,
         route: crate::routes::Route,
         expand: &str,
@@ -128,7 +191,7 @@ impl CacheKey {
         input.field(route.name().as_bytes());
         input.field(expand.as_bytes());
         input.field(id.as_bytes());
-        input.finish(generations)
+        input.finish(secret, generations)
     }
 
     pub fn as_bytes(&self) -> &[u8; 16] {
@@ -136,8 +199,7 @@ impl CacheKey {
     }
 }
 
-/// What a key hashes, gathered first and hashed in one call: BLAKE3 over one buffer costs a
-/// fraction of many small `update`s.
+/// What a key hashes, gathered first and hashed in one call.
 struct KeyInput(Vec<u8>);
 
 impl KeyInput {
@@ -192,14 +254,13 @@ impl KeyInput {
         true
     }
 
-    fn finish(mut self, generations: &[u64]) -> CacheKey {
+    fn finish(mut self, secret: &KeySecret, generations: &[u64]) -> CacheKey {
         self.0.push(b'#');
         for generation in generations {
             self.0.extend_from_slice(&generation.to_le_bytes());
         }
-        let mut key = [0; 16];
-        key.copy_from_slice(&blake3::hash(&self.0).as_bytes()[..16]);
-        CacheKey(key)
+        let hash = xxhash_rust::xxh3::xxh3_128_with_secret(&self.0, &secret.0[..]);
+        CacheKey(hash.to_le_bytes())
     }
 }
 
@@ -280,7 +341,13 @@ mod tests {
 
     fn key(partition: Partition, path: &str, query: Option<&str>) -> CacheKey {
         let resolved = resolve(&Method::GET, path).unwrap();
-        CacheKey::new(partition, &resolved, query, &[0])
+        CacheKey::new(
+            &KeySecret::derive(&SECRET),
+            partition,
+            &resolved,
+            query,
+            &[0],
+        )
     }
 
     fn auth(value: &'static str) -> HeaderMap {
@@ -360,7 +427,7 @@ mod tests {
                 input.field(&name);
                 input.field(&value);
             }
-            input.finish(&[0])
+            input.finish(&KeySecret::derive(&SECRET), &[0])
         };
         for query in [
             "",
@@ -440,10 +507,10 @@ mod tests {
     #[test]
     fn generations_are_part_of_the_key() {
         let resolved = resolve(&Method::GET, "/wiki/rest/api/user/watch/space/ENG").unwrap();
-        let p = Partition::Anonymous;
+        let (p, secret) = (Partition::Anonymous, KeySecret::derive(&SECRET));
         assert_ne!(
-            CacheKey::new(p, &resolved, None, &[1, 5]),
-            CacheKey::new(p, &resolved, None, &[1, 6])
+            CacheKey::new(&secret, p, &resolved, None, &[1, 5]),
+            CacheKey::new(&secret, p, &resolved, None, &[1, 6])
         );
     }
 
@@ -460,6 +527,17 @@ mod tests {
             "bytes, not lossy text"
         );
         assert_ne!(k("accountId=%FF"), k("accountId=%EF%BF%BD"));
+    }
+
+    #[test]
+    fn keys_depend_on_the_secret_replicas_share() {
+        let resolved = resolve(&Method::GET, "/wiki/rest/api/user/current").unwrap();
+        let key = |secret: &[u8; 32]| {
+            let secret = KeySecret::derive(secret);
+            CacheKey::new(&secret, Partition::Shared, &resolved, None, &[0])
+        };
+        assert_eq!(key(&SECRET), key(&SECRET), "another replica, the same key");
+        assert_ne!(key(&SECRET), key(&[8; 32]));
     }
 
     #[test]

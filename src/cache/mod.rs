@@ -59,7 +59,7 @@ use flights::Flights;
 use generations::Generations;
 pub(crate) use invalidation::Purge;
 pub(crate) use key::Bypass;
-pub use key::{CacheKey, Partition};
+pub use key::{CacheKey, KeySecret, Partition};
 use merge::Batches;
 pub(crate) use outcome::{Forward, Outcome, Served, Stored, Tier, mark};
 use read::Landed;
@@ -175,6 +175,8 @@ pub struct Cache {
     /// `_links` rewriting to `server.public_url`.
     links: Arc<Links>,
     secret: [u8; 32],
+    /// What cache keys are hashed under, derived from `secret`.
+    key_secret: KeySecret,
     metrics: Arc<Metrics>,
     /// The site's quota: while it is low, expired entries stand in for upstream calls
     /// (`stale_on_low_quota`).
@@ -275,6 +277,7 @@ impl Cache {
             links,
             shared: None,
             cluster: None,
+            key_secret: KeySecret::derive(&secret),
             secret,
             metrics,
             quota,
@@ -407,7 +410,7 @@ impl Cache {
             None => &generations[..4],
         };
         Lookup {
-            key: CacheKey::new(partition, resolved, query, observed),
+            key: CacheKey::new(&self.key_secret, partition, resolved, query, observed),
             partition,
             route,
             head: resolved.head,

@@ -20,7 +20,7 @@ use moka::sync::Cache as Moka;
 use tokio::time::Instant;
 
 use super::entry::Entry;
-use super::key::CacheKey;
+use super::key::{CacheKey, KeyHashing};
 use crate::cluster::Cluster;
 use crate::metrics::Metrics;
 
@@ -57,7 +57,7 @@ impl Shared for Cluster {
 
 /// This replica's entries (L1): moka, weighed in bytes, each kept for its retention.
 pub(super) struct Memory {
-    entries: Moka<CacheKey, Arc<Entry>>,
+    entries: Moka<CacheKey, Arc<Entry>, KeyHashing>,
     max_bytes: u64,
 }
 
@@ -77,7 +77,7 @@ impl Memory {
                     RemovalCause::Size => "size",
                 });
             })
-            .build();
+            .build_with_hasher(KeyHashing);
         Memory { entries, max_bytes }
     }
 

@@ -7,9 +7,11 @@ use http::{HeaderMap, HeaderValue, Method};
 use proptest::prelude::*;
 use wikigate::config::Config;
 use wikigate::routes;
-use wikigate::{CacheKey, Partition};
+use wikigate::{CacheKey, KeySecret, Partition};
 
 const SECRET: [u8; 32] = [9; 32];
+static KEY_SECRET: std::sync::LazyLock<KeySecret> =
+    std::sync::LazyLock::new(|| KeySecret::derive(&SECRET));
 
 fn any_path() -> impl Strategy<Value = String> {
     let segment = prop_oneof![
@@ -71,7 +73,7 @@ proptest! {
             if !expand.is_empty() {
                 all.push(format!("expand={}", expand.join(",")));
             }
-            CacheKey::new(Partition::Anonymous, &resolved, Some(&all.join("&")), &[0, 0, 0])
+            CacheKey::new(&KEY_SECRET, Partition::Anonymous, &resolved, Some(&all.join("&")), &[0, 0, 0])
         };
         let before = key(&params, &expand);
         // Deterministic shuffles from the seed.
@@ -114,7 +116,7 @@ proptest! {
         };
         let resolved = routes::resolve(&Method::GET, "/wiki/rest/api/user").unwrap();
         let key = |value: String| {
-            CacheKey::new(Partition::Anonymous, &resolved, Some(&format!("accountId={value}")), &[0, 0, 0])
+            CacheKey::new(&KEY_SECRET, Partition::Anonymous, &resolved, Some(&format!("accountId={value}")), &[0, 0, 0])
         };
         prop_assert_eq!(key(encode(&a, &first)), key(encode(&a, &second)));
         if a != b {
@@ -134,10 +136,10 @@ proptest! {
             return Ok(());
         };
         if let Ok(resolved) = routes::resolve(&Method::GET, &path) {
-            let ka = CacheKey::new(pa, &resolved, Some(&query), &[0, 0, 0]);
-            let kb = CacheKey::new(pb, &resolved, Some(&query), &[0, 0, 0]);
+            let ka = CacheKey::new(&KEY_SECRET, pa, &resolved, Some(&query), &[0, 0, 0]);
+            let kb = CacheKey::new(&KEY_SECRET, pb, &resolved, Some(&query), &[0, 0, 0]);
             prop_assert_ne!(ka, kb);
-            prop_assert_ne!(ka, CacheKey::new(Partition::Anonymous, &resolved, Some(&query), &[0, 0, 0]));
+            prop_assert_ne!(ka, CacheKey::new(&KEY_SECRET, Partition::Anonymous, &resolved, Some(&query), &[0, 0, 0]));
         }
     }
 
