@@ -39,6 +39,15 @@ impl Body {
         Body::Full(None)
     }
 
+    /// Keeps `token` until this body has ended, broken off or been dropped: an upstream body
+    /// holds it with what its exchange holds; a body in memory, which hyper sends whole at
+    /// once, lets it go now.
+    pub(crate) fn hold(&mut self, token: impl Send + Sync + 'static) {
+        if let Body::Upstream(upstream) = self {
+            upstream.inner.hold(token);
+        }
+    }
+
     /// Streams `inner` until `deadline`.
     pub(crate) fn upstream(inner: Held, deadline: Instant) -> Self {
         Body::upstream_after(Bytes::new(), inner, deadline)
@@ -81,6 +90,15 @@ impl Held {
         Held {
             inner,
             until_end: Some(Box::new(until_end)),
+        }
+    }
+}
+
+impl Held {
+    /// Holds `token` too, until the body ends (or at once drops it, if it has).
+    fn hold(&mut self, token: impl Send + Sync + 'static) {
+        if let Some(before) = self.until_end.take() {
+            self.until_end = Some(Box::new((before, token)));
         }
     }
 }

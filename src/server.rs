@@ -3,6 +3,15 @@
 //! One accept loop per listener, shared by the gateway, the admin endpoints and the fake
 //! Confluence site; what is served is a [`Handler`].
 //!
+//! The slowloris guard is wikigate's own, not hyper's per-head timer (which arms a boxed timer
+//! and makes an extra read for every request: ~1 500 instructions and a syscall a hit): each
+//! connection counts requests begun and ended, and a watch that looks every quarter of
+//! `server.header_read_timeout` closes a connection once it has seen it quiet — nothing under
+//! way, nothing begun — for the whole timeout. So a client that trickles a head, or idles
+//! on a keep-alive connection, is cut off between 1 and 1.25 × the timeout after the last
+//! request ended (or the connection opened), and a request under way is never cut off by
+//! it: a request counts as under way until its answer's body has ended.
+//!
 //! Shutdown follows hyper-util's graceful pattern: when the shutdown future completes the
 //! listener is dropped (no new connections), every open connection is told to finish its
 //! in-flight requests and close, and [`serve`] returns once they have or the drain timeout
@@ -13,6 +22,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -71,7 +81,9 @@ pub struct Http {
     /// Replaced whole by a reload (certificate files re-read); connections keep the one they
     /// were accepted with.
     tls: Option<Arc<ArcSwap<TlsAcceptor>>>,
-    handshake_timeout: Duration,
+    /// How long a connection may stay quiet — no request under way — before it is closed;
+    /// also the bound on a TLS handshake.
+    header_read_timeout: Duration,
 }
 
 /// The header count hyper's HTTP/1 parser accepts unless told otherwise.
@@ -84,7 +96,8 @@ impl Http {
         let mut http1 = builder.http1();
         http1
             .timer(TokioTimer::new())
-            .header_read_timeout(config.header_read_timeout)
+            // The guard is this module's (`watch_idle`), cheaper per request.
+            .header_read_timeout(None::<Duration>)
             .keep_alive(true)
             // hyper's own buffer bounds the request line plus headers; the gateway answers
             // the configured limits itself (414/431 in Confluence's shape) below this ceiling.
@@ -118,7 +131,7 @@ impl Http {
                 config.max_connections,
             ))),
             tls,
-            handshake_timeout: config.header_read_timeout,
+            header_read_timeout: config.header_read_timeout,
         })
     }
 
@@ -128,13 +141,13 @@ impl Http {
         builder
             .http1()
             .timer(TokioTimer::new())
-            .header_read_timeout(Duration::from_secs(10));
+            .header_read_timeout(None::<Duration>);
         builder.http2().timer(TokioTimer::new());
         Http {
             builder,
             connections: None,
             tls: None,
-            handshake_timeout: Duration::from_secs(10),
+            header_read_timeout: Duration::from_secs(10),
         }
     }
 
@@ -255,38 +268,110 @@ async fn serve_connection<H: Handler>(
         peer,
         tls: http.tls.is_some(),
     };
-    let service = hyper::service::service_fn(move |req| {
-        let handler = handler.clone();
-        async move { Ok::<_, Infallible>(handler.call(req, conn).await) }
-    });
-    let result = match &http.tls {
-        None => {
-            let io = TokioIo::new(stream);
-            watcher
-                .watch(http.builder.serve_connection(io, service).into_owned())
-                .await
+    let activity = Arc::new(Activity::default());
+    let service = {
+        let activity = activity.clone();
+        hyper::service::service_fn(move |req| {
+            let handler = handler.clone();
+            let busy = Busy::start(&activity);
+            async move {
+                let mut response = handler.call(req, conn).await;
+                response.body_mut().hold(busy);
+                Ok::<_, Infallible>(response)
+            }
+        })
+    };
+    let quiet = watch_idle(&activity, http.header_read_timeout);
+    let served = async {
+        match &http.tls {
+            None => {
+                let io = TokioIo::new(stream);
+                watcher
+                    .watch(http.builder.serve_connection(io, service).into_owned())
+                    .await
+            }
+            Some(acceptor) => {
+                let acceptor = acceptor.load_full();
+                let handshake =
+                    tokio::time::timeout(http.header_read_timeout, acceptor.accept(stream));
+                let stream = match handshake.await {
+                    Ok(Ok(stream)) => stream,
+                    Ok(Err(e)) => {
+                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                        return Ok(());
+                    }
+                    Err(_) => {
+                        tracing::debug!(%peer, "TLS handshake timed out");
+                        return Ok(());
+                    }
+                };
+                let io = TokioIo::new(stream);
+                watcher
+                    .watch(http.builder.serve_connection(io, service).into_owned())
+                    .await
+            }
         }
-        Some(acceptor) => {
-            let acceptor = acceptor.load_full();
-            let handshake = tokio::time::timeout(http.handshake_timeout, acceptor.accept(stream));
-            let stream = match handshake.await {
-                Ok(Ok(stream)) => stream,
-                Ok(Err(e)) => {
-                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    tracing::debug!(%peer, "TLS handshake timed out");
-                    return;
-                }
-            };
-            let io = TokioIo::new(stream);
-            watcher
-                .watch(http.builder.serve_connection(io, service).into_owned())
-                .await
+    };
+    let result = tokio::select! {
+        result = served => result,
+        () = quiet => {
+            tracing::debug!(%peer, "connection closed: no request within the header read timeout");
+            Ok(())
         }
     };
     if let Err(e) = result {
         tracing::debug!(%peer, error = %e, "connection ended with an error");
+    }
+}
+
+/// What a connection has done, for the slowloris guard ([`watch_idle`]).
+#[derive(Debug, Default)]
+struct Activity {
+    /// Requests begun and ended so far: it moves whenever the connection does anything.
+    events: AtomicU64,
+    /// Requests under way: begun, and their answer's body not yet ended.
+    busy: AtomicU64,
+}
+
+/// A request under way on its connection, until dropped (with its answer's body).
+struct Busy(Arc<Activity>);
+
+impl Busy {
+    fn start(activity: &Arc<Activity>) -> Busy {
+        activity.events.fetch_add(1, Ordering::Relaxed);
+        activity.busy.fetch_add(1, Ordering::Relaxed);
+        Busy(activity.clone())
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.busy.fetch_sub(1, Ordering::Relaxed);
+        self.0.events.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Looks at a connection's activity this many times per `header_read_timeout`.
+const LOOKS_PER_TIMEOUT: u32 = 4;
+
+/// Completes once `activity` has been quiet — no request under way, none begun or ended —
+/// at every look for a whole `timeout`: between 1 and 1.25 × `timeout` after the last
+/// request ended, or exactly `timeout` after the connection opened if none began.
+async fn watch_idle(activity: &Activity, timeout: Duration) {
+    let every = timeout / LOOKS_PER_TIMEOUT;
+    let mut looks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    looks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let (mut seen, mut quiet) = (0, 0);
+    loop {
+        looks.tick().await;
+        let events = activity.events.load(Ordering::Relaxed);
+        if events != seen || activity.busy.load(Ordering::Relaxed) > 0 {
+            (seen, quiet) = (events, 0);
+            continue;
+        }
+        quiet += 1;
+        if quiet == LOOKS_PER_TIMEOUT {
+            return;
+        }
     }
 }

@@ -70,7 +70,9 @@ pub struct ServerConfig {
     /// How long in-flight requests may take to finish after SIGTERM/SIGINT.
     #[serde(with = "duration")]
     pub drain_timeout: Duration,
-    /// How long a client may take to send a request's headers (slowloris guard).
+    /// How long a connection may stay quiet — no request under way, as while a client trickles
+    /// a head or idles on keep-alive — before it is closed, within a quarter more (slowloris
+    /// guard, `server`); also bounds a TLS handshake.
     #[serde(with = "duration")]
     pub header_read_timeout: Duration,
     /// How long a client may take to send a request's body (408 after it).

@@ -361,3 +361,38 @@ async fn the_concurrency_cap_holds_a_place_until_the_body_has_arrived() {
         );
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_answer_streaming_past_the_header_read_timeout_is_not_cut_off_and_the_idle_connection_is_closed_after()
+ {
+    let (gateway, _, _) = gateway_for(Misbehaviour::SlowBody, |c| {
+        c.server.header_read_timeout = Duration::from_millis(300);
+        c.upstream.response_timeout = Duration::from_secs(20);
+        c.upstream.request_timeout = Duration::from_secs(20);
+    })
+    .await;
+    // A read that bypasses the cache (a cookie) is streamed as upstream sends it: a byte
+    // every 100 ms, ~5 s in all, on a keep-alive connection.
+    let mut stream = TcpStream::connect(gateway.addr).await.unwrap();
+    let request = format!(
+        "GET {API}/current HTTP/1.1\r\nHost: x\r\nAuthorization: {}\r\nCookie: bypass=1\r\n\r\n",
+        basic(alice())
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let started = tokio::time::Instant::now();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut answer))
+        .await
+        .expect("the idle connection was closed")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.ends_with(ANSWER), "the body was cut off: {answer}");
+    // Closed once quiet for the timeout after the body ended: 1–1.25 × it.
+    let body = Duration::from_millis(100) * u32::try_from(ANSWER.len()).unwrap();
+    let idle = started.elapsed() - body;
+    assert!(
+        idle >= Duration::from_millis(300) && idle <= Duration::from_millis(400),
+        "closed {idle:?} after the body ended"
+    );
+}
