@@ -77,7 +77,7 @@ fn main() {
             ..Default::default()
         }).await.expect("the fake site");
         let config = Config::from_toml(&format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+            "[server]\nlisten = \"127.0.0.1:0\"\nthreads = 0\n[admin]\nlisten = \"127.0.0.1:0\"\n\
              [upstream]\nurl = \"{}\"\n[cache]\nmax_bytes = 268435456\n[log]\nlevel = \"warn\"\n",
             fake.url()
         ))

@@ -74,7 +74,7 @@ struct Figures {
 
 fn config(upstream: &str, features: bool) -> RawConfig {
     let mut toml = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+        "[server]\nlisten = \"127.0.0.1:0\"\nthreads = 0\n[admin]\nlisten = \"127.0.0.1:0\"\n\
          [upstream]\nurl = \"{upstream}\"\n[log]\nlevel = \"error\"\n"
     );
     for (i, key) in INTERACTIVE.iter().enumerate() {

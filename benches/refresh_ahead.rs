@@ -105,7 +105,7 @@ impl Zipf {
 
 fn config(upstream: &str, run: Run) -> RawConfig {
     let mut toml = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+        "[server]\nlisten = \"127.0.0.1:0\"\nthreads = 0\n[admin]\nlisten = \"127.0.0.1:0\"\n\
          [upstream]\nurl = \"{upstream}\"\n[log]\nlevel = \"error\"\n\
          [cache.routes]\nmemberof = {{ ttl = \"10s\" }}\n"
     );

@@ -29,7 +29,7 @@ use crate::csrf::CsrfGuard;
 use crate::gateway::Gateway;
 use crate::limit::{Limits, Policy};
 use crate::parts::{Parts, PartsError};
-use crate::server::{self, Http, TlsError};
+use crate::server::{self, Http, Listeners, TlsError};
 use crate::telemetry;
 use crate::upstream::UpstreamSetupError;
 
@@ -191,9 +191,17 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     spawn_reclaim(Arc::downgrade(&parts.limits));
     let gateway = Arc::new(Gateway::new(config, parts.clone())?);
     let http = Http::from_config(&config.server)?;
-    let listener = bind(config.server.listen).await?;
+    let threads = config.server.threads.unwrap_or_else(|| {
+        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+    });
+    let bind_error = |addr| move |source| StartError::Bind { addr, source };
+    let listeners = Listeners::bind(config.server.listen, threads)
+        .await
+        .map_err(bind_error(config.server.listen))?;
     let admin_listener = bind(config.admin.listen).await?;
-    let addr = local_addr(&listener, config.server.listen)?;
+    let addr = listeners
+        .local_addr()
+        .map_err(bind_error(config.server.listen))?;
     let admin_addr = local_addr(&admin_listener, config.admin.listen)?;
 
     let (draining, draining_rx) = watch::channel(false);
@@ -209,6 +217,10 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     let cluster = parts.cluster.clone();
     let admin = Arc::new(Admin::new(draining_rx.clone(), parts, config, effective));
     let drain = config.server.drain_timeout;
+    let served = listeners
+        .serve(http, gateway, draining_rx.clone(), drain)
+        .await
+        .map_err(bind_error(addr))?;
     let done = tokio::spawn(async move {
         let (admin_stop, admin_stop_rx) = watch::channel(false);
         let admin_task = tokio::spawn(server::serve(
@@ -218,7 +230,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
             became_true(admin_stop_rx),
             Duration::from_secs(1),
         ));
-        server::serve(listener, http, gateway, became_true(draining_rx), drain).await;
+        served.wait().await;
         // Purges stop waiting for this replica now rather than when its announcement expires.
         if let Some(cluster) = cluster {
             cluster.leave().await;

@@ -1,7 +1,9 @@
 //! Listeners: accept TCP (optionally TLS) connections and serve HTTP/1.1 and HTTP/2 on them.
 //!
 //! One accept loop per listener, shared by the gateway, the admin endpoints and the fake
-//! Confluence site; what is served is a [`Handler`].
+//! Confluence site; what is served is a [`Handler`]. The gateway's listener is one socket per
+//! serving thread ([`Listeners`]): each thread a runtime of its own with an accept loop of its
+//! own, so that a connection, its requests and their wake-ups stay on one thread.
 //!
 //! The slowloris guard is wikigate's own, not hyper's per-head timer (which arms a boxed timer
 //! and makes an extra read for every request: ~1 500 instructions and a syscall a hit): each
@@ -34,7 +36,8 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
 use crate::body::Body;
@@ -374,4 +377,144 @@ async fn watch_idle(activity: &Activity, timeout: Duration) {
             return;
         }
     }
+}
+
+/// The gateway listener: served where wikigate was started, or by threads of its own.
+pub(crate) enum Listeners {
+    Here(TcpListener),
+    /// One socket per thread, all bound to one address with `SO_REUSEPORT`; each listens once
+    /// its thread's runtime runs.
+    Threads(Vec<TcpSocket>),
+}
+
+impl Listeners {
+    /// Binds `addr` for `threads` threads (`0`: served here).
+    pub(crate) async fn bind(addr: SocketAddr, threads: usize) -> std::io::Result<Listeners> {
+        if threads == 0 {
+            return TcpListener::bind(addr).await.map(Listeners::Here);
+        }
+        let socket = |addr: SocketAddr| {
+            let socket = match addr {
+                SocketAddr::V4(_) => TcpSocket::new_v4()?,
+                SocketAddr::V6(_) => TcpSocket::new_v6()?,
+            };
+            socket.set_reuseaddr(true)?;
+            socket.set_reuseport(true)?;
+            socket.bind(addr)?;
+            Ok::<_, std::io::Error>(socket)
+        };
+        let first = socket(addr)?;
+        // Port 0: the others take the port the first was given.
+        let addr = first.local_addr()?;
+        let mut sockets = vec![first];
+        for _ in 1..threads {
+            sockets.push(socket(addr)?);
+        }
+        Ok(Listeners::Threads(sockets))
+    }
+
+    pub(crate) fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        match self {
+            Listeners::Here(listener) => listener.local_addr(),
+            Listeners::Threads(sockets) => sockets[0].local_addr(),
+        }
+    }
+
+    /// Serves `handler` on every socket until `draining` turns true, each then drained for at
+    /// most `drain`. Returns `Err` at once if a socket cannot listen.
+    ///
+    /// A thread's runtime outlives its own drain, until every thread has drained: what a
+    /// runtime spawned serves the others' requests too (upstream connections, in the shared
+    /// pool, run on the runtime that opened them), and goes with the runtime.
+    pub(crate) async fn serve<H: Handler>(
+        self,
+        http: Http,
+        handler: Arc<H>,
+        draining: watch::Receiver<bool>,
+        drain: Duration,
+    ) -> std::io::Result<Served> {
+        let sockets = match self {
+            Listeners::Here(listener) => {
+                let served = tokio::spawn(serve(listener, http, handler, until(draining), drain));
+                return Ok(Served::Here(served));
+            }
+            Listeners::Threads(sockets) => sockets,
+        };
+        let (release, released) = watch::channel(false);
+        let mut threads = Vec::with_capacity(sockets.len());
+        for (n, socket) in sockets.into_iter().enumerate() {
+            let (listening, listening_rx) = tokio::sync::oneshot::channel();
+            let (drained, drained_rx) = tokio::sync::oneshot::channel::<()>();
+            let (exited, exited_rx) = tokio::sync::oneshot::channel::<()>();
+            let (http, handler) = (http.clone(), handler.clone());
+            let (draining, released) = (draining.clone(), released.clone());
+            std::thread::Builder::new()
+                .name(format!("wikigate-serve-{n}"))
+                .spawn(move || {
+                    let runtime = match tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                    {
+                        Ok(runtime) => runtime,
+                        Err(e) => return drop(listening.send(Err(e))),
+                    };
+                    runtime.block_on(async move {
+                        let listener = match socket.listen(1024) {
+                            Ok(listener) => listener,
+                            Err(e) => return drop(listening.send(Err(e))),
+                        };
+                        let _ = listening.send(Ok(()));
+                        serve(listener, http, handler, until(draining), drain).await;
+                        drop(drained);
+                        until(released).await;
+                    });
+                    drop(runtime);
+                    drop(exited);
+                })?;
+            listening_rx
+                .await
+                .unwrap_or_else(|_| Err(std::io::Error::other("a serving thread stopped")))?;
+            threads.push((drained_rx, exited_rx));
+        }
+        Ok(Served::Threads { threads, release })
+    }
+}
+
+/// The gateway listener being served.
+pub(crate) enum Served {
+    Here(tokio::task::JoinHandle<()>),
+    Threads {
+        /// Each thread's: drained, exited.
+        threads: Vec<(
+            tokio::sync::oneshot::Receiver<()>,
+            tokio::sync::oneshot::Receiver<()>,
+        )>,
+        /// Lets the threads' runtimes go, once all have drained.
+        release: watch::Sender<bool>,
+    },
+}
+
+impl Served {
+    /// Returns once every accept loop has drained (and every serving thread has ended).
+    pub(crate) async fn wait(self) {
+        match self {
+            Served::Here(served) => {
+                let _ = served.await;
+            }
+            Served::Threads { threads, release } => {
+                let (drained, exited): (Vec<_>, Vec<_>) = threads.into_iter().unzip();
+                for drained in drained {
+                    let _ = drained.await;
+                }
+                release.send_replace(true);
+                for exited in exited {
+                    let _ = exited.await;
+                }
+            }
+        }
+    }
+}
+
+async fn until(mut flag: watch::Receiver<bool>) {
+    let _ = flag.wait_for(|set| *set).await;
 }

@@ -92,6 +92,12 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// Most concurrent HTTP/2 streams per connection.
     pub http2_max_concurrent_streams: u32,
+    /// Threads that serve the gateway listener, each a runtime of its own accepting on a
+    /// socket of its own (`SO_REUSEPORT`: the kernel spreads connections over them), as
+    /// HAProxy's and Pingora's threads do: a connection's work never crosses threads. Absent:
+    /// one per CPU the process may use. `0`: served on the runtime wikigate was started on
+    /// (when it is embedded; the in-process tests, whose clocks they pause).
+    pub threads: Option<usize>,
     /// TLS termination; plain HTTP when absent.
     pub tls: Option<TlsConfig>,
     /// The URL clients reach wikigate at (`https://wikigate.internal.example`). When set,
@@ -114,6 +120,7 @@ impl Default for ServerConfig {
             max_headers: 100,
             max_connections: 10_000,
             http2_max_concurrent_streams: 256,
+            threads: None,
             tls: None,
             public_url: None,
         }

@@ -571,3 +571,54 @@ async fn an_upstream_url_ending_in_wiki_reaches_the_api() {
     assert_eq!(answer.status, 200, "{:?}", answer.body);
     assert_eq!(fake.last().unwrap().target, "/wiki/rest/api/user/current");
 }
+
+/// The gateway listener served by threads of their own (`server.threads`, one socket each):
+/// one port, one cache, every connection answered, and all of it gone after a stop.
+#[tokio::test]
+async fn a_gateway_served_by_two_threads_answers_on_one_port_and_stops_whole() {
+    let fake = wikigate::fake::FakeConfluence::start().await.unwrap();
+    let mut config = crate::support::config_for(&fake.url());
+    config.server.threads = Some(2);
+    let gateway = wikigate::start(&config.validate().unwrap()).await.unwrap();
+    let serving = || {
+        std::fs::read_dir("/proc/self/task")
+            .unwrap()
+            .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+            .filter(|name| name.starts_with("wikigate-serv"))
+            .count()
+    };
+    assert!(serving() >= 2, "{} serving threads", serving());
+    let client = TestClient::new(format!("http://{}", gateway.addr));
+    let first = client
+        .get(&format!("{API}/current"), Some(&basic(alice())))
+        .await;
+    assert_eq!(first.status, 200);
+    // A connection each: the kernel spreads them over both sockets; one cache serves them all.
+    let answers = futures_util::future::join_all((0..16).map(|_| {
+        let client = TestClient::new(format!("http://{}", gateway.addr));
+        async move {
+            client
+                .request(Method::GET, &format!("{API}/current"))
+                .auth(alice())
+                .header("connection", "close")
+                .send()
+                .await
+        }
+    }))
+    .await;
+    for answer in &answers {
+        assert_eq!(answer.status, 200);
+        assert_eq!(
+            answer.cache_status(),
+            "wikigate; hit",
+            "one cache across threads"
+        );
+    }
+    assert_eq!(fake.hits(Operation::GetCurrentUser), 1);
+    let addr = gateway.addr;
+    gateway.stop().await;
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "a socket still listens"
+    );
+}

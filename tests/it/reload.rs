@@ -406,7 +406,7 @@ async fn check_config_against_a_running_gateway_names_each_change_and_its_effect
         std::fs::write(
             &file,
             format!(
-                "[server]\nlisten = \"127.0.0.1:0\"\n{extra}[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"{token}\"\n\
+                "[server]\nlisten = \"127.0.0.1:0\"\nthreads = 0\n{extra}[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"{token}\"\n\
                  [upstream]\nurl = \"{}\"\n[cache]\nkey_secret = \"{SECRET}\"\n\
                  [auth]\nmode = \"service-account\"\ncredential_file = \"{}\"\n\
                  [[callers.clients]]\nname = \"app\"\nkey_hash = \"{key_hash}\"\n",

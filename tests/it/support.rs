@@ -41,9 +41,11 @@ pub fn free_addr() -> std::net::SocketAddr {
 }
 
 /// A gateway config in front of `upstream`, on free loopback ports (to change, then validate).
+/// A config for a gateway in front of `upstream`, served on the test's own runtime
+/// (`server.threads = 0`), whose clock a test may pause.
 pub fn config_for(upstream: &str) -> RawConfig {
     RawConfig::from_toml(&format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[upstream]\nurl = \"{upstream}\"\n"
+        "[server]\nlisten = \"127.0.0.1:0\"\nthreads = 0\n[admin]\nlisten = \"127.0.0.1:0\"\n[upstream]\nurl = \"{upstream}\"\n"
     ))
     .expect("test config is valid")
 }
