@@ -11,6 +11,10 @@
 # buffered access log (`buffer=64k flush=1s`), as its reference configuration would. Logs go to
 # files in the work directory.
 #
+# Each row gives the server's CPU per request (user + system time of its process, nginx's
+# workers included, over the requests of the measured runs): what a hit costs the machine,
+# whatever the core count.
+#
 # Environment: DURATION (seconds per run, 10), RUNS (runs per figure, median taken, 3),
 # CONNECTIONS (64), MODES ("shared pinned"), KEEP=1 keeps the work directory.
 #
@@ -50,6 +54,18 @@ trap cleanup EXIT
 
 upstream_count() { curl -s -m 2 "http://127.0.0.1:$CONTROL_PORT/"; }
 
+# The process serving each port (nginx: its master, whose workers are its children).
+declare -A SERVER
+# cpu_ticks PID: user + system time of PID and its children (nginx's workers), in clock ticks.
+cpu_ticks() {
+    local total=0 pid
+    for pid in "$1" $(pgrep -P "$1" || true); do
+        total=$((total + $(awk '{print $14 + $15}' "/proc/$pid/stat" 2>/dev/null || echo 0)))
+    done
+    echo "$total"
+}
+TICK_US=$((1000000 / $(getconf CLK_TCK)))
+
 # start_servers PIN TTL: the fake upstream, the bare server, wikigate and nginx, on the server
 # core when PIN is set.
 start_servers() {
@@ -66,19 +82,19 @@ start_servers() {
     curl -s -m 2 -H "Authorization: $AUTH" "http://127.0.0.1:$UPSTREAM_PORT$TARGET" >"$WORK/body.json"
 
     "${run[@]}" "$RIG" bare "127.0.0.1:$BARE_PORT" "$WORK/body.json" >"$WORK/bare.log" 2>&1 &
-    PIDS+=($!)
+    PIDS+=($!) SERVER[$BARE_PORT]=$!
     "${run[@]}" "$RIG" bare "127.0.0.1:$BARE_GZIP_PORT" "$WORK/body.json" gzip >"$WORK/bare-gzip.log" 2>&1 &
-    PIDS+=($!)
+    PIDS+=($!) SERVER[$BARE_GZIP_PORT]=$!
 
     write_config "$WORK/wikigate.toml" "$GATE_PORT" "$ADMIN_PORT" "$UPSTREAM_PORT" "$ttl"
     "${run[@]}" "$BIN" serve --config "$WORK/wikigate.toml" >"$WORK/wikigate.log" 2>&1 &
-    PIDS+=($!)
+    PIDS+=($!) SERVER[$GATE_PORT]=$!
     write_config "$WORK/json.toml" "$JSON_PORT" "$JSON_ADMIN_PORT" "$UPSTREAM_PORT" "$ttl" info json
     "${run[@]}" "$BIN" serve --config "$WORK/json.toml" >"$WORK/wikigate-json.log" 2>&1 &
-    PIDS+=($!)
+    PIDS+=($!) SERVER[$JSON_PORT]=$!
     write_config "$WORK/quiet.toml" "$QUIET_PORT" "$QUIET_ADMIN_PORT" "$UPSTREAM_PORT" "$ttl" warn
     "${run[@]}" "$BIN" serve --config "$WORK/quiet.toml" >"$WORK/wikigate-quiet.log" 2>&1 &
-    PIDS+=($!)
+    PIDS+=($!) SERVER[$QUIET_PORT]=$!
 
     local user=""
     [ "$(id -u)" -eq 0 ] && user="user root root;"
@@ -88,7 +104,7 @@ start_servers() {
         -e "s|@PASS_PORT@|$PASS_PORT|" -e "s|@TTL@|$ttl|" \
         benches/load/nginx.conf.in >"$WORK/nginx.conf"
     "${run[@]}" "$NGINX" -p "$WORK" -c "$WORK/nginx.conf" -g 'daemon off;' >"$WORK/nginx.log" 2>&1 &
-    PIDS+=($!)
+    PIDS+=($!) SERVER[$CACHE_PORT]=$! SERVER[$PASS_PORT]=$!
 
     local seconds=3600
     [ "$ttl" = 1h ] || seconds=${ttl%s}
@@ -96,7 +112,7 @@ start_servers() {
         -e "s|@UPSTREAM_PORT@|$UPSTREAM_PORT|" -e "s|@TTL_SECONDS@|$seconds|g" \
         benches/load/haproxy.cfg.in >"$WORK/haproxy.cfg"
     "${run[@]}" "$HAPROXY" -db -f "$WORK/haproxy.cfg" >"$WORK/haproxy.log" 2>&1 &
-    PIDS+=($!)
+    PIDS+=($!) SERVER[$HAPROXY_PORT]=$!
 
     for port in $BARE_PORT $BARE_GZIP_PORT $GATE_PORT $JSON_PORT $QUIET_PORT $CACHE_PORT $PASS_PORT $HAPROXY_PORT; do
         wait_for "http://127.0.0.1:$port/"
@@ -122,16 +138,21 @@ measure() {
     local pin=$1 name=$2 port=$3
     shift 3
     DURATION=1 load "$pin" "$port" "$@" >/dev/null
-    local before results
+    local before results ticks
     before=$(upstream_count)
+    ticks=$(cpu_ticks "${SERVER[$port]}")
     results=$(for _ in $(seq "$RUNS"); do load "$pin" "$port" "$@"; done)
+    ticks=$(($(cpu_ticks "${SERVER[$port]}") - ticks))
     local upstream=$(($(upstream_count) - before))
+    # The server's CPU per request (µs): its time over the requests of the measured runs.
+    local cpu
+    cpu=$(awk -v t="$ticks" -v us="$TICK_US" -v d="$DURATION" '{n += $1 * d} END {printf "%.2f", n ? t * us / n : 0}' <<<"$results")
     local rps p50 p99 errors
     rps=$(cut -d' ' -f1 <<<"$results" | median)
     p50=$(cut -d' ' -f2 <<<"$results" | median)
     p99=$(cut -d' ' -f3 <<<"$results" | median)
     errors=$(awk '{s += $4} END {print s}' <<<"$results")
-    echo "$name|$rps|$p50|$p99|$upstream|$errors" >>"$WORK/rows"
+    echo "$name|$rps|$p50|$p99|$upstream|$errors|$cpu" >>"$WORK/rows"
 }
 
 # print_table TITLE: the rows measured since the last table; ratios against the first row.
@@ -144,11 +165,11 @@ print_table() {
         NR == 1 { base_rps = $2; base_p99 = $4 }
         { rows[NR] = $0 }
         END {
-            printf "| %-32s | %9s | %6s | %8s | %8s | %9s | %8s | %6s |\n", "system", "req/s", "ratio", "p50 µs", "p99 µs", "p99 ratio", "upstream", "errors"
-            printf "|%s|%s|%s|%s|%s|%s|%s|%s|\n", "----------------------------------", "-----------", "--------", "----------", "----------", "-----------", "----------", "--------"
+            printf "| %-32s | %9s | %6s | %8s | %8s | %9s | %8s | %6s | %12s |\n", "system", "req/s", "ratio", "p50 µs", "p99 µs", "p99 ratio", "upstream", "errors", "CPU µs/req"
+            printf "|%s|%s|%s|%s|%s|%s|%s|%s|%s|\n", "----------------------------------", "-----------", "--------", "----------", "----------", "-----------", "----------", "--------", "--------------"
             for (i = 1; i <= NR; i++) {
                 split(rows[i], f, "|")
-                printf "| %-32s | %9d | %6.2f | %8.0f | %8.0f | %9.2f | %8d | %6d |\n", f[1], f[2], f[2] / base_rps, f[3], f[4], f[4] / base_p99, f[5], f[6]
+                printf "| %-32s | %9d | %6.2f | %8.0f | %8.0f | %9.2f | %8d | %6d | %12.2f |\n", f[1], f[2], f[2] / base_rps, f[3], f[4], f[4] / base_p99, f[5], f[6], f[7]
             }
         }' "$WORK/rows"
     : >"$WORK/rows"
