@@ -25,7 +25,9 @@ use http::Request;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::{Client, connect::HttpConnector};
 use hyper_util::rt::TokioExecutor;
-use support::{ALICE, CountingAllocator, live_heap_bytes, resident_bytes, return_freed_pages};
+use support::{
+    ALICE, CountingAllocator, live_heap_bytes, metric_sum, resident_bytes, return_freed_pages,
+};
 
 #[global_allocator]
 static ALLOCATOR: CountingAllocator = CountingAllocator;
@@ -116,7 +118,12 @@ fn main() {
             }
         }))
         .await;
-        let stats = cache_metrics(&client, &gateway.admin_addr).await;
+        let admin = gateway.admin_addr.to_string();
+        let stats = format!(
+            "wikigate_cache_entries {}, wikigate_cache_weighted_bytes {}",
+            metric_sum(&admin, "wikigate_cache_entries ").await,
+            metric_sum(&admin, "wikigate_cache_weighted_bytes ").await
+        );
         let after = resident_bytes();
         // mimalloc returns a thread's freed pages from that thread: a few tasks, which the
         // runtime's idle workers pick up, and the main thread ask for it (no thread is sure
@@ -167,26 +174,4 @@ fn main() {
         assert_eq!(upstream, 1, "the stampede was not coalesced");
         gateway.stop().await;
     });
-}
-
-/// The cache's entry count and weighted size, as `/metrics` reports them.
-async fn cache_metrics(client: &HttpClient, admin: &std::net::SocketAddr) -> String {
-    let request = Request::get(format!("http://{admin}/metrics"))
-        .body(Empty::new())
-        .expect("a request");
-    let response = client.request(request).await.expect("an answer");
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .expect("a body")
-        .to_bytes();
-    String::from_utf8_lossy(&body)
-        .lines()
-        .filter(|l| {
-            l.starts_with("wikigate_cache_entries ")
-                || l.starts_with("wikigate_cache_weighted_bytes ")
-        })
-        .collect::<Vec<_>>()
-        .join(", ")
 }

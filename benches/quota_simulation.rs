@@ -237,6 +237,21 @@ struct Burst {
     other: u64,
 }
 
+impl Burst {
+    /// Counts one call of the measured endpoint: answered (after `took`), refused, or neither.
+    fn answered(&mut self, status: StatusCode, took: Duration) {
+        self.asked += 1;
+        match status {
+            StatusCode::OK => {
+                self.ok += 1;
+                self.waits.push(took);
+            }
+            StatusCode::TOO_MANY_REQUESTS => self.refused += 1,
+            _ => {}
+        }
+    }
+}
+
 /// The bucket of the simulated site's endpoints: 10 calls a second.
 const BUCKET: u32 = 10;
 
@@ -303,15 +318,7 @@ async fn burst_run(through_wikigate: bool, seconds: u64) -> Burst {
             burst.other_ok += u64::from(status == StatusCode::OK);
             continue;
         }
-        burst.asked += 1;
-        match status {
-            StatusCode::OK => {
-                burst.ok += 1;
-                burst.waits.push(took);
-            }
-            StatusCode::TOO_MANY_REQUESTS => burst.refused += 1,
-            _ => {}
-        }
+        burst.answered(status, took);
     }
     burst.upstream_429 = fake.limit_refusals();
     if let Some(gateway) = gateway {
@@ -447,15 +454,7 @@ async fn distinct_lookups(path: Lookups, seconds: u64) -> Burst {
     drop(sender);
     let mut burst = Burst::default();
     while let Some((status, took)) = results.recv().await {
-        burst.asked += 1;
-        match status {
-            StatusCode::OK => {
-                burst.ok += 1;
-                burst.waits.push(took);
-            }
-            StatusCode::TOO_MANY_REQUESTS => burst.refused += 1,
-            _ => {}
-        }
+        burst.answered(status, took);
     }
     burst.upstream_429 = fake.limit_refusals();
     burst.other = fake.requests();

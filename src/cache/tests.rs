@@ -60,6 +60,35 @@ async fn lookup(cache: &Cache, path: &str, headers: &HeaderMap) -> Lookup {
         .expect("a cacheable read")
 }
 
+/// A stand-in origin: one way to answer, whatever the call (a merged lookup, a comparison, a
+/// refresh); charging points costs nothing.
+trait Answers: Send + Sync {
+    fn answer(&self, query: Option<String>) -> BoxFuture<'_, Result<Fetched, GatewayError>>;
+}
+
+impl<T: Answers> Origin for T {
+    fn fetch(&self, query: Option<String>) -> BoxFuture<'_, Result<Fetched, GatewayError>> {
+        self.answer(query)
+    }
+
+    fn fetch_for<'a>(
+        &'a self,
+        _: Route,
+        _: Call,
+        query: Box<dyn FnOnce() -> String + Send + 'a>,
+    ) -> BoxFuture<'a, Result<Option<Fetched>, GatewayError>> {
+        Box::pin(async move { self.answer(Some(query())).await.map(Some) })
+    }
+
+    fn charge(&self, _: u32) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
+
+    fn refresh(&self) -> BoxFuture<'_, Result<Option<Fetched>, GatewayError>> {
+        Box::pin(async { self.answer(None).await.map(Some) })
+    }
+}
+
 /// An origin answering 200 with `body` (or `status`, with `headers`), counting how often it
 /// was asked.
 #[derive(Clone)]
@@ -98,8 +127,8 @@ impl Upstream {
     }
 }
 
-impl Origin for Upstream {
-    fn fetch(&self, _: Option<String>) -> BoxFuture<'_, Result<Fetched, GatewayError>> {
+impl Answers for Upstream {
+    fn answer(&self, _: Option<String>) -> BoxFuture<'_, Result<Fetched, GatewayError>> {
         Box::pin(async move {
             self.calls.fetch_add(1, Ordering::SeqCst);
             tokio::time::sleep(self.delay).await;
@@ -109,23 +138,6 @@ impl Origin for Upstream {
                 Bytes::from_static(self.body.as_bytes()),
             )))
         })
-    }
-
-    fn fetch_for<'a>(
-        &'a self,
-        _: Route,
-        _: Call,
-        query: Box<dyn FnOnce() -> String + Send + 'a>,
-    ) -> BoxFuture<'a, Result<Option<Fetched>, GatewayError>> {
-        Box::pin(async move { self.fetch(Some(query())).await.map(Some) })
-    }
-
-    fn charge(&self, _: u32) -> BoxFuture<'_, ()> {
-        Box::pin(async {})
-    }
-
-    fn refresh(&self) -> BoxFuture<'_, Result<Option<Fetched>, GatewayError>> {
-        Box::pin(async { self.fetch(None).await.map(Some) })
     }
 }
 
@@ -402,8 +414,8 @@ struct Accounts<'a> {
     asked: &'a parking_lot::Mutex<Vec<String>>,
 }
 
-impl Origin for Accounts<'_> {
-    fn fetch(&self, query: Option<String>) -> BoxFuture<'_, Result<Fetched, GatewayError>> {
+impl Answers for Accounts<'_> {
+    fn answer(&self, query: Option<String>) -> BoxFuture<'_, Result<Fetched, GatewayError>> {
         let query = query.unwrap_or_default();
         let asked = self.asked;
         Box::pin(async move {
@@ -432,23 +444,6 @@ impl Origin for Accounts<'_> {
                 Bytes::from(body.to_string()),
             )))
         })
-    }
-
-    fn fetch_for<'a>(
-        &'a self,
-        _: Route,
-        _: Call,
-        query: Box<dyn FnOnce() -> String + Send + 'a>,
-    ) -> BoxFuture<'a, Result<Option<Fetched>, GatewayError>> {
-        Box::pin(async move { self.fetch(Some(query())).await.map(Some) })
-    }
-
-    fn charge(&self, _: u32) -> BoxFuture<'_, ()> {
-        Box::pin(async {})
-    }
-
-    fn refresh(&self) -> BoxFuture<'_, Result<Option<Fetched>, GatewayError>> {
-        Box::pin(async { self.fetch(None).await.map(Some) })
     }
 }
 

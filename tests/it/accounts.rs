@@ -42,14 +42,26 @@ async fn agree(h: &Harness, auth: &str) {
         .get(&single(&directory_account(4999)), Some(auth))
         .await;
     assert_eq!(first.status, 200, "{:?}", first.body);
-    let metrics = TestClient::new(format!("http://{}", h.gateway.admin_addr))
-        .get("/metrics", None)
-        .await;
-    let text = String::from_utf8_lossy(&metrics.body).into_owned();
+    let text = h.metrics().await;
     assert!(
         text.contains("wikigate_account_shapes{route=\"user\",state=\"agree\"} 1"),
         "{text}"
     );
+}
+
+/// A gateway with one place upstream, so that lookups that would wait for it wait in a batch
+/// instead; this site's shapes seen to agree for each caller of `auths`; an upstream that takes
+/// `delay` to answer.
+async fn one_slow_place(auths: &[&str], delay: Duration) -> Harness {
+    let h = Harness::start_with(|c| c.upstream.max_in_flight = 1).await;
+    for auth in auths {
+        agree(&h, auth).await;
+    }
+    h.fake.set_faults(Faults {
+        delay,
+        ..Faults::default()
+    });
+    h
 }
 
 /// Single lookups of `accounts`, all at once, by the caller of `auth`: their answers in order.
@@ -152,9 +164,9 @@ async fn where_the_two_routes_answers_differ_neither_is_built_from_the_other() {
         "each single lookup asked for itself"
     );
     assert_eq!(calls(&h).1, before.1, "and none merged into a bulk call");
-    let admin = TestClient::new(format!("http://{}", h.gateway.admin_addr));
-    let metrics = String::from_utf8_lossy(&admin.get("/metrics", None).await.body).into_owned();
+    let metrics = h.metrics().await;
     assert!(metrics.contains("wikigate_account_shapes{route=\"user\",state=\"disagree\"} 1"));
+    let admin = TestClient::new(format!("http://{}", h.gateway.admin_addr));
     let page = String::from_utf8_lossy(&admin.get("/", None).await.body).into_owned();
     assert!(
         page.contains("<td class=\"disagree\">disagree</td>"),
@@ -165,13 +177,8 @@ async fn where_the_two_routes_answers_differ_neither_is_built_from_the_other() {
 #[tokio::test]
 async fn concurrent_single_misses_share_bulk_calls_and_each_gets_its_own_account() {
     // One place upstream: lookups that would wait for it wait in a batch instead.
-    let h = Harness::start_with(|c| c.upstream.max_in_flight = 1).await;
     let auth = basic(alice());
-    agree(&h, &auth).await;
-    h.fake.set_faults(Faults {
-        delay: Duration::from_millis(100),
-        ..Faults::default()
-    });
+    let h = one_slow_place(&[&auth], Duration::from_millis(100)).await;
     let before = calls(&h);
     let accounts = ids(200..225);
     for (answer, id) in look_up_at_once(&h, &accounts, &auth)
@@ -195,26 +202,20 @@ async fn concurrent_single_misses_share_bulk_calls_and_each_gets_its_own_account
         let again = h.client.get(&single(id), Some(&auth)).await;
         assert_eq!(again.cache_status(), "wikigate; hit");
     }
-    let admin = TestClient::new(format!("http://{}", h.gateway.admin_addr));
-    let metrics = String::from_utf8_lossy(&admin.get("/metrics", None).await.body).into_owned();
+    let metrics = h.metrics().await;
     assert!(
         metrics.contains("wikigate_account_lookups_total{route=\"user\",how=\"merged\"} 25"),
         "{metrics}"
     );
+    let admin = TestClient::new(format!("http://{}", h.gateway.admin_addr));
     let page = String::from_utf8_lossy(&admin.get("/", None).await.body).into_owned();
     assert!(page.contains("<td class=\"merged\">25</td>"), "{page}");
 }
 
 #[tokio::test]
 async fn lookups_of_different_callers_never_share_a_call_or_an_object() {
-    let h = Harness::start_with(|c| c.upstream.max_in_flight = 1).await;
     let (a, b) = (basic(alice()), basic(bob()));
-    agree(&h, &a).await;
-    agree(&h, &b).await;
-    h.fake.set_faults(Faults {
-        delay: Duration::from_millis(50),
-        ..Faults::default()
-    });
+    let h = one_slow_place(&[&a, &b], Duration::from_millis(50)).await;
     // Alice is an administrator and sees every email; Bob sees only his own.
     let account = alice().account_id;
     let tasks: Vec<_> = (0..10)
@@ -305,13 +306,8 @@ async fn a_failed_bulk_call_reaches_each_lookup_as_its_own_answer_would() {
 
 #[tokio::test]
 async fn merged_calls_cost_one_call_and_two_points_an_account_shared_among_their_lookups() {
-    let h = Harness::start_with(|c| c.upstream.max_in_flight = 1).await;
     let auth = basic(alice());
-    agree(&h, &auth).await;
-    h.fake.set_faults(Faults {
-        delay: Duration::from_millis(100),
-        ..Faults::default()
-    });
+    let h = one_slow_place(&[&auth], Duration::from_millis(100)).await;
     let (spent_before, _) = h.fake.quota_totals();
     let bulks_before = calls(&h).1;
     let accounts = ids(300..330);
@@ -324,8 +320,7 @@ async fn merged_calls_cost_one_call_and_two_points_an_account_shared_among_their
     assert_eq!(spent - spent_before, made + 2 * 30);
     assert!(spent - spent_before < 3 * 30);
     // wikigate charged its callers exactly what the site charged.
-    let admin = TestClient::new(format!("http://{}", h.gateway.admin_addr));
-    let metrics = String::from_utf8_lossy(&admin.get("/metrics", None).await.body).into_owned();
+    let metrics = h.metrics().await;
     let saved: f64 = metrics
         .lines()
         .find(|l| {
@@ -486,8 +481,7 @@ async fn refreshes_of_single_lookups_are_packed_into_bulk_calls() {
     for answer in look_up_at_once(&h, &accounts, &auth).await {
         assert_eq!(answer.cache_status(), "wikigate; hit");
     }
-    let admin = TestClient::new(format!("http://{}", h.gateway.admin_addr));
-    let metrics = String::from_utf8_lossy(&admin.get("/metrics", None).await.body).into_owned();
+    let metrics = h.metrics().await;
     assert!(
         metrics.contains(r#"wikigate_refreshes_total{route="user",result="unchanged"} 10"#),
         "{metrics}"

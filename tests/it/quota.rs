@@ -64,14 +64,6 @@ async fn fresh_read(h: &Harness, key: &str, n: usize) -> Answer {
         .await
 }
 
-/// The value of one series in `/metrics`.
-async fn metric(h: &Harness, series: &str) -> Option<f64> {
-    let admin = crate::support::TestClient::new(format!("http://{}", h.gateway.admin_addr));
-    let text = String::from_utf8(admin.get("/metrics", None).await.body.to_vec()).unwrap();
-    text.lines()
-        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-}
-
 #[tokio::test(start_paused = true)]
 async fn an_hourly_points_budget_refuses_upstream_calls_until_the_top_of_the_hour() {
     let h = Harness::start_with(|c| {
@@ -101,19 +93,13 @@ async fn an_hourly_points_budget_refuses_upstream_calls_until_the_top_of_the_hou
     assert_eq!(read(0, alice()).await.cache_status(), "wikigate; hit");
     assert_eq!(read(5, bob()).await.status, 200);
     assert_eq!(
-        metric(
-            &h,
-            r#"wikigate_quota_points_spent_total{caller="class:default",route="current"}"#
-        )
-        .await,
+        h.metric(r#"wikigate_quota_points_spent_total{caller="class:default",route="current"}"#)
+            .await,
         Some(15.0)
     );
     assert_eq!(
-        metric(
-            &h,
-            r#"wikigate_rate_limited_total{caller="class:default",limit="points"}"#
-        )
-        .await,
+        h.metric(r#"wikigate_rate_limited_total{caller="class:default",limit="points"}"#)
+            .await,
         Some(1.0)
     );
 
@@ -137,14 +123,12 @@ async fn under_the_reserve_lower_priorities_are_refused_first_and_the_quota_is_n
     };
     refused.assert_error(429);
     assert_eq!(refused.header("x-wikigate-limit"), "quota-reserve");
-    let remaining = metric(
-        &h,
-        r#"wikigate_site_quota_remaining{source="enforced",policy="tenant-app-quota"}"#,
-    )
-    .await
-    .unwrap();
+    let remaining = h
+        .metric(r#"wikigate_site_quota_remaining{source="enforced",policy="tenant-app-quota"}"#)
+        .await
+        .unwrap();
     assert!((27.0..30.0).contains(&remaining), "{remaining} left");
-    assert_eq!(metric(&h, "wikigate_site_quota_low").await, Some(1.0));
+    assert_eq!(h.metric("wikigate_site_quota_low").await, Some(1.0));
 
     // The interactive client keeps working to the end of the quota, then wikigate stops
     // calling: Confluence never has to refuse.
@@ -235,11 +219,8 @@ async fn on_low_quota_expired_entries_stand_in_and_writes_still_go_through() {
         .await;
     assert_eq!(read.json()["value"]["mode"], "light");
     assert_eq!(
-        metric(
-            &h,
-            r#"wikigate_cache_stale_served_total{route="current",kind="on_low_quota"}"#
-        )
-        .await,
+        h.metric(r#"wikigate_cache_stale_served_total{route="current",kind="on_low_quota"}"#)
+            .await,
         Some(1.0)
     );
 }
@@ -259,17 +240,17 @@ async fn the_sites_standing_burn_rate_and_exhaustion_are_exposed() {
     let series = |name: &str| {
         format!(r#"wikigate_site_quota{name}{{source="enforced",policy="tenant-app-quota"}}"#)
     };
-    assert_eq!(metric(&h, &series("")).await, Some(1000.0));
-    assert_eq!(metric(&h, &series("_remaining")).await, Some(994.0));
-    assert_eq!(metric(&h, &series("_window_seconds")).await, Some(3600.0));
+    assert_eq!(h.metric(&series("")).await, Some(1000.0));
+    assert_eq!(h.metric(&series("_remaining")).await, Some(994.0));
+    assert_eq!(h.metric(&series("_window_seconds")).await, Some(3600.0));
     // 3 points in 20 s: 540 an hour; 994 left last 6 626.7 s at that rate.
     assert_eq!(
-        metric(&h, &series("_burn_points_per_hour")).await,
+        h.metric(&series("_burn_points_per_hour")).await,
         Some(540.0)
     );
-    let exhaustion = metric(&h, &series("_exhaustion_seconds")).await.unwrap();
+    let exhaustion = h.metric(&series("_exhaustion_seconds")).await.unwrap();
     assert!((6626.0..6627.0).contains(&exhaustion), "{exhaustion}");
-    assert_eq!(metric(&h, "wikigate_site_quota_low").await, Some(0.0));
+    assert_eq!(h.metric("wikigate_site_quota_low").await, Some(0.0));
 }
 
 #[tokio::test(start_paused = true)]
@@ -288,14 +269,11 @@ async fn a_shadow_policy_is_reported_and_never_acted_on() {
         assert_eq!(fresh_read(&h, REPORTS, n).await.status, 200, "call {n}");
     }
     assert_eq!(
-        metric(
-            &h,
-            r#"wikigate_site_quota_remaining{source="shadow",policy="tenant-app-quota"}"#
-        )
-        .await,
+        h.metric(r#"wikigate_site_quota_remaining{source="shadow",policy="tenant-app-quota"}"#)
+            .await,
         Some(0.0)
     );
-    assert_eq!(metric(&h, "wikigate_site_quota_low").await, Some(0.0));
+    assert_eq!(h.metric("wikigate_site_quota_low").await, Some(0.0));
 }
 
 #[tokio::test(start_paused = true)]
@@ -316,8 +294,7 @@ async fn a_configured_quota_stands_when_upstream_states_none() {
     }
     assert_eq!(calls, 5, "15 points spent, 5 left");
     assert_eq!(
-        metric(
-            &h,
+        h.metric(
             r#"wikigate_site_quota_remaining{source="configured",policy="quota.points_per_hour"}"#
         )
         .await,

@@ -36,11 +36,9 @@ fn ttls(c: &mut wikigate::config::RawConfig, ttl: &str) {
 }
 
 async fn metric(h: &Harness, series: &str) -> f64 {
-    let admin = TestClient::new(format!("http://{}", h.gateway.admin_addr));
-    let text = String::from_utf8_lossy(&admin.get("/metrics", None).await.body).into_owned();
-    text.lines()
-        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
-        .unwrap_or_else(|| panic!("{series} in\n{text}"))
+    h.metric(series)
+        .await
+        .unwrap_or_else(|| panic!("no {series} in /metrics"))
 }
 
 /// Reads `target` every 100 ms for `reads` times: how many waited for upstream, and the

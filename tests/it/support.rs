@@ -61,6 +61,17 @@ impl Harness {
         Harness::start_with(|_| {}).await
     }
 
+    /// The gateway's `/metrics`, from its admin listener.
+    pub async fn metrics(&self) -> String {
+        let admin = TestClient::new(format!("http://{}", self.gateway.admin_addr));
+        String::from_utf8_lossy(&admin.get("/metrics", None).await.body).into_owned()
+    }
+
+    /// The value of one series (its name and labels, exactly as exported) in `/metrics`.
+    pub async fn metric(&self, series: &str) -> Option<f64> {
+        metric_in(&self.metrics().await, series)
+    }
+
     /// Starts with the default test config changed by `tweak`.
     pub async fn start_with(tweak: impl FnOnce(&mut RawConfig)) -> Harness {
         Harness::start_on(FakeOptions::default(), tweak).await
@@ -458,4 +469,10 @@ pub async fn ready(admin: &TestClient) -> bool {
         .try_send()
         .await
         .is_some_and(|a| a.status == StatusCode::OK)
+}
+
+/// The value of one series (its name and labels, exactly as exported) in a `/metrics` text.
+pub fn metric_in(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
 }

@@ -10,7 +10,7 @@ use serde_json::json;
 use wikigate::fake::{FakeBursts, FakeOptions, FakeQuota, FakeWriteLimit, Faults, QuotaMode};
 use wikigate::routes::Operation;
 
-use crate::support::{API, Answer, Harness, TestClient, alice, basic, put_property};
+use crate::support::{API, Answer, Harness, TestClient, alice, basic, metric_in, put_property};
 
 /// An API-token site (no points headers) whose burst buckets hold `limit` and refill `limit`
 /// a second, stating their refill (`X-RateLimit-FillRate`).
@@ -23,16 +23,6 @@ fn api_token_site(limit: u32) -> FakeOptions {
         }),
         ..FakeOptions::default()
     }
-}
-
-async fn metrics(h: &Harness) -> String {
-    let admin = TestClient::new(format!("http://{}", h.gateway.admin_addr));
-    String::from_utf8(admin.get("/metrics", None).await.body.to_vec()).unwrap()
-}
-
-fn metric(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
 }
 
 /// A read of another endpoint than [`fresh`]'s (`GET /user/memberof`).
@@ -77,31 +67,31 @@ async fn a_dry_burst_bucket_paces_its_endpoint_only_and_never_reads_as_the_quota
     let groups = other_endpoint(&h).await;
     assert_eq!(groups.status, 200);
     assert!(other.elapsed() < Duration::from_millis(50));
-    let text = metrics(&h).await;
+    let text = h.metrics().await;
     assert!(
         !text.contains("wikigate_site_quota{"),
         "a burst bucket is not the quota: {text}"
     );
-    assert_eq!(metric(&text, "wikigate_site_quota_low"), Some(0.0));
+    assert_eq!(metric_in(&text, "wikigate_site_quota_low"), Some(0.0));
     assert_eq!(
-        metric(&text, "wikigate_site_quota_exhausted_seconds"),
+        metric_in(&text, "wikigate_site_quota_exhausted_seconds"),
         Some(0.0)
     );
     assert_eq!(
-        metric(
+        metric_in(
             &text,
             r#"wikigate_upstream_burst_limit{route="current",method="GET"}"#
         ),
         Some(5.0)
     );
     assert!(
-        metric(
+        metric_in(
             &text,
             r#"wikigate_upstream_burst_remaining{route="memberof",method="GET"}"#
         )
         .is_some()
     );
-    let waited = metric(
+    let waited = metric_in(
         &text,
         r#"wikigate_upstream_burst_wait_seconds_count{route="current",method="GET"}"#,
     );
@@ -151,8 +141,8 @@ async fn an_unstated_refill_is_learned_and_three_times_its_rate_collects_no_upst
         assert_eq!(h.fake.limit_refusals(), 0, "{case}");
         let allowed = f64::from(size) + f64::from(rate) * seconds as f64;
         assert!(answered as f64 >= 0.75 * allowed, "{case}");
-        let text = metrics(&h).await;
-        let learned = metric(
+        let text = h.metrics().await;
+        let learned = metric_in(
             &text,
             r#"wikigate_upstream_burst_refill_rate{route="current",method="GET"}"#,
         )
@@ -233,12 +223,12 @@ async fn a_burst_429_holds_that_endpoint_and_method_only() {
     // Every other endpoint, and the site, are untouched.
     let groups = other_endpoint(&h).await;
     assert_eq!(groups.status, 200);
-    let text = metrics(&h).await;
+    let text = h.metrics().await;
     assert_eq!(
-        metric(&text, "wikigate_site_quota_exhausted_seconds"),
+        metric_in(&text, "wikigate_site_quota_exhausted_seconds"),
         Some(0.0)
     );
-    assert_eq!(metric(&text, "wikigate_upstream_holds"), Some(0.0));
+    assert_eq!(metric_in(&text, "wikigate_upstream_holds"), Some(0.0));
     tokio::time::sleep(Duration::from_secs(11)).await;
     assert_eq!(fresh(&h, 3).await.status, 200, "the hold ended");
 }
@@ -300,18 +290,18 @@ async fn the_fields_quota_quirks_are_read_as_atlassian_means_them() {
     let remaining = r#"wikigate_site_quota_remaining{source="enforced",policy="tenant-app-quota"}"#;
     let reset = r#"wikigate_site_quota_reset_seconds{source="enforced",policy="tenant-app-quota"}"#;
     assert_eq!(fresh(&h, 0).await.status, 200);
-    let text = metrics(&h).await;
+    let text = h.metrics().await;
     // r is stated only once 80 % is used: the quota is known, its remainder is not.
     assert_eq!(
-        metric(
+        metric_in(
             &text,
             r#"wikigate_site_quota{source="enforced",policy="tenant-app-quota"}"#
         ),
         Some(30.0)
     );
-    assert_eq!(metric(&text, remaining), None);
+    assert_eq!(metric_in(&text, remaining), None);
     // t is 17 s short of the hour's real end: the hour ends at the top of the UTC hour.
-    let left = metric(&text, reset).unwrap();
+    let left = metric_in(&text, reset).unwrap();
     let hour_left = 3600
         - std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -327,10 +317,10 @@ async fn the_fields_quota_quirks_are_read_as_atlassian_means_them() {
     for n in 1..10 {
         assert_eq!(fresh(&h, n).await.status, 200, "read {n}");
     }
-    let text = metrics(&h).await;
-    assert_eq!(metric(&text, remaining), Some(0.0));
+    let text = h.metrics().await;
+    assert_eq!(metric_in(&text, remaining), Some(0.0));
     assert_eq!(
-        metric(
+        metric_in(
             &text,
             r#"wikigate_site_quota{source="enforced",policy="tenant-app-quota"}"#
         ),
@@ -383,11 +373,11 @@ async fn the_upstream_concurrency_cap_answers_503_fast_past_its_queue() {
     }
     assert_eq!((ok, refused), (4, 6));
     assert_eq!(h.fake.hits(Operation::GetCurrentUser), 4);
-    let text = metrics(&h).await;
-    assert_eq!(metric(&text, "wikigate_upstream_in_flight"), Some(0.0));
-    assert_eq!(metric(&text, "wikigate_upstream_queued"), Some(0.0));
+    let text = h.metrics().await;
+    assert_eq!(metric_in(&text, "wikigate_upstream_in_flight"), Some(0.0));
+    assert_eq!(metric_in(&text, "wikigate_upstream_queued"), Some(0.0));
     assert_eq!(
-        metric(
+        metric_in(
             &text,
             r#"wikigate_rate_limited_total{caller="class:default",limit="upstream-concurrency"}"#
         ),
