@@ -54,6 +54,17 @@ impl Coding {
     }
 }
 
+/// What mainstream HTTP clients send by default (requests, urllib3, axios, Node's fetch, curl
+/// `--compressed`, browsers): gzip and identity both at q=1, known without parsing.
+const COMMON: [&[u8]; 6] = [
+    b"gzip, deflate",
+    b"gzip, deflate, br",
+    b"gzip, deflate, br, zstd",
+    b"gzip, compress, deflate, br",
+    b"deflate, gzip, br, zstd",
+    b"gzip",
+];
+
 /// What a request's `Accept-Encoding` allows, as quality values in thousandths (0 = refused).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Accepts {
@@ -71,10 +82,18 @@ impl Accepts {
     /// Reads a request's `Accept-Encoding` (RFC 9110 §12.5.3), as bytes: a header value is
     /// not text, and this runs on every hit.
     pub fn of(headers: &HeaderMap) -> Accepts {
-        let mut values = headers.get_all(header::ACCEPT_ENCODING).iter().peekable();
-        if values.peek().is_none() {
+        let mut values = headers.get_all(header::ACCEPT_ENCODING).iter();
+        let Some(first) = values.next() else {
             return Accepts::IDENTITY;
+        };
+        let second = values.next();
+        if second.is_none() && COMMON.contains(&first.as_bytes()) {
+            return Accepts {
+                gzip: 1000,
+                identity: 1000,
+            };
         }
+        let values = std::iter::once(first).chain(second).chain(values);
         let (mut gzip, mut identity, mut star) = (None, None, None);
         for item in values.flat_map(|value| value.as_bytes().split(|b| *b == b',')) {
             let mut parts = item.split(|b| *b == b';');
@@ -243,6 +262,22 @@ mod tests {
             (false, true),
             "more than 3 decimals"
         );
+    }
+
+    #[test]
+    fn the_common_values_read_as_parsing_reads_them() {
+        for value in COMMON {
+            let mut one = HeaderMap::new();
+            one.insert(
+                header::ACCEPT_ENCODING,
+                HeaderValue::from_bytes(value).unwrap(),
+            );
+            // A second, empty field line: the same list (RFC 9110 §5.3), parsed.
+            let mut two = one.clone();
+            two.append(header::ACCEPT_ENCODING, HeaderValue::from_static(""));
+            assert_eq!(Accepts::of(&one), Accepts::of(&two));
+            assert_eq!(Accepts::of(&one).preferred(), Coding::Gzip);
+        }
     }
 
     #[test]

@@ -97,9 +97,10 @@ pub struct Entry {
     vary: Option<Box<Vary>>,
     /// Atlassian quota points an answer from this entry saves.
     pub points: u32,
-    /// `Age` and `Cache-Control` for the latest second of age an answer was made in: every
-    /// hit within the same second shares them instead of formatting its own.
-    age_headers: ArcSwapOption<AgeHeaders>,
+    /// `Age`, `Cache-Control` and `ETag` for the latest second of age and the representation
+    /// an answer was made in: every such hit within the same second shares them instead of
+    /// formatting its own.
+    hit_values: ArcSwapOption<HitValues>,
     /// Refresh-ahead: whether a read claimed its refresh, and what refreshes of its key found.
     pub(super) refresh: Refresh,
 }
@@ -142,9 +143,13 @@ impl History {
     }
 }
 
+/// The values a hit writes that change once a second at most, and the representation's
+/// validator beside them: made by the first hit of a second, shared by that second's others.
 #[derive(Debug)]
-struct AgeHeaders {
+struct HitValues {
     age: u64,
+    coding: Coding,
+    etag: HeaderValue,
     age_value: HeaderValue,
     cache_control: HeaderValue,
 }
@@ -328,7 +333,7 @@ impl Entry {
             lifetime: lifetime.into(),
             vary,
             points,
-            age_headers: ArcSwapOption::empty(),
+            hit_values: ArcSwapOption::empty(),
             refresh: Refresh::default(),
         }
     }
@@ -372,7 +377,7 @@ impl Entry {
             lifetime: self.lifetime,
             vary: self.vary.clone(),
             points: self.points,
-            age_headers: ArcSwapOption::empty(),
+            hit_values: ArcSwapOption::empty(),
             refresh: Refresh {
                 claimed: AtomicBool::new(self.refresh.claimed.load(Ordering::Relaxed)),
                 history: self.refresh.history,
@@ -537,29 +542,26 @@ impl Entry {
         } else {
             self.status
         };
-        let mut headers = if not_modified {
+        let [etag, age, cache_control] = self.hit_values(coding, now);
+        let headers = if not_modified {
             // RFC 9110 §15.4.5: a 304 carries the validators and caching headers only.
             let mut headers = HeaderMap::with_capacity(5);
             if let Some(vary) = self.headers.get(header::VARY) {
                 headers.insert(header::VARY, vary.clone());
             }
+            headers.insert(header::CACHE_CONTROL, cache_control);
+            headers.insert(header::AGE, age);
+            headers.insert(header::ETAG, etag);
+            headers.insert(CACHE_STATUS.clone(), status);
             headers
         } else {
-            let mut headers = HeaderMap::clone(&self.headers);
-            // The stored headers name no representation: only what this one needs is added.
-            if let Some(value) = coding.header_value() {
-                headers.insert(header::CONTENT_ENCODING, value);
-            }
+            // The stored headers name no representation: the hit head adds this one's.
+            let mut headers = self.headers.hit(coding, [etag, cache_control, age, status]);
             if head {
                 headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
             }
             headers
         };
-        let (age, cache_control) = self.age_headers(now);
-        headers.insert(header::CACHE_CONTROL, cache_control);
-        headers.insert(header::AGE, age);
-        headers.insert(header::ETAG, self.etags.get(coding));
-        headers.insert(CACHE_STATUS.clone(), status);
         *response.headers_mut() = headers;
         Ok(response)
     }
@@ -578,28 +580,39 @@ impl Entry {
         }
     }
 
-    /// `Age` and `Cache-Control: private, max-age` at `now`, in whole seconds so that the two
-    /// add up to the TTL; from the second second of age on, made once per second and shared
-    /// by that second's hits.
-    fn age_headers(&self, now: Instant) -> (HeaderValue, HeaderValue) {
+    /// `ETag`, `Age` and `Cache-Control: private, max-age` of `coding`'s representation at
+    /// `now`, in whole seconds so that the two add up to the TTL; from the second second of
+    /// age on, made once per second and representation and shared by that second's hits.
+    fn hit_values(&self, coding: Coding, now: Instant) -> [HeaderValue; 3] {
         let age = self.age(now).as_secs();
-        if let Some(current) = &*self.age_headers.load()
+        if let Some(current) = &*self.hit_values.load()
             && current.age == age
+            && current.coding == coding
         {
-            return (current.age_value.clone(), current.cache_control.clone());
+            return [
+                current.etag.clone(),
+                current.age_value.clone(),
+                current.cache_control.clone(),
+            ];
         }
         let remaining = self.lifetime().ttl.as_secs().saturating_sub(age);
-        let made = AgeHeaders {
+        let made = HitValues {
             age,
+            coding,
+            etag: self.etags.get(coding),
             age_value: HeaderValue::from(age),
             cache_control: HeaderValue::from_str(&format!("private, max-age={remaining}"))
                 .expect("ascii"),
         };
-        let values = (made.age_value.clone(), made.cache_control.clone());
+        let values = [
+            made.etag.clone(),
+            made.age_value.clone(),
+            made.cache_control.clone(),
+        ];
         // Not for the answer that stored the entry (age 0): most entries are never asked for
         // again, and would carry the memo for nothing.
         if age > 0 {
-            self.age_headers.store(Some(Arc::new(made)));
+            self.hit_values.store(Some(Arc::new(made)));
         }
         values
     }

@@ -128,7 +128,7 @@ impl Entry {
             ]),
             vary,
             points,
-            age_headers: ArcSwapOption::empty(),
+            hit_values: ArcSwapOption::empty(),
             refresh: super::Refresh::default(),
         })
     }

@@ -231,7 +231,7 @@ fn entries_survive_the_trip_through_l2() {
         original.bodies.get(Coding::Gzip)
     );
     assert_eq!(copy.etags, original.etags);
-    assert_eq!(copy.headers, original.headers);
+    assert_eq!(**copy.headers, **original.headers);
     assert_eq!(
         (copy.lifetime(), copy.points),
         (original.lifetime(), original.points)
