@@ -102,6 +102,9 @@ impl Http {
             // The guard is this module's (`watch_idle`), cheaper per request.
             .header_read_timeout(None::<Duration>)
             .keep_alive(true)
+            // A head and a body of a few hundred bytes go out in one buffer, one `write(2)`:
+            // copying the body costs less than the kernel's second iovec (3 % CPU per hit).
+            .writev(false)
             // hyper's own buffer bounds the request line plus headers; the gateway answers
             // the configured limits itself (414/431 in Confluence's shape) below this ceiling.
             .max_buf_size((config.max_uri_bytes + config.max_header_bytes + 4096).max(8192));
