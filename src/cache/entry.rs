@@ -219,8 +219,10 @@ const SHARED_HEADERS: [HeaderName; 5] = [
     header::CONTENT_LANGUAGE,
     header::STRICT_TRANSPORT_SECURITY,
     header::X_CONTENT_TYPE_OPTIONS,
-    HeaderName::from_static("timing-allow-origin"),
+    TIMING_ALLOW_ORIGIN,
 ];
+
+const TIMING_ALLOW_ORIGIN: HeaderName = HeaderName::from_static("timing-allow-origin");
 
 /// Freshness windows of one stored answer: each stale window counts from the end of `ttl`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -309,11 +311,7 @@ impl Entry {
             .iter()
             .filter(|(name, _)| !shared || SHARED_HEADERS.contains(name))
             .filter(|(name, _)| !not_stored(name))
-            .map(|(name, value)| {
-                let name = HeaderName::from_bytes(name.as_str().as_bytes())
-                    .unwrap_or_else(|_| name.clone());
-                (name, stored_value(value))
-            })
+            .map(|(name, value)| (stored_name(name), stored_value(value)))
             .collect();
         stored.push((header::VARY, vary_value(vary.as_deref())));
         let etags = ETags::of(&body);
@@ -649,6 +647,19 @@ static COMMON_VALUES: [HeaderValue; 9] = [
     HeaderValue::from_static("*"),
     HeaderValue::from_static("max-age=63072000; includeSubDomains; preload"),
 ];
+
+/// Names almost every stored answer has that `http` has no constant for, kept as statics.
+static COMMON_NAMES: [HeaderName; 2] =
+    [HeaderName::from_static("x-aaccountid"), TIMING_ALLOW_ORIGIN];
+
+/// A header name as an entry keeps it: a standard or common one as a constant, else a copy
+/// of its own.
+fn stored_name(name: &HeaderName) -> HeaderName {
+    if let Some(common) = COMMON_NAMES.iter().find(|c| *c == name) {
+        return common.clone();
+    }
+    HeaderName::from_bytes(name.as_str().as_bytes()).unwrap_or_else(|_| name.clone())
+}
 
 /// A header value as an entry keeps it: a common one as a static, else a copy of its own.
 fn stored_value(value: &HeaderValue) -> HeaderValue {

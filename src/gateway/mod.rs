@@ -151,14 +151,16 @@ impl Gateway {
         forward::strip_hop_by_hop(&mut parts.headers);
         self.cookies.load().strip_request(&mut parts.headers);
         // One snapshot of the callers for the whole request, whatever a reload does meanwhile.
-        let callers = self.callers.load_full();
-        let caller = callers.identify(&parts.headers, conn.peer.ip())?;
-        log.caller = Some(caller.clone());
+        // (A guard: no shared reference count is touched unless the request goes onward.)
+        let callers = self.callers.load();
+        let caller = &*log
+            .caller
+            .insert(callers.identify(&parts.headers, conn.peer.ip())?);
         // Routed before the limit check so that a refusal is counted under its route, but
         // limited before a routing error is answered: every request counts against the limit.
         let resolved = routes::resolve(&parts.method, parts.uri.path());
         log.operation = resolved.as_ref().ok().map(|r| r.operation);
-        let allowance = self.rate_limits.check_request(&caller)?;
+        let allowance = self.rate_limits.check_request(caller)?;
         let resolved = match resolved {
             Err(routes::RouteError::NotFound)
                 if matches!(parts.method, http::Method::GET | http::Method::HEAD) =>
@@ -171,7 +173,7 @@ impl Gateway {
             }
             resolved => resolved?,
         };
-        let credential = callers.apply_auth_mode(&mut parts.headers, &caller);
+        let credential = callers.apply_auth_mode(&mut parts.headers, caller);
         let next = if resolved.operation.verb().is_write() {
             Next::Write(resolved.invalidates())
         } else {
@@ -194,8 +196,8 @@ impl Gateway {
             route: resolved.route(),
             parts,
             body,
-            callers,
-            caller,
+            caller: caller.clone(),
+            callers: arc_swap::Guard::into_inner(callers),
             credential,
             allowance,
             next,
