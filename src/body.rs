@@ -25,8 +25,9 @@ pub(crate) type BodyError = Box<dyn std::error::Error + Send + Sync>;
 pub enum Body {
     /// A body held in memory; `None` once it was sent (or for an empty body).
     Full(Option<Bytes>),
-    /// An upstream body streamed through under a deadline.
-    Upstream(UpstreamBody),
+    /// An upstream body streamed through under a deadline (boxed: a hit's answer, which
+    /// every layer moves, stays small).
+    Upstream(Box<UpstreamBody>),
 }
 
 impl Body {
@@ -55,11 +56,11 @@ impl Body {
 
     /// Sends `prefix` (already read from `inner`), then streams the rest of `inner`.
     pub(crate) fn upstream_after(prefix: Bytes, inner: Held, deadline: Instant) -> Self {
-        Body::Upstream(UpstreamBody {
+        Body::Upstream(Box::new(UpstreamBody {
             prefix: (!prefix.is_empty()).then_some(prefix),
             inner,
             deadline: Box::pin(tokio::time::sleep_until(deadline)),
-        })
+        }))
     }
 }
 

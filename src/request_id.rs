@@ -66,6 +66,10 @@ impl RequestId {
         &self.value
     }
 
+    pub(crate) fn into_header_value(self) -> HeaderValue {
+        self.value
+    }
+
     /// The id as text (always ASCII without quotes or backslashes).
     pub(crate) fn as_str(&self) -> &str {
         self.value.to_str().unwrap_or("-")

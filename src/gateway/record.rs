@@ -69,9 +69,6 @@ pub(super) fn finish(
         Ok(response) => response,
         Err(error) => refusal(metrics, error, &log, &id),
     };
-    response
-        .headers_mut()
-        .insert(&X_REQUEST_ID, id.header_value().clone());
     let duration = started.elapsed();
     metrics.request(&RequestRecord {
         route: log.operation.map(Operation::route),
@@ -109,6 +106,10 @@ pub(super) fn finish(
             duration,
         });
     }
+    // Last, so that the id moves into the answer instead of being copied.
+    response
+        .headers_mut()
+        .insert(&X_REQUEST_ID, id.into_header_value());
     response
 }
 
