@@ -67,8 +67,14 @@ impl FakeHandler {
                     .uri
                     .path_and_query()
                     .map_or_else(String::new, |p| p.as_str().to_owned()),
-                headers: parts.headers.clone(),
-                body: body.clone(),
+                // Copies: the values as parsed are slices of the connection's read buffer,
+                // and would keep a buffer (8 KB or more) alive per recorded request.
+                headers: parts
+                    .headers
+                    .iter()
+                    .map(|(name, value)| (name.clone(), detached(value)))
+                    .collect(),
+                body: bytes::Bytes::copy_from_slice(&body),
             });
         }
         let resolved = match routes::resolve(&parts.method, parts.uri.path()) {
@@ -221,4 +227,12 @@ fn authenticate(headers: &http::HeaderMap) -> Result<Option<&'static DemoUser>, 
         None
     };
     user.map(Some).ok_or(())
+}
+
+/// A header value in an allocation of its own.
+fn detached(value: &http::HeaderValue) -> http::HeaderValue {
+    let mut copy =
+        http::HeaderValue::from_bytes(value.as_bytes()).unwrap_or_else(|_| value.clone());
+    copy.set_sensitive(value.is_sensitive());
+    copy
 }
