@@ -74,7 +74,7 @@ impl FakeHandler {
                     .iter()
                     .map(|(name, value)| (name.clone(), detached(value)))
                     .collect(),
-                body: bytes::Bytes::copy_from_slice(&body),
+                body: Bytes::copy_from_slice(&body),
             });
         }
         let resolved = match routes::resolve(&parts.method, parts.uri.path()) {
@@ -230,9 +230,8 @@ fn authenticate(headers: &http::HeaderMap) -> Result<Option<&'static DemoUser>, 
 }
 
 /// A header value in an allocation of its own.
-fn detached(value: &http::HeaderValue) -> http::HeaderValue {
-    let mut copy =
-        http::HeaderValue::from_bytes(value.as_bytes()).unwrap_or_else(|_| value.clone());
+fn detached(value: &HeaderValue) -> HeaderValue {
+    let mut copy = HeaderValue::from_bytes(value.as_bytes()).unwrap_or_else(|_| value.clone());
     copy.set_sensitive(value.is_sensitive());
     copy
 }
