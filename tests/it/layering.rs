@@ -176,16 +176,9 @@ const INSIDE: [(&str, &[&[&str]]); 2] = [
     (
         "cache",
         &[
-            &[
-                "key",
-                "etag",
-                "heads",
-                "generations",
-                "flights",
-                "merge",
-                "shapes",
-            ],
+            &["key", "etag", "generations", "flights", "merge", "shapes"],
             &["outcome"],
+            &["heads"],
             &["entry"],
             &["storage"],
             &[
