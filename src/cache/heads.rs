@@ -8,11 +8,14 @@
 //! With each set come the heads a hit's response starts from, one per coding: the headers a
 //! hit writes itself first ([`SLOTS`], placeholders), then the set, then `Content-Encoding`.
 //! A hit clones one (copying its hash index) and overwrites the slots' values in place, by
-//! position: no name is hashed, nothing is inserted, the copy never grows.
+//! position: no name is hashed, nothing is inserted, the copy never grows. A head is made on
+//! a set's first hit in its coding and kept within a fixed budget ([`HEAD_BUDGET`]): the cache
+//! weighs its entries' header sets, not these.
 //!
 //! Invariants: a set is immutable once interned, and equal (name for name, byte for byte) to
-//! the one each entry that points at it stored; a hit head's first values are its slots, in
-//! [`SLOTS`]' order, and every one of them is overwritten before it is sent (the first four by
+//! the one each entry that points at it stored; the heads kept hold at most [`HEAD_BUDGET`]
+//! bytes (as [`HEAD_BYTES_PER_HEADER`] counts them); a hit head's first values are its slots,
+//! in [`SLOTS`]' order, and every one of them is overwritten before it is sent (the first four by
 //! [`Set::hit`], `X-Request-Id` by every answer's `finish`); the table keeps sets only weakly
 //! (an entry's eviction frees its set when it was the last to use it), and dead slots are
 //! swept as the table grows. Only the store path takes the table's lock; hits clone from the
@@ -20,7 +23,8 @@
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash, Hasher};
-use std::sync::{Arc, LazyLock, Weak};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, LazyLock, OnceLock, Weak};
 
 use parking_lot::Mutex;
 
@@ -43,12 +47,54 @@ const SLOTS: [&HeaderName; 5] = [
     &X_REQUEST_ID,
 ];
 
+/// Bytes all hit heads together may hold: a head is ~1.5 KB (a `HeaderMap` of ~14 headers),
+/// made for a set only once one of its entries is hit in that coding, and not weighed by the
+/// cache (its entries weigh the set, not the heads). With many callers each holding few
+/// entries, heads past this budget are not kept: those hits build their head each time.
+const HEAD_BUDGET: usize = 8 << 20;
+
+/// What a kept head is counted as: its headers' buckets and its index.
+const HEAD_BYTES_PER_HEADER: usize = 120;
+
+/// The bytes the kept heads of the process hold.
+static HEADS: Budget = Budget::new(HEAD_BUDGET);
+
+/// Bytes held against a limit.
+#[derive(Debug)]
+struct Budget {
+    held: AtomicUsize,
+    limit: usize,
+}
+
+impl Budget {
+    const fn new(limit: usize) -> Budget {
+        Budget {
+            held: AtomicUsize::new(0),
+            limit,
+        }
+    }
+
+    /// Counts `bytes`, if the limit has room for them.
+    fn reserve(&self, bytes: usize) -> bool {
+        self.held
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |held| {
+                (held + bytes <= self.limit).then_some(held + bytes)
+            })
+            .is_ok()
+    }
+
+    fn release(&self, bytes: usize) {
+        self.held.fetch_sub(bytes, Ordering::Relaxed);
+    }
+}
+
 /// One stored header set and the heads hits start from.
 #[derive(Debug)]
 pub(super) struct Set {
     stored: HeaderMap,
-    /// Identity's hit head, then gzip's.
-    hits: [HeaderMap; 2],
+    /// Identity's hit head, then gzip's: made on the first hit in that coding, kept while
+    /// [`HEAD_BUDGET`] allows.
+    hits: [OnceLock<HeaderMap>; 2],
 }
 
 impl std::ops::Deref for Set {
@@ -62,38 +108,66 @@ impl std::ops::Deref for Set {
 
 impl Set {
     fn new(stored: HeaderMap) -> Set {
-        let hit = |coding: Coding| {
-            let mut head = HeaderMap::with_capacity(SLOTS.len() + stored.len() + 1);
-            for name in SLOTS {
-                head.append(name.clone(), HeaderValue::from_static(""));
-            }
-            for (name, value) in stored.iter().filter(|(name, _)| !SLOTS.contains(name)) {
-                head.append(name.clone(), value.clone());
-            }
-            if let Some(value) = coding.header_value() {
-                head.insert(header::CONTENT_ENCODING, value);
-            }
-            head
-        };
         Set {
-            hits: [hit(Coding::Identity), hit(Coding::Gzip)],
             stored,
+            hits: [OnceLock::new(), OnceLock::new()],
         }
     }
 
     /// A hit's head in `coding`: the set, the coding, and `ETag`, `Cache-Control`, `Age` and
     /// `Cache-Status` as given (`X-Request-Id` still to be written).
     pub(super) fn hit(&self, coding: Coding, slots: [HeaderValue; 4]) -> HeaderMap {
-        let mut head = self.hits[match coding {
-            Coding::Identity => 0,
-            Coding::Gzip => 1,
-        }]
-        .clone();
+        let kept = &self.hits[index(coding)];
+        let mut head = match kept.get() {
+            Some(head) => head.clone(),
+            None => {
+                let head = self.head(coding);
+                if HEADS.reserve(head_bytes(&head)) && kept.set(head.clone()).is_err() {
+                    // Another hit kept its own first: give back what this one reserved.
+                    HEADS.release(head_bytes(&head));
+                }
+                head
+            }
+        };
         for (slot, value) in head.values_mut().zip(slots) {
             *slot = value;
         }
         head
     }
+
+    /// The head hits in `coding` start from: [`SLOTS`] (placeholders), the set, the coding.
+    fn head(&self, coding: Coding) -> HeaderMap {
+        let mut head = HeaderMap::with_capacity(SLOTS.len() + self.stored.len() + 1);
+        for name in SLOTS {
+            head.append(name.clone(), HeaderValue::from_static(""));
+        }
+        for (name, value) in self.stored.iter().filter(|(name, _)| !SLOTS.contains(name)) {
+            head.append(name.clone(), value.clone());
+        }
+        if let Some(value) = coding.header_value() {
+            head.insert(header::CONTENT_ENCODING, value);
+        }
+        head
+    }
+}
+
+impl Drop for Set {
+    fn drop(&mut self) {
+        for head in self.hits.iter().filter_map(OnceLock::get) {
+            HEADS.release(head_bytes(head));
+        }
+    }
+}
+
+fn index(coding: Coding) -> usize {
+    match coding {
+        Coding::Identity => 0,
+        Coding::Gzip => 1,
+    }
+}
+
+fn head_bytes(head: &HeaderMap) -> usize {
+    head.len() * HEAD_BYTES_PER_HEADER
 }
 
 /// The process's table of stored header sets.
@@ -203,8 +277,20 @@ mod tests {
             assert_eq!(hit.len(), 7 + usize::from(coding == Coding::Gzip));
             assert_eq!(hit.get_all("x-request-id").iter().count(), 1);
         }
-        // The stored set is as stored: no slot, no coding.
+        // The stored set is as stored: no slot, no coding; both heads are kept.
         assert_eq!(head.len(), 2);
+        assert!(head.hits.iter().all(|kept| kept.get().is_some()));
+    }
+
+    #[test]
+    fn heads_are_kept_within_their_budget_and_given_back() {
+        let budget = Budget::new(1000);
+        assert!(budget.reserve(600));
+        assert!(!budget.reserve(600), "over the limit: not kept");
+        assert!(budget.reserve(400));
+        budget.release(600);
+        assert!(budget.reserve(500));
+        assert_eq!(budget.held.load(Ordering::Relaxed), 900);
     }
 
     #[test]
