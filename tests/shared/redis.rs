@@ -16,42 +16,52 @@ impl Redis {
     /// Starts on a free port, once it accepts connections (Debian's `redis-server`, which
     /// `scripts/test` installs); nothing is persisted.
     pub fn start() -> Redis {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|listener| listener.local_addr())
-            .expect("a free loopback port")
-            .port();
-        Redis::start_on(port)
+        Redis::launch_on_a_free_port(None, &[])
     }
 
     /// Starts on `port` (again, after [`Redis::stop`]), empty.
+    #[allow(dead_code, reason = "not every includer restarts on a port of its own")]
     pub fn start_on(port: u16) -> Redis {
-        Redis::launch(port, None, &[])
+        Redis::launch(port, None, &[]).unwrap_or_else(|why| panic!("{why}"))
     }
 
     /// Starts on a free port, refusing every command until `AUTH password`.
     #[allow(dead_code, reason = "not every includer needs a password")]
     pub fn start_with_password(password: &str) -> Redis {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|listener| listener.local_addr())
-            .expect("a free loopback port")
-            .port();
-        Redis::launch(port, None, &["--requirepass", password])
+        Redis::launch_on_a_free_port(None, &["--requirepass", password])
     }
 
     /// Starts on a free port with a snapshot file in `dir`, loaded when it exists: what
     /// [`Redis::save`] wrote is what a start in the same `dir` begins with.
     #[allow(dead_code, reason = "not every includer restarts from a snapshot")]
     pub fn start_persistent(port: Option<u16>, dir: &std::path::Path) -> Redis {
-        let port = port.unwrap_or_else(|| {
-            std::net::TcpListener::bind("127.0.0.1:0")
-                .and_then(|listener| listener.local_addr())
-                .expect("a free loopback port")
-                .port()
-        });
-        Redis::launch(port, Some(dir.to_owned()), &[])
+        match port {
+            Some(port) => {
+                Redis::launch(port, Some(dir.to_owned()), &[]).unwrap_or_else(|why| panic!("{why}"))
+            }
+            None => Redis::launch_on_a_free_port(Some(dir.to_owned()), &[]),
+        }
     }
 
-    fn launch(port: u16, dir: Option<std::path::PathBuf>, extra: &[&str]) -> Redis {
+    /// Launches on a port the system says is free. Another test may take that port between
+    /// the check and redis-server's bind (the tests run in parallel): then redis-server exits,
+    /// and another port is tried.
+    fn launch_on_a_free_port(dir: Option<std::path::PathBuf>, extra: &[&str]) -> Redis {
+        let mut failures = Vec::new();
+        for _ in 0..5 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|listener| listener.local_addr())
+                .expect("a free loopback port")
+                .port();
+            match Redis::launch(port, dir.clone(), extra) {
+                Ok(redis) => return redis,
+                Err(why) => failures.push(why),
+            }
+        }
+        panic!("redis-server did not start: {failures:?}");
+    }
+
+    fn launch(port: u16, dir: Option<std::path::PathBuf>, extra: &[&str]) -> Result<Redis, String> {
         let mut args = vec![
             "--port".to_owned(),
             port.to_string(),
@@ -66,18 +76,26 @@ impl Redis {
             args.extend(["--dir".to_owned(), dir.display().to_string()]);
         }
         args.extend(extra.iter().map(|arg| (*arg).to_owned()));
-        let child = Command::new("redis-server")
+        let mut child = Command::new("redis-server")
             .args(&args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-server is installed (scripts/test installs it)");
-        let deadline = Instant::now() + Duration::from_secs(10);
+        // Generous: the whole suite runs in parallel on two cores.
+        let deadline = Instant::now() + Duration::from_secs(30);
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "redis-server did not start");
+            if let Ok(Some(status)) = child.try_wait() {
+                return Err(format!("redis-server on port {port} exited: {status}"));
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!("redis-server on port {port} did not start in 30 s"));
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
-        Redis { child, port, dir }
+        Ok(Redis { child, port, dir })
     }
 
     /// Writes a snapshot now (`SAVE`), which a later start in the same dir loads.
