@@ -227,7 +227,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
             admin_listener,
             Http::plain(),
             admin,
-            became_true(admin_stop_rx),
+            server::became_true(admin_stop_rx),
             Duration::from_secs(1),
         ));
         served.wait().await;
@@ -273,8 +273,4 @@ fn spawn_reclaim(limits: std::sync::Weak<Limits>) {
             }
         }
     });
-}
-
-async fn became_true(mut flag: watch::Receiver<bool>) {
-    let _ = flag.wait_for(|set| *set).await;
 }

@@ -438,7 +438,8 @@ impl Listeners {
     ) -> std::io::Result<Served> {
         let sockets = match self {
             Listeners::Here(listener) => {
-                let served = tokio::spawn(serve(listener, http, handler, until(draining), drain));
+                let served =
+                    tokio::spawn(serve(listener, http, handler, became_true(draining), drain));
                 return Ok(Served::Here(served));
             }
             Listeners::Threads(sockets) => sockets,
@@ -467,9 +468,9 @@ impl Listeners {
                             Err(e) => return drop(listening.send(Err(e))),
                         };
                         let _ = listening.send(Ok(()));
-                        serve(listener, http, handler, until(draining), drain).await;
+                        serve(listener, http, handler, became_true(draining), drain).await;
                         drop(drained);
-                        until(released).await;
+                        became_true(released).await;
                     });
                     drop(runtime);
                     drop(exited);
@@ -518,6 +519,7 @@ impl Served {
     }
 }
 
-async fn until(mut flag: watch::Receiver<bool>) {
+/// Completes once `flag` is true (or its sender is gone).
+pub(crate) async fn became_true(mut flag: watch::Receiver<bool>) {
     let _ = flag.wait_for(|set| *set).await;
 }
