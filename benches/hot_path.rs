@@ -112,8 +112,8 @@ async fn connect<H: Handler>(handler: Arc<H>) -> Sender {
     let (client_io, server_io) = tokio::io::duplex(64 * 1024);
     tokio::spawn(async move {
         let service = service_fn(move |request| {
-            let handler = handler.clone();
-            async move { Ok::<_, Infallible>(handler.call(request, conn).await) }
+            let answer = H::call(&handler, request, conn);
+            async move { Ok::<_, Infallible>(answer.await) }
         });
         let _ = hyper::server::conn::http1::Builder::new()
             .serve_connection(TokioIo::new(server_io), service)
@@ -130,17 +130,17 @@ async fn connect<H: Handler>(handler: Arc<H>) -> Sender {
 struct Bare(Bytes);
 
 impl Handler for Bare {
-    async fn call(
-        &self,
+    fn call(
+        bare: &Arc<Bare>,
         _request: Request<hyper::body::Incoming>,
         _conn: ConnInfo,
-    ) -> http::Response<wikigate::Body> {
-        let mut response = http::Response::new(wikigate::Body::full(self.0.clone()));
+    ) -> impl Future<Output = http::Response<wikigate::Body>> + Send + use<> {
+        let mut response = http::Response::new(wikigate::Body::full(bare.0.clone()));
         response.headers_mut().insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
-        response
+        std::future::ready(response)
     }
 }
 

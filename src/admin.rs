@@ -214,7 +214,18 @@ impl Admin {
 }
 
 impl Handler for Admin {
-    async fn call(&self, request: Request<Incoming>, _conn: ConnInfo) -> Response<Body> {
+    fn call(
+        admin: &Arc<Admin>,
+        request: Request<Incoming>,
+        _conn: ConnInfo,
+    ) -> impl Future<Output = Response<Body>> + Send + use<> {
+        let admin = admin.clone();
+        async move { admin.answer(request).await }
+    }
+}
+
+impl Admin {
+    async fn answer(&self, request: Request<Incoming>) -> Response<Body> {
         let path = request.uri().path();
         if path.starts_with("/admin/") {
             if let Some(refusal) = self.refusal(&request) {

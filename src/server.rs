@@ -53,11 +53,15 @@ pub struct ConnInfo {
 /// Something that answers requests. Errors are answered, never returned: a handler decides
 /// the response for every request it is given.
 pub trait Handler: Send + Sync + 'static {
+    /// The answer to `request`. What a handler can answer without waiting it answers before
+    /// returning, the future ready: the request, whose head shares the connection's read
+    /// buffer, is gone before the connection reads again, and the buffer is reused instead of
+    /// replaced.
     fn call(
-        &self,
+        handler: &Arc<Self>,
         request: Request<Incoming>,
         conn: ConnInfo,
-    ) -> impl Future<Output = Response<Body>> + Send;
+    ) -> impl Future<Output = Response<Body>> + Send + use<Self>;
 }
 
 /// A request body the gateway can read: hyper's [`Incoming`] off the wire, or any
@@ -278,10 +282,10 @@ async fn serve_connection<H: Handler>(
     let service = {
         let activity = activity.clone();
         hyper::service::service_fn(move |req| {
-            let handler = handler.clone();
             let busy = Busy::start(&activity);
+            let answer = H::call(&handler, req, conn);
             async move {
-                let mut response = handler.call(req, conn).await;
+                let mut response = answer.await;
                 response.body_mut().hold(busy);
                 Ok::<_, Infallible>(response)
             }

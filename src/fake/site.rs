@@ -23,7 +23,18 @@ use crate::server::{ConnInfo, Handler};
 pub(super) struct FakeHandler(pub(super) Arc<Shared>);
 
 impl Handler for FakeHandler {
-    async fn call(&self, request: Request<Incoming>, _conn: ConnInfo) -> Response<Body> {
+    fn call(
+        handler: &Arc<FakeHandler>,
+        request: Request<Incoming>,
+        _conn: ConnInfo,
+    ) -> impl Future<Output = Response<Body>> + Send + use<> {
+        let handler = handler.clone();
+        async move { handler.reply(request).await }
+    }
+}
+
+impl FakeHandler {
+    async fn reply(&self, request: Request<Incoming>) -> Response<Body> {
         let head = request.method() == http::Method::HEAD;
         let request_headers = request.headers().clone();
         let mut response = self.respond(request).await;

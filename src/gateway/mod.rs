@@ -549,17 +549,40 @@ enum Exchange {
 
 impl Handler for Gateway {
     fn call(
-        &self,
+        gateway: &Arc<Gateway>,
         request: Request<Incoming>,
         conn: ConnInfo,
-    ) -> impl Future<Output = Response<Body>> + Send {
-        self.handle(request, conn)
+    ) -> impl Future<Output = Response<Body>> + Send + use<> {
+        match gateway.begin(request, conn) {
+            Begun::Answered(response) => Either::Left(std::future::ready(response)),
+            Begun::Waiting(waiting) => {
+                let gateway = gateway.clone();
+                Either::Right(Box::pin(async move { gateway.wait(waiting, conn).await }))
+            }
+        }
     }
 }
 
+/// A request [`Gateway::begin`] did not answer: what the rest of it needs.
+struct Waiting<B> {
+    onward: Box<Onward<B>>,
+    received: Received,
+}
+
+/// What [`Gateway::begin`] made of a request.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "returned once and matched at once; what waits moves into its boxed future"
+)]
+enum Begun<B> {
+    /// Answered (a hit, a refusal), counted and logged; nothing of the request is left.
+    Answered(Response<Body>),
+    Waiting(Waiting<B>),
+}
+
 impl Gateway {
-    /// Answers one request: what the listener calls for each request off the wire, and what
-    /// tests and benchmarks call in-process with a body of their own. A request answered
+    /// Answers one request: what tests and benchmarks call in-process with a body of their
+    /// own ([`Handler::call`] is the same for requests off the wire). A request answered
     /// without waiting (a hit, a refusal) is answered when this returns: the future is ready,
     /// and holds nothing of the request; only the others make (and box) one.
     pub fn handle<B: RequestBody>(
@@ -567,7 +590,16 @@ impl Gateway {
         request: Request<B>,
         conn: ConnInfo,
     ) -> impl Future<Output = Response<Body>> + Send + '_ {
-        let in_flight = self.metrics.in_flight();
+        match self.begin(request, conn) {
+            Begun::Answered(response) => Either::Left(std::future::ready(response)),
+            Begun::Waiting(waiting) => Either::Right(Box::pin(self.wait(waiting, conn))),
+        }
+    }
+
+    /// Everything of a request that needs no waiting ([`Gateway::admit`]), finished when
+    /// that answered it.
+    fn begin<B: RequestBody>(&self, request: Request<B>, conn: ConnInfo) -> Begun<B> {
+        let _in_flight = self.metrics.in_flight();
         let method = request.method().clone();
         let id = RequestId::of(request.headers());
         let mut received = Received {
@@ -593,24 +625,26 @@ impl Gateway {
                     let id = received.id.header_value().clone();
                     onward.parts.headers.insert(&X_REQUEST_ID, id);
                 }
-                return Either::Right(Box::pin(async move {
-                    let _in_flight = in_flight;
-                    let span = received.span.clone();
-                    let answered = self
-                        .onward(*onward, &conn, &mut received.log)
-                        .instrument(span)
-                        .await;
-                    record::finish(&self.metrics, answered, received, &conn)
-                }));
+                return Begun::Waiting(Waiting { onward, received });
             }
             Ok(Admitted::Answered(response)) => Ok(response),
             Err(error) => Err(error),
         };
-        Either::Left(std::future::ready(record::finish(
-            &self.metrics,
-            answered,
-            received,
-            &conn,
-        )))
+        Begun::Answered(record::finish(&self.metrics, answered, received, &conn))
+    }
+
+    /// The rest of a request [`Gateway::begin`] did not answer, finished.
+    async fn wait<B: RequestBody>(&self, waiting: Waiting<B>, conn: ConnInfo) -> Response<Body> {
+        let _in_flight = self.metrics.in_flight();
+        let Waiting {
+            onward,
+            mut received,
+        } = waiting;
+        let span = received.span.clone();
+        let answered = self
+            .onward(*onward, &conn, &mut received.log)
+            .instrument(span)
+            .await;
+        record::finish(&self.metrics, answered, received, &conn)
     }
 }

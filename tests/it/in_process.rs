@@ -116,3 +116,64 @@ async fn an_endless_body_is_413_and_never_read_far_past_the_limit() {
     );
     assert_eq!(fake.hits(Operation::UpdateUserProperty), 0);
 }
+
+/// An empty request body that says when it was dropped.
+struct Watched(Arc<std::sync::atomic::AtomicBool>);
+
+impl hyper::body::Body for Watched {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        Poll::Ready(None)
+    }
+}
+
+impl Drop for Watched {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+#[tokio::test]
+async fn a_hit_is_answered_before_its_future_is_polled_and_keeps_nothing_of_the_request() {
+    use futures_util::FutureExt as _;
+    let (gateway, fake) = gateway(|_| {}).await;
+    let get = |dropped: &Arc<std::sync::atomic::AtomicBool>| {
+        Request::builder()
+            .uri(format!("{API}/current"))
+            .header(header::HOST, "wikigate.test")
+            .header(header::AUTHORIZATION, basic(alice()))
+            .header(header::ACCEPT_ENCODING, "gzip, deflate")
+            .body(Watched(dropped.clone()))
+            .expect("a request")
+    };
+    let first = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stored = gateway.handle(get(&first), CONN).await;
+    assert_eq!(stored.status(), 200);
+    assert_eq!(fake.hits(Operation::GetCurrentUser), 1);
+
+    let second = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let answer = gateway.handle(get(&second), CONN);
+    // Before the future is polled: the request (whose head, off the wire, shares the
+    // connection's read buffer) is gone already.
+    assert!(
+        second.load(Ordering::SeqCst),
+        "the request outlived the call"
+    );
+    let hit = answer
+        .now_or_never()
+        .expect("a hit's answer is ready at once");
+    assert_eq!(hit.status(), 200);
+    assert_eq!(hit.headers()["cache-status"], "wikigate; hit");
+    assert_eq!(hit.headers()[header::CONTENT_ENCODING], "gzip");
+    assert!(hit.headers().contains_key("x-request-id"));
+    assert_eq!(
+        fake.hits(Operation::GetCurrentUser),
+        1,
+        "no second trip upstream"
+    );
+}

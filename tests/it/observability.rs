@@ -348,28 +348,31 @@ async fn the_status_page_shows_the_traffic_in_a_headless_browser() {
 struct Receiver(std::sync::Mutex<Vec<bytes::Bytes>>);
 
 impl wikigate::server::Handler for Receiver {
-    async fn call(
-        &self,
+    fn call(
+        receiver: &std::sync::Arc<Receiver>,
         request: http::Request<hyper::body::Incoming>,
         _conn: wikigate::server::ConnInfo,
-    ) -> http::Response<wikigate::Body> {
+    ) -> impl Future<Output = http::Response<wikigate::Body>> + Send + use<> {
         use http_body_util::BodyExt as _;
-        let path = request.uri().path().to_owned();
-        let body = request
-            .into_body()
-            .collect()
-            .await
-            .map(|b| b.to_bytes())
-            .unwrap_or_default();
-        if path == "/v1/traces" {
-            self.0.lock().unwrap().push(body);
+        let receiver = receiver.clone();
+        async move {
+            let path = request.uri().path().to_owned();
+            let body = request
+                .into_body()
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            if path == "/v1/traces" {
+                receiver.0.lock().unwrap().push(body);
+            }
+            let mut response = http::Response::new(wikigate::Body::empty());
+            response.headers_mut().insert(
+                "content-type",
+                http::HeaderValue::from_static("application/x-protobuf"),
+            );
+            response
         }
-        let mut response = http::Response::new(wikigate::Body::empty());
-        response.headers_mut().insert(
-            "content-type",
-            http::HeaderValue::from_static("application/x-protobuf"),
-        );
-        response
     }
 }
 
