@@ -22,7 +22,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use base64::Engine as _;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, GetAll, HeaderMap, HeaderName, HeaderValue};
 use ipnet::IpNet;
 
 use crate::config::{AuthMode, CallersConfig, Config, KeyHash};
@@ -49,7 +49,12 @@ pub struct Credential([u8; 32]);
 impl Credential {
     /// The credential `headers` carry; `None` without `Authorization`.
     pub fn of(headers: &HeaderMap, secret: &[u8; 32]) -> Option<Credential> {
-        let mut values = headers.get_all(header::AUTHORIZATION).iter();
+        Credential::of_values(&headers.get_all(header::AUTHORIZATION), secret)
+    }
+
+    /// The credential of a request's `Authorization` values; `None` without any.
+    fn of_values(authorization: &GetAll<'_, HeaderValue>, secret: &[u8; 32]) -> Option<Credential> {
+        let mut values = authorization.iter();
         let first = values.next()?;
         let Some(second) = values.next() else {
             // The usual single field: the one-call hash, without a 2 KB incremental hasher.
@@ -272,7 +277,8 @@ impl Callers {
         headers: &HeaderMap,
         peer: IpAddr,
     ) -> Option<([u8; 16], Option<Credential>)> {
-        let authorization = headers.get(header::AUTHORIZATION)?;
+        let values = headers.get_all(header::AUTHORIZATION);
+        let authorization = values.iter().next()?;
         let keyed = |label: &[u8], value: &[u8]| {
             let mut hasher = blake3::Hasher::new_keyed(&self.secret);
             hasher.update(label).update(value);
@@ -285,7 +291,7 @@ impl Callers {
             // A JWT whose claim cannot be read is keyed by address, not by its (unique) token.
             None if is_jwt(authorization) => keyed(b"ip\n", peer.to_string().as_bytes()),
             None => {
-                let credential = Credential::of(headers, &self.secret)?;
+                let credential = Credential::of_values(&values, &self.secret)?;
                 return Some((credential.fingerprint(), Some(credential)));
             }
         };

@@ -605,6 +605,9 @@ impl std::str::FromStr for Tag {
 /// when they carry no percent-escapes.
 type Params<'a> = Vec<(&'static str, Cow<'a, str>)>;
 
+/// The most segments a template has after [`API_PREFIX`] (`{userId}/property/{key}`).
+const MAX_SEGMENTS: usize = 3;
+
 /// Resolves a method and a request path (without the query) to an operation.
 pub fn resolve<'a>(method: &Method, path: &'a str) -> Result<Resolved<'a>, RouteError> {
     let rest = path.strip_prefix(API_PREFIX).ok_or(RouteError::NotFound)?;
@@ -613,15 +616,20 @@ pub fn resolve<'a>(method: &Method, path: &'a str) -> Result<Resolved<'a>, Route
         "/" => return Err(RouteError::NotFound),
         _ => rest.strip_prefix('/').ok_or(RouteError::NotFound)?,
     };
-    let segments: Vec<&str> = if rest.is_empty() {
-        Vec::new()
-    } else {
-        rest.split('/').collect()
-    };
+    let mut held = [""; MAX_SEGMENTS];
+    let mut count = 0;
+    if !rest.is_empty() {
+        for segment in rest.split('/') {
+            // More segments than any template has: no route.
+            *held.get_mut(count).ok_or(RouteError::NotFound)? = segment;
+            count += 1;
+        }
+    }
+    let segments = &held[..count];
 
     let route = Route::ALL
         .into_iter()
-        .find(|route| template_matches(route.spec().segments, &segments))
+        .find(|route| template_matches(route.spec().segments, segments))
         .ok_or(RouteError::NotFound)?;
 
     let (verb, head) = match *method {
@@ -640,7 +648,7 @@ pub fn resolve<'a>(method: &Method, path: &'a str) -> Result<Resolved<'a>, Route
         .ok_or_else(|| not_allowed(route))?;
 
     let mut params = Params::new();
-    for (segment, raw) in route.spec().segments.iter().zip(&segments) {
+    for (segment, raw) in route.spec().segments.iter().zip(segments) {
         if let Param(name) = *segment {
             params.push((name, decode_param(name, raw)?));
         }

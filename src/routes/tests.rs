@@ -42,6 +42,19 @@ fn table_has_twelve_templates_and_twenty_one_operations() {
 }
 
 #[test]
+fn every_template_fits_the_segments_held_and_a_longer_path_is_no_route() {
+    for route in Route::ALL {
+        assert!(route.spec().segments.len() <= MAX_SEGMENTS, "{route:?}");
+    }
+    for path in [
+        "/wiki/rest/api/user/acc-1/property/k1/more",
+        "/wiki/rest/api/user/a/b/c/d/e/f/g/h",
+    ] {
+        assert_eq!(op(Method::GET, path), Err(RouteError::NotFound), "{path}");
+    }
+}
+
+#[test]
 fn fixed_segments_win_over_parameters() {
     assert_eq!(
         op(Method::GET, "/wiki/rest/api/user/current"),
