@@ -131,35 +131,59 @@ load() {
 
 median() { sort -n | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}'; }
 
-# measure PIN NAME PORT [wrk args…]: RUNS runs after a warm-up; one row (of $WORK/rows, the
-# table being made) with the median of each column and the upstream requests made during the
-# measured runs.
+# run_row PIN PORT ARGS: one run of a row (ARGS: the name of an array of wrk arguments).
+run_row() {
+    local -n wrk_args=$3
+    load "$1" "$2" "${wrk_args[@]}"
+}
+
+# measure PIN ROW…: each ROW "name|port|args" (args: the name of an array of wrk arguments). A
+# warm-up per row, then RUNS rounds in which every row runs once, in turn, so that a slow spell
+# of the machine falls on every row alike rather than on one server's runs. Appends one line
+# per row to $WORK/rows: the medians of req/s, p50 and p99, and over its measured runs the
+# upstream requests made, errors, and the server's CPU per request.
 measure() {
-    local pin=$1 name=$2 port=$3
-    shift 3
-    DURATION=1 load "$pin" "$port" "$@" >/dev/null
-    local before results ticks
-    before=$(upstream_count)
-    ticks=$(cpu_ticks "${SERVER[$port]}")
-    results=$(for _ in $(seq "$RUNS"); do load "$pin" "$port" "$@"; done)
-    ticks=$(($(cpu_ticks "${SERVER[$port]}") - ticks))
-    local upstream=$(($(upstream_count) - before))
-    # The server's CPU per request (µs): its time over the requests of the measured runs.
-    local cpu
-    cpu=$(awk -v t="$ticks" -v us="$TICK_US" -v d="$DURATION" '{n += $1 * d} END {printf "%.2f", n ? t * us / n : 0}' <<<"$results")
-    local rps p50 p99 errors
-    rps=$(cut -d' ' -f1 <<<"$results" | median)
-    p50=$(cut -d' ' -f2 <<<"$results" | median)
-    p99=$(cut -d' ' -f3 <<<"$results" | median)
-    errors=$(awk '{s += $4} END {print s}' <<<"$results")
-    echo "$name|$rps|$p50|$p99|$upstream|$errors|$cpu" >>"$WORK/rows"
+    local pin=$1
+    shift
+    local rows=("$@") i name port args
+    local -a ticks=() upstream=() results=()
+    for i in "${!rows[@]}"; do
+        IFS='|' read -r name port args <<<"${rows[$i]}"
+        DURATION=1 run_row "$pin" "$port" "$args" >/dev/null
+        ticks[$i]=0 upstream[$i]=0 results[$i]=""
+    done
+    for _ in $(seq "$RUNS"); do
+        for i in "${!rows[@]}"; do
+            IFS='|' read -r name port args <<<"${rows[$i]}"
+            local t0 u0 result
+            t0=$(cpu_ticks "${SERVER[$port]}")
+            u0=$(upstream_count)
+            result=$(run_row "$pin" "$port" "$args")
+            ticks[$i]=$((ticks[$i] + $(cpu_ticks "${SERVER[$port]}") - t0))
+            upstream[$i]=$((upstream[$i] + $(upstream_count) - u0))
+            results[$i]+="$result"$'\n'
+        done
+    done
+    for i in "${!rows[@]}"; do
+        IFS='|' read -r name port args <<<"${rows[$i]}"
+        local runs=${results[$i]%$'\n'}
+        # The server's CPU per request (µs): its time over the requests of the measured runs.
+        local cpu
+        cpu=$(awk -v t="${ticks[$i]}" -v us="$TICK_US" -v d="$DURATION" '{n += $1 * d} END {printf "%.2f", n ? t * us / n : 0}' <<<"$runs")
+        local rps p50 p99 errors
+        rps=$(cut -d' ' -f1 <<<"$runs" | median)
+        p50=$(cut -d' ' -f2 <<<"$runs" | median)
+        p99=$(cut -d' ' -f3 <<<"$runs" | median)
+        errors=$(awk '{s += $4} END {print s}' <<<"$runs")
+        echo "$name|$rps|$p50|$p99|${upstream[$i]}|$errors|$cpu" >>"$WORK/rows"
+    done
 }
 
 # print_table TITLE: the rows measured since the last table; ratios against the first row.
 print_table() {
     local title=$1
     echo
-    echo "## $title — wrk -c$CONNECTIONS, ${DURATION}s × $RUNS (median), GET $TARGET with Authorization"
+    echo "## $title — wrk -c$CONNECTIONS, ${DURATION}s × $RUNS (median; the rows' runs interleaved), GET $TARGET with Authorization"
     echo
     awk -F'|' '
         NR == 1 { base_rps = $2; base_p99 = $4 }
@@ -179,27 +203,31 @@ echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -
 echo "wikigate $(git rev-parse --short HEAD 2>/dev/null || echo '?'), $("$NGINX" -v 2>&1), $("$HAPROXY" -v 2>&1 | head -1 | cut -d' ' -f1-3), $(wrk -v 2>&1 | head -1)"
 
 GZIP=(-H "Accept-Encoding: gzip, deflate")
+PLAIN=()
+NO_STORE=(-H "Cache-Control: no-store")
 for mode in $MODES; do
     pin=""; [ "$mode" = pinned ] && pin=1
     where="both cores shared (wrk 2 threads)"
     [ "$mode" = pinned ] && where="server pinned to core 0, wrk (1 thread) to core 1"
     start_servers "$pin" 1h
     : >"$WORK/rows"
-    measure "$pin" "bare hyper, gzip body (ceiling)" "$BARE_GZIP_PORT" "${GZIP[@]}"
-    measure "$pin" "wikigate hit, defaults (log on)" "$GATE_PORT" "${GZIP[@]}"
-    measure "$pin" "wikigate hit, JSON access log" "$JSON_PORT" "${GZIP[@]}"
-    measure "$pin" "wikigate hit, log off" "$QUIET_PORT" "${GZIP[@]}"
-    measure "$pin" "nginx proxy_cache hit (log)" "$CACHE_PORT" "${GZIP[@]}"
-    measure "$pin" "HAProxy cache hit (no log)" "$HAPROXY_PORT" "${GZIP[@]}"
+    measure "$pin" \
+        "bare hyper, gzip body (ceiling)|$BARE_GZIP_PORT|GZIP" \
+        "wikigate hit, defaults (log on)|$GATE_PORT|GZIP" \
+        "wikigate hit, JSON access log|$JSON_PORT|GZIP" \
+        "wikigate hit, log off|$QUIET_PORT|GZIP" \
+        "nginx proxy_cache hit (log)|$CACHE_PORT|GZIP" \
+        "HAProxy cache hit (no log)|$HAPROXY_PORT|GZIP"
     print_table "gzip client, $where"
-    measure "$pin" "bare hyper, plain body (ceiling)" "$BARE_PORT"
-    measure "$pin" "wikigate hit, defaults (log on)" "$GATE_PORT"
-    measure "$pin" "wikigate hit, JSON access log" "$JSON_PORT"
-    measure "$pin" "wikigate hit, log off" "$QUIET_PORT"
-    measure "$pin" "nginx proxy_cache hit (log)" "$CACHE_PORT"
-    measure "$pin" "HAProxy cache hit (no log)" "$HAPROXY_PORT"
-    measure "$pin" "wikigate miss (no-store), defaults" "$GATE_PORT" -H "Cache-Control: no-store"
-    measure "$pin" "nginx pass-through" "$PASS_PORT"
+    measure "$pin" \
+        "bare hyper, plain body (ceiling)|$BARE_PORT|PLAIN" \
+        "wikigate hit, defaults (log on)|$GATE_PORT|PLAIN" \
+        "wikigate hit, JSON access log|$JSON_PORT|PLAIN" \
+        "wikigate hit, log off|$QUIET_PORT|PLAIN" \
+        "nginx proxy_cache hit (log)|$CACHE_PORT|PLAIN" \
+        "HAProxy cache hit (no log)|$HAPROXY_PORT|PLAIN" \
+        "wikigate miss (no-store), defaults|$GATE_PORT|NO_STORE" \
+        "nginx pass-through|$PASS_PORT|PLAIN"
     print_table "plain client, $where"
     stop_all
 done
