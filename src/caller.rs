@@ -326,7 +326,11 @@ impl Callers {
     /// the hash of the credential the request now carries when it is known without hashing
     /// again: the one `caller` arrived with, unless it was replaced.
     pub fn apply_auth_mode(&self, headers: &mut HeaderMap, caller: &Caller) -> Option<Credential> {
-        headers.remove(&self.key_header);
+        // A request carries the key header exactly when its caller is a client: `identify`
+        // looks for it first, and a key that names no client is refused.
+        if matches!(caller.id, CallerId::Client(_)) {
+            headers.remove(&self.key_header);
+        }
         match &self.service_credential {
             Some(credential) => {
                 headers.remove(header::COOKIE);
