@@ -23,7 +23,11 @@ fi
 source benches/load/lib.sh
 install_missing wrk:wrk valgrind:valgrind curl:curl
 
-cargo build --profile profiling --quiet --bin wikigate --example load_rig
+# Two builds, the binary last: built together with the example, the binary would get the
+# dev-dependencies' features too (tokio's test-util: a mockable clock, a lock per clock read),
+# which `cargo build --release` does not give it.
+cargo build --profile profiling --quiet --example load_rig
+cargo build --profile profiling --quiet --bin wikigate
 BIN=target/profiling/wikigate
 RIG=target/profiling/examples/load_rig
 

@@ -15,6 +15,9 @@
 # workers included, over the requests of the measured runs): what a hit costs the machine,
 # whatever the core count.
 #
+# The rows of a table run in turn: RUNS rounds, each running every row once, so that a slow
+# spell of the machine (it is a VM with neighbours) falls on every server alike.
+#
 # Environment: DURATION (seconds per run, 10), RUNS (runs per figure, median taken, 3),
 # CONNECTIONS (64), MODES ("shared pinned"), KEEP=1 keeps the work directory.
 #
@@ -35,7 +38,11 @@ install_missing wrk:wrk nginx:nginx-light haproxy:haproxy curl:curl taskset:util
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 HAPROXY=$(command -v haproxy || echo /usr/sbin/haproxy)
 
-cargo build --release --quiet --bin wikigate --example load_rig
+# Two builds, the binary last: built together with the example, the binary would get the
+# dev-dependencies' features too (tokio's test-util: a mockable clock, a lock per clock read),
+# which `cargo build --release` does not give it.
+cargo build --release --quiet --example load_rig
+cargo build --release --quiet --bin wikigate
 BIN=target/release/wikigate
 RIG=target/release/examples/load_rig
 
