@@ -10,7 +10,9 @@
 //! is known before it is sent. It is written without `tracing`'s event machinery, whose per-event formatting
 //! cost about a third of the hit rate, and without an allocation: the timestamp's date and
 //! time are made once a second per thread. The subscriber's filter decides, once, whether it
-//! is written, so `log.level` and `RUST_LOG` (`wikigate::access=warn`) turn it off as before.
+//! is written, so `log.level` and `RUST_LOG` (`wikigate::access=warn`) turn it off as before;
+//! `log.access` picks the requests it is written for (all, all but hits, errors), decided
+//! before anything of the line is formatted.
 //!
 //! Invariant: a line names the caller by label (`caller::CallerId`'s), never by a header;
 //! string values are escaped, so a line is always one line and, in JSON, valid JSON.
@@ -27,7 +29,7 @@ use http::{Method, StatusCode};
 
 use crate::cache::Outcome;
 use crate::caller::CallerId;
-use crate::config::LogFormat;
+use crate::config::{AccessLines, LogFormat};
 use crate::routes::Operation;
 
 /// The access log's `tracing` target.
@@ -40,6 +42,8 @@ struct Style {
     colour: bool,
     /// `log.redact_paths`: the route's template instead of the path.
     redact: bool,
+    /// `log.access`: which requests get a line.
+    lines: AccessLines,
 }
 
 /// Set once the subscriber is installed (the first call decides, as for the subscriber).
@@ -51,13 +55,14 @@ static ON: AtomicBool = AtomicBool::new(false);
 
 /// Installs the access log in `format`, on if the installed subscriber's filter enables INFO
 /// for [`TARGET`].
-pub(crate) fn install(format: LogFormat, colour: bool, redact: bool) {
+pub(crate) fn install(format: LogFormat, colour: bool, redact: bool, lines: AccessLines) {
     let json = matches!(format, LogFormat::Json);
     if STYLE
         .set(Style {
             json,
             colour,
             redact,
+            lines,
         })
         .is_ok()
     {
@@ -141,11 +146,14 @@ thread_local! {
     };
 }
 
-/// Writes `entry`'s line, if the access log is installed.
+/// Writes `entry`'s line, if the access log is installed and `log.access` wants it.
 pub(crate) fn write(entry: &Entry<'_>) {
     let Some(style) = STYLE.get().filter(|_| enabled()) else {
         return;
     };
+    if !wanted(style.lines, entry) {
+        return;
+    }
     SCRATCH.with_borrow_mut(|scratch| {
         scratch.line.clear();
         let now = SystemTime::now()
@@ -181,6 +189,18 @@ pub(crate) fn write(entry: &Entry<'_>) {
         // A line made long by an odd path does not keep its buffer alive.
         line.shrink_to(4096);
     });
+}
+
+/// Whether `lines` has a line written for `entry`.
+fn wanted(lines: AccessLines, entry: &Entry<'_>) -> bool {
+    match lines {
+        AccessLines::All => true,
+        AccessLines::ExceptHits => !matches!(
+            entry.cache,
+            Some(Outcome::Hit(_) | Outcome::StaleWhileRevalidate)
+        ),
+        AccessLines::Errors => entry.status.as_u16() >= 400,
+    }
 }
 
 struct Timestamp<'a> {
@@ -516,6 +536,56 @@ mod tests {
                 Operation::ALL[0].id()
             )
         );
+    }
+
+    #[test]
+    fn log_access_keeps_the_lines_it_names() {
+        use crate::cache::{Forward, Stored};
+        let caller = CallerId::Client("reporting".into());
+        let answer = |cache: Option<Outcome>, status: u16| Entry {
+            cache,
+            status: StatusCode::from_u16(status).unwrap(),
+            ..entry(&caller, "/")
+        };
+        let miss = Outcome::Forwarded {
+            why: Forward::Miss,
+            collapsed: true,
+            stored: Stored::Yes,
+        };
+        // (the answer, wanted by except-hits, wanted by errors)
+        let cases = [
+            (answer(Some(Outcome::Hit(Tier::Memory)), 200), false, false),
+            (answer(Some(Outcome::Hit(Tier::Cluster)), 200), false, false),
+            (
+                answer(Some(Outcome::StaleWhileRevalidate), 200),
+                false,
+                false,
+            ),
+            // A stored 404 is a hit, and an error.
+            (answer(Some(Outcome::Hit(Tier::Memory)), 404), false, true),
+            (answer(Some(miss), 200), true, false),
+            (answer(Some(Outcome::StaleOnLowQuota), 200), true, false),
+            (answer(Some(Outcome::StaleIfError(None)), 200), true, false),
+            (
+                answer(Some(Outcome::Partial { fetched: 1, of: 3 }), 200),
+                true,
+                false,
+            ),
+            // Writes, refusals and errors wikigate makes carry no cache outcome.
+            (answer(None, 204), true, false),
+            (answer(None, 429), true, true),
+            (answer(None, 502), true, true),
+        ];
+        for (entry, except_hits, errors) in &cases {
+            let what = (entry.cache, entry.status);
+            assert!(wanted(AccessLines::All, entry), "{what:?}");
+            assert_eq!(
+                wanted(AccessLines::ExceptHits, entry),
+                *except_hits,
+                "{what:?}"
+            );
+            assert_eq!(wanted(AccessLines::Errors, entry), *errors, "{what:?}");
+        }
     }
 
     #[test]

@@ -95,7 +95,7 @@ pub(crate) fn init(log: &LogConfig, telemetry: &TelemetryConfig) -> Telemetry {
     if installed {
         let _ = LEVEL.set(level);
         EXPORTING.store(exporting, std::sync::atomic::Ordering::Relaxed);
-        access_log::install(log.format, colour, log.redact_paths);
+        access_log::install(log.format, colour, log.redact_paths, log.access);
     }
     Telemetry { provider }
 }

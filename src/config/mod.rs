@@ -29,10 +29,10 @@ use serde::{Deserialize, Serialize};
 
 pub use reload::{changed_between, reloadable, with_digests};
 pub use sections::{
-    AdminConfig, AuthConfig, AuthMode, CacheConfig, CallersConfig, ClassLimits, ClientConfig,
-    ClusterConfig, CsrfConfig, LimitsConfig, LogConfig, LogFormat, MergeConfig, MethodBudgets,
-    PointsBudget, QuotaConfig, Rate, RefreshConfig, ServerConfig, TelemetryConfig, TlsConfig,
-    UpstreamConfig,
+    AccessLines, AdminConfig, AuthConfig, AuthMode, CacheConfig, CallersConfig, ClassLimits,
+    ClientConfig, ClusterConfig, CsrfConfig, LimitsConfig, LogConfig, LogFormat, MergeConfig,
+    MethodBudgets, PointsBudget, QuotaConfig, Rate, RefreshConfig, ServerConfig, TelemetryConfig,
+    TlsConfig, UpstreamConfig,
 };
 pub(crate) use values::digest;
 pub use values::{KeyHash, RoutePolicies, RoutePolicy, Secret, UpstreamUrl, duration};

@@ -535,6 +535,8 @@ pub struct LogConfig {
     /// instead of the path, so that no account id or property key is logged (a path no route
     /// matches is logged as `-`).
     pub redact_paths: bool,
+    /// Which requests get an access line (while `level` lets the access log through).
+    pub access: AccessLines,
 }
 
 impl Default for LogConfig {
@@ -543,8 +545,26 @@ impl Default for LogConfig {
             format: LogFormat::Pretty,
             level: "info".to_owned(),
             redact_paths: false,
+            access: AccessLines::All,
         }
     }
+}
+
+/// Which requests get an access line: at tens of thousands of hits a second the line is the
+/// largest single cost of a hit, and these keep the lines that matter (as HAProxy's
+/// `option dontlog-normal`, nginx's `access_log … if=` and Envoy's access-log filters do).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AccessLines {
+    /// Every request.
+    #[default]
+    All,
+    /// Every request the cache did not answer at once: all but fresh hits and
+    /// stale-while-revalidate hits (misses, coalesced and stale answers, bypasses, writes,
+    /// refusals, errors — every request that spent or was refused an upstream call).
+    ExceptHits,
+    /// Answers with a status of 400 or more.
+    Errors,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]

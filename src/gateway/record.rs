@@ -3,8 +3,8 @@
 //! `Received`).
 //!
 //! Invariant: every request is finished exactly once — counted, logged (one access line while
-//! the access log is on) and recorded on its span — whichever path answered it, and its answer
-//! carries its `X-Request-Id`.
+//! the access log is on, if `log.access` names it) and recorded on its span — whichever path
+//! answered it, and its answer carries its `X-Request-Id`.
 
 use std::sync::Arc;
 

@@ -436,6 +436,69 @@ async fn serve_runs_from_flags_and_env_and_stops_cleanly_on_sigterm() {
 }
 
 #[tokio::test]
+async fn log_access_except_hits_writes_every_line_but_the_hits() {
+    let fake = FakeConfluence::start().await.unwrap();
+    let (listen, admin) = (free_addr(), free_addr());
+    let file = temp_file(
+        "except-hits.toml",
+        &format!(
+            "[server]\nlisten = \"{listen}\"\n[admin]\nlisten = \"{admin}\"\n\
+             [upstream]\nurl = \"{}\"\n[log]\nformat = \"json\"\naccess = \"except-hits\"\n",
+            fake.url()
+        ),
+    );
+    let gateway = Process::start(&["serve", "--config", &file.to_string_lossy()], &[]);
+    let admin_client = TestClient::new(format!("http://{admin}"));
+    eventually(Duration::from_secs(10), "ready", || ready(&admin_client)).await;
+    let client = TestClient::new(format!("http://{listen}"));
+    let current = format!("{API}/current");
+    for _ in 0..20 {
+        let answer = client.get(&current, Some(&basic(alice()))).await;
+        assert_eq!(answer.status, 200);
+    }
+    let refused = client
+        .get(&format!("{API}/nope/nope/nope"), Some(&basic(alice())))
+        .await;
+    assert_eq!(refused.status, 404);
+    let bypass = client
+        .request(http::Method::GET, &current)
+        .header("authorization", &basic(alice()))
+        .header("cache-control", "no-cache")
+        .send()
+        .await;
+    assert_eq!(bypass.status, 200);
+
+    gateway.signal("TERM");
+    let (status, logs) = gateway.exit().await;
+    assert!(status.success(), "exit status {status}");
+    let access: Vec<serde_json::Value> = logs
+        .lines()
+        .filter(|line| line.contains("wikigate::access"))
+        .map(|line| serde_json::from_str(line).expect("JSON log line"))
+        .collect();
+    // The miss, the refusal and the request that went upstream by its own choice; none of the
+    // 19 hits.
+    let said: Vec<(u64, &str)> = access
+        .iter()
+        .map(|line| {
+            (
+                line["status"].as_u64().unwrap(),
+                line["cache"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        said,
+        [
+            (200, "wikigate; fwd=miss; stored"),
+            (404, "-"),
+            (200, "wikigate; fwd=request; stored"),
+        ],
+        "{logs}"
+    );
+}
+
+#[tokio::test]
 async fn demo_prints_curl_examples_that_all_succeed() {
     let demo = Process::start(&["demo", "--listen", "127.0.0.1:0"], &[]);
     let mut commands = Vec::new();
