@@ -331,6 +331,20 @@ fn check_config_points_at_the_problem() {
     );
 }
 
+/// Stops a gateway logging JSON with SIGTERM, which it obeys cleanly, and returns what it
+/// logged and its access lines.
+async fn stopped_for_access_lines(gateway: Process) -> (String, Vec<serde_json::Value>) {
+    gateway.signal("TERM");
+    let (status, logs) = gateway.exit().await;
+    assert!(status.success(), "exit status {status}");
+    let access = logs
+        .lines()
+        .filter(|line| line.contains("wikigate::access"))
+        .map(|line| serde_json::from_str(line).expect("JSON log line"))
+        .collect();
+    (logs, access)
+}
+
 #[tokio::test]
 async fn serve_runs_from_flags_and_env_and_stops_cleanly_on_sigterm() {
     let fake = FakeConfluence::start().await.unwrap();
@@ -397,14 +411,7 @@ async fn serve_runs_from_flags_and_env_and_stops_cleanly_on_sigterm() {
     assert_eq!(property.status, 200);
 
     // The log is buffered; what it holds is written out on the way down, every line whole.
-    gateway.signal("TERM");
-    let (status, logs) = gateway.exit().await;
-    assert!(status.success(), "exit status {status}");
-    let access: Vec<serde_json::Value> = logs
-        .lines()
-        .filter(|line| line.contains("wikigate::access"))
-        .map(|line| serde_json::from_str(line).expect("JSON log line"))
-        .collect();
+    let (logs, access) = stopped_for_access_lines(gateway).await;
     assert_eq!(access.len(), 103, "{logs}");
     assert_eq!(access[0]["operation"], "getCurrentUser");
     assert_eq!(access[0]["status"], 200);
@@ -468,14 +475,7 @@ async fn log_access_except_hits_writes_every_line_but_the_hits() {
         .await;
     assert_eq!(bypass.status, 200);
 
-    gateway.signal("TERM");
-    let (status, logs) = gateway.exit().await;
-    assert!(status.success(), "exit status {status}");
-    let access: Vec<serde_json::Value> = logs
-        .lines()
-        .filter(|line| line.contains("wikigate::access"))
-        .map(|line| serde_json::from_str(line).expect("JSON log line"))
-        .collect();
+    let (logs, access) = stopped_for_access_lines(gateway).await;
     // The miss, the refusal and the request that went upstream by its own choice; none of the
     // 19 hits.
     let said: Vec<(u64, &str)> = access
