@@ -12,7 +12,7 @@
 //! time are made once a second per thread. The subscriber's filter decides, once, whether it
 //! is written, so `log.level` and `RUST_LOG` (`wikigate::access=warn`) turn it off as before;
 //! `log.access` picks the requests it is written for (all, all but hits, errors), decided
-//! before anything of the line is formatted.
+//! before anything of the line is formatted, and changed by a reload as the level is.
 //!
 //! Invariant: a line names the caller by label (`caller::CallerId`'s), never by a header;
 //! string values are escaped, so a line is always one line and, in JSON, valid JSON.
@@ -22,7 +22,7 @@
 use std::cell::RefCell;
 use std::net::IpAddr;
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::{Method, StatusCode};
@@ -42,8 +42,6 @@ struct Style {
     colour: bool,
     /// `log.redact_paths`: the route's template instead of the path.
     redact: bool,
-    /// `log.access`: which requests get a line.
-    lines: AccessLines,
 }
 
 /// Set once the subscriber is installed (the first call decides, as for the subscriber).
@@ -53,16 +51,19 @@ static STYLE: OnceLock<Style> = OnceLock::new();
 /// and again whenever a reload changes the filter ([`refresh`]).
 static ON: AtomicBool = AtomicBool::new(false);
 
+/// `log.access` (an [`AccessLines`] as its `u8`), set at install and by reloads.
+static LINES: AtomicU8 = AtomicU8::new(AccessLines::All as u8);
+
 /// Installs the access log in `format`, on if the installed subscriber's filter enables INFO
-/// for [`TARGET`].
+/// for [`TARGET`], written for the requests `lines` names.
 pub(crate) fn install(format: LogFormat, colour: bool, redact: bool, lines: AccessLines) {
+    set_lines(lines);
     let json = matches!(format, LogFormat::Json);
     if STYLE
         .set(Style {
             json,
             colour,
             redact,
-            lines,
         })
         .is_ok()
     {
@@ -74,6 +75,19 @@ pub(crate) fn install(format: LogFormat, colour: bool, redact: bool, lines: Acce
 pub(crate) fn refresh() {
     let on = tracing::enabled!(target: "wikigate::access", tracing::Level::INFO);
     ON.store(on && STYLE.get().is_some(), Ordering::Relaxed);
+}
+
+/// Writes lines for the requests `lines` names from now on (`log.access`).
+pub(crate) fn set_lines(lines: AccessLines) {
+    LINES.store(lines as u8, Ordering::Relaxed);
+}
+
+fn lines() -> AccessLines {
+    match LINES.load(Ordering::Relaxed) {
+        1 => AccessLines::ExceptHits,
+        2 => AccessLines::Errors,
+        _ => AccessLines::All,
+    }
 }
 
 /// Whether a line would be written.
@@ -151,7 +165,7 @@ pub(crate) fn write(entry: &Entry<'_>) {
     let Some(style) = STYLE.get().filter(|_| enabled()) else {
         return;
     };
-    if !wanted(style.lines, entry) {
+    if !wanted(lines(), entry) {
         return;
     }
     SCRATCH.with_borrow_mut(|scratch| {
@@ -576,6 +590,14 @@ mod tests {
             (answer(None, 429), true, true),
             (answer(None, 502), true, true),
         ];
+        for each in [
+            AccessLines::ExceptHits,
+            AccessLines::Errors,
+            AccessLines::All,
+        ] {
+            set_lines(each);
+            assert_eq!(lines(), each);
+        }
         for (entry, except_hits, errors) in &cases {
             let what = (entry.cache, entry.status);
             assert!(wanted(AccessLines::All, entry), "{what:?}");

@@ -20,6 +20,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
+use crate::access_log;
 use crate::admin::Admin;
 use crate::caller::Callers;
 use crate::cluster::Listener;
@@ -151,6 +152,9 @@ impl Running {
         }
         if config.auth.mode == config::AuthMode::ServiceAccount {
             reread.push("the service-account credential");
+        }
+        if applied.iter().any(|key| key == "log.access") {
+            access_log::set_lines(config.log.access);
         }
         let level_overridden = applied.iter().any(|key| key == "log.level")
             && telemetry::set_level(&config.log.level) == telemetry::LevelChange::Overridden;

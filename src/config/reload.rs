@@ -4,7 +4,7 @@
 use super::Config;
 
 /// The keys a reload applies, as dotted prefixes; every other key needs a restart.
-const RELOADABLE: [&str; 11] = [
+const RELOADABLE: [&str; 12] = [
     "callers",
     "auth",
     "limits",
@@ -15,13 +15,14 @@ const RELOADABLE: [&str; 11] = [
     "cache.not_found_ttl",
     "cache.ignored_cookies",
     "log.level",
+    "log.access",
     "server.tls",
 ];
 
 /// Whether a reload (SIGHUP) applies `key`, a dotted path: callers and client keys, the
 /// service-account credential, limits, the quota's settings, the CSRF allow-list, the cache's
-/// per-route policies, 404s and ignored cookies, the log level, and the TLS certificate and
-/// key (`auth.mode`, and turning TLS on or off, need a restart).
+/// per-route policies, 404s and ignored cookies, the log level and which requests it logs,
+/// and the TLS certificate and key (`auth.mode`, and turning TLS on or off, need a restart).
 pub fn reloadable(key: &str) -> bool {
     let under = |prefix: &str| {
         key == prefix

@@ -555,6 +555,7 @@ impl Default for LogConfig {
 /// `option dontlog-normal`, nginx's `access_log … if=` and Envoy's access-log filters do).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
+#[repr(u8)]
 pub enum AccessLines {
     /// Every request.
     #[default]

@@ -12,6 +12,7 @@ fn a_reload_applies_the_documented_keys_and_nothing_else() {
         "cache.cache_not_found",
         "cache.ignored_cookies",
         "log.level",
+        "log.access",
         "server.tls.cert_file",
     ] {
         assert!(reloadable(key), "{key}");

@@ -291,20 +291,21 @@ async fn sighup_reloads_the_file_and_refuses_a_bad_one() {
     );
 }
 
-/// `log.level` is applied by SIGHUP: at `warn` the access log stops, at `info` it is back.
+/// `log.level` is applied by SIGHUP: at `warn` the access log stops, at `info` it is back;
+/// and `log.access`: at `errors` only answers of 400 or more are logged.
 #[tokio::test]
-async fn sighup_applies_the_log_level() {
+async fn sighup_applies_the_log_level_and_which_requests_are_logged() {
     const TOKEN: &str = "admin-token-0123456789";
     let fake = wikigate::fake::FakeConfluence::start().await.unwrap();
     let (listen, admin) = (free_addr(), free_addr());
     let file = std::env::temp_dir().join(format!("wikigate-level-{}.toml", std::process::id()));
-    let config = |level: &str| {
+    let config = |level: &str, access: &str| {
         format!(
-            "[server]\nlisten = \"{listen}\"\n[admin]\nlisten = \"{admin}\"\ntoken = \"{TOKEN}\"\n[upstream]\nurl = \"{}\"\n[log]\nlevel = \"{level}\"\n",
+            "[server]\nlisten = \"{listen}\"\n[admin]\nlisten = \"{admin}\"\ntoken = \"{TOKEN}\"\n[upstream]\nurl = \"{}\"\n[log]\nlevel = \"{level}\"\naccess = \"{access}\"\n",
             fake.url()
         )
     };
-    std::fs::write(&file, config("info")).unwrap();
+    std::fs::write(&file, config("info", "all")).unwrap();
     let gateway = Process::start(&["serve", "--config", &file.to_string_lossy()], &[]);
     let client = TestClient::new(format!("http://{listen}"));
     // The access line names the path (never the query): one route per phase.
@@ -328,26 +329,27 @@ async fn sighup_applies_the_log_level() {
     // What is in force, as the admin endpoint says (at `warn`, the reload's own info line
     // is not logged).
     let admin = TestClient::new(format!("http://{admin}"));
-    let level_is = |level: &'static str| {
+    let in_force = |setting: String| {
         let admin = admin.clone();
         move || {
-            let admin = admin.clone();
+            let (admin, setting) = (admin.clone(), setting.clone());
             async move {
                 let answer = admin
                     .request(Method::GET, "/admin/config")
                     .header("authorization", &format!("Bearer {TOKEN}"))
                     .send()
                     .await;
-                String::from_utf8_lossy(&answer.body).contains(&format!("level = \"{level}\""))
+                String::from_utf8_lossy(&answer.body).contains(&setting)
             }
         }
     };
+    let level_is = |level: &str| in_force(format!("level = \"{level}\""));
 
-    std::fs::write(&file, config("warn")).unwrap();
+    std::fs::write(&file, config("warn", "all")).unwrap();
     gateway.signal("HUP");
     eventually(Duration::from_secs(5), "the first reload", level_is("warn")).await;
     get("current").await.unwrap();
-    std::fs::write(&file, config("info")).unwrap();
+    std::fs::write(&file, config("info", "all")).unwrap();
     gateway.signal("HUP");
     eventually(
         Duration::from_secs(5),
@@ -360,10 +362,30 @@ async fn sighup_applies_the_log_level() {
         gateway.logged("/user/memberof")
     })
     .await;
+    std::fs::write(&file, config("info", "errors")).unwrap();
+    gateway.signal("HUP");
+    eventually(
+        Duration::from_secs(5),
+        "the third reload",
+        in_force("access = \"errors\"".to_owned()),
+    )
+    .await;
+    // A 200 (anonymous callers may read who they are) goes unlogged, a 404 is logged.
+    assert_eq!(
+        get("anonymous?expand=operations").await.unwrap().status,
+        200
+    );
+    assert_eq!(get("nope/nope/nope").await.unwrap().status, 404);
+    eventually(Duration::from_secs(5), "the error's line", || async {
+        gateway.logged("/user/nope/nope/nope")
+    })
+    .await;
     gateway.signal("TERM");
     let (status, logs) = gateway.exit().await;
     assert!(status.success(), "{status}: {logs}");
     assert!(!logs.contains("/user/current"), "logged at warn: {logs}");
+    let anonymous = logs.matches("/user/anonymous\"").count();
+    assert_eq!(anonymous, 1, "logged at errors: {logs}");
     let _ = std::fs::remove_file(&file);
 }
 
