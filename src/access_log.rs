@@ -561,7 +561,8 @@ mod tests {
             status: StatusCode::from_u16(status).unwrap(),
             ..entry(&caller, "/")
         };
-        let miss = Outcome::Forwarded {
+        // A miss that waited for another request's upstream answer.
+        let coalesced = Outcome::Forwarded {
             why: Forward::Miss,
             collapsed: true,
             stored: Stored::Yes,
@@ -577,7 +578,7 @@ mod tests {
             ),
             // A stored 404 is a hit, and an error.
             (answer(Some(Outcome::Hit(Tier::Memory)), 404), false, true),
-            (answer(Some(miss), 200), true, false),
+            (answer(Some(coalesced), 200), true, false),
             (answer(Some(Outcome::StaleOnLowQuota), 200), true, false),
             (answer(Some(Outcome::StaleIfError(None)), 200), true, false),
             (
@@ -590,6 +591,7 @@ mod tests {
             (answer(None, 429), true, true),
             (answer(None, 502), true, true),
         ];
+        // Through the process's setting and back to the default.
         for each in [
             AccessLines::ExceptHits,
             AccessLines::Errors,
